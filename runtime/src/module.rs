@@ -1,0 +1,132 @@
+//! Modules: validated, rewritten, compiled, named by the sha256 of their bytes.
+
+use std::fmt;
+use std::sync::Arc;
+
+use sha2::{Digest as _, Sha256};
+use wasmtime::{InstancePre, ModuleExport};
+
+use crate::instance::InstanceState;
+use crate::rewrite::StateLayout;
+
+/// The sha256 of a module's original bytes: its name everywhere in Roam.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest([u8; 32]);
+
+impl Digest {
+    /// Digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Digest {
+        Digest(Sha256::digest(bytes).into())
+    }
+
+    /// A digest from its raw bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Digest {
+        Digest(bytes)
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Parse the `sha256:HEX` or bare hex form.
+    pub fn parse(s: &str) -> Option<Digest> {
+        let hex_part = s.strip_prefix("sha256:").unwrap_or(s);
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(hex_part, &mut out).ok()?;
+        Some(Digest(out))
+    }
+
+    /// Lowercase hex without prefix.
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.hex())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", &self.hex()[..12])
+    }
+}
+
+/// Pre-resolved handles to the state exports, so capture and restore never
+/// look names up.
+pub(crate) struct StateExports {
+    pub memories: Vec<ModuleExport>,
+    pub globals: Vec<ModuleExport>,
+    pub tables: Vec<ModuleExport>,
+    /// (function index, export), ascending by index.
+    pub funcs: Vec<(u32, ModuleExport)>,
+}
+
+pub(crate) struct ModuleInner {
+    pub digest: Digest,
+    pub size: usize,
+    pub layout: StateLayout,
+    pub exports: StateExports,
+    pub module: wasmtime::Module,
+    pub pre: InstancePre<InstanceState>,
+    pub from_cache: bool,
+}
+
+/// A loaded module: validated, rewritten for capture, compiled and linked.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Module {
+    pub(crate) inner: Arc<ModuleInner>,
+}
+
+impl fmt::Debug for Module {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Module")
+            .field("digest", &self.inner.digest)
+            .field("size", &self.inner.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Module {
+    /// sha256 of the original module bytes.
+    pub fn digest(&self) -> Digest {
+        self.inner.digest
+    }
+
+    /// Size of the original module bytes.
+    pub fn size(&self) -> usize {
+        self.inner.size
+    }
+
+    /// The state layout found by the rewriter.
+    pub fn layout(&self) -> &StateLayout {
+        &self.inner.layout
+    }
+
+    /// Whether the compiled code came from this host's on-disk cache.
+    pub fn from_cache(&self) -> bool {
+        self.inner.from_cache
+    }
+
+    /// Names of the module's own exported functions (not the state exports).
+    pub fn exported_functions(&self) -> Vec<String> {
+        self.inner
+            .module
+            .exports()
+            .filter(|e| e.ty().func().is_some() && !e.name().starts_with(crate::rewrite::RESERVED_PREFIX))
+            .map(|e| e.name().to_string())
+            .collect()
+    }
+
+    /// Whether the module exports a function called `name`.
+    pub fn exports_function(&self, name: &str) -> bool {
+        self.inner
+            .module
+            .get_export(name)
+            .is_some_and(|e| e.func().is_some())
+    }
+}

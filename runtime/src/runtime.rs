@@ -1,0 +1,366 @@
+//! The runtime: one engine per host, the linker, module loading and the
+//! creation of instances.
+//!
+//! A [`Runtime`] owns the wasmtime engine (Cranelift, pooling allocator sized
+//! from [`RuntimeConfig`], epoch interruption driven by an [`EpochTicker`]),
+//! the linker with every host function a guest may import, and the
+//! compiled-code cache. Loading validates, rewrites and compiles a module off
+//! the async worker threads; instantiating creates a store with the
+//! instance's limits and grants.
+
+use std::collections::HashSet;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, Linker, PoolingAllocationConfig, Store, UpdateDeadline,
+};
+use wasmtime_wasi::WasiCtxBuilder;
+
+use crate::cache::CompiledCache;
+use crate::config::RuntimeConfig;
+use crate::epoch::EpochTicker;
+use crate::error::{CallError, InstantiateError, LoadError, RestoreError};
+use crate::instance::{Instance, InstanceConfig, InstanceState};
+use crate::limits::{CpuBudgetExceeded, CpuMeter, Limiter, MAX_TABLE_ELEMENTS};
+use crate::logs::LogBuffer;
+use crate::module::{Digest, Module, ModuleInner, StateExports};
+use crate::rewrite;
+use crate::snapshot::Snapshot;
+use crate::wasi::MonotonicClock;
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<InstanceState>,
+    config: RuntimeConfig,
+    cache: Option<CompiledCache>,
+    host_imports: HashSet<(String, String)>,
+    lineages: AtomicU64,
+    _ticker: EpochTicker,
+}
+
+/// The host's WebAssembly runtime. Cheap to clone; clones share the engine.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn engine_config(config: &RuntimeConfig) -> wasmtime::Config {
+    let slots = config.slots.max(1);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_core_instances(slots)
+        .total_memories(slots)
+        .total_tables(slots.saturating_mul(2))
+        .total_stacks(slots)
+        .total_component_instances(0)
+        .max_memories_per_module(1)
+        .max_tables_per_module(4)
+        .table_elements(MAX_TABLE_ELEMENTS)
+        .max_memory_size(usize::try_from(config.max_instance_memory).unwrap_or(usize::MAX))
+        .linear_memory_keep_resident(config.keep_resident);
+    let mut cfg = wasmtime::Config::new();
+    cfg.epoch_interruption(true)
+        .max_wasm_stack(config.max_wasm_stack)
+        .async_stack_size(config.max_wasm_stack + (1 << 20))
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    cfg
+}
+
+impl Runtime {
+    /// Create the engine, linker, cache and epoch ticker.
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
+        let engine = Engine::new(&engine_config(&config))
+            .map_err(|e| anyhow::anyhow!("cannot create the wasm engine: {e:#}"))?;
+        let mut linker: Linker<InstanceState> = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s| &mut s.wasi)
+            .map_err(|e| anyhow::anyhow!("cannot link WASI: {e:#}"))?;
+
+        // Learn the names the linker provides, to name a missing import
+        // before compiling.
+        let mut probe = Store::new(
+            &engine,
+            InstanceState {
+                wasi: WasiCtxBuilder::new().build_p1(),
+                limiter: Limiter {
+                    memory_limit: 0,
+                    denied: None,
+                },
+                cpu: CpuMeter::default(),
+            },
+        );
+        let host_imports = linker
+            .iter(&mut probe)
+            .map(|(module, name, _)| (module.to_string(), name.to_string()))
+            .collect();
+        drop(probe);
+
+        let cache = match &config.cache_dir {
+            Some(dir) => Some(CompiledCache::new(dir, &engine)?),
+            None => None,
+        };
+        let ticker = EpochTicker::start(&engine, config.epoch_tick)?;
+        let seed = std::hash::RandomState::new().build_hasher().finish();
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                config,
+                cache,
+                host_imports,
+                lineages: AtomicU64::new(seed),
+                _ticker: ticker,
+            }),
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// The configuration this runtime was built with.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+
+    /// The engine's compiled-code compatibility key.
+    pub fn engine_key(&self) -> String {
+        crate::cache::engine_key(&self.inner.engine)
+    }
+
+    /// Validate, rewrite, compile (or take from the cache) and link a module.
+    /// Blocking: compiling can take seconds; async callers use [`Runtime::load`].
+    pub fn load_blocking(&self, bytes: &[u8]) -> Result<Module, LoadError> {
+        let limit = self.inner.config.max_module_size;
+        if bytes.len() > limit {
+            return Err(LoadError::TooLarge {
+                size: bytes.len(),
+                limit,
+            });
+        }
+        let digest = Digest::of(bytes);
+        wasmparser::Validator::new()
+            .validate_all(bytes)
+            .map_err(|e| LoadError::Invalid {
+                message: e.to_string(),
+            })?;
+        let rewritten = rewrite::rewrite(bytes)?;
+        if rewritten.layout.memories > 1 {
+            return Err(LoadError::Unsupported {
+                feature: format!(
+                    "{} linear memories (this host allows 1)",
+                    rewritten.layout.memories
+                ),
+            });
+        }
+        if let Some((module, name)) = rewritten
+            .imports
+            .iter()
+            .find(|i| !self.inner.host_imports.contains(*i))
+        {
+            return Err(LoadError::UnknownImport {
+                module: module.clone(),
+                name: name.clone(),
+            });
+        }
+
+        let cached = self
+            .inner
+            .cache
+            .as_ref()
+            .and_then(|c| c.get(&self.inner.engine, &digest));
+        let from_cache = cached.is_some();
+        let module = match cached {
+            Some(m) => m,
+            None => {
+                let m = wasmtime::Module::new(&self.inner.engine, &rewritten.bytes)
+                    .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+                if let Some(cache) = &self.inner.cache {
+                    if let Err(e) = cache.put(&digest, &m) {
+                        tracing::warn!(%digest, error = %e, "cannot write compiled module to cache");
+                    }
+                }
+                m
+            }
+        };
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| LoadError::Invalid {
+                message: format!("{e:#}"),
+            })?;
+        let export = |name: String| {
+            module.get_export_index(&name).ok_or(LoadError::Invalid {
+                message: format!("rewritten module lacks `{name}`"),
+            })
+        };
+        let layout = rewritten.layout;
+        let exports = StateExports {
+            memories: (0..layout.memories)
+                .map(|i| export(rewrite::memory_export(i)))
+                .collect::<Result<_, _>>()?,
+            globals: layout
+                .mutable_globals
+                .iter()
+                .map(|(i, _)| export(rewrite::global_export(*i)))
+                .collect::<Result<_, _>>()?,
+            tables: (0..layout.tables)
+                .map(|i| export(rewrite::table_export(i)))
+                .collect::<Result<_, _>>()?,
+            funcs: layout
+                .referenced_funcs
+                .iter()
+                .map(|i| Ok((*i, export(rewrite::func_export(*i))?)))
+                .collect::<Result<_, LoadError>>()?,
+        };
+        Ok(Module {
+            inner: Arc::new(ModuleInner {
+                digest,
+                size: bytes.len(),
+                layout,
+                exports,
+                module,
+                pre,
+                from_cache,
+            }),
+        })
+    }
+
+    /// [`Runtime::load_blocking`] on a blocking thread, so compilation never
+    /// stalls the async workers.
+    pub async fn load(&self, bytes: impl Into<Arc<[u8]>>) -> Result<Module, LoadError> {
+        let bytes: Arc<[u8]> = bytes.into();
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.load_blocking(&bytes))
+            .await
+            .map_err(|e| LoadError::Compile(format!("compile task failed: {e}")))?
+    }
+
+    /// Create a store and an instance, without running any guest code.
+    async fn create(
+        &self,
+        module: &Module,
+        config: InstanceConfig,
+    ) -> Result<Instance, InstantiateError> {
+        let max = self.inner.config.max_instance_memory;
+        if config.memory_limit > max {
+            return Err(InstantiateError::Failed(format!(
+                "memory limit of {} bytes is over this host's per-instance maximum of {max} bytes",
+                config.memory_limit
+            )));
+        }
+        let stdout = LogBuffer::new(config.log_capacity, config.stdout);
+        let stderr = LogBuffer::new(config.log_capacity, config.stderr);
+        let clock = MonotonicClock::default();
+        let wasi = crate::wasi::build(&config, &stdout, &stderr, &clock)?;
+        let mut store = Store::new(
+            &self.inner.engine,
+            InstanceState {
+                wasi,
+                limiter: Limiter {
+                    memory_limit: config.memory_limit,
+                    denied: None,
+                },
+                cpu: CpuMeter::default(),
+            },
+        );
+        store.limiter(|s| &mut s.limiter);
+        let budget = config.cpu_budget.unwrap_or_default();
+        store.epoch_deadline_callback(move |mut ctx| {
+            if ctx.data_mut().cpu.tick() {
+                Err(CpuBudgetExceeded(budget).into())
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store.set_epoch_deadline(1);
+        let instance = match module.inner.pre.instantiate_async(&mut store).await {
+            Ok(i) => i,
+            Err(e) => {
+                if let Some(requested) = store.data().limiter.denied {
+                    return Err(InstantiateError::Failed(format!(
+                        "the module's initial memory of {requested} bytes is over the instance memory limit of {} bytes",
+                        config.memory_limit
+                    )));
+                }
+                let msg = format!("{e:#}");
+                return Err(if msg.contains("concurrent") {
+                    InstantiateError::NoCapacity(msg)
+                } else {
+                    InstantiateError::Failed(msg)
+                });
+            }
+        };
+        Ok(Instance {
+            store,
+            instance,
+            module: module.clone(),
+            config,
+            stdout,
+            stderr,
+            clock,
+            tick: self.inner.config.epoch_tick,
+            poisoned: false,
+            lineage: self.inner.lineages.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed),
+            sequence: 0,
+            generation: 0,
+            page_hashes: None,
+        })
+    }
+
+    /// Instantiate a module and boot it: run its start function and
+    /// `_initialize` if it has them. A command's `_start` is not run; call
+    /// [`Instance::run_command`].
+    pub async fn instantiate(
+        &self,
+        module: &Module,
+        config: InstanceConfig,
+    ) -> Result<Instance, InstantiateError> {
+        let mut instance = self.create(module, config).await?;
+        if module.layout().has_start {
+            boot(&mut instance, rewrite::START_EXPORT).await?;
+        }
+        if module.exports_function("_initialize") {
+            boot(&mut instance, "_initialize").await?;
+        }
+        Ok(instance)
+    }
+
+    /// Restore a full snapshot into a fresh instance of `module`, without
+    /// running any initialisation.
+    pub async fn restore(
+        &self,
+        module: &Module,
+        config: InstanceConfig,
+        snapshot: &Snapshot,
+    ) -> Result<Instance, InstantiateError> {
+        if !snapshot.is_full() {
+            return Err(RestoreError::NotFull.into());
+        }
+        let mut instance = self.create(module, config).await?;
+        instance.apply(snapshot)?;
+        Ok(instance)
+    }
+}
+
+async fn boot(instance: &mut Instance, export: &str) -> Result<(), InstantiateError> {
+    let func = instance
+        .instance
+        .get_func(&mut instance.store, export)
+        .ok_or_else(|| InstantiateError::Init(CallError::NoSuchExport(export.to_string())))?;
+    instance
+        .call_func(export, func, &[])
+        .await
+        .map(|_| ())
+        .map_err(InstantiateError::Init)
+}
