@@ -66,14 +66,14 @@ impl CompiledCache {
     /// to load is removed so it is rebuilt.
     pub fn get(&self, engine: &Engine, digest: &Digest) -> Option<wasmtime::Module> {
         let path = self.path(digest);
-        if !path.exists() {
-            return None;
-        }
+        // Read the bytes rather than mapping the file: a mapped file that is
+        // truncated underneath us would fault (SIGBUS) at run time.
+        let bytes = std::fs::read(&path).ok()?;
         // SAFETY: the file is in this host's own cache directory and was
         // written by `put` below from code this engine compiled; its name
         // carries the engine's compatibility key. Nothing received from
         // another machine is ever written here.
-        match unsafe { wasmtime::Module::deserialize_file(engine, &path) } {
+        match unsafe { wasmtime::Module::deserialize(engine, &bytes) } {
             Ok(module) => Some(module),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "dropping unloadable compiled module");
