@@ -33,7 +33,13 @@ fn main() {
     let target_dir = out.join("guest-target");
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
-        .args(["build", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip1",
+            "--manifest-path",
+        ])
         .arg(guests.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir)
@@ -47,10 +53,18 @@ fn main() {
         status.success(),
         "building the test guests failed; is the target installed? try `rustup target add wasm32-wasip1`"
     );
-    for (name, file) in [("STATEFUL", "stateful.wasm"), ("WASI_DEMO", "wasi-demo.wasm")] {
+    for (name, file) in [
+        ("STATEFUL", "stateful.wasm"),
+        ("WASI_DEMO", "wasi-demo.wasm"),
+    ] {
         let path = target_dir.join("wasm32-wasip1/release").join(file);
         assert!(path.exists(), "missing {}", path.display());
-        writeln!(code, "/// Path of the `{file}` test guest.\npub const {name}: &str = {:?};", path.display().to_string()).ok();
+        writeln!(
+            code,
+            "/// Path of the `{file}` test guest.\npub const {name}: &str = {:?};",
+            path.display().to_string()
+        )
+        .ok();
     }
 
     let c = build_foreign(
@@ -81,7 +95,11 @@ fn main() {
             ("GOCACHE", gocache.to_str().unwrap_or("/tmp/roam-gocache")),
         ],
     );
-    for (name, what, path) in [("COPY_C", "C", c), ("COPY_CPP", "C++", cpp), ("COPY_GO", "Go", go)] {
+    for (name, what, path) in [
+        ("COPY_C", "C", c),
+        ("COPY_CPP", "C++", cpp),
+        ("COPY_GO", "Go", go),
+    ] {
         let value = match path {
             Some(p) => format!("Some({:?})", p.display().to_string()),
             None => "None".into(),
@@ -112,7 +130,10 @@ fn build_foreign(
             println!(
                 "cargo:warning={tool} failed to build {}: {}",
                 source.display(),
-                String::from_utf8_lossy(&o.stderr).lines().next().unwrap_or("")
+                String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
             );
             None
         }

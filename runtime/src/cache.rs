@@ -59,7 +59,8 @@ impl CompiledCache {
     }
 
     fn path(&self, digest: &Digest) -> PathBuf {
-        self.dir.join(format!("{}-{}.cwasm", digest.hex(), self.key))
+        self.dir
+            .join(format!("{}-{}.cwasm", digest.hex(), self.key))
     }
 
     /// The cached compiled module, if present and loadable. A file that fails

@@ -119,7 +119,9 @@ pub enum CallError {
     #[error("guest exited with status {0}")]
     Exit(i32),
     /// The instance trapped earlier and its state is unknown.
-    #[error("instance is poisoned by an earlier trap; restore it from a snapshot or start a new one")]
+    #[error(
+        "instance is poisoned by an earlier trap; restore it from a snapshot or start a new one"
+    )]
     Poisoned,
     /// The export does not exist or is not a function.
     #[error("module has no exported function `{0}`")]
@@ -169,7 +171,9 @@ pub enum RestoreError {
         module: String,
     },
     /// A delta whose base is not the instance's current state.
-    #[error("delta applies on capture {base} of lineage {lineage:016x}, but the instance is at capture {current} of lineage {current_lineage:016x}")]
+    #[error(
+        "delta applies on capture {base} of lineage {lineage:016x}, but the instance is at capture {current} of lineage {current_lineage:016x}"
+    )]
     WrongBase {
         /// Lineage of the delta.
         lineage: u64,
@@ -211,7 +215,9 @@ pub enum SnapshotError {
     #[error("not a Roam snapshot (bad magic)")]
     BadMagic,
     /// The format version is not one this build reads.
-    #[error("snapshot format version {found} is not supported (this build reads version {supported})")]
+    #[error(
+        "snapshot format version {found} is not supported (this build reads version {supported})"
+    )]
     UnsupportedVersion {
         /// Version in the header.
         found: u32,

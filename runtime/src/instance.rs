@@ -137,7 +137,10 @@ pub(crate) fn describe_error(err: &wasmtime::Error) -> (String, String) {
         .downcast_ref::<wasmtime::WasmBacktrace>()
         .map(|bt| bt.to_string())
         .unwrap_or_default();
-    (message.lines().next().unwrap_or_default().to_string(), backtrace)
+    (
+        message.lines().next().unwrap_or_default().to_string(),
+        backtrace,
+    )
 }
 
 impl Instance {
@@ -183,7 +186,8 @@ impl Instance {
 
     /// Current linear memory size of memory 0 in bytes (0 without memory).
     pub fn memory_size(&mut self) -> u64 {
-        self.memory(0).map_or(0, |m| m.data_size(&self.store) as u64)
+        self.memory(0)
+            .map_or(0, |m| m.data_size(&self.store) as u64)
     }
 
     /// The guest's monotonic clock reading (nanoseconds).
@@ -258,8 +262,7 @@ impl Instance {
                 .map(|b| crate::limits::budget_ticks(b, self.tick));
             state.limiter.denied = None;
         }
-        self.store
-            .set_epoch_deadline(1);
+        self.store.set_epoch_deadline(1);
         match func.call_async(&mut self.store, params, &mut results).await {
             Ok(()) => Ok(results),
             Err(err) => {
@@ -306,9 +309,28 @@ impl Instance {
             .and_then(|e| e.into_memory())
     }
 
+    /// Linear memory 0 for the host to read or write (empty without a memory).
+    /// The guest is never running while the host holds this borrow.
+    pub fn memory_data_mut(&mut self) -> &mut [u8] {
+        match self.memory(0) {
+            Some(m) => m.data_mut(&mut self.store),
+            None => &mut [],
+        }
+    }
+
     /// Capture the whole state at this safe point.
     pub fn capture(&mut self) -> Result<Snapshot, CaptureError> {
-        self.capture_inner(false)
+        self.capture_inner(false, None)
+    }
+
+    /// Like [`Instance::capture`], but reuses the buffers of `into` (a
+    /// snapshot from an earlier capture). Fresh buffers cost a page fault per
+    /// 4 KiB on first write, several times the cost of the copy itself, so a
+    /// host that captures repeatedly keeps one snapshot around.
+    pub fn capture_into(&mut self, into: &mut Snapshot) -> Result<(), CaptureError> {
+        let reuse = std::mem::take(&mut into.memories);
+        *into = self.capture_inner(false, Some(reuse))?;
+        Ok(())
     }
 
     /// Capture the pages changed since the previous capture (or restore),
@@ -318,10 +340,14 @@ impl Instance {
         if self.page_hashes.is_none() || self.sequence == 0 {
             return Err(CaptureError::NoBase);
         }
-        self.capture_inner(true)
+        self.capture_inner(true, None)
     }
 
-    fn capture_inner(&mut self, delta: bool) -> Result<Snapshot, CaptureError> {
+    fn capture_inner(
+        &mut self,
+        delta: bool,
+        mut reuse: Option<Vec<MemoryImage>>,
+    ) -> Result<Snapshot, CaptureError> {
         if self.poisoned {
             return Err(CaptureError::Poisoned);
         }
@@ -330,12 +356,20 @@ impl Instance {
         let mut new_hashes = Vec::new();
         let mut memories = Vec::new();
         for index in 0..self.module.inner.exports.memories.len() {
-            let memory = self
-                .memory(index)
-                .ok_or_else(|| CaptureError::MissingItem(crate::rewrite::memory_export(index as u32)))?;
+            let memory = self.memory(index).ok_or_else(|| {
+                CaptureError::MissingItem(crate::rewrite::memory_export(index as u32))
+            })?;
             let data = memory.data(&self.store);
-            let old = old_hashes.get_mut(index).map(std::mem::take).unwrap_or_default();
-            let (image, hashes) = capture_memory(index as u32, data, delta.then_some(&old[..]), track);
+            let old = old_hashes
+                .get_mut(index)
+                .map(std::mem::take)
+                .unwrap_or_default();
+            let buffer = reuse
+                .as_mut()
+                .and_then(|r| (index < r.len()).then(|| std::mem::take(&mut r[index])))
+                .unwrap_or_default();
+            let (image, hashes) =
+                capture_memory(index as u32, data, delta.then_some(&old[..]), track, buffer);
             memories.push(image);
             new_hashes.push(hashes);
         }
@@ -355,16 +389,18 @@ impl Instance {
                 (GlobalKind::F32, Val::F32(v)) => Value::F32(v),
                 (GlobalKind::F64, Val::F64(v)) => Value::F64(v),
                 (GlobalKind::V128, Val::V128(v)) => Value::V128(v.as_u128()),
-                (GlobalKind::FuncRef, Val::FuncRef(f)) => {
-                    Value::FuncRef(match f {
-                        None => None,
-                        Some(f) => Some(self.func_index(&f).ok_or(CaptureError::ForeignFunction {
-                            table: u32::MAX,
-                            slot: u64::from(*index),
-                        })?),
-                    })
+                (GlobalKind::FuncRef, Val::FuncRef(f)) => Value::FuncRef(match f {
+                    None => None,
+                    Some(f) => Some(self.func_index(&f).ok_or(CaptureError::ForeignFunction {
+                        table: u32::MAX,
+                        slot: u64::from(*index),
+                    })?),
+                }),
+                _ => {
+                    return Err(CaptureError::MissingItem(crate::rewrite::global_export(
+                        *index,
+                    )));
                 }
-                _ => return Err(CaptureError::MissingItem(crate::rewrite::global_export(*index))),
             };
             globals.push((*index, value));
         }
@@ -377,7 +413,9 @@ impl Instance {
                 .instance
                 .get_module_export(&mut self.store, export)
                 .and_then(|e| e.into_table())
-                .ok_or_else(|| CaptureError::MissingItem(crate::rewrite::table_export(index as u32)))?;
+                .ok_or_else(|| {
+                    CaptureError::MissingItem(crate::rewrite::table_export(index as u32))
+                })?;
             let size = table.size(&self.store);
             let mut entries = Vec::with_capacity(size as usize);
             for slot in 0..size {
@@ -420,11 +458,19 @@ impl Instance {
 
     /// Map from a funcref's raw pointer to its function index.
     fn func_map(&mut self) -> std::collections::HashMap<usize, u32> {
-        let funcs: Vec<_> = self.module.inner.exports.funcs.iter().map(|(i, e)| (*i, *e)).collect();
+        let funcs: Vec<_> = self
+            .module
+            .inner
+            .exports
+            .funcs
+            .iter()
+            .map(|(i, e)| (*i, *e))
+            .collect();
         let mut map = std::collections::HashMap::with_capacity(funcs.len());
         for (index, export) in funcs {
             if let Some(f) = self.item(&export).and_then(|e| e.into_func()) {
-                map.entry(f.to_raw(&mut self.store) as usize).or_insert(index);
+                map.entry(f.to_raw(&mut self.store) as usize)
+                    .or_insert(index);
             }
         }
         map
@@ -503,15 +549,15 @@ impl Instance {
                 module: self.module.digest().to_string(),
             });
         }
-        if let Some(base) = snapshot.base {
-            if snapshot.lineage != self.lineage || base != self.sequence {
-                return Err(RestoreError::WrongBase {
-                    lineage: snapshot.lineage,
-                    base,
-                    current_lineage: self.lineage,
-                    current: self.sequence,
-                });
-            }
+        if let Some(base) = snapshot.base
+            && (snapshot.lineage != self.lineage || base != self.sequence)
+        {
+            return Err(RestoreError::WrongBase {
+                lineage: snapshot.lineage,
+                base,
+                current_lineage: self.lineage,
+                current: self.sequence,
+            });
         }
         let layout = self.module.inner.layout.clone();
         let mismatch = |m: String| RestoreError::Mismatch(m);
@@ -592,11 +638,16 @@ impl Instance {
                 layout.mutable_globals.len()
             )));
         }
-        for (i, ((index, value), (expected, kind))) in
-            snapshot.globals.iter().zip(&layout.mutable_globals).enumerate()
+        for (i, ((index, value), (expected, kind))) in snapshot
+            .globals
+            .iter()
+            .zip(&layout.mutable_globals)
+            .enumerate()
         {
             if index != expected {
-                return Err(mismatch(format!("global {index} is not mutable global {expected}")));
+                return Err(mismatch(format!(
+                    "global {index} is not mutable global {expected}"
+                )));
             }
             let val = match (kind, value) {
                 (GlobalKind::I32, Value::I32(v)) => Val::I32(*v as i32),
@@ -605,10 +656,11 @@ impl Instance {
                 (GlobalKind::F64, Value::F64(v)) => Val::F64(*v),
                 (GlobalKind::V128, Value::V128(v)) => Val::V128((*v).into()),
                 (GlobalKind::FuncRef, Value::FuncRef(None)) => Val::FuncRef(None),
-                (GlobalKind::FuncRef, Value::FuncRef(Some(f))) => Val::FuncRef(Some(
-                    self.func_by_index(*f)
-                        .ok_or_else(|| mismatch(format!("global {index}: unknown function {f}")))?,
-                )),
+                (GlobalKind::FuncRef, Value::FuncRef(Some(f))) => {
+                    Val::FuncRef(Some(self.func_by_index(*f).ok_or_else(|| {
+                        mismatch(format!("global {index}: unknown function {f}"))
+                    })?))
+                }
                 _ => return Err(mismatch(format!("global {index} has the wrong type"))),
             };
             let export = self.module.inner.exports.globals[i];
@@ -660,7 +712,10 @@ impl Instance {
                 let value = match entry {
                     None => Ref::Func(None),
                     Some(f) => Ref::Func(Some(self.func_by_index(*f).ok_or_else(|| {
-                        mismatch(format!("table {} slot {slot}: unknown function {f}", image.index))
+                        mismatch(format!(
+                            "table {} slot {slot}: unknown function {f}",
+                            image.index
+                        ))
                     })?)),
                 };
                 table
@@ -675,7 +730,9 @@ impl Instance {
         if self.config.track_dirty {
             let mut hashes = Vec::new();
             for i in 0..self.module.inner.exports.memories.len() {
-                let memory = self.memory(i).ok_or_else(|| mismatch(format!("memory {i} missing")))?;
+                let memory = self
+                    .memory(i)
+                    .ok_or_else(|| mismatch(format!("memory {i} missing")))?;
                 let data = memory.data(&self.store);
                 hashes.push(data.chunks(PAGE_SIZE).map(page_hash).collect());
             }
@@ -697,12 +754,16 @@ fn capture_memory(
     data: &[u8],
     old: Option<&[u64]>,
     track: bool,
+    mut image: MemoryImage,
 ) -> (MemoryImage, Vec<u64>) {
-    let mut image = MemoryImage {
-        index,
-        byte_len: data.len() as u64,
-        ..Default::default()
-    };
+    image.index = index;
+    image.byte_len = data.len() as u64;
+    image.pages.clear();
+    image.data.clear();
+    // Reserve the worst case up front: growing page by page would copy the
+    // image again on every doubling. Untouched capacity is only address space.
+    image.pages.reserve(data.len() / PAGE_SIZE + 1);
+    image.data.reserve(data.len().next_multiple_of(PAGE_SIZE));
     let mut hashes = Vec::with_capacity(if track { data.len() / PAGE_SIZE } else { 0 });
     for (p, page) in data.chunks(PAGE_SIZE).enumerate() {
         let include = if track || old.is_some() {

@@ -27,7 +27,9 @@ pub mod snapshot;
 pub mod wasi;
 
 pub use config::RuntimeConfig;
-pub use error::{CallError, CaptureError, InstantiateError, LoadError, RestoreError, SnapshotError};
+pub use error::{
+    CallError, CaptureError, InstantiateError, LoadError, RestoreError, SnapshotError,
+};
 pub use instance::{DirGrant, Instance, InstanceConfig};
 pub use logs::{LogBuffer, Passthrough};
 pub use module::{Digest, Module};

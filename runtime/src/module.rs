@@ -117,7 +117,9 @@ impl Module {
         self.inner
             .module
             .exports()
-            .filter(|e| e.ty().func().is_some() && !e.name().starts_with(crate::rewrite::RESERVED_PREFIX))
+            .filter(|e| {
+                e.ty().func().is_some() && !e.name().starts_with(crate::rewrite::RESERVED_PREFIX)
+            })
             .map(|e| e.name().to_string())
             .collect()
     }

@@ -245,10 +245,8 @@ pub fn rewrite(wasm: &[u8]) -> Result<Rewritten, LoadError> {
     // Pass 1: learn the index spaces and what must be exported.
     for payload in Parser::new(0).parse_all(wasm) {
         match payload.map_err(malformed)? {
-            Payload::Version { encoding, .. } => {
-                if encoding != wasmparser::Encoding::Module {
-                    return Err(LoadError::NotACoreModule);
-                }
+            Payload::Version { encoding, .. } if encoding != wasmparser::Encoding::Module => {
+                return Err(LoadError::NotACoreModule);
             }
             Payload::ImportSection(reader) => {
                 for import in reader.into_imports() {
@@ -497,13 +495,20 @@ mod tests {
             "roam-state:func:0",
             "roam-state:start",
         ] {
-            assert!(names.contains(&n.to_string()), "missing export {n}: {names:?}");
+            assert!(
+                names.contains(&n.to_string()),
+                "missing export {n}: {names:?}"
+            );
         }
         assert_eq!(out.layout.mutable_globals, vec![(0, GlobalKind::I32)]);
         assert!(out.layout.has_start);
         assert_eq!(
             out.layout.data_ranges,
-            vec![DataRange { memory: 0, offset: 16, len: 5 }]
+            vec![DataRange {
+                memory: 0,
+                offset: 16,
+                len: 5
+            }]
         );
         // No start section remains.
         let has_start = Parser::new(0)
@@ -517,7 +522,10 @@ mod tests {
         let wasm = wat::parse_str("(module (memory 1) (func))").unwrap();
         let out = rewrite(&wasm).unwrap();
         wasmparser::validate(&out.bytes).unwrap();
-        assert_eq!(exports_of(&out.bytes), vec!["roam-state:memory:0".to_string()]);
+        assert_eq!(
+            exports_of(&out.bytes),
+            vec!["roam-state:memory:0".to_string()]
+        );
     }
 
     #[test]
@@ -537,6 +545,9 @@ mod tests {
     #[test]
     fn reserved_export_names_are_refused() {
         let wasm = wat::parse_str(r#"(module (func (export "roam-state:x")))"#).unwrap();
-        assert!(matches!(rewrite(&wasm), Err(LoadError::ReservedExport { .. })));
+        assert!(matches!(
+            rewrite(&wasm),
+            Err(LoadError::ReservedExport { .. })
+        ));
     }
 }

@@ -184,10 +184,10 @@ impl Runtime {
             None => {
                 let m = wasmtime::Module::new(&self.inner.engine, &rewritten.bytes)
                     .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-                if let Some(cache) = &self.inner.cache {
-                    if let Err(e) = cache.put(&digest, &m) {
-                        tracing::warn!(%digest, error = %e, "cannot write compiled module to cache");
-                    }
+                if let Some(cache) = &self.inner.cache
+                    && let Err(e) = cache.put(&digest, &m)
+                {
+                    tracing::warn!(%digest, error = %e, "cannot write compiled module to cache");
                 }
                 m
             }
@@ -311,7 +311,10 @@ impl Runtime {
             clock,
             tick: self.inner.config.epoch_tick,
             poisoned: false,
-            lineage: self.inner.lineages.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed),
+            lineage: self
+                .inner
+                .lineages
+                .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed),
             sequence: 0,
             generation: 0,
             page_hashes: None,

@@ -6,7 +6,10 @@ pub mod artifacts {
     include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
 
     /// A foreign-toolchain artifact, or a failure that says how to get it.
-    #[allow(clippy::panic, reason = "used by tests, where a panic is the failure report")]
+    #[allow(
+        clippy::panic,
+        reason = "used by tests, where a panic is the failure report"
+    )]
     pub fn require(path: Option<&'static str>, what: &str) -> &'static str {
         match path {
             Some(p) => p,

@@ -154,9 +154,9 @@ fn exit_code(code: i32) -> ExitCode {
 
 fn report_trap(err: &CallError) {
     eprintln!("error: {err}");
-    if let CallError::Trap { backtrace, .. } = err {
-        if !backtrace.is_empty() {
-            eprintln!("{}", backtrace.trim_end());
-        }
+    if let CallError::Trap { backtrace, .. } = err
+        && !backtrace.is_empty()
+    {
+        eprintln!("{}", backtrace.trim_end());
     }
 }

@@ -1,3 +1,9 @@
 //! End-to-end tests of the `roam` binary: real processes, real guests.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests report failure by panicking"
+)]
 
 mod run;

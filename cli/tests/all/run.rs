@@ -8,7 +8,10 @@ use roam_tests::artifacts;
 fn roam() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_roam"));
     // Keep compiled-code caches inside the test's own scratch space.
-    cmd.env("XDG_CACHE_HOME", std::env::temp_dir().join("roam-test-cache"));
+    cmd.env(
+        "XDG_CACHE_HOME",
+        std::env::temp_dir().join("roam-test-cache"),
+    );
     cmd
 }
 
@@ -74,7 +77,13 @@ fn nothing_is_granted_by_default() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("secret.txt"), "x").unwrap();
     let path = dir.path().join("secret.txt");
-    let out = run(&[artifacts::WASI_DEMO, "--", "copy", path.to_str().unwrap(), "/tmp/o"]);
+    let out = run(&[
+        artifacts::WASI_DEMO,
+        "--",
+        "copy",
+        path.to_str().unwrap(),
+        "/tmp/o",
+    ]);
     assert!(!out.status.success());
     let out = run(&[artifacts::WASI_DEMO, "--", "env", "HOME"]);
     assert_eq!(stdout(&out), "<unset>\n");
@@ -82,7 +91,14 @@ fn nothing_is_granted_by_default() {
 
 #[test]
 fn env_and_args_reach_the_guest() {
-    let out = run(&["--env", "GREETING=hej", artifacts::WASI_DEMO, "--", "env", "GREETING"]);
+    let out = run(&[
+        "--env",
+        "GREETING=hej",
+        artifacts::WASI_DEMO,
+        "--",
+        "env",
+        "GREETING",
+    ]);
     assert!(out.status.success());
     assert_eq!(stdout(&out), "hej\n");
 }
@@ -99,7 +115,12 @@ fn trap_prints_the_cause_and_wasm_backtrace() {
     assert_eq!(out.status.code(), Some(134));
     let err = stderr(&out);
     assert!(err.contains("deliberate panic"), "{err}");
-    assert!(err.contains("error: call to `_start` trapped: wasm trap: wasm `unreachable` instruction executed"), "{err}");
+    assert!(
+        err.contains(
+            "error: call to `_start` trapped: wasm trap: wasm `unreachable` instruction executed"
+        ),
+        "{err}"
+    );
     assert!(err.contains("wasi_demo::main"), "backtrace missing: {err}");
 }
 
@@ -107,21 +128,50 @@ fn trap_prints_the_cause_and_wasm_backtrace() {
 fn timeout_stops_a_busy_guest() {
     let out = run(&["--timeout", "200ms", artifacts::WASI_DEMO, "--", "spin"]);
     assert_eq!(out.status.code(), Some(124));
-    assert!(stderr(&out).contains("ran longer than its --timeout of 200ms"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("ran longer than its --timeout of 200ms"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn timeout_stops_a_guest_blocked_in_wasi() {
-    let out = run(&["--timeout", "200ms", artifacts::WASI_DEMO, "--", "sleep", "60000"]);
+    let out = run(&[
+        "--timeout",
+        "200ms",
+        artifacts::WASI_DEMO,
+        "--",
+        "sleep",
+        "60000",
+    ]);
     assert_eq!(out.status.code(), Some(124));
 }
 
 #[test]
 fn memory_cap_is_reported() {
-    let out = run(&["--max-memory", "16MiB", artifacts::WASI_DEMO, "--", "alloc", "64"]);
+    let out = run(&[
+        "--max-memory",
+        "16MiB",
+        artifacts::WASI_DEMO,
+        "--",
+        "alloc",
+        "64",
+    ]);
     assert_eq!(out.status.code(), Some(134));
-    assert!(stderr(&out).contains("over its limit of 16777216 bytes"), "{}", stderr(&out));
-    let out = run(&["--max-memory", "128MiB", artifacts::WASI_DEMO, "--", "alloc", "64"]);
+    assert!(
+        stderr(&out).contains("over its limit of 16777216 bytes"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&[
+        "--max-memory",
+        "128MiB",
+        artifacts::WASI_DEMO,
+        "--",
+        "alloc",
+        "64",
+    ]);
     assert!(out.status.success());
 }
 
@@ -132,15 +182,31 @@ fn bad_input_gets_a_clear_error() {
     std::fs::write(&junk, b"definitely not wasm").unwrap();
     let out = run(&[junk.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("invalid WebAssembly module"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("invalid WebAssembly module"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = run(&["/nonexistent/x.wasm"]);
-    assert!(stderr(&out).contains("cannot read `/nonexistent/x.wasm`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot read `/nonexistent/x.wasm`"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = run(&["--dir", "/nonexistent-dir", artifacts::WASI_DEMO]);
-    assert!(stderr(&out).contains("cannot grant directory `/nonexistent-dir`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot grant directory `/nonexistent-dir`"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = run(&[artifacts::STATEFUL]);
-    assert!(stderr(&out).contains("exports no `_start` function"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("exports no `_start` function"),
+        "{}",
+        stderr(&out)
+    );
     assert!(Path::new(artifacts::STATEFUL).exists());
 }

@@ -317,7 +317,9 @@ fn open<'a>(bytes: &'a [u8], limits: &DecodeLimits) -> Result<&'a [u8], Snapshot
         });
     }
     if declared < (HEADER_LEN + TRAILER_LEN) as u64 {
-        return Err(malformed(format!("declared length {declared} is below the minimum")));
+        return Err(malformed(format!(
+            "declared length {declared} is below the minimum"
+        )));
     }
     let body_end = bytes.len() - TRAILER_LEN;
     let mut trailer = Reader {
@@ -421,13 +423,13 @@ fn read_meta(payload: &[u8], expected: Option<&Digest>) -> Result<Snapshot, Snap
         what: "meta",
     };
     let module = Digest::from_bytes(r.array::<32>()?);
-    if let Some(expected) = expected {
-        if *expected != module {
-            return Err(SnapshotError::WrongModule {
-                snapshot: module.to_string(),
-                expected: expected.to_string(),
-            });
-        }
+    if let Some(expected) = expected
+        && *expected != module
+    {
+        return Err(SnapshotError::WrongModule {
+            snapshot: module.to_string(),
+            expected: expected.to_string(),
+        });
     }
     let lineage = r.u64()?;
     let sequence = r.u64()?;
@@ -460,7 +462,9 @@ fn read_globals(payload: &[u8]) -> Result<Vec<(u32, Value)>, SnapshotError> {
     let n = r.u32()? as usize;
     // Every entry takes at least 9 bytes.
     if n > r.bytes.len() / 9 {
-        return Err(malformed(format!("globals section declares {n} globals, too many for its size")));
+        return Err(malformed(format!(
+            "globals section declares {n} globals, too many for its size"
+        )));
     }
     let mut globals = Vec::with_capacity(n);
     for _ in 0..n {
@@ -586,7 +590,10 @@ mod tests {
     fn round_trips() {
         let s = sample();
         let bytes = encode(&s);
-        assert_eq!(decode(&bytes, Some(&s.module), &DecodeLimits::default()), Ok(s));
+        assert_eq!(
+            decode(&bytes, Some(&s.module), &DecodeLimits::default()),
+            Ok(s)
+        );
     }
 
     #[test]
@@ -600,7 +607,10 @@ mod tests {
         ));
         let mut flipped = bytes.clone();
         flipped[100] ^= 1;
-        assert_eq!(decode(&flipped, None, &limits), Err(SnapshotError::Checksum));
+        assert_eq!(
+            decode(&flipped, None, &limits),
+            Err(SnapshotError::Checksum)
+        );
         let small = DecodeLimits {
             max_total: 64,
             ..limits
@@ -613,7 +623,10 @@ mod tests {
             decode(&bytes, Some(&Digest::of(b"other")), &limits),
             Err(SnapshotError::WrongModule { .. })
         ));
-        assert_eq!(decode(b"GARBAGE!", None, &limits), Err(SnapshotError::BadMagic));
+        assert_eq!(
+            decode(b"GARBAGE!", None, &limits),
+            Err(SnapshotError::BadMagic)
+        );
     }
 
     #[test]
@@ -621,7 +634,10 @@ mod tests {
         let bytes = encode(&sample());
         let limits = DecodeLimits::default();
         for len in 0..bytes.len() {
-            assert!(decode(&bytes[..len], None, &limits).is_err(), "truncated at {len}");
+            assert!(
+                decode(&bytes[..len], None, &limits).is_err(),
+                "truncated at {len}"
+            );
         }
         let mut b = bytes.clone();
         for i in 0..b.len() {

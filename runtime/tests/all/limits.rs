@@ -26,7 +26,10 @@ async fn runaway_loop_is_stopped_as_a_cpu_budget_error() {
     // Generous bound against a loaded machine; the tick count is what stops it.
     assert!(took < budget * 20, "took {took:?}");
     // The instance is poisoned, the host is fine.
-    assert!(matches!(spinner.call("ok", &[]).await, Err(CallError::Poisoned)));
+    assert!(matches!(
+        spinner.call("ok", &[]).await,
+        Err(CallError::Poisoned)
+    ));
     let mut other = rt.instantiate(&module, config()).await.unwrap();
     assert_eq!(call_i32(&mut other, "ok", &[]).await, 42);
 }
@@ -53,13 +56,18 @@ async fn memory_bomb_fails_with_a_memory_limit_error() {
     let mut inst = rt.instantiate(&module, cfg).await.unwrap();
     let err = inst.call("bomb", &[]).await.unwrap_err();
     match &err {
-        CallError::MemoryLimitExceeded { limit, requested, .. } => {
+        CallError::MemoryLimitExceeded {
+            limit, requested, ..
+        } => {
             assert_eq!(*limit, 2 << 20);
             assert!(*requested > 2 << 20);
         }
         other => panic!("expected a memory limit error, got {other}"),
     }
-    assert!(err.to_string().contains("over its limit of 2097152 bytes"), "{err}");
+    assert!(
+        err.to_string().contains("over its limit of 2097152 bytes"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -84,7 +92,9 @@ async fn trap_poisons_the_instance_and_a_snapshot_brings_it_back() {
     let snapshot = inst.capture().unwrap();
     let err = inst.call("trap", &[]).await.unwrap_err();
     match &err {
-        CallError::Trap { message, backtrace, .. } => {
+        CallError::Trap {
+            message, backtrace, ..
+        } => {
             assert!(message.contains("unreachable"), "{message}");
             assert!(!backtrace.is_empty());
         }
@@ -123,7 +133,10 @@ async fn instance_slots_run_out_cleanly() {
         held.push(rt.instantiate(&module, cfg.clone()).await.unwrap());
     }
     let err = rt.instantiate(&module, cfg.clone()).await.unwrap_err();
-    assert!(matches!(err, roam_runtime::InstantiateError::NoCapacity(_)), "{err}");
+    assert!(
+        matches!(err, roam_runtime::InstantiateError::NoCapacity(_)),
+        "{err}"
+    );
     held.pop();
     rt.instantiate(&module, cfg).await.unwrap();
 }

@@ -14,7 +14,10 @@ fn malformed_module_is_refused_with_the_validator_message() {
     let err = load_err(&rt, b"\0asm\x01\0\0\0\x01\x05garbage");
     assert!(matches!(err, LoadError::Invalid { .. }), "{err}");
     let err = load_err(&rt, b"not wasm at all");
-    assert!(err.to_string().starts_with("invalid WebAssembly module"), "{err}");
+    assert!(
+        err.to_string().starts_with("invalid WebAssembly module"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -27,7 +30,13 @@ fn oversized_module_is_refused_before_parsing() {
     .unwrap();
     let err = load_err(&rt, &vec![0u8; 4096]);
     assert!(
-        matches!(err, LoadError::TooLarge { size: 4096, limit: 1024 }),
+        matches!(
+            err,
+            LoadError::TooLarge {
+                size: 4096,
+                limit: 1024
+            }
+        ),
         "{err}"
     );
 }

@@ -1,5 +1,11 @@
 //! Integration tests of roam-runtime against WAT fixtures: one binary, one
 //! module per concern (wasmtime's `tests/all` layout).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests report failure by panicking"
+)]
 
 mod limits;
 mod load;

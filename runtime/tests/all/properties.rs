@@ -68,19 +68,25 @@ async fn run(ops: &[Op], migrate: bool) -> Vec<i64> {
     for op in ops {
         match op {
             Op::Step(x) => out.push(call_i64(&mut current, "step", &[Val::I32(*x)]).await),
-            Op::Write(a, v) => {
+            Op::Write(a, v)
                 // Writes land only below the current memory size.
-                if (*a as u64) + 8 <= current.memory_size() {
-                    current.call("write", &[Val::I32(*a), Val::I64(*v)]).await.unwrap();
+                if (*a as u64) + 8 <= current.memory_size() => {
+                    current
+                        .call("write", &[Val::I32(*a), Val::I64(*v)])
+                        .await
+                        .unwrap();
                 }
-            }
-            Op::Grow(x) => {
-                if current.memory_size() < 8 * 65536 {
-                    out.push(i64::from(call_i32(&mut current, "grow", &[Val::I32(*x)]).await));
+            Op::Grow(x)
+                if current.memory_size() < 8 * 65536 => {
+                    out.push(i64::from(
+                        call_i32(&mut current, "grow", &[Val::I32(*x)]).await,
+                    ));
                 }
-            }
             Op::SetSlot(i, w) => {
-                current.call("set_slot", &[Val::I32(*i), Val::I32(*w)]).await.unwrap();
+                current
+                    .call("set_slot", &[Val::I32(*i), Val::I32(*w)])
+                    .await
+                    .unwrap();
             }
             Op::GrowTable => out.push(i64::from(call_i32(&mut current, "grow_table", &[]).await)),
             Op::KeepFunc(w) => {
@@ -98,12 +104,14 @@ async fn run(ops: &[Op], migrate: bool) -> Vec<i64> {
             }
             Op::SyncReplica if migrate => {
                 if let Some(r) = replica.as_mut() {
-                    r.apply(&through_bytes(&current.capture_delta().unwrap())).unwrap();
+                    r.apply(&through_bytes(&current.capture_delta().unwrap()))
+                        .unwrap();
                 }
             }
             Op::SwitchToReplica if migrate => {
                 if let Some(mut r) = replica.take() {
-                    r.apply(&through_bytes(&current.capture_delta().unwrap())).unwrap();
+                    r.apply(&through_bytes(&current.capture_delta().unwrap()))
+                        .unwrap();
                     current = r;
                 }
             }

@@ -9,10 +9,16 @@ use super::*;
 async fn round_trip(rt: &Runtime, instance: &mut Instance) -> Instance {
     let snapshot = instance.capture().unwrap();
     let bytes = codec::encode(&snapshot);
-    let decoded: Snapshot =
-        codec::decode(&bytes, Some(&instance.module().digest()), &DecodeLimits::default()).unwrap();
+    let decoded: Snapshot = codec::decode(
+        &bytes,
+        Some(&instance.module().digest()),
+        &DecodeLimits::default(),
+    )
+    .unwrap();
     assert_eq!(decoded, snapshot);
-    rt.restore(instance.module(), config(), &decoded).await.unwrap()
+    rt.restore(instance.module(), config(), &decoded)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -53,7 +59,9 @@ async fn data_segment_bytes_the_guest_cleared_stay_cleared() {
     assert_ne!(call_i64(&mut a, "read", &[Val::I32(16)]).await, 0);
     // Clear the whole first page so it is omitted from the snapshot.
     for addr in (0..4096).step_by(8) {
-        a.call("write", &[Val::I32(addr), Val::I64(0)]).await.unwrap();
+        a.call("write", &[Val::I32(addr), Val::I64(0)])
+            .await
+            .unwrap();
     }
     let mut restored = round_trip(&rt, &mut a).await;
     assert_eq!(call_i64(&mut restored, "read", &[Val::I32(16)]).await, 0);
@@ -65,9 +73,15 @@ async fn table_changed_at_run_time_is_restored() {
     let rt = runtime();
     let module = load_wat(&rt, STATE_WAT);
     let mut a = rt.instantiate(&module, config()).await.unwrap();
-    a.call("set_slot", &[Val::I32(0), Val::I32(2)]).await.unwrap();
-    a.call("set_slot", &[Val::I32(1), Val::I32(9)]).await.unwrap();
-    a.call("set_slot", &[Val::I32(3), Val::I32(0)]).await.unwrap();
+    a.call("set_slot", &[Val::I32(0), Val::I32(2)])
+        .await
+        .unwrap();
+    a.call("set_slot", &[Val::I32(1), Val::I32(9)])
+        .await
+        .unwrap();
+    a.call("set_slot", &[Val::I32(3), Val::I32(0)])
+        .await
+        .unwrap();
     assert_eq!(call_i32(&mut a, "grow_table", &[]).await, 4);
     let mut restored = round_trip(&rt, &mut a).await;
     let mut got = Vec::new();
@@ -102,7 +116,10 @@ async fn memory_grown_at_run_time_is_restored() {
     let mut restored = round_trip(&rt, &mut a).await;
     assert_eq!(restored.memory_size(), size);
     assert_eq!(call_i64(&mut restored, "digest", &[]).await, want);
-    assert_eq!(call_i64(&mut restored, "read", &[Val::I32(4 * 65536 - 8)]).await, 102);
+    assert_eq!(
+        call_i64(&mut restored, "read", &[Val::I32(4 * 65536 - 8)]).await,
+        102
+    );
 }
 
 #[tokio::test]
@@ -130,7 +147,9 @@ async fn delta_carries_only_changed_pages_and_applies_onto_restored_base() {
     let full = a.capture().unwrap();
     let mut replica = rt.restore(&module, config(), &full).await.unwrap();
 
-    a.call("write", &[Val::I32(5 * 65536 + 100), Val::I64(77)]).await.unwrap();
+    a.call("write", &[Val::I32(5 * 65536 + 100), Val::I64(77)])
+        .await
+        .unwrap();
     a.call("step", &[Val::I32(3)]).await.unwrap();
     let delta = a.capture_delta().unwrap();
     assert_eq!(delta.base, Some(full.sequence));
@@ -144,7 +163,10 @@ async fn delta_carries_only_changed_pages_and_applies_onto_restored_base() {
         call_i64(&mut replica, "digest", &[]).await,
         call_i64(&mut a, "digest", &[]).await
     );
-    assert_eq!(call_i64(&mut replica, "read", &[Val::I32(5 * 65536 + 100)]).await, 77);
+    assert_eq!(
+        call_i64(&mut replica, "read", &[Val::I32(5 * 65536 + 100)]).await,
+        77
+    );
 }
 
 #[tokio::test]
@@ -159,7 +181,10 @@ async fn delta_on_the_wrong_base_is_refused() {
     a.call("step", &[Val::I32(2)]).await.unwrap();
     let second = a.capture_delta().unwrap();
     let err = replica.apply(&second).unwrap_err();
-    assert!(err.to_string().contains("delta applies on capture"), "{err}");
+    assert!(
+        err.to_string().contains("delta applies on capture"),
+        "{err}"
+    );
     // A delta cannot start a restore either.
     assert!(rt.restore(&module, config(), &second).await.is_err());
 }
@@ -175,7 +200,10 @@ async fn snapshot_of_another_module_is_refused() {
     assert!(err.to_string().contains("snapshot is for module"), "{err}");
     let bytes = codec::encode(&snapshot);
     let err = codec::decode(&bytes, Some(&other.digest()), &DecodeLimits::default()).unwrap_err();
-    assert!(matches!(err, roam_runtime::SnapshotError::WrongModule { .. }));
+    assert!(matches!(
+        err,
+        roam_runtime::SnapshotError::WrongModule { .. }
+    ));
 }
 
 #[tokio::test]
@@ -187,13 +215,19 @@ async fn real_snapshot_truncated_or_bit_flipped_never_restores() {
     let bytes = codec::encode(&a.capture().unwrap());
     let limits = DecodeLimits::default();
     for len in 0..bytes.len() {
-        assert!(codec::decode(&bytes[..len], None, &limits).is_err(), "truncated at {len}");
+        assert!(
+            codec::decode(&bytes[..len], None, &limits).is_err(),
+            "truncated at {len}"
+        );
     }
     let mut b = bytes.clone();
     for i in 0..b.len() {
         for bit in 0..8 {
             b[i] ^= 1 << bit;
-            assert!(codec::decode(&b, None, &limits).is_err(), "bit {bit} of byte {i}");
+            assert!(
+                codec::decode(&b, None, &limits).is_err(),
+                "bit {bit} of byte {i}"
+            );
             b[i] ^= 1 << bit;
         }
     }

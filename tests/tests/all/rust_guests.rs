@@ -45,7 +45,12 @@ async fn rust_heap_state_survives_restore() {
     let f = &*FIXTURE;
     let mut a = f.rt.instantiate(&f.module, config()).await.unwrap();
     for i in 0..100u32 {
-        u64_call(&mut a, "push", &[Val::I32(i as i32), Val::I64(i64::from(i) * 7)]).await;
+        u64_call(
+            &mut a,
+            "push",
+            &[Val::I32(i as i32), Val::I64(i64::from(i) * 7)],
+        )
+        .await;
     }
     u64_call(&mut a, "blob", &[Val::I32(512), Val::I64(9)]).await;
     let before = u64_call(&mut a, "digest", &[]).await;
@@ -56,7 +61,10 @@ async fn rust_heap_state_survives_restore() {
     // Both continue identically, including allocation and deep recursion.
     for (x, y) in [(1, 2), (3, 4), (5, 6)] {
         let want = u64_call(&mut a, "push", &[Val::I32(x), Val::I64(y)]).await;
-        assert_eq!(u64_call(&mut b, "push", &[Val::I32(x), Val::I64(y)]).await, want);
+        assert_eq!(
+            u64_call(&mut b, "push", &[Val::I32(x), Val::I64(y)]).await,
+            want
+        );
     }
     assert_eq!(
         u64_call(&mut b, "deep", &[Val::I32(2000)]).await,
@@ -71,11 +79,17 @@ async fn guest_stdout_is_captured_per_instance() {
     let mut b = f.rt.instantiate(&f.module, config()).await.unwrap();
     a.call("hello", &[]).await.unwrap();
     a.call("hello", &[]).await.unwrap();
-    assert_eq!(a.stdout().contents(), b"hello from stateful\nhello from stateful\n");
+    assert_eq!(
+        a.stdout().contents(),
+        b"hello from stateful\nhello from stateful\n"
+    );
     assert!(b.stdout().contents().is_empty());
     b.call("hello", &[]).await.unwrap();
     // The log cursor moves with the workload.
-    let restored = f.rt.restore(&f.module, config(), &a.capture().unwrap()).await.unwrap();
+    let restored =
+        f.rt.restore(&f.module, config(), &a.capture().unwrap())
+            .await
+            .unwrap();
     assert_eq!(restored.stdout().cursor(), 40);
 }
 
@@ -111,12 +125,22 @@ async fn run(ops: &[Op], migrate: bool) -> Vec<u64> {
     let mut out = Vec::new();
     for op in ops {
         match op {
-            Op::Push(k, v) => {
-                out.push(u64_call(&mut current, "push", &[Val::I32(*k as i32), Val::I64(*v as i64)]).await)
-            }
-            Op::Blob(k, s) => {
-                out.push(u64_call(&mut current, "blob", &[Val::I32(*k as i32), Val::I64(*s as i64)]).await)
-            }
+            Op::Push(k, v) => out.push(
+                u64_call(
+                    &mut current,
+                    "push",
+                    &[Val::I32(*k as i32), Val::I64(*v as i64)],
+                )
+                .await,
+            ),
+            Op::Blob(k, s) => out.push(
+                u64_call(
+                    &mut current,
+                    "blob",
+                    &[Val::I32(*k as i32), Val::I64(*s as i64)],
+                )
+                .await,
+            ),
             Op::DropBlob => out.push(u64_call(&mut current, "drop_blob", &[]).await),
             Op::Deep(n) => out.push(u64_call(&mut current, "deep", &[Val::I32(*n as i32)]).await),
             Op::MoveFull if migrate => {
@@ -130,12 +154,14 @@ async fn run(ops: &[Op], migrate: bool) -> Vec<u64> {
             }
             Op::SyncReplica if migrate => {
                 if let Some(r) = replica.as_mut() {
-                    r.apply(&through_bytes(&current.capture_delta().unwrap())).unwrap();
+                    r.apply(&through_bytes(&current.capture_delta().unwrap()))
+                        .unwrap();
                 }
             }
             Op::SwitchToReplica if migrate => {
                 if let Some(mut r) = replica.take() {
-                    r.apply(&through_bytes(&current.capture_delta().unwrap())).unwrap();
+                    r.apply(&through_bytes(&current.capture_delta().unwrap()))
+                        .unwrap();
                     current = r;
                 }
             }
