@@ -72,6 +72,19 @@ pub enum InstantiateError {
         /// Why it failed.
         reason: String,
     },
+    /// The module imports a capability the workload is not granted.
+    #[error("workload `{workload}` imports `{import}` but is not granted `{capability}`")]
+    NotGranted {
+        /// Workload name.
+        workload: String,
+        /// The import.
+        import: String,
+        /// The capability it needs.
+        capability: String,
+    },
+    /// The module does not follow the Roam ABI.
+    #[error("{0}")]
+    Abi(String),
     /// The start function or `_initialize` failed on first boot.
     #[error("initialisation failed: {0}")]
     Init(#[source] CallError),

@@ -22,6 +22,7 @@ use wasmtime::{Extern, Func, Ref, Store, Val, ValType};
 use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::p1::WasiP1Ctx;
 
+use crate::abi::{AbiState, Grants, HostInfo, LogRecord, Quotas};
 use crate::error::{CallError, CaptureError, RestoreError};
 use crate::limits::{CpuBudgetExceeded, CpuMeter, Limiter};
 use crate::logs::{DEFAULT_LOG_CAPACITY, LogBuffer, Passthrough};
@@ -47,7 +48,7 @@ pub struct DirGrant {
 }
 
 /// What one instance may do and use. Everything not granted is denied.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct InstanceConfig {
     /// The workload's name (also the guest's `argv[0]`).
     pub name: String,
@@ -69,6 +70,28 @@ pub struct InstanceConfig {
     pub log_capacity: usize,
     /// Keep per-page hashes at each capture so deltas can be taken.
     pub track_dirty: bool,
+    /// ABI capabilities granted (all denied by default).
+    pub grants: Grants,
+    /// ABI quotas.
+    pub quotas: Quotas,
+    /// Where the workload runs, as `roam::host_info` reports it.
+    pub info: HostInfo,
+    /// Called for every guest log record, besides `tracing`.
+    pub log_sink: Option<LogSink>,
+}
+
+/// A consumer of guest log records: `(workload name, record)`.
+pub type LogSink = std::sync::Arc<dyn Fn(&str, &LogRecord) + Send + Sync>;
+
+impl std::fmt::Debug for InstanceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceConfig")
+            .field("name", &self.name)
+            .field("memory_limit", &self.memory_limit)
+            .field("cpu_budget", &self.cpu_budget)
+            .field("grants", &self.grants)
+            .finish_non_exhaustive()
+    }
 }
 
 impl InstanceConfig {
@@ -86,6 +109,10 @@ impl InstanceConfig {
             stderr: Passthrough::None,
             log_capacity: DEFAULT_LOG_CAPACITY,
             track_dirty: true,
+            grants: Grants::default(),
+            quotas: Quotas::default(),
+            info: HostInfo::default(),
+            log_sink: None,
         }
     }
 }
@@ -95,6 +122,10 @@ pub struct InstanceState {
     pub(crate) wasi: WasiP1Ctx,
     pub(crate) limiter: Limiter,
     pub(crate) cpu: CpuMeter,
+    pub(crate) abi: AbiState,
+    pub(crate) name: String,
+    pub(crate) clock: MonotonicClock,
+    pub(crate) log_sink: Option<LogSink>,
 }
 
 /// A running instance of a module.
@@ -162,6 +193,16 @@ impl Instance {
     /// Captured stderr.
     pub fn stderr(&self) -> &LogBuffer {
         &self.stderr
+    }
+
+    /// The ABI state (key-value data, timers, queues, recent logs).
+    pub fn abi(&self) -> &AbiState {
+        &self.store.data().abi
+    }
+
+    /// The ABI state, mutable (for the host's dispatcher).
+    pub fn abi_mut(&mut self) -> &mut AbiState {
+        &mut self.store.data_mut().abi
     }
 
     /// Whether an earlier trap left the instance unusable.
@@ -437,7 +478,13 @@ impl Instance {
             });
         }
 
-        let host = vec![self.capture_host_state()];
+        let host = vec![
+            self.capture_host_state(),
+            HostSection {
+                name: crate::abi::state::SECTION.to_string(),
+                data: self.store.data().abi.encode(),
+            },
+        ];
         let base = delta.then_some(self.sequence);
         self.sequence += 1;
         if track {
@@ -502,6 +549,17 @@ impl Instance {
 
     fn restore_host_state(&mut self, snapshot: &Snapshot) -> Result<(), RestoreError> {
         for section in &snapshot.host {
+            if section.name == crate::abi::state::SECTION {
+                self.store
+                    .data_mut()
+                    .abi
+                    .decode_into(&section.data)
+                    .map_err(|reason| RestoreError::HostState {
+                        name: section.name.clone(),
+                        reason,
+                    })?;
+                continue;
+            }
             if section.name != WASI_SECTION {
                 return Err(RestoreError::HostState {
                     name: section.name.clone(),

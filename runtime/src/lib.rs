@@ -13,8 +13,10 @@
 //! [`Instance::apply`] continue from them.
 #![deny(missing_docs)]
 
+pub mod abi;
 pub mod cache;
 pub mod config;
+pub mod driver;
 pub mod epoch;
 pub mod error;
 pub mod instance;
@@ -25,6 +27,7 @@ pub mod rewrite;
 pub mod runtime;
 pub mod snapshot;
 pub mod wasi;
+pub mod workload;
 
 pub use config::RuntimeConfig;
 pub use error::{
@@ -35,4 +38,5 @@ pub use logs::{LogBuffer, Passthrough};
 pub use module::{Digest, Module};
 pub use runtime::Runtime;
 pub use snapshot::Snapshot;
+pub use workload::{HandleError, Workload};
 pub use wasmtime::Val;

@@ -73,6 +73,8 @@ pub(crate) struct ModuleInner {
     pub module: wasmtime::Module,
     pub pre: InstancePre<InstanceState>,
     pub from_cache: bool,
+    /// ABI capabilities the module imports: (capability, import name).
+    pub capabilities: Vec<(&'static str, String)>,
 }
 
 /// A loaded module: validated, rewritten for capture, compiled and linked.
@@ -122,6 +124,23 @@ impl Module {
             })
             .map(|e| e.name().to_string())
             .collect()
+    }
+
+    /// The module's imports as (module, name).
+    pub fn imports(&self) -> Vec<(String, String)> {
+        self.inner
+            .module
+            .imports()
+            .map(|i| (i.module().to_string(), i.name().to_string()))
+            .collect()
+    }
+
+    /// Whether the module exports a memory called `name`.
+    pub fn exports_memory(&self, name: &str) -> bool {
+        self.inner
+            .module
+            .get_export(name)
+            .is_some_and(|e| e.memory().is_some())
     }
 
     /// Whether the module exports a function called `name`.

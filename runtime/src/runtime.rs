@@ -18,6 +18,7 @@ use wasmtime::{
 };
 use wasmtime_wasi::WasiCtxBuilder;
 
+use crate::abi::AbiState;
 use crate::cache::CompiledCache;
 use crate::config::RuntimeConfig;
 use crate::epoch::EpochTicker;
@@ -83,6 +84,8 @@ impl Runtime {
         let mut linker: Linker<InstanceState> = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s| &mut s.wasi)
             .map_err(|e| anyhow::anyhow!("cannot link WASI: {e:#}"))?;
+        crate::abi::add_to_linker(&mut linker)
+            .map_err(|e| anyhow::anyhow!("cannot link the roam ABI: {e:#}"))?;
 
         // Learn the names the linker provides, to name a missing import
         // before compiling.
@@ -95,6 +98,10 @@ impl Runtime {
                     denied: None,
                 },
                 cpu: CpuMeter::default(),
+                abi: AbiState::default(),
+                name: String::new(),
+                clock: MonotonicClock::default(),
+                log_sink: None,
             },
         );
         let host_imports = linker
@@ -204,6 +211,17 @@ impl Runtime {
                 message: format!("rewritten module lacks `{name}`"),
             })
         };
+        let capabilities = rewritten
+            .imports
+            .iter()
+            .filter(|(m, _)| m == crate::abi::IMPORT_MODULE)
+            .filter_map(|(_, name)| {
+                crate::abi::CAPABILITY_IMPORTS
+                    .iter()
+                    .find(|(_, names)| names.contains(&name.as_str()))
+                    .map(|(cap, _)| (*cap, name.clone()))
+            })
+            .collect();
         let layout = rewritten.layout;
         let exports = StateExports {
             memories: (0..layout.memories)
@@ -232,6 +250,7 @@ impl Runtime {
                 module,
                 pre,
                 from_cache,
+                capabilities,
             }),
         })
     }
@@ -259,6 +278,17 @@ impl Runtime {
                 config.memory_limit
             )));
         }
+        // Grants are checked here, when the workload is configured, and again
+        // by every host function.
+        for (capability, import) in &module.inner.capabilities {
+            if !config.grants.allows(capability) {
+                return Err(InstantiateError::NotGranted {
+                    workload: config.name.clone(),
+                    import: format!("roam::{import}"),
+                    capability: (*capability).to_string(),
+                });
+            }
+        }
         let stdout = LogBuffer::new(config.log_capacity, config.stdout);
         let stderr = LogBuffer::new(config.log_capacity, config.stderr);
         let clock = MonotonicClock::default();
@@ -272,6 +302,15 @@ impl Runtime {
                     denied: None,
                 },
                 cpu: CpuMeter::default(),
+                abi: AbiState {
+                    grants: config.grants.clone(),
+                    quotas: config.quotas.clone(),
+                    info: config.info.clone(),
+                    ..AbiState::default()
+                },
+                name: config.name.clone(),
+                clock: clock.clone(),
+                log_sink: config.log_sink.clone(),
             },
         );
         store.limiter(|s| &mut s.limiter);

@@ -1,1 +1,240 @@
-//! placeholder
+//! roam-sdk: write stateful WebAssembly workloads for [Roam](https://example.invalid/roam).
+//!
+//! A workload is a plain Rust type whose fields are its state. Roam keeps that
+//! state alive while it moves the workload between hosts: the fields, the
+//! heap behind them, pending [`timers`], the private [`kv`] store and queued
+//! messages all travel with it.
+//!
+//! ```
+//! use roam_sdk::{Request, Response, Workload};
+//!
+//! #[derive(Default)]
+//! struct Counter {
+//!     hits: u64,
+//! }
+//!
+//! impl Workload for Counter {
+//!     fn handle(&mut self, _req: Request) -> Response {
+//!         self.hits += 1;
+//!         Response::text(200, format!("{}\n", self.hits))
+//!     }
+//! }
+//!
+//! roam_sdk::export!(Counter);
+//! ```
+//!
+//! Build with `cargo build --target wasm32-wasip1 --release` and run with
+//! `roam run target/wasm32-wasip1/release/counter.wasm --listen 127.0.0.1:8080`.
+//! The ABI underneath is documented in `docs/abi.md`; other languages can
+//! target it directly.
+#![deny(missing_docs)]
+
+mod sys;
+
+pub mod host;
+pub mod http;
+pub mod kv;
+pub mod logging;
+pub mod messages;
+pub mod random;
+pub mod time;
+pub mod timers;
+
+#[doc(hidden)]
+pub mod __private;
+
+pub use http::{Request, Response};
+
+/// The Roam ABI version this SDK implements.
+pub const ABI_VERSION: i32 = 1;
+
+/// An error returned by a host function.
+///
+/// ```
+/// use roam_sdk::Error;
+/// assert_eq!(Error::from_code(-3), Error::Limit);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// No such key, timer or destination.
+    NotFound,
+    /// A length is over its bound.
+    TooLarge,
+    /// A quota is used up.
+    Limit,
+    /// The capability is not granted to this workload.
+    Denied,
+    /// An argument is invalid.
+    Invalid,
+}
+
+impl Error {
+    /// The error for a negative ABI return code.
+    ///
+    /// ```
+    /// assert_eq!(roam_sdk::Error::from_code(-4), roam_sdk::Error::Denied);
+    /// ```
+    pub fn from_code(code: i64) -> Error {
+        match code {
+            -1 => Error::NotFound,
+            -2 => Error::TooLarge,
+            -3 => Error::Limit,
+            -4 => Error::Denied,
+            _ => Error::Invalid,
+        }
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Error::NotFound => "not found",
+            Error::TooLarge => "too large",
+            Error::Limit => "quota used up",
+            Error::Denied => "not granted to this workload",
+            Error::Invalid => "invalid argument",
+        })
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Where a workload came from and where it is now, given to
+/// [`Workload::on_restore`] after a move.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Moved {
+    /// Host it ran on before.
+    pub from_host: String,
+    /// Site it ran on before.
+    pub from_site: String,
+    /// Host it runs on now.
+    pub host: String,
+    /// Site it runs on now.
+    pub site: String,
+}
+
+/// A workload: its fields are its state, its methods its entry points.
+///
+/// Only [`Workload::handle`] is required. Export the type with [`export!`].
+///
+/// ```
+/// use roam_sdk::{Request, Response, Workload, timers::TimerId};
+///
+/// #[derive(Default)]
+/// struct Ticker {
+///     ticks: u32,
+/// }
+///
+/// impl Workload for Ticker {
+///     fn init(&mut self) {
+///         roam_sdk::timers::set(std::time::Duration::from_secs(1), b"tick").ok();
+///     }
+///     fn handle(&mut self, _req: Request) -> Response {
+///         Response::text(200, self.ticks.to_string())
+///     }
+///     fn on_timer(&mut self, _id: TimerId, _payload: &[u8]) {
+///         self.ticks += 1;
+///         roam_sdk::timers::set(std::time::Duration::from_secs(1), b"tick").ok();
+///     }
+/// }
+/// ```
+pub trait Workload: Default + 'static {
+    /// Called once, on first boot — never again after a restore.
+    fn init(&mut self) {}
+
+    /// Handle an HTTP-shaped request.
+    fn handle(&mut self, req: Request) -> Response;
+
+    /// A message from another workload (delivered at least once).
+    fn on_message(&mut self, from: &str, body: &[u8]) {
+        let _ = (from, body);
+    }
+
+    /// A timer set with [`timers::set`] fired.
+    fn on_timer(&mut self, id: timers::TimerId, payload: &[u8]) {
+        let _ = (id, payload);
+    }
+
+    /// The workload was restored on another host (or the same one, when
+    /// `roam run --roundtrip-snapshots` exercises the path).
+    fn on_restore(&mut self, moved: Moved) {
+        let _ = moved;
+    }
+}
+
+/// Export a [`Workload`] type as the module's Roam entry points.
+///
+/// Generates `roam_abi_version`, `roam_alloc`, `roam_init`, `roam_http`,
+/// `roam_message`, `roam_timer` and `roam_restored`. Use it once per crate
+/// (a `cdylib`).
+///
+/// ```
+/// #[derive(Default)]
+/// struct Hello;
+/// impl roam_sdk::Workload for Hello {
+///     fn handle(&mut self, _req: roam_sdk::Request) -> roam_sdk::Response {
+///         roam_sdk::Response::text(200, "hello")
+///     }
+/// }
+/// roam_sdk::export!(Hello);
+/// ```
+#[macro_export]
+macro_rules! export {
+    ($ty:ty) => {
+        const _: () = {
+            ::std::thread_local! {
+                static WORKLOAD: ::std::cell::RefCell<::std::option::Option<$ty>> =
+                    const { ::std::cell::RefCell::new(::std::option::Option::None) };
+            }
+
+            fn with<R>(f: impl FnOnce(&mut $ty) -> R) -> R {
+                WORKLOAD.with(|w| {
+                    let mut w = w.borrow_mut();
+                    f(w.get_or_insert_with(<$ty as ::std::default::Default>::default))
+                })
+            }
+
+            #[unsafe(no_mangle)]
+            extern "C" fn roam_abi_version() -> i32 {
+                $crate::ABI_VERSION
+            }
+
+            #[unsafe(no_mangle)]
+            extern "C" fn roam_alloc(len: i32) -> i32 {
+                $crate::__private::alloc(len)
+            }
+
+            #[unsafe(no_mangle)]
+            extern "C" fn roam_init() {
+                $crate::logging::init();
+                with(|w| $crate::Workload::init(w))
+            }
+
+            #[unsafe(no_mangle)]
+            extern "C" fn roam_http(ptr: i32, len: i32) -> i64 {
+                $crate::__private::http(ptr, len, |req| with(|w| $crate::Workload::handle(w, req)))
+            }
+
+            #[unsafe(no_mangle)]
+            extern "C" fn roam_message(ptr: i32, len: i32) {
+                $crate::__private::message(ptr, len, |from, body| {
+                    with(|w| $crate::Workload::on_message(w, from, body))
+                })
+            }
+
+            #[unsafe(no_mangle)]
+            extern "C" fn roam_timer(id: i64, ptr: i32, len: i32) {
+                $crate::__private::timer(id, ptr, len, |id, payload| {
+                    with(|w| $crate::Workload::on_timer(w, id, payload))
+                })
+            }
+
+            #[unsafe(no_mangle)]
+            extern "C" fn roam_restored(ptr: i32, len: i32) {
+                $crate::__private::restored(ptr, len, |moved| {
+                    with(|w| $crate::Workload::on_restore(w, moved))
+                })
+            }
+        };
+    };
+}

@@ -39,6 +39,17 @@ pub struct RunArgs {
     /// Grant a host directory, optionally under another guest path (repeatable).
     #[arg(long = "dir", value_name = "HOST[::GUEST]", value_parser = parse_dir)]
     pub dirs: Vec<DirGrant>,
+    /// Serve a Roam workload (built with roam-sdk) over HTTP on this address
+    /// instead of running a command, like `spin up`. Port 0 picks a free port.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// With --listen: capture the workload and restore it into a fresh
+    /// instance after every event, to check that it survives migration.
+    #[arg(long, requires = "listen")]
+    pub roundtrip_snapshots: bool,
+    /// With --listen: the workload's name (default: the file name without extension).
+    #[arg(long, requires = "listen")]
+    pub name: Option<String>,
     /// Arguments passed to the guest.
     #[arg(last = true)]
     pub args: Vec<String>,
@@ -67,7 +78,7 @@ fn parse_dir(s: &str) -> Result<DirGrant, String> {
 }
 
 /// Where `roam run` keeps compiled code: `$XDG_CACHE_HOME/roam` or `~/.cache/roam`.
-fn cache_dir() -> Option<PathBuf> {
+pub(crate) fn cache_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
@@ -93,6 +104,9 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         cache_dir: cache_dir(),
         ..RuntimeConfig::default()
     })?;
+    if args.listen.is_some() {
+        return super::serve::serve(args, runtime, bytes).await;
+    }
     let name = args.file.display().to_string();
     let module = runtime
         .load(bytes)

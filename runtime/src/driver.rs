@@ -1,0 +1,265 @@
+//! The driver: one task per workload that turns events into guest calls, one
+//! at a time.
+//!
+//! A [`WorkloadHandle`] sends requests and messages to the task; the task
+//! also fires due timers, routes the messages the workload sent (through a
+//! [`Router`]) and delivers the ones it received. Between two events the
+//! workload is at a safe point. With `roundtrip_snapshots` the driver
+//! captures it after every event, encodes and decodes the snapshot and
+//! continues in a fresh instance restored from it — what a migration does,
+//! so a developer can check locally that a workload survives one.
+//!
+//! When a guest call fails, that call gets the error; the instance is then
+//! replaced — from the last round-trip snapshot if there is one, else fresh —
+//! so the workload keeps serving.
+
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::abi::codec::{Request, Response};
+use crate::abi::OutboundMessage;
+use crate::instance::InstanceConfig;
+use crate::module::Module;
+use crate::runtime::Runtime;
+use crate::snapshot::Snapshot;
+use crate::snapshot::codec::{self, DecodeLimits};
+use crate::workload::{HandleError, Workload};
+
+/// Delivers a message a workload sent: `(from, message)`. Returns an error
+/// text when the destination does not exist or refuses it.
+pub type Router = Arc<dyn Fn(&str, OutboundMessage) -> Result<(), String> + Send + Sync>;
+
+/// How the driver runs a workload.
+#[derive(Clone)]
+pub struct DriverOptions {
+    /// Capture, encode, decode and restore after every event.
+    pub roundtrip_snapshots: bool,
+    /// Where sent messages go.
+    pub router: Option<Router>,
+    /// Queue length of the handle.
+    pub queue: usize,
+}
+
+impl Default for DriverOptions {
+    fn default() -> Self {
+        DriverOptions {
+            roundtrip_snapshots: false,
+            router: None,
+            queue: 1024,
+        }
+    }
+}
+
+/// An error from a driven workload, as text for the caller's response.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The guest failed on this event.
+    #[error(transparent)]
+    Handle(#[from] HandleError),
+    /// The workload's queue refused the event.
+    #[error("workload `{0}` is not accepting events: {1}")]
+    Unavailable(String, String),
+}
+
+enum Command {
+    Http(Request, oneshot::Sender<Result<Response, DriverError>>),
+    Message(String, Vec<u8>, oneshot::Sender<Result<(), DriverError>>),
+    Stop,
+}
+
+/// A cheap, cloneable handle to a driven workload.
+#[derive(Clone, Debug)]
+pub struct WorkloadHandle {
+    name: String,
+    tx: mpsc::Sender<Command>,
+}
+
+impl WorkloadHandle {
+    /// The workload's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Send a request and wait for the response.
+    pub async fn http(&self, request: Request) -> Result<Response, DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Http(request, tx))
+            .await
+            .map_err(|_| DriverError::Unavailable(self.name.clone(), "stopped".into()))?;
+        rx.await
+            .map_err(|_| DriverError::Unavailable(self.name.clone(), "stopped".into()))?
+    }
+
+    /// Queue a message; resolves once it is in the workload's inbox (and so
+    /// in its next snapshot).
+    pub async fn message(&self, from: &str, body: Vec<u8>) -> Result<(), DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Message(from.to_string(), body, tx))
+            .await
+            .map_err(|_| DriverError::Unavailable(self.name.clone(), "stopped".into()))?;
+        rx.await
+            .map_err(|_| DriverError::Unavailable(self.name.clone(), "stopped".into()))?
+    }
+
+    /// Stop the workload's task.
+    pub async fn stop(&self) {
+        let _ = self.tx.send(Command::Stop).await;
+    }
+}
+
+struct Driver {
+    rt: Runtime,
+    module: Module,
+    config: InstanceConfig,
+    options: DriverOptions,
+    workload: Workload,
+    checkpoint: Option<Snapshot>,
+}
+
+/// Start driving `workload` on the current tokio runtime.
+pub fn spawn(
+    rt: Runtime,
+    module: Module,
+    config: InstanceConfig,
+    workload: Workload,
+    options: DriverOptions,
+) -> WorkloadHandle {
+    let (tx, rx) = mpsc::channel(options.queue.max(1));
+    let name = config.name.clone();
+    let driver = Driver {
+        rt,
+        module,
+        config,
+        options,
+        workload,
+        checkpoint: None,
+    };
+    tokio::spawn(driver.run(rx));
+    WorkloadHandle { name, tx }
+}
+
+impl Driver {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        loop {
+            let next = self.workload.next_timer_in();
+            let timer = async {
+                match next {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    None | Some(Command::Stop) => break,
+                    Some(Command::Http(req, reply)) => {
+                        let result = self.workload.http(&req).await.map_err(DriverError::from);
+                        let failed = result.is_err();
+                        let _ = reply.send(result);
+                        self.after_event(failed).await;
+                    }
+                    Some(Command::Message(from, body, reply)) => {
+                        let result = self.workload.enqueue(&from, body).map_err(|code| {
+                            DriverError::Unavailable(
+                                self.config.name.clone(),
+                                format!("inbox refused the message (code {code})"),
+                            )
+                        });
+                        let _ = reply.send(result);
+                        self.after_event(false).await;
+                    }
+                },
+                () = timer => {
+                    let failed = match self.workload.fire_due_timers().await {
+                        Ok(_) => false,
+                        Err(e) => {
+                            tracing::warn!(workload = %self.config.name, error = %e, "timer handler failed");
+                            true
+                        }
+                    };
+                    self.after_event(failed).await;
+                }
+            }
+        }
+    }
+
+    /// Route sent messages, deliver received ones, then round-trip or recover.
+    async fn after_event(&mut self, mut failed: bool) {
+        if !failed {
+            for message in self.workload.take_outbox() {
+                self.route(message);
+            }
+            match self.workload.deliver_messages().await {
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(workload = %self.config.name, error = %e, "message handler failed");
+                    failed = true;
+                }
+            }
+            // Messages to itself, sent while handling messages.
+            for message in self.workload.take_outbox() {
+                self.route(message);
+            }
+        }
+        if failed || self.workload.instance().is_poisoned() {
+            self.recover().await;
+        } else if self.options.roundtrip_snapshots {
+            if let Err(e) = self.roundtrip().await {
+                tracing::error!(workload = %self.config.name, error = %e, "snapshot round trip failed");
+                self.recover().await;
+            }
+        }
+    }
+
+    fn route(&mut self, message: OutboundMessage) {
+        if message.to == self.config.name {
+            if let Err(code) = self.workload.enqueue(&self.config.name.clone(), message.body) {
+                tracing::warn!(workload = %self.config.name, code, "own inbox refused a message");
+            }
+            return;
+        }
+        let result = match &self.options.router {
+            Some(router) => router(&self.config.name, message.clone()),
+            None => Err("no other workloads on this host".to_string()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(workload = %self.config.name, to = %message.to, error = %e, "message not delivered");
+        }
+    }
+
+    async fn roundtrip(&mut self) -> Result<(), String> {
+        let snapshot = self.workload.instance_mut().capture().map_err(|e| e.to_string())?;
+        let bytes = codec::encode(&snapshot);
+        let decoded = codec::decode(&bytes, Some(&self.module.digest()), &DecodeLimits::default())
+            .map_err(|e| e.to_string())?;
+        let here = self.config.info.clone();
+        self.workload = Workload::restore(&self.rt, &self.module, self.config.clone(), &decoded, Some(&here))
+            .await
+            .map_err(|e| e.to_string())?;
+        self.checkpoint = Some(decoded);
+        Ok(())
+    }
+
+    /// Replace a failed instance: from the last checkpoint, else fresh.
+    async fn recover(&mut self) {
+        let name = self.config.name.clone();
+        if let Some(snapshot) = &self.checkpoint {
+            match Workload::restore(&self.rt, &self.module, self.config.clone(), snapshot, None).await {
+                Ok(w) => {
+                    tracing::warn!(workload = %name, "instance failed; restored from the last snapshot");
+                    self.workload = w;
+                    return;
+                }
+                Err(e) => tracing::error!(workload = %name, error = %e, "cannot restore the last snapshot"),
+            }
+        }
+        match Workload::start(&self.rt, &self.module, self.config.clone()).await {
+            Ok(w) => {
+                tracing::warn!(workload = %name, "instance failed; restarted from its initial state");
+                self.workload = w;
+            }
+            Err(e) => tracing::error!(workload = %name, error = %e, "cannot restart the workload"),
+        }
+    }
+}

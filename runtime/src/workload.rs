@@ -1,0 +1,278 @@
+//! A workload: an instance of a module that follows the Roam ABI, driven
+//! through its entry points.
+//!
+//! [`Workload`] turns host events into guest calls: an HTTP-shaped request
+//! into `roam_http`, a queued message into `roam_message`, a due timer into
+//! `roam_timer`, a move into `roam_restored`. Data goes into guest memory
+//! through the guest's own `roam_alloc` and comes back as a `(ptr, len)` the
+//! host bounds-checks and decodes as untrusted input. A workload processes
+//! one event at a time; between events it is at a safe point and can be
+//! captured.
+
+use std::time::Duration;
+
+use crate::abi::codec::{self, Request, Response};
+use crate::abi::{self, HostInfo, InboundMessage, OutboundMessage, codes};
+use crate::error::{CallError, InstantiateError};
+use crate::instance::{Instance, InstanceConfig};
+use crate::module::Module;
+use crate::runtime::Runtime;
+use crate::snapshot::Snapshot;
+use crate::Val;
+
+/// An instance that speaks the Roam ABI.
+#[derive(Debug)]
+pub struct Workload {
+    instance: Instance,
+}
+
+/// Why a request could not be handled.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// The guest failed (trap, CPU budget, memory cap).
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// The guest broke the ABI (bad pointer, malformed response).
+    #[error("workload broke the ABI: {0}")]
+    Abi(String),
+    /// The workload has no handler for this kind of event.
+    #[error("workload exports no `{0}` handler")]
+    NoHandler(&'static str),
+}
+
+fn abi_err(message: impl Into<String>) -> InstantiateError {
+    InstantiateError::Abi(message.into())
+}
+
+impl Workload {
+    /// Instantiate and boot: start function, `_initialize`, ABI check, `roam_init`.
+    pub async fn start(
+        rt: &Runtime,
+        module: &Module,
+        config: InstanceConfig,
+    ) -> Result<Workload, InstantiateError> {
+        check_exports(module, &config.name)?;
+        let instance = rt.instantiate(module, config).await?;
+        let mut workload = Workload { instance };
+        workload.check_version().await?;
+        if workload.instance.module().exports_function(abi::EXPORT_INIT) {
+            workload
+                .instance
+                .call(abi::EXPORT_INIT, &[])
+                .await
+                .map_err(InstantiateError::Init)?;
+        }
+        Ok(workload)
+    }
+
+    /// Restore from a full snapshot. With `moved_from`, the workload's
+    /// `roam_restored` hook is told where it came from and where it is now.
+    pub async fn restore(
+        rt: &Runtime,
+        module: &Module,
+        config: InstanceConfig,
+        snapshot: &Snapshot,
+        moved_from: Option<&HostInfo>,
+    ) -> Result<Workload, InstantiateError> {
+        check_exports(module, &config.name)?;
+        let here = config.info.clone();
+        let instance = rt.restore(module, config, snapshot).await?;
+        let mut workload = Workload { instance };
+        workload.check_version().await?;
+        if let Some(from) = moved_from {
+            if workload.instance.module().exports_function(abi::EXPORT_RESTORED) {
+                let info = codec::encode_restored(&from.host, &from.site, &here.host, &here.site);
+                workload
+                    .call_with_bytes(abi::EXPORT_RESTORED, &info, &[])
+                    .await
+                    .map_err(|e| match e {
+                        HandleError::Call(c) => InstantiateError::Init(c),
+                        other => abi_err(other.to_string()),
+                    })?;
+            }
+        }
+        Ok(workload)
+    }
+
+    async fn check_version(&mut self) -> Result<(), InstantiateError> {
+        let name = self.instance.config().name.clone();
+        let version = match self.instance.call(abi::EXPORT_ABI_VERSION, &[]).await {
+            Ok(v) => match v.as_slice() {
+                [Val::I32(v)] => *v,
+                _ => return Err(abi_err(format!("`{name}`: `roam_abi_version` must return an i32"))),
+            },
+            Err(e) => return Err(InstantiateError::Init(e)),
+        };
+        if version != abi::ABI_VERSION {
+            return Err(abi_err(format!(
+                "workload `{name}` was built for Roam ABI v{version}, but this host implements ABI v{}; rebuild it against a matching roam-sdk",
+                abi::ABI_VERSION
+            )));
+        }
+        Ok(())
+    }
+
+    /// The instance underneath (for capture, logs, limits).
+    pub fn instance(&self) -> &Instance {
+        &self.instance
+    }
+
+    /// The instance underneath, mutable.
+    pub fn instance_mut(&mut self) -> &mut Instance {
+        &mut self.instance
+    }
+
+    /// Consume the workload, returning its instance.
+    pub fn into_instance(self) -> Instance {
+        self.instance
+    }
+
+    /// Copy `bytes` into guest memory (allocated by the guest) and call
+    /// `export(extra.., ptr, len)`.
+    async fn call_with_bytes(
+        &mut self,
+        export: &'static str,
+        bytes: &[u8],
+        extra: &[Val],
+    ) -> Result<Vec<Val>, HandleError> {
+        let len = i32::try_from(bytes.len()).map_err(|_| HandleError::Abi("input over 2 GiB".into()))?;
+        let ptr = match self.instance.call(abi::EXPORT_ALLOC, &[Val::I32(len)]).await?.as_slice() {
+            [Val::I32(p)] => *p,
+            _ => return Err(HandleError::Abi("`roam_alloc` must return an i32".into())),
+        };
+        if ptr == 0 && len > 0 {
+            return Err(HandleError::Abi(format!("`roam_alloc({len})` failed (returned 0)")));
+        }
+        let memory = self.instance.memory_data_mut();
+        let range = abi_range(ptr, len, memory.len()).ok_or_else(|| {
+            HandleError::Abi(format!("`roam_alloc` returned {ptr:#x}, outside guest memory"))
+        })?;
+        memory[range].copy_from_slice(bytes);
+        let mut args = extra.to_vec();
+        args.push(Val::I32(ptr));
+        args.push(Val::I32(len));
+        Ok(self.instance.call(export, &args).await?)
+    }
+
+    /// Handle an HTTP-shaped request.
+    pub async fn http(&mut self, request: &Request) -> Result<Response, HandleError> {
+        if !self.instance.module().exports_function(abi::EXPORT_HTTP) {
+            return Err(HandleError::NoHandler(abi::EXPORT_HTTP));
+        }
+        let max_body = self.instance.abi().quotas.max_body;
+        if request.body.len() > max_body {
+            return Err(HandleError::Abi(format!(
+                "request body of {} bytes is over the limit of {max_body}",
+                request.body.len()
+            )));
+        }
+        let packed = match self
+            .call_with_bytes(abi::EXPORT_HTTP, &codec::encode_request(request), &[])
+            .await?
+            .as_slice()
+        {
+            [Val::I64(v)] => *v as u64,
+            _ => return Err(HandleError::Abi("`roam_http` must return an i64".into())),
+        };
+        let (ptr, len) = ((packed >> 32) as i32, packed as u32 as i32);
+        let memory = self.instance.memory_data_mut();
+        let range = abi_range(ptr, len, memory.len()).ok_or_else(|| {
+            HandleError::Abi(format!("`roam_http` returned buffer {ptr:#x}+{len}, outside guest memory"))
+        })?;
+        codec::decode_response(&memory[range], max_body)
+            .map_err(|e| HandleError::Abi(format!("`roam_http` returned a malformed response: {e}")))
+    }
+
+    /// Queue a message for this workload. `Err(LIMIT)` when its inbox is full.
+    pub fn enqueue(&mut self, from: &str, body: Vec<u8>) -> Result<(), i32> {
+        let abi = self.instance.abi_mut();
+        if abi.inbox.len() >= abi.quotas.max_queued_messages {
+            return Err(codes::LIMIT);
+        }
+        if body.len() > abi.quotas.max_message {
+            return Err(codes::TOO_LARGE);
+        }
+        abi.inbox.push_back(InboundMessage {
+            from: from.to_string(),
+            body,
+        });
+        Ok(())
+    }
+
+    /// Deliver queued messages, oldest first. A message leaves the queue only
+    /// after its handler returned, so a failure (or a move) never loses it.
+    pub async fn deliver_messages(&mut self) -> Result<usize, HandleError> {
+        if self.instance.abi().inbox.is_empty() {
+            return Ok(0);
+        }
+        if !self.instance.module().exports_function(abi::EXPORT_MESSAGE) {
+            return Err(HandleError::NoHandler(abi::EXPORT_MESSAGE));
+        }
+        let mut delivered = 0;
+        while let Some(m) = self.instance.abi().inbox.front().cloned() {
+            let bytes = codec::encode_message(&m.from, &m.body);
+            self.call_with_bytes(abi::EXPORT_MESSAGE, &bytes, &[]).await?;
+            self.instance.abi_mut().inbox.pop_front();
+            delivered += 1;
+        }
+        Ok(delivered)
+    }
+
+    /// Time until the earliest pending timer is due (zero if overdue).
+    pub fn next_timer_in(&self) -> Option<Duration> {
+        let (_, due) = self.instance.abi().next_timer_due()?;
+        Some(Duration::from_nanos(due.saturating_sub(self.instance.monotonic_now())))
+    }
+
+    /// Fire every timer that is due, earliest first.
+    pub async fn fire_due_timers(&mut self) -> Result<usize, HandleError> {
+        let mut fired = 0;
+        loop {
+            let now = self.instance.monotonic_now();
+            let Some((id, due)) = self.instance.abi().next_timer_due() else {
+                break;
+            };
+            if due > now {
+                break;
+            }
+            if !self.instance.module().exports_function(abi::EXPORT_TIMER) {
+                return Err(HandleError::NoHandler(abi::EXPORT_TIMER));
+            }
+            let Some(timer) = self.instance.abi_mut().timers.remove(&id) else {
+                break;
+            };
+            self.call_with_bytes(abi::EXPORT_TIMER, &timer.payload, &[Val::I64(id as i64)])
+                .await?;
+            fired += 1;
+        }
+        Ok(fired)
+    }
+
+    /// Messages the workload sent since the last call, for the host to route.
+    pub fn take_outbox(&mut self) -> Vec<OutboundMessage> {
+        self.instance.abi_mut().outbox.drain(..).collect()
+    }
+}
+
+/// The exports every Roam workload must have.
+fn check_exports(module: &Module, name: &str) -> Result<(), InstantiateError> {
+    for export in [abi::EXPORT_ABI_VERSION, abi::EXPORT_ALLOC] {
+        if !module.exports_function(export) {
+            return Err(abi_err(format!(
+                "module for workload `{name}` exports no `{export}` function: it is not a Roam workload (build it with roam-sdk, or see docs/abi.md)"
+            )));
+        }
+    }
+    if !module.exports_memory("memory") {
+        return Err(abi_err(format!(
+            "module for workload `{name}` exports no `memory`: the Roam ABI passes data through it"
+        )));
+    }
+    Ok(())
+}
+
+fn abi_range(ptr: i32, len: i32, size: usize) -> Option<std::ops::Range<usize>> {
+    let start = ptr as u32 as usize;
+    let end = start.checked_add(usize::try_from(len).ok()?)?;
+    (end <= size).then_some(start..end)
+}
