@@ -67,6 +67,47 @@ fn main() {
         .ok();
     }
 
+    // Examples from the main workspace (SDK workloads), in their own target dir.
+    let root = manifest.parent().expect("workspace root").to_path_buf();
+    println!("cargo:rerun-if-changed={}", root.join("examples").display());
+    println!("cargo:rerun-if-changed={}", root.join("sdk").display());
+    let examples_target = out.join("example-target");
+    let examples = [
+        ("COUNTER", "counter", "counter.wasm"),
+        ("KV_CACHE", "kv-cache", "kv_cache.wasm"),
+        ("SENSOR_AGGREGATOR", "sensor-aggregator", "sensor_aggregator.wasm"),
+        ("SENSOR_PROBE", "sensor-probe", "sensor_probe.wasm"),
+        ("MANDELBROT", "mandelbrot", "mandelbrot.wasm"),
+    ];
+    let mut cmd = Command::new(&cargo);
+    cmd.args(["build", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
+        .arg(root.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&examples_target);
+    for (_, package, _) in examples {
+        cmd.args(["-p", package]);
+    }
+    let status = cmd
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .expect("run cargo for the examples");
+    assert!(status.success(), "building the examples for wasm32-wasip1 failed");
+    for (name, package, file) in examples {
+        let path = examples_target.join("wasm32-wasip1/release").join(file);
+        assert!(path.exists(), "missing {}", path.display());
+        writeln!(code, "/// The `{package}` example.\npub const {name}: &str = {:?};", path.display().to_string()).ok();
+    }
+    let c_counter = build_foreign(
+        "clang",
+        &["--target=wasm32-wasi", "-O2", "-mexec-model=reactor", "-o"],
+        &root.join("examples/c-counter/counter.c"),
+        &out.join("c-counter.wasm"),
+        &[],
+    );
+
     let c = build_foreign(
         "clang",
         &["--target=wasm32-wasi", "-O2", "-o"],
@@ -99,12 +140,13 @@ fn main() {
         ("COPY_C", "C", c),
         ("COPY_CPP", "C++", cpp),
         ("COPY_GO", "Go", go),
+        ("C_COUNTER", "C counter", c_counter),
     ] {
         let value = match path {
             Some(p) => format!("Some({:?})", p.display().to_string()),
             None => "None".into(),
         };
-        writeln!(code, "/// The {what} `copy` program, if its toolchain is installed.\npub const {name}: Option<&str> = {value};").ok();
+        writeln!(code, "/// The {what} program, if its toolchain is installed.\npub const {name}: Option<&str> = {value};").ok();
     }
     std::fs::write(out.join("artifacts.rs"), code).expect("write artifacts.rs");
 }

@@ -1,0 +1,213 @@
+//! `roam run --listen`: every example gives the same responses with and
+//! without a snapshot round trip after every event.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use roam_tests::artifacts;
+
+/// A `roam run --listen` process; killed on drop. Its stderr is echoed into
+/// the test's output, so a failing test shows the workload's logs.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    agent: ureq::Agent,
+}
+
+impl Server {
+    pub fn start(file: &str, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_roam"))
+            .args(["run", file, "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("XDG_CACHE_HOME", std::env::temp_dir().join("roam-test-cache"))
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("roam> {line}");
+                if let Some(rest) = line.split("on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("roam run --listen did not report its address");
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Server {
+            child,
+            base: format!("http://{addr}"),
+            agent,
+        }
+    }
+
+    /// Send a request; returns (status, body).
+    pub fn req(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let url = format!("{}{path}", self.base);
+        let result = match method {
+            "GET" => self.agent.get(&url).call(),
+            "DELETE" => self.agent.delete(&url).call(),
+            "POST" => self.agent.post(&url).send(body),
+            "PUT" => self.agent.put(&url).send(body),
+            other => panic!("unsupported method {other}"),
+        };
+        let mut response = result.unwrap();
+        let status = response.status().as_u16();
+        (status, response.body_mut().read_to_string().unwrap())
+    }
+
+    /// Poll `path` until `done` holds for the response, with a deadline.
+    pub fn poll(&self, path: &str, deadline: Duration, done: impl Fn(u16, &str) -> bool) -> (u16, String) {
+        let start = Instant::now();
+        loop {
+            let (status, body) = self.req("GET", path, "");
+            if done(status, &body) {
+                return (status, body);
+            }
+            assert!(start.elapsed() < deadline, "`{path}` never satisfied the condition; last: {status} {body}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+type Step<'a> = (&'a str, &'a str, &'a str);
+
+/// Run `script` against `file` served plainly and with round trips; the
+/// responses must be identical (and are returned).
+fn same_with_and_without_roundtrips(file: &str, script: &[Step<'_>]) -> Vec<(u16, String)> {
+    let run = |extra: &[&str]| {
+        let server = Server::start(file, extra);
+        script
+            .iter()
+            .map(|(m, p, b)| server.req(m, p, b))
+            .collect::<Vec<_>>()
+    };
+    let plain = run(&[]);
+    let moved = run(&["--roundtrip-snapshots"]);
+    assert_eq!(plain, moved);
+    plain
+}
+
+#[test]
+fn counter_responses_survive_roundtrips() {
+    let out = same_with_and_without_roundtrips(
+        artifacts::COUNTER,
+        &[
+            ("POST", "/apples", ""),
+            ("POST", "/apples", ""),
+            ("POST", "/pears", ""),
+            ("GET", "/apples", ""),
+            ("GET", "/", ""),
+            ("PUT", "/x", ""),
+        ],
+    );
+    assert_eq!(out[1], (200, r#"{"path":"/apples","count":2}"#.to_string()));
+    assert_eq!(
+        out[4].1,
+        r#"[{"path":"/apples","count":2},{"path":"/pears","count":1}]"#
+    );
+    assert_eq!(out[5].0, 405);
+}
+
+#[test]
+fn c_counter_speaks_the_same_abi() {
+    let file = artifacts::require(artifacts::C_COUNTER, "C counter");
+    let out = same_with_and_without_roundtrips(
+        file,
+        &[("POST", "/apples", ""), ("POST", "/apples", ""), ("GET", "/apples", ""), ("GET", "/none", "")],
+    );
+    assert_eq!(out[2], (200, r#"{"path":"/apples","count":2}"#.to_string()));
+    assert_eq!(out[3], (200, r#"{"path":"/none","count":0}"#.to_string()));
+}
+
+#[test]
+fn kv_cache_responses_and_expiry_survive_roundtrips() {
+    let script: &[Step<'_>] = &[
+        ("PUT", "/a", "alpha"),
+        ("PUT", "/b?ttl=600000", "beta"),
+        ("GET", "/a", ""),
+        ("GET", "/b", ""),
+        ("DELETE", "/a", ""),
+        ("GET", "/a", ""),
+        ("GET", "/missing", ""),
+    ];
+    let out = same_with_and_without_roundtrips(artifacts::KV_CACHE, script);
+    assert_eq!(out[2], (200, "alpha".to_string()));
+    assert_eq!(out[5].0, 404);
+    // A short TTL expires on time in both modes.
+    for extra in [&[][..], &["--roundtrip-snapshots"][..]] {
+        let server = Server::start(artifacts::KV_CACHE, extra);
+        let set_at = Instant::now();
+        assert_eq!(server.req("PUT", "/soon?ttl=300", "x").0, 201);
+        assert_eq!(server.req("PUT", "/later", "y").0, 201);
+        server.poll("/soon", Duration::from_secs(10), |s, _| s == 404);
+        assert!(set_at.elapsed() >= Duration::from_millis(300), "expired early");
+        assert_eq!(server.req("GET", "/later", ""), (200, "y".to_string()));
+    }
+}
+
+#[test]
+fn sensor_aggregator_responses_survive_roundtrips() {
+    let run = |extra: &[&str]| {
+        let server = Server::start(artifacts::SENSOR_AGGREGATOR, extra);
+        for i in 0..30 {
+            let body = format!("t1 {}\nt2 {}", i, 100 - i);
+            assert_eq!(server.req("POST", "/_roam/messages?from=probe", &body).0, 202);
+        }
+        server.req("POST", "/_roam/messages?from=probe", "bogus line");
+        // Messages are handled in order after they are queued.
+        server.poll("/sensors/t1", Duration::from_secs(10), |s, b| s == 200 && b.contains("\"n\":30"));
+        (server.req("GET", "/sensors", ""), server.req("GET", "/sensors/t2", ""))
+    };
+    let plain = run(&[]);
+    let moved = run(&["--roundtrip-snapshots"]);
+    assert_eq!(plain, moved);
+    assert_eq!(
+        plain.1 .1,
+        r#"{"sensor":"t2","n":30,"min":71,"max":100,"mean":85.500,"p95":99}"#
+    );
+    assert!(plain.0 .1.contains("\"rejected\":1"), "{}", plain.0 .1);
+}
+
+#[test]
+fn mandelbrot_finishes_with_the_same_result_when_moved_every_step() {
+    let run = |extra: &[&str]| {
+        let server = Server::start(artifacts::MANDELBROT, extra);
+        assert_eq!(server.req("POST", "/start?width=160&height=120&iterations=300", "").0, 202);
+        server.poll("/progress", Duration::from_secs(60), |_, b| b.contains("\"done\":true"));
+        server.req("GET", "/result", "")
+    };
+    let plain = run(&[]);
+    let moved = run(&["--roundtrip-snapshots"]);
+    assert_eq!(plain.0, 200);
+    assert_eq!(plain, moved);
+}
+
+#[test]
+fn a_trapping_request_gets_an_error_and_the_workload_keeps_serving() {
+    // The wasi-demo command is not a workload: refused with the reason.
+    let out = Command::new(env!("CARGO_BIN_EXE_roam"))
+        .args(["run", artifacts::WASI_DEMO, "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("exports no `roam_abi_version` function"), "{err}");
+}
