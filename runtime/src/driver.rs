@@ -263,3 +263,53 @@ impl Driver {
         }
     }
 }
+
+/// Routes messages between the workloads driven on one host.
+///
+/// Delivery is asynchronous: the sender's call returns first, then the
+/// message is queued in the receiver's inbox (which its snapshots carry).
+#[derive(Clone, Default)]
+pub struct LocalBus {
+    handles: Arc<std::sync::RwLock<std::collections::HashMap<String, WorkloadHandle>>>,
+}
+
+impl LocalBus {
+    /// An empty bus.
+    pub fn new() -> LocalBus {
+        LocalBus::default()
+    }
+
+    /// Make `handle` reachable by its name.
+    pub fn register(&self, handle: WorkloadHandle) {
+        self.handles
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(handle.name().to_string(), handle);
+    }
+
+    /// Forget the workload called `name`.
+    pub fn unregister(&self, name: &str) {
+        self.handles.write().unwrap_or_else(|e| e.into_inner()).remove(name);
+    }
+
+    /// A [`Router`] that delivers through this bus.
+    pub fn router(&self) -> Router {
+        let bus = self.clone();
+        Arc::new(move |from: &str, message: OutboundMessage| {
+            let handle = bus
+                .handles
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&message.to)
+                .cloned()
+                .ok_or_else(|| format!("no workload named `{}` on this host", message.to))?;
+            let from = from.to_string();
+            tokio::spawn(async move {
+                if let Err(e) = handle.message(&from, message.body).await {
+                    tracing::warn!(%from, to = %message.to, error = %e, "message not delivered");
+                }
+            });
+            Ok(())
+        })
+    }
+}

@@ -160,9 +160,11 @@ impl std::fmt::Debug for Instance {
 
 /// One line for a wasmtime error, plus its Wasm backtrace if it has one.
 pub(crate) fn describe_error(err: &wasmtime::Error) -> (String, String) {
+    // A trap names itself; a host function's error is the root cause under
+    // wasmtime's "error while executing at wasm backtrace" context.
     let message = match err.downcast_ref::<wasmtime::Trap>() {
         Some(trap) => trap.to_string(),
-        None => err.to_string(),
+        None => err.root_cause().to_string(),
     };
     let backtrace = err
         .downcast_ref::<wasmtime::WasmBacktrace>()

@@ -7,4 +7,5 @@
     reason = "tests report failure by panicking"
 )]
 
+mod abi;
 mod rust_guests;
