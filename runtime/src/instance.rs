@@ -288,6 +288,19 @@ impl Instance {
         Ok(ty.results().len())
     }
 
+    /// Reset the per-call CPU meter and memory-denial record, and arm the
+    /// epoch deadline for the next tick.
+    fn arm(&mut self) {
+        let state = self.store.data_mut();
+        state.cpu.used = 0;
+        state.cpu.budget = self
+            .config
+            .cpu_budget
+            .map(|b| crate::limits::budget_ticks(b, self.tick));
+        state.limiter.denied = None;
+        self.store.set_epoch_deadline(1);
+    }
+
     pub(crate) async fn call_func(
         &mut self,
         name: &str,
@@ -296,18 +309,28 @@ impl Instance {
     ) -> Result<Vec<Val>, CallError> {
         let n_results = self.check_params(name, &func, params)?;
         let mut results = vec![Val::I32(0); n_results];
-        {
-            let state = self.store.data_mut();
-            state.cpu.used = 0;
-            state.cpu.budget = self
-                .config
-                .cpu_budget
-                .map(|b| crate::limits::budget_ticks(b, self.tick));
-            state.limiter.denied = None;
-        }
-        self.store.set_epoch_deadline(1);
+        self.arm();
         match func.call_async(&mut self.store, params, &mut results).await {
             Ok(()) => Ok(results),
+            Err(err) => {
+                self.poisoned = true;
+                Err(self.classify(name, err))
+            }
+        }
+    }
+
+    /// Call a `() -> ()` export through a typed handle (no argument vectors).
+    pub(crate) async fn call_unit(&mut self, name: &str) -> Result<(), CallError> {
+        if self.poisoned {
+            return Err(CallError::Poisoned);
+        }
+        let func = self
+            .instance
+            .get_typed_func::<(), ()>(&mut self.store, name)
+            .map_err(|_| CallError::NoSuchExport(name.to_string()))?;
+        self.arm();
+        match func.call_async(&mut self.store, ()).await {
+            Ok(()) => Ok(()),
             Err(err) => {
                 self.poisoned = true;
                 Err(self.classify(name, err))

@@ -75,6 +75,8 @@ pub(crate) struct ModuleInner {
     pub from_cache: bool,
     /// ABI capabilities the module imports: (capability, import name).
     pub capabilities: Vec<(&'static str, String)>,
+    /// Whether the module exports a WASI reactor `_initialize`.
+    pub has_initialize: bool,
 }
 
 /// A loaded module: validated, rewritten for capture, compiled and linked.

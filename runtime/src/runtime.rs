@@ -22,7 +22,7 @@ use crate::abi::AbiState;
 use crate::cache::CompiledCache;
 use crate::config::RuntimeConfig;
 use crate::epoch::EpochTicker;
-use crate::error::{CallError, InstantiateError, LoadError, RestoreError};
+use crate::error::{InstantiateError, LoadError, RestoreError};
 use crate::instance::{Instance, InstanceConfig, InstanceState};
 use crate::limits::{CpuBudgetExceeded, CpuMeter, Limiter, MAX_TABLE_ELEMENTS};
 use crate::logs::LogBuffer;
@@ -222,6 +222,9 @@ impl Runtime {
                     .map(|(cap, _)| (*cap, name.clone()))
             })
             .collect();
+        let has_initialize = module
+            .get_export("_initialize")
+            .is_some_and(|e| e.func().is_some());
         let layout = rewritten.layout;
         let exports = StateExports {
             memories: (0..layout.memories)
@@ -251,6 +254,7 @@ impl Runtime {
                 pre,
                 from_cache,
                 capabilities,
+                has_initialize,
             }),
         })
     }
@@ -372,7 +376,7 @@ impl Runtime {
         if module.layout().has_start {
             boot(&mut instance, rewrite::START_EXPORT).await?;
         }
-        if module.exports_function("_initialize") {
+        if module.inner.has_initialize {
             boot(&mut instance, "_initialize").await?;
         }
         Ok(instance)
@@ -396,13 +400,5 @@ impl Runtime {
 }
 
 async fn boot(instance: &mut Instance, export: &str) -> Result<(), InstantiateError> {
-    let func = instance
-        .instance
-        .get_func(&mut instance.store, export)
-        .ok_or_else(|| InstantiateError::Init(CallError::NoSuchExport(export.to_string())))?;
-    instance
-        .call_func(export, func, &[])
-        .await
-        .map(|_| ())
-        .map_err(InstantiateError::Init)
+    instance.call_unit(export).await.map_err(InstantiateError::Init)
 }
