@@ -75,15 +75,25 @@ fn main() {
     let examples = [
         ("COUNTER", "counter", "counter.wasm"),
         ("KV_CACHE", "kv-cache", "kv_cache.wasm"),
-        ("SENSOR_AGGREGATOR", "sensor-aggregator", "sensor_aggregator.wasm"),
+        (
+            "SENSOR_AGGREGATOR",
+            "sensor-aggregator",
+            "sensor_aggregator.wasm",
+        ),
         ("SENSOR_PROBE", "sensor-probe", "sensor_probe.wasm"),
         ("MANDELBROT", "mandelbrot", "mandelbrot.wasm"),
     ];
     let mut cmd = Command::new(&cargo);
-    cmd.args(["build", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
-        .arg(root.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&examples_target);
+    cmd.args([
+        "build",
+        "--release",
+        "--target",
+        "wasm32-wasip1",
+        "--manifest-path",
+    ])
+    .arg(root.join("Cargo.toml"))
+    .arg("--target-dir")
+    .arg(&examples_target);
     for (_, package, _) in examples {
         cmd.args(["-p", package]);
     }
@@ -94,11 +104,19 @@ fn main() {
         .env_remove("CARGO_TARGET_DIR")
         .status()
         .expect("run cargo for the examples");
-    assert!(status.success(), "building the examples for wasm32-wasip1 failed");
+    assert!(
+        status.success(),
+        "building the examples for wasm32-wasip1 failed"
+    );
     for (name, package, file) in examples {
         let path = examples_target.join("wasm32-wasip1/release").join(file);
         assert!(path.exists(), "missing {}", path.display());
-        writeln!(code, "/// The `{package}` example.\npub const {name}: &str = {:?};", path.display().to_string()).ok();
+        writeln!(
+            code,
+            "/// The `{package}` example.\npub const {name}: &str = {:?};",
+            path.display().to_string()
+        )
+        .ok();
     }
     let c_counter = build_foreign(
         "clang",

@@ -16,8 +16,8 @@
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::abi::codec::{Request, Response};
 use crate::abi::OutboundMessage;
+use crate::abi::codec::{Request, Response};
 use crate::instance::InstanceConfig;
 use crate::module::Module;
 use crate::runtime::Runtime;
@@ -204,17 +204,20 @@ impl Driver {
         }
         if failed || self.workload.instance().is_poisoned() {
             self.recover().await;
-        } else if self.options.roundtrip_snapshots {
-            if let Err(e) = self.roundtrip().await {
-                tracing::error!(workload = %self.config.name, error = %e, "snapshot round trip failed");
-                self.recover().await;
-            }
+        } else if self.options.roundtrip_snapshots
+            && let Err(e) = self.roundtrip().await
+        {
+            tracing::error!(workload = %self.config.name, error = %e, "snapshot round trip failed");
+            self.recover().await;
         }
     }
 
     fn route(&mut self, message: OutboundMessage) {
         if message.to == self.config.name {
-            if let Err(code) = self.workload.enqueue(&self.config.name.clone(), message.body) {
+            if let Err(code) = self
+                .workload
+                .enqueue(&self.config.name.clone(), message.body)
+            {
                 tracing::warn!(workload = %self.config.name, code, "own inbox refused a message");
             }
             return;
@@ -229,14 +232,28 @@ impl Driver {
     }
 
     async fn roundtrip(&mut self) -> Result<(), String> {
-        let snapshot = self.workload.instance_mut().capture().map_err(|e| e.to_string())?;
+        let snapshot = self
+            .workload
+            .instance_mut()
+            .capture()
+            .map_err(|e| e.to_string())?;
         let bytes = codec::encode(&snapshot);
-        let decoded = codec::decode(&bytes, Some(&self.module.digest()), &DecodeLimits::default())
-            .map_err(|e| e.to_string())?;
+        let decoded = codec::decode(
+            &bytes,
+            Some(&self.module.digest()),
+            &DecodeLimits::default(),
+        )
+        .map_err(|e| e.to_string())?;
         let here = self.config.info.clone();
-        self.workload = Workload::restore(&self.rt, &self.module, self.config.clone(), &decoded, Some(&here))
-            .await
-            .map_err(|e| e.to_string())?;
+        self.workload = Workload::restore(
+            &self.rt,
+            &self.module,
+            self.config.clone(),
+            &decoded,
+            Some(&here),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         self.checkpoint = Some(decoded);
         Ok(())
     }
@@ -245,13 +262,17 @@ impl Driver {
     async fn recover(&mut self) {
         let name = self.config.name.clone();
         if let Some(snapshot) = &self.checkpoint {
-            match Workload::restore(&self.rt, &self.module, self.config.clone(), snapshot, None).await {
+            match Workload::restore(&self.rt, &self.module, self.config.clone(), snapshot, None)
+                .await
+            {
                 Ok(w) => {
                     tracing::warn!(workload = %name, "instance failed; restored from the last snapshot");
                     self.workload = w;
                     return;
                 }
-                Err(e) => tracing::error!(workload = %name, error = %e, "cannot restore the last snapshot"),
+                Err(e) => {
+                    tracing::error!(workload = %name, error = %e, "cannot restore the last snapshot")
+                }
             }
         }
         match Workload::start(&self.rt, &self.module, self.config.clone()).await {
@@ -289,7 +310,10 @@ impl LocalBus {
 
     /// Forget the workload called `name`.
     pub fn unregister(&self, name: &str) {
-        self.handles.write().unwrap_or_else(|e| e.into_inner()).remove(name);
+        self.handles
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
     }
 
     /// A [`Router`] that delivers through this bus.

@@ -68,7 +68,8 @@ pub struct InstanceConfig {
     pub stderr: Passthrough,
     /// Bytes kept of each output stream.
     pub log_capacity: usize,
-    /// Keep per-page hashes at each capture so deltas can be taken.
+    /// Keep per-page hashes at each capture (and restore) so deltas can be
+    /// taken later. Costs a hash pass per capture and restore; off by default.
     pub track_dirty: bool,
     /// ABI capabilities granted (all denied by default).
     pub grants: Grants,
@@ -108,7 +109,7 @@ impl InstanceConfig {
             stdout: Passthrough::None,
             stderr: Passthrough::None,
             log_capacity: DEFAULT_LOG_CAPACITY,
-            track_dirty: true,
+            track_dirty: false,
             grants: Grants::default(),
             quotas: Quotas::default(),
             info: HostInfo::default(),

@@ -38,5 +38,5 @@ pub use logs::{LogBuffer, Passthrough};
 pub use module::{Digest, Module};
 pub use runtime::Runtime;
 pub use snapshot::Snapshot;
-pub use workload::{HandleError, Workload};
 pub use wasmtime::Val;
+pub use workload::{HandleError, Workload};

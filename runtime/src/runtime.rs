@@ -400,5 +400,8 @@ impl Runtime {
 }
 
 async fn boot(instance: &mut Instance, export: &str) -> Result<(), InstantiateError> {
-    instance.call_unit(export).await.map_err(InstantiateError::Init)
+    instance
+        .call_unit(export)
+        .await
+        .map_err(InstantiateError::Init)
 }

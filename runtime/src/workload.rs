@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use crate::Val;
 use crate::abi::codec::{self, Request, Response};
 use crate::abi::{self, HostInfo, InboundMessage, OutboundMessage, codes};
 use crate::error::{CallError, InstantiateError};
@@ -18,7 +19,6 @@ use crate::instance::{Instance, InstanceConfig};
 use crate::module::Module;
 use crate::runtime::Runtime;
 use crate::snapshot::Snapshot;
-use crate::Val;
 
 /// An instance that speaks the Roam ABI.
 #[derive(Debug)]
@@ -55,7 +55,11 @@ impl Workload {
         let instance = rt.instantiate(module, config).await?;
         let mut workload = Workload { instance };
         workload.check_version().await?;
-        if workload.instance.module().exports_function(abi::EXPORT_INIT) {
+        if workload
+            .instance
+            .module()
+            .exports_function(abi::EXPORT_INIT)
+        {
             workload
                 .instance
                 .call(abi::EXPORT_INIT, &[])
@@ -79,17 +83,20 @@ impl Workload {
         let instance = rt.restore(module, config, snapshot).await?;
         let mut workload = Workload { instance };
         workload.check_version().await?;
-        if let Some(from) = moved_from {
-            if workload.instance.module().exports_function(abi::EXPORT_RESTORED) {
-                let info = codec::encode_restored(&from.host, &from.site, &here.host, &here.site);
-                workload
-                    .call_with_bytes(abi::EXPORT_RESTORED, &info, &[])
-                    .await
-                    .map_err(|e| match e {
-                        HandleError::Call(c) => InstantiateError::Init(c),
-                        other => abi_err(other.to_string()),
-                    })?;
-            }
+        if let Some(from) = moved_from
+            && workload
+                .instance
+                .module()
+                .exports_function(abi::EXPORT_RESTORED)
+        {
+            let info = codec::encode_restored(&from.host, &from.site, &here.host, &here.site);
+            workload
+                .call_with_bytes(abi::EXPORT_RESTORED, &info, &[])
+                .await
+                .map_err(|e| match e {
+                    HandleError::Call(c) => InstantiateError::Init(c),
+                    other => abi_err(other.to_string()),
+                })?;
         }
         Ok(workload)
     }
@@ -99,7 +106,11 @@ impl Workload {
         let version = match self.instance.call(abi::EXPORT_ABI_VERSION, &[]).await {
             Ok(v) => match v.as_slice() {
                 [Val::I32(v)] => *v,
-                _ => return Err(abi_err(format!("`{name}`: `roam_abi_version` must return an i32"))),
+                _ => {
+                    return Err(abi_err(format!(
+                        "`{name}`: `roam_abi_version` must return an i32"
+                    )));
+                }
             },
             Err(e) => return Err(InstantiateError::Init(e)),
         };
@@ -135,17 +146,27 @@ impl Workload {
         bytes: &[u8],
         extra: &[Val],
     ) -> Result<Vec<Val>, HandleError> {
-        let len = i32::try_from(bytes.len()).map_err(|_| HandleError::Abi("input over 2 GiB".into()))?;
-        let ptr = match self.instance.call(abi::EXPORT_ALLOC, &[Val::I32(len)]).await?.as_slice() {
+        let len =
+            i32::try_from(bytes.len()).map_err(|_| HandleError::Abi("input over 2 GiB".into()))?;
+        let ptr = match self
+            .instance
+            .call(abi::EXPORT_ALLOC, &[Val::I32(len)])
+            .await?
+            .as_slice()
+        {
             [Val::I32(p)] => *p,
             _ => return Err(HandleError::Abi("`roam_alloc` must return an i32".into())),
         };
         if ptr == 0 && len > 0 {
-            return Err(HandleError::Abi(format!("`roam_alloc({len})` failed (returned 0)")));
+            return Err(HandleError::Abi(format!(
+                "`roam_alloc({len})` failed (returned 0)"
+            )));
         }
         let memory = self.instance.memory_data_mut();
         let range = abi_range(ptr, len, memory.len()).ok_or_else(|| {
-            HandleError::Abi(format!("`roam_alloc` returned {ptr:#x}, outside guest memory"))
+            HandleError::Abi(format!(
+                "`roam_alloc` returned {ptr:#x}, outside guest memory"
+            ))
         })?;
         memory[range].copy_from_slice(bytes);
         let mut args = extra.to_vec();
@@ -177,10 +198,13 @@ impl Workload {
         let (ptr, len) = ((packed >> 32) as i32, packed as u32 as i32);
         let memory = self.instance.memory_data_mut();
         let range = abi_range(ptr, len, memory.len()).ok_or_else(|| {
-            HandleError::Abi(format!("`roam_http` returned buffer {ptr:#x}+{len}, outside guest memory"))
+            HandleError::Abi(format!(
+                "`roam_http` returned buffer {ptr:#x}+{len}, outside guest memory"
+            ))
         })?;
-        codec::decode_response(&memory[range], max_body)
-            .map_err(|e| HandleError::Abi(format!("`roam_http` returned a malformed response: {e}")))
+        codec::decode_response(&memory[range], max_body).map_err(|e| {
+            HandleError::Abi(format!("`roam_http` returned a malformed response: {e}"))
+        })
     }
 
     /// Queue a message for this workload. `Err(LIMIT)` when its inbox is full.
@@ -211,7 +235,8 @@ impl Workload {
         let mut delivered = 0;
         while let Some(m) = self.instance.abi().inbox.front().cloned() {
             let bytes = codec::encode_message(&m.from, &m.body);
-            self.call_with_bytes(abi::EXPORT_MESSAGE, &bytes, &[]).await?;
+            self.call_with_bytes(abi::EXPORT_MESSAGE, &bytes, &[])
+                .await?;
             self.instance.abi_mut().inbox.pop_front();
             delivered += 1;
         }
@@ -221,7 +246,9 @@ impl Workload {
     /// Time until the earliest pending timer is due (zero if overdue).
     pub fn next_timer_in(&self) -> Option<Duration> {
         let (_, due) = self.instance.abi().next_timer_due()?;
-        Some(Duration::from_nanos(due.saturating_sub(self.instance.monotonic_now())))
+        Some(Duration::from_nanos(
+            due.saturating_sub(self.instance.monotonic_now()),
+        ))
     }
 
     /// Fire every timer that is due, earliest first.

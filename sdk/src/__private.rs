@@ -2,9 +2,9 @@
 
 use std::cell::RefCell;
 
+use crate::Moved;
 use crate::http::{Request, Response};
 use crate::timers::TimerId;
-use crate::Moved;
 
 thread_local! {
     /// The last response, kept alive until the next call (the ABI's rule).

@@ -25,7 +25,10 @@ unsafe extern "C" {
 pub use native::*;
 
 #[cfg(not(target_family = "wasm"))]
-#[allow(clippy::missing_safety_doc, reason = "stand-ins mirror the wasm imports' signatures")]
+#[allow(
+    clippy::missing_safety_doc,
+    reason = "stand-ins mirror the wasm imports' signatures"
+)]
 mod native {
     use std::cell::RefCell;
     use std::collections::BTreeMap;
@@ -66,7 +69,10 @@ mod native {
     }
     pub unsafe fn time_monotonic_ns() -> i64 {
         static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        START.get_or_init(std::time::Instant::now).elapsed().as_nanos() as i64
+        START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_nanos() as i64
     }
     pub unsafe fn random_fill(ptr: *mut u8, len: usize) -> i32 {
         let mut x = (unsafe { time_monotonic_ns() } as u64) | 1;
@@ -94,7 +100,10 @@ mod native {
             *n.borrow_mut() += 1;
             *n.borrow()
         });
-        TIMERS.with(|t| t.borrow_mut().push((id, delay_ms, slice(ptr, len).to_vec())));
+        TIMERS.with(|t| {
+            t.borrow_mut()
+                .push((id, delay_ms, slice(ptr, len).to_vec()))
+        });
         id
     }
     pub unsafe fn timer_cancel(id: i64) -> i32 {
@@ -105,9 +114,17 @@ mod native {
             if t.len() < before { 0 } else { -1 }
         })
     }
-    pub unsafe fn send(to_ptr: *const u8, to_len: usize, body_ptr: *const u8, body_len: usize) -> i32 {
+    pub unsafe fn send(
+        to_ptr: *const u8,
+        to_len: usize,
+        body_ptr: *const u8,
+        body_len: usize,
+    ) -> i32 {
         let to = String::from_utf8_lossy(slice(to_ptr, to_len)).into_owned();
-        SENT.with(|s| s.borrow_mut().push((to, slice(body_ptr, body_len).to_vec())));
+        SENT.with(|s| {
+            s.borrow_mut()
+                .push((to, slice(body_ptr, body_len).to_vec()))
+        });
         0
     }
     pub unsafe fn kv_get(key_ptr: *const u8, key_len: usize, buf_ptr: *mut u8, cap: usize) -> i64 {
@@ -121,10 +138,17 @@ mod native {
             }
         })
     }
-    pub unsafe fn kv_set(key_ptr: *const u8, key_len: usize, val_ptr: *const u8, val_len: usize) -> i32 {
+    pub unsafe fn kv_set(
+        key_ptr: *const u8,
+        key_len: usize,
+        val_ptr: *const u8,
+        val_len: usize,
+    ) -> i32 {
         KV.with(|kv| {
-            kv.borrow_mut()
-                .insert(slice(key_ptr, key_len).to_vec(), slice(val_ptr, val_len).to_vec())
+            kv.borrow_mut().insert(
+                slice(key_ptr, key_len).to_vec(),
+                slice(val_ptr, val_len).to_vec(),
+            )
         });
         0
     }

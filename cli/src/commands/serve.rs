@@ -54,10 +54,13 @@ pub async fn serve(args: RunArgs, runtime: Runtime, bytes: Vec<u8>) -> anyhow::R
         host: "local".into(),
         site: "local".into(),
     };
-    config.log_sink = Some(Arc::new(|workload: &str, record: &roam_runtime::abi::LogRecord| {
-        let level = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"][usize::from(record.level.min(4))];
-        eprintln!("[{workload}] {level:5} {}", record.message);
-    }));
+    config.log_sink = Some(Arc::new(
+        |workload: &str, record: &roam_runtime::abi::LogRecord| {
+            let level =
+                ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"][usize::from(record.level.min(4))];
+            eprintln!("[{workload}] {level:5} {}", record.message);
+        },
+    ));
 
     let workload = Workload::start(&runtime, &module, config.clone())
         .await
@@ -126,13 +129,19 @@ async fn forward(
         query: uri.query().unwrap_or("").to_string(),
         headers: headers
             .iter()
-            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect(),
         body: body.to_vec(),
     };
     match handle.http(request).await {
         Ok(response) => {
-            let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let status =
+                StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let mut out = (status, response.body).into_response();
             for (k, v) in response.headers {
                 if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {

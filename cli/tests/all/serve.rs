@@ -21,7 +21,10 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_roam"))
             .args(["run", file, "--listen", "127.0.0.1:0"])
             .args(extra)
-            .env("XDG_CACHE_HOME", std::env::temp_dir().join("roam-test-cache"))
+            .env(
+                "XDG_CACHE_HOME",
+                std::env::temp_dir().join("roam-test-cache"),
+            )
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -67,14 +70,22 @@ impl Server {
     }
 
     /// Poll `path` until `done` holds for the response, with a deadline.
-    pub fn poll(&self, path: &str, deadline: Duration, done: impl Fn(u16, &str) -> bool) -> (u16, String) {
+    pub fn poll(
+        &self,
+        path: &str,
+        deadline: Duration,
+        done: impl Fn(u16, &str) -> bool,
+    ) -> (u16, String) {
         let start = Instant::now();
         loop {
             let (status, body) = self.req("GET", path, "");
             if done(status, &body) {
                 return (status, body);
             }
-            assert!(start.elapsed() < deadline, "`{path}` never satisfied the condition; last: {status} {body}");
+            assert!(
+                start.elapsed() < deadline,
+                "`{path}` never satisfied the condition; last: {status} {body}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -131,7 +142,12 @@ fn c_counter_speaks_the_same_abi() {
     let file = artifacts::require(artifacts::C_COUNTER, "C counter");
     let out = same_with_and_without_roundtrips(
         file,
-        &[("POST", "/apples", ""), ("POST", "/apples", ""), ("GET", "/apples", ""), ("GET", "/none", "")],
+        &[
+            ("POST", "/apples", ""),
+            ("POST", "/apples", ""),
+            ("GET", "/apples", ""),
+            ("GET", "/none", ""),
+        ],
     );
     assert_eq!(out[2], (200, r#"{"path":"/apples","count":2}"#.to_string()));
     assert_eq!(out[3], (200, r#"{"path":"/none","count":0}"#.to_string()));
@@ -158,7 +174,10 @@ fn kv_cache_responses_and_expiry_survive_roundtrips() {
         assert_eq!(server.req("PUT", "/soon?ttl=300", "x").0, 201);
         assert_eq!(server.req("PUT", "/later", "y").0, 201);
         server.poll("/soon", Duration::from_secs(10), |s, _| s == 404);
-        assert!(set_at.elapsed() >= Duration::from_millis(300), "expired early");
+        assert!(
+            set_at.elapsed() >= Duration::from_millis(300),
+            "expired early"
+        );
         assert_eq!(server.req("GET", "/later", ""), (200, "y".to_string()));
     }
 }
@@ -169,29 +188,44 @@ fn sensor_aggregator_responses_survive_roundtrips() {
         let server = Server::start(artifacts::SENSOR_AGGREGATOR, extra);
         for i in 0..30 {
             let body = format!("t1 {}\nt2 {}", i, 100 - i);
-            assert_eq!(server.req("POST", "/_roam/messages?from=probe", &body).0, 202);
+            assert_eq!(
+                server.req("POST", "/_roam/messages?from=probe", &body).0,
+                202
+            );
         }
         server.req("POST", "/_roam/messages?from=probe", "bogus line");
         // Messages are handled in order after they are queued.
-        server.poll("/sensors/t1", Duration::from_secs(10), |s, b| s == 200 && b.contains("\"n\":30"));
-        (server.req("GET", "/sensors", ""), server.req("GET", "/sensors/t2", ""))
+        server.poll("/sensors/t1", Duration::from_secs(10), |s, b| {
+            s == 200 && b.contains("\"n\":30")
+        });
+        (
+            server.req("GET", "/sensors", ""),
+            server.req("GET", "/sensors/t2", ""),
+        )
     };
     let plain = run(&[]);
     let moved = run(&["--roundtrip-snapshots"]);
     assert_eq!(plain, moved);
     assert_eq!(
-        plain.1 .1,
+        plain.1.1,
         r#"{"sensor":"t2","n":30,"min":71,"max":100,"mean":85.500,"p95":99}"#
     );
-    assert!(plain.0 .1.contains("\"rejected\":1"), "{}", plain.0 .1);
+    assert!(plain.0.1.contains("\"rejected\":1"), "{}", plain.0.1);
 }
 
 #[test]
 fn mandelbrot_finishes_with_the_same_result_when_moved_every_step() {
     let run = |extra: &[&str]| {
         let server = Server::start(artifacts::MANDELBROT, extra);
-        assert_eq!(server.req("POST", "/start?width=160&height=120&iterations=300", "").0, 202);
-        server.poll("/progress", Duration::from_secs(60), |_, b| b.contains("\"done\":true"));
+        assert_eq!(
+            server
+                .req("POST", "/start?width=160&height=120&iterations=300", "")
+                .0,
+            202
+        );
+        server.poll("/progress", Duration::from_secs(60), |_, b| {
+            b.contains("\"done\":true")
+        });
         server.req("GET", "/result", "")
     };
     let plain = run(&[]);
@@ -209,5 +243,8 @@ fn a_trapping_request_gets_an_error_and_the_workload_keeps_serving() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("exports no `roam_abi_version` function"), "{err}");
+    assert!(
+        err.contains("exports no `roam_abi_version` function"),
+        "{err}"
+    );
 }

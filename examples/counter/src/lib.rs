@@ -48,7 +48,13 @@ impl Workload for Counter {
     }
 
     fn on_restore(&mut self, moved: Moved) {
-        log::info!("moved from {}/{} to {}/{}", moved.from_site, moved.from_host, moved.site, moved.host);
+        log::info!(
+            "moved from {}/{} to {}/{}",
+            moved.from_site,
+            moved.from_host,
+            moved.site,
+            moved.host
+        );
     }
 }
 
@@ -64,6 +70,9 @@ mod tests {
         c.handle(Request::new("POST", "/a"));
         let r = c.handle(Request::new("POST", "/a"));
         assert_eq!(r.body_text(), r#"{"path":"/a","count":2}"#);
-        assert_eq!(c.handle(Request::new("GET", "/b")).body_text(), r#"{"path":"/b","count":0}"#);
+        assert_eq!(
+            c.handle(Request::new("GET", "/b")).body_text(),
+            r#"{"path":"/b","count":0}"#
+        );
     }
 }

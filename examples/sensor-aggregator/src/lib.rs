@@ -60,7 +60,14 @@ impl Workload for Aggregator {
         match req.path.strip_prefix("/sensors") {
             Some("") | Some("/") => {
                 let all: Vec<String> = self.windows.keys().filter_map(|s| self.stats(s)).collect();
-                Response::json(200, format!("{{\"sensors\":[{}],\"rejected\":{}}}", all.join(","), self.rejected))
+                Response::json(
+                    200,
+                    format!(
+                        "{{\"sensors\":[{}],\"rejected\":{}}}",
+                        all.join(","),
+                        self.rejected
+                    ),
+                )
             }
             Some(rest) => match self.stats(rest.trim_start_matches('/')) {
                 Some(s) => Response::json(200, s),
@@ -74,7 +81,10 @@ impl Workload for Aggregator {
         let text = String::from_utf8_lossy(body);
         for line in text.lines() {
             let mut parts = line.split_whitespace();
-            match (parts.next(), parts.next().and_then(|v| v.parse::<f64>().ok())) {
+            match (
+                parts.next(),
+                parts.next().and_then(|v| v.parse::<f64>().ok()),
+            ) {
                 (Some(sensor), Some(value)) if value.is_finite() => self.record(sensor, value),
                 _ => self.rejected += 1,
             }

@@ -24,7 +24,9 @@ impl Workload for Probe {
     fn handle(&mut self, req: Request) -> Response {
         match (req.method.as_str(), req.path.as_str()) {
             ("POST", "/read") => {
-                let (Some(sensor), Some(value)) = (req.query_param("sensor"), req.query_param("value")) else {
+                let (Some(sensor), Some(value)) =
+                    (req.query_param("sensor"), req.query_param("value"))
+                else {
                     return Response::text(400, "need ?sensor=ID&value=NUMBER");
                 };
                 let to = req.query_param("to").unwrap_or("sensor-aggregator");

@@ -106,7 +106,8 @@ impl<'a> Reader<'a> {
         self.take(n)
     }
     fn string(&mut self, max: usize) -> Result<String, String> {
-        String::from_utf8(self.bytes(max)?.to_vec()).map_err(|_| "a string is not UTF-8".to_string())
+        String::from_utf8(self.bytes(max)?.to_vec())
+            .map_err(|_| "a string is not UTF-8".to_string())
     }
 }
 

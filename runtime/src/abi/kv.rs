@@ -15,7 +15,12 @@ use wasmtime::{Caller, Linker};
 use super::{IMPORT_MODULE, codes, memory};
 use crate::instance::InstanceState;
 
-fn key(caller: &mut Caller<'_, InstanceState>, func: &str, ptr: i32, len: i32) -> wasmtime::Result<Result<Vec<u8>, i32>> {
+fn key(
+    caller: &mut Caller<'_, InstanceState>,
+    func: &str,
+    ptr: i32,
+    len: i32,
+) -> wasmtime::Result<Result<Vec<u8>, i32>> {
     let abi = &caller.data().abi;
     if !abi.grants.kv {
         return Ok(Err(codes::DENIED));
@@ -33,7 +38,12 @@ pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
     linker.func_wrap(
         IMPORT_MODULE,
         "kv_get",
-        |mut caller: Caller<'_, InstanceState>, kp: i32, kl: i32, bp: i32, cap: i32| -> wasmtime::Result<i64> {
+        |mut caller: Caller<'_, InstanceState>,
+         kp: i32,
+         kl: i32,
+         bp: i32,
+         cap: i32|
+         -> wasmtime::Result<i64> {
             let k = match key(&mut caller, "kv_get", kp, kl)? {
                 Ok(k) => k,
                 Err(code) => return Ok(i64::from(code)),
@@ -53,7 +63,12 @@ pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
     linker.func_wrap(
         IMPORT_MODULE,
         "kv_set",
-        |mut caller: Caller<'_, InstanceState>, kp: i32, kl: i32, vp: i32, vl: i32| -> wasmtime::Result<i32> {
+        |mut caller: Caller<'_, InstanceState>,
+         kp: i32,
+         kl: i32,
+         vp: i32,
+         vl: i32|
+         -> wasmtime::Result<i32> {
             let k = match key(&mut caller, "kv_set", kp, kl)? {
                 Ok(k) => k,
                 Err(code) => return Ok(code),

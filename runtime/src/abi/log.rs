@@ -13,7 +13,11 @@ pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
     linker.func_wrap(
         IMPORT_MODULE,
         "log",
-        |mut caller: Caller<'_, InstanceState>, level: i32, ptr: i32, len: i32| -> wasmtime::Result<()> {
+        |mut caller: Caller<'_, InstanceState>,
+         level: i32,
+         ptr: i32,
+         len: i32|
+         -> wasmtime::Result<()> {
             let max = caller.data().abi.quotas.max_log_line;
             let len = memory::len(len).unwrap_or(0).min(max) as i32;
             let bytes = memory::read(&mut caller, "log", ptr, len)?;

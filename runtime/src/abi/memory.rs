@@ -5,7 +5,10 @@ use wasmtime::{Caller, Extern, Memory};
 use crate::instance::InstanceState;
 
 /// The guest's exported `memory`, or a trap naming the function.
-pub(crate) fn memory(caller: &mut Caller<'_, InstanceState>, func: &str) -> wasmtime::Result<Memory> {
+pub(crate) fn memory(
+    caller: &mut Caller<'_, InstanceState>,
+    func: &str,
+) -> wasmtime::Result<Memory> {
     match caller.get_export("memory") {
         Some(Extern::Memory(m)) => Ok(m),
         _ => Err(wasmtime::format_err!(
@@ -15,7 +18,12 @@ pub(crate) fn memory(caller: &mut Caller<'_, InstanceState>, func: &str) -> wasm
 }
 
 /// The byte range `[ptr, ptr + len)` checked against a memory of `size` bytes.
-pub(crate) fn range(func: &str, ptr: i32, len: i32, size: usize) -> wasmtime::Result<std::ops::Range<usize>> {
+pub(crate) fn range(
+    func: &str,
+    ptr: i32,
+    len: i32,
+    size: usize,
+) -> wasmtime::Result<std::ops::Range<usize>> {
     let start = ptr as u32 as usize;
     let len = len as u32 as usize;
     match start.checked_add(len) {

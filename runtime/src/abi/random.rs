@@ -21,8 +21,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
                 return Ok(codes::TOO_LARGE);
             }
             let mut buf = vec![0u8; n];
-            getrandom::fill(&mut buf)
-                .map_err(|e| wasmtime::format_err!("roam::random_fill: host entropy unavailable: {e}"))?;
+            getrandom::fill(&mut buf).map_err(|e| {
+                wasmtime::format_err!("roam::random_fill: host entropy unavailable: {e}")
+            })?;
             memory::write(&mut caller, "random_fill", ptr, &buf)?;
             Ok(codes::OK)
         },

@@ -286,7 +286,10 @@ impl AbiState {
         let read_messages = |r: &mut Reader<'_>| -> Result<Vec<(String, Vec<u8>)>, String> {
             let n = r.count(16)?;
             if n > q.max_queued_messages {
-                return Err(format!("{n} queued messages is over the limit of {}", q.max_queued_messages));
+                return Err(format!(
+                    "{n} queued messages is over the limit of {}",
+                    q.max_queued_messages
+                ));
             }
             (0..n)
                 .map(|_| Ok((r.string(MAX_NAME)?, r.bytes(q.max_message)?)))
@@ -316,7 +319,10 @@ impl AbiState {
 
     /// The earliest pending timer: (id, due ns).
     pub fn next_timer_due(&self) -> Option<(u64, u64)> {
-        self.timers.iter().map(|(id, t)| (*id, t.due_ns)).min_by_key(|&(id, due)| (due, id))
+        self.timers
+            .iter()
+            .map(|(id, t)| (*id, t.due_ns))
+            .min_by_key(|&(id, due)| (due, id))
     }
 
     /// Record a log line, keeping at most the quota of recent records.
@@ -338,10 +344,22 @@ mod tests {
         let mut s = AbiState::default();
         s.kv.insert(b"k".to_vec(), b"v".to_vec());
         s.kv_bytes = 2;
-        s.timers.insert(3, Timer { due_ns: 99, payload: b"p".to_vec() });
+        s.timers.insert(
+            3,
+            Timer {
+                due_ns: 99,
+                payload: b"p".to_vec(),
+            },
+        );
         s.next_timer = 4;
-        s.inbox.push_back(InboundMessage { from: "a".into(), body: b"hi".to_vec() });
-        s.outbox.push_back(OutboundMessage { to: "b".into(), body: b"yo".to_vec() });
+        s.inbox.push_back(InboundMessage {
+            from: "a".into(),
+            body: b"hi".to_vec(),
+        });
+        s.outbox.push_back(OutboundMessage {
+            to: "b".into(),
+            body: b"yo".to_vec(),
+        });
         s.log_cursor = 7;
         let bytes = s.encode();
         let mut t = AbiState::default();

@@ -11,12 +11,16 @@ use super::IMPORT_MODULE;
 use crate::instance::InstanceState;
 
 pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
-    linker.func_wrap(IMPORT_MODULE, "time_wall_ns", |_: Caller<'_, InstanceState>| -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-            .unwrap_or(0)
-    })?;
+    linker.func_wrap(
+        IMPORT_MODULE,
+        "time_wall_ns",
+        |_: Caller<'_, InstanceState>| -> i64 {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+                .unwrap_or(0)
+        },
+    )?;
     linker.func_wrap(
         IMPORT_MODULE,
         "time_monotonic_ns",

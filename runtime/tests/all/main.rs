@@ -46,5 +46,7 @@ pub async fn call_i32(instance: &mut Instance, name: &str, args: &[Val]) -> i32 
 }
 
 pub fn config() -> InstanceConfig {
-    InstanceConfig::new("test")
+    let mut c = InstanceConfig::new("test");
+    c.track_dirty = true;
+    c
 }

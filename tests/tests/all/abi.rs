@@ -64,10 +64,16 @@ async fn move_workload(rt: &Runtime, module: &Module, w: &mut Workload, name: &s
         host: "h2".into(),
         site: "s2".into(),
     };
-    Workload::restore(rt, module, there, &snapshot, Some(&HostInfo {
-        host: "h1".into(),
-        site: "s1".into(),
-    }))
+    Workload::restore(
+        rt,
+        module,
+        there,
+        &snapshot,
+        Some(&HostInfo {
+            host: "h1".into(),
+            site: "s1".into(),
+        }),
+    )
     .await
     .unwrap()
 }
@@ -76,9 +82,14 @@ async fn move_workload(rt: &Runtime, module: &Module, w: &mut Workload, name: &s
 async fn kv_data_and_pending_timers_survive_a_move_and_fire_on_time() {
     let rt = runtime();
     let module = load(&rt, artifacts::KV_CACHE);
-    let mut w = Workload::start(&rt, &module, config("cache")).await.unwrap();
+    let mut w = Workload::start(&rt, &module, config("cache"))
+        .await
+        .unwrap();
     let set_at = Instant::now();
-    assert_eq!(w.http(&put("/soon?ttl=250", "x")).await.unwrap().status, 201);
+    assert_eq!(
+        w.http(&put("/soon?ttl=250", "x")).await.unwrap().status,
+        201
+    );
     assert_eq!(w.http(&put("/kept", "y")).await.unwrap().status, 201);
     let mut moved = move_workload(&rt, &module, &mut w, "cache").await;
     drop(w);
@@ -118,10 +129,24 @@ async fn queued_messages_survive_a_move_and_are_delivered_once() {
 async fn restore_hook_is_told_where_the_workload_moved() {
     let rt = runtime();
     let module = load(&rt, artifacts::COUNTER);
-    let mut w = Workload::start(&rt, &module, config("counter")).await.unwrap();
-    w.http(&Request { method: "POST".into(), path: "/a".into(), ..Request::default() }).await.unwrap();
+    let mut w = Workload::start(&rt, &module, config("counter"))
+        .await
+        .unwrap();
+    w.http(&Request {
+        method: "POST".into(),
+        path: "/a".into(),
+        ..Request::default()
+    })
+    .await
+    .unwrap();
     let moved = move_workload(&rt, &module, &mut w, "counter").await;
-    let logs: Vec<String> = moved.instance().abi().logs.iter().map(|r| r.message.clone()).collect();
+    let logs: Vec<String> = moved
+        .instance()
+        .abi()
+        .logs
+        .iter()
+        .map(|r| r.message.clone())
+        .collect();
     assert_eq!(logs, vec!["moved from s1/h1 to s2/h2".to_string()]);
 }
 
@@ -155,7 +180,8 @@ async fn messages_are_routed_between_workloads_on_one_host() {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let body = String::from_utf8(handles[0].http(get("/sensors/t9")).await.unwrap().body).unwrap();
+        let body =
+            String::from_utf8(handles[0].http(get("/sensors/t9")).await.unwrap().body).unwrap();
         if body.contains("\"n\":5") {
             assert!(body.contains("\"mean\":3.000"), "{body}");
             break;
@@ -167,7 +193,10 @@ async fn messages_are_routed_between_workloads_on_one_host() {
     let router = bus.router();
     let err = router(
         "x",
-        roam_runtime::abi::OutboundMessage { to: "nobody".into(), body: vec![] },
+        roam_runtime::abi::OutboundMessage {
+            to: "nobody".into(),
+            body: vec![],
+        },
     )
     .unwrap_err();
     assert!(err.contains("no workload named `nobody`"));
@@ -225,14 +254,31 @@ async fn call_i32(w: &mut Workload, name: &str) -> i32 {
 async fn out_of_bounds_pointers_trap_that_call_only() {
     let rt = runtime();
     let module = abuser(&rt);
-    let mut w = Workload::start(&rt, &module, config("abuser")).await.unwrap();
+    let mut w = Workload::start(&rt, &module, config("abuser"))
+        .await
+        .unwrap();
     let err = w.instance_mut().call("log_oob", &[]).await.unwrap_err();
-    assert!(err.to_string().contains("roam::log: guest buffer 0xfffa+100 is outside its 65536-byte memory"), "{err}");
-    let mut other = Workload::start(&rt, &module, config("abuser-2")).await.unwrap();
-    let err = other.instance_mut().call("send_oob", &[]).await.unwrap_err();
-    assert!(err.to_string().contains("roam::send: guest buffer"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("roam::log: guest buffer 0xfffa+100 is outside its 65536-byte memory"),
+        "{err}"
+    );
+    let mut other = Workload::start(&rt, &module, config("abuser-2"))
+        .await
+        .unwrap();
+    let err = other
+        .instance_mut()
+        .call("send_oob", &[])
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("roam::send: guest buffer"),
+        "{err}"
+    );
     // Another workload on the same host keeps serving.
-    let mut healthy = Workload::start(&rt, &module, config("healthy")).await.unwrap();
+    let mut healthy = Workload::start(&rt, &module, config("healthy"))
+        .await
+        .unwrap();
     assert_eq!(healthy.http(&get("/")).await.unwrap().body, b"ok");
 }
 
@@ -240,14 +286,28 @@ async fn out_of_bounds_pointers_trap_that_call_only() {
 async fn huge_and_negative_lengths_get_error_codes_not_allocations() {
     let rt = runtime();
     let module = abuser(&rt);
-    let mut w = Workload::start(&rt, &module, config("abuser")).await.unwrap();
-    assert_eq!(call_i32(&mut w, "kv_huge").await, roam_runtime::abi::codes::TOO_LARGE);
-    assert_eq!(call_i32(&mut w, "kv_negative").await, roam_runtime::abi::codes::INVALID);
-    assert_eq!(call_i32(&mut w, "random_huge").await, roam_runtime::abi::codes::TOO_LARGE);
+    let mut w = Workload::start(&rt, &module, config("abuser"))
+        .await
+        .unwrap();
+    assert_eq!(
+        call_i32(&mut w, "kv_huge").await,
+        roam_runtime::abi::codes::TOO_LARGE
+    );
+    assert_eq!(
+        call_i32(&mut w, "kv_negative").await,
+        roam_runtime::abi::codes::INVALID
+    );
+    assert_eq!(
+        call_i32(&mut w, "random_huge").await,
+        roam_runtime::abi::codes::TOO_LARGE
+    );
     // A log line with a huge length is cut to the quota, never copied whole.
     w.instance_mut().call("log_huge", &[]).await.unwrap();
     let line = w.instance().abi().logs.back().unwrap();
-    assert_eq!(line.message.chars().count(), w.instance().abi().quotas.max_log_line);
+    assert_eq!(
+        line.message.chars().count(),
+        w.instance().abi().quotas.max_log_line
+    );
 }
 
 #[tokio::test]
@@ -261,13 +321,27 @@ async fn grants_are_checked_at_configuration_and_on_every_call() {
         err.to_string(),
         "workload `abuser` imports `roam::kv_set` but is not granted `kv`"
     );
-    let mut w = Workload::start(&rt, &module, config("abuser")).await.unwrap();
-    match w.instance_mut().call("kv_roundtrip", &[]).await.unwrap().as_slice() {
+    let mut w = Workload::start(&rt, &module, config("abuser"))
+        .await
+        .unwrap();
+    match w
+        .instance_mut()
+        .call("kv_roundtrip", &[])
+        .await
+        .unwrap()
+        .as_slice()
+    {
         [Val::I64(2)] => {}
         other => panic!("{other:?}"),
     }
     w.instance_mut().abi_mut().grants.kv = false;
-    match w.instance_mut().call("kv_roundtrip", &[]).await.unwrap().as_slice() {
+    match w
+        .instance_mut()
+        .call("kv_roundtrip", &[])
+        .await
+        .unwrap()
+        .as_slice()
+    {
         [Val::I64(v)] => assert_eq!(*v, i64::from(roam_runtime::abi::codes::DENIED)),
         other => panic!("{other:?}"),
     }
@@ -277,47 +351,82 @@ async fn grants_are_checked_at_configuration_and_on_every_call() {
 async fn broken_responses_and_traps_are_errors_for_that_request() {
     let rt = runtime();
     let module = abuser(&rt);
-    let mut w = Workload::start(&rt, &module, config("abuser")).await.unwrap();
+    let mut w = Workload::start(&rt, &module, config("abuser"))
+        .await
+        .unwrap();
     assert_eq!(w.http(&get("/")).await.unwrap().status, 200);
     for (mode, expect) in [
         (2, "outside guest memory"),
         (3, "status 7 is not an HTTP status"),
     ] {
-        w.instance_mut().call("set_mode", &[Val::I32(mode)]).await.unwrap();
+        w.instance_mut()
+            .call("set_mode", &[Val::I32(mode)])
+            .await
+            .unwrap();
         let err = w.http(&get("/")).await.unwrap_err();
         assert!(matches!(err, HandleError::Abi(_)), "{err}");
         assert!(err.to_string().contains(expect), "{err}");
     }
-    w.instance_mut().call("set_mode", &[Val::I32(1)]).await.unwrap();
+    w.instance_mut()
+        .call("set_mode", &[Val::I32(1)])
+        .await
+        .unwrap();
     let err = w.http(&get("/")).await.unwrap_err();
-    assert!(matches!(err, HandleError::Call(CallError::Trap { .. })), "{err}");
+    assert!(
+        matches!(err, HandleError::Call(CallError::Trap { .. })),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn unknown_abi_version_and_missing_exports_are_refused_by_name() {
     let rt = runtime();
-    let v2 = ABUSER.replace("(global $version (mut i32) (i32.const 1))", "(global $version (mut i32) (i32.const 2))");
+    let v2 = ABUSER.replace(
+        "(global $version (mut i32) (i32.const 1))",
+        "(global $version (mut i32) (i32.const 2))",
+    );
     let module = rt.load_blocking(&wat::parse_str(&v2).unwrap()).unwrap();
-    let err = Workload::start(&rt, &module, config("future")).await.unwrap_err();
+    let err = Workload::start(&rt, &module, config("future"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, InstantiateError::Abi(_)));
     assert!(
-        err.to_string().contains("built for Roam ABI v2, but this host implements ABI v1"),
+        err.to_string()
+            .contains("built for Roam ABI v2, but this host implements ABI v1"),
         "{err}"
     );
     let no_alloc = ABUSER.replace("(export \"roam_alloc\")", "");
-    let module = rt.load_blocking(&wat::parse_str(&no_alloc).unwrap()).unwrap();
-    let err = Workload::start(&rt, &module, config("partial")).await.unwrap_err();
-    assert!(err.to_string().contains("exports no `roam_alloc` function"), "{err}");
+    let module = rt
+        .load_blocking(&wat::parse_str(&no_alloc).unwrap())
+        .unwrap();
+    let err = Workload::start(&rt, &module, config("partial"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("exports no `roam_alloc` function"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn the_driver_answers_a_trapping_request_with_an_error_and_keeps_serving() {
     let rt = runtime();
     let module = abuser(&rt);
-    let mut w = Workload::start(&rt, &module, config("abuser")).await.unwrap();
+    let mut w = Workload::start(&rt, &module, config("abuser"))
+        .await
+        .unwrap();
     // This instance traps on every request (mode 1).
-    w.instance_mut().call("set_mode", &[Val::I32(1)]).await.unwrap();
-    let h = driver::spawn(rt.clone(), module.clone(), config("abuser"), w, DriverOptions::default());
+    w.instance_mut()
+        .call("set_mode", &[Val::I32(1)])
+        .await
+        .unwrap();
+    let h = driver::spawn(
+        rt.clone(),
+        module.clone(),
+        config("abuser"),
+        w,
+        DriverOptions::default(),
+    );
     let err = h.http(get("/")).await.unwrap_err();
     assert!(err.to_string().contains("unreachable"), "{err}");
     // The driver replaced the poisoned instance; the workload serves again.

@@ -26,7 +26,9 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
 });
 
 fn config() -> InstanceConfig {
-    InstanceConfig::new("stateful")
+    let mut c = InstanceConfig::new("stateful");
+    c.track_dirty = true;
+    c
 }
 
 async fn u64_call(i: &mut Instance, name: &str, args: &[Val]) -> u64 {
