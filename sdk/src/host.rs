@@ -8,6 +8,11 @@
 use crate::sys;
 
 /// Host and site names.
+///
+/// ```
+/// let roam_sdk::host::HostInfo { host, site } = roam_sdk::host::info();
+/// assert!(!host.is_empty() && !site.is_empty());
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostInfo {
     /// Host name.

@@ -46,6 +46,10 @@ pub mod __private;
 pub use http::{Request, Response};
 
 /// The Roam ABI version this SDK implements.
+///
+/// ```
+/// assert_eq!(roam_sdk::ABI_VERSION, 1);
+/// ```
 pub const ABI_VERSION: i32 = 1;
 
 /// An error returned by a host function.
@@ -101,6 +105,15 @@ impl std::error::Error for Error {}
 
 /// Where a workload came from and where it is now, given to
 /// [`Workload::on_restore`] after a move.
+///
+/// ```
+/// fn on_restore(moved: roam_sdk::Moved) {
+///     if moved.site != moved.from_site {
+///         log::info!("now serving from {}", moved.site);
+///     }
+/// }
+/// on_restore(roam_sdk::Moved::default());
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Moved {
     /// Host it ran on before.

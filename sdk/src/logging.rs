@@ -13,6 +13,10 @@
 use crate::sys;
 
 /// Log levels, as the ABI numbers them.
+///
+/// ```
+/// assert_eq!(roam_sdk::logging::Level::Warn as i32, 3);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
     /// 0

@@ -15,6 +15,11 @@ use std::time::Duration;
 use crate::{Error, sys};
 
 /// Identifies a timer.
+///
+/// ```
+/// let id = roam_sdk::timers::set(std::time::Duration::from_secs(5), b"").unwrap();
+/// assert!(id.0 > 0);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TimerId(pub i64);
 
