@@ -5,8 +5,10 @@
 //!
 //! - [`selector`]: label selectors (`jurisdiction=EU,site in (a,b)`);
 //! - [`placement`]: filter-then-score placement with a reason for every
-//!   rejected host.
+//!   rejected host;
+//! - [`reconcile`]: desired versus running state, as commands.
 #![deny(missing_docs)]
 
 pub mod placement;
+pub mod reconcile;
 pub mod selector;

@@ -1,0 +1,251 @@
+//! The reconciler: compare desired state with what runs, emit commands.
+//!
+//! Pure, like wadm's `Scaler::reconcile`: it returns [`Command`]s and leaves
+//! performing them to the caller, so every decision is testable without a
+//! cluster. A replica on a host that is down counts as lost and is placed
+//! again elsewhere — only on a host that meets the workload's rules; when no
+//! host does, the workload is reported [`Unplaceable`] with every host's
+//! reason, never placed on a host that breaks a rule.
+
+use std::collections::BTreeMap;
+
+use crate::placement::{self, HostView, PlacementRequest, Rejection};
+use crate::selector::Selector;
+
+/// What the operator asked for, per workload.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkloadSpec {
+    /// Workload name.
+    pub name: String,
+    /// Replicas wanted.
+    pub replicas: u32,
+    /// Hosts must match it.
+    pub selector: Selector,
+    /// Memory per replica, bytes.
+    pub memory: u64,
+    /// Label to spread replicas across.
+    pub spread_by: Option<String>,
+}
+
+/// A replica that runs (or ran, if its host is down).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Running {
+    /// Workload name.
+    pub workload: String,
+    /// Host it runs on.
+    pub host: String,
+}
+
+/// What the caller must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Start a replica of `workload` on `host`.
+    Start {
+        /// Workload name.
+        workload: String,
+        /// Target host.
+        host: String,
+    },
+    /// Stop the replica of `workload` on `host`.
+    Stop {
+        /// Workload name.
+        workload: String,
+        /// Host it runs on.
+        host: String,
+    },
+}
+
+/// A workload short of replicas because no host can take one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unplaceable {
+    /// Workload name.
+    pub workload: String,
+    /// Replicas that could not be placed.
+    pub missing: u32,
+    /// Why each host was rejected.
+    pub reasons: Vec<(String, Rejection)>,
+}
+
+/// The outcome of one reconciliation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Commands in order: stops first, then starts.
+    pub commands: Vec<Command>,
+    /// Workloads that cannot get all their replicas.
+    pub unplaceable: Vec<Unplaceable>,
+}
+
+/// Compare `desired` with `running` on `hosts`.
+pub fn reconcile(desired: &[WorkloadSpec], running: &[Running], hosts: &[HostView]) -> Plan {
+    let mut hosts: Vec<HostView> = hosts.to_vec();
+    let alive = |hosts: &[HostView], id: &str| hosts.iter().any(|h| h.id == id && h.alive);
+    let mut plan = Plan::default();
+    let specs: BTreeMap<&str, &WorkloadSpec> =
+        desired.iter().map(|s| (s.name.as_str(), s)).collect();
+
+    // Replicas of workloads nobody wants any more.
+    for r in running {
+        if !specs.contains_key(r.workload.as_str()) && alive(&hosts, &r.host) {
+            plan.commands.push(Command::Stop {
+                workload: r.workload.clone(),
+                host: r.host.clone(),
+            });
+        }
+    }
+
+    let mut starts = Vec::new();
+    for spec in specs.values() {
+        let mut live: Vec<String> = running
+            .iter()
+            .filter(|r| r.workload == spec.name && alive(&hosts, &r.host))
+            .map(|r| r.host.clone())
+            .collect();
+        live.sort();
+        live.dedup();
+        let wanted = spec.replicas as usize;
+        // Too many: stop the extras, highest host id first.
+        while live.len() > wanted {
+            if let Some(host) = live.pop() {
+                plan.commands.push(Command::Stop {
+                    workload: spec.name.clone(),
+                    host,
+                });
+            }
+        }
+        // Too few: place one at a time, accounting for what was just placed.
+        while live.len() < wanted {
+            let request = PlacementRequest {
+                workload: spec.name.clone(),
+                selector: spec.selector.clone(),
+                memory: spec.memory,
+                spread_by: spec.spread_by.clone(),
+                placed_on: live.clone(),
+            };
+            let outcome = placement::place(&request, &hosts);
+            let Some(best) = outcome.best().map(str::to_string) else {
+                plan.unplaceable.push(Unplaceable {
+                    workload: spec.name.clone(),
+                    missing: (wanted - live.len()) as u32,
+                    reasons: outcome.rejected,
+                });
+                break;
+            };
+            if let Some(h) = hosts.iter_mut().find(|h| h.id == best) {
+                h.memory_used += spec.memory;
+                h.slots_used += 1;
+            }
+            starts.push(Command::Start {
+                workload: spec.name.clone(),
+                host: best.clone(),
+            });
+            live.push(best);
+        }
+    }
+    plan.commands.extend(starts);
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(id: &str, jurisdiction: &str, alive: bool) -> HostView {
+        HostView {
+            id: id.into(),
+            labels: [("jurisdiction".to_string(), jurisdiction.to_string())].into(),
+            alive,
+            cordoned: false,
+            memory_total: 100,
+            memory_used: 0,
+            slots_total: 10,
+            slots_used: 0,
+        }
+    }
+
+    fn spec(name: &str, replicas: u32, selector: &str) -> WorkloadSpec {
+        WorkloadSpec {
+            name: name.into(),
+            replicas,
+            selector: Selector::parse(selector).unwrap(),
+            memory: 10,
+            spread_by: None,
+        }
+    }
+
+    #[test]
+    fn lost_replica_is_placed_again_on_an_eligible_host_only() {
+        let hosts = vec![
+            host("eu-1", "EU", false),
+            host("eu-2", "EU", true),
+            host("us-1", "US", true),
+        ];
+        let running = vec![Running {
+            workload: "w".into(),
+            host: "eu-1".into(),
+        }];
+        let plan = reconcile(&[spec("w", 1, "jurisdiction=EU")], &running, &hosts);
+        assert_eq!(
+            plan.commands,
+            vec![Command::Start {
+                workload: "w".into(),
+                host: "eu-2".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn no_eligible_host_means_unplaceable_with_reasons_never_a_rule_break() {
+        let hosts = vec![host("eu-1", "EU", false), host("us-1", "US", true)];
+        let plan = reconcile(&[spec("w", 1, "jurisdiction=EU")], &[], &hosts);
+        assert!(plan.commands.is_empty());
+        assert_eq!(plan.unplaceable.len(), 1);
+        assert_eq!(plan.unplaceable[0].reasons.len(), 2);
+    }
+
+    #[test]
+    fn scales_up_and_down_and_stops_what_is_not_wanted() {
+        let hosts = vec![
+            host("a", "EU", true),
+            host("b", "EU", true),
+            host("c", "EU", true),
+        ];
+        let running = vec![
+            Running {
+                workload: "w".into(),
+                host: "a".into(),
+            },
+            Running {
+                workload: "w".into(),
+                host: "c".into(),
+            },
+            Running {
+                workload: "old".into(),
+                host: "b".into(),
+            },
+        ];
+        let plan = reconcile(&[spec("w", 1, "")], &running, &hosts);
+        assert_eq!(
+            plan.commands,
+            vec![
+                Command::Stop {
+                    workload: "old".into(),
+                    host: "b".into()
+                },
+                Command::Stop {
+                    workload: "w".into(),
+                    host: "c".into()
+                },
+            ]
+        );
+        let plan = reconcile(&[spec("w", 3, "")], &running[..1], &hosts);
+        let started: Vec<_> = plan
+            .commands
+            .iter()
+            .map(|c| match c {
+                Command::Start { host, .. } => host.as_str(),
+                Command::Stop { .. } => "stop",
+            })
+            .collect();
+        assert_eq!(started, vec!["b", "c"]);
+    }
+}
