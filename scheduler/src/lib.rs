@@ -6,9 +6,14 @@
 //! - [`selector`]: label selectors (`jurisdiction=EU,site in (a,b)`);
 //! - [`placement`]: filter-then-score placement with a reason for every
 //!   rejected host;
-//! - [`reconcile`]: desired versus running state, as commands.
+//! - [`reconcile`]: desired versus running state, as commands;
+//! - [`auth`]: tokens (CSPRNG, stored hashed, constant-time checks) and the
+//!   trusted labels a join token binds;
+//! - [`store`]: desired state in redb, committed before a change is acknowledged.
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod placement;
 pub mod reconcile;
 pub mod selector;
+pub mod store;

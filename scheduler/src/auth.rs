@@ -1,0 +1,173 @@
+//! Tokens and the labels that carry trust.
+//!
+//! Every API call carries a bearer token. Tokens are 32 bytes from the OS
+//! CSPRNG, shown once (`roam_` + hex) and stored only as their sha256, so a
+//! leaked store does not leak tokens. Presented tokens are hashed and
+//! compared in constant time.
+//!
+//! A *join token* binds trusted labels — site, region, jurisdiction,
+//! provider — chosen by the operator when creating it. A host that joins
+//! with it gets exactly those values; it may add other labels (its CPU
+//! architecture, say) but cannot set, change or drop a trusted one, so a
+//! host cannot move itself into the EU.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::selector::Labels;
+
+/// Labels only a join token can set.
+pub const TRUSTED_LABELS: &[&str] = &["site", "region", "jurisdiction", "provider"];
+
+/// Prefix of every token, so leaked tokens are easy to scan for.
+pub const TOKEN_PREFIX: &str = "roam_";
+
+/// What a token may do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// The operator: every API call.
+    Admin,
+    /// A host joining (and then heartbeating) with trusted labels.
+    Join {
+        /// Trusted labels bound to the token.
+        labels: Labels,
+    },
+}
+
+/// A stored token: its hash and role, never the token itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// sha256 of the token, hex.
+    pub hash: String,
+    /// What it may do.
+    pub role: Role,
+}
+
+/// A token, or the operator asked for labels a join token cannot carry.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    /// The OS random source failed.
+    #[error("cannot read the OS random source: {0}")]
+    Random(String),
+    /// A join token label is not one of the trusted labels.
+    #[error("`{0}` is not a trusted label; join tokens bind only {TRUSTED_LABELS:?}")]
+    NotTrusted(String),
+    /// A host claimed a trusted label its token does not grant.
+    #[error("host claims `{key}={claimed}` but its join token binds `{key}={bound}`")]
+    LabelConflict {
+        /// Label key.
+        key: String,
+        /// What the host claimed.
+        claimed: String,
+        /// What the token binds (`<unset>` when it binds nothing).
+        bound: String,
+    },
+}
+
+/// A fresh token from the OS CSPRNG: `roam_` + 64 hex digits.
+pub fn new_token() -> Result<String, AuthError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| AuthError::Random(e.to_string()))?;
+    Ok(format!("{TOKEN_PREFIX}{}", hex::encode(bytes)))
+}
+
+/// The stored form of a token.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Whether `presented` is the token whose hash is `stored_hash`, compared in
+/// constant time.
+pub fn verify(presented: &str, stored_hash: &str) -> bool {
+    constant_time_eq::constant_time_eq(hash_token(presented).as_bytes(), stored_hash.as_bytes())
+}
+
+/// Check that `labels` are all trusted labels, for a new join token.
+pub fn check_join_labels(labels: &Labels) -> Result<(), AuthError> {
+    match labels
+        .keys()
+        .find(|k| !TRUSTED_LABELS.contains(&k.as_str()))
+    {
+        Some(k) => Err(AuthError::NotTrusted(k.clone())),
+        None => Ok(()),
+    }
+}
+
+/// The labels a host ends up with: its own untrusted labels plus the
+/// trusted ones its token binds. Refuses a host that claims a trusted label
+/// with another value than the token's (or one the token does not bind).
+pub fn host_labels(claimed: &Labels, bound: &Labels) -> Result<Labels, AuthError> {
+    let mut out: Labels = BTreeMap::new();
+    for (k, v) in claimed {
+        if TRUSTED_LABELS.contains(&k.as_str()) {
+            let bound_value = bound.get(k);
+            if bound_value != Some(v) {
+                return Err(AuthError::LabelConflict {
+                    key: k.clone(),
+                    claimed: v.clone(),
+                    bound: bound_value.cloned().unwrap_or_else(|| "<unset>".into()),
+                });
+            }
+        }
+        out.insert(k.clone(), v.clone());
+    }
+    for (k, v) in bound {
+        out.insert(k.clone(), v.clone());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn tokens_are_random_and_verified_by_hash() {
+        let a = new_token().unwrap();
+        let b = new_token().unwrap();
+        assert_ne!(a, b);
+        assert!(a.starts_with("roam_") && a.len() == 5 + 64);
+        let stored = hash_token(&a);
+        assert!(verify(&a, &stored));
+        assert!(!verify(&b, &stored));
+        assert!(!verify("", &stored));
+    }
+
+    #[test]
+    fn a_host_cannot_claim_another_sites_labels() {
+        let bound = labels(&[("site", "eu-west-1"), ("jurisdiction", "EU")]);
+        let ok = host_labels(
+            &labels(&[("arch", "aarch64"), ("site", "eu-west-1")]),
+            &bound,
+        )
+        .unwrap();
+        assert_eq!(
+            ok,
+            labels(&[
+                ("arch", "aarch64"),
+                ("jurisdiction", "EU"),
+                ("site", "eu-west-1")
+            ])
+        );
+        let err = host_labels(&labels(&[("site", "us-east-1")]), &bound).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "host claims `site=us-east-1` but its join token binds `site=eu-west-1`"
+        );
+        let err = host_labels(&labels(&[("provider", "acme")]), &bound).unwrap_err();
+        assert!(err.to_string().contains("binds `provider=<unset>`"));
+        assert_eq!(
+            check_join_labels(&labels(&[("arch", "x86_64")])),
+            Err(AuthError::NotTrusted("arch".into()))
+        );
+    }
+}

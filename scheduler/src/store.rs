@@ -1,0 +1,196 @@
+//! Desired state in an embedded transactional store (redb).
+//!
+//! One file in the scheduler's data directory holds what must survive a
+//! restart: workloads and their specs, token records, cordoned hosts. Each
+//! change is one write transaction, committed (and so synced to disk) before
+//! the call that made it returns — nothing acknowledged is lost. Host
+//! liveness and usage are soft state rebuilt from heartbeats and are not
+//! stored.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Workloads by name (JSON values).
+const WORKLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("workloads");
+/// Token records by token hash (JSON values).
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+/// Cordoned host ids.
+const CORDONED: TableDefinition<&str, ()> = TableDefinition::new("cordoned");
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[error("state store: {0}")]
+pub struct StoreError(String);
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+/// The scheduler's durable state.
+pub struct Store {
+    db: Database,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Open (or create) the store at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = Database::create(path).map_err(err)?;
+        let tx = db.begin_write().map_err(err)?;
+        tx.open_table(WORKLOADS).map_err(err)?;
+        tx.open_table(TOKENS).map_err(err)?;
+        tx.open_table(CORDONED).map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(Store { db })
+    }
+
+    fn put_json<T: Serialize>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(err)?;
+        let tx = self.db.begin_write().map_err(err)?;
+        tx.open_table(table)
+            .map_err(err)?
+            .insert(key, bytes.as_slice())
+            .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    fn get_json<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(table).map_err(err)?;
+        match t.get(key).map_err(err)? {
+            Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(err)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn all_json<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(table).map_err(err)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(err)? {
+            let (k, v) = item.map_err(err)?;
+            out.push((
+                k.value().to_string(),
+                serde_json::from_slice(v.value()).map_err(err)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    fn remove(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        let existed = tx
+            .open_table(table)
+            .map_err(err)?
+            .remove(key)
+            .map_err(err)?
+            .is_some();
+        tx.commit().map_err(err)?;
+        Ok(existed)
+    }
+
+    /// Create or replace a workload.
+    pub fn put_workload<T: Serialize>(&self, name: &str, spec: &T) -> Result<(), StoreError> {
+        self.put_json(WORKLOADS, name, spec)
+    }
+
+    /// A workload by name.
+    pub fn workload<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
+        self.get_json(WORKLOADS, name)
+    }
+
+    /// Every workload, by name.
+    pub fn workloads<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>, StoreError> {
+        self.all_json(WORKLOADS)
+    }
+
+    /// Delete a workload; `true` if it existed.
+    pub fn delete_workload(&self, name: &str) -> Result<bool, StoreError> {
+        self.remove(WORKLOADS, name)
+    }
+
+    /// Store a token record under its hash.
+    pub fn put_token<T: Serialize>(&self, hash: &str, record: &T) -> Result<(), StoreError> {
+        self.put_json(TOKENS, hash, record)
+    }
+
+    /// Every token record.
+    pub fn tokens<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>, StoreError> {
+        self.all_json(TOKENS)
+    }
+
+    /// Cordon or uncordon a host.
+    pub fn set_cordoned(&self, host: &str, cordoned: bool) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut t = tx.open_table(CORDONED).map_err(err)?;
+            if cordoned {
+                t.insert(host, ()).map_err(err)?;
+            } else {
+                t.remove(host).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Cordoned hosts.
+    pub fn cordoned(&self) -> Result<Vec<String>, StoreError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(CORDONED).map_err(err)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(err)? {
+            out.push(item.map_err(err)?.0.value().to_string());
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            store
+                .put_workload("counter", &serde_json::json!({"replicas": 2}))
+                .unwrap();
+            store.put_workload("gone", &serde_json::json!({})).unwrap();
+            assert!(store.delete_workload("gone").unwrap());
+            store.set_cordoned("h1", true).unwrap();
+            store.set_cordoned("h2", true).unwrap();
+            store.set_cordoned("h2", false).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let all: Vec<(String, serde_json::Value)> = store.workloads().unwrap();
+        assert_eq!(
+            all,
+            vec![("counter".to_string(), serde_json::json!({"replicas": 2}))]
+        );
+        assert_eq!(store.cordoned().unwrap(), vec!["h1".to_string()]);
+        assert_eq!(store.workload::<serde_json::Value>("gone").unwrap(), None);
+    }
+}
