@@ -64,6 +64,7 @@ pub enum DriverError {
 enum Command {
     Http(Request, oneshot::Sender<Result<Response, DriverError>>),
     Message(String, Vec<u8>, oneshot::Sender<Result<(), DriverError>>),
+    Logs(oneshot::Sender<String>),
     Stop,
 }
 
@@ -101,6 +102,17 @@ impl WorkloadHandle {
             .map_err(|_| DriverError::Unavailable(self.name.clone(), "stopped".into()))?;
         rx.await
             .map_err(|_| DriverError::Unavailable(self.name.clone(), "stopped".into()))?
+    }
+
+    /// Recent log records (`LEVEL message` lines) and captured stdout/stderr.
+    pub async fn logs(&self) -> Result<String, DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Logs(tx))
+            .await
+            .map_err(|_| DriverError::Unavailable(self.name.clone(), "stopped".into()))?;
+        rx.await
+            .map_err(|_| DriverError::Unavailable(self.name.clone(), "stopped".into()))
     }
 
     /// Stop the workload's task.
@@ -159,6 +171,9 @@ impl Driver {
                         let _ = reply.send(result);
                         self.after_event(failed).await;
                     }
+                    Some(Command::Logs(reply)) => {
+                        let _ = reply.send(self.logs());
+                    }
                     Some(Command::Message(from, body, reply)) => {
                         let result = self.workload.enqueue(&from, body).map_err(|code| {
                             DriverError::Unavailable(
@@ -210,6 +225,21 @@ impl Driver {
             tracing::error!(workload = %self.config.name, error = %e, "snapshot round trip failed");
             self.recover().await;
         }
+    }
+
+    fn logs(&self) -> String {
+        const LEVELS: [&str; 5] = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"];
+        let instance = self.workload.instance();
+        let mut out = String::new();
+        for r in &instance.abi().logs {
+            out.push_str(LEVELS[usize::from(r.level.min(4))]);
+            out.push(' ');
+            out.push_str(&r.message);
+            out.push('\n');
+        }
+        out.push_str(&String::from_utf8_lossy(&instance.stdout().contents()));
+        out.push_str(&String::from_utf8_lossy(&instance.stderr().contents()));
+        out
     }
 
     fn route(&mut self, message: OutboundMessage) {

@@ -14,6 +14,7 @@
 #![deny(missing_docs)]
 
 pub mod abi;
+pub mod agent;
 pub mod cache;
 pub mod config;
 pub mod driver;

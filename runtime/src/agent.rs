@@ -1,0 +1,474 @@
+//! The host agent (`roam host`): joins a scheduler, heartbeats, and runs the
+//! workloads the scheduler places on it.
+//!
+//! Two APIs on one listener:
+//! - control, for the scheduler only (`Authorization: Bearer HOST_SECRET`,
+//!   the secret handed out at join): `PUT /v1/instances/{workload}` starts a
+//!   workload (the module is fetched from the scheduler by digest and its
+//!   sha256 checked before use), `DELETE` stops it, `GET .../logs` returns
+//!   its recent log records;
+//! - ingress: `/w/{workload}/{path...}` goes to the workload's `handle`.
+//!
+//! The agent rejoins on its own when the scheduler forgets it (restart).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::{any, get, put};
+use axum::{Json, Router};
+use roam_proto::{
+    Capacity, Heartbeat, InstanceStatus, JoinRequest, JoinResponse, Labels, StartInstance,
+};
+
+use crate::abi::codec::Request;
+use crate::abi::{Grants, HostInfo};
+use crate::driver::{self, DriverOptions, LocalBus, WorkloadHandle};
+use crate::module::Digest;
+use crate::{InstanceConfig, Runtime, RuntimeConfig, Workload};
+
+/// Largest module the agent downloads.
+const MAX_MODULE_DOWNLOAD: usize = 64 << 20;
+
+/// How a host agent runs.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Host name (unique in the cluster).
+    pub name: String,
+    /// Address of the agent's API.
+    pub listen: SocketAddr,
+    /// Scheduler base URL.
+    pub join: String,
+    /// Join token.
+    pub token: String,
+    /// Data directory (compiled-code cache).
+    pub data_dir: PathBuf,
+    /// Memory for workloads, bytes.
+    pub capacity_memory: u64,
+    /// Instance slots.
+    pub slots: u32,
+    /// Untrusted labels the host reports (trusted ones come from the token).
+    pub labels: Labels,
+}
+
+struct Running {
+    handle: WorkloadHandle,
+    digest: String,
+    memory: u64,
+}
+
+struct Agent {
+    config: AgentConfig,
+    runtime: Runtime,
+    bus: LocalBus,
+    http: reqwest::Client,
+    secret: Mutex<String>,
+    labels: Mutex<Labels>,
+    workloads: tokio::sync::Mutex<HashMap<String, Running>>,
+    url: String,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
+    (
+        status,
+        Json(roam_proto::ErrorBody {
+            error: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+/// Run the agent until the process is stopped.
+pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    let runtime = Runtime::new(RuntimeConfig {
+        slots: config.slots.max(1) + 2,
+        max_instance_memory: config.capacity_memory.clamp(1 << 20, 4 << 30),
+        cache_dir: Some(config.data_dir.join("compiled")),
+        ..RuntimeConfig::default()
+    })?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on `{}`", config.listen))?;
+    let local = listener.local_addr()?;
+    let agent = Arc::new(Agent {
+        url: format!("http://{local}"),
+        runtime,
+        bus: LocalBus::new(),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?,
+        secret: Mutex::new(String::new()),
+        labels: Mutex::new(Labels::new()),
+        workloads: tokio::sync::Mutex::new(HashMap::new()),
+        config,
+    });
+    let heartbeat = agent.join().await?;
+    eprintln!(
+        "roam host `{}`: serving on {} (joined {}; labels {:?})",
+        agent.config.name,
+        agent.url,
+        agent.config.join,
+        agent.labels.lock().unwrap_or_else(|e| e.into_inner())
+    );
+    tokio::spawn(agent.clone().heartbeats(heartbeat));
+
+    let app = Router::new()
+        .route("/v1/instances/{workload}", put(start).delete(stop))
+        .route("/v1/instances/{workload}/logs", get(logs))
+        .route("/w/{workload}", any(ingress_root))
+        .route("/w/{workload}/{*path}", any(ingress))
+        .with_state(agent);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("host API server failed")
+}
+
+impl Agent {
+    /// Join (or rejoin); returns the heartbeat period.
+    async fn join(&self) -> anyhow::Result<Duration> {
+        let request = JoinRequest {
+            name: self.config.name.clone(),
+            url: self.url.clone(),
+            labels: self.config.labels.clone(),
+            capacity: Capacity {
+                memory: self.config.capacity_memory,
+                slots: self.config.slots,
+            },
+            arch: std::env::consts::ARCH.to_string(),
+            engine: self.runtime.engine_key(),
+        };
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let sent = self
+                .http
+                .post(format!("{}/v1/hosts/join", self.config.join))
+                .bearer_auth(&self.config.token)
+                .json(&request)
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().is_success() => {
+                    let joined: JoinResponse = r.json().await.context("bad join response")?;
+                    *self.secret.lock().unwrap_or_else(|e| e.into_inner()) = joined.host_secret;
+                    *self.labels.lock().unwrap_or_else(|e| e.into_inner()) = joined.labels;
+                    return Ok(Duration::from_millis(joined.heartbeat_ms.max(50)));
+                }
+                Ok(r) if r.status().is_client_error() => {
+                    let status = r.status();
+                    let body = r.text().await.unwrap_or_default();
+                    anyhow::bail!(
+                        "the scheduler refused to let host `{}` join ({status}): {body}",
+                        self.config.name
+                    );
+                }
+                Ok(r) => tracing::warn!(status = %r.status(), "join failed; retrying"),
+                Err(e) => tracing::warn!(error = %e, "scheduler unreachable; retrying"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn heartbeats(self: Arc<Self>, mut period: Duration) {
+        loop {
+            tokio::time::sleep(period).await;
+            let beat = {
+                let workloads = self.workloads.lock().await;
+                Heartbeat {
+                    memory_used: workloads.values().map(|r| r.memory).sum(),
+                    instances: workloads
+                        .iter()
+                        .map(|(name, r)| InstanceStatus {
+                            workload: name.clone(),
+                            digest: r.digest.clone(),
+                            memory: r.memory,
+                        })
+                        .collect(),
+                }
+            };
+            let sent = self
+                .http
+                .post(format!(
+                    "{}/v1/hosts/{}/heartbeat",
+                    self.config.join, self.config.name
+                ))
+                .bearer_auth(&self.config.token)
+                .json(&beat)
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
+                    tracing::info!("scheduler does not know this host; rejoining");
+                    match self.join().await {
+                        Ok(p) => period = p,
+                        Err(e) => tracing::error!(error = %e, "rejoin failed"),
+                    }
+                }
+                Ok(r) if !r.status().is_success() => {
+                    tracing::warn!(status = %r.status(), "heartbeat refused")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            }
+        }
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let secret = self
+            .secret
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let presented = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        !secret.is_empty()
+            && presented.len() == secret.len()
+            && presented
+                .bytes()
+                .zip(secret.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+
+    async fn fetch_module(&self, digest: &Digest) -> anyhow::Result<Vec<u8>> {
+        let r = self
+            .http
+            .get(format!("{}/v1/modules/{}", self.config.join, digest))
+            .bearer_auth(&self.config.token)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            r.status().is_success(),
+            "scheduler answered {} for module {digest}",
+            r.status()
+        );
+        if r.content_length()
+            .is_some_and(|n| n as usize > MAX_MODULE_DOWNLOAD)
+        {
+            anyhow::bail!("module {digest} is over {MAX_MODULE_DOWNLOAD} bytes");
+        }
+        let bytes = r.bytes().await?;
+        anyhow::ensure!(
+            bytes.len() <= MAX_MODULE_DOWNLOAD,
+            "module {digest} is too large"
+        );
+        let actual = Digest::of(&bytes);
+        anyhow::ensure!(
+            actual == *digest,
+            "module bytes hash to {actual}, not {digest}: refused"
+        );
+        Ok(bytes.to_vec())
+    }
+}
+
+async fn start(
+    State(agent): State<Arc<Agent>>,
+    Path(workload): Path<String>,
+    headers: HeaderMap,
+    Json(spec): Json<StartInstance>,
+) -> HttpResponse {
+    if !agent.authorized(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong host secret");
+    }
+    let Some(digest) = Digest::parse(&spec.digest) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("`{}` is not a sha256 digest", spec.digest),
+        );
+    };
+    {
+        let workloads = agent.workloads.lock().await;
+        if workloads
+            .get(&workload)
+            .is_some_and(|r| r.digest == spec.digest)
+        {
+            return StatusCode::OK.into_response();
+        }
+    }
+    let bytes = match agent.fetch_module(&digest).await {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_GATEWAY, format!("{e:#}")),
+    };
+    let module = match agent.runtime.load(bytes).await {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    };
+    let labels = agent
+        .labels
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let mut config = InstanceConfig::new(&workload);
+    config.memory_limit = spec.memory;
+    config.env = spec.env.into_iter().collect();
+    config.grants = Grants {
+        kv: spec.grants.kv,
+        timers: spec.grants.timers,
+        send: spec.grants.send,
+    };
+    config.info = HostInfo {
+        host: agent.config.name.clone(),
+        site: labels.get("site").cloned().unwrap_or_default(),
+    };
+    let instance = match Workload::start(&agent.runtime, &module, config.clone()).await {
+        Ok(w) => w,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    };
+    let handle = driver::spawn(
+        agent.runtime.clone(),
+        module,
+        config,
+        instance,
+        DriverOptions {
+            router: Some(agent.bus.router()),
+            ..DriverOptions::default()
+        },
+    );
+    agent.bus.register(handle.clone());
+    let old = agent.workloads.lock().await.insert(
+        workload,
+        Running {
+            handle,
+            digest: spec.digest,
+            memory: spec.memory,
+        },
+    );
+    if let Some(old) = old {
+        old.handle.stop().await;
+    }
+    StatusCode::CREATED.into_response()
+}
+
+async fn stop(
+    State(agent): State<Arc<Agent>>,
+    Path(workload): Path<String>,
+    headers: HeaderMap,
+) -> HttpResponse {
+    if !agent.authorized(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong host secret");
+    }
+    match agent.workloads.lock().await.remove(&workload) {
+        Some(r) => {
+            agent.bus.unregister(&workload);
+            r.handle.stop().await;
+            StatusCode::OK.into_response()
+        }
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no workload `{workload}` on this host"),
+        ),
+    }
+}
+
+async fn logs(
+    State(agent): State<Arc<Agent>>,
+    Path(workload): Path<String>,
+    headers: HeaderMap,
+) -> HttpResponse {
+    if !agent.authorized(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong host secret");
+    }
+    let handle = match agent.workloads.lock().await.get(&workload) {
+        Some(r) => r.handle.clone(),
+        None => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no workload `{workload}` on this host"),
+            );
+        }
+    };
+    match handle.logs().await {
+        Ok(text) => text.into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn ingress_root(
+    state: State<Arc<Agent>>,
+    Path(workload): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HttpResponse {
+    forward(state, workload, String::new(), method, uri, headers, body).await
+}
+
+async fn ingress(
+    state: State<Arc<Agent>>,
+    Path((workload, path)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HttpResponse {
+    forward(state, workload, path, method, uri, headers, body).await
+}
+
+async fn forward(
+    State(agent): State<Arc<Agent>>,
+    workload: String,
+    path: String,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HttpResponse {
+    let handle = match agent.workloads.lock().await.get(&workload) {
+        Some(r) => r.handle.clone(),
+        None => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no workload `{workload}` on this host"),
+            );
+        }
+    };
+    let request = Request {
+        method: method.to_string(),
+        path: format!("/{path}"),
+        query: uri.query().unwrap_or("").to_string(),
+        headers: headers
+            .iter()
+            .filter(|(k, _)| *k != "authorization")
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: body.to_vec(),
+    };
+    match handle.http(request).await {
+        Ok(r) => crate::agent::into_http(r),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Turn a workload response into an HTTP response.
+pub fn into_http(r: crate::abi::codec::Response) -> HttpResponse {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut out = (status, r.body).into_response();
+    for (k, v) in r.headers {
+        if let (Ok(k), Ok(v)) = (
+            axum::http::HeaderName::try_from(k),
+            axum::http::HeaderValue::try_from(v),
+        ) {
+            out.headers_mut().append(k, v);
+        }
+    }
+    out
+}
