@@ -18,8 +18,80 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run a WASI command module locally, like `wasmtime run`.
+    /// Run a WASI command module locally, like `wasmtime run` (or serve a workload with --listen).
     Run(commands::run::RunArgs),
+    /// Start a local cluster: a scheduler and three hosts on loopback.
+    Up(commands::up::UpArgs),
+    /// Run the scheduler (control plane).
+    Scheduler(commands::daemons::SchedulerArgs),
+    /// Run a host agent that joins a scheduler.
+    Host(commands::daemons::HostArgs),
+    /// Manage join tokens.
+    #[command(subcommand)]
+    Token(commands::ops::TokenCommand),
+    /// Deploy a workload: a module with --name, or a workload.toml with -f.
+    Deploy(commands::ops::DeployArgs),
+    /// List nodes, workloads or instances.
+    Get {
+        /// What to list.
+        kind: commands::ops::Kind,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: commands::ops::Output,
+    },
+    /// Show a workload: where it runs and why every other host was rejected.
+    Describe {
+        /// Only `workload` for now.
+        #[arg(value_parser = ["workload"])]
+        kind: String,
+        /// Workload name.
+        name: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: commands::ops::Output,
+    },
+    /// Show a workload's logs.
+    Logs {
+        /// Workload name.
+        name: String,
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Send a request to a workload through the scheduler's ingress.
+    Invoke {
+        /// Workload name.
+        name: String,
+        /// Path.
+        #[arg(default_value = "/")]
+        path: String,
+        /// Request body (makes it a POST unless --method says otherwise).
+        #[arg(long)]
+        data: Option<String>,
+        /// HTTP method.
+        #[arg(long, short = 'X')]
+        method: Option<String>,
+    },
+    /// Delete a workload.
+    Delete {
+        /// Workload name.
+        name: String,
+    },
+    /// Stop placing new workloads on a host.
+    Cordon {
+        /// Host name.
+        host: String,
+    },
+    /// Allow placing workloads on a host again.
+    Uncordon {
+        /// Host name.
+        host: String,
+    },
+    /// Print shell completions.
+    Completions {
+        /// Shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -33,6 +105,23 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => commands::run::main(args),
+        Command::Up(args) => commands::up::main(args),
+        Command::Scheduler(args) => commands::daemons::scheduler(args),
+        Command::Host(args) => commands::daemons::host(args),
+        Command::Token(cmd) => commands::ops::token(cmd),
+        Command::Deploy(args) => commands::ops::deploy(args),
+        Command::Get { kind, output } => commands::ops::get(kind, output),
+        Command::Describe { name, output, .. } => commands::ops::describe(&name, output),
+        Command::Logs { name, follow } => commands::ops::logs(&name, follow),
+        Command::Invoke { name, path, data, method } => commands::ops::invoke(&name, &path, data, method),
+        Command::Delete { name } => commands::ops::delete(&name),
+        Command::Cordon { host } => commands::ops::cordon(&host, true),
+        Command::Uncordon { host } => commands::ops::cordon(&host, false),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "roam", &mut std::io::stdout());
+            Ok(std::process::ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

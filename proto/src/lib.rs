@@ -27,6 +27,9 @@ pub struct JoinRequest {
     pub arch: String,
     /// Engine compatibility key of the host's runtime.
     pub engine: String,
+    /// Workloads already running (a host rejoining a restarted scheduler).
+    #[serde(default)]
+    pub instances: Vec<InstanceStatus>,
 }
 
 /// The scheduler's answer to a join.
@@ -193,4 +196,15 @@ pub struct TokenRequest {
 pub struct TokenResponse {
     /// The token.
     pub token: String,
+}
+
+/// A replica as `GET /v1/instances` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    /// Workload name.
+    pub workload: String,
+    /// Host running it.
+    pub host: String,
+    /// Whether that host is alive.
+    pub ready: bool,
 }

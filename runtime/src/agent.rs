@@ -134,9 +134,26 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
 }
 
 impl Agent {
+    async fn statuses(&self) -> (u64, Vec<InstanceStatus>) {
+        let workloads = self.workloads.lock().await;
+        (
+            workloads.values().map(|r| r.memory).sum(),
+            workloads
+                .iter()
+                .map(|(name, r)| InstanceStatus {
+                    workload: name.clone(),
+                    digest: r.digest.clone(),
+                    memory: r.memory,
+                })
+                .collect(),
+        )
+    }
+
     /// Join (or rejoin); returns the heartbeat period.
     async fn join(&self) -> anyhow::Result<Duration> {
+        let (_, instances) = self.statuses().await;
         let request = JoinRequest {
+            instances,
             name: self.config.name.clone(),
             url: self.url.clone(),
             labels: self.config.labels.clone(),
@@ -182,19 +199,10 @@ impl Agent {
     async fn heartbeats(self: Arc<Self>, mut period: Duration) {
         loop {
             tokio::time::sleep(period).await;
-            let beat = {
-                let workloads = self.workloads.lock().await;
-                Heartbeat {
-                    memory_used: workloads.values().map(|r| r.memory).sum(),
-                    instances: workloads
-                        .iter()
-                        .map(|(name, r)| InstanceStatus {
-                            workload: name.clone(),
-                            digest: r.digest.clone(),
-                            memory: r.memory,
-                        })
-                        .collect(),
-                }
+            let (memory_used, instances) = self.statuses().await;
+            let beat = Heartbeat {
+                memory_used,
+                instances,
             };
             let sent = self
                 .http

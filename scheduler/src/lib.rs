@@ -16,4 +16,5 @@ pub mod auth;
 pub mod placement;
 pub mod reconcile;
 pub mod selector;
+pub mod server;
 pub mod store;

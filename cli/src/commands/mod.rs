@@ -1,4 +1,8 @@
-//! One module per subcommand.
+//! One module per subcommand (or family of subcommands).
 
+pub mod client;
+pub mod daemons;
+pub mod ops;
 pub mod run;
 pub mod serve;
+pub mod up;

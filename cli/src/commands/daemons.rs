@@ -1,0 +1,96 @@
+//! `roam scheduler` and `roam host`: the two daemons.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::size::parse_size;
+
+/// Arguments of `roam scheduler`.
+#[derive(Args, Debug)]
+pub struct SchedulerArgs {
+    /// API address.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub listen: SocketAddr,
+    /// Data directory: state store, modules, admin token.
+    #[arg(long, default_value = "roam-data/scheduler")]
+    pub data_dir: PathBuf,
+    /// A host that misses heartbeats this long is down and its workloads move.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+    pub heartbeat_timeout: Duration,
+    /// Heartbeat period asked of hosts.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms")]
+    pub heartbeat: Duration,
+}
+
+/// Arguments of `roam host`.
+#[derive(Args, Debug)]
+pub struct HostArgs {
+    /// Scheduler URL, for example `http://127.0.0.1:7700`.
+    #[arg(long)]
+    pub join: String,
+    /// Join token from `roam token create`.
+    #[arg(long, env = "ROAM_JOIN_TOKEN")]
+    pub token: String,
+    /// Host name (default: the machine's hostname).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// API address (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Data directory (compiled-code cache).
+    #[arg(long, default_value = "roam-data/host")]
+    pub data_dir: PathBuf,
+    /// Memory for workloads.
+    #[arg(long, value_parser = parse_size, default_value = "1GiB")]
+    pub capacity_memory: u64,
+    /// Instance slots.
+    #[arg(long, default_value_t = 64)]
+    pub slots: u32,
+    /// Extra (untrusted) labels, `k=v`; trusted ones come from the token.
+    #[arg(long = "label", value_parser = super::run::parse_env)]
+    pub labels: Vec<(String, String)>,
+}
+
+fn tokio() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Run `roam scheduler`.
+pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
+    tokio()?.block_on(roam_scheduler::server::run(roam_scheduler::server::ServerConfig {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        heartbeat_timeout: args.heartbeat_timeout,
+        heartbeat: args.heartbeat,
+    }))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Run `roam host`.
+pub fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
+    let name = match args.name {
+        Some(n) => n,
+        None => std::fs::read_to_string("/etc/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "host".into()),
+    };
+    tokio()?.block_on(roam_runtime::agent::run(roam_runtime::agent::AgentConfig {
+        name,
+        listen: args.listen,
+        join: args.join.trim_end_matches('/').to_string(),
+        token: args.token,
+        data_dir: args.data_dir,
+        capacity_memory: args.capacity_memory,
+        slots: args.slots,
+        labels: args.labels.into_iter().collect(),
+    }))?;
+    Ok(ExitCode::SUCCESS)
+}

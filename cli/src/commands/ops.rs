@@ -1,0 +1,356 @@
+//! Operator verbs: `token create`, `deploy`, `get`, `describe`, `logs`,
+//! `invoke`, `delete`, `cordon`, `uncordon`. Tables for people, `-o json`
+//! for scripts.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use comfy_table::Table;
+use reqwest::Method;
+use roam_proto::{Grants, ModuleRef, NodeInfo, InstanceInfo, TokenRequest, TokenResponse, WorkloadInfo, WorkloadSpec};
+
+use super::client::{Client, ClientConfig};
+use crate::size::parse_size;
+
+/// Output format.
+#[derive(Clone, Copy, Debug, Default, ValueEnum)]
+pub enum Output {
+    /// A table for people.
+    #[default]
+    Table,
+    /// JSON for scripts.
+    Json,
+}
+
+/// `roam token ...`
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a join token that binds trusted labels.
+    Create {
+        /// Trusted label `k=v` (site, region, jurisdiction, provider); repeatable.
+        #[arg(long = "label", value_parser = super::run::parse_env)]
+        labels: Vec<(String, String)>,
+    },
+}
+
+/// `roam deploy`
+#[derive(Args, Debug)]
+pub struct DeployArgs {
+    /// A module to deploy (with --name), instead of -f.
+    pub file: Option<PathBuf>,
+    /// A workload.toml manifest.
+    #[arg(short = 'f', long = "file", conflicts_with = "file")]
+    pub manifest: Option<PathBuf>,
+    /// Workload name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Placement rules, for example `jurisdiction=EU,site in (eu-west-1,eu-central-1)`.
+    #[arg(long, default_value = "")]
+    pub selector: String,
+    /// Replicas.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: u32,
+    /// Memory cap per replica.
+    #[arg(long, value_parser = parse_size, default_value = "64MiB")]
+    pub memory: u64,
+    /// Spread replicas across this label.
+    #[arg(long)]
+    pub spread_by: Option<String>,
+    /// Grant capabilities: kv, timers, send (repeatable or comma-separated).
+    #[arg(long = "grant", value_delimiter = ',')]
+    pub grants: Vec<String>,
+    /// Environment variable K=V (repeatable).
+    #[arg(long = "env", value_parser = super::run::parse_env)]
+    pub env: Vec<(String, String)>,
+}
+
+/// `roam get`
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Kind {
+    /// Hosts.
+    Nodes,
+    /// Workloads.
+    Workloads,
+    /// Replicas.
+    Instances,
+}
+
+/// The manifest: `workload.toml`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    name: String,
+    module: Option<PathBuf>,
+    digest: Option<String>,
+    #[serde(default = "one")]
+    replicas: u32,
+    #[serde(default)]
+    selector: String,
+    memory: Option<String>,
+    spread_by: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    grants: Grants,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn client() -> anyhow::Result<Client> {
+    Client::new(ClientConfig::load()?)
+}
+
+fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(f: F) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(f)
+}
+
+fn grants(list: &[String]) -> anyhow::Result<Grants> {
+    let mut g = Grants::default();
+    for item in list {
+        match item.as_str() {
+            "kv" => g.kv = true,
+            "timers" => g.timers = true,
+            "send" => g.send = vec!["*".into()],
+            other => bail!("unknown grant `{other}`; use kv, timers or send"),
+        }
+    }
+    Ok(g)
+}
+
+async fn upload(c: &Client, path: &PathBuf) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+    let m: ModuleRef = c.json(c.request(Method::PUT, "/v1/modules").body(bytes)).await?;
+    Ok(m.digest)
+}
+
+/// `roam token create`
+pub fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
+    block_on(async {
+        let TokenCommand::Create { labels } = cmd;
+        let c = client()?;
+        let t: TokenResponse = c
+            .json(c.request(Method::POST, "/v1/tokens").json(&TokenRequest { labels: labels.into_iter().collect() }))
+            .await?;
+        println!("{}", t.token);
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `roam deploy`
+pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    block_on(async {
+        let c = client()?;
+        let spec = if let Some(manifest) = &args.manifest {
+            let text = std::fs::read_to_string(manifest)
+                .with_context(|| format!("cannot read `{}`", manifest.display()))?;
+            let m: Manifest = toml::from_str(&text).with_context(|| format!("invalid manifest `{}`", manifest.display()))?;
+            let digest = match (&m.module, &m.digest) {
+                (Some(path), _) => upload(&c, &manifest.parent().unwrap_or(std::path::Path::new(".")).join(path)).await?,
+                (None, Some(d)) => d.clone(),
+                (None, None) => bail!("manifest `{}` needs `module` (a path) or `digest`", manifest.display()),
+            };
+            WorkloadSpec {
+                name: m.name,
+                digest,
+                replicas: m.replicas,
+                selector: m.selector,
+                memory: match &m.memory {
+                    Some(s) => parse_size(s).map_err(anyhow::Error::msg)?,
+                    None => 64 << 20,
+                },
+                spread_by: m.spread_by,
+                env: m.env,
+                grants: m.grants,
+            }
+        } else {
+            let Some(file) = &args.file else {
+                bail!("give a module (`roam deploy app.wasm --name app`) or a manifest (`-f workload.toml`)");
+            };
+            let name = args
+                .name
+                .clone()
+                .context("--name is required when deploying a module file")?;
+            WorkloadSpec {
+                name,
+                digest: upload(&c, file).await?,
+                replicas: args.replicas,
+                selector: args.selector.clone(),
+                memory: args.memory,
+                spread_by: args.spread_by.clone(),
+                env: args.env.iter().cloned().collect(),
+                grants: grants(&args.grants)?,
+            }
+        };
+        let spec: WorkloadSpec = c.json(c.request(Method::POST, "/v1/workloads").json(&spec)).await?;
+        println!("workload `{}` deployed ({}, {} replica(s))", spec.name, spec.digest, spec.replicas);
+        println!("try: roam invoke {} /", spec.name);
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `roam get`
+pub fn get(kind: Kind, output: Output) -> anyhow::Result<ExitCode> {
+    block_on(async move {
+        let c = client()?;
+        match kind {
+            Kind::Nodes => {
+                let nodes: Vec<NodeInfo> = c.json(c.request(Method::GET, "/v1/nodes")).await?;
+                if let Output::Json = output {
+                    println!("{}", serde_json::to_string_pretty(&nodes)?);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let mut t = Table::new();
+                t.set_header(["NAME", "STATUS", "ARCH", "SITE", "JURISDICTION", "MEMORY", "WORKLOADS", "URL"]);
+                for n in nodes {
+                    t.add_row([
+                        n.name,
+                        n.status,
+                        n.arch,
+                        n.labels.get("site").cloned().unwrap_or_default(),
+                        n.labels.get("jurisdiction").cloned().unwrap_or_default(),
+                        format!("{}/{} MiB", n.memory_used >> 20, n.capacity.memory >> 20),
+                        n.instances.join(","),
+                        n.url,
+                    ]);
+                }
+                println!("{t}");
+            }
+            Kind::Workloads => {
+                let ws: Vec<WorkloadInfo> = c.json(c.request(Method::GET, "/v1/workloads")).await?;
+                if let Output::Json = output {
+                    println!("{}", serde_json::to_string_pretty(&ws)?);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let mut t = Table::new();
+                t.set_header(["NAME", "REPLICAS", "HOSTS", "SELECTOR", "DIGEST"]);
+                for w in ws {
+                    t.add_row([
+                        w.spec.name,
+                        format!("{}/{}", w.hosts.len(), w.spec.replicas),
+                        w.hosts.join(","),
+                        w.spec.selector,
+                        w.spec.digest.chars().take(19).collect(),
+                    ]);
+                }
+                println!("{t}");
+            }
+            Kind::Instances => {
+                let is: Vec<InstanceInfo> = c.json(c.request(Method::GET, "/v1/instances")).await?;
+                if let Output::Json = output {
+                    println!("{}", serde_json::to_string_pretty(&is)?);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let mut t = Table::new();
+                t.set_header(["WORKLOAD", "HOST", "READY"]);
+                for i in is {
+                    t.add_row([i.workload, i.host, i.ready.to_string()]);
+                }
+                println!("{t}");
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `roam describe workload NAME`
+pub fn describe(name: &str, output: Output) -> anyhow::Result<ExitCode> {
+    block_on(async move {
+        let c = client()?;
+        let w: WorkloadInfo = c.json(c.request(Method::GET, &format!("/v1/workloads/{name}"))).await?;
+        if let Output::Json = output {
+            println!("{}", serde_json::to_string_pretty(&w)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!("Name:      {}", w.spec.name);
+        println!("Module:    {}", w.spec.digest);
+        println!("Replicas:  {}/{}", w.hosts.len(), w.spec.replicas);
+        println!("Selector:  {}", if w.spec.selector.is_empty() { "<none>" } else { &w.spec.selector });
+        println!("Memory:    {} MiB", w.spec.memory >> 20);
+        println!("Runs on:   {}", if w.hosts.is_empty() { "<nowhere>".to_string() } else { w.hosts.join(", ") });
+        if !w.rejected.is_empty() {
+            println!("Other hosts:");
+            for (host, reason) in &w.rejected {
+                println!("  {host}: {reason}");
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `roam logs NAME [-f]`
+pub fn logs(name: &str, follow: bool) -> anyhow::Result<ExitCode> {
+    block_on(async move {
+        let c = client()?;
+        let mut seen = 0usize;
+        loop {
+            let text = c.send(c.request(Method::GET, &format!("/v1/workloads/{name}/logs"))).await?.text().await?;
+            let lines: Vec<&str> = text.lines().collect();
+            for line in lines.iter().skip(seen.min(lines.len())) {
+                println!("{line}");
+            }
+            seen = lines.len();
+            if !follow {
+                return Ok(ExitCode::SUCCESS);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    })
+}
+
+/// `roam invoke NAME [PATH] [--data BODY] [--method M]`
+pub fn invoke(name: &str, path: &str, data: Option<String>, method: Option<String>) -> anyhow::Result<ExitCode> {
+    block_on(async move {
+        let c = client()?;
+        let method = match (method, &data) {
+            (Some(m), _) => Method::from_bytes(m.to_uppercase().as_bytes()).context("bad method")?,
+            (None, Some(_)) => Method::POST,
+            (None, None) => Method::GET,
+        };
+        let path = path.trim_start_matches('/');
+        let mut rb = c.request(method, &format!("/w/{name}/{path}"));
+        if let Some(d) = data {
+            rb = rb.body(d);
+        }
+        let r = rb.send().await.with_context(|| format!("cannot reach the scheduler at {}", c.addr()))?;
+        let status = r.status();
+        let body = r.text().await.unwrap_or_default();
+        print!("{body}");
+        if !body.ends_with('\n') {
+            println!();
+        }
+        Ok(if status.is_success() { ExitCode::SUCCESS } else {
+            eprintln!("error: {status}");
+            ExitCode::FAILURE
+        })
+    })
+}
+
+/// `roam delete NAME`
+pub fn delete(name: &str) -> anyhow::Result<ExitCode> {
+    block_on(async move {
+        let c = client()?;
+        c.send(c.request(Method::DELETE, &format!("/v1/workloads/{name}"))).await?;
+        println!("workload `{name}` deleted");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `roam cordon|uncordon HOST`
+pub fn cordon(host: &str, on: bool) -> anyhow::Result<ExitCode> {
+    block_on(async move {
+        let c = client()?;
+        let action = if on { "cordon" } else { "uncordon" };
+        c.send(c.request(Method::POST, &format!("/v1/nodes/{host}/{action}"))).await?;
+        println!("host `{host}` {action}ed");
+        Ok(ExitCode::SUCCESS)
+    })
+}

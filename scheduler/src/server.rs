@@ -1,0 +1,750 @@
+//! The scheduler daemon (`roam scheduler`): host registry, desired state,
+//! reconciler, HTTP/JSON API under `/v1`, `/metrics` and the ingress.
+//!
+//! Desired state (workloads, tokens, cordons) lives in the [`Store`] and is
+//! committed before a change is acknowledged. Hosts are soft state: they
+//! join with a token, heartbeat, and rejoin (reporting what they run) when a
+//! restarted scheduler does not know them. A reconcile loop turns the
+//! difference between desired and running into start/stop calls on hosts; a
+//! host that misses heartbeats for `heartbeat_timeout` counts as down and its
+//! workloads are placed again on hosts that meet their rules.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post, put};
+use axum::{Json, Router};
+use dashmap::DashMap;
+use roam_proto::{
+    Capacity, ErrorBody, Heartbeat, InstanceInfo, InstanceStatus, JoinRequest, JoinResponse,
+    ModuleRef, NodeInfo, StartInstance, TokenRequest, TokenResponse, WorkloadInfo, WorkloadSpec,
+};
+use sha2::{Digest, Sha256};
+
+use crate::auth::{self, Role, TokenRecord};
+use crate::placement::{self, HostView, PlacementRequest};
+use crate::reconcile::{self, Command, Running};
+use crate::selector::Selector;
+use crate::store::Store;
+
+/// Largest module accepted by `PUT /v1/modules`.
+const MAX_MODULE: usize = 64 << 20;
+/// Largest request body proxied by the ingress.
+const MAX_INGRESS_BODY: usize = 8 << 20;
+
+/// How the scheduler runs.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// API address.
+    pub listen: SocketAddr,
+    /// Data directory (state store, modules, admin token).
+    pub data_dir: PathBuf,
+    /// A host missing heartbeats this long is down.
+    pub heartbeat_timeout: Duration,
+    /// Heartbeat period asked of hosts.
+    pub heartbeat: Duration,
+}
+
+struct HostEntry {
+    url: String,
+    labels: roam_proto::Labels,
+    capacity: Capacity,
+    arch: String,
+    secret: String,
+    token_hash: String,
+    last_seen: Instant,
+    memory_used: u64,
+    instances: Vec<InstanceStatus>,
+}
+
+struct Scheduler {
+    config: ServerConfig,
+    store: Store,
+    tokens: RwLock<HashMap<String, Role>>,
+    hosts: DashMap<String, HostEntry>,
+    assignments: Mutex<BTreeMap<String, BTreeSet<String>>>,
+    explanations: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
+    http: reqwest::Client,
+    started: Instant,
+    placements: AtomicU64,
+    host_losses: AtomicU64,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(ErrorBody { error: message.into() })).into_response()
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+/// Run the scheduler until Ctrl-C.
+pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(config.data_dir.join("modules"))
+        .with_context(|| format!("cannot create `{}`", config.data_dir.display()))?;
+    let store = Store::open(&config.data_dir.join("state.redb"))?;
+    let mut tokens: HashMap<String, Role> = store
+        .tokens::<TokenRecord>()?
+        .into_iter()
+        .map(|(hash, r)| (hash, r.role))
+        .collect();
+    let token_file = config.data_dir.join("admin.token");
+    if !tokens.values().any(|r| *r == Role::Admin) {
+        let token = auth::new_token()?;
+        let hash = auth::hash_token(&token);
+        store.put_token(&hash, &TokenRecord { hash: hash.clone(), role: Role::Admin })?;
+        tokens.insert(hash, Role::Admin);
+        write_private(&token_file, &token)?;
+        eprintln!("roam scheduler: admin token written to {}", token_file.display());
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on `{}`", config.listen))?;
+    let local = listener.local_addr()?;
+    let scheduler = Arc::new(Scheduler {
+        store,
+        tokens: RwLock::new(tokens),
+        hosts: DashMap::new(),
+        assignments: Mutex::new(BTreeMap::new()),
+        explanations: Mutex::new(BTreeMap::new()),
+        http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
+        started: Instant::now(),
+        placements: AtomicU64::new(0),
+        host_losses: AtomicU64::new(0),
+        config,
+    });
+    tokio::spawn(scheduler.clone().reconcile_loop());
+    let app = Router::new()
+        .route("/v1/tokens", post(create_token))
+        .route("/v1/hosts/join", post(join))
+        .route("/v1/hosts/{name}/heartbeat", post(heartbeat))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/nodes/{name}/{action}", post(cordon))
+        .route("/v1/modules", put(upload_module))
+        .route("/v1/modules/{digest}", get(download_module))
+        .route("/v1/workloads", get(workloads).post(deploy))
+        .route("/v1/workloads/{name}", get(workload).delete(delete_workload))
+        .route("/v1/workloads/{name}/logs", get(workload_logs))
+        .route("/v1/instances", get(instances))
+        .route("/metrics", get(metrics))
+        .route("/w/{workload}", any(ingress_root))
+        .route("/w/{workload}/{*path}", any(ingress))
+        .layer(DefaultBodyLimit::max(MAX_MODULE))
+        .with_state(scheduler);
+    eprintln!("roam scheduler: listening on http://{local}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("scheduler API server failed")
+}
+
+/// Write a file readable only by its owner.
+pub fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut f = options.open(path)?;
+    f.write_all(contents.as_bytes())
+}
+
+impl Scheduler {
+    fn role(&self, headers: &HeaderMap) -> Option<(String, Role)> {
+        let token = bearer(headers)?;
+        let hash = auth::hash_token(token);
+        let tokens = self.tokens.read().unwrap_or_else(|e| e.into_inner());
+        tokens.get(&hash).map(|r| (hash, r.clone()))
+    }
+
+    fn is_admin(&self, headers: &HeaderMap) -> bool {
+        matches!(self.role(headers), Some((_, Role::Admin)))
+    }
+
+    fn alive(&self, entry: &HostEntry) -> bool {
+        entry.last_seen.elapsed() < self.config.heartbeat_timeout
+    }
+
+    fn host_views(&self) -> Vec<HostView> {
+        let cordoned: BTreeSet<String> = self.store.cordoned().unwrap_or_default().into_iter().collect();
+        let mut views: Vec<HostView> = self
+            .hosts
+            .iter()
+            .map(|e| HostView {
+                id: e.key().clone(),
+                labels: e.labels.clone(),
+                alive: self.alive(&e),
+                cordoned: cordoned.contains(e.key()),
+                memory_total: e.capacity.memory,
+                memory_used: e.memory_used,
+                slots_total: e.capacity.slots,
+                slots_used: e.instances.len() as u32,
+            })
+            .collect();
+        views.sort_by(|a, b| a.id.cmp(&b.id));
+        views
+    }
+
+    fn specs(&self) -> Vec<WorkloadSpec> {
+        self.store
+            .workloads::<WorkloadSpec>()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect()
+    }
+
+    async fn reconcile_loop(self: Arc<Self>) {
+        // Give hosts of a restarted scheduler time to rejoin and report what they run.
+        let grace = self.config.heartbeat * 2;
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if self.started.elapsed() < grace {
+                continue;
+            }
+            self.reconcile_once().await;
+        }
+    }
+
+    async fn reconcile_once(&self) {
+        let views = self.host_views();
+        let alive: BTreeSet<&str> = views.iter().filter(|v| v.alive).map(|v| v.id.as_str()).collect();
+        let specs = self.specs();
+        let mut desired = Vec::new();
+        for s in &specs {
+            match Selector::parse(&s.selector) {
+                Ok(selector) => desired.push(reconcile::WorkloadSpec {
+                    name: s.name.clone(),
+                    replicas: s.replicas,
+                    selector,
+                    memory: s.memory,
+                    spread_by: s.spread_by.clone(),
+                }),
+                Err(e) => tracing::error!(workload = %s.name, error = %e, "stored selector does not parse"),
+            }
+        }
+        let running: Vec<Running> = {
+            let mut assignments = self.assignments.lock().unwrap_or_else(|e| e.into_inner());
+            // Replicas on hosts that are down are lost.
+            for hosts in assignments.values_mut() {
+                let before = hosts.len();
+                hosts.retain(|h| alive.contains(h.as_str()));
+                if hosts.len() < before {
+                    self.host_losses.fetch_add((before - hosts.len()) as u64, Ordering::Relaxed);
+                }
+            }
+            assignments
+                .iter()
+                .flat_map(|(w, hosts)| hosts.iter().map(|h| Running { workload: w.clone(), host: h.clone() }))
+                .collect()
+        };
+        // Explanations for `describe`.
+        {
+            let mut explanations = self.explanations.lock().unwrap_or_else(|e| e.into_inner());
+            for d in &desired {
+                let placed_on: Vec<String> =
+                    running.iter().filter(|r| r.workload == d.name).map(|r| r.host.clone()).collect();
+                let runs_on = placed_on.clone();
+                let outcome = placement::place(
+                    &PlacementRequest {
+                        workload: d.name.clone(),
+                        selector: d.selector.clone(),
+                        memory: d.memory,
+                        spread_by: d.spread_by.clone(),
+                        placed_on,
+                    },
+                    &views,
+                );
+                explanations.insert(
+                    d.name.clone(),
+                    outcome
+                        .rejected
+                        .into_iter()
+                        .filter(|(h, _)| !runs_on.contains(h))
+                        .map(|(h, r)| (h, r.to_string()))
+                        .collect(),
+                );
+            }
+        }
+        let plan = reconcile::reconcile(&desired, &running, &views);
+        for u in &plan.unplaceable {
+            tracing::warn!(workload = %u.workload, missing = u.missing, "no eligible host");
+        }
+        for command in plan.commands {
+            match command {
+                Command::Start { workload, host } => {
+                    let Some(spec) = specs.iter().find(|s| s.name == workload) else { continue };
+                    // Count it as placed while the start is in flight, so
+                    // the next round does not place it twice.
+                    self.assign(&workload, &host, true);
+                    if let Err(e) = self.start_on(&host, spec).await {
+                        tracing::warn!(%workload, %host, error = %e, "start failed");
+                        self.assign(&workload, &host, false);
+                    } else {
+                        self.placements.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(%workload, %host, "started");
+                    }
+                }
+                Command::Stop { workload, host } => {
+                    if let Err(e) = self.stop_on(&host, &workload).await {
+                        tracing::warn!(%workload, %host, error = %e, "stop failed");
+                    }
+                    self.assign(&workload, &host, false);
+                }
+            }
+        }
+    }
+
+    fn assign(&self, workload: &str, host: &str, on: bool) {
+        let mut assignments = self.assignments.lock().unwrap_or_else(|e| e.into_inner());
+        let hosts = assignments.entry(workload.to_string()).or_default();
+        if on {
+            hosts.insert(host.to_string());
+        } else {
+            hosts.remove(host);
+        }
+    }
+
+    fn host_endpoint(&self, host: &str) -> Option<(String, String)> {
+        self.hosts.get(host).map(|e| (e.url.clone(), e.secret.clone()))
+    }
+
+    async fn start_on(&self, host: &str, spec: &WorkloadSpec) -> anyhow::Result<()> {
+        let (url, secret) = self.host_endpoint(host).context("host vanished")?;
+        let r = self
+            .http
+            .put(format!("{url}/v1/instances/{}", spec.name))
+            .bearer_auth(secret)
+            .json(&StartInstance {
+                digest: spec.digest.clone(),
+                memory: spec.memory,
+                env: spec.env.clone(),
+                grants: spec.grants.clone(),
+            })
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "host answered {}: {}", r.status(), r.text().await.unwrap_or_default());
+        Ok(())
+    }
+
+    async fn stop_on(&self, host: &str, workload: &str) -> anyhow::Result<()> {
+        let (url, secret) = self.host_endpoint(host).context("host vanished")?;
+        let r = self
+            .http
+            .delete(format!("{url}/v1/instances/{workload}"))
+            .bearer_auth(secret)
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success() || r.status() == reqwest::StatusCode::NOT_FOUND, "host answered {}", r.status());
+        Ok(())
+    }
+
+    fn module_path(&self, digest: &str) -> Option<PathBuf> {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| self.config.data_dir.join("modules").join(format!("{}.wasm", hex.to_ascii_lowercase())))
+    }
+
+    /// A live host running `workload`.
+    fn route(&self, workload: &str) -> Option<String> {
+        let assignments = self.assignments.lock().unwrap_or_else(|e| e.into_inner());
+        assignments.get(workload)?.iter().find_map(|h| {
+            let e = self.hosts.get(h)?;
+            self.alive(&e).then(|| e.url.clone())
+        })
+    }
+}
+
+async fn create_token(State(s): State<Arc<Scheduler>>, headers: HeaderMap, Json(req): Json<TokenRequest>) -> Response {
+    if !s.is_admin(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "an admin token is required");
+    }
+    if let Err(e) = auth::check_join_labels(&req.labels) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    let token = match auth::new_token() {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let hash = auth::hash_token(&token);
+    let role = Role::Join { labels: req.labels };
+    if let Err(e) = s.store.put_token(&hash, &TokenRecord { hash: hash.clone(), role: role.clone() }) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    s.tokens.write().unwrap_or_else(|e| e.into_inner()).insert(hash, role);
+    (StatusCode::CREATED, Json(TokenResponse { token })).into_response()
+}
+
+async fn join(State(s): State<Arc<Scheduler>>, headers: HeaderMap, Json(req): Json<JoinRequest>) -> Response {
+    let Some((hash, Role::Join { labels: bound })) = s.role(&headers) else {
+        return error(StatusCode::UNAUTHORIZED, "a join token is required");
+    };
+    if req.name.is_empty() || req.name.len() > 253 {
+        return error(StatusCode::BAD_REQUEST, "host name must be 1-253 characters");
+    }
+    let mut labels = match auth::host_labels(&req.labels, &bound) {
+        Ok(l) => l,
+        Err(e) => return error(StatusCode::FORBIDDEN, e.to_string()),
+    };
+    labels.insert("arch".into(), req.arch.clone());
+    if let Some(existing) = s.hosts.get(&req.name) {
+        if existing.token_hash != hash && s.alive(&existing) {
+            return error(StatusCode::CONFLICT, format!("host `{}` is already joined with another token", req.name));
+        }
+    }
+    let secret = match auth::new_token() {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    for i in &req.instances {
+        s.assign(&i.workload, &req.name, true);
+    }
+    s.hosts.insert(
+        req.name.clone(),
+        HostEntry {
+            url: req.url,
+            labels: labels.clone(),
+            capacity: req.capacity,
+            arch: req.arch,
+            secret: secret.clone(),
+            token_hash: hash,
+            last_seen: Instant::now(),
+            memory_used: req.instances.iter().map(|i| i.memory).sum(),
+            instances: req.instances,
+        },
+    );
+    tracing::info!(host = %req.name, "host joined");
+    Json(JoinResponse {
+        labels,
+        host_secret: secret,
+        heartbeat_ms: s.config.heartbeat.as_millis() as u64,
+    })
+    .into_response()
+}
+
+async fn heartbeat(
+    State(s): State<Arc<Scheduler>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Json(beat): Json<Heartbeat>,
+) -> Response {
+    let Some((hash, Role::Join { .. })) = s.role(&headers) else {
+        return error(StatusCode::UNAUTHORIZED, "a join token is required");
+    };
+    let Some(mut entry) = s.hosts.get_mut(&name) else {
+        return error(StatusCode::NOT_FOUND, format!("unknown host `{name}`; join first"));
+    };
+    if entry.token_hash != hash {
+        return error(StatusCode::FORBIDDEN, "heartbeat with another host's token");
+    }
+    entry.last_seen = Instant::now();
+    entry.memory_used = beat.memory_used;
+    entry.instances = beat.instances;
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn nodes(State(s): State<Arc<Scheduler>>, headers: HeaderMap) -> Response {
+    if !s.is_admin(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "an admin token is required");
+    }
+    let cordoned: BTreeSet<String> = s.store.cordoned().unwrap_or_default().into_iter().collect();
+    let mut out: Vec<NodeInfo> = s
+        .hosts
+        .iter()
+        .map(|e| NodeInfo {
+            name: e.key().clone(),
+            url: e.url.clone(),
+            labels: e.labels.clone(),
+            status: if !s.alive(&e) {
+                "down".into()
+            } else if cordoned.contains(e.key()) {
+                "cordoned".into()
+            } else {
+                "ready".into()
+            },
+            arch: e.arch.clone(),
+            capacity: e.capacity,
+            memory_used: e.memory_used,
+            instances: e.instances.iter().map(|i| i.workload.clone()).collect(),
+            last_seen_ms: e.last_seen.elapsed().as_millis() as u64,
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Json(out).into_response()
+}
+
+async fn cordon(State(s): State<Arc<Scheduler>>, Path((name, action)): Path<(String, String)>, headers: HeaderMap) -> Response {
+    if !s.is_admin(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "an admin token is required");
+    }
+    let on = match action.as_str() {
+        "cordon" => true,
+        "uncordon" => false,
+        other => return error(StatusCode::NOT_FOUND, format!("unknown action `{other}`")),
+    };
+    if !s.hosts.contains_key(&name) {
+        return error(StatusCode::NOT_FOUND, format!("no host `{name}`"));
+    }
+    match s.store.set_cordoned(&name, on) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn upload_module(State(s): State<Arc<Scheduler>>, headers: HeaderMap, body: Bytes) -> Response {
+    if !s.is_admin(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "an admin token is required");
+    }
+    if !body.starts_with(b"\0asm") {
+        return error(StatusCode::BAD_REQUEST, "not a WebAssembly module (no `\\0asm` header)");
+    }
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
+    let Some(path) = s.module_path(&digest) else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "bad digest");
+    };
+    let tmp = path.with_extension("tmp");
+    if let Err(e) = std::fs::write(&tmp, &body).and_then(|()| std::fs::rename(&tmp, &path)) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    (StatusCode::CREATED, Json(ModuleRef { digest, size: body.len() as u64 })).into_response()
+}
+
+async fn download_module(State(s): State<Arc<Scheduler>>, Path(digest): Path<String>, headers: HeaderMap) -> Response {
+    if s.role(&headers).is_none() {
+        return error(StatusCode::UNAUTHORIZED, "a token is required");
+    }
+    let Some(path) = s.module_path(&digest) else {
+        return error(StatusCode::BAD_REQUEST, format!("`{digest}` is not a sha256 digest"));
+    };
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => bytes.into_response(),
+        Err(_) => error(StatusCode::NOT_FOUND, format!("no module {digest}")),
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+async fn deploy(State(s): State<Arc<Scheduler>>, headers: HeaderMap, Json(spec): Json<WorkloadSpec>) -> Response {
+    if !s.is_admin(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "an admin token is required");
+    }
+    if !valid_name(&spec.name) {
+        return error(StatusCode::BAD_REQUEST, format!("`{}` is not a valid name (lowercase letters, digits, `-`, at most 63)", spec.name));
+    }
+    if let Err(e) = Selector::parse(&spec.selector) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    if s.module_path(&spec.digest).is_none_or(|p| !p.exists()) {
+        return error(StatusCode::BAD_REQUEST, format!("no module {}; upload it with PUT /v1/modules", spec.digest));
+    }
+    if spec.replicas > 1000 {
+        return error(StatusCode::BAD_REQUEST, "at most 1000 replicas");
+    }
+    match s.store.put_workload(&spec.name, &spec) {
+        Ok(()) => (StatusCode::CREATED, Json(spec)).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+fn info(s: &Scheduler, spec: WorkloadSpec) -> WorkloadInfo {
+    let hosts = s
+        .assignments
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&spec.name)
+        .map(|h| h.iter().cloned().collect())
+        .unwrap_or_default();
+    let rejected = s
+        .explanations
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&spec.name)
+        .cloned()
+        .unwrap_or_default();
+    WorkloadInfo { spec, hosts, rejected }
+}
+
+async fn workloads(State(s): State<Arc<Scheduler>>, headers: HeaderMap) -> Response {
+    if !s.is_admin(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "an admin token is required");
+    }
+    let out: Vec<WorkloadInfo> = s.specs().into_iter().map(|spec| info(&s, spec)).collect();
+    Json(out).into_response()
+}
+
+async fn workload(State(s): State<Arc<Scheduler>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    if !s.is_admin(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "an admin token is required");
+    }
+    match s.store.workload::<WorkloadSpec>(&name) {
+        Ok(Some(spec)) => Json(info(&s, spec)).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no workload `{name}`")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn delete_workload(State(s): State<Arc<Scheduler>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    if !s.is_admin(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "an admin token is required");
+    }
+    match s.store.delete_workload(&name) {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => error(StatusCode::NOT_FOUND, format!("no workload `{name}`")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn workload_logs(State(s): State<Arc<Scheduler>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    if !s.is_admin(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "an admin token is required");
+    }
+    let hosts: Vec<String> = s
+        .assignments
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&name)
+        .map(|h| h.iter().cloned().collect())
+        .unwrap_or_default();
+    let mut out = String::new();
+    for host in hosts {
+        let Some((url, secret)) = s.host_endpoint(&host) else { continue };
+        if let Ok(r) = s.http.get(format!("{url}/v1/instances/{name}/logs")).bearer_auth(secret).send().await {
+            for line in r.text().await.unwrap_or_default().lines() {
+                out.push_str(&format!("[{host}] {line}\n"));
+            }
+        }
+    }
+    out.into_response()
+}
+
+async fn instances(State(s): State<Arc<Scheduler>>, headers: HeaderMap) -> Response {
+    if !s.is_admin(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "an admin token is required");
+    }
+    let assignments = s.assignments.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let out: Vec<InstanceInfo> = assignments
+        .into_iter()
+        .flat_map(|(w, hosts)| {
+            let s = &s;
+            hosts.into_iter().map(move |h| InstanceInfo {
+                ready: s.hosts.get(&h).is_some_and(|e| s.alive(&e)),
+                workload: w.clone(),
+                host: h,
+            })
+        })
+        .collect();
+    Json(out).into_response()
+}
+
+async fn metrics(State(s): State<Arc<Scheduler>>) -> Response {
+    let views = s.host_views();
+    let ready = views.iter().filter(|v| v.alive).count();
+    let instances: usize = s.assignments.lock().unwrap_or_else(|e| e.into_inner()).values().map(|h| h.len()).sum();
+    let body = format!(
+        "# HELP roam_hosts Hosts known to the scheduler.\n# TYPE roam_hosts gauge\nroam_hosts{{status=\"ready\"}} {ready}\nroam_hosts{{status=\"down\"}} {}\n\
+         # HELP roam_workloads Workloads in the desired state.\n# TYPE roam_workloads gauge\nroam_workloads {}\n\
+         # HELP roam_instances Replicas placed.\n# TYPE roam_instances gauge\nroam_instances {instances}\n\
+         # HELP roam_placements_total Replicas started by the reconciler.\n# TYPE roam_placements_total counter\nroam_placements_total {}\n\
+         # HELP roam_replicas_lost_total Replicas lost with their host.\n# TYPE roam_replicas_lost_total counter\nroam_replicas_lost_total {}\n",
+        views.len() - ready,
+        s.specs().len(),
+        s.placements.load(Ordering::Relaxed),
+        s.host_losses.load(Ordering::Relaxed),
+    );
+    ([("content-type", "text/plain; version=0.0.4")], body).into_response()
+}
+
+async fn ingress_root(
+    state: State<Arc<Scheduler>>,
+    Path(workload): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    proxy(state, workload, String::new(), method, uri, headers, body).await
+}
+
+async fn ingress(
+    state: State<Arc<Scheduler>>,
+    Path((workload, path)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    proxy(state, workload, path, method, uri, headers, body).await
+}
+
+async fn proxy(
+    State(s): State<Arc<Scheduler>>,
+    workload: String,
+    path: String,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if body.len() > MAX_INGRESS_BODY {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+    }
+    let Some(url) = s.route(&workload) else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, format!("workload `{workload}` is not running anywhere"));
+    };
+    let target = match uri.query() {
+        Some(q) => format!("{url}/w/{workload}/{path}?{q}"),
+        None => format!("{url}/w/{workload}/{path}"),
+    };
+    let Ok(method) = reqwest::Method::from_bytes(method.as_str().as_bytes()) else {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "unsupported method");
+    };
+    let mut request = s.http.request(method, target).body(body.to_vec());
+    for (k, v) in &headers {
+        if k != "host" && k != "authorization" && k != "content-length" {
+            request = request.header(k.as_str(), v.as_bytes());
+        }
+    }
+    match request.send().await {
+        Ok(r) => {
+            let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut out_headers = Vec::new();
+            for (k, v) in r.headers() {
+                if let Ok(v) = v.to_str() {
+                    out_headers.push((k.to_string(), v.to_string()));
+                }
+            }
+            let bytes = r.bytes().await.unwrap_or_default();
+            let mut out = (status, bytes.to_vec()).into_response();
+            for (k, v) in out_headers {
+                if let (Ok(k), Ok(v)) = (axum::http::HeaderName::try_from(k), axum::http::HeaderValue::try_from(v)) {
+                    if k != "content-length" && k != "transfer-encoding" {
+                        out.headers_mut().insert(k, v);
+                    }
+                }
+            }
+            out
+        }
+        Err(e) => error(StatusCode::BAD_GATEWAY, format!("host unreachable: {e}")),
+    }
+}
