@@ -113,7 +113,12 @@ fn main() -> std::process::ExitCode {
         Command::Get { kind, output } => commands::ops::get(kind, output),
         Command::Describe { name, output, .. } => commands::ops::describe(&name, output),
         Command::Logs { name, follow } => commands::ops::logs(&name, follow),
-        Command::Invoke { name, path, data, method } => commands::ops::invoke(&name, &path, data, method),
+        Command::Invoke {
+            name,
+            path,
+            data,
+            method,
+        } => commands::ops::invoke(&name, &path, data, method),
         Command::Delete { name } => commands::ops::delete(&name),
         Command::Cordon { host } => commands::ops::cordon(&host, true),
         Command::Uncordon { host } => commands::ops::cordon(&host, false),

@@ -80,7 +80,19 @@ struct Scheduler {
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(ErrorBody { error: message.into() })).into_response()
+    (
+        status,
+        Json(ErrorBody {
+            error: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+/// Parse a JSON body after the caller has been authenticated, so a wrong
+/// token gets 401 whatever the body.
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -105,10 +117,19 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     if !tokens.values().any(|r| *r == Role::Admin) {
         let token = auth::new_token()?;
         let hash = auth::hash_token(&token);
-        store.put_token(&hash, &TokenRecord { hash: hash.clone(), role: Role::Admin })?;
+        store.put_token(
+            &hash,
+            &TokenRecord {
+                hash: hash.clone(),
+                role: Role::Admin,
+            },
+        )?;
         tokens.insert(hash, Role::Admin);
         write_private(&token_file, &token)?;
-        eprintln!("roam scheduler: admin token written to {}", token_file.display());
+        eprintln!(
+            "roam scheduler: admin token written to {}",
+            token_file.display()
+        );
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -120,7 +141,9 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         hosts: DashMap::new(),
         assignments: Mutex::new(BTreeMap::new()),
         explanations: Mutex::new(BTreeMap::new()),
-        http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?,
         started: Instant::now(),
         placements: AtomicU64::new(0),
         host_losses: AtomicU64::new(0),
@@ -136,7 +159,10 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .route("/v1/modules", put(upload_module))
         .route("/v1/modules/{digest}", get(download_module))
         .route("/v1/workloads", get(workloads).post(deploy))
-        .route("/v1/workloads/{name}", get(workload).delete(delete_workload))
+        .route(
+            "/v1/workloads/{name}",
+            get(workload).delete(delete_workload),
+        )
         .route("/v1/workloads/{name}/logs", get(workload_logs))
         .route("/v1/instances", get(instances))
         .route("/metrics", get(metrics))
@@ -183,7 +209,12 @@ impl Scheduler {
     }
 
     fn host_views(&self) -> Vec<HostView> {
-        let cordoned: BTreeSet<String> = self.store.cordoned().unwrap_or_default().into_iter().collect();
+        let cordoned: BTreeSet<String> = self
+            .store
+            .cordoned()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         let mut views: Vec<HostView> = self
             .hosts
             .iter()
@@ -225,7 +256,11 @@ impl Scheduler {
 
     async fn reconcile_once(&self) {
         let views = self.host_views();
-        let alive: BTreeSet<&str> = views.iter().filter(|v| v.alive).map(|v| v.id.as_str()).collect();
+        let alive: BTreeSet<&str> = views
+            .iter()
+            .filter(|v| v.alive)
+            .map(|v| v.id.as_str())
+            .collect();
         let specs = self.specs();
         let mut desired = Vec::new();
         for s in &specs {
@@ -237,7 +272,9 @@ impl Scheduler {
                     memory: s.memory,
                     spread_by: s.spread_by.clone(),
                 }),
-                Err(e) => tracing::error!(workload = %s.name, error = %e, "stored selector does not parse"),
+                Err(e) => {
+                    tracing::error!(workload = %s.name, error = %e, "stored selector does not parse")
+                }
             }
         }
         let running: Vec<Running> = {
@@ -247,20 +284,29 @@ impl Scheduler {
                 let before = hosts.len();
                 hosts.retain(|h| alive.contains(h.as_str()));
                 if hosts.len() < before {
-                    self.host_losses.fetch_add((before - hosts.len()) as u64, Ordering::Relaxed);
+                    self.host_losses
+                        .fetch_add((before - hosts.len()) as u64, Ordering::Relaxed);
                 }
             }
             assignments
                 .iter()
-                .flat_map(|(w, hosts)| hosts.iter().map(|h| Running { workload: w.clone(), host: h.clone() }))
+                .flat_map(|(w, hosts)| {
+                    hosts.iter().map(|h| Running {
+                        workload: w.clone(),
+                        host: h.clone(),
+                    })
+                })
                 .collect()
         };
         // Explanations for `describe`.
         {
             let mut explanations = self.explanations.lock().unwrap_or_else(|e| e.into_inner());
             for d in &desired {
-                let placed_on: Vec<String> =
-                    running.iter().filter(|r| r.workload == d.name).map(|r| r.host.clone()).collect();
+                let placed_on: Vec<String> = running
+                    .iter()
+                    .filter(|r| r.workload == d.name)
+                    .map(|r| r.host.clone())
+                    .collect();
                 let runs_on = placed_on.clone();
                 let outcome = placement::place(
                     &PlacementRequest {
@@ -290,7 +336,9 @@ impl Scheduler {
         for command in plan.commands {
             match command {
                 Command::Start { workload, host } => {
-                    let Some(spec) = specs.iter().find(|s| s.name == workload) else { continue };
+                    let Some(spec) = specs.iter().find(|s| s.name == workload) else {
+                        continue;
+                    };
                     // Count it as placed while the start is in flight, so
                     // the next round does not place it twice.
                     self.assign(&workload, &host, true);
@@ -323,7 +371,9 @@ impl Scheduler {
     }
 
     fn host_endpoint(&self, host: &str) -> Option<(String, String)> {
-        self.hosts.get(host).map(|e| (e.url.clone(), e.secret.clone()))
+        self.hosts
+            .get(host)
+            .map(|e| (e.url.clone(), e.secret.clone()))
     }
 
     async fn start_on(&self, host: &str, spec: &WorkloadSpec) -> anyhow::Result<()> {
@@ -340,7 +390,12 @@ impl Scheduler {
             })
             .send()
             .await?;
-        anyhow::ensure!(r.status().is_success(), "host answered {}: {}", r.status(), r.text().await.unwrap_or_default());
+        anyhow::ensure!(
+            r.status().is_success(),
+            "host answered {}: {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
         Ok(())
     }
 
@@ -352,14 +407,22 @@ impl Scheduler {
             .bearer_auth(secret)
             .send()
             .await?;
-        anyhow::ensure!(r.status().is_success() || r.status() == reqwest::StatusCode::NOT_FOUND, "host answered {}", r.status());
+        anyhow::ensure!(
+            r.status().is_success() || r.status() == reqwest::StatusCode::NOT_FOUND,
+            "host answered {}",
+            r.status()
+        );
         Ok(())
     }
 
     fn module_path(&self, digest: &str) -> Option<PathBuf> {
         let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| self.config.data_dir.join("modules").join(format!("{}.wasm", hex.to_ascii_lowercase())))
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| {
+            self.config
+                .data_dir
+                .join("modules")
+                .join(format!("{}.wasm", hex.to_ascii_lowercase()))
+        })
     }
 
     /// A live host running `workload`.
@@ -372,10 +435,18 @@ impl Scheduler {
     }
 }
 
-async fn create_token(State(s): State<Arc<Scheduler>>, headers: HeaderMap, Json(req): Json<TokenRequest>) -> Response {
+async fn create_token(
+    State(s): State<Arc<Scheduler>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if !s.is_admin(&headers) {
         return error(StatusCode::UNAUTHORIZED, "an admin token is required");
     }
+    let req: TokenRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
     if let Err(e) = auth::check_join_labels(&req.labels) {
         return error(StatusCode::BAD_REQUEST, e.to_string());
     }
@@ -385,29 +456,49 @@ async fn create_token(State(s): State<Arc<Scheduler>>, headers: HeaderMap, Json(
     };
     let hash = auth::hash_token(&token);
     let role = Role::Join { labels: req.labels };
-    if let Err(e) = s.store.put_token(&hash, &TokenRecord { hash: hash.clone(), role: role.clone() }) {
+    if let Err(e) = s.store.put_token(
+        &hash,
+        &TokenRecord {
+            hash: hash.clone(),
+            role: role.clone(),
+        },
+    ) {
         return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     }
-    s.tokens.write().unwrap_or_else(|e| e.into_inner()).insert(hash, role);
+    s.tokens
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(hash, role);
     (StatusCode::CREATED, Json(TokenResponse { token })).into_response()
 }
 
-async fn join(State(s): State<Arc<Scheduler>>, headers: HeaderMap, Json(req): Json<JoinRequest>) -> Response {
+async fn join(State(s): State<Arc<Scheduler>>, headers: HeaderMap, body: Bytes) -> Response {
     let Some((hash, Role::Join { labels: bound })) = s.role(&headers) else {
         return error(StatusCode::UNAUTHORIZED, "a join token is required");
     };
+    let req: JoinRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
     if req.name.is_empty() || req.name.len() > 253 {
-        return error(StatusCode::BAD_REQUEST, "host name must be 1-253 characters");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "host name must be 1-253 characters",
+        );
     }
     let mut labels = match auth::host_labels(&req.labels, &bound) {
         Ok(l) => l,
         Err(e) => return error(StatusCode::FORBIDDEN, e.to_string()),
     };
     labels.insert("arch".into(), req.arch.clone());
-    if let Some(existing) = s.hosts.get(&req.name) {
-        if existing.token_hash != hash && s.alive(&existing) {
-            return error(StatusCode::CONFLICT, format!("host `{}` is already joined with another token", req.name));
-        }
+    if let Some(existing) = s.hosts.get(&req.name)
+        && existing.token_hash != hash
+        && s.alive(&existing)
+    {
+        return error(
+            StatusCode::CONFLICT,
+            format!("host `{}` is already joined with another token", req.name),
+        );
     }
     let secret = match auth::new_token() {
         Ok(t) => t,
@@ -443,13 +534,20 @@ async fn heartbeat(
     State(s): State<Arc<Scheduler>>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    Json(beat): Json<Heartbeat>,
+    body: Bytes,
 ) -> Response {
     let Some((hash, Role::Join { .. })) = s.role(&headers) else {
         return error(StatusCode::UNAUTHORIZED, "a join token is required");
     };
+    let beat: Heartbeat = match parse(&body) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
     let Some(mut entry) = s.hosts.get_mut(&name) else {
-        return error(StatusCode::NOT_FOUND, format!("unknown host `{name}`; join first"));
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("unknown host `{name}`; join first"),
+        );
     };
     if entry.token_hash != hash {
         return error(StatusCode::FORBIDDEN, "heartbeat with another host's token");
@@ -490,7 +588,11 @@ async fn nodes(State(s): State<Arc<Scheduler>>, headers: HeaderMap) -> Response 
     Json(out).into_response()
 }
 
-async fn cordon(State(s): State<Arc<Scheduler>>, Path((name, action)): Path<(String, String)>, headers: HeaderMap) -> Response {
+async fn cordon(
+    State(s): State<Arc<Scheduler>>,
+    Path((name, action)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
     if !s.is_admin(&headers) {
         return error(StatusCode::UNAUTHORIZED, "an admin token is required");
     }
@@ -508,12 +610,19 @@ async fn cordon(State(s): State<Arc<Scheduler>>, Path((name, action)): Path<(Str
     }
 }
 
-async fn upload_module(State(s): State<Arc<Scheduler>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn upload_module(
+    State(s): State<Arc<Scheduler>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if !s.is_admin(&headers) {
         return error(StatusCode::UNAUTHORIZED, "an admin token is required");
     }
     if !body.starts_with(b"\0asm") {
-        return error(StatusCode::BAD_REQUEST, "not a WebAssembly module (no `\\0asm` header)");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "not a WebAssembly module (no `\\0asm` header)",
+        );
     }
     let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
     let Some(path) = s.module_path(&digest) else {
@@ -523,15 +632,29 @@ async fn upload_module(State(s): State<Arc<Scheduler>>, headers: HeaderMap, body
     if let Err(e) = std::fs::write(&tmp, &body).and_then(|()| std::fs::rename(&tmp, &path)) {
         return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     }
-    (StatusCode::CREATED, Json(ModuleRef { digest, size: body.len() as u64 })).into_response()
+    (
+        StatusCode::CREATED,
+        Json(ModuleRef {
+            digest,
+            size: body.len() as u64,
+        }),
+    )
+        .into_response()
 }
 
-async fn download_module(State(s): State<Arc<Scheduler>>, Path(digest): Path<String>, headers: HeaderMap) -> Response {
+async fn download_module(
+    State(s): State<Arc<Scheduler>>,
+    Path(digest): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     if s.role(&headers).is_none() {
         return error(StatusCode::UNAUTHORIZED, "a token is required");
     }
     let Some(path) = s.module_path(&digest) else {
-        return error(StatusCode::BAD_REQUEST, format!("`{digest}` is not a sha256 digest"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("`{digest}` is not a sha256 digest"),
+        );
     };
     match tokio::fs::read(&path).await {
         Ok(bytes) => bytes.into_response(),
@@ -542,21 +665,36 @@ async fn download_module(State(s): State<Arc<Scheduler>>, Path(digest): Path<Str
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-async fn deploy(State(s): State<Arc<Scheduler>>, headers: HeaderMap, Json(spec): Json<WorkloadSpec>) -> Response {
+async fn deploy(State(s): State<Arc<Scheduler>>, headers: HeaderMap, body: Bytes) -> Response {
     if !s.is_admin(&headers) {
         return error(StatusCode::UNAUTHORIZED, "an admin token is required");
     }
+    let spec: WorkloadSpec = match parse(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
     if !valid_name(&spec.name) {
-        return error(StatusCode::BAD_REQUEST, format!("`{}` is not a valid name (lowercase letters, digits, `-`, at most 63)", spec.name));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "`{}` is not a valid name (lowercase letters, digits, `-`, at most 63)",
+                spec.name
+            ),
+        );
     }
     if let Err(e) = Selector::parse(&spec.selector) {
         return error(StatusCode::BAD_REQUEST, e.to_string());
     }
     if s.module_path(&spec.digest).is_none_or(|p| !p.exists()) {
-        return error(StatusCode::BAD_REQUEST, format!("no module {}; upload it with PUT /v1/modules", spec.digest));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("no module {}; upload it with PUT /v1/modules", spec.digest),
+        );
     }
     if spec.replicas > 1000 {
         return error(StatusCode::BAD_REQUEST, "at most 1000 replicas");
@@ -582,7 +720,11 @@ fn info(s: &Scheduler, spec: WorkloadSpec) -> WorkloadInfo {
         .get(&spec.name)
         .cloned()
         .unwrap_or_default();
-    WorkloadInfo { spec, hosts, rejected }
+    WorkloadInfo {
+        spec,
+        hosts,
+        rejected,
+    }
 }
 
 async fn workloads(State(s): State<Arc<Scheduler>>, headers: HeaderMap) -> Response {
@@ -593,7 +735,11 @@ async fn workloads(State(s): State<Arc<Scheduler>>, headers: HeaderMap) -> Respo
     Json(out).into_response()
 }
 
-async fn workload(State(s): State<Arc<Scheduler>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+async fn workload(
+    State(s): State<Arc<Scheduler>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     if !s.is_admin(&headers) {
         return error(StatusCode::UNAUTHORIZED, "an admin token is required");
     }
@@ -604,7 +750,11 @@ async fn workload(State(s): State<Arc<Scheduler>>, Path(name): Path<String>, hea
     }
 }
 
-async fn delete_workload(State(s): State<Arc<Scheduler>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+async fn delete_workload(
+    State(s): State<Arc<Scheduler>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     if !s.is_admin(&headers) {
         return error(StatusCode::UNAUTHORIZED, "an admin token is required");
     }
@@ -615,7 +765,11 @@ async fn delete_workload(State(s): State<Arc<Scheduler>>, Path(name): Path<Strin
     }
 }
 
-async fn workload_logs(State(s): State<Arc<Scheduler>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+async fn workload_logs(
+    State(s): State<Arc<Scheduler>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     if !s.is_admin(&headers) {
         return error(StatusCode::UNAUTHORIZED, "an admin token is required");
     }
@@ -628,8 +782,16 @@ async fn workload_logs(State(s): State<Arc<Scheduler>>, Path(name): Path<String>
         .unwrap_or_default();
     let mut out = String::new();
     for host in hosts {
-        let Some((url, secret)) = s.host_endpoint(&host) else { continue };
-        if let Ok(r) = s.http.get(format!("{url}/v1/instances/{name}/logs")).bearer_auth(secret).send().await {
+        let Some((url, secret)) = s.host_endpoint(&host) else {
+            continue;
+        };
+        if let Ok(r) = s
+            .http
+            .get(format!("{url}/v1/instances/{name}/logs"))
+            .bearer_auth(secret)
+            .send()
+            .await
+        {
             for line in r.text().await.unwrap_or_default().lines() {
                 out.push_str(&format!("[{host}] {line}\n"));
             }
@@ -642,7 +804,11 @@ async fn instances(State(s): State<Arc<Scheduler>>, headers: HeaderMap) -> Respo
     if !s.is_admin(&headers) {
         return error(StatusCode::UNAUTHORIZED, "an admin token is required");
     }
-    let assignments = s.assignments.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let assignments = s
+        .assignments
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let out: Vec<InstanceInfo> = assignments
         .into_iter()
         .flat_map(|(w, hosts)| {
@@ -660,7 +826,13 @@ async fn instances(State(s): State<Arc<Scheduler>>, headers: HeaderMap) -> Respo
 async fn metrics(State(s): State<Arc<Scheduler>>) -> Response {
     let views = s.host_views();
     let ready = views.iter().filter(|v| v.alive).count();
-    let instances: usize = s.assignments.lock().unwrap_or_else(|e| e.into_inner()).values().map(|h| h.len()).sum();
+    let instances: usize = s
+        .assignments
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .map(|h| h.len())
+        .sum();
     let body = format!(
         "# HELP roam_hosts Hosts known to the scheduler.\n# TYPE roam_hosts gauge\nroam_hosts{{status=\"ready\"}} {ready}\nroam_hosts{{status=\"down\"}} {}\n\
          # HELP roam_workloads Workloads in the desired state.\n# TYPE roam_workloads gauge\nroam_workloads {}\n\
@@ -710,7 +882,10 @@ async fn proxy(
         return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
     }
     let Some(url) = s.route(&workload) else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, format!("workload `{workload}` is not running anywhere"));
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("workload `{workload}` is not running anywhere"),
+        );
     };
     let target = match uri.query() {
         Some(q) => format!("{url}/w/{workload}/{path}?{q}"),
@@ -727,7 +902,8 @@ async fn proxy(
     }
     match request.send().await {
         Ok(r) => {
-            let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let status =
+                StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
             let mut out_headers = Vec::new();
             for (k, v) in r.headers() {
                 if let Ok(v) = v.to_str() {
@@ -737,10 +913,13 @@ async fn proxy(
             let bytes = r.bytes().await.unwrap_or_default();
             let mut out = (status, bytes.to_vec()).into_response();
             for (k, v) in out_headers {
-                if let (Ok(k), Ok(v)) = (axum::http::HeaderName::try_from(k), axum::http::HeaderValue::try_from(v)) {
-                    if k != "content-length" && k != "transfer-encoding" {
-                        out.headers_mut().insert(k, v);
-                    }
+                if let (Ok(k), Ok(v)) = (
+                    axum::http::HeaderName::try_from(k),
+                    axum::http::HeaderValue::try_from(v),
+                ) && k != "content-length"
+                    && k != "transfer-encoding"
+                {
+                    out.headers_mut().insert(k, v);
                 }
             }
             out

@@ -30,14 +30,20 @@ impl ClientConfig {
         let file: Option<ClientConfig> = config_path()
             .and_then(|p| std::fs::read_to_string(p).ok())
             .and_then(|s| serde_json::from_str(&s).ok());
-        let addr = std::env::var("ROAM_ADDR").ok().or_else(|| file.as_ref().map(|f| f.addr.clone()));
-        let token = std::env::var("ROAM_TOKEN").ok().or_else(|| file.as_ref().map(|f| f.token.clone()));
+        let addr = std::env::var("ROAM_ADDR")
+            .ok()
+            .or_else(|| file.as_ref().map(|f| f.addr.clone()));
+        let token = std::env::var("ROAM_TOKEN")
+            .ok()
+            .or_else(|| file.as_ref().map(|f| f.token.clone()));
         match (addr, token) {
             (Some(addr), Some(token)) => Ok(ClientConfig {
                 addr: addr.trim_end_matches('/').to_string(),
                 token,
             }),
-            _ => bail!("no scheduler configured: set ROAM_ADDR and ROAM_TOKEN, or start a local cluster with `roam up`"),
+            _ => bail!(
+                "no scheduler configured: set ROAM_ADDR and ROAM_TOKEN, or start a local cluster with `roam up`"
+            ),
         }
     }
 }
@@ -70,7 +76,10 @@ impl Client {
     }
 
     /// Send and decode JSON, turning an error status into its message.
-    pub async fn json<T: DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<T> {
+    pub async fn json<T: DeserializeOwned>(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> anyhow::Result<T> {
         let r = self.send(rb).await?;
         r.json().await.context("bad response from the scheduler")
     }

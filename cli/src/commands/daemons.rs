@@ -65,12 +65,14 @@ fn tokio() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Run `roam scheduler`.
 pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
-    tokio()?.block_on(roam_scheduler::server::run(roam_scheduler::server::ServerConfig {
-        listen: args.listen,
-        data_dir: args.data_dir,
-        heartbeat_timeout: args.heartbeat_timeout,
-        heartbeat: args.heartbeat,
-    }))?;
+    tokio()?.block_on(roam_scheduler::server::run(
+        roam_scheduler::server::ServerConfig {
+            listen: args.listen,
+            data_dir: args.data_dir,
+            heartbeat_timeout: args.heartbeat_timeout,
+            heartbeat: args.heartbeat,
+        },
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -10,7 +10,10 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use comfy_table::Table;
 use reqwest::Method;
-use roam_proto::{Grants, ModuleRef, NodeInfo, InstanceInfo, TokenRequest, TokenResponse, WorkloadInfo, WorkloadSpec};
+use roam_proto::{
+    Grants, InstanceInfo, ModuleRef, NodeInfo, TokenRequest, TokenResponse, WorkloadInfo,
+    WorkloadSpec,
+};
 
 use super::client::{Client, ClientConfig};
 use crate::size::parse_size;
@@ -105,7 +108,9 @@ fn client() -> anyhow::Result<Client> {
     Client::new(ClientConfig::load()?)
 }
 
-fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(f: F) -> anyhow::Result<ExitCode> {
+fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
+    f: F,
+) -> anyhow::Result<ExitCode> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -128,7 +133,9 @@ fn grants(list: &[String]) -> anyhow::Result<Grants> {
 
 async fn upload(c: &Client, path: &PathBuf) -> anyhow::Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
-    let m: ModuleRef = c.json(c.request(Method::PUT, "/v1/modules").body(bytes)).await?;
+    let m: ModuleRef = c
+        .json(c.request(Method::PUT, "/v1/modules").body(bytes))
+        .await?;
     Ok(m.digest)
 }
 
@@ -138,7 +145,9 @@ pub fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
         let TokenCommand::Create { labels } = cmd;
         let c = client()?;
         let t: TokenResponse = c
-            .json(c.request(Method::POST, "/v1/tokens").json(&TokenRequest { labels: labels.into_iter().collect() }))
+            .json(c.request(Method::POST, "/v1/tokens").json(&TokenRequest {
+                labels: labels.into_iter().collect(),
+            }))
             .await?;
         println!("{}", t.token);
         Ok(ExitCode::SUCCESS)
@@ -152,11 +161,24 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         let spec = if let Some(manifest) = &args.manifest {
             let text = std::fs::read_to_string(manifest)
                 .with_context(|| format!("cannot read `{}`", manifest.display()))?;
-            let m: Manifest = toml::from_str(&text).with_context(|| format!("invalid manifest `{}`", manifest.display()))?;
+            let m: Manifest = toml::from_str(&text)
+                .with_context(|| format!("invalid manifest `{}`", manifest.display()))?;
             let digest = match (&m.module, &m.digest) {
-                (Some(path), _) => upload(&c, &manifest.parent().unwrap_or(std::path::Path::new(".")).join(path)).await?,
+                (Some(path), _) => {
+                    upload(
+                        &c,
+                        &manifest
+                            .parent()
+                            .unwrap_or(std::path::Path::new("."))
+                            .join(path),
+                    )
+                    .await?
+                }
                 (None, Some(d)) => d.clone(),
-                (None, None) => bail!("manifest `{}` needs `module` (a path) or `digest`", manifest.display()),
+                (None, None) => bail!(
+                    "manifest `{}` needs `module` (a path) or `digest`",
+                    manifest.display()
+                ),
             };
             WorkloadSpec {
                 name: m.name,
@@ -173,7 +195,9 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
             }
         } else {
             let Some(file) = &args.file else {
-                bail!("give a module (`roam deploy app.wasm --name app`) or a manifest (`-f workload.toml`)");
+                bail!(
+                    "give a module (`roam deploy app.wasm --name app`) or a manifest (`-f workload.toml`)"
+                );
             };
             let name = args
                 .name
@@ -190,8 +214,13 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
                 grants: grants(&args.grants)?,
             }
         };
-        let spec: WorkloadSpec = c.json(c.request(Method::POST, "/v1/workloads").json(&spec)).await?;
-        println!("workload `{}` deployed ({}, {} replica(s))", spec.name, spec.digest, spec.replicas);
+        let spec: WorkloadSpec = c
+            .json(c.request(Method::POST, "/v1/workloads").json(&spec))
+            .await?;
+        println!(
+            "workload `{}` deployed ({}, {} replica(s))",
+            spec.name, spec.digest, spec.replicas
+        );
         println!("try: roam invoke {} /", spec.name);
         Ok(ExitCode::SUCCESS)
     })
@@ -209,7 +238,16 @@ pub fn get(kind: Kind, output: Output) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::SUCCESS);
                 }
                 let mut t = Table::new();
-                t.set_header(["NAME", "STATUS", "ARCH", "SITE", "JURISDICTION", "MEMORY", "WORKLOADS", "URL"]);
+                t.set_header([
+                    "NAME",
+                    "STATUS",
+                    "ARCH",
+                    "SITE",
+                    "JURISDICTION",
+                    "MEMORY",
+                    "WORKLOADS",
+                    "URL",
+                ]);
                 for n in nodes {
                     t.add_row([
                         n.name,
@@ -265,7 +303,9 @@ pub fn get(kind: Kind, output: Output) -> anyhow::Result<ExitCode> {
 pub fn describe(name: &str, output: Output) -> anyhow::Result<ExitCode> {
     block_on(async move {
         let c = client()?;
-        let w: WorkloadInfo = c.json(c.request(Method::GET, &format!("/v1/workloads/{name}"))).await?;
+        let w: WorkloadInfo = c
+            .json(c.request(Method::GET, &format!("/v1/workloads/{name}")))
+            .await?;
         if let Output::Json = output {
             println!("{}", serde_json::to_string_pretty(&w)?);
             return Ok(ExitCode::SUCCESS);
@@ -273,9 +313,23 @@ pub fn describe(name: &str, output: Output) -> anyhow::Result<ExitCode> {
         println!("Name:      {}", w.spec.name);
         println!("Module:    {}", w.spec.digest);
         println!("Replicas:  {}/{}", w.hosts.len(), w.spec.replicas);
-        println!("Selector:  {}", if w.spec.selector.is_empty() { "<none>" } else { &w.spec.selector });
+        println!(
+            "Selector:  {}",
+            if w.spec.selector.is_empty() {
+                "<none>"
+            } else {
+                &w.spec.selector
+            }
+        );
         println!("Memory:    {} MiB", w.spec.memory >> 20);
-        println!("Runs on:   {}", if w.hosts.is_empty() { "<nowhere>".to_string() } else { w.hosts.join(", ") });
+        println!(
+            "Runs on:   {}",
+            if w.hosts.is_empty() {
+                "<nowhere>".to_string()
+            } else {
+                w.hosts.join(", ")
+            }
+        );
         if !w.rejected.is_empty() {
             println!("Other hosts:");
             for (host, reason) in &w.rejected {
@@ -292,7 +346,11 @@ pub fn logs(name: &str, follow: bool) -> anyhow::Result<ExitCode> {
         let c = client()?;
         let mut seen = 0usize;
         loop {
-            let text = c.send(c.request(Method::GET, &format!("/v1/workloads/{name}/logs"))).await?.text().await?;
+            let text = c
+                .send(c.request(Method::GET, &format!("/v1/workloads/{name}/logs")))
+                .await?
+                .text()
+                .await?;
             let lines: Vec<&str> = text.lines().collect();
             for line in lines.iter().skip(seen.min(lines.len())) {
                 println!("{line}");
@@ -307,11 +365,18 @@ pub fn logs(name: &str, follow: bool) -> anyhow::Result<ExitCode> {
 }
 
 /// `roam invoke NAME [PATH] [--data BODY] [--method M]`
-pub fn invoke(name: &str, path: &str, data: Option<String>, method: Option<String>) -> anyhow::Result<ExitCode> {
+pub fn invoke(
+    name: &str,
+    path: &str,
+    data: Option<String>,
+    method: Option<String>,
+) -> anyhow::Result<ExitCode> {
     block_on(async move {
         let c = client()?;
         let method = match (method, &data) {
-            (Some(m), _) => Method::from_bytes(m.to_uppercase().as_bytes()).context("bad method")?,
+            (Some(m), _) => {
+                Method::from_bytes(m.to_uppercase().as_bytes()).context("bad method")?
+            }
             (None, Some(_)) => Method::POST,
             (None, None) => Method::GET,
         };
@@ -320,14 +385,19 @@ pub fn invoke(name: &str, path: &str, data: Option<String>, method: Option<Strin
         if let Some(d) = data {
             rb = rb.body(d);
         }
-        let r = rb.send().await.with_context(|| format!("cannot reach the scheduler at {}", c.addr()))?;
+        let r = rb
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the scheduler at {}", c.addr()))?;
         let status = r.status();
         let body = r.text().await.unwrap_or_default();
         print!("{body}");
         if !body.ends_with('\n') {
             println!();
         }
-        Ok(if status.is_success() { ExitCode::SUCCESS } else {
+        Ok(if status.is_success() {
+            ExitCode::SUCCESS
+        } else {
             eprintln!("error: {status}");
             ExitCode::FAILURE
         })
@@ -338,7 +408,8 @@ pub fn invoke(name: &str, path: &str, data: Option<String>, method: Option<Strin
 pub fn delete(name: &str) -> anyhow::Result<ExitCode> {
     block_on(async move {
         let c = client()?;
-        c.send(c.request(Method::DELETE, &format!("/v1/workloads/{name}"))).await?;
+        c.send(c.request(Method::DELETE, &format!("/v1/workloads/{name}")))
+            .await?;
         println!("workload `{name}` deleted");
         Ok(ExitCode::SUCCESS)
     })
@@ -349,7 +420,8 @@ pub fn cordon(host: &str, on: bool) -> anyhow::Result<ExitCode> {
     block_on(async move {
         let c = client()?;
         let action = if on { "cordon" } else { "uncordon" };
-        c.send(c.request(Method::POST, &format!("/v1/nodes/{host}/{action}"))).await?;
+        c.send(c.request(Method::POST, &format!("/v1/nodes/{host}/{action}")))
+            .await?;
         println!("host `{host}` {action}ed");
         Ok(ExitCode::SUCCESS)
     })

@@ -64,42 +64,75 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
     let mut children = Children(Vec::new());
     children.0.push(
         Command::new(&exe)
-            .args(["scheduler", "--listen", &args.listen.to_string(), "--data-dir"])
+            .args([
+                "scheduler",
+                "--listen",
+                &args.listen.to_string(),
+                "--data-dir",
+            ])
             .arg(data.join("scheduler"))
             .stdin(Stdio::null())
             .spawn()
             .context("cannot start the scheduler")?,
     );
     let token_file = data.join("scheduler").join("admin.token");
-    wait_for("the scheduler", Duration::from_secs(30), || token_file.exists())?;
+    wait_for("the scheduler", Duration::from_secs(30), || {
+        token_file.exists()
+    })?;
     let token = std::fs::read_to_string(&token_file)?.trim().to_string();
-    let config = ClientConfig { addr: addr.clone(), token };
-    let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let config = ClientConfig {
+        addr: addr.clone(),
+        token,
+    };
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let client = Client::new(config.clone())?;
     let start = Instant::now();
     loop {
-        let ok = tokio.block_on(client.json::<Vec<NodeInfo>>(client.request(Method::GET, "/v1/nodes")));
+        let ok =
+            tokio.block_on(client.json::<Vec<NodeInfo>>(client.request(Method::GET, "/v1/nodes")));
         if ok.is_ok() {
             break;
         }
         if start.elapsed() > Duration::from_secs(30) {
-            bail!("the scheduler at {addr} does not answer: {:#}", ok.err().map(|e| e.to_string()).unwrap_or_default());
+            bail!(
+                "the scheduler at {addr} does not answer: {:#}",
+                ok.err().map(|e| e.to_string()).unwrap_or_default()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
 
     for (site, jurisdiction, provider) in SITES {
-        let labels = [("site", site), ("jurisdiction", jurisdiction), ("provider", provider)]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let labels = [
+            ("site", site),
+            ("jurisdiction", jurisdiction),
+            ("provider", provider),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
         let join: TokenResponse = tokio.block_on(
-            client.json(client.request(Method::POST, "/v1/tokens").json(&TokenRequest { labels })),
+            client.json(
+                client
+                    .request(Method::POST, "/v1/tokens")
+                    .json(&TokenRequest { labels }),
+            ),
         )?;
         let name = format!("host-{site}");
         children.0.push(
             Command::new(&exe)
-                .args(["host", "--join", &addr, "--name", &name, "--listen", "127.0.0.1:0", "--data-dir"])
+                .args([
+                    "host",
+                    "--join",
+                    &addr,
+                    "--name",
+                    &name,
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--data-dir",
+                ])
                 .arg(data.join("hosts").join(&name))
                 .env("ROAM_JOIN_TOKEN", &join.token)
                 .stdin(Stdio::null())
@@ -109,7 +142,8 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     let start = Instant::now();
     loop {
-        let nodes = tokio.block_on(client.json::<Vec<NodeInfo>>(client.request(Method::GET, "/v1/nodes")))?;
+        let nodes = tokio
+            .block_on(client.json::<Vec<NodeInfo>>(client.request(Method::GET, "/v1/nodes")))?;
         if nodes.iter().filter(|n| n.status == "ready").count() == SITES.len() {
             break;
         }
@@ -121,13 +155,20 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
 
     let written = write_config(&config)?;
     println!();
-    println!("Roam is up: scheduler {addr}, 3 hosts (eu-west-1 EU, eu-central-1 EU, us-east-1 US).");
-    println!("Client config (admin token) written to {} (readable only by you).", written.display());
+    println!(
+        "Roam is up: scheduler {addr}, 3 hosts (eu-west-1 EU, eu-central-1 EU, us-east-1 US)."
+    );
+    println!(
+        "Client config (admin token) written to {} (readable only by you).",
+        written.display()
+    );
     println!();
     println!("Next, in another terminal:");
     println!("  roam get nodes");
     println!("  cargo build --release --target wasm32-wasip1 -p counter");
-    println!("  roam deploy target/wasm32-wasip1/release/counter.wasm --name counter --selector 'jurisdiction=EU'");
+    println!(
+        "  roam deploy target/wasm32-wasip1/release/counter.wasm --name counter --selector 'jurisdiction=EU'"
+    );
     println!("  roam invoke counter /apples --data ''");
     println!("  roam describe workload counter");
     println!("  curl -X POST {addr}/w/counter/apples");
@@ -150,7 +191,10 @@ fn write_config(config: &ClientConfig) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-#[allow(dead_code, reason = "kept for callers that want the config without starting a cluster")]
+#[allow(
+    dead_code,
+    reason = "kept for callers that want the config without starting a cluster"
+)]
 fn config_file_exists() -> bool {
     config_path().is_some_and(|p| Path::new(&p).exists())
 }

@@ -6,5 +6,6 @@
     reason = "tests report failure by panicking"
 )]
 
+mod cluster;
 mod run;
 mod serve;

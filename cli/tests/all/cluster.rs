@@ -1,0 +1,411 @@
+//! A real cluster on loopback: a scheduler and hosts as separate processes.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use roam_tests::artifacts;
+
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A child process whose stderr is echoed into the test output; killed on drop.
+struct Proc {
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `roam ARGS`; returns it and the first `http://` address it prints.
+fn spawn(args: &[&str], envs: &[(&str, &str)]) -> (Proc, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roam"))
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let tag = args.first().copied().unwrap_or("").to_string();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{tag}> {line}");
+            if let Some(rest) = line.split("on http://").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("process did not report its address");
+    (Proc { child }, format!("http://{addr}"))
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    scheduler: Option<Proc>,
+    url: String,
+    admin: String,
+    hosts: Vec<(String, Proc)>,
+    agent: ureq::Agent,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, url) = Self::scheduler_proc(dir.path(), "127.0.0.1:0");
+        let admin = std::fs::read_to_string(dir.path().join("scheduler/admin.token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        Cluster {
+            dir,
+            scheduler: Some(p),
+            url,
+            admin,
+            hosts: Vec::new(),
+            agent: agent(),
+        }
+    }
+
+    fn scheduler_proc(dir: &Path, listen: &str) -> (Proc, String) {
+        let data = dir.join("scheduler");
+        spawn(
+            &[
+                "scheduler",
+                "--listen",
+                listen,
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--heartbeat-timeout",
+                "1s",
+                "--heartbeat",
+                "200ms",
+            ],
+            &[],
+        )
+    }
+
+    fn restart_scheduler(&mut self) {
+        drop(self.scheduler.take());
+        let listen = self.url.trim_start_matches("http://").to_string();
+        let (p, url) = Self::scheduler_proc(self.dir.path(), &listen);
+        assert_eq!(url, self.url);
+        self.scheduler = Some(p);
+    }
+
+    fn join_token(&self, labels: &[(&str, &str)]) -> String {
+        let body = serde_json::json!({ "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<std::collections::BTreeMap<_, _>>() });
+        let mut r = self
+            .agent
+            .post(format!("{}/v1/tokens", self.url))
+            .header("authorization", format!("Bearer {}", self.admin))
+            .header("content-type", "application/json")
+            .send(body.to_string())
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+        let v: serde_json::Value =
+            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    fn add_host(&mut self, name: &str, site: &str, jurisdiction: &str) {
+        let token = self.join_token(&[("site", site), ("jurisdiction", jurisdiction)]);
+        let data: PathBuf = self.dir.path().join(name);
+        let (p, _) = spawn(
+            &[
+                "host",
+                "--join",
+                &self.url,
+                "--name",
+                name,
+                "--data-dir",
+                data.to_str().unwrap(),
+            ],
+            &[("ROAM_JOIN_TOKEN", &token)],
+        );
+        self.hosts.push((name.to_string(), p));
+    }
+
+    fn kill_host(&mut self, name: &str) {
+        self.hosts.retain(|(n, _)| n != name);
+    }
+
+    fn api(&self, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+        let url = format!("{}{path}", self.url);
+        let mut rb = match method {
+            "GET" => self.agent.get(&url).force_send_body(),
+            "POST" => self.agent.post(&url),
+            "DELETE" => self.agent.delete(&url).force_send_body(),
+            other => panic!("{other}"),
+        };
+        if let Some(t) = token {
+            rb = rb.header("authorization", format!("Bearer {t}"));
+        }
+        let mut r = rb.send("").unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    }
+
+    fn nodes(&self) -> serde_json::Value {
+        let (status, body) = self.api("GET", "/v1/nodes", Some(&self.admin));
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn wait_ready(&self, n: usize) {
+        poll(Duration::from_secs(60), "hosts ready", || {
+            self.nodes()
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["status"] == "ready")
+                .count()
+                == n
+        });
+    }
+
+    /// Run the CLI against this cluster.
+    fn roam(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_roam"))
+            .args(args)
+            .env("ROAM_ADDR", &self.url)
+            .env("ROAM_TOKEN", &self.admin)
+            .output()
+            .unwrap();
+        let (o, e) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        eprintln!("roam {args:?} -> {:?}\n{o}{e}", out.status);
+        (out.status.success(), o, e)
+    }
+
+    fn invoke(&self, workload: &str, path: &str) -> (u16, String) {
+        let mut r = self
+            .agent
+            .post(format!("{}/w/{workload}{path}", self.url))
+            .send("")
+            .unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    }
+
+    fn get(&self, workload: &str, path: &str) -> (u16, String) {
+        let mut r = self
+            .agent
+            .get(format!("{}/w/{workload}{path}", self.url))
+            .call()
+            .unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    }
+}
+
+fn poll(deadline: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn eu_cluster() -> Cluster {
+    let mut c = Cluster::start();
+    c.add_host("eu-1", "eu-west-1", "EU");
+    c.add_host("eu-2", "eu-central-1", "EU");
+    c.add_host("us-1", "us-east-1", "US");
+    c.wait_ready(3);
+    c
+}
+
+#[test]
+fn deploy_invoke_through_ingress_and_eu_rules_hold() {
+    let c = eu_cluster();
+    let (ok, _, err) = c.roam(&[
+        "deploy",
+        artifacts::COUNTER,
+        "--name",
+        "counter",
+        "--selector",
+        "jurisdiction=EU",
+        "--replicas",
+        "2",
+    ]);
+    assert!(ok, "{err}");
+    poll(Duration::from_secs(30), "counter to serve", || {
+        c.invoke("counter", "/apples").0 == 200
+    });
+    let (status, body) = c.invoke("counter", "/apples");
+    assert_eq!(status, 200);
+    assert!(body.contains("\"path\":\"/apples\""), "{body}");
+    // Two replicas, both in the EU, never on us-1.
+    poll(Duration::from_secs(30), "2 replicas", || {
+        let (_, out, _) = c.roam(&["get", "workloads", "-o", "json"]);
+        out.contains("\"eu-1\"") && out.contains("\"eu-2\"")
+    });
+    let (_, out, _) = c.roam(&["get", "instances", "-o", "json"]);
+    assert!(!out.contains("us-1"), "{out}");
+    let (ok, out, _) = c.roam(&["describe", "workload", "counter"]);
+    assert!(ok);
+    assert!(
+        out.contains("us-1: label `jurisdiction` is `US`, the selector needs `jurisdiction=EU`"),
+        "{out}"
+    );
+    let (ok, out, _) = c.roam(&["get", "nodes"]);
+    assert!(ok && out.contains("us-east-1"), "{out}");
+}
+
+#[test]
+fn workloads_serve_again_elsewhere_when_their_host_dies() {
+    let mut c = eu_cluster();
+    let (ok, _, err) = c.roam(&[
+        "deploy",
+        artifacts::COUNTER,
+        "--name",
+        "counter",
+        "--selector",
+        "jurisdiction=EU",
+    ]);
+    assert!(ok, "{err}");
+    poll(Duration::from_secs(30), "counter to serve", || {
+        c.invoke("counter", "/a").0 == 200
+    });
+    let (_, out, _) = c.roam(&["get", "instances", "-o", "json"]);
+    let victim = if out.contains("\"eu-1\"") {
+        "eu-1"
+    } else {
+        "eu-2"
+    };
+    let survivor = if victim == "eu-1" { "eu-2" } else { "eu-1" };
+    c.kill_host(victim);
+    let killed = Instant::now();
+    poll(
+        HEARTBEAT_TIMEOUT + Duration::from_secs(2),
+        "counter to serve again",
+        || {
+            c.invoke("counter", "/a").0 == 200 && {
+                let (_, out, _) = c.roam(&["get", "instances", "-o", "json"]);
+                out.contains(survivor)
+            }
+        },
+    );
+    eprintln!("served again {:?} after the host died", killed.elapsed());
+    // Never on the non-EU host.
+    let (_, out, _) = c.roam(&["get", "instances", "-o", "json"]);
+    assert!(!out.contains("us-1"), "{out}");
+}
+
+#[test]
+fn desired_state_survives_a_scheduler_restart() {
+    let mut c = eu_cluster();
+    assert!(
+        c.roam(&["deploy", artifacts::COUNTER, "--name", "counter"])
+            .0
+    );
+    assert!(
+        c.roam(&[
+            "deploy",
+            artifacts::KV_CACHE,
+            "--name",
+            "cache",
+            "--grant",
+            "kv,timers"
+        ])
+        .0
+    );
+    assert!(c.roam(&["cordon", "us-1"]).0);
+    poll(Duration::from_secs(30), "both to serve", || {
+        c.invoke("counter", "/x").0 == 200 && c.get("cache", "/k").0 == 404
+    });
+    c.restart_scheduler();
+    let (ok, out, _) = c.roam(&["get", "workloads", "-o", "json"]);
+    assert!(
+        ok && out.contains("\"counter\"") && out.contains("\"cache\""),
+        "{out}"
+    );
+    c.wait_ready(2); // us-1 is cordoned, the others ready
+    let nodes = c.nodes();
+    assert!(
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == "us-1" && n["status"] == "cordoned"),
+        "{nodes}"
+    );
+    poll(Duration::from_secs(30), "serving after restart", || {
+        c.invoke("counter", "/x").0 == 200
+    });
+}
+
+#[test]
+fn unauthenticated_calls_and_label_claims_are_refused() {
+    let c = eu_cluster();
+    for (method, path) in [
+        ("GET", "/v1/nodes"),
+        ("GET", "/v1/workloads"),
+        ("POST", "/v1/tokens"),
+        ("POST", "/v1/nodes/eu-1/cordon"),
+    ] {
+        assert_eq!(c.api(method, path, None).0, 401, "{method} {path}");
+        assert_eq!(
+            c.api(method, path, Some("roam_wrong")).0,
+            401,
+            "{method} {path}"
+        );
+    }
+    // Nothing changed: eu-1 is not cordoned.
+    assert!(
+        c.nodes()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == "eu-1" && n["status"] == "ready")
+    );
+    // A join token cannot do admin work.
+    let join = c.join_token(&[("site", "eu-west-1"), ("jurisdiction", "EU")]);
+    assert_eq!(c.api("GET", "/v1/nodes", Some(&join)).0, 401);
+    // A host with an EU token cannot claim to be in the US site.
+    let out = Command::new(env!("CARGO_BIN_EXE_roam"))
+        .args([
+            "host",
+            "--join",
+            &c.url,
+            "--name",
+            "liar",
+            "--label",
+            "site=us-east-1",
+        ])
+        .env("ROAM_JOIN_TOKEN", &join)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("host claims `site=us-east-1` but its join token binds `site=eu-west-1`"),
+        "{err}"
+    );
+    assert!(!c.nodes().to_string().contains("liar"));
+    // The CLI says what to do without a token.
+    let out = Command::new(env!("CARGO_BIN_EXE_roam"))
+        .args(["get", "nodes"])
+        .env("ROAM_ADDR", &c.url)
+        .env("ROAM_TOKEN", "roam_wrong")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is ROAM_TOKEN right?"));
+}
