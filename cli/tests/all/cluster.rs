@@ -409,3 +409,38 @@ fn unauthenticated_calls_and_label_claims_are_refused() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("is ROAM_TOKEN right?"));
 }
+
+#[test]
+fn a_manifest_deploys_with_its_rules() {
+    let c = eu_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("workload.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "name = \"agg\"\nmodule = {:?}\nreplicas = 2\nselector = \"jurisdiction=EU\"\nmemory = \"32MiB\"\nspread_by = \"site\"\n",
+            artifacts::SENSOR_AGGREGATOR
+        ),
+    )
+    .unwrap();
+    let (ok, _, err) = c.roam(&["deploy", "-f", manifest.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    poll(
+        Duration::from_secs(30),
+        "2 replicas across both EU sites",
+        || {
+            let (_, out, _) = c.roam(&["get", "workloads", "-o", "json"]);
+            out.contains("\"eu-1\"") && out.contains("\"eu-2\"")
+        },
+    );
+    assert_eq!(c.get("agg", "/sensors").0, 200);
+    // A manifest with an unknown field is refused before anything is deployed.
+    std::fs::write(
+        &manifest,
+        "name = \"x\"\nmodule = \"m.wasm\"\nreplicaz = 3\n",
+    )
+    .unwrap();
+    let (ok, _, err) = c.roam(&["deploy", "-f", manifest.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("unknown field `replicaz`"), "{err}");
+}
