@@ -122,7 +122,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/v1/instances/{workload}", put(start).delete(stop))
         .route("/v1/instances/{workload}/logs", get(logs))
+        .route("/v1/messages/{workload}", axum::routing::post(message))
         .route("/w/{workload}", any(ingress_root))
+        .route("/w/{workload}/", any(ingress_root))
         .route("/w/{workload}/{*path}", any(ingress))
         .with_state(agent);
     axum::serve(listener, app)
@@ -251,6 +253,40 @@ impl Agent {
                 == 0
     }
 
+    /// Deliver locally when the destination runs here, else through the
+    /// scheduler, which forwards to a host that runs it.
+    fn router(&self) -> crate::driver::Router {
+        let bus = self.bus.clone();
+        let local = bus.router();
+        let http = self.http.clone();
+        let join = self.config.join.clone();
+        let token = self.config.token.clone();
+        Arc::new(move |from: &str, message: crate::abi::OutboundMessage| {
+            if bus.contains(&message.to) {
+                return local(from, message);
+            }
+            let (http, token) = (http.clone(), token.clone());
+            let url = format!("{join}/v1/messages/{}?from={from}", message.to);
+            let to = message.to.clone();
+            tokio::spawn(async move {
+                match http
+                    .post(&url)
+                    .bearer_auth(token)
+                    .body(message.body)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().is_success() => {}
+                    Ok(r) => {
+                        tracing::warn!(%to, status = %r.status(), "message refused by the scheduler")
+                    }
+                    Err(e) => tracing::warn!(%to, error = %e, "message not delivered"),
+                }
+            });
+            Ok(())
+        })
+    }
+
     async fn fetch_module(&self, digest: &Digest) -> anyhow::Result<Vec<u8>> {
         let r = self
             .http
@@ -341,7 +377,7 @@ async fn start(
         config,
         instance,
         DriverOptions {
-            router: Some(agent.bus.router()),
+            router: Some(agent.router()),
             ..DriverOptions::default()
         },
     );
@@ -400,6 +436,33 @@ async fn logs(
     };
     match handle.logs().await {
         Ok(text) => text.into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct FromQuery {
+    from: String,
+}
+
+async fn message(
+    State(agent): State<Arc<Agent>>,
+    Path(workload): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<FromQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HttpResponse {
+    if !agent.authorized(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong host secret");
+    }
+    let Some(handle) = agent.bus.get(&workload) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no workload `{workload}` on this host"),
+        );
+    };
+    match handle.message(&q.from, body.to_vec()).await {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }

@@ -338,6 +338,23 @@ impl LocalBus {
             .insert(handle.name().to_string(), handle);
     }
 
+    /// Whether a workload called `name` is on this bus.
+    pub fn contains(&self, name: &str) -> bool {
+        self.handles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(name)
+    }
+
+    /// The handle of the workload called `name`.
+    pub fn get(&self, name: &str) -> Option<WorkloadHandle> {
+        self.handles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
     /// Forget the workload called `name`.
     pub fn unregister(&self, name: &str) {
         self.handles

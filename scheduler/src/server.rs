@@ -77,6 +77,8 @@ struct Scheduler {
     started: Instant,
     placements: AtomicU64,
     host_losses: AtomicU64,
+    events: tokio::sync::broadcast::Sender<String>,
+    down: Mutex<BTreeSet<String>>,
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -147,6 +149,8 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         started: Instant::now(),
         placements: AtomicU64::new(0),
         host_losses: AtomicU64::new(0),
+        events: tokio::sync::broadcast::channel(1024).0,
+        down: Mutex::new(BTreeSet::new()),
         config,
     });
     tokio::spawn(scheduler.clone().reconcile_loop());
@@ -165,8 +169,11 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         )
         .route("/v1/workloads/{name}/logs", get(workload_logs))
         .route("/v1/instances", get(instances))
+        .route("/v1/messages/{workload}", post(relay_message))
+        .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
         .route("/w/{workload}", any(ingress_root))
+        .route("/w/{workload}/", any(ingress_root))
         .route("/w/{workload}/{*path}", any(ingress))
         .layer(DefaultBodyLimit::max(MAX_MODULE))
         .with_state(scheduler);
@@ -193,6 +200,14 @@ pub fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<
 }
 
 impl Scheduler {
+    /// Publish an event to `/v1/events` subscribers (and the log).
+    fn event(&self, kind: &str, fields: serde_json::Value) {
+        let mut value = fields;
+        value["type"] = serde_json::Value::String(kind.to_string());
+        tracing::info!(event = %value, "cluster event");
+        let _ = self.events.send(value.to_string());
+    }
+
     fn role(&self, headers: &HeaderMap) -> Option<(String, Role)> {
         let token = bearer(headers)?;
         let hash = auth::hash_token(token);
@@ -261,6 +276,16 @@ impl Scheduler {
             .filter(|v| v.alive)
             .map(|v| v.id.as_str())
             .collect();
+        {
+            let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+            for v in &views {
+                if !v.alive && down.insert(v.id.clone()) {
+                    self.event("host_down", serde_json::json!({ "host": v.id }));
+                } else if v.alive {
+                    down.remove(&v.id);
+                }
+            }
+        }
         let specs = self.specs();
         let mut desired = Vec::new();
         for s in &specs {
@@ -347,13 +372,20 @@ impl Scheduler {
                         self.assign(&workload, &host, false);
                     } else {
                         self.placements.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(%workload, %host, "started");
+                        self.event(
+                            "workload_started",
+                            serde_json::json!({ "workload": workload, "host": host }),
+                        );
                     }
                 }
                 Command::Stop { workload, host } => {
                     if let Err(e) = self.stop_on(&host, &workload).await {
                         tracing::warn!(%workload, %host, error = %e, "stop failed");
                     }
+                    self.event(
+                        "workload_stopped",
+                        serde_json::json!({ "workload": workload, "host": host }),
+                    );
                     self.assign(&workload, &host, false);
                 }
             }
@@ -521,7 +553,7 @@ async fn join(State(s): State<Arc<Scheduler>>, headers: HeaderMap, body: Bytes) 
             instances: req.instances,
         },
     );
-    tracing::info!(host = %req.name, "host joined");
+    s.event("host_joined", serde_json::json!({ "host": req.name }));
     Json(JoinResponse {
         labels,
         host_secret: secret,
@@ -700,7 +732,13 @@ async fn deploy(State(s): State<Arc<Scheduler>>, headers: HeaderMap, body: Bytes
         return error(StatusCode::BAD_REQUEST, "at most 1000 replicas");
     }
     match s.store.put_workload(&spec.name, &spec) {
-        Ok(()) => (StatusCode::CREATED, Json(spec)).into_response(),
+        Ok(()) => {
+            s.event(
+                "workload_deployed",
+                serde_json::json!({ "workload": spec.name, "digest": spec.digest }),
+            );
+            (StatusCode::CREATED, Json(spec)).into_response()
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -800,6 +838,55 @@ async fn workload_logs(
     out.into_response()
 }
 
+#[derive(serde::Deserialize)]
+struct FromQuery {
+    from: String,
+}
+
+/// A message from a workload on one host to a workload on another.
+async fn relay_message(
+    State(s): State<Arc<Scheduler>>,
+    Path(workload): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<FromQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !matches!(s.role(&headers), Some((_, Role::Join { .. }))) {
+        return error(StatusCode::UNAUTHORIZED, "a join token is required");
+    }
+    let target = {
+        let assignments = s.assignments.lock().unwrap_or_else(|e| e.into_inner());
+        assignments.get(&workload).and_then(|hosts| {
+            hosts.iter().find_map(|h| {
+                let e = s.hosts.get(h)?;
+                s.alive(&e).then(|| (e.url.clone(), e.secret.clone()))
+            })
+        })
+    };
+    let Some((url, secret)) = target else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("workload `{workload}` is not running anywhere"),
+        );
+    };
+    let sent = s
+        .http
+        .post(format!("{url}/v1/messages/{workload}"))
+        .query(&[("from", q.from.as_str())])
+        .bearer_auth(secret)
+        .body(body.to_vec())
+        .send()
+        .await;
+    match sent {
+        Ok(r) if r.status().is_success() => StatusCode::ACCEPTED.into_response(),
+        Ok(r) => error(
+            StatusCode::BAD_GATEWAY,
+            format!("host answered {}", r.status()),
+        ),
+        Err(e) => error(StatusCode::BAD_GATEWAY, format!("host unreachable: {e}")),
+    }
+}
+
 async fn instances(State(s): State<Arc<Scheduler>>, headers: HeaderMap) -> Response {
     if !s.is_admin(&headers) {
         return error(StatusCode::UNAUTHORIZED, "an admin token is required");
@@ -821,6 +908,32 @@ async fn instances(State(s): State<Arc<Scheduler>>, headers: HeaderMap) -> Respo
         })
         .collect();
     Json(out).into_response()
+}
+
+/// `GET /v1/events`: cluster events as server-sent events, one JSON object each.
+async fn events(State(s): State<Arc<Scheduler>>, headers: HeaderMap) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    if !s.is_admin(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "an admin token is required");
+    }
+    let rx = s.events.subscribe();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(data) => {
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(Event::default().data(data)),
+                        rx,
+                    ));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 async fn metrics(State(s): State<Arc<Scheduler>>) -> Response {

@@ -269,9 +269,47 @@ fn deploy_invoke_through_ingress_and_eu_rules_hold() {
     assert!(ok && out.contains("us-east-1"), "{out}");
 }
 
+/// Read server-sent events from the scheduler in the background.
+fn subscribe(c: &Cluster) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let url = format!("{}/v1/events", c.url);
+    let admin = c.admin.clone();
+    std::thread::spawn(move || {
+        let Ok(r) = agent()
+            .get(&url)
+            .header("authorization", format!("Bearer {admin}"))
+            .call()
+        else {
+            return;
+        };
+        let reader = BufReader::new(r.into_body().into_reader());
+        for line in reader.lines().map_while(Result::ok) {
+            if let Some(data) = line.strip_prefix("data:")
+                && tx.send(data.trim().to_string()).is_err()
+            {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_event(rx: &mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(e) if e.contains(needle) => return e,
+            Ok(_) => {}
+            Err(_) => panic!("no event containing {needle}"),
+        }
+    }
+}
+
 #[test]
 fn workloads_serve_again_elsewhere_when_their_host_dies() {
     let mut c = eu_cluster();
+    let events = subscribe(&c);
     let (ok, _, err) = c.roam(&[
         "deploy",
         artifacts::COUNTER,
@@ -304,6 +342,11 @@ fn workloads_serve_again_elsewhere_when_their_host_dies() {
         },
     );
     eprintln!("served again {:?} after the host died", killed.elapsed());
+    wait_event(&events, "\"workload_deployed\"");
+    wait_event(
+        &events,
+        &format!("\"host\":\"{victim}\",\"type\":\"host_down\""),
+    );
     // Never on the non-EU host.
     let (_, out, _) = c.roam(&["get", "instances", "-o", "json"]);
     assert!(!out.contains("us-1"), "{out}");
@@ -443,4 +486,45 @@ fn a_manifest_deploys_with_its_rules() {
     let (ok, _, err) = c.roam(&["deploy", "-f", manifest.to_str().unwrap()]);
     assert!(!ok);
     assert!(err.contains("unknown field `replicaz`"), "{err}");
+}
+
+#[test]
+fn messages_are_routed_between_workloads_on_different_hosts() {
+    let c = eu_cluster();
+    let (ok, _, err) = c.roam(&[
+        "deploy",
+        artifacts::SENSOR_AGGREGATOR,
+        "--name",
+        "sensor-aggregator",
+        "--selector",
+        "site=eu-west-1",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = c.roam(&[
+        "deploy",
+        artifacts::SENSOR_PROBE,
+        "--name",
+        "sensor-probe",
+        "--selector",
+        "site=eu-central-1",
+        "--grant",
+        "send",
+    ]);
+    assert!(ok, "{err}");
+    poll(Duration::from_secs(30), "both to serve", || {
+        c.get("sensor-aggregator", "/sensors").0 == 200
+            && c.get("sensor-probe", "/").1.contains("try POST /read")
+    });
+    for v in [10, 20, 30] {
+        let (status, body) = c.invoke("sensor-probe", &format!("/read?sensor=t7&value={v}"));
+        assert_eq!(status, 202, "{body}");
+    }
+    poll(
+        Duration::from_secs(10),
+        "readings to arrive on the other host",
+        || {
+            let (status, body) = c.get("sensor-aggregator", "/sensors/t7");
+            status == 200 && body.contains("\"n\":3") && body.contains("\"mean\":20.000")
+        },
+    );
 }
