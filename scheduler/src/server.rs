@@ -79,6 +79,8 @@ struct Scheduler {
     host_losses: AtomicU64,
     events: tokio::sync::broadcast::Sender<String>,
     down: Mutex<BTreeSet<String>>,
+    /// (workload, host) pairs whose start the host confirmed.
+    confirmed: Mutex<BTreeSet<(String, String)>>,
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -151,6 +153,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         host_losses: AtomicU64::new(0),
         events: tokio::sync::broadcast::channel(1024).0,
         down: Mutex::new(BTreeSet::new()),
+        confirmed: Mutex::new(BTreeSet::new()),
         config,
     });
     tokio::spawn(scheduler.clone().reconcile_loop());
@@ -372,6 +375,10 @@ impl Scheduler {
                         self.assign(&workload, &host, false);
                     } else {
                         self.placements.fetch_add(1, Ordering::Relaxed);
+                        self.confirmed
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert((workload.clone(), host.clone()));
                         self.event(
                             "workload_started",
                             serde_json::json!({ "workload": workload, "host": host }),
@@ -393,12 +400,20 @@ impl Scheduler {
     }
 
     fn assign(&self, workload: &str, host: &str, on: bool) {
-        let mut assignments = self.assignments.lock().unwrap_or_else(|e| e.into_inner());
-        let hosts = assignments.entry(workload.to_string()).or_default();
-        if on {
-            hosts.insert(host.to_string());
-        } else {
-            hosts.remove(host);
+        {
+            let mut assignments = self.assignments.lock().unwrap_or_else(|e| e.into_inner());
+            let hosts = assignments.entry(workload.to_string()).or_default();
+            if on {
+                hosts.insert(host.to_string());
+            } else {
+                hosts.remove(host);
+            }
+        }
+        if !on {
+            self.confirmed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&(workload.to_string(), host.to_string()));
         }
     }
 
@@ -457,12 +472,16 @@ impl Scheduler {
         })
     }
 
-    /// A live host running `workload`.
+    /// A live host where `workload` is known to run: its start was
+    /// confirmed, or the host reported it.
     fn route(&self, workload: &str) -> Option<String> {
         let assignments = self.assignments.lock().unwrap_or_else(|e| e.into_inner());
+        let confirmed = self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
         assignments.get(workload)?.iter().find_map(|h| {
             let e = self.hosts.get(h)?;
-            self.alive(&e).then(|| e.url.clone())
+            let running = confirmed.contains(&(workload.to_string(), h.clone()))
+                || e.instances.iter().any(|i| i.workload == workload);
+            (self.alive(&e) && running).then(|| e.url.clone())
         })
     }
 }

@@ -44,6 +44,10 @@ pub enum TokenCommand {
 pub struct DeployArgs {
     /// A module to deploy (with --name), instead of -f.
     pub file: Option<PathBuf>,
+    /// Deploy a built example by name (counter, kv-cache, sensor-aggregator,
+    /// sensor-probe, mandelbrot), with the grants it needs.
+    #[arg(long, conflicts_with_all = ["file", "manifest"])]
+    pub example: Option<String>,
     /// A workload.toml manifest.
     #[arg(short = 'f', long = "file", conflicts_with = "file")]
     pub manifest: Option<PathBuf>,
@@ -131,6 +135,48 @@ fn grants(list: &[String]) -> anyhow::Result<Grants> {
     Ok(g)
 }
 
+/// The examples and the grants each needs.
+pub const EXAMPLES: &[(&str, &[&str])] = &[
+    ("counter", &[]),
+    ("kv-cache", &["kv", "timers"]),
+    ("sensor-aggregator", &[]),
+    ("sensor-probe", &["send"]),
+    ("mandelbrot", &["timers"]),
+];
+
+/// Where built examples are: `$ROAM_EXAMPLES_DIR`, else
+/// `target/wasm32-wasip1/release` beside the `target/{debug,release}` this
+/// binary runs from, else under the current directory.
+pub fn examples_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("ROAM_EXAMPLES_DIR") {
+        return PathBuf::from(dir);
+    }
+    let beside = std::env::current_exe().ok().and_then(|exe| {
+        exe.parent()?
+            .parent()
+            .map(|t| t.join("wasm32-wasip1/release"))
+    });
+    match beside {
+        Some(dir) if dir.is_dir() => dir,
+        _ => PathBuf::from("target/wasm32-wasip1/release"),
+    }
+}
+
+fn example_module(name: &str) -> anyhow::Result<(PathBuf, &'static [&'static str])> {
+    let Some((_, needs)) = EXAMPLES.iter().find(|(n, _)| *n == name) else {
+        let names: Vec<&str> = EXAMPLES.iter().map(|(n, _)| *n).collect();
+        bail!("no example `{name}`; examples are {}", names.join(", "));
+    };
+    let path = examples_dir().join(format!("{}.wasm", name.replace('-', "_")));
+    if !path.exists() {
+        bail!(
+            "example `{name}` is not built: run `cargo build --release --target wasm32-wasip1 -p {name}` (looked for {})",
+            path.display()
+        );
+    }
+    Ok((path, needs))
+}
+
 async fn upload(c: &Client, path: &PathBuf) -> anyhow::Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
     let m: ModuleRef = c
@@ -193,10 +239,24 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
                 env: m.env,
                 grants: m.grants,
             }
+        } else if let Some(example) = &args.example {
+            let (path, needs) = example_module(example)?;
+            let mut grant_list = args.grants.clone();
+            grant_list.extend(needs.iter().map(|g| g.to_string()));
+            WorkloadSpec {
+                name: args.name.clone().unwrap_or_else(|| example.clone()),
+                digest: upload(&c, &path).await?,
+                replicas: args.replicas,
+                selector: args.selector.clone(),
+                memory: args.memory,
+                spread_by: args.spread_by.clone(),
+                env: args.env.iter().cloned().collect(),
+                grants: grants(&grant_list)?,
+            }
         } else {
             let Some(file) = &args.file else {
                 bail!(
-                    "give a module (`roam deploy app.wasm --name app`) or a manifest (`-f workload.toml`)"
+                    "give a module (`roam deploy app.wasm --name app`), an example (`--example counter`) or a manifest (`-f workload.toml`)"
                 );
             };
             let name = args

@@ -14,7 +14,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use roam_runtime::abi::codec::Request;
 use roam_runtime::abi::{Grants, HostInfo, Quotas};
@@ -139,17 +139,7 @@ async fn forward(
         body: body.to_vec(),
     };
     match handle.http(request).await {
-        Ok(response) => {
-            let status =
-                StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let mut out = (status, response.body).into_response();
-            for (k, v) in response.headers {
-                if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
-                    out.headers_mut().append(k, v);
-                }
-            }
-            out
-        }
+        Ok(response) => roam_runtime::agent::into_http(response),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }

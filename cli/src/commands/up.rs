@@ -154,6 +154,15 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
 
     let written = write_config(&config)?;
+    let built: Vec<&str> = super::ops::EXAMPLES
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| {
+            super::ops::examples_dir()
+                .join(format!("{}.wasm", n.replace('-', "_")))
+                .exists()
+        })
+        .collect();
     println!();
     println!(
         "Roam is up: scheduler {addr}, 3 hosts (eu-west-1 EU, eu-central-1 EU, us-east-1 US)."
@@ -163,14 +172,20 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
         written.display()
     );
     println!();
+    if built.is_empty() {
+        println!(
+            "No examples are built yet: cargo build --release --target wasm32-wasip1 -p counter"
+        );
+    } else {
+        println!("Examples deployable by name: {}", built.join(", "));
+    }
+    println!();
+    let roam = exe.display();
     println!("Next, in another terminal:");
-    println!("  roam get nodes");
-    println!("  cargo build --release --target wasm32-wasip1 -p counter");
-    println!(
-        "  roam deploy target/wasm32-wasip1/release/counter.wasm --name counter --selector 'jurisdiction=EU'"
-    );
-    println!("  roam invoke counter /apples --data ''");
-    println!("  roam describe workload counter");
+    println!("  {roam} get nodes");
+    println!("  {roam} deploy --example counter --selector 'jurisdiction=EU' --replicas 2");
+    println!("  {roam} invoke counter /apples --data ''");
+    println!("  {roam} describe workload counter");
     println!("  curl -X POST {addr}/w/counter/apples");
     println!();
     println!("Press Ctrl-C to stop the cluster.");

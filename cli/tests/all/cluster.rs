@@ -182,8 +182,10 @@ impl Cluster {
 
     /// Run the CLI against this cluster.
     fn roam(&self, args: &[&str]) -> (bool, String, String) {
+        let examples = Path::new(artifacts::COUNTER).parent().unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_roam"))
             .args(args)
+            .env("ROAM_EXAMPLES_DIR", examples)
             .env("ROAM_ADDR", &self.url)
             .env("ROAM_TOKEN", &self.admin)
             .output()
@@ -526,5 +528,38 @@ fn messages_are_routed_between_workloads_on_different_hosts() {
             let (status, body) = c.get("sensor-aggregator", "/sensors/t7");
             status == 200 && body.contains("\"n\":3") && body.contains("\"mean\":20.000")
         },
+    );
+}
+
+#[test]
+fn examples_deploy_by_name_with_the_grants_they_need() {
+    let c = eu_cluster();
+    let (ok, _, err) = c.roam(&[
+        "deploy",
+        "--example",
+        "kv-cache",
+        "--selector",
+        "jurisdiction=EU",
+    ]);
+    assert!(ok, "{err}");
+    poll(Duration::from_secs(30), "kv-cache to serve", || {
+        c.get("kv-cache", "/k").1 == "no such key"
+    });
+    let mut r = c
+        .agent
+        .put(format!("{}/w/kv-cache/k?ttl=60000", c.url))
+        .send("v")
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        201,
+        "{}",
+        r.body_mut().read_to_string().unwrap()
+    );
+    assert_eq!(c.get("kv-cache", "/k"), (200, "v".to_string()));
+    let (ok, _, err) = c.roam(&["deploy", "--example", "nope"]);
+    assert!(
+        !ok && err.contains("no example `nope`; examples are counter, kv-cache"),
+        "{err}"
     );
 }
