@@ -34,6 +34,9 @@ use crate::driver::{self, DriverOptions, LocalBus, WorkloadHandle};
 use crate::module::Digest;
 use crate::{InstanceConfig, Runtime, RuntimeConfig, Workload};
 
+/// Largest snapshot accepted by `PUT .../restore`.
+const MAX_SNAPSHOT: usize = 1 << 30;
+
 /// Largest module the agent downloads.
 const MAX_MODULE_DOWNLOAD: usize = 64 << 20;
 
@@ -122,6 +125,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/v1/instances/{workload}", put(start).delete(stop))
         .route("/v1/instances/{workload}/logs", get(logs))
+        .route(
+            "/v1/instances/{workload}/snapshot",
+            axum::routing::post(snapshot),
+        )
+        .route("/v1/instances/{workload}/restore", put(restore))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_SNAPSHOT))
         .route("/v1/messages/{workload}", axum::routing::post(message))
         .route("/w/{workload}", any(ingress_root))
         .route("/w/{workload}/", any(ingress_root))
@@ -327,6 +336,63 @@ async fn start(
     if !agent.authorized(&headers) {
         return error(StatusCode::UNAUTHORIZED, "missing or wrong host secret");
     }
+    launch(agent, workload, spec, None).await
+}
+
+/// `PUT /v1/instances/{workload}/restore`: the header `x-roam-instance`
+/// carries the instance spec as JSON, the body the encoded snapshot.
+async fn restore(
+    State(agent): State<Arc<Agent>>,
+    Path(workload): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HttpResponse {
+    if !agent.authorized(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong host secret");
+    }
+    let spec: StartInstance = match headers
+        .get("x-roam-instance")
+        .and_then(|v| serde_json::from_slice(v.as_bytes()).ok())
+    {
+        Some(s) => s,
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "header `x-roam-instance` must hold the instance spec as JSON",
+            );
+        }
+    };
+    launch(agent, workload, spec, Some(body)).await
+}
+
+async fn snapshot(
+    State(agent): State<Arc<Agent>>,
+    Path(workload): Path<String>,
+    headers: HeaderMap,
+) -> HttpResponse {
+    if !agent.authorized(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong host secret");
+    }
+    let Some(handle) = agent.bus.get(&workload) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no workload `{workload}` on this host"),
+        );
+    };
+    match handle.snapshot().await {
+        Ok(bytes) => bytes.into_response(),
+        Err(e) => error(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+/// Start `workload` fresh, or from `snapshot` bytes (checked against the
+/// module and the memory cap before anything is restored).
+async fn launch(
+    agent: Arc<Agent>,
+    workload: String,
+    spec: StartInstance,
+    snapshot: Option<Bytes>,
+) -> HttpResponse {
     let Some(digest) = Digest::parse(&spec.digest) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -367,7 +433,22 @@ async fn start(
         host: agent.config.name.clone(),
         site: labels.get("site").cloned().unwrap_or_default(),
     };
-    let instance = match Workload::start(&agent.runtime, &module, config.clone()).await {
+    let started = match &snapshot {
+        None => Workload::start(&agent.runtime, &module, config.clone()).await,
+        Some(bytes) => {
+            let limits = crate::snapshot::codec::DecodeLimits {
+                max_memory_bytes: spec.memory,
+                ..Default::default()
+            };
+            let decoded = match crate::snapshot::codec::decode(bytes, Some(&digest), &limits) {
+                Ok(s) if s.is_full() => s,
+                Ok(_) => return error(StatusCode::BAD_REQUEST, "a delta cannot start a workload"),
+                Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+            };
+            Workload::restore(&agent.runtime, &module, config.clone(), &decoded, None).await
+        }
+    };
+    let instance = match started {
         Ok(w) => w,
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
     };

@@ -65,6 +65,7 @@ enum Command {
     Http(Request, oneshot::Sender<Result<Response, DriverError>>),
     Message(String, Vec<u8>, oneshot::Sender<Result<(), DriverError>>),
     Logs(oneshot::Sender<String>),
+    Snapshot(oneshot::Sender<Result<Vec<u8>, String>>),
     Stop,
 }
 
@@ -113,6 +114,18 @@ impl WorkloadHandle {
             .map_err(|_| DriverError::Unavailable(self.name.clone(), "stopped".into()))?;
         rx.await
             .map_err(|_| DriverError::Unavailable(self.name.clone(), "stopped".into()))
+    }
+
+    /// Capture the workload at its next safe point; the encoded snapshot.
+    pub async fn snapshot(&self) -> Result<Vec<u8>, DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Snapshot(tx))
+            .await
+            .map_err(|_| DriverError::Unavailable(self.name.clone(), "stopped".into()))?;
+        rx.await
+            .map_err(|_| DriverError::Unavailable(self.name.clone(), "stopped".into()))?
+            .map_err(|e| DriverError::Unavailable(self.name.clone(), e))
     }
 
     /// Stop the workload's task.
@@ -170,6 +183,15 @@ impl Driver {
                         let failed = result.is_err();
                         let _ = reply.send(result);
                         self.after_event(failed).await;
+                    }
+                    Some(Command::Snapshot(reply)) => {
+                        let result = self
+                            .workload
+                            .instance_mut()
+                            .capture()
+                            .map(|s| codec::encode(&s))
+                            .map_err(|e| e.to_string());
+                        let _ = reply.send(result);
                     }
                     Some(Command::Logs(reply)) => {
                         let _ = reply.send(self.logs());

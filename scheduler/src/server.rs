@@ -171,6 +171,8 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             get(workload).delete(delete_workload),
         )
         .route("/v1/workloads/{name}/logs", get(workload_logs))
+        .route("/v1/workloads/{name}/snapshot", post(snapshot_workload))
+        .route("/v1/workloads/{name}/restore", post(restore_workload))
         .route("/v1/instances", get(instances))
         .route("/v1/messages/{workload}", post(relay_message))
         .route("/v1/events", get(events))
@@ -855,6 +857,143 @@ async fn workload_logs(
         }
     }
     out.into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct HostQuery {
+    host: String,
+}
+
+/// `POST /v1/workloads/{name}/snapshot?host=H`: the encoded snapshot of the
+/// replica on host H, taken at its next safe point.
+async fn snapshot_workload(
+    State(s): State<Arc<Scheduler>>,
+    Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<HostQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if !s.is_admin(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "an admin token is required");
+    }
+    let Some((url, secret)) = s.host_endpoint(&q.host) else {
+        return error(StatusCode::NOT_FOUND, format!("no host `{}`", q.host));
+    };
+    match s
+        .http
+        .post(format!("{url}/v1/instances/{name}/snapshot"))
+        .bearer_auth(secret)
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => {
+            r.bytes().await.unwrap_or_default().to_vec().into_response()
+        }
+        Ok(r) => error(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "host answered {}: {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            ),
+        ),
+        Err(e) => error(StatusCode::BAD_GATEWAY, format!("host unreachable: {e}")),
+    }
+}
+
+/// `POST /v1/workloads/{name}/restore?host=H` with a snapshot as the body:
+/// restore the workload on host H from it, then stop its other replicas (a
+/// stop-and-copy move; live migration is pre-copy and comes separately).
+async fn restore_workload(
+    State(s): State<Arc<Scheduler>>,
+    Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<HostQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !s.is_admin(&headers) {
+        return error(StatusCode::UNAUTHORIZED, "an admin token is required");
+    }
+    let spec = match s.store.workload::<WorkloadSpec>(&name) {
+        Ok(Some(spec)) => spec,
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no workload `{name}`")),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    // The target must meet the workload's rules, like any placement.
+    let views = s.host_views();
+    let Some(view) = views.iter().find(|v| v.id == q.host) else {
+        return error(StatusCode::NOT_FOUND, format!("no host `{}`", q.host));
+    };
+    let selector = Selector::parse(&spec.selector).unwrap_or_default();
+    let request = PlacementRequest {
+        workload: name.clone(),
+        selector,
+        memory: spec.memory,
+        spread_by: None,
+        placed_on: Vec::new(),
+    };
+    if let Some(reason) = placement::check(&request, view) {
+        return error(
+            StatusCode::CONFLICT,
+            format!("host `{}` cannot take `{name}`: {reason}", q.host),
+        );
+    }
+    let Some((url, secret)) = s.host_endpoint(&q.host) else {
+        return error(StatusCode::NOT_FOUND, format!("no host `{}`", q.host));
+    };
+    let instance = StartInstance {
+        digest: spec.digest.clone(),
+        memory: spec.memory,
+        env: spec.env.clone(),
+        grants: spec.grants.clone(),
+    };
+    let header = serde_json::to_string(&instance).unwrap_or_default();
+    let sent = s
+        .http
+        .put(format!("{url}/v1/instances/{name}/restore"))
+        .bearer_auth(secret)
+        .header("x-roam-instance", header)
+        .body(body.to_vec())
+        .send()
+        .await;
+    match sent {
+        Ok(r) if r.status().is_success() => {}
+        Ok(r) => {
+            let status = r.status();
+            return error(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "host answered {status}: {}",
+                    r.text().await.unwrap_or_default()
+                ),
+            );
+        }
+        Err(e) => return error(StatusCode::BAD_GATEWAY, format!("host unreachable: {e}")),
+    }
+    let others: Vec<String> = {
+        let mut assignments = s.assignments.lock().unwrap_or_else(|e| e.into_inner());
+        let hosts = assignments.entry(name.clone()).or_default();
+        let others = hosts.iter().filter(|h| **h != q.host).cloned().collect();
+        *hosts = BTreeSet::from([q.host.clone()]);
+        others
+    };
+    s.confirmed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert((name.clone(), q.host.clone()));
+    for host in &others {
+        s.confirmed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(name.clone(), host.clone()));
+        if let Err(e) = s.stop_on(host, &name).await {
+            tracing::warn!(workload = %name, %host, error = %e, "stop after restore failed");
+        }
+    }
+    s.event(
+        "workload_restored",
+        serde_json::json!({ "workload": name, "host": q.host, "stopped": others }),
+    );
+    StatusCode::NO_CONTENT.into_response()
 }
 
 #[derive(serde::Deserialize)]

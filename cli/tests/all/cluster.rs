@@ -563,3 +563,83 @@ fn examples_deploy_by_name_with_the_grants_they_need() {
         "{err}"
     );
 }
+
+#[test]
+fn a_workload_snapshot_restores_on_another_host_with_its_state() {
+    let c = eu_cluster();
+    let (ok, _, err) = c.roam(&[
+        "deploy",
+        artifacts::COUNTER,
+        "--name",
+        "counter",
+        "--selector",
+        "site=eu-west-1",
+    ]);
+    assert!(ok, "{err}");
+    poll(Duration::from_secs(30), "counter to serve", || {
+        c.invoke("counter", "/apples").0 == 200
+    });
+    c.invoke("counter", "/apples");
+    assert_eq!(
+        c.invoke("counter", "/apples").1,
+        r#"{"path":"/apples","count":3}"#
+    );
+    let admin = format!("Bearer {}", c.admin);
+    let mut r = c
+        .agent
+        .post(format!("{}/v1/workloads/counter/snapshot?host=eu-1", c.url))
+        .header("authorization", &admin)
+        .send("")
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let snapshot = r.body_mut().read_to_vec().unwrap();
+    assert!(snapshot.starts_with(b"ROAMSNAP"));
+    // A host that breaks the rules is refused before anything moves.
+    let r = c
+        .agent
+        .post(format!("{}/v1/workloads/counter/restore?host=us-1", c.url))
+        .header("authorization", &admin)
+        .send(&snapshot[..])
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 409);
+    // Loosen the rules to both EU sites, then move it to eu-2.
+    let (ok, _, err) = c.roam(&[
+        "deploy",
+        artifacts::COUNTER,
+        "--name",
+        "counter",
+        "--selector",
+        "jurisdiction=EU",
+    ]);
+    assert!(ok, "{err}");
+    let r = c
+        .agent
+        .post(format!("{}/v1/workloads/counter/restore?host=eu-2", c.url))
+        .header("authorization", &admin)
+        .send(&snapshot[..])
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(
+        c.invoke("counter", "/apples").1,
+        r#"{"path":"/apples","count":4}"#
+    );
+    let (_, out, _) = c.roam(&["get", "instances", "-o", "json"]);
+    assert!(out.contains("eu-2") && !out.contains("eu-1"), "{out}");
+    // Corrupted snapshot bytes restore nothing.
+    let mut bad = snapshot.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 1;
+    let mut r = c
+        .agent
+        .post(format!("{}/v1/workloads/counter/restore?host=eu-1", c.url))
+        .header("authorization", &admin)
+        .send(&bad[..])
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 502);
+    assert!(
+        r.body_mut()
+            .read_to_string()
+            .unwrap()
+            .contains("checksum mismatch")
+    );
+}
