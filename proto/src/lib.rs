@@ -55,6 +55,15 @@ pub struct Capacity {
 /// `POST /v1/hosts/{name}/heartbeat` (join token).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
+    /// Capacity (may change, for example when a provider resizes a node).
+    #[serde(default)]
+    pub capacity: Capacity,
+    /// CPU architecture.
+    #[serde(default)]
+    pub arch: String,
+    /// Engine compatibility key.
+    #[serde(default)]
+    pub engine: String,
     /// Memory reserved by running workloads, bytes.
     pub memory_used: u64,
     /// Running workloads.
@@ -147,6 +156,9 @@ pub struct NodeInfo {
     pub status: String,
     /// CPU architecture.
     pub arch: String,
+    /// Engine compatibility key (hosts with equal keys can share compiled code).
+    #[serde(default)]
+    pub engine: String,
     /// Capacity.
     pub capacity: Capacity,
     /// Memory in use, bytes.

@@ -212,6 +212,12 @@ impl Agent {
             tokio::time::sleep(period).await;
             let (memory_used, instances) = self.statuses().await;
             let beat = Heartbeat {
+                capacity: Capacity {
+                    memory: self.config.capacity_memory,
+                    slots: self.config.slots,
+                },
+                arch: std::env::consts::ARCH.to_string(),
+                engine: self.runtime.engine_key(),
                 memory_used,
                 instances,
             };

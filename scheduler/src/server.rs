@@ -59,6 +59,7 @@ struct HostEntry {
     labels: roam_proto::Labels,
     capacity: Capacity,
     arch: String,
+    engine: String,
     secret: String,
     token_hash: String,
     last_seen: Instant,
@@ -567,6 +568,7 @@ async fn join(State(s): State<Arc<Scheduler>>, headers: HeaderMap, body: Bytes) 
             labels: labels.clone(),
             capacity: req.capacity,
             arch: req.arch,
+            engine: req.engine,
             secret: secret.clone(),
             token_hash: hash,
             last_seen: Instant::now(),
@@ -606,6 +608,15 @@ async fn heartbeat(
         return error(StatusCode::FORBIDDEN, "heartbeat with another host's token");
     }
     entry.last_seen = Instant::now();
+    if beat.capacity.slots > 0 {
+        entry.capacity = beat.capacity;
+    }
+    if !beat.arch.is_empty() {
+        entry.arch = beat.arch;
+    }
+    if !beat.engine.is_empty() {
+        entry.engine = beat.engine;
+    }
     entry.memory_used = beat.memory_used;
     entry.instances = beat.instances;
     StatusCode::NO_CONTENT.into_response()
@@ -631,6 +642,7 @@ async fn nodes(State(s): State<Arc<Scheduler>>, headers: HeaderMap) -> Response 
                 "ready".into()
             },
             arch: e.arch.clone(),
+            engine: e.engine.clone(),
             capacity: e.capacity,
             memory_used: e.memory_used,
             instances: e.instances.iter().map(|i| i.workload.clone()).collect(),

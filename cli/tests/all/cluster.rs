@@ -269,6 +269,12 @@ fn deploy_invoke_through_ingress_and_eu_rules_hold() {
     );
     let (ok, out, _) = c.roam(&["get", "nodes"]);
     assert!(ok && out.contains("us-east-1"), "{out}");
+    // Heartbeats carry the architecture and the engine key.
+    let nodes = c.nodes();
+    for n in nodes.as_array().unwrap() {
+        assert_eq!(n["arch"], std::env::consts::ARCH);
+        assert_eq!(n["engine"].as_str().unwrap().len(), 24, "{n}");
+    }
 }
 
 /// Read server-sent events from the scheduler in the background.
