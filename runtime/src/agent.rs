@@ -594,9 +594,25 @@ async fn forward(
             );
         }
     };
-    let request = Request {
+    let request = from_http(&method, format!("/{path}"), &uri, &headers, &body);
+    match handle.http(request).await {
+        Ok(r) => crate::agent::into_http(r),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Turn an HTTP request into a workload request for `path`. The
+/// `authorization` header is dropped: it is meant for Roam, not the guest.
+pub fn from_http(
+    method: &Method,
+    path: String,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Request {
+    Request {
         method: method.to_string(),
-        path: format!("/{path}"),
+        path,
         query: uri.query().unwrap_or("").to_string(),
         headers: headers
             .iter()
@@ -609,10 +625,6 @@ async fn forward(
             })
             .collect(),
         body: body.to_vec(),
-    };
-    match handle.http(request).await {
-        Ok(r) => crate::agent::into_http(r),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

@@ -16,7 +16,6 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response as HttpResponse};
-use roam_runtime::abi::codec::Request;
 use roam_runtime::abi::{Grants, HostInfo, Quotas};
 use roam_runtime::driver::{self, DriverOptions, WorkloadHandle};
 use roam_runtime::{InstanceConfig, Passthrough, Runtime, Workload};
@@ -123,21 +122,8 @@ async fn forward(
             Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
         };
     }
-    let request = Request {
-        method: method.to_string(),
-        path: uri.path().to_string(),
-        query: uri.query().unwrap_or("").to_string(),
-        headers: headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
-        body: body.to_vec(),
-    };
+    let request =
+        roam_runtime::agent::from_http(&method, uri.path().to_string(), &uri, &headers, &body);
     match handle.http(request).await {
         Ok(response) => roam_runtime::agent::into_http(response),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
