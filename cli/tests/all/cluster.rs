@@ -563,6 +563,17 @@ fn examples_deploy_by_name_with_the_grants_they_need() {
         r.body_mut().read_to_string().unwrap()
     );
     assert_eq!(c.get("kv-cache", "/k"), (200, "v".to_string()));
+    // Guest logs reach `roam logs`, tagged with the host, with their level.
+    let r = c
+        .agent
+        .put(format!("{}/w/kv-cache/soon?ttl=50", c.url))
+        .send("x")
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    poll(Duration::from_secs(10), "the expiry to be logged", || {
+        let (ok, out, _) = c.roam(&["logs", "kv-cache"]);
+        ok && out.contains("] DEBUG expired soon")
+    });
     let (ok, _, err) = c.roam(&["deploy", "--example", "nope"]);
     assert!(
         !ok && err.contains("no example `nope`; examples are counter, kv-cache"),
