@@ -441,6 +441,8 @@ impl Instance {
             new_hashes.push(hashes);
         }
 
+        // One map from funcref to function index serves globals and tables.
+        let func_map = self.func_map();
         let mut globals = Vec::new();
         let layout_globals = self.module.inner.layout.mutable_globals.clone();
         for (i, (index, kind)) in layout_globals.iter().enumerate() {
@@ -458,10 +460,13 @@ impl Instance {
                 (GlobalKind::V128, Val::V128(v)) => Value::V128(v.as_u128()),
                 (GlobalKind::FuncRef, Val::FuncRef(f)) => Value::FuncRef(match f {
                     None => None,
-                    Some(f) => Some(self.func_index(&f).ok_or(CaptureError::ForeignFunction {
-                        table: u32::MAX,
-                        slot: u64::from(*index),
-                    })?),
+                    Some(f) => {
+                        let raw = f.to_raw(&mut self.store) as usize;
+                        Some(*func_map.get(&raw).ok_or(CaptureError::ForeignFunction {
+                            table: u32::MAX,
+                            slot: u64::from(*index),
+                        })?)
+                    }
                 }),
                 _ => {
                     return Err(CaptureError::MissingItem(crate::rewrite::global_export(
@@ -473,7 +478,6 @@ impl Instance {
         }
 
         let mut tables = Vec::new();
-        let func_map = self.func_map();
         for index in 0..self.module.inner.exports.tables.len() {
             let export = &self.module.inner.exports.tables[index];
             let table = self
@@ -547,11 +551,6 @@ impl Instance {
             }
         }
         map
-    }
-
-    fn func_index(&mut self, f: &Func) -> Option<u32> {
-        let raw = f.to_raw(&mut self.store) as usize;
-        self.func_map().get(&raw).copied()
     }
 
     fn func_by_index(&mut self, index: u32) -> Option<Func> {

@@ -4,7 +4,7 @@
 //! next commands, and stops everything on Ctrl-C.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -204,12 +204,4 @@ fn write_config(config: &ClientConfig) -> anyhow::Result<PathBuf> {
     }
     roam_scheduler::server::write_private(&path, &serde_json::to_string_pretty(config)?)?;
     Ok(path)
-}
-
-#[allow(
-    dead_code,
-    reason = "kept for callers that want the config without starting a cluster"
-)]
-fn config_file_exists() -> bool {
-    config_path().is_some_and(|p| Path::new(&p).exists())
 }

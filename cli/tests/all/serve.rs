@@ -235,8 +235,7 @@ fn mandelbrot_finishes_with_the_same_result_when_moved_every_step() {
 }
 
 #[test]
-fn a_trapping_request_gets_an_error_and_the_workload_keeps_serving() {
-    // The wasi-demo command is not a workload: refused with the reason.
+fn a_command_module_is_refused_as_a_workload_with_the_reason() {
     let out = Command::new(env!("CARGO_BIN_EXE_roam"))
         .args(["run", artifacts::WASI_DEMO, "--listen", "127.0.0.1:0"])
         .output()
