@@ -220,3 +220,20 @@ pub struct InstanceInfo {
     /// Whether that host is alive.
     pub ready: bool,
 }
+
+/// Split an ingress path `/w/{workload}/{rest}` into the workload name and
+/// the path the workload sees (always starting with `/`).
+///
+/// ```
+/// assert_eq!(roam_proto::ingress_target("/w/counter/a/b"), Some(("counter", "/a/b")));
+/// assert_eq!(roam_proto::ingress_target("/w/counter"), Some(("counter", "/")));
+/// assert_eq!(roam_proto::ingress_target("/v1/nodes"), None);
+/// ```
+pub fn ingress_target(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/w/")?;
+    let (workload, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    (!workload.is_empty()).then_some((workload, path))
+}

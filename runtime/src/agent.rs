@@ -122,7 +122,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     );
     tokio::spawn(agent.clone().heartbeats(heartbeat));
 
-    let app = Router::new()
+    // Control routes are the scheduler's: every one needs the host secret.
+    let control = Router::new()
         .route("/v1/instances/{workload}", put(start).delete(stop))
         .route("/v1/instances/{workload}/logs", get(logs))
         .route(
@@ -132,8 +133,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         .route("/v1/instances/{workload}/restore", put(restore))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_SNAPSHOT))
         .route("/v1/messages/{workload}", axum::routing::post(message))
-        .route("/w/{workload}", any(ingress_root))
-        .route("/w/{workload}/", any(ingress_root))
+        .route_layer(axum::middleware::from_fn_with_state(
+            agent.clone(),
+            require_secret,
+        ));
+    let app = Router::new()
+        .merge(control)
+        .route("/w/{workload}", any(ingress))
+        .route("/w/{workload}/", any(ingress))
         .route("/w/{workload}/{*path}", any(ingress))
         .with_state(agent);
     axum::serve(listener, app)
@@ -333,15 +340,32 @@ impl Agent {
     }
 }
 
+/// Refuse control routes without the host secret handed out at join.
+async fn require_secret(
+    State(agent): State<Arc<Agent>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> HttpResponse {
+    if agent.authorized(request.headers()) {
+        next.run(request).await
+    } else {
+        error(StatusCode::UNAUTHORIZED, "missing or wrong host secret")
+    }
+}
+
+/// The answer for a workload that does not run on this host.
+fn not_here(workload: &str) -> HttpResponse {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no workload `{workload}` on this host"),
+    )
+}
+
 async fn start(
     State(agent): State<Arc<Agent>>,
     Path(workload): Path<String>,
-    headers: HeaderMap,
     Json(spec): Json<StartInstance>,
 ) -> HttpResponse {
-    if !agent.authorized(&headers) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong host secret");
-    }
     launch(agent, workload, spec, None).await
 }
 
@@ -353,9 +377,6 @@ async fn restore(
     headers: HeaderMap,
     body: Bytes,
 ) -> HttpResponse {
-    if !agent.authorized(&headers) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong host secret");
-    }
     let spec: StartInstance = match headers
         .get("x-roam-instance")
         .and_then(|v| serde_json::from_slice(v.as_bytes()).ok())
@@ -371,19 +392,9 @@ async fn restore(
     launch(agent, workload, spec, Some(body)).await
 }
 
-async fn snapshot(
-    State(agent): State<Arc<Agent>>,
-    Path(workload): Path<String>,
-    headers: HeaderMap,
-) -> HttpResponse {
-    if !agent.authorized(&headers) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong host secret");
-    }
+async fn snapshot(State(agent): State<Arc<Agent>>, Path(workload): Path<String>) -> HttpResponse {
     let Some(handle) = agent.bus.get(&workload) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no workload `{workload}` on this host"),
-        );
+        return not_here(&workload);
     };
     match handle.snapshot().await {
         Ok(bytes) => bytes.into_response(),
@@ -483,14 +494,7 @@ async fn launch(
     StatusCode::CREATED.into_response()
 }
 
-async fn stop(
-    State(agent): State<Arc<Agent>>,
-    Path(workload): Path<String>,
-    headers: HeaderMap,
-) -> HttpResponse {
-    if !agent.authorized(&headers) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong host secret");
-    }
+async fn stop(State(agent): State<Arc<Agent>>, Path(workload): Path<String>) -> HttpResponse {
     match agent.workloads.lock().await.remove(&workload) {
         Some(r) => {
             agent.bus.unregister(&workload);
@@ -504,22 +508,9 @@ async fn stop(
     }
 }
 
-async fn logs(
-    State(agent): State<Arc<Agent>>,
-    Path(workload): Path<String>,
-    headers: HeaderMap,
-) -> HttpResponse {
-    if !agent.authorized(&headers) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong host secret");
-    }
-    let handle = match agent.workloads.lock().await.get(&workload) {
-        Some(r) => r.handle.clone(),
-        None => {
-            return error(
-                StatusCode::NOT_FOUND,
-                format!("no workload `{workload}` on this host"),
-            );
-        }
+async fn logs(State(agent): State<Arc<Agent>>, Path(workload): Path<String>) -> HttpResponse {
+    let Some(handle) = agent.bus.get(&workload) else {
+        return not_here(&workload);
     };
     match handle.logs().await {
         Ok(text) => text.into_response(),
@@ -536,17 +527,10 @@ async fn message(
     State(agent): State<Arc<Agent>>,
     Path(workload): Path<String>,
     axum::extract::Query(q): axum::extract::Query<FromQuery>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> HttpResponse {
-    if !agent.authorized(&headers) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong host secret");
-    }
     let Some(handle) = agent.bus.get(&workload) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no workload `{workload}` on this host"),
-        );
+        return not_here(&workload);
     };
     match handle.message(&q.from, body.to_vec()).await {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
@@ -554,47 +538,21 @@ async fn message(
     }
 }
 
-async fn ingress_root(
-    state: State<Arc<Agent>>,
-    Path(workload): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> HttpResponse {
-    forward(state, workload, String::new(), method, uri, headers, body).await
-}
-
+/// `/w/{workload}/{path...}`: a request to a workload on this host.
 async fn ingress(
-    state: State<Arc<Agent>>,
-    Path((workload, path)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> HttpResponse {
-    forward(state, workload, path, method, uri, headers, body).await
-}
-
-async fn forward(
     State(agent): State<Arc<Agent>>,
-    workload: String,
-    path: String,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> HttpResponse {
-    let handle = match agent.workloads.lock().await.get(&workload) {
-        Some(r) => r.handle.clone(),
-        None => {
-            return error(
-                StatusCode::NOT_FOUND,
-                format!("no workload `{workload}` on this host"),
-            );
-        }
+    let Some((workload, path)) = roam_proto::ingress_target(uri.path()) else {
+        return error(StatusCode::NOT_FOUND, "ingress paths are /w/{workload}/...");
     };
-    let request = from_http(&method, format!("/{path}"), &uri, &headers, &body);
+    let Some(handle) = agent.bus.get(workload) else {
+        return not_here(workload);
+    };
+    let request = from_http(&method, path.to_string(), &uri, &headers, &body);
     match handle.http(request).await {
         Ok(r) => crate::agent::into_http(r),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

@@ -73,7 +73,6 @@ struct Scheduler {
     tokens: RwLock<HashMap<String, Role>>,
     hosts: DashMap<String, HostEntry>,
     assignments: Mutex<BTreeMap<String, BTreeSet<String>>>,
-    explanations: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
     http: reqwest::Client,
     started: Instant,
     placements: AtomicU64,
@@ -145,7 +144,6 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         tokens: RwLock::new(tokens),
         hosts: DashMap::new(),
         assignments: Mutex::new(BTreeMap::new()),
-        explanations: Mutex::new(BTreeMap::new()),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()?,
@@ -158,14 +156,13 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         config,
     });
     tokio::spawn(scheduler.clone().reconcile_loop());
-    let app = Router::new()
+    // Operator routes: every one needs the admin token, checked before any
+    // body is read.
+    let admin = Router::new()
         .route("/v1/tokens", post(create_token))
-        .route("/v1/hosts/join", post(join))
-        .route("/v1/hosts/{name}/heartbeat", post(heartbeat))
         .route("/v1/nodes", get(nodes))
         .route("/v1/nodes/{name}/{action}", post(cordon))
         .route("/v1/modules", put(upload_module))
-        .route("/v1/modules/{digest}", get(download_module))
         .route("/v1/workloads", get(workloads).post(deploy))
         .route(
             "/v1/workloads/{name}",
@@ -175,11 +172,20 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .route("/v1/workloads/{name}/snapshot", post(snapshot_workload))
         .route("/v1/workloads/{name}/restore", post(restore_workload))
         .route("/v1/instances", get(instances))
-        .route("/v1/messages/{workload}", post(relay_message))
         .route("/v1/events", get(events))
+        .route_layer(axum::middleware::from_fn_with_state(
+            scheduler.clone(),
+            require_admin,
+        ));
+    let app = Router::new()
+        .merge(admin)
+        .route("/v1/hosts/join", post(join))
+        .route("/v1/hosts/{name}/heartbeat", post(heartbeat))
+        .route("/v1/modules/{digest}", get(download_module))
+        .route("/v1/messages/{workload}", post(relay_message))
         .route("/metrics", get(metrics))
-        .route("/w/{workload}", any(ingress_root))
-        .route("/w/{workload}/", any(ingress_root))
+        .route("/w/{workload}", any(ingress))
+        .route("/w/{workload}/", any(ingress))
         .route("/w/{workload}/{*path}", any(ingress))
         .layer(DefaultBodyLimit::max(MAX_MODULE))
         .with_state(scheduler);
@@ -190,6 +196,19 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         })
         .await
         .context("scheduler API server failed")
+}
+
+/// Refuse operator routes without the admin token.
+async fn require_admin(
+    State(s): State<Arc<Scheduler>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if s.is_admin(request.headers()) {
+        next.run(request).await
+    } else {
+        error(StatusCode::UNAUTHORIZED, "an admin token is required")
+    }
 }
 
 /// Write a file readable only by its owner.
@@ -329,37 +348,6 @@ impl Scheduler {
                 })
                 .collect()
         };
-        // Explanations for `describe`.
-        {
-            let mut explanations = self.explanations.lock().unwrap_or_else(|e| e.into_inner());
-            for d in &desired {
-                let placed_on: Vec<String> = running
-                    .iter()
-                    .filter(|r| r.workload == d.name)
-                    .map(|r| r.host.clone())
-                    .collect();
-                let runs_on = placed_on.clone();
-                let outcome = placement::place(
-                    &PlacementRequest {
-                        workload: d.name.clone(),
-                        selector: d.selector.clone(),
-                        memory: d.memory,
-                        spread_by: d.spread_by.clone(),
-                        placed_on,
-                    },
-                    &views,
-                );
-                explanations.insert(
-                    d.name.clone(),
-                    outcome
-                        .rejected
-                        .into_iter()
-                        .filter(|(h, _)| !runs_on.contains(h))
-                        .map(|(h, r)| (h, r.to_string()))
-                        .collect(),
-                );
-            }
-        }
         let plan = reconcile::reconcile(&desired, &running, &views);
         for u in &plan.unplaceable {
             tracing::warn!(workload = %u.workload, missing = u.missing, "no eligible host");
@@ -475,28 +463,21 @@ impl Scheduler {
         })
     }
 
-    /// A live host where `workload` is known to run: its start was
-    /// confirmed, or the host reported it.
-    fn route(&self, workload: &str) -> Option<String> {
+    /// URL and secret of a live host where `workload` is known to run: its
+    /// start was confirmed, or the host reported it.
+    fn serving(&self, workload: &str) -> Option<(String, String)> {
         let assignments = self.assignments.lock().unwrap_or_else(|e| e.into_inner());
         let confirmed = self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
         assignments.get(workload)?.iter().find_map(|h| {
             let e = self.hosts.get(h)?;
             let running = confirmed.contains(&(workload.to_string(), h.clone()))
                 || e.instances.iter().any(|i| i.workload == workload);
-            (self.alive(&e) && running).then(|| e.url.clone())
+            (self.alive(&e) && running).then(|| (e.url.clone(), e.secret.clone()))
         })
     }
 }
 
-async fn create_token(
-    State(s): State<Arc<Scheduler>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if !s.is_admin(&headers) {
-        return error(StatusCode::UNAUTHORIZED, "an admin token is required");
-    }
+async fn create_token(State(s): State<Arc<Scheduler>>, body: Bytes) -> Response {
     let req: TokenRequest = match parse(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
@@ -622,10 +603,7 @@ async fn heartbeat(
     StatusCode::NO_CONTENT.into_response()
 }
 
-async fn nodes(State(s): State<Arc<Scheduler>>, headers: HeaderMap) -> Response {
-    if !s.is_admin(&headers) {
-        return error(StatusCode::UNAUTHORIZED, "an admin token is required");
-    }
+async fn nodes(State(s): State<Arc<Scheduler>>) -> Response {
     let cordoned: BTreeSet<String> = s.store.cordoned().unwrap_or_default().into_iter().collect();
     let mut out: Vec<NodeInfo> = s
         .hosts
@@ -656,11 +634,7 @@ async fn nodes(State(s): State<Arc<Scheduler>>, headers: HeaderMap) -> Response 
 async fn cordon(
     State(s): State<Arc<Scheduler>>,
     Path((name, action)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Response {
-    if !s.is_admin(&headers) {
-        return error(StatusCode::UNAUTHORIZED, "an admin token is required");
-    }
     let on = match action.as_str() {
         "cordon" => true,
         "uncordon" => false,
@@ -675,14 +649,7 @@ async fn cordon(
     }
 }
 
-async fn upload_module(
-    State(s): State<Arc<Scheduler>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if !s.is_admin(&headers) {
-        return error(StatusCode::UNAUTHORIZED, "an admin token is required");
-    }
+async fn upload_module(State(s): State<Arc<Scheduler>>, body: Bytes) -> Response {
     if !body.starts_with(b"\0asm") {
         return error(
             StatusCode::BAD_REQUEST,
@@ -735,10 +702,7 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-async fn deploy(State(s): State<Arc<Scheduler>>, headers: HeaderMap, body: Bytes) -> Response {
-    if !s.is_admin(&headers) {
-        return error(StatusCode::UNAUTHORIZED, "an admin token is required");
-    }
+async fn deploy(State(s): State<Arc<Scheduler>>, body: Bytes) -> Response {
     let spec: WorkloadSpec = match parse(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
@@ -776,21 +740,29 @@ async fn deploy(State(s): State<Arc<Scheduler>>, headers: HeaderMap, body: Bytes
     }
 }
 
+/// A workload with where it runs and why every other host is not used,
+/// computed when asked (`describe`), not on every reconcile round.
 fn info(s: &Scheduler, spec: WorkloadSpec) -> WorkloadInfo {
-    let hosts = s
+    let hosts: Vec<String> = s
         .assignments
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get(&spec.name)
         .map(|h| h.iter().cloned().collect())
         .unwrap_or_default();
-    let rejected = s
-        .explanations
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&spec.name)
-        .cloned()
-        .unwrap_or_default();
+    let request = PlacementRequest {
+        workload: spec.name.clone(),
+        selector: Selector::parse(&spec.selector).unwrap_or_default(),
+        memory: spec.memory,
+        spread_by: spec.spread_by.clone(),
+        placed_on: hosts.clone(),
+    };
+    let rejected = placement::place(&request, &s.host_views())
+        .rejected
+        .into_iter()
+        .filter(|(h, _)| !hosts.contains(h))
+        .map(|(h, r)| (h, r.to_string()))
+        .collect();
     WorkloadInfo {
         spec,
         hosts,
@@ -798,22 +770,12 @@ fn info(s: &Scheduler, spec: WorkloadSpec) -> WorkloadInfo {
     }
 }
 
-async fn workloads(State(s): State<Arc<Scheduler>>, headers: HeaderMap) -> Response {
-    if !s.is_admin(&headers) {
-        return error(StatusCode::UNAUTHORIZED, "an admin token is required");
-    }
+async fn workloads(State(s): State<Arc<Scheduler>>) -> Response {
     let out: Vec<WorkloadInfo> = s.specs().into_iter().map(|spec| info(&s, spec)).collect();
     Json(out).into_response()
 }
 
-async fn workload(
-    State(s): State<Arc<Scheduler>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if !s.is_admin(&headers) {
-        return error(StatusCode::UNAUTHORIZED, "an admin token is required");
-    }
+async fn workload(State(s): State<Arc<Scheduler>>, Path(name): Path<String>) -> Response {
     match s.store.workload::<WorkloadSpec>(&name) {
         Ok(Some(spec)) => Json(info(&s, spec)).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no workload `{name}`")),
@@ -821,14 +783,7 @@ async fn workload(
     }
 }
 
-async fn delete_workload(
-    State(s): State<Arc<Scheduler>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if !s.is_admin(&headers) {
-        return error(StatusCode::UNAUTHORIZED, "an admin token is required");
-    }
+async fn delete_workload(State(s): State<Arc<Scheduler>>, Path(name): Path<String>) -> Response {
     match s.store.delete_workload(&name) {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => error(StatusCode::NOT_FOUND, format!("no workload `{name}`")),
@@ -836,14 +791,7 @@ async fn delete_workload(
     }
 }
 
-async fn workload_logs(
-    State(s): State<Arc<Scheduler>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if !s.is_admin(&headers) {
-        return error(StatusCode::UNAUTHORIZED, "an admin token is required");
-    }
+async fn workload_logs(State(s): State<Arc<Scheduler>>, Path(name): Path<String>) -> Response {
     let hosts: Vec<String> = s
         .assignments
         .lock()
@@ -882,11 +830,7 @@ async fn snapshot_workload(
     State(s): State<Arc<Scheduler>>,
     Path(name): Path<String>,
     axum::extract::Query(q): axum::extract::Query<HostQuery>,
-    headers: HeaderMap,
 ) -> Response {
-    if !s.is_admin(&headers) {
-        return error(StatusCode::UNAUTHORIZED, "an admin token is required");
-    }
     let Some((url, secret)) = s.host_endpoint(&q.host) else {
         return error(StatusCode::NOT_FOUND, format!("no host `{}`", q.host));
     };
@@ -919,12 +863,8 @@ async fn restore_workload(
     State(s): State<Arc<Scheduler>>,
     Path(name): Path<String>,
     axum::extract::Query(q): axum::extract::Query<HostQuery>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !s.is_admin(&headers) {
-        return error(StatusCode::UNAUTHORIZED, "an admin token is required");
-    }
     let spec = match s.store.workload::<WorkloadSpec>(&name) {
         Ok(Some(spec)) => spec,
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no workload `{name}`")),
@@ -1024,15 +964,7 @@ async fn relay_message(
     if !matches!(s.role(&headers), Some((_, Role::Join { .. }))) {
         return error(StatusCode::UNAUTHORIZED, "a join token is required");
     }
-    let target = {
-        let assignments = s.assignments.lock().unwrap_or_else(|e| e.into_inner());
-        assignments.get(&workload).and_then(|hosts| {
-            hosts.iter().find_map(|h| {
-                let e = s.hosts.get(h)?;
-                s.alive(&e).then(|| (e.url.clone(), e.secret.clone()))
-            })
-        })
-    };
+    let target = s.serving(&workload);
     let Some((url, secret)) = target else {
         return error(
             StatusCode::NOT_FOUND,
@@ -1057,10 +989,7 @@ async fn relay_message(
     }
 }
 
-async fn instances(State(s): State<Arc<Scheduler>>, headers: HeaderMap) -> Response {
-    if !s.is_admin(&headers) {
-        return error(StatusCode::UNAUTHORIZED, "an admin token is required");
-    }
+async fn instances(State(s): State<Arc<Scheduler>>) -> Response {
     let assignments = s
         .assignments
         .lock()
@@ -1081,11 +1010,8 @@ async fn instances(State(s): State<Arc<Scheduler>>, headers: HeaderMap) -> Respo
 }
 
 /// `GET /v1/events`: cluster events as server-sent events, one JSON object each.
-async fn events(State(s): State<Arc<Scheduler>>, headers: HeaderMap) -> Response {
+async fn events(State(s): State<Arc<Scheduler>>) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
-    if !s.is_admin(&headers) {
-        return error(StatusCode::UNAUTHORIZED, "an admin token is required");
-    }
     let rx = s.events.subscribe();
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         loop {
@@ -1130,49 +1056,29 @@ async fn metrics(State(s): State<Arc<Scheduler>>) -> Response {
     ([("content-type", "text/plain; version=0.0.4")], body).into_response()
 }
 
-async fn ingress_root(
-    state: State<Arc<Scheduler>>,
-    Path(workload): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    proxy(state, workload, String::new(), method, uri, headers, body).await
-}
-
+/// `/w/{workload}/{path...}`: proxied to a live host that runs the workload.
 async fn ingress(
-    state: State<Arc<Scheduler>>,
-    Path((workload, path)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    proxy(state, workload, path, method, uri, headers, body).await
-}
-
-async fn proxy(
     State(s): State<Arc<Scheduler>>,
-    workload: String,
-    path: String,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let Some((workload, path)) = roam_proto::ingress_target(uri.path()) else {
+        return error(StatusCode::NOT_FOUND, "ingress paths are /w/{workload}/...");
+    };
     if body.len() > MAX_INGRESS_BODY {
         return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
     }
-    let Some(url) = s.route(&workload) else {
+    let Some((url, _)) = s.serving(workload) else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("workload `{workload}` is not running anywhere"),
         );
     };
     let target = match uri.query() {
-        Some(q) => format!("{url}/w/{workload}/{path}?{q}"),
-        None => format!("{url}/w/{workload}/{path}"),
+        Some(q) => format!("{url}/w/{workload}{path}?{q}"),
+        None => format!("{url}/w/{workload}{path}"),
     };
     let Ok(method) = reqwest::Method::from_bytes(method.as_str().as_bytes()) else {
         return error(StatusCode::METHOD_NOT_ALLOWED, "unsupported method");
