@@ -141,27 +141,3 @@ pub fn decode_response(bytes: &[u8], max_body: usize) -> Result<Response, String
         body,
     })
 }
-
-/// Decode a request (used by tests and by guests written in Rust).
-pub fn decode_request(bytes: &[u8], max_body: usize) -> Result<Request, String> {
-    let mut r = Reader(bytes);
-    let method = r.string(MAX_HEADER)?;
-    let path = r.string(MAX_HEADER)?;
-    let query = r.string(MAX_HEADER)?;
-    let n = r.u32()? as usize;
-    if n > MAX_HEADERS {
-        return Err(format!("{n} headers is over the limit of {MAX_HEADERS}"));
-    }
-    let mut headers = Vec::with_capacity(n);
-    for _ in 0..n {
-        headers.push((r.string(MAX_HEADER)?, r.string(MAX_HEADER)?));
-    }
-    let body = r.bytes(max_body)?.to_vec();
-    Ok(Request {
-        method,
-        path,
-        query,
-        headers,
-        body,
-    })
-}
