@@ -39,13 +39,23 @@ enum Command {
         #[arg(short, long, value_enum, default_value = "table")]
         output: commands::ops::Output,
     },
-    /// Show a workload: where it runs and why every other host was rejected.
+    /// Show a workload (where it runs, why other hosts were rejected) or a migration.
     Describe {
-        /// Only `workload` for now.
-        #[arg(value_parser = ["workload"])]
+        /// `workload` or `migration`.
+        #[arg(value_parser = ["workload", "migration"])]
         kind: String,
-        /// Workload name.
+        /// Workload name or migration id.
         name: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: commands::ops::Output,
+    },
+    /// Move a running workload to another host live, state and all.
+    Migrate(commands::migrate::MigrateArgs),
+    /// Cordon a host and live-migrate every workload off it.
+    Drain {
+        /// Host name.
+        host: String,
         /// Output format.
         #[arg(short, long, value_enum, default_value = "table")]
         output: commands::ops::Output,
@@ -111,7 +121,12 @@ fn main() -> std::process::ExitCode {
         Command::Token(cmd) => commands::ops::token(cmd),
         Command::Deploy(args) => commands::ops::deploy(args),
         Command::Get { kind, output } => commands::ops::get(kind, output),
+        Command::Describe { kind, name, output } if kind == "migration" => {
+            commands::migrate::describe(&name, output)
+        }
         Command::Describe { name, output, .. } => commands::ops::describe(&name, output),
+        Command::Migrate(args) => commands::migrate::migrate(args),
+        Command::Drain { host, output } => commands::migrate::drain(&host, output),
         Command::Logs { name, follow } => commands::ops::logs(&name, follow),
         Command::Invoke {
             name,

@@ -79,6 +79,9 @@ pub struct InstanceStatus {
     pub digest: String,
     /// Memory reserved, bytes.
     pub memory: u64,
+    /// Generation (fencing token) the instance runs at.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// `PUT /v1/instances/{workload}` on a host (host secret): run a workload.
@@ -92,6 +95,10 @@ pub struct StartInstance {
     pub env: BTreeMap<String, String>,
     /// ABI grants: `kv`, `timers`, `send`.
     pub grants: Grants,
+    /// Generation (fencing token): the host refuses ingress requests that
+    /// carry another one.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// ABI grants in a manifest.
@@ -236,4 +243,203 @@ pub fn ingress_target(path: &str) -> Option<(&str, &str)> {
         None => (rest, "/"),
     };
     (!workload.is_empty()).then_some((workload, path))
+}
+
+/// Header carrying the workload generation a request was routed for. A host
+/// refuses (409) a request whose generation is not the one its copy runs at,
+/// before the workload sees it, so the sender may safely retry elsewhere.
+pub const GENERATION_HEADER: &str = "x-roam-generation";
+
+/// Header a host sets on an error it answered before the workload saw the
+/// request (wrong generation, workload not or no longer here): an ingress
+/// may send such a request again elsewhere without applying it twice.
+/// Hosts strip `x-roam-*` headers from workload responses.
+pub const NOT_DISPATCHED_HEADER: &str = "x-roam-not-dispatched";
+
+/// Tuning of a live migration's pre-copy phase.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationOptions {
+    /// Pre-copy rounds (after the full copy) before the source stops anyway.
+    #[serde(default = "default_max_rounds")]
+    pub max_rounds: u32,
+    /// Stop pre-copying once a round's delta is at most this many bytes.
+    #[serde(default = "default_final_bytes")]
+    pub max_final_bytes: u64,
+}
+
+fn default_max_rounds() -> u32 {
+    30
+}
+
+fn default_final_bytes() -> u64 {
+    256 << 10
+}
+
+impl Default for MigrationOptions {
+    fn default() -> Self {
+        MigrationOptions {
+            max_rounds: default_max_rounds(),
+            max_final_bytes: default_final_bytes(),
+        }
+    }
+}
+
+/// `POST /v1/migrations` (admin): move a running workload live.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrateRequest {
+    /// Workload name.
+    pub workload: String,
+    /// Target host; without it, placement picks one matching `selector`
+    /// (and the workload's own rules).
+    #[serde(default)]
+    pub to: Option<String>,
+    /// Extra label selector for the target when `to` is not given.
+    #[serde(default)]
+    pub selector: Option<String>,
+    /// Source host, needed only when the workload has several replicas.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Pre-copy tuning.
+    #[serde(default)]
+    pub options: MigrationOptions,
+}
+
+/// Where a workload runs, as its `roam_restored` hook is told.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Place {
+    /// Host name.
+    pub host: String,
+    /// Site label of the host.
+    pub site: String,
+}
+
+/// Scheduler → target host, `POST /v1/migrations/{id}/prepare`: get ready
+/// to receive `workload`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrepareMigration {
+    /// Workload name.
+    pub workload: String,
+    /// How to run it (module digest, memory cap, grants; the new generation).
+    pub instance: StartInstance,
+    /// Secret the source presents when it streams state to this host.
+    pub key: String,
+    /// Where the workload comes from.
+    pub source: Place,
+}
+
+/// Scheduler → source host, `POST /v1/migrations/{id}/send`: stream the
+/// workload's state to the target. The answer is a stream of
+/// [`MigrationProgress`] lines (JSON, one per line); the last has phase
+/// `prepared` (the source is frozen, the target holds the final state) or
+/// `failed` (the source serves on).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendMigration {
+    /// Workload name.
+    pub workload: String,
+    /// Target host's API base URL.
+    pub target_url: String,
+    /// Secret for the target (see [`PrepareMigration::key`]).
+    pub key: String,
+    /// Generation the workload runs at on the target.
+    pub generation: u64,
+    /// Pre-copy tuning.
+    pub options: MigrationOptions,
+}
+
+/// One progress report of a migration's source.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MigrationProgress {
+    /// `precopy`, `stopping`, `prepared` or `failed`.
+    pub phase: String,
+    /// Pre-copy round (0 is the full copy).
+    pub round: u32,
+    /// Bytes sent to the target so far.
+    pub bytes_sent: u64,
+    /// Bytes of the last round.
+    pub last_round_bytes: u64,
+    /// Measured dirty rate, bytes per second.
+    pub dirty_rate: f64,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Scheduler → both hosts, `POST /v1/migrations/{id}/commit` or `/abort`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationDecision {
+    /// Target host's API base URL (where the source forwards what it held).
+    #[serde(default)]
+    pub target_url: String,
+    /// Generation from now on: the target's on commit; on an abort after a
+    /// lost target, the source resumes at this one.
+    #[serde(default)]
+    pub generation: u64,
+}
+
+/// A host's answer to a commit.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitOutcome {
+    /// On the source: microseconds from freezing to handing off.
+    #[serde(default)]
+    pub downtime_us: Option<u64>,
+}
+
+/// A migration as `GET /v1/migrations/{id}` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MigrationInfo {
+    /// Migration id.
+    pub id: String,
+    /// Workload name.
+    pub workload: String,
+    /// Source host.
+    pub source: String,
+    /// Target host.
+    pub target: String,
+    /// Generation the workload gets on the target.
+    pub generation: u64,
+    /// `preparing`, `precopy`, `stopping`, `prepared`, `committed`, `done`,
+    /// `failed` or `aborted`.
+    pub phase: String,
+    /// Pre-copy rounds so far (the full copy is round 0).
+    pub rounds: u32,
+    /// Bytes streamed from source to target.
+    pub bytes_sent: u64,
+    /// Last measured dirty rate, bytes per second.
+    pub dirty_rate: f64,
+    /// Start, milliseconds since the Unix epoch.
+    pub started_ms: u64,
+    /// Milliseconds from start to end (or until now).
+    pub total_ms: u64,
+    /// Microseconds the workload did not dispatch (source frozen until the
+    /// target served), when known.
+    #[serde(default)]
+    pub downtime_us: Option<u64>,
+    /// Why it failed or was aborted.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Phases with milliseconds since start.
+    #[serde(default)]
+    pub history: Vec<(String, u64)>,
+}
+
+impl MigrationInfo {
+    /// Whether the migration has ended (`done`, `failed` or `aborted`).
+    pub fn finished(&self) -> bool {
+        matches!(self.phase.as_str(), "done" | "failed" | "aborted")
+    }
+}
+
+/// `POST /v1/nodes/{host}/drain` (admin): what happened to each workload.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainOutcome {
+    /// Workload name.
+    pub workload: String,
+    /// `migrated`, `restarted` (live migration failed; started fresh
+    /// elsewhere) or `failed`.
+    pub outcome: String,
+    /// The live migration's id, if one was tried.
+    #[serde(default)]
+    pub migration: Option<String>,
+    /// Details (target host, or why).
+    pub detail: String,
 }

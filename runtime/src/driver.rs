@@ -61,11 +61,44 @@ pub enum DriverError {
     Unavailable(String, String),
 }
 
+type HttpReply = oneshot::Sender<Result<Response, DriverError>>;
+type MessageReply = oneshot::Sender<Result<(), DriverError>>;
+
+/// A request or message a frozen workload holds, or hands to its new host.
+pub enum Forwarded {
+    /// An HTTP request and where its response goes.
+    Http(Request, HttpReply),
+    /// A message `(from, body)` and where its acknowledgement goes.
+    Message(String, Vec<u8>, MessageReply),
+}
+
+/// Takes the requests and messages of a workload that moved: sends each to
+/// the new host and answers its caller with what that host answered.
+pub type Forwarder = Arc<dyn Fn(Forwarded) + Send + Sync>;
+
+/// One capture taken for a migration.
+#[derive(Debug)]
+pub struct Capture {
+    /// The encoded snapshot (full or delta).
+    pub bytes: Vec<u8>,
+    /// 4 KiB pages it carries.
+    pub pages: u64,
+}
+
 enum Command {
-    Http(Request, oneshot::Sender<Result<Response, DriverError>>),
-    Message(String, Vec<u8>, oneshot::Sender<Result<(), DriverError>>),
+    Http(Request, HttpReply),
+    Message(String, Vec<u8>, MessageReply),
     Logs(oneshot::Sender<String>),
     Snapshot(oneshot::Sender<Result<Vec<u8>, String>>),
+    /// Migration: a full capture (which starts dirty tracking) or a delta.
+    Capture(bool, oneshot::Sender<Result<Capture, String>>),
+    /// Migration: capture the last delta and stop dispatching; hold what
+    /// arrives until `Resume` or `Handoff`.
+    Freeze(oneshot::Sender<Result<Capture, String>>),
+    /// Migration aborted: serve again, held events first.
+    Resume,
+    /// Migration committed: forward held and later events, drop the instance.
+    Handoff(Forwarder),
     Stop,
 }
 
@@ -128,9 +161,51 @@ impl WorkloadHandle {
             .map_err(|e| DriverError::Unavailable(self.name.clone(), e))
     }
 
+    /// Whether both handles drive the same task.
+    pub fn same(&self, other: &WorkloadHandle) -> bool {
+        self.tx.same_channel(&other.tx)
+    }
+
     /// Stop the workload's task.
     pub async fn stop(&self) {
         let _ = self.tx.send(Command::Stop).await;
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Command,
+    ) -> Result<T, String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| "the workload stopped".to_string())?;
+        rx.await.map_err(|_| "the workload stopped".to_string())?
+    }
+
+    /// Migration: capture the whole workload at its next safe point and
+    /// start tracking dirty pages (`full`), or capture what changed since
+    /// the previous migration capture.
+    pub async fn capture(&self, full: bool) -> Result<Capture, String> {
+        self.ask(|tx| Command::Capture(full, tx)).await
+    }
+
+    /// Migration: capture the final delta and stop dispatching. Requests and
+    /// messages that arrive from now on are held (not answered) until
+    /// [`WorkloadHandle::resume`] or [`WorkloadHandle::handoff`].
+    pub async fn freeze(&self) -> Result<Capture, String> {
+        self.ask(Command::Freeze).await
+    }
+
+    /// Migration aborted: serve again, the held events first, in order.
+    pub async fn resume(&self) {
+        let _ = self.tx.send(Command::Resume).await;
+    }
+
+    /// Migration committed: give held and later events to `forwarder` and
+    /// drop the instance.
+    pub async fn handoff(&self, forwarder: Forwarder) {
+        let _ = self.tx.send(Command::Handoff(forwarder)).await;
     }
 }
 
@@ -165,10 +240,22 @@ pub fn spawn(
     WorkloadHandle { name, tx }
 }
 
+/// Whether the driver dispatches events, holds them (frozen for the last
+/// step of a migration), or forwards them to the workload's new host.
+enum Mode {
+    Serving,
+    Held(Vec<Forwarded>),
+}
+
 impl Driver {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        loop {
-            let next = self.workload.next_timer_in();
+        let mut mode = Mode::Serving;
+        let forwarder = loop {
+            let next = match mode {
+                Mode::Serving => self.workload.next_timer_in(),
+                // A frozen workload's timers fire where it resumes.
+                Mode::Held(_) => None,
+            };
             let timer = async {
                 match next {
                     Some(d) => tokio::time::sleep(d).await,
@@ -177,34 +264,70 @@ impl Driver {
             };
             tokio::select! {
                 cmd = rx.recv() => match cmd {
-                    None | Some(Command::Stop) => break,
-                    Some(Command::Http(req, reply)) => {
-                        let result = self.workload.http(&req).await.map_err(DriverError::from);
-                        let failed = result.is_err();
-                        let _ = reply.send(result);
-                        self.after_event(failed).await;
-                    }
+                    None | Some(Command::Stop) => return,
+                    Some(Command::Http(req, reply)) => match &mut mode {
+                        Mode::Held(held) => held.push(Forwarded::Http(req, reply)),
+                        Mode::Serving => self.http(req, reply).await,
+                    },
+                    Some(Command::Message(from, body, reply)) => match &mut mode {
+                        Mode::Held(held) => held.push(Forwarded::Message(from, body, reply)),
+                        Mode::Serving => self.message(from, body, reply).await,
+                    },
                     Some(Command::Snapshot(reply)) => {
-                        let result = self
-                            .workload
-                            .instance_mut()
-                            .capture()
-                            .map(|s| codec::encode(&s))
-                            .map_err(|e| e.to_string());
+                        let result = if self.workload.instance().config().track_dirty {
+                            // A capture would move the dirty-page baseline under
+                            // the migration's feet.
+                            Err("the workload is migrating; try again when it is done".to_string())
+                        } else {
+                            self.workload
+                                .instance_mut()
+                                .capture()
+                                .map(|s| codec::encode(&s))
+                                .map_err(|e| e.to_string())
+                        };
                         let _ = reply.send(result);
                     }
                     Some(Command::Logs(reply)) => {
                         let _ = reply.send(self.logs());
                     }
-                    Some(Command::Message(from, body, reply)) => {
-                        let result = self.workload.enqueue(&from, body).map_err(|code| {
-                            DriverError::Unavailable(
-                                self.config.name.clone(),
-                                format!("inbox refused the message (code {code})"),
-                            )
-                        });
+                    Some(Command::Capture(full, reply)) => {
+                        let result = match mode {
+                            Mode::Held(_) => Err("the workload is frozen".to_string()),
+                            Mode::Serving => self.migration_capture(full),
+                        };
                         let _ = reply.send(result);
-                        self.after_event(false).await;
+                    }
+                    Some(Command::Freeze(reply)) => {
+                        let result = match mode {
+                            Mode::Held(_) => Err("the workload is already frozen".to_string()),
+                            Mode::Serving => self.migration_capture(false),
+                        };
+                        if result.is_ok() {
+                            mode = Mode::Held(Vec::new());
+                        }
+                        let _ = reply.send(result);
+                    }
+                    Some(Command::Resume) => {
+                        self.workload.instance_mut().set_track_dirty(false);
+                        if let Mode::Held(held) = std::mem::replace(&mut mode, Mode::Serving) {
+                            for event in held {
+                                match event {
+                                    Forwarded::Http(req, reply) => self.http(req, reply).await,
+                                    Forwarded::Message(from, body, reply) => {
+                                        self.message(from, body, reply).await
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Some(Command::Handoff(forwarder)) => {
+                        if let Mode::Held(held) = std::mem::replace(&mut mode, Mode::Serving) {
+                            for event in held {
+                                forwarder(event);
+                            }
+                            break forwarder;
+                        }
+                        tracing::error!(workload = %self.config.name, "handoff of a workload that is not frozen; ignored");
                     }
                 },
                 () = timer => {
@@ -218,7 +341,65 @@ impl Driver {
                     self.after_event(failed).await;
                 }
             }
+        };
+        // The workload lives elsewhere now: free its slot, pass on whatever
+        // still reaches this handle.
+        let name = self.config.name.clone();
+        drop(self);
+        while let Some(cmd) = rx.recv().await {
+            match cmd {
+                Command::Http(req, reply) => forwarder(Forwarded::Http(req, reply)),
+                Command::Message(from, body, reply) => {
+                    forwarder(Forwarded::Message(from, body, reply))
+                }
+                Command::Logs(reply) => {
+                    let _ = reply.send(String::new());
+                }
+                Command::Snapshot(reply) => {
+                    let _ = reply.send(Err(format!("workload `{name}` moved to another host")));
+                }
+                Command::Capture(_, reply) | Command::Freeze(reply) => {
+                    let _ = reply.send(Err(format!("workload `{name}` moved to another host")));
+                }
+                Command::Resume | Command::Handoff(_) => {}
+                Command::Stop => break,
+            }
         }
+    }
+
+    async fn http(&mut self, req: Request, reply: HttpReply) {
+        let result = self.workload.http(&req).await.map_err(DriverError::from);
+        let failed = result.is_err();
+        let _ = reply.send(result);
+        self.after_event(failed).await;
+    }
+
+    async fn message(&mut self, from: String, body: Vec<u8>, reply: MessageReply) {
+        let result = self.workload.enqueue(&from, body).map_err(|code| {
+            DriverError::Unavailable(
+                self.config.name.clone(),
+                format!("inbox refused the message (code {code})"),
+            )
+        });
+        let _ = reply.send(result);
+        self.after_event(false).await;
+    }
+
+    /// A full capture that starts dirty tracking, or a delta since the last.
+    fn migration_capture(&mut self, full: bool) -> Result<Capture, String> {
+        let instance = self.workload.instance_mut();
+        let snapshot = if full {
+            instance.set_track_dirty(true);
+            instance.capture()
+        } else {
+            instance.capture_delta()
+        }
+        .map_err(|e| e.to_string())?;
+        let pages = snapshot.memories.iter().map(|m| m.pages.len() as u64).sum();
+        Ok(Capture {
+            bytes: codec::encode(&snapshot),
+            pages,
+        })
     }
 
     /// Route sent messages, deliver received ones, then round-trip or recover.

@@ -385,6 +385,16 @@ impl Instance {
         }
     }
 
+    /// Start or stop keeping per-page hashes. Turned on before a migration's
+    /// first (full) capture, so later captures can be deltas; turned off
+    /// again when the migration ends, since it costs a hash pass per capture.
+    pub fn set_track_dirty(&mut self, on: bool) {
+        self.config.track_dirty = on;
+        if !on {
+            self.page_hashes = None;
+        }
+    }
+
     /// Capture the whole state at this safe point.
     pub fn capture(&mut self) -> Result<Snapshot, CaptureError> {
         self.capture_inner(false, None)

@@ -364,6 +364,17 @@ impl Runtime {
         })
     }
 
+    /// Instantiate a module without running any guest code, as the target of
+    /// a migration does before state arrives: the slot is reserved now, and
+    /// a full snapshot applied later with [`Instance::apply`].
+    pub async fn reserve(
+        &self,
+        module: &Module,
+        config: InstanceConfig,
+    ) -> Result<Instance, InstantiateError> {
+        self.create(module, config).await
+    }
+
     /// Instantiate a module and boot it: run its start function and
     /// `_initialize` if it has them. A command's `_start` is not run; call
     /// [`Instance::run_command`].

@@ -79,8 +79,20 @@ impl Workload {
         moved_from: Option<&HostInfo>,
     ) -> Result<Workload, InstantiateError> {
         check_exports(module, &config.name)?;
-        let here = config.info.clone();
         let instance = rt.restore(module, config, snapshot).await?;
+        Workload::resume(instance, moved_from).await
+    }
+
+    /// Turn an instance that holds a workload's restored state (a full
+    /// snapshot applied, perhaps followed by deltas) into a running workload:
+    /// check its ABI version and, with `moved_from`, call its
+    /// `roam_restored` hook.
+    pub async fn resume(
+        instance: Instance,
+        moved_from: Option<&HostInfo>,
+    ) -> Result<Workload, InstantiateError> {
+        check_exports(instance.module(), &instance.config().name)?;
+        let here = instance.config().info.clone();
         let mut workload = Workload { instance };
         workload.check_version().await?;
         if let Some(from) = moved_from

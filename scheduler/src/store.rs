@@ -19,6 +19,10 @@ const WORKLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("workloads"
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 /// Cordoned host ids.
 const CORDONED: TableDefinition<&str, ()> = TableDefinition::new("cordoned");
+/// Live migrations by id (JSON values).
+const MIGRATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("migrations");
+/// Workload generation (fencing token), raised by every committed migration.
+const GENERATIONS: TableDefinition<&str, u64> = TableDefinition::new("generations");
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +52,8 @@ impl Store {
         tx.open_table(WORKLOADS).map_err(err)?;
         tx.open_table(TOKENS).map_err(err)?;
         tx.open_table(CORDONED).map_err(err)?;
+        tx.open_table(MIGRATIONS).map_err(err)?;
+        tx.open_table(GENERATIONS).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(Store { db })
     }
@@ -137,6 +143,50 @@ impl Store {
     /// Every token record.
     pub fn tokens<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>, StoreError> {
         self.all_json(TOKENS)
+    }
+
+    /// Record a migration's state.
+    pub fn put_migration<T: Serialize>(&self, id: &str, record: &T) -> Result<(), StoreError> {
+        self.put_json(MIGRATIONS, id, record)
+    }
+
+    /// Every migration record.
+    pub fn migrations<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>, StoreError> {
+        self.all_json(MIGRATIONS)
+    }
+
+    /// Record a migration's state and set its workload's generation, in one
+    /// transaction: the commit point of a migration.
+    pub fn commit_migration<T: Serialize>(
+        &self,
+        id: &str,
+        record: &T,
+        workload: &str,
+        generation: u64,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(record).map_err(err)?;
+        let tx = self.db.begin_write().map_err(err)?;
+        tx.open_table(MIGRATIONS)
+            .map_err(err)?
+            .insert(id, bytes.as_slice())
+            .map_err(err)?;
+        tx.open_table(GENERATIONS)
+            .map_err(err)?
+            .insert(workload, generation)
+            .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// Every workload's generation.
+    pub fn generations(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(GENERATIONS).map_err(err)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(err)? {
+            let (k, v) = item.map_err(err)?;
+            out.push((k.value().to_string(), v.value()));
+        }
+        Ok(out)
     }
 
     /// Cordon or uncordon a host.

@@ -42,6 +42,10 @@ pub struct HostArgs {
     /// API address (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
+    /// URL the scheduler and other hosts use to reach this host, when it is
+    /// not the listen address (NAT, a proxy); default: `http://LISTEN`.
+    #[arg(long)]
+    pub advertise: Option<String>,
     /// Data directory (compiled-code cache).
     #[arg(long, default_value = "roam-data/host")]
     pub data_dir: PathBuf,
@@ -87,6 +91,7 @@ pub fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
     tokio()?.block_on(roam_runtime::agent::run(roam_runtime::agent::AgentConfig {
         name,
         listen: args.listen,
+        advertise: args.advertise.map(|a| a.trim_end_matches('/').to_string()),
         join: args.join.trim_end_matches('/').to_string(),
         token: args.token,
         data_dir: args.data_dir,

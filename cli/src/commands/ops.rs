@@ -83,6 +83,8 @@ pub enum Kind {
     Workloads,
     /// Replicas.
     Instances,
+    /// Live migrations, newest first.
+    Migrations,
 }
 
 /// The manifest: `workload.toml`.
@@ -108,11 +110,11 @@ fn one() -> u32 {
     1
 }
 
-fn client() -> anyhow::Result<Client> {
+pub fn client() -> anyhow::Result<Client> {
     Client::new(ClientConfig::load()?)
 }
 
-fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
+pub fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
     f: F,
 ) -> anyhow::Result<ExitCode> {
     tokio::runtime::Builder::new_current_thread()
@@ -288,6 +290,9 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
 
 /// `roam get`
 pub fn get(kind: Kind, output: Output) -> anyhow::Result<ExitCode> {
+    if let Kind::Migrations = kind {
+        return super::migrate::list(output);
+    }
     block_on(async move {
         let c = client()?;
         match kind {
@@ -354,6 +359,7 @@ pub fn get(kind: Kind, output: Output) -> anyhow::Result<ExitCode> {
                 }
                 println!("{t}");
             }
+            Kind::Migrations => {}
         }
         Ok(ExitCode::SUCCESS)
     })

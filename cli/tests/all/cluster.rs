@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use roam_tests::artifacts;
 
-const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A child process whose stderr is echoed into the test output; killed on drop.
-struct Proc {
-    child: Child,
+pub(crate) struct Proc {
+    pub(crate) child: Child,
 }
 
 impl Drop for Proc {
@@ -23,7 +23,7 @@ impl Drop for Proc {
 }
 
 /// Start `roam ARGS`; returns it and the first `http://` address it prints.
-fn spawn(args: &[&str], envs: &[(&str, &str)]) -> (Proc, String) {
+pub(crate) fn spawn(args: &[&str], envs: &[(&str, &str)]) -> (Proc, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_roam"))
         .args(args)
         .envs(envs.iter().copied())
@@ -50,16 +50,17 @@ fn spawn(args: &[&str], envs: &[(&str, &str)]) -> (Proc, String) {
     (Proc { child }, format!("http://{addr}"))
 }
 
-struct Cluster {
-    dir: tempfile::TempDir,
-    scheduler: Option<Proc>,
-    url: String,
-    admin: String,
-    hosts: Vec<(String, Proc)>,
-    agent: ureq::Agent,
+pub(crate) struct Cluster {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) scheduler: Option<Proc>,
+    pub(crate) url: String,
+    pub(crate) admin: String,
+    pub(crate) hosts: Vec<(String, Proc)>,
+    pub(crate) agent: ureq::Agent,
+    pub(crate) scheduler_env: Vec<(String, String)>,
 }
 
-fn agent() -> ureq::Agent {
+pub(crate) fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -67,9 +68,18 @@ fn agent() -> ureq::Agent {
 }
 
 impl Cluster {
-    fn start() -> Cluster {
+    pub(crate) fn start() -> Cluster {
+        Self::start_with(&[])
+    }
+
+    /// A cluster whose scheduler runs with extra environment variables.
+    pub(crate) fn start_with(envs: &[(&str, &str)]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let (p, url) = Self::scheduler_proc(dir.path(), "127.0.0.1:0");
+        let scheduler_env: Vec<(String, String)> = envs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (p, url) = Self::scheduler_proc(dir.path(), "127.0.0.1:0", &scheduler_env);
         let admin = std::fs::read_to_string(dir.path().join("scheduler/admin.token"))
             .unwrap()
             .trim()
@@ -81,10 +91,16 @@ impl Cluster {
             admin,
             hosts: Vec::new(),
             agent: agent(),
+            scheduler_env,
         }
     }
 
-    fn scheduler_proc(dir: &Path, listen: &str) -> (Proc, String) {
+    pub(crate) fn scheduler_proc(
+        dir: &Path,
+        listen: &str,
+        envs: &[(String, String)],
+    ) -> (Proc, String) {
+        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let data = dir.join("scheduler");
         spawn(
             &[
@@ -98,19 +114,19 @@ impl Cluster {
                 "--heartbeat",
                 "200ms",
             ],
-            &[],
+            &envs,
         )
     }
 
-    fn restart_scheduler(&mut self) {
+    pub(crate) fn restart_scheduler(&mut self) {
         drop(self.scheduler.take());
         let listen = self.url.trim_start_matches("http://").to_string();
-        let (p, url) = Self::scheduler_proc(self.dir.path(), &listen);
+        let (p, url) = Self::scheduler_proc(self.dir.path(), &listen, &self.scheduler_env);
         assert_eq!(url, self.url);
         self.scheduler = Some(p);
     }
 
-    fn join_token(&self, labels: &[(&str, &str)]) -> String {
+    pub(crate) fn join_token(&self, labels: &[(&str, &str)]) -> String {
         let body = serde_json::json!({ "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<std::collections::BTreeMap<_, _>>() });
         let mut r = self
             .agent
@@ -125,29 +141,43 @@ impl Cluster {
         v["token"].as_str().unwrap().to_string()
     }
 
-    fn add_host(&mut self, name: &str, site: &str, jurisdiction: &str) {
-        let token = self.join_token(&[("site", site), ("jurisdiction", jurisdiction)]);
-        let data: PathBuf = self.dir.path().join(name);
-        let (p, _) = spawn(
-            &[
-                "host",
-                "--join",
-                &self.url,
-                "--name",
-                name,
-                "--data-dir",
-                data.to_str().unwrap(),
-            ],
-            &[("ROAM_JOIN_TOKEN", &token)],
-        );
-        self.hosts.push((name.to_string(), p));
+    pub(crate) fn add_host(&mut self, name: &str, site: &str, jurisdiction: &str) {
+        self.add_host_with(name, site, jurisdiction, &[], &[]);
     }
 
-    fn kill_host(&mut self, name: &str) {
+    /// Start a host with extra arguments and environment; returns its URL.
+    pub(crate) fn add_host_with(
+        &mut self,
+        name: &str,
+        site: &str,
+        jurisdiction: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> String {
+        let token = self.join_token(&[("site", site), ("jurisdiction", jurisdiction)]);
+        let data: PathBuf = self.dir.path().join(name);
+        let mut all = vec![
+            "host",
+            "--join",
+            &self.url,
+            "--name",
+            name,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        let mut env = vec![("ROAM_JOIN_TOKEN", token.as_str())];
+        env.extend_from_slice(envs);
+        let (p, url) = spawn(&all, &env);
+        self.hosts.push((name.to_string(), p));
+        url
+    }
+
+    pub(crate) fn kill_host(&mut self, name: &str) {
         self.hosts.retain(|(n, _)| n != name);
     }
 
-    fn api(&self, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    pub(crate) fn api(&self, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
         let url = format!("{}{path}", self.url);
         let mut rb = match method {
             "GET" => self.agent.get(&url).force_send_body(),
@@ -162,13 +192,13 @@ impl Cluster {
         (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
     }
 
-    fn nodes(&self) -> serde_json::Value {
+    pub(crate) fn nodes(&self) -> serde_json::Value {
         let (status, body) = self.api("GET", "/v1/nodes", Some(&self.admin));
         assert_eq!(status, 200, "{body}");
         serde_json::from_str(&body).unwrap()
     }
 
-    fn wait_ready(&self, n: usize) {
+    pub(crate) fn wait_ready(&self, n: usize) {
         poll(Duration::from_secs(60), "hosts ready", || {
             self.nodes()
                 .as_array()
@@ -181,7 +211,7 @@ impl Cluster {
     }
 
     /// Run the CLI against this cluster.
-    fn roam(&self, args: &[&str]) -> (bool, String, String) {
+    pub(crate) fn roam(&self, args: &[&str]) -> (bool, String, String) {
         let examples = Path::new(artifacts::COUNTER).parent().unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_roam"))
             .args(args)
@@ -198,7 +228,7 @@ impl Cluster {
         (out.status.success(), o, e)
     }
 
-    fn invoke(&self, workload: &str, path: &str) -> (u16, String) {
+    pub(crate) fn invoke(&self, workload: &str, path: &str) -> (u16, String) {
         let mut r = self
             .agent
             .post(format!("{}/w/{workload}{path}", self.url))
@@ -207,7 +237,7 @@ impl Cluster {
         (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
     }
 
-    fn get(&self, workload: &str, path: &str) -> (u16, String) {
+    pub(crate) fn get(&self, workload: &str, path: &str) -> (u16, String) {
         let mut r = self
             .agent
             .get(format!("{}/w/{workload}{path}", self.url))
@@ -217,7 +247,7 @@ impl Cluster {
     }
 }
 
-fn poll(deadline: Duration, what: &str, mut done: impl FnMut() -> bool) {
+pub(crate) fn poll(deadline: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
         assert!(start.elapsed() < deadline, "timed out waiting for {what}");
@@ -225,7 +255,7 @@ fn poll(deadline: Duration, what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn eu_cluster() -> Cluster {
+pub(crate) fn eu_cluster() -> Cluster {
     let mut c = Cluster::start();
     c.add_host("eu-1", "eu-west-1", "EU");
     c.add_host("eu-2", "eu-central-1", "EU");

@@ -7,5 +7,6 @@
 )]
 
 mod cluster;
+mod migrate;
 mod run;
 mod serve;

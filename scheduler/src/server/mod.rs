@@ -36,6 +36,8 @@ use crate::reconcile::{self, Command, Running};
 use crate::selector::Selector;
 use crate::store::Store;
 
+mod migration;
+
 /// Largest module accepted by `PUT /v1/modules`.
 const MAX_MODULE: usize = 64 << 20;
 /// Largest request body proxied by the ingress.
@@ -81,6 +83,15 @@ struct Scheduler {
     down: Mutex<BTreeSet<String>>,
     /// (workload, host) pairs whose start the host confirmed.
     confirmed: Mutex<BTreeSet<(String, String)>>,
+    /// Client without an overall timeout, for a migration's progress stream.
+    stream_http: reqwest::Client,
+    /// Live migrations by id.
+    migrations: Mutex<BTreeMap<String, roam_proto::MigrationInfo>>,
+    /// Migrations a restart interrupted, still to be told to their hosts.
+    pending: Mutex<BTreeMap<String, migration::Pending>>,
+    /// Workload generations (fencing tokens), mirrored from the store.
+    generations: Mutex<HashMap<String, u64>>,
+    migration_metrics: Mutex<migration::MigrationMetrics>,
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -153,8 +164,16 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         events: tokio::sync::broadcast::channel(1024).0,
         down: Mutex::new(BTreeSet::new()),
         confirmed: Mutex::new(BTreeSet::new()),
+        stream_http: reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()?,
+        migrations: Mutex::new(BTreeMap::new()),
+        pending: Mutex::new(BTreeMap::new()),
+        generations: Mutex::new(HashMap::new()),
+        migration_metrics: Mutex::new(migration::MigrationMetrics::default()),
         config,
     });
+    scheduler.load_migrations();
     tokio::spawn(scheduler.clone().reconcile_loop());
     // Operator routes: every one needs the admin token, checked before any
     // body is read.
@@ -172,6 +191,11 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .route("/v1/workloads/{name}/snapshot", post(snapshot_workload))
         .route("/v1/workloads/{name}/restore", post(restore_workload))
         .route("/v1/instances", get(instances))
+        .route(
+            "/v1/migrations",
+            get(migration::list).post(migration::create),
+        )
+        .route("/v1/migrations/{id}", get(migration::show))
         .route("/v1/events", get(events))
         .route_layer(axum::middleware::from_fn_with_state(
             scheduler.clone(),
@@ -295,6 +319,9 @@ impl Scheduler {
     }
 
     async fn reconcile_once(&self) {
+        self.resolve_pending().await;
+        self.stop_stale().await;
+        let frozen = self.frozen();
         let views = self.host_views();
         let alive: BTreeSet<&str> = views
             .iter()
@@ -313,7 +340,7 @@ impl Scheduler {
         }
         let specs = self.specs();
         let mut desired = Vec::new();
-        for s in &specs {
+        for s in specs.iter().filter(|s| !frozen.contains(&s.name)) {
             match Selector::parse(&s.selector) {
                 Ok(selector) => desired.push(reconcile::WorkloadSpec {
                     name: s.name.clone(),
@@ -340,6 +367,7 @@ impl Scheduler {
             }
             assignments
                 .iter()
+                .filter(|(w, _)| !frozen.contains(*w))
                 .flat_map(|(w, hosts)| {
                     hosts.iter().map(|h| Running {
                         workload: w.clone(),
@@ -390,6 +418,89 @@ impl Scheduler {
         }
     }
 
+    /// Stop copies that hosts report at a generation below the workload's:
+    /// left behind by a migration whose source missed the hand-off.
+    async fn stop_stale(&self) {
+        let frozen = self.frozen();
+        let stale: Vec<(String, String)> = self
+            .hosts
+            .iter()
+            .flat_map(|e| {
+                e.instances
+                    .iter()
+                    .filter(|i| {
+                        !frozen.contains(&i.workload) && i.generation < self.generation(&i.workload)
+                    })
+                    .map(|i| (e.key().clone(), i.workload.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (host, workload) in stale {
+            tracing::warn!(%workload, %host, "stopping a copy fenced off by a newer generation");
+            if self.stop_on(&host, &workload).await.is_ok()
+                && let Some(mut e) = self.hosts.get_mut(&host)
+            {
+                e.instances.retain(|i| i.workload != workload);
+            }
+        }
+    }
+
+    /// Send a request built by `build(url, secret, generation)` to the host
+    /// that serves `workload`. A host's refusal before dispatch (wrong
+    /// generation, workload moved) or a refused connection means the request
+    /// was not applied: resolve again and resend, for a while, so requests
+    /// that race a migration's commit are neither lost nor applied twice.
+    async fn send_to_serving(
+        &self,
+        workload: &str,
+        build: impl Fn(&str, &str, u64) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, Response> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let retry = match self.serving(workload) {
+                Some((url, secret)) => {
+                    match build(&url, &secret, self.generation(workload)).send().await {
+                        Ok(r) if r.headers().contains_key(roam_proto::NOT_DISPATCHED_HEADER) => {
+                            let status = r.status();
+                            let text = r.text().await.unwrap_or_default();
+                            error(
+                                StatusCode::from_u16(status.as_u16())
+                                    .unwrap_or(StatusCode::BAD_GATEWAY),
+                                text,
+                            )
+                        }
+                        Ok(r) => return Ok(r),
+                        Err(e) if e.is_connect() => {
+                            error(StatusCode::BAD_GATEWAY, format!("host unreachable: {e}"))
+                        }
+                        Err(e) => {
+                            return Err(error(
+                                StatusCode::BAD_GATEWAY,
+                                format!("host unreachable: {e}"),
+                            ));
+                        }
+                    }
+                }
+                None => {
+                    let refusal = error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("workload `{workload}` is not running anywhere"),
+                    );
+                    if !self.frozen().contains(workload) {
+                        return Err(refusal);
+                    }
+                    refusal
+                }
+            };
+            if Instant::now() + pause > deadline {
+                return Err(retry);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
     fn assign(&self, workload: &str, host: &str, on: bool) {
         {
             let mut assignments = self.assignments.lock().unwrap_or_else(|e| e.into_inner());
@@ -425,6 +536,7 @@ impl Scheduler {
                 memory: spec.memory,
                 env: spec.env.clone(),
                 grants: spec.grants.clone(),
+                generation: self.generation(&spec.name),
             })
             .send()
             .await?;
@@ -539,8 +651,12 @@ async fn join(State(s): State<Arc<Scheduler>>, headers: HeaderMap, body: Bytes) 
         Ok(t) => t,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
+    // A copy older than the workload's generation was fenced off by a
+    // migration; the reconciler stops it.
     for i in &req.instances {
-        s.assign(&i.workload, &req.name, true);
+        if i.generation >= s.generation(&i.workload) {
+            s.assign(&i.workload, &req.name, true);
+        }
     }
     s.hosts.insert(
         req.name.clone(),
@@ -636,6 +752,7 @@ async fn cordon(
     Path((name, action)): Path<(String, String)>,
 ) -> Response {
     let on = match action.as_str() {
+        "drain" => return migration::drain(s, name).await,
         "cordon" => true,
         "uncordon" => false,
         other => return error(StatusCode::NOT_FOUND, format!("unknown action `{other}`")),
@@ -897,6 +1014,7 @@ async fn restore_workload(
         memory: spec.memory,
         env: spec.env.clone(),
         grants: spec.grants.clone(),
+        generation: s.generation(&name),
     };
     let header = serde_json::to_string(&instance).unwrap_or_default();
     let sent = s
@@ -964,28 +1082,22 @@ async fn relay_message(
     if !matches!(s.role(&headers), Some((_, Role::Join { .. }))) {
         return error(StatusCode::UNAUTHORIZED, "a join token is required");
     }
-    let target = s.serving(&workload);
-    let Some((url, secret)) = target else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("workload `{workload}` is not running anywhere"),
-        );
-    };
     let sent = s
-        .http
-        .post(format!("{url}/v1/messages/{workload}"))
-        .query(&[("from", q.from.as_str())])
-        .bearer_auth(secret)
-        .body(body.to_vec())
-        .send()
+        .send_to_serving(&workload, |url, secret, _| {
+            s.http
+                .post(format!("{url}/v1/messages/{workload}"))
+                .query(&[("from", q.from.as_str())])
+                .bearer_auth(secret)
+                .body(body.clone())
+        })
         .await;
     match sent {
+        Err(response) => response,
         Ok(r) if r.status().is_success() => StatusCode::ACCEPTED.into_response(),
         Ok(r) => error(
             StatusCode::BAD_GATEWAY,
             format!("host answered {}", r.status()),
         ),
-        Err(e) => error(StatusCode::BAD_GATEWAY, format!("host unreachable: {e}")),
     }
 }
 
@@ -1052,7 +1164,11 @@ async fn metrics(State(s): State<Arc<Scheduler>>) -> Response {
         s.specs().len(),
         s.placements.load(Ordering::Relaxed),
         s.host_losses.load(Ordering::Relaxed),
-    );
+    ) + &s
+        .migration_metrics
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .render();
     ([("content-type", "text/plain; version=0.0.4")], body).into_response()
 }
 
@@ -1070,26 +1186,34 @@ async fn ingress(
     if body.len() > MAX_INGRESS_BODY {
         return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
     }
-    let Some((url, _)) = s.serving(workload) else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("workload `{workload}` is not running anywhere"),
-        );
-    };
-    let target = match uri.query() {
-        Some(q) => format!("{url}/w/{workload}{path}?{q}"),
-        None => format!("{url}/w/{workload}{path}"),
-    };
     let Ok(method) = reqwest::Method::from_bytes(method.as_str().as_bytes()) else {
         return error(StatusCode::METHOD_NOT_ALLOWED, "unsupported method");
     };
-    let mut request = s.http.request(method, target).body(body.to_vec());
-    for (k, v) in &headers {
-        if k != "host" && k != "authorization" && k != "content-length" {
-            request = request.header(k.as_str(), v.as_bytes());
-        }
-    }
-    match request.send().await {
+    let sent = s
+        .send_to_serving(workload, |url, _, generation| {
+            let target = match uri.query() {
+                Some(q) => format!("{url}/w/{workload}{path}?{q}"),
+                None => format!("{url}/w/{workload}{path}"),
+            };
+            let mut request = s
+                .http
+                .request(method.clone(), target)
+                .header(roam_proto::GENERATION_HEADER, generation.to_string())
+                .body(body.clone());
+            for (k, v) in &headers {
+                if k != "host"
+                    && k != "authorization"
+                    && k != "content-length"
+                    && !k.as_str().starts_with("x-roam-")
+                {
+                    request = request.header(k.as_str(), v.as_bytes());
+                }
+            }
+            request
+        })
+        .await;
+    match sent {
+        Err(response) => response,
         Ok(r) => {
             let status =
                 StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -1113,6 +1237,5 @@ async fn ingress(
             }
             out
         }
-        Err(e) => error(StatusCode::BAD_GATEWAY, format!("host unreachable: {e}")),
     }
 }

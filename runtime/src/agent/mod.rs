@@ -47,6 +47,8 @@ pub struct AgentConfig {
     pub name: String,
     /// Address of the agent's API.
     pub listen: SocketAddr,
+    /// URL others reach the API at, if not `http://{listen}`.
+    pub advertise: Option<String>,
     /// Scheduler base URL.
     pub join: String,
     /// Join token.
@@ -61,10 +63,14 @@ pub struct AgentConfig {
     pub labels: Labels,
 }
 
+mod migration;
+
 struct Running {
     handle: WorkloadHandle,
     digest: String,
     memory: u64,
+    /// Generation (fencing token) this copy runs at.
+    generation: u64,
 }
 
 struct Agent {
@@ -76,6 +82,7 @@ struct Agent {
     labels: Mutex<Labels>,
     workloads: tokio::sync::Mutex<HashMap<String, Running>>,
     url: String,
+    migrations: migration::Migrations,
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
@@ -101,7 +108,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on `{}`", config.listen))?;
     let local = listener.local_addr()?;
     let agent = Arc::new(Agent {
-        url: format!("http://{local}"),
+        url: config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{local}")),
         runtime,
         bus: LocalBus::new(),
         http: reqwest::Client::builder()
@@ -110,6 +120,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         secret: Mutex::new(String::new()),
         labels: Mutex::new(Labels::new()),
         workloads: tokio::sync::Mutex::new(HashMap::new()),
+        migrations: migration::Migrations::default(),
         config,
     });
     let heartbeat = agent.join().await?;
@@ -133,12 +144,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         .route("/v1/instances/{workload}/restore", put(restore))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_SNAPSHOT))
         .route("/v1/messages/{workload}", axum::routing::post(message))
+        .merge(migration::control_routes())
         .route_layer(axum::middleware::from_fn_with_state(
             agent.clone(),
             require_secret,
         ));
     let app = Router::new()
         .merge(control)
+        .merge(migration::stream_routes())
         .route("/w/{workload}", any(ingress))
         .route("/w/{workload}/", any(ingress))
         .route("/w/{workload}/{*path}", any(ingress))
@@ -162,6 +175,7 @@ impl Agent {
                     workload: name.clone(),
                     digest: r.digest.clone(),
                     memory: r.memory,
+                    generation: r.generation,
                 })
                 .collect(),
         )
@@ -309,6 +323,70 @@ impl Agent {
         })
     }
 
+    /// How an instance of `workload` runs here.
+    fn instance_config(&self, workload: &str, spec: &StartInstance) -> InstanceConfig {
+        let labels = self
+            .labels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut config = InstanceConfig::new(workload);
+        config.memory_limit = spec.memory;
+        config.env = spec.env.clone().into_iter().collect();
+        config.grants = Grants {
+            kv: spec.grants.kv,
+            timers: spec.grants.timers,
+            send: spec.grants.send.clone(),
+        };
+        config.info = self.here_with(&labels);
+        config
+    }
+
+    fn here_with(&self, labels: &Labels) -> HostInfo {
+        HostInfo {
+            host: self.config.name.clone(),
+            site: labels.get("site").cloned().unwrap_or_default(),
+        }
+    }
+
+    /// Drive `instance` as `workload` and route requests to it; a copy
+    /// already running here is replaced.
+    async fn run_workload(
+        &self,
+        module: crate::Module,
+        config: InstanceConfig,
+        instance: Workload,
+        digest: String,
+        memory: u64,
+        generation: u64,
+    ) {
+        let workload = config.name.clone();
+        let handle = driver::spawn(
+            self.runtime.clone(),
+            module,
+            config,
+            instance,
+            DriverOptions {
+                router: Some(self.router()),
+                ..DriverOptions::default()
+            },
+        );
+        self.bus.register(handle.clone());
+        self.migrations.arrived(&workload);
+        let old = self.workloads.lock().await.insert(
+            workload,
+            Running {
+                handle,
+                digest,
+                memory,
+                generation,
+            },
+        );
+        if let Some(old) = old {
+            old.handle.stop().await;
+        }
+    }
+
     async fn fetch_module(&self, digest: &Digest) -> anyhow::Result<Vec<u8>> {
         let r = self
             .http
@@ -355,10 +433,21 @@ async fn require_secret(
 
 /// The answer for a workload that does not run on this host.
 fn not_here(workload: &str) -> HttpResponse {
-    error(
+    not_dispatched(
         StatusCode::NOT_FOUND,
         format!("no workload `{workload}` on this host"),
     )
+}
+
+/// An error answered before the workload saw the request, marked so that
+/// an ingress may retry it elsewhere without applying it twice.
+fn not_dispatched(status: StatusCode, message: String) -> HttpResponse {
+    let mut r = error(status, message);
+    r.headers_mut().insert(
+        roam_proto::NOT_DISPATCHED_HEADER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    r
 }
 
 async fn start(
@@ -433,23 +522,7 @@ async fn launch(
         Ok(m) => m,
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
     };
-    let labels = agent
-        .labels
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let mut config = InstanceConfig::new(&workload);
-    config.memory_limit = spec.memory;
-    config.env = spec.env.into_iter().collect();
-    config.grants = Grants {
-        kv: spec.grants.kv,
-        timers: spec.grants.timers,
-        send: spec.grants.send,
-    };
-    config.info = HostInfo {
-        host: agent.config.name.clone(),
-        site: labels.get("site").cloned().unwrap_or_default(),
-    };
+    let config = agent.instance_config(&workload, &spec);
     let started = match &snapshot {
         None => Workload::start(&agent.runtime, &module, config.clone()).await,
         Some(bytes) => {
@@ -465,32 +538,21 @@ async fn launch(
             Workload::restore(&agent.runtime, &module, config.clone(), &decoded, None).await
         }
     };
-    let instance = match started {
+    let mut instance = match started {
         Ok(w) => w,
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
     };
-    let handle = driver::spawn(
-        agent.runtime.clone(),
-        module,
-        config,
-        instance,
-        DriverOptions {
-            router: Some(agent.router()),
-            ..DriverOptions::default()
-        },
-    );
-    agent.bus.register(handle.clone());
-    let old = agent.workloads.lock().await.insert(
-        workload,
-        Running {
-            handle,
-            digest: spec.digest,
-            memory: spec.memory,
-        },
-    );
-    if let Some(old) = old {
-        old.handle.stop().await;
-    }
+    instance.instance_mut().set_generation(spec.generation);
+    agent
+        .run_workload(
+            module,
+            config,
+            instance,
+            spec.digest,
+            spec.memory,
+            spec.generation,
+        )
+        .await;
     StatusCode::CREATED.into_response()
 }
 
@@ -549,8 +611,33 @@ async fn ingress(
     let Some((workload, path)) = roam_proto::ingress_target(uri.path()) else {
         return error(StatusCode::NOT_FOUND, "ingress paths are /w/{workload}/...");
     };
-    let Some(handle) = agent.bus.get(workload) else {
-        return not_here(workload);
+    let wanted = headers
+        .get(roam_proto::GENERATION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let handle = {
+        let workloads = agent.workloads.lock().await;
+        match workloads.get(workload) {
+            Some(r) if wanted.is_none_or(|g| g == r.generation) => r.handle.clone(),
+            Some(r) => {
+                return not_dispatched(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "stale generation: `{workload}` runs here at generation {}, the request was routed for {}",
+                        r.generation,
+                        wanted.unwrap_or_default()
+                    ),
+                );
+            }
+            None => {
+                return match agent.migrations.moved_to(workload) {
+                    Some(url) => {
+                        not_dispatched(StatusCode::CONFLICT, format!("`{workload}` moved to {url}"))
+                    }
+                    None => not_here(workload),
+                };
+            }
+        }
     };
     let request = from_http(&method, path.to_string(), &uri, &headers, &body);
     match handle.http(request).await {
@@ -590,7 +677,8 @@ pub fn from_http(
 pub fn into_http(r: crate::abi::codec::Response) -> HttpResponse {
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut out = (status, r.body).into_response();
-    for (k, v) in r.headers {
+    // `x-roam-*` headers are Roam's word to an ingress; a guest cannot speak it.
+    for (k, v) in r.headers.into_iter().filter(|(k, _)| !is_roam_header(k)) {
         if let (Ok(k), Ok(v)) = (
             axum::http::HeaderName::try_from(k),
             axum::http::HeaderValue::try_from(v),
@@ -599,4 +687,9 @@ pub fn into_http(r: crate::abi::codec::Response) -> HttpResponse {
         }
     }
     out
+}
+
+fn is_roam_header(name: &str) -> bool {
+    name.get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case("x-roam-"))
 }

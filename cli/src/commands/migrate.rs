@@ -1,0 +1,230 @@
+//! `roam migrate`, `roam drain`, `roam get migrations`, `roam describe
+//! migration`: live migration for operators.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::Args;
+use comfy_table::Table;
+use reqwest::Method;
+use roam_proto::{DrainOutcome, MigrateRequest, MigrationInfo, MigrationOptions};
+
+use super::ops::{Output, block_on, client};
+use crate::size::parse_size;
+
+/// `roam migrate`
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    /// Workload to move.
+    pub workload: String,
+    /// Target host.
+    #[arg(long, conflicts_with = "selector")]
+    pub to: Option<String>,
+    /// Let placement pick a target among hosts matching this selector (and
+    /// the workload's own rules).
+    #[arg(long)]
+    pub selector: Option<String>,
+    /// Source host, when the workload has several replicas.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Pre-copy rounds before the source stops anyway.
+    #[arg(long, default_value_t = MigrationOptions::default().max_rounds)]
+    pub max_rounds: u32,
+    /// Stop pre-copying once a round's delta is at most this large.
+    #[arg(long, value_parser = parse_size, default_value = "256KiB")]
+    pub max_final: u64,
+    /// Return once the migration has started; follow it with `roam describe migration ID`.
+    #[arg(long, conflicts_with = "wait")]
+    pub detach: bool,
+    /// Wait for the end, showing progress (the default).
+    #[arg(long)]
+    pub wait: bool,
+    /// Output format of the summary.
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+fn downtime(m: &MigrationInfo) -> String {
+    match m.downtime_us {
+        Some(us) => format!("{:.2} ms", us as f64 / 1000.0),
+        None => "-".into(),
+    }
+}
+
+fn summary(m: &MigrationInfo) {
+    println!("Migration:  {}", m.id);
+    println!("Workload:   {}", m.workload);
+    println!("From:       {}", m.source);
+    println!("To:         {}", m.target);
+    println!("Phase:      {}", m.phase);
+    println!("Generation: {}", m.generation);
+    println!("Rounds:     {}", m.rounds);
+    println!("Bytes:      {}", mib(m.bytes_sent));
+    println!("Dirty rate: {}/s", mib(m.dirty_rate as u64));
+    println!("Total time: {} ms", m.total_ms);
+    println!("Downtime:   {}", downtime(m));
+    if let Some(e) = &m.error {
+        println!("Error:      {e}");
+    }
+    if !m.history.is_empty() {
+        let steps: Vec<String> = m
+            .history
+            .iter()
+            .map(|(phase, at)| format!("{phase} +{at}ms"))
+            .collect();
+        println!("History:    {}", steps.join(" → "));
+    }
+}
+
+/// `roam migrate WORKLOAD --to HOST`
+pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
+    block_on(async move {
+        let c = client()?;
+        let request = MigrateRequest {
+            workload: args.workload.clone(),
+            to: args.to.clone(),
+            selector: args.selector.clone(),
+            from: args.from.clone(),
+            options: MigrationOptions {
+                max_rounds: args.max_rounds,
+                max_final_bytes: args.max_final,
+            },
+        };
+        let started: MigrationInfo = c
+            .json(c.request(Method::POST, "/v1/migrations").json(&request))
+            .await?;
+        if args.detach {
+            match args.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&started)?),
+                Output::Table => println!(
+                    "migration {} of `{}` from {} to {} started",
+                    started.id, started.workload, started.source, started.target
+                ),
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        let tty = std::io::stderr().is_terminal();
+        let mut last = String::new();
+        let done = loop {
+            let m: MigrationInfo = c
+                .json(c.request(Method::GET, &format!("/v1/migrations/{}", started.id)))
+                .await?;
+            let line = format!(
+                "{} → {}: {} round {} sent {} dirty {}/s",
+                m.source,
+                m.target,
+                m.phase,
+                m.rounds,
+                mib(m.bytes_sent),
+                mib(m.dirty_rate as u64)
+            );
+            if line != last {
+                if tty {
+                    eprint!("\r\x1b[2K{line}");
+                } else {
+                    eprintln!("{line}");
+                }
+                let _ = std::io::stderr().flush();
+                last = line;
+            }
+            if m.finished() {
+                if tty {
+                    eprintln!();
+                }
+                break m;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        match args.output {
+            Output::Json => println!("{}", serde_json::to_string_pretty(&done)?),
+            Output::Table => summary(&done),
+        }
+        Ok(if done.phase == "done" {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    })
+}
+
+/// `roam get migrations`
+pub fn list(output: Output) -> anyhow::Result<ExitCode> {
+    block_on(async move {
+        let c = client()?;
+        let all: Vec<MigrationInfo> = c.json(c.request(Method::GET, "/v1/migrations")).await?;
+        if let Output::Json = output {
+            println!("{}", serde_json::to_string_pretty(&all)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        let mut t = Table::new();
+        t.set_header([
+            "ID", "WORKLOAD", "FROM", "TO", "PHASE", "ROUNDS", "BYTES", "TOTAL", "DOWNTIME",
+        ]);
+        for m in all {
+            t.add_row([
+                m.id.clone(),
+                m.workload.clone(),
+                m.source.clone(),
+                m.target.clone(),
+                m.phase.clone(),
+                m.rounds.to_string(),
+                mib(m.bytes_sent),
+                format!("{} ms", m.total_ms),
+                downtime(&m),
+            ]);
+        }
+        println!("{t}");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `roam describe migration ID`
+pub fn describe(id: &str, output: Output) -> anyhow::Result<ExitCode> {
+    block_on(async move {
+        let c = client()?;
+        let m: MigrationInfo = c
+            .json(c.request(Method::GET, &format!("/v1/migrations/{id}")))
+            .await?;
+        match output {
+            Output::Json => println!("{}", serde_json::to_string_pretty(&m)?),
+            Output::Table => summary(&m),
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `roam drain HOST`
+pub fn drain(host: &str, output: Output) -> anyhow::Result<ExitCode> {
+    block_on(async move {
+        let c = client()?;
+        eprintln!("draining `{host}`: cordoned; moving its workloads off it");
+        let outcomes: Vec<DrainOutcome> = c
+            .json(c.request(Method::POST, &format!("/v1/nodes/{host}/drain")))
+            .await?;
+        if let Output::Json = output {
+            println!("{}", serde_json::to_string_pretty(&outcomes)?);
+        } else {
+            let mut t = Table::new();
+            t.set_header(["WORKLOAD", "OUTCOME", "MIGRATION", "DETAIL"]);
+            for o in &outcomes {
+                t.add_row([
+                    o.workload.clone(),
+                    o.outcome.clone(),
+                    o.migration.clone().unwrap_or_else(|| "-".into()),
+                    o.detail.clone(),
+                ]);
+            }
+            println!("{t}");
+        }
+        if outcomes.iter().any(|o| o.outcome == "failed") {
+            bail!("some workloads could not be moved off `{host}`");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,873 @@
+//! Live migration on a host: the source's pre-copy loop and the target's
+//! receiving end.
+//!
+//! The scheduler drives both ends (see `ARCHITECTURE.md`, "Live
+//! migration"):
+//! 1. `POST /v1/migrations/{id}/prepare` on the target: fetch and compile
+//!    the module, reserve an instance slot, remember the migration's key.
+//! 2. `POST /v1/migrations/{id}/send` on the source: a full capture, then
+//!    rounds of dirty pages, streamed to the target as `PUT
+//!    /v1/migrations/{id}/rounds/{n}` (authenticated with the key, each part
+//!    with its length bounded and an xxh3 checksum); then the source freezes
+//!    (holds new requests and messages), sends the last delta, and answers
+//!    `prepared` once the target applied it.
+//! 3. `POST .../commit` on the target (it starts serving at the new
+//!    generation) and then on the source (it hands what it held, and what
+//!    still reaches it, to the target and drops its copy); or `.../abort` on
+//!    both (the target drops what it received, the source serves on).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::Json;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::{post, put};
+use roam_proto::{
+    CommitOutcome, MigrationDecision, MigrationOptions, MigrationProgress, PrepareMigration,
+    SendMigration, StartInstance,
+};
+use tokio::sync::mpsc;
+
+use super::{Agent, error};
+use crate::abi::HostInfo;
+use crate::abi::codec::{Request, Response};
+use crate::driver::{DriverError, Forwarded, Forwarder, WorkloadHandle};
+use crate::instance::Instance;
+use crate::module::{Digest, Module};
+use crate::snapshot::codec::{self, DecodeLimits};
+use crate::workload::Workload;
+
+/// Largest part of a round sent in one request.
+const PART: usize = 16 << 20;
+/// Room for host state (key-value data, inbox, timers) beyond the memory cap.
+const STATE_OVERHEAD: u64 = 64 << 20;
+/// A delta must shrink by at least this share to count as converging.
+const CONVERGE: f64 = 0.9;
+/// Rounds without converging before the source stops pre-copying.
+const STALLED_ROUNDS: u32 = 3;
+
+/// What a host knows of the migrations it takes part in.
+#[derive(Default)]
+pub(super) struct Migrations {
+    /// As target: migrations being received, by id.
+    incoming: tokio::sync::Mutex<HashMap<String, Incoming>>,
+    /// As source: migrations being sent, by id.
+    outgoing: Mutex<HashMap<String, Arc<Outgoing>>>,
+    /// As source: workloads that moved away → target URL.
+    moved: Mutex<HashMap<String, String>>,
+    /// As target: keys of committed migrations, for messages the source
+    /// forwards (id → (workload, key)).
+    forwarding: Mutex<HashMap<String, (String, String)>>,
+}
+
+impl Migrations {
+    /// Where `workload` went, if it moved away from this host.
+    pub(super) fn moved_to(&self, workload: &str) -> Option<String> {
+        self.moved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(workload)
+            .cloned()
+    }
+
+    /// `workload` runs here (again): it is no longer "moved away".
+    pub(super) fn arrived(&self, workload: &str) {
+        self.moved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(workload);
+    }
+
+    fn outgoing(&self, id: &str) -> Option<Arc<Outgoing>> {
+        self.outgoing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+}
+
+struct Incoming {
+    workload: String,
+    key: String,
+    spec: StartInstance,
+    module: Module,
+    /// Reserved at prepare; holds the state received so far.
+    instance: Instance,
+    source: HostInfo,
+    /// Next round expected, and the parts of it received so far.
+    round: u32,
+    part: u32,
+    buffer: Vec<u8>,
+    /// The final round was applied.
+    ready: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OutPhase {
+    Sending,
+    Prepared,
+    Committed,
+    Aborted,
+}
+
+struct Outgoing {
+    workload: String,
+    handle: WorkloadHandle,
+    target_url: String,
+    key: String,
+    cancelled: AtomicBool,
+    state: Mutex<(OutPhase, Option<Instant>, Option<u64>)>,
+}
+
+impl Outgoing {
+    fn phase(&self) -> OutPhase {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    fn set_phase(&self, phase: OutPhase) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = phase;
+    }
+}
+
+/// Routes the scheduler calls (behind the host secret).
+pub(super) fn control_routes() -> Router<Arc<Agent>> {
+    Router::new()
+        .route("/v1/migrations/{id}/prepare", post(prepare))
+        .route("/v1/migrations/{id}/send", post(send))
+        .route("/v1/migrations/{id}/commit", post(commit))
+        .route("/v1/migrations/{id}/abort", post(abort))
+}
+
+/// Routes the source calls on the target (behind the migration's key).
+pub(super) fn stream_routes() -> Router<Arc<Agent>> {
+    Router::new()
+        .route("/v1/migrations/{id}/rounds/{round}", put(receive_round))
+        .layer(axum::extract::DefaultBodyLimit::max(PART + 4096))
+        .route("/v1/migrations/{id}/messages", post(forwarded_message))
+        .route("/v1/migrations/{id}", axum::routing::delete(source_abort))
+}
+
+fn same_secret(presented: &str, expected: &str) -> bool {
+    !expected.is_empty()
+        && presented.len() == expected.len()
+        && presented
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+}
+
+// ---------------------------------------------------------------- target --
+
+async fn prepare(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    Json(req): Json<PrepareMigration>,
+) -> HttpResponse {
+    if agent.workloads.lock().await.contains_key(&req.workload) {
+        return error(
+            StatusCode::CONFLICT,
+            format!("`{}` already runs on this host", req.workload),
+        );
+    }
+    let Some(digest) = Digest::parse(&req.instance.digest) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("`{}` is not a sha256 digest", req.instance.digest),
+        );
+    };
+    if req.key.len() < 16 {
+        return error(StatusCode::BAD_REQUEST, "migration key too short");
+    }
+    let bytes = match agent.fetch_module(&digest).await {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_GATEWAY, format!("{e:#}")),
+    };
+    let module = match agent.runtime.load(bytes).await {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    };
+    let config = agent.instance_config(&req.workload, &req.instance);
+    let instance = match agent.runtime.reserve(&module, config).await {
+        Ok(i) => i,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    tracing::info!(migration = %id, workload = %req.workload, "prepared to receive");
+    agent.migrations.incoming.lock().await.insert(
+        id,
+        Incoming {
+            workload: req.workload,
+            key: req.key,
+            spec: req.instance,
+            module,
+            instance,
+            source: HostInfo {
+                host: req.source.host,
+                site: req.source.site,
+            },
+            round: 0,
+            part: 0,
+            buffer: Vec::new(),
+            ready: false,
+        },
+    );
+    StatusCode::OK.into_response()
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `PUT /v1/migrations/{id}/rounds/{round}`: one part of one round.
+/// Headers: `x-roam-part: I/N`, `x-roam-total: BYTES` (the whole round),
+/// `x-roam-checksum: HEX` (xxh3-64 of this part), `x-roam-final: 1` on the
+/// last round. Any mismatch drops everything received for the migration.
+async fn receive_round(
+    State(agent): State<Arc<Agent>>,
+    Path((id, round)): Path<(String, u32)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HttpResponse {
+    let mut incoming = agent.migrations.incoming.lock().await;
+    let Some(entry) = incoming.get_mut(&id) else {
+        return error(StatusCode::NOT_FOUND, format!("no migration `{id}` here"));
+    };
+    if !same_secret(bearer(&headers), &entry.key) {
+        return error(StatusCode::UNAUTHORIZED, "wrong migration key");
+    }
+    match apply_part(entry, round, &headers, &body) {
+        Ok(applied) => {
+            if applied && header(&headers, "x-roam-final") == Some("1") {
+                entry.ready = true;
+                tracing::info!(migration = %id, rounds = round + 1, "final state received");
+            }
+            StatusCode::OK.into_response()
+        }
+        Err(e) => {
+            tracing::warn!(migration = %id, error = %e, "migration stream refused; dropping it");
+            incoming.remove(&id);
+            error(StatusCode::BAD_REQUEST, e)
+        }
+    }
+}
+
+/// Check one part and append it; apply the round when it is complete.
+/// Returns whether a round was applied.
+fn apply_part(
+    entry: &mut Incoming,
+    round: u32,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<bool, String> {
+    if entry.ready {
+        return Err("the final round was already applied".into());
+    }
+    if round != entry.round {
+        return Err(format!(
+            "round {round} arrived, round {} expected",
+            entry.round
+        ));
+    }
+    let (part, parts) = header(headers, "x-roam-part")
+        .and_then(|p| p.split_once('/'))
+        .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
+        .ok_or("header `x-roam-part: I/N` missing or malformed")?;
+    let total: u64 = header(headers, "x-roam-total")
+        .and_then(|t| t.parse().ok())
+        .ok_or("header `x-roam-total` missing or malformed")?;
+    let checksum = header(headers, "x-roam-checksum")
+        .and_then(|c| u64::from_str_radix(c, 16).ok())
+        .ok_or("header `x-roam-checksum` missing or malformed")?;
+    let limit = entry.spec.memory.saturating_add(STATE_OVERHEAD);
+    if total > limit {
+        return Err(format!(
+            "round of {total} bytes is over the {limit} bytes this workload can hold"
+        ));
+    }
+    if part != entry.part || parts == 0 || part >= parts {
+        return Err(format!(
+            "part {part}/{parts} arrived, part {} expected",
+            entry.part
+        ));
+    }
+    if xxhash_rust::xxh3::xxh3_64(body) != checksum {
+        return Err(format!("round {round} part {part}: checksum mismatch"));
+    }
+    if part == 0 {
+        entry.buffer = Vec::with_capacity(total as usize);
+    }
+    if entry.buffer.len() as u64 + body.len() as u64 > total {
+        return Err(format!(
+            "round {round} is longer than its announced {total} bytes"
+        ));
+    }
+    entry.buffer.extend_from_slice(body);
+    entry.part += 1;
+    if entry.part < parts {
+        return Ok(false);
+    }
+    if entry.buffer.len() as u64 != total {
+        return Err(format!(
+            "round {round} has {} bytes, {total} announced",
+            entry.buffer.len()
+        ));
+    }
+    let limits = DecodeLimits {
+        max_memory_bytes: entry.spec.memory,
+        ..DecodeLimits::default()
+    };
+    let snapshot = codec::decode(&entry.buffer, Some(&entry.module.digest()), &limits)
+        .map_err(|e| format!("round {round}: {e}"))?;
+    if (round == 0) != snapshot.is_full() {
+        return Err(format!(
+            "round {round} must be a {}",
+            if round == 0 { "full snapshot" } else { "delta" }
+        ));
+    }
+    entry
+        .instance
+        .apply(&snapshot)
+        .map_err(|e| format!("round {round}: {e}"))?;
+    entry.round += 1;
+    entry.part = 0;
+    entry.buffer = Vec::new();
+    Ok(true)
+}
+
+/// A message the source forwards after the commit, with the migration key.
+async fn forwarded_message(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    Query(q): Query<super::FromQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HttpResponse {
+    let workload = {
+        let forwarding = agent
+            .migrations
+            .forwarding
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match forwarding.get(&id) {
+            Some((w, key)) if same_secret(bearer(&headers), key) => w.clone(),
+            Some(_) => return error(StatusCode::UNAUTHORIZED, "wrong migration key"),
+            None => return error(StatusCode::NOT_FOUND, format!("no migration `{id}` here")),
+        }
+    };
+    let Some(handle) = agent.bus.get(&workload) else {
+        return super::not_here(&workload);
+    };
+    match handle.message(&q.from, body.to_vec()).await {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn commit_incoming(agent: &Arc<Agent>, id: &str, generation: u64) -> HttpResponse {
+    let entry = {
+        let mut incoming = agent.migrations.incoming.lock().await;
+        match incoming.get(id) {
+            Some(e) if e.ready => incoming.remove(id),
+            Some(_) => {
+                return error(
+                    StatusCode::CONFLICT,
+                    format!("migration `{id}` has not received its final state"),
+                );
+            }
+            None => None,
+        }
+    };
+    let Some(mut entry) = entry else {
+        // Committed before (a retried commit), or unknown.
+        let known = agent
+            .migrations
+            .forwarding
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(id);
+        return if known {
+            Json(CommitOutcome::default()).into_response()
+        } else {
+            error(StatusCode::NOT_FOUND, format!("no migration `{id}` here"))
+        };
+    };
+    entry.instance.set_generation(generation);
+    let config = entry.instance.config().clone();
+    let workload = match Workload::resume(entry.instance, Some(&entry.source)).await {
+        Ok(w) => w,
+        Err(e) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("cannot resume the received workload: {e}"),
+            );
+        }
+    };
+    agent
+        .migrations
+        .forwarding
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id.to_string(), (entry.workload.clone(), entry.key));
+    agent
+        .run_workload(
+            entry.module,
+            config,
+            workload,
+            entry.spec.digest,
+            entry.spec.memory,
+            generation,
+        )
+        .await;
+    tracing::info!(migration = %id, workload = %entry.workload, generation, "migration committed: serving here");
+    Json(CommitOutcome::default()).into_response()
+}
+
+// ---------------------------------------------------------------- source --
+
+async fn send(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    Json(req): Json<SendMigration>,
+) -> HttpResponse {
+    let handle = match agent.workloads.lock().await.get(&req.workload) {
+        Some(r) => r.handle.clone(),
+        None => return super::not_here(&req.workload),
+    };
+    let out = Arc::new(Outgoing {
+        workload: req.workload.clone(),
+        handle,
+        target_url: req.target_url.clone(),
+        key: req.key.clone(),
+        cancelled: AtomicBool::new(false),
+        state: Mutex::new((OutPhase::Sending, None, None)),
+    });
+    {
+        let mut outgoing = agent
+            .migrations
+            .outgoing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        outgoing.retain(|_, o| {
+            o.workload != req.workload
+                || matches!(o.phase(), OutPhase::Sending | OutPhase::Prepared)
+        });
+        if outgoing.values().any(|o| o.workload == req.workload) {
+            return error(
+                StatusCode::CONFLICT,
+                format!("`{}` is already migrating", req.workload),
+            );
+        }
+        outgoing.insert(id.clone(), out.clone());
+    }
+    let (tx, rx) = mpsc::channel::<MigrationProgress>(64);
+    tokio::spawn(run_source(agent, id, out, req, tx));
+    let lines = futures_util::stream::unfold(rx, |mut rx| async move {
+        let p = rx.recv().await?;
+        let mut line = serde_json::to_vec(&p).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok::<_, std::convert::Infallible>(Bytes::from(line)), rx))
+    });
+    (
+        [("content-type", "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response()
+}
+
+async fn run_source(
+    agent: Arc<Agent>,
+    id: String,
+    out: Arc<Outgoing>,
+    req: SendMigration,
+    progress: mpsc::Sender<MigrationProgress>,
+) {
+    let mut report = MigrationProgress {
+        phase: "precopy".into(),
+        ..MigrationProgress::default()
+    };
+    let mut result = precopy(&agent, &id, &out, &req.options, &progress, &mut report).await;
+    if result.is_ok() {
+        // Under the lock an abort also takes: prepared, or aborted, not both.
+        let mut state = out.state.lock().unwrap_or_else(|e| e.into_inner());
+        if out.cancelled.load(Ordering::SeqCst) {
+            result = Err("aborted".into());
+        } else {
+            state.0 = OutPhase::Prepared;
+        }
+    }
+    match result {
+        Ok(()) => {
+            report.phase = "prepared".into();
+            tracing::info!(migration = %id, workload = %out.workload, rounds = report.round, bytes = report.bytes_sent, "migration prepared; holding requests");
+            let _ = progress.send(report).await;
+        }
+        Err(e) => {
+            tracing::warn!(migration = %id, workload = %out.workload, error = %e, "migration failed; serving on");
+            out.handle.resume().await;
+            out.set_phase(OutPhase::Aborted);
+            agent
+                .migrations
+                .outgoing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            let _ = agent
+                .http
+                .delete(format!("{}/v1/migrations/{id}", out.target_url))
+                .bearer_auth(&out.key)
+                .send()
+                .await;
+            report.phase = "failed".into();
+            report.error = Some(e);
+            let _ = progress.send(report).await;
+        }
+    }
+}
+
+/// The pre-copy loop; on success the source is frozen and the target holds
+/// the final state.
+async fn precopy(
+    agent: &Agent,
+    id: &str,
+    out: &Outgoing,
+    options: &MigrationOptions,
+    progress: &mpsc::Sender<MigrationProgress>,
+    report: &mut MigrationProgress,
+) -> Result<(), String> {
+    let check = |progress: &mpsc::Sender<MigrationProgress>| {
+        if out.cancelled.load(Ordering::SeqCst) {
+            Err("aborted".to_string())
+        } else if progress.is_closed() {
+            Err("the scheduler went away before the migration was prepared".to_string())
+        } else {
+            Ok(())
+        }
+    };
+    let mut last_capture = Instant::now();
+    let full = out.handle.capture(true).await?;
+    report.last_round_bytes = full.bytes.len() as u64;
+    send_round(agent, id, out, 0, full.bytes, false).await?;
+    report.bytes_sent += report.last_round_bytes;
+    let _ = progress.send(report.clone()).await;
+    let mut previous = report.last_round_bytes;
+    let mut stalled = 0;
+    loop {
+        check(progress)?;
+        let now = Instant::now();
+        let delta = out.handle.capture(false).await?;
+        let elapsed = now.duration_since(last_capture).as_secs_f64().max(1e-6);
+        last_capture = now;
+        report.dirty_rate = (delta.pages * crate::snapshot::PAGE_SIZE as u64) as f64 / elapsed;
+        report.round += 1;
+        report.last_round_bytes = delta.bytes.len() as u64;
+        let small = report.last_round_bytes <= options.max_final_bytes;
+        if (report.last_round_bytes as f64) < previous as f64 * CONVERGE {
+            stalled = 0;
+        } else {
+            stalled += 1;
+        }
+        previous = report.last_round_bytes;
+        send_round(agent, id, out, report.round, delta.bytes, false).await?;
+        report.bytes_sent += report.last_round_bytes;
+        let _ = progress.send(report.clone()).await;
+        if small || report.round >= options.max_rounds || stalled >= STALLED_ROUNDS {
+            break;
+        }
+    }
+    check(progress)?;
+    report.phase = "stopping".into();
+    let _ = progress.send(report.clone()).await;
+    let frozen_at = Instant::now();
+    let last = out.handle.freeze().await?;
+    out.state.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(frozen_at);
+    report.round += 1;
+    report.last_round_bytes = last.bytes.len() as u64;
+    send_round(agent, id, out, report.round, last.bytes, true).await?;
+    report.bytes_sent += report.last_round_bytes;
+    check(progress)
+}
+
+/// Send one round in checked parts; the target applies it on the last.
+async fn send_round(
+    agent: &Agent,
+    id: &str,
+    out: &Outgoing,
+    round: u32,
+    bytes: Vec<u8>,
+    last: bool,
+) -> Result<(), String> {
+    if let Some(ms) = fault_delay("ROAM_FAULT_ROUND_DELAY_MS") {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    let bytes = Bytes::from(bytes);
+    let total = bytes.len();
+    let parts = total.div_ceil(PART).max(1);
+    for part in 0..parts {
+        let chunk = bytes.slice(part * PART..((part + 1) * PART).min(total));
+        let checksum = xxhash_rust::xxh3::xxh3_64(&chunk);
+        let mut request = agent
+            .http
+            .put(format!(
+                "{}/v1/migrations/{id}/rounds/{round}",
+                out.target_url
+            ))
+            .bearer_auth(&out.key)
+            .header("x-roam-part", format!("{part}/{parts}"))
+            .header("x-roam-total", total.to_string())
+            .header("x-roam-checksum", format!("{checksum:016x}"));
+        if last {
+            request = request.header("x-roam-final", "1");
+        }
+        let r = request
+            .body(chunk)
+            .send()
+            .await
+            .map_err(|e| format!("round {round}: target unreachable: {e}"))?;
+        if !r.status().is_success() {
+            let status = r.status();
+            return Err(format!(
+                "round {round}: target answered {status}: {}",
+                r.text().await.unwrap_or_default()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn forwarder(agent: &Arc<Agent>, id: &str, out: &Outgoing, generation: u64) -> Forwarder {
+    let http = agent.http.clone();
+    let target = out.target_url.clone();
+    let workload = out.workload.clone();
+    let key = out.key.clone();
+    let id = id.to_string();
+    Arc::new(move |event: Forwarded| {
+        let (http, target, workload, key, id) = (
+            http.clone(),
+            target.clone(),
+            workload.clone(),
+            key.clone(),
+            id.clone(),
+        );
+        tokio::spawn(async move {
+            match event {
+                Forwarded::Http(request, reply) => {
+                    let result = forward_http(&http, &target, &workload, generation, request)
+                        .await
+                        .map_err(|e| DriverError::Unavailable(workload.clone(), e));
+                    let _ = reply.send(result);
+                }
+                Forwarded::Message(from, body, reply) => {
+                    let sent = http
+                        .post(format!("{target}/v1/migrations/{id}/messages"))
+                        .query(&[("from", from.as_str())])
+                        .bearer_auth(&key)
+                        .body(body)
+                        .send()
+                        .await;
+                    let result = match sent {
+                        Ok(r) if r.status().is_success() => Ok(()),
+                        Ok(r) => Err(format!("the new host answered {}", r.status())),
+                        Err(e) => Err(format!("the new host is unreachable: {e}")),
+                    };
+                    let _ = reply.send(result.map_err(|e| DriverError::Unavailable(workload, e)));
+                }
+            }
+        });
+    })
+}
+
+async fn forward_http(
+    http: &reqwest::Client,
+    target: &str,
+    workload: &str,
+    generation: u64,
+    request: Request,
+) -> Result<Response, String> {
+    let method = reqwest::Method::from_bytes(request.method.as_bytes())
+        .map_err(|_| format!("method `{}` cannot be forwarded", request.method))?;
+    let mut url = format!("{target}/w/{workload}{}", request.path);
+    if !request.query.is_empty() {
+        url.push('?');
+        url.push_str(&request.query);
+    }
+    let mut builder = http.request(method, url).body(request.body);
+    for (k, v) in &request.headers {
+        if k != "host" && k != "content-length" && !super::is_roam_header(k) {
+            builder = builder.header(k.as_str(), v.as_str());
+        }
+    }
+    let r = builder
+        .header(roam_proto::GENERATION_HEADER, generation.to_string())
+        .send()
+        .await
+        .map_err(|e| format!("the new host is unreachable: {e}"))?;
+    let status = r.status().as_u16();
+    let headers = r
+        .headers()
+        .iter()
+        .filter(|(k, _)| *k != "content-length" && *k != "transfer-encoding" && *k != "date")
+        .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let body = r
+        .bytes()
+        .await
+        .map_err(|e| format!("the new host's answer broke off: {e}"))?;
+    Ok(Response {
+        status,
+        headers,
+        body: body.to_vec(),
+    })
+}
+
+async fn commit_outgoing(
+    agent: &Arc<Agent>,
+    id: &str,
+    out: Arc<Outgoing>,
+    decision: &MigrationDecision,
+) -> HttpResponse {
+    let downtime = {
+        let mut state = out.state.lock().unwrap_or_else(|e| e.into_inner());
+        match state.0 {
+            OutPhase::Committed => {
+                return Json(CommitOutcome {
+                    downtime_us: state.2,
+                })
+                .into_response();
+            }
+            OutPhase::Prepared => {}
+            phase => {
+                return error(
+                    StatusCode::CONFLICT,
+                    format!("migration `{id}` is {phase:?}, not prepared"),
+                );
+            }
+        }
+        state.0 = OutPhase::Committed;
+        state.2 = state.1.map(|t| t.elapsed().as_micros() as u64);
+        state.2
+    };
+    // From here on this host never serves the workload: requests routed here
+    // are refused as stale, those already queued go to the target.
+    let target = if decision.target_url.is_empty() {
+        out.target_url.clone()
+    } else {
+        decision.target_url.clone()
+    };
+    agent
+        .migrations
+        .moved
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(out.workload.clone(), target);
+    {
+        let mut workloads = agent.workloads.lock().await;
+        if workloads
+            .get(&out.workload)
+            .is_some_and(|r| r.handle.same(&out.handle))
+        {
+            workloads.remove(&out.workload);
+        }
+    }
+    agent.bus.unregister(&out.workload);
+    out.handle
+        .handoff(forwarder(agent, id, &out, decision.generation))
+        .await;
+    tracing::info!(migration = %id, workload = %out.workload, downtime_us = ?downtime, "migration committed: handed off");
+    Json(CommitOutcome {
+        downtime_us: downtime,
+    })
+    .into_response()
+}
+
+async fn commit(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    Json(decision): Json<MigrationDecision>,
+) -> HttpResponse {
+    match agent.migrations.outgoing(&id) {
+        Some(out) => commit_outgoing(&agent, &id, out, &decision).await,
+        None => commit_incoming(&agent, &id, decision.generation).await,
+    }
+}
+
+async fn abort(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    Json(decision): Json<MigrationDecision>,
+) -> HttpResponse {
+    if agent.migrations.incoming.lock().await.remove(&id).is_some() {
+        tracing::info!(migration = %id, "migration aborted: dropped what was received");
+    }
+    if let Some(out) = agent.migrations.outgoing(&id) {
+        let phase = {
+            let mut state = out.state.lock().unwrap_or_else(|e| e.into_inner());
+            let phase = state.0;
+            match phase {
+                OutPhase::Sending => out.cancelled.store(true, Ordering::SeqCst),
+                OutPhase::Prepared => state.0 = OutPhase::Aborted,
+                OutPhase::Committed | OutPhase::Aborted => {}
+            }
+            phase
+        };
+        match phase {
+            OutPhase::Committed => {
+                return error(
+                    StatusCode::CONFLICT,
+                    format!("migration `{id}` was committed; it cannot be aborted"),
+                );
+            }
+            OutPhase::Sending => {}
+            OutPhase::Prepared => {
+                if decision.generation > 0
+                    && let Some(r) = agent.workloads.lock().await.get_mut(&out.workload)
+                {
+                    r.generation = decision.generation;
+                }
+                out.handle.resume().await;
+                tracing::info!(migration = %id, workload = %out.workload, "migration aborted: serving on");
+            }
+            OutPhase::Aborted => {}
+        }
+    }
+    StatusCode::OK.into_response()
+}
+
+/// `DELETE /v1/migrations/{id}` from the source (with the key): it gave up;
+/// drop what was received.
+async fn source_abort(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> HttpResponse {
+    let mut incoming = agent.migrations.incoming.lock().await;
+    match incoming.get(&id) {
+        Some(e) if same_secret(bearer(&headers), &e.key) => {
+            incoming.remove(&id);
+            tracing::info!(migration = %id, "the source gave up; dropped what was received");
+            StatusCode::OK.into_response()
+        }
+        Some(_) => error(StatusCode::UNAUTHORIZED, "wrong migration key"),
+        None => StatusCode::OK.into_response(),
+    }
+}
+
+/// A test hook: a delay (milliseconds) from the environment, so fault tests
+/// can act while a migration is in a given phase.
+pub(crate) fn fault_delay(name: &str) -> Option<u64> {
+    std::env::var(name).ok()?.parse().ok()
+}

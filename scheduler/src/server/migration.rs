@@ -1,0 +1,866 @@
+//! Live migration, orchestrated by the scheduler.
+//!
+//! The commit point is one store transaction that records the migration as
+//! `committed` and raises the workload's generation. Before it, any failure
+//! aborts: the target drops what it received and the source serves on.
+//! After it, the target serves at the new generation, routing flips, and the
+//! source hands what it held to the target and never serves again. If the
+//! target is lost between the commit and its activation, the source — which
+//! still holds the final state, frozen — resumes at a yet higher generation.
+//! A restarted scheduler finishes what its store says: migrations caught
+//! before the commit are aborted, committed ones completed, once their
+//! hosts have rejoined; until then the reconciler leaves those workloads
+//! alone.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use roam_proto::{
+    CommitOutcome, DrainOutcome, MigrateRequest, MigrationDecision, MigrationInfo,
+    MigrationOptions, MigrationProgress, Place, PrepareMigration, SendMigration, StartInstance,
+    WorkloadSpec,
+};
+
+use super::{Scheduler, error, parse};
+use crate::auth;
+use crate::placement::{self, PlacementRequest};
+use crate::selector::Selector;
+
+/// Upper bounds (seconds) of the downtime histogram's buckets.
+const DOWNTIME_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+/// Upper bounds (seconds) of the total-time histogram's buckets.
+const TOTAL_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0];
+
+/// A Prometheus histogram.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, bounds: &[f64], value: f64) {
+        if self.counts.len() != bounds.len() {
+            self.counts = vec![0; bounds.len()];
+        }
+        for (i, b) in bounds.iter().enumerate() {
+            if value <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += value;
+        self.count += 1;
+    }
+
+    fn render(&self, name: &str, help: &str, bounds: &[f64]) -> String {
+        let mut out = format!("# HELP {name} {help}\n# TYPE {name} histogram\n");
+        for (i, b) in bounds.iter().enumerate() {
+            let n = self.counts.get(i).copied().unwrap_or(0);
+            out.push_str(&format!("{name}_bucket{{le=\"{b}\"}} {n}\n"));
+        }
+        out.push_str(&format!(
+            "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}\n",
+            self.count, self.sum, self.count
+        ));
+        out
+    }
+}
+
+/// Migration figures for `/metrics`.
+#[derive(Clone, Debug, Default)]
+pub(super) struct MigrationMetrics {
+    downtime: Histogram,
+    total: Histogram,
+    done: u64,
+    failed: u64,
+    aborted: u64,
+}
+
+impl MigrationMetrics {
+    pub(super) fn render(&self) -> String {
+        let mut out = self.downtime.render(
+            "roam_migration_downtime_seconds",
+            "Time a migrating workload did not dispatch (source frozen until handed off).",
+            &DOWNTIME_BUCKETS,
+        );
+        out.push_str(&self.total.render(
+            "roam_migration_duration_seconds",
+            "Time from a migration's start to its end.",
+            &TOTAL_BUCKETS,
+        ));
+        out.push_str(&format!(
+            "# HELP roam_migrations_total Migrations ended, by outcome.\n# TYPE roam_migrations_total counter\n\
+             roam_migrations_total{{outcome=\"done\"}} {}\nroam_migrations_total{{outcome=\"failed\"}} {}\nroam_migrations_total{{outcome=\"aborted\"}} {}\n",
+            self.done, self.failed, self.aborted
+        ));
+        out
+    }
+}
+
+/// What a restarted scheduler still has to tell the hosts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Pending {
+    Abort,
+    Commit,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A refusal: status and reason.
+type Refusal = (StatusCode, String);
+
+impl Scheduler {
+    /// The workload's generation (0 until its first migration).
+    pub(super) fn generation(&self, workload: &str) -> u64 {
+        self.generations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(workload)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Workloads the reconciler must leave alone: migrating, or with a
+    /// migration a restart left unresolved.
+    pub(super) fn frozen(&self) -> BTreeSet<String> {
+        self.migrations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|m| !m.finished() || self.pending_of(&m.id).is_some())
+            .map(|m| m.workload.clone())
+            .collect()
+    }
+
+    fn pending_of(&self, id: &str) -> Option<Pending> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .copied()
+    }
+
+    fn migration(&self, id: &str) -> Option<MigrationInfo> {
+        self.migrations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Change a migration in memory; with `persist`, also in the store.
+    fn update(&self, id: &str, persist: bool, change: impl FnOnce(&mut MigrationInfo)) {
+        let info = {
+            let mut all = self.migrations.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(m) = all.get_mut(id) else { return };
+            let before = m.phase.clone();
+            change(m);
+            m.total_ms = now_ms().saturating_sub(m.started_ms);
+            if m.phase != before {
+                m.history.push((m.phase.clone(), m.total_ms));
+            }
+            m.clone()
+        };
+        if persist && let Err(e) = self.store.put_migration(id, &info) {
+            tracing::error!(migration = %id, error = %e, "cannot record migration");
+        }
+    }
+
+    /// Load migrations from the store; those a restart interrupted are
+    /// resolved once their hosts are back.
+    pub(super) fn load_migrations(&self) {
+        let records: Vec<(String, MigrationInfo)> = self.store.migrations().unwrap_or_default();
+        let generations = self.store.generations().unwrap_or_default();
+        self.generations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(generations);
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = self.migrations.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, mut info) in records {
+            if !info.finished() {
+                if info.phase == "committed" {
+                    pending.insert(id.clone(), Pending::Commit);
+                } else {
+                    pending.insert(id.clone(), Pending::Abort);
+                    info.phase = "aborted".into();
+                    info.error = Some("the scheduler restarted before the commit".into());
+                    info.history.push((info.phase.clone(), info.total_ms));
+                }
+            }
+            all.insert(id, info);
+        }
+    }
+
+    /// Check a migration request and start it.
+    pub(super) async fn start_migration(
+        self: &Arc<Self>,
+        req: MigrateRequest,
+    ) -> Result<MigrationInfo, Refusal> {
+        let name = req.workload.clone();
+        let spec = match self.store.workload::<WorkloadSpec>(&name) {
+            Ok(Some(spec)) => spec,
+            Ok(None) => return Err((StatusCode::NOT_FOUND, format!("no workload `{name}`"))),
+            Err(e) => return Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        };
+        if self.frozen().contains(&name) {
+            return Err((
+                StatusCode::CONFLICT,
+                format!("`{name}` is already migrating"),
+            ));
+        }
+        let running: Vec<String> = self
+            .assignments
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&name)
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default();
+        let source = match (&req.from, running.as_slice()) {
+            (Some(h), _) if running.contains(h) => h.clone(),
+            (Some(h), _) => {
+                return Err((
+                    StatusCode::CONFLICT,
+                    format!("`{name}` does not run on `{h}`"),
+                ));
+            }
+            (None, [one]) => one.clone(),
+            (None, []) => {
+                return Err((
+                    StatusCode::CONFLICT,
+                    format!("`{name}` is not running anywhere"),
+                ));
+            }
+            (None, many) => {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "`{name}` has {} replicas ({}); say which to move with `from`",
+                        many.len(),
+                        many.join(", ")
+                    ),
+                ));
+            }
+        };
+        if !self.hosts.get(&source).is_some_and(|e| self.alive(&e)) {
+            return Err((
+                StatusCode::CONFLICT,
+                format!("source host `{source}` is down"),
+            ));
+        }
+        let views = self.host_views();
+        let request = PlacementRequest {
+            workload: name.clone(),
+            selector: Selector::parse(&spec.selector).unwrap_or_default(),
+            memory: spec.memory,
+            spread_by: None,
+            placed_on: running.clone(),
+        };
+        let target = match &req.to {
+            Some(to) => {
+                let Some(view) = views.iter().find(|v| &v.id == to) else {
+                    return Err((StatusCode::NOT_FOUND, format!("no host `{to}`")));
+                };
+                if let Some(reason) = placement::check(&request, view) {
+                    return Err((
+                        StatusCode::CONFLICT,
+                        format!("host `{to}` cannot take `{name}`: {reason}"),
+                    ));
+                }
+                to.clone()
+            }
+            None => {
+                let extra = Selector::parse(req.selector.as_deref().unwrap_or(""))
+                    .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+                let candidates: Vec<_> = views
+                    .iter()
+                    .filter(|v| extra.first_failure(&v.labels).is_none())
+                    .cloned()
+                    .collect();
+                let placement = placement::place(&request, &candidates);
+                match placement.best() {
+                    Some(h) => h.to_string(),
+                    None => {
+                        let reasons: Vec<String> = placement
+                            .rejected
+                            .iter()
+                            .map(|(h, r)| format!("{h}: {r}"))
+                            .collect();
+                        return Err((
+                            StatusCode::CONFLICT,
+                            format!(
+                                "no host can take `{name}`{}",
+                                if reasons.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(" ({})", reasons.join("; "))
+                                }
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
+        let id = format!("m-{}", &auth::new_token().map_err(internal)?[..12]);
+        let key = auth::new_token().map_err(internal)?;
+        let info = MigrationInfo {
+            id: id.clone(),
+            workload: name.clone(),
+            source: source.clone(),
+            target: target.clone(),
+            generation: self.generation(&name) + 1,
+            phase: "preparing".into(),
+            started_ms: now_ms(),
+            history: vec![("preparing".into(), 0)],
+            ..MigrationInfo::default()
+        };
+        {
+            let mut all = self.migrations.lock().unwrap_or_else(|e| e.into_inner());
+            if all.values().any(|m| m.workload == name && !m.finished()) {
+                return Err((
+                    StatusCode::CONFLICT,
+                    format!("`{name}` is already migrating"),
+                ));
+            }
+            all.insert(id.clone(), info.clone());
+        }
+        if let Err(e) = self.store.put_migration(&id, &info) {
+            self.migrations
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            return Err(internal(e));
+        }
+        self.event(
+            "migration_started",
+            serde_json::json!({ "migration": id, "workload": name, "source": source, "target": target, "generation": info.generation }),
+        );
+        tokio::spawn(self.clone().run_migration(id, key, spec, req.options));
+        Ok(info)
+    }
+
+    async fn run_migration(
+        self: Arc<Self>,
+        id: String,
+        key: String,
+        spec: WorkloadSpec,
+        options: MigrationOptions,
+    ) {
+        let started = Instant::now();
+        match self.precopy(&id, &key, &spec, options).await {
+            Ok(()) => {
+                // Test hook: hold the decision, so fault tests can act
+                // between "prepared" and the commit.
+                if let Some(ms) = std::env::var("ROAM_FAULT_COMMIT_DELAY_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                self.commit(&id).await
+            }
+            Err(reason) => {
+                self.abort_hosts(&id, 0).await;
+                self.finish(&id, "failed", Some(reason), None);
+            }
+        }
+        tracing::debug!(migration = %id, elapsed_ms = started.elapsed().as_millis() as u64, "migration ended");
+    }
+
+    /// Prepare the target and stream the state from the source; `Ok` once
+    /// the source is frozen and the target holds the final state.
+    async fn precopy(
+        &self,
+        id: &str,
+        key: &str,
+        spec: &WorkloadSpec,
+        options: MigrationOptions,
+    ) -> Result<(), String> {
+        let m = self.migration(id).ok_or("migration vanished")?;
+        let (source_url, source_secret) = self
+            .host_endpoint(&m.source)
+            .ok_or_else(|| format!("source host `{}` vanished", m.source))?;
+        let (target_url, target_secret) = self
+            .host_endpoint(&m.target)
+            .ok_or_else(|| format!("target host `{}` vanished", m.target))?;
+        let site = self
+            .hosts
+            .get(&m.source)
+            .and_then(|e| e.labels.get("site").cloned())
+            .unwrap_or_default();
+        let prepare = PrepareMigration {
+            workload: m.workload.clone(),
+            instance: StartInstance {
+                digest: spec.digest.clone(),
+                memory: spec.memory,
+                env: spec.env.clone(),
+                grants: spec.grants.clone(),
+                generation: m.generation,
+            },
+            key: key.to_string(),
+            source: Place {
+                host: m.source.clone(),
+                site,
+            },
+        };
+        let r = self
+            .http
+            .post(format!("{target_url}/v1/migrations/{id}/prepare"))
+            .bearer_auth(&target_secret)
+            .json(&prepare)
+            .send()
+            .await
+            .map_err(|e| format!("target `{}` unreachable: {e}", m.target))?;
+        if !r.status().is_success() {
+            let status = r.status();
+            return Err(format!(
+                "target `{}` refused to prepare ({status}): {}",
+                m.target,
+                r.text().await.unwrap_or_default()
+            ));
+        }
+        self.update(id, true, |m| m.phase = "precopy".into());
+        let mut r = self
+            .stream_http
+            .post(format!("{source_url}/v1/migrations/{id}/send"))
+            .bearer_auth(&source_secret)
+            .json(&SendMigration {
+                workload: m.workload.clone(),
+                target_url,
+                key: key.to_string(),
+                generation: m.generation,
+                options,
+            })
+            .send()
+            .await
+            .map_err(|e| format!("source `{}` unreachable: {e}", m.source))?;
+        if !r.status().is_success() {
+            let status = r.status();
+            return Err(format!(
+                "source `{}` refused to send ({status}): {}",
+                m.source,
+                r.text().await.unwrap_or_default()
+            ));
+        }
+        let mut buffer = Vec::new();
+        loop {
+            let chunk = match r.chunk().await {
+                Ok(Some(c)) => c,
+                Ok(None) => return Err("the source's progress stream ended early".into()),
+                Err(e) => return Err(format!("the source's progress stream broke: {e}")),
+            };
+            buffer.extend_from_slice(&chunk);
+            if buffer.len() > 1 << 20 {
+                return Err("the source's progress stream is not line-delimited JSON".into());
+            }
+            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                let p: MigrationProgress = serde_json::from_slice(&line)
+                    .map_err(|e| format!("bad progress line from the source: {e}"))?;
+                let phase = p.phase.clone();
+                self.update(id, phase != "precopy", |m| {
+                    m.phase = if phase == "failed" {
+                        m.phase.clone()
+                    } else {
+                        phase.clone()
+                    };
+                    m.rounds = p.round;
+                    m.bytes_sent = p.bytes_sent;
+                    m.dirty_rate = p.dirty_rate;
+                });
+                match phase.as_str() {
+                    "prepared" => return Ok(()),
+                    "failed" => {
+                        return Err(p.error.unwrap_or_else(|| "the source failed".into()));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The commit point, then activation and hand-off.
+    async fn commit(&self, id: &str) {
+        let Some(mut info) = self.migration(id) else {
+            return;
+        };
+        info.phase = "committed".into();
+        info.total_ms = now_ms().saturating_sub(info.started_ms);
+        info.history.push(("committed".into(), info.total_ms));
+        if let Err(e) = self
+            .store
+            .commit_migration(id, &info, &info.workload, info.generation)
+        {
+            tracing::error!(migration = %id, error = %e, "cannot record the commit; aborting");
+            self.abort_hosts(id, 0).await;
+            self.finish(
+                id,
+                "failed",
+                Some(format!("cannot record the commit: {e}")),
+                None,
+            );
+            return;
+        }
+        self.generations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(info.workload.clone(), info.generation);
+        self.migrations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), info);
+        self.complete(id).await;
+    }
+
+    /// After the commit: activate the target, flip routing, hand off.
+    async fn complete(&self, id: &str) {
+        let Some(m) = self.migration(id) else { return };
+        let decision = MigrationDecision {
+            target_url: self
+                .host_endpoint(&m.target)
+                .map(|(url, _)| url)
+                .unwrap_or_default(),
+            generation: m.generation,
+        };
+        let mut activated = false;
+        for attempt in 0..3 {
+            match self.decide(&m.target, id, "commit", &decision).await {
+                Ok(_) => {
+                    activated = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(migration = %id, attempt, error = %e, "target did not take the commit");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        if !activated {
+            // The source still holds the final state, frozen: it resumes,
+            // at a generation above the one the lost target would carry.
+            let generation = m.generation + 1;
+            if let Err(e) = self.store.commit_migration(id, &m, &m.workload, generation) {
+                tracing::error!(migration = %id, error = %e, "cannot record the new generation");
+            }
+            self.generations
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(m.workload.clone(), generation);
+            let resumed = self
+                .decide(
+                    &m.source,
+                    id,
+                    "abort",
+                    &MigrationDecision {
+                        target_url: String::new(),
+                        generation,
+                    },
+                )
+                .await;
+            let reason = match resumed {
+                Ok(_) => format!(
+                    "target `{}` was lost after the commit; the source serves on at generation {generation}",
+                    m.target
+                ),
+                Err(e) => format!(
+                    "target `{}` was lost after the commit and the source did not answer: {e}",
+                    m.target
+                ),
+            };
+            self.finish(id, "failed", Some(reason), None);
+            return;
+        }
+        {
+            let mut assignments = self.assignments.lock().unwrap_or_else(|e| e.into_inner());
+            let hosts = assignments.entry(m.workload.clone()).or_default();
+            hosts.remove(&m.source);
+            hosts.insert(m.target.clone());
+            let mut confirmed = self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
+            confirmed.remove(&(m.workload.clone(), m.source.clone()));
+            confirmed.insert((m.workload.clone(), m.target.clone()));
+        }
+        let downtime = match self.decide(&m.source, id, "commit", &decision).await {
+            Ok(outcome) => outcome.downtime_us,
+            Err(e) => {
+                tracing::warn!(migration = %id, error = %e, "source did not take the commit; it is fenced off by generation");
+                None
+            }
+        };
+        self.finish(id, "done", None, downtime);
+    }
+
+    /// Send a commit or abort to a host.
+    async fn decide(
+        &self,
+        host: &str,
+        id: &str,
+        verb: &str,
+        decision: &MigrationDecision,
+    ) -> Result<CommitOutcome, String> {
+        let (url, secret) = self
+            .host_endpoint(host)
+            .ok_or_else(|| format!("host `{host}` is unknown"))?;
+        let r = self
+            .http
+            .post(format!("{url}/v1/migrations/{id}/{verb}"))
+            .bearer_auth(secret)
+            .json(decision)
+            .send()
+            .await
+            .map_err(|e| format!("host `{host}` unreachable: {e}"))?;
+        if !r.status().is_success() {
+            let status = r.status();
+            return Err(format!(
+                "host `{host}` answered {status}: {}",
+                r.text().await.unwrap_or_default()
+            ));
+        }
+        Ok(r.json().await.unwrap_or_default())
+    }
+
+    /// Abort on both hosts, best effort (each also gives up on its own).
+    async fn abort_hosts(&self, id: &str, generation: u64) -> bool {
+        let Some(m) = self.migration(id) else {
+            return true;
+        };
+        let decision = MigrationDecision {
+            target_url: String::new(),
+            generation,
+        };
+        let mut reached = true;
+        for host in [&m.target, &m.source] {
+            if let Err(e) = self.decide(host, id, "abort", &decision).await {
+                let alive = self.hosts.get(host).is_some_and(|e| self.alive(&e));
+                tracing::warn!(migration = %id, %host, error = %e, "abort not delivered");
+                reached &= !alive;
+            }
+        }
+        reached
+    }
+
+    fn finish(&self, id: &str, phase: &str, reason: Option<String>, downtime_us: Option<u64>) {
+        self.update(id, true, |m| {
+            m.phase = phase.to_string();
+            m.error = reason.clone();
+            m.downtime_us = downtime_us;
+        });
+        let Some(m) = self.migration(id) else { return };
+        {
+            let mut metrics = self
+                .migration_metrics
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match phase {
+                "done" => {
+                    metrics.done += 1;
+                    metrics
+                        .total
+                        .observe(&TOTAL_BUCKETS, m.total_ms as f64 / 1000.0);
+                    if let Some(d) = downtime_us {
+                        metrics.downtime.observe(&DOWNTIME_BUCKETS, d as f64 / 1e6);
+                    }
+                }
+                "aborted" => metrics.aborted += 1,
+                _ => metrics.failed += 1,
+            }
+        }
+        self.event(
+            &format!("migration_{phase}"),
+            serde_json::json!({
+                "migration": id, "workload": m.workload, "source": m.source, "target": m.target,
+                "generation": m.generation, "rounds": m.rounds, "bytes": m.bytes_sent,
+                "total_ms": m.total_ms, "downtime_us": m.downtime_us, "error": m.error,
+            }),
+        );
+    }
+
+    /// Finish what a restart interrupted, for hosts that are back.
+    pub(super) async fn resolve_pending(&self) {
+        let pending: Vec<(String, Pending)> = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        for (id, what) in pending {
+            let Some(m) = self.migration(&id) else {
+                continue;
+            };
+            let done = match what {
+                Pending::Abort => {
+                    let generation = self.generation(&m.workload);
+                    self.abort_hosts(&id, generation).await
+                }
+                Pending::Commit => {
+                    self.complete(&id).await;
+                    true
+                }
+            };
+            if done {
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+                if what == Pending::Abort {
+                    self.finish(
+                        &id,
+                        "aborted",
+                        Some("the scheduler restarted before the commit".into()),
+                        None,
+                    );
+                }
+                tracing::info!(migration = %id, ?what, "interrupted migration resolved");
+            }
+        }
+    }
+
+    /// Wait until a migration ends.
+    async fn wait(&self, id: &str) -> Option<MigrationInfo> {
+        loop {
+            let m = self.migration(id)?;
+            if m.finished() {
+                return Some(m);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Cordon `host` and move every workload off it: live if possible, else
+    /// restarted elsewhere.
+    pub(super) async fn drain(self: &Arc<Self>, host: &str) -> Vec<DrainOutcome> {
+        let workloads: Vec<String> = self
+            .assignments
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, hosts)| hosts.contains(host))
+            .map(|(w, _)| w.clone())
+            .collect();
+        let mut out = Vec::new();
+        for workload in workloads {
+            let request = MigrateRequest {
+                workload: workload.clone(),
+                from: Some(host.to_string()),
+                ..MigrateRequest::default()
+            };
+            let (migration, detail) = match self.start_migration(request).await {
+                Ok(m) => match self.wait(&m.id).await {
+                    Some(done) if done.phase == "done" => {
+                        out.push(DrainOutcome {
+                            workload,
+                            outcome: "migrated".into(),
+                            migration: Some(m.id),
+                            detail: format!("to {}", done.target),
+                        });
+                        continue;
+                    }
+                    Some(failed) => (Some(m.id), failed.error.unwrap_or_default()),
+                    None => (Some(m.id), "migration vanished".into()),
+                },
+                Err((StatusCode::CONFLICT, reason)) if reason.contains("no host can take") => {
+                    out.push(DrainOutcome {
+                        workload,
+                        outcome: "failed".into(),
+                        migration: None,
+                        detail: reason,
+                    });
+                    continue;
+                }
+                Err((_, reason)) => (None, reason),
+            };
+            // Fall back to a restart elsewhere: stop it here, the reconciler
+            // places it on a host that meets its rules (this one is cordoned).
+            let outcome = match self.stop_on(host, &workload).await {
+                Ok(()) => {
+                    self.assign(&workload, host, false);
+                    DrainOutcome {
+                        workload,
+                        outcome: "restarted".into(),
+                        migration,
+                        detail: format!("live migration failed ({detail}); restarted elsewhere"),
+                    }
+                }
+                Err(e) => DrainOutcome {
+                    workload,
+                    outcome: "failed".into(),
+                    migration,
+                    detail: format!("live migration failed ({detail}) and stopping failed: {e}"),
+                },
+            };
+            out.push(outcome);
+        }
+        out
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Refusal {
+    (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+/// `POST /v1/migrations`.
+pub(super) async fn create(State(s): State<Arc<Scheduler>>, body: Bytes) -> Response {
+    let req: MigrateRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match s.start_migration(req).await {
+        Ok(info) => (StatusCode::ACCEPTED, Json(info)).into_response(),
+        Err((status, reason)) => error(status, reason),
+    }
+}
+
+/// `GET /v1/migrations`: newest first.
+pub(super) async fn list(State(s): State<Arc<Scheduler>>) -> Response {
+    let mut all: Vec<MigrationInfo> = s
+        .migrations
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    for m in all.iter_mut().filter(|m| !m.finished()) {
+        m.total_ms = now_ms().saturating_sub(m.started_ms);
+    }
+    all.sort_by_key(|m| std::cmp::Reverse(m.started_ms));
+    Json(all).into_response()
+}
+
+/// `GET /v1/migrations/{id}`.
+pub(super) async fn show(State(s): State<Arc<Scheduler>>, Path(id): Path<String>) -> Response {
+    match s.migration(&id) {
+        Some(mut m) => {
+            if !m.finished() {
+                m.total_ms = now_ms().saturating_sub(m.started_ms);
+            }
+            Json(m).into_response()
+        }
+        None => error(StatusCode::NOT_FOUND, format!("no migration `{id}`")),
+    }
+}
+
+/// `POST /v1/nodes/{name}/drain`.
+pub(super) async fn drain(s: Arc<Scheduler>, name: String) -> Response {
+    if !s.hosts.contains_key(&name) {
+        return error(StatusCode::NOT_FOUND, format!("no host `{name}`"));
+    }
+    if let Err(e) = s.store.set_cordoned(&name, true) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    s.event("host_draining", serde_json::json!({ "host": name }));
+    Json(s.drain(&name).await).into_response()
+}
