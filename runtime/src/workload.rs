@@ -266,19 +266,26 @@ impl Workload {
     /// Fire every timer that is due, earliest first.
     pub async fn fire_due_timers(&mut self) -> Result<usize, HandleError> {
         let mut fired = 0;
-        loop {
-            let now = self.instance.monotonic_now();
-            let Some((id, due)) = self.instance.abi().next_timer_due() else {
-                break;
-            };
-            if due > now {
-                break;
-            }
+        // Only timers due when this call began: a handler that sets a new
+        // zero-delay timer (a long job in steps) must let requests and
+        // messages in between its steps.
+        let now = self.instance.monotonic_now();
+        let mut due_ids: Vec<(u64, u64)> = self
+            .instance
+            .abi()
+            .timers
+            .iter()
+            .filter(|(_, t)| t.due_ns <= now)
+            .map(|(id, t)| (t.due_ns, *id))
+            .collect();
+        due_ids.sort_unstable();
+        for (_, id) in due_ids {
             if !self.instance.module().exports_function(abi::EXPORT_TIMER) {
                 return Err(HandleError::NoHandler(abi::EXPORT_TIMER));
             }
+            // An earlier handler may have cancelled it.
             let Some(timer) = self.instance.abi_mut().timers.remove(&id) else {
-                break;
+                continue;
             };
             self.call_with_bytes(abi::EXPORT_TIMER, &timer.payload, &[Val::I64(id as i64)])
                 .await?;

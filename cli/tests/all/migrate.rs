@@ -255,3 +255,438 @@ fn requests_under_load_are_neither_lost_nor_duplicated() {
     let twice: Vec<(&String, &u64)> = counts.iter().filter(|(_, n)| **n != 1).collect();
     assert!(twice.is_empty(), "applied more than once: {twice:?}");
 }
+
+#[test]
+fn kv_data_and_timers_move_and_ttls_expire_on_time() {
+    let c = eu_cluster();
+    deploy(&c, &["--example", "kv-cache", "--selector", "jurisdiction=EU"]);
+    poll(Duration::from_secs(30), "kv-cache to serve", || {
+        c.get("kv-cache", "/k").1 == "no such key"
+    });
+    let put = |key: &str, ttl_ms: u64| {
+        let r = c
+            .agent
+            .put(format!("{}/w/kv-cache/{key}?ttl={ttl_ms}", c.url))
+            .send(format!("value of {key}"))
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+    };
+    put("long", 600_000);
+    let put_at = std::time::Instant::now();
+    put("short", 2_000);
+    let source = host_of(&c, "kv-cache");
+    migrate(&c, "kv-cache", other_eu(&source));
+    assert_eq!(
+        c.get("kv-cache", "/long"),
+        (200, "value of long".to_string())
+    );
+    if put_at.elapsed() < Duration::from_millis(1_800) {
+        assert_eq!(
+            c.get("kv-cache", "/short"),
+            (200, "value of short".to_string()),
+            "expired early"
+        );
+    }
+    poll(Duration::from_secs(10), "the short key to expire", || {
+        c.get("kv-cache", "/short").0 == 404
+    });
+    let expired_after = put_at.elapsed();
+    assert!(
+        expired_after >= Duration::from_millis(2_000) && expired_after < Duration::from_secs(5),
+        "a 2 s TTL expired after {expired_after:?}"
+    );
+    assert_eq!(c.get("kv-cache", "/long").0, 200);
+}
+
+#[test]
+fn an_aggregator_keeps_its_windows_and_messages_sent_during_the_move() {
+    let c = eu_cluster();
+    deploy(
+        &c,
+        &["--example", "sensor-aggregator", "--selector", "jurisdiction=EU"],
+    );
+    deploy(&c, &["--example", "sensor-probe", "--selector", "site=us-east-1"]);
+    poll(Duration::from_secs(30), "both to serve", || {
+        c.get("sensor-aggregator", "/sensors").0 == 200
+            && c.invoke("sensor-probe", "/read?sensor=warmup&value=0").0 == 202
+    });
+    let read = |v: u32| {
+        let (status, body) = c.invoke("sensor-probe", &format!("/read?sensor=t1&value={v}"));
+        assert_eq!(status, 202, "{body}");
+    };
+    for v in 1..=20 {
+        read(v);
+    }
+    poll(Duration::from_secs(10), "20 readings", || {
+        c.get("sensor-aggregator", "/sensors/t1").1.contains("\"n\":20")
+    });
+    let source = host_of(&c, "sensor-aggregator");
+    // Readings keep coming while it moves.
+    let sender = {
+        let url = c.url.clone();
+        std::thread::spawn(move || {
+            let http = agent();
+            for v in 21..=60 {
+                let r = http
+                    .post(format!("{url}/w/sensor-probe/read?sensor=t1&value={v}"))
+                    .send("")
+                    .unwrap();
+                assert_eq!(r.status().as_u16(), 202);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    migrate(&c, "sensor-aggregator", other_eu(&source));
+    sender.join().unwrap();
+    poll(Duration::from_secs(10), "all 60 readings", || {
+        c.get("sensor-aggregator", "/sensors/t1").1.contains("\"n\":60")
+    });
+    let (_, stats) = c.get("sensor-aggregator", "/sensors/t1");
+    assert!(
+        stats.contains("\"min\":1") && stats.contains("\"max\":60"),
+        "{stats}"
+    );
+}
+
+fn mandelbrot_result(c: &Cluster, name: &str) -> String {
+    poll(Duration::from_secs(120), "the job to finish", || {
+        c.get(name, "/progress").1.contains("\"done\":true")
+    });
+    let (status, result) = c.get(name, "/result");
+    assert_eq!(status, 200, "{result}");
+    result
+}
+
+#[test]
+fn a_mandelbrot_job_moved_mid_run_gives_the_unmoved_result() {
+    let c = eu_cluster();
+    for name in ["mandelbrot", "mandelbrot-ref"] {
+        deploy(
+            &c,
+            &[
+                artifacts::MANDELBROT,
+                "--name",
+                name,
+                "--grant",
+                "timers",
+                "--selector",
+                "jurisdiction=EU",
+            ],
+        );
+    }
+    let job = "/start?width=1200&height=1200&iterations=2000";
+    for name in ["mandelbrot", "mandelbrot-ref"] {
+        poll(Duration::from_secs(30), "mandelbrot to serve", || {
+            c.get(name, "/progress").0 == 200
+        });
+    }
+    for name in ["mandelbrot", "mandelbrot-ref"] {
+        assert_eq!(c.invoke(name, job).0, 202);
+    }
+    poll(Duration::from_secs(60), "the job to be under way", || {
+        let p = c.get("mandelbrot", "/progress").1;
+        !p.contains("\"rows_done\":0,") && p.contains("\"done\":false")
+    });
+    let source = host_of(&c, "mandelbrot");
+    migrate(&c, "mandelbrot", other_eu(&source));
+    let progress = c.get("mandelbrot", "/progress").1;
+    assert!(!progress.contains("\"rows_done\":0,"), "{progress}");
+    assert_eq!(
+        mandelbrot_result(&c, "mandelbrot"),
+        mandelbrot_result(&c, "mandelbrot-ref")
+    );
+}
+
+// ------------------------------------------------------------------ faults --
+
+/// Clients sending unique POSTs to `counter` until stopped; the ids whose
+/// request was acknowledged.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(c: &Cluster, workload: &str, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..clients)
+            .map(|client| {
+                let (stop, acked) = (stop.clone(), acked.clone());
+                let url = format!("{}/w/{workload}", c.url);
+                std::thread::spawn(move || {
+                    let http = agent();
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let id = format!("/r-{client}-{n}");
+                        if let Ok(r) = http.post(format!("{url}{id}")).send("")
+                            && r.status() == 200
+                        {
+                            acked.lock().unwrap().push(id);
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            acked,
+            threads,
+        }
+    }
+
+    /// Stop, then check every acknowledged id was applied exactly once.
+    fn check(self, c: &Cluster, workload: &str) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        assert!(!acked.is_empty(), "no request was acknowledged");
+        let (status, body) = c.get(workload, "/");
+        assert_eq!(status, 200, "{body}");
+        let counts: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        let counts: BTreeMap<String, u64> = counts
+            .iter()
+            .map(|v| {
+                (
+                    v["path"].as_str().unwrap().to_string(),
+                    v["count"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let lost: Vec<&String> = acked.iter().filter(|id| !counts.contains_key(*id)).collect();
+        assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+        assert!(
+            counts.iter().all(|(p, n)| *n == 1 || !p.starts_with("/r-")),
+            "a request was applied twice"
+        );
+        eprintln!("{} acknowledged requests, none lost or applied twice", acked.len());
+    }
+}
+
+/// Start a migration without waiting; its id.
+fn start_migration(c: &Cluster, workload: &str, to: &str) -> String {
+    let (ok, out, err) = c.roam(&["migrate", workload, "--to", to, "--detach", "-o", "json"]);
+    assert!(ok, "{err}");
+    let m: serde_json::Value = serde_json::from_str(&out).unwrap();
+    m["id"].as_str().unwrap().to_string()
+}
+
+fn migration(c: &Cluster, id: &str) -> serde_json::Value {
+    let (status, body) = c.api("GET", &format!("/v1/migrations/{id}"), Some(&c.admin));
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn wait_phase(c: &Cluster, id: &str, phases: &[&str]) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    poll(Duration::from_secs(60), &format!("migration phase {phases:?}"), || {
+        last = migration(c, id);
+        phases.iter().any(|p| last["phase"] == *p)
+    });
+    last
+}
+
+/// Two EU hosts whose rounds are slowed down (so a test can act mid-transfer).
+fn slow_cluster(scheduler_env: &[(&str, &str)]) -> Cluster {
+    let mut c = Cluster::start_with(scheduler_env);
+    let slow = [("ROAM_FAULT_ROUND_DELAY_MS", "400")];
+    c.add_host_with("eu-1", "eu-west-1", "EU", &[], &slow);
+    c.add_host_with("eu-2", "eu-central-1", "EU", &[], &slow);
+    c.wait_ready(2);
+    deploy(
+        &c,
+        &[
+            artifacts::COUNTER,
+            "--name",
+            "counter",
+            "--selector",
+            "jurisdiction=EU",
+        ],
+    );
+    poll(Duration::from_secs(30), "counter to serve", || {
+        c.get("counter", "/").0 == 200
+    });
+    c
+}
+
+#[test]
+fn killing_the_target_during_the_transfer_leaves_the_source_serving() {
+    let mut c = slow_cluster(&[]);
+    let source = host_of(&c, "counter");
+    let target = other_eu(&source);
+    let load = Load::start(&c, "counter", 2);
+    let id = start_migration(&c, "counter", target);
+    wait_phase(&c, &id, &["precopy"]);
+    c.kill_host(target);
+    let m = wait_phase(&c, &id, &["failed", "done"]);
+    assert_eq!(m["phase"], "failed", "{m}");
+    assert_eq!(host_of(&c, "counter"), source);
+    load.check(&c, "counter");
+    assert_eq!(copies(&c, "counter"), vec![source.clone()]);
+}
+
+#[test]
+fn killing_the_source_after_it_froze_commits_to_the_target() {
+    let mut c = slow_cluster(&[("ROAM_FAULT_COMMIT_DELAY_MS", "1500")]);
+    let source = host_of(&c, "counter");
+    let target = other_eu(&source);
+    let load = Load::start(&c, "counter", 2);
+    let id = start_migration(&c, "counter", target);
+    wait_phase(&c, &id, &["prepared"]);
+    c.kill_host(&source);
+    let m = wait_phase(&c, &id, &["failed", "done"]);
+    assert_eq!(m["phase"], "done", "{m}");
+    assert_eq!(host_of(&c, "counter"), target);
+    load.check(&c, "counter");
+    poll(Duration::from_secs(10), "one copy, on the target", || {
+        copies(&c, "counter") == vec![target.to_string()]
+    });
+}
+
+#[test]
+fn a_scheduler_restart_mid_migration_aborts_it_and_the_source_serves_on() {
+    let mut c = slow_cluster(&[]);
+    let source = host_of(&c, "counter");
+    let target = other_eu(&source);
+    assert_eq!(c.invoke("counter", "/before").0, 200);
+    let id = start_migration(&c, "counter", target);
+    wait_phase(&c, &id, &["precopy"]);
+    c.restart_scheduler();
+    let m = wait_phase(&c, &id, &["aborted"]);
+    assert!(m["error"].as_str().unwrap().contains("restarted"), "{m}");
+    poll(Duration::from_secs(30), "the source to serve", || {
+        c.invoke("counter", "/before").1 == r#"{"path":"/before","count":2}"#
+    });
+    assert_eq!(host_of(&c, "counter"), source);
+    assert_eq!(copies(&c, "counter"), vec![source.clone()]);
+    // A later migration goes through.
+    migrate(&c, "counter", target);
+    assert_eq!(
+        c.invoke("counter", "/before").1,
+        r#"{"path":"/before","count":3}"#
+    );
+    assert_eq!(copies(&c, "counter"), vec![target.to_string()]);
+}
+
+/// A TCP relay in front of a host that can cut or corrupt large uploads
+/// (migration rounds) once armed.
+struct Relay {
+    addr: String,
+    mode: Arc<AtomicU64>,
+}
+
+const PASS: u64 = 0;
+const CUT: u64 = 1;
+const CORRUPT: u64 = 2;
+
+impl Relay {
+    fn start(to: std::net::SocketAddr) -> Relay {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let mode = Arc::new(AtomicU64::new(PASS));
+        let m = mode.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let Ok(server) = std::net::TcpStream::connect(to) else {
+                    continue;
+                };
+                let (mut c_read, mut s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut s_read, mut c_write) = (server, client);
+                let mode = m.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    let mut sent = 0usize;
+                    let mut corrupted = false;
+                    while let Ok(n) = c_read.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        sent += n;
+                        match mode.load(Ordering::Relaxed) {
+                            CUT if sent > 256 << 10 => {
+                                let _ = c_read.shutdown(std::net::Shutdown::Both);
+                                let _ = s_write.shutdown(std::net::Shutdown::Both);
+                                return;
+                            }
+                            CORRUPT if sent > 256 << 10 && !corrupted => {
+                                buf[n / 2] ^= 0x40;
+                                corrupted = true;
+                            }
+                            _ => {}
+                        }
+                        if s_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = s_write.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s_read, &mut c_write);
+                    let _ = c_write.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Relay { addr, mode }
+    }
+}
+
+#[test]
+fn a_cut_or_corrupted_stream_aborts_and_restores_nothing() {
+    let mut c = Cluster::start();
+    c.add_host("eu-1", "eu-west-1", "EU");
+    // eu-2 is reached through a relay that can break migration streams.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let relay = Relay::start(port);
+    c.add_host_with(
+        "eu-2",
+        "eu-central-1",
+        "EU",
+        &["--listen", &port.to_string(), "--advertise", &relay.addr],
+        &[],
+    );
+    c.wait_ready(2);
+    deploy(
+        &c,
+        &[
+            "--example",
+            "kv-cache",
+            "--selector",
+            "site=eu-west-1",
+        ],
+    );
+    poll(Duration::from_secs(30), "kv-cache to serve", || {
+        c.get("kv-cache", "/big").0 == 404
+    });
+    // Two MiB of state, so every full copy crosses the relay's threshold.
+    let big = "x".repeat(2 << 20);
+    let r = c
+        .agent
+        .put(format!("{}/w/kv-cache/big", c.url))
+        .send(big.as_str())
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    deploy(&c, &["--example", "kv-cache", "--selector", "jurisdiction=EU"]);
+    for (mode, what) in [(CUT, "cut"), (CORRUPT, "corrupted")] {
+        relay.mode.store(mode, Ordering::Relaxed);
+        let (ok, out, err) = c.roam(&["migrate", "kv-cache", "--to", "eu-2", "-o", "json"]);
+        assert!(!ok, "a {what} stream must fail the migration: {out}");
+        let m: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(m["phase"], "failed", "{what}: {m}{err}");
+        eprintln!("{what}: {}", m["error"]);
+        assert_eq!(host_of(&c, "kv-cache"), "eu-1");
+        assert_eq!(c.get("kv-cache", "/big").1.len(), big.len());
+        assert_eq!(copies(&c, "kv-cache"), vec!["eu-1".to_string()]);
+    }
+    relay.mode.store(PASS, Ordering::Relaxed);
+    migrate(&c, "kv-cache", "eu-2");
+    assert_eq!(c.get("kv-cache", "/big"), (200, big));
+}
