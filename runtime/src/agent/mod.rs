@@ -556,8 +556,32 @@ async fn launch(
     StatusCode::CREATED.into_response()
 }
 
-async fn stop(State(agent): State<Arc<Agent>>, Path(workload): Path<String>) -> HttpResponse {
-    match agent.workloads.lock().await.remove(&workload) {
+#[derive(serde::Deserialize)]
+struct StopQuery {
+    /// Stop only a copy whose generation is below this one.
+    below_generation: Option<u64>,
+}
+
+async fn stop(
+    State(agent): State<Arc<Agent>>,
+    Path(workload): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<StopQuery>,
+) -> HttpResponse {
+    let mut workloads = agent.workloads.lock().await;
+    if let (Some(below), Some(r)) = (q.below_generation, workloads.get(&workload))
+        && r.generation >= below
+    {
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "`{workload}` runs here at generation {}, not below {below}",
+                r.generation
+            ),
+        );
+    }
+    let removed = workloads.remove(&workload);
+    drop(workloads);
+    match removed {
         Some(r) => {
             agent.bus.unregister(&workload);
             r.handle.stop().await;

@@ -196,8 +196,9 @@ impl Scheduler {
                 if info.phase == "committed" {
                     pending.insert(id.clone(), Pending::Commit);
                 } else {
+                    // Shown as `aborting` until both hosts were told.
                     pending.insert(id.clone(), Pending::Abort);
-                    info.phase = "aborted".into();
+                    info.phase = "aborting".into();
                     info.error = Some("the scheduler restarted before the commit".into());
                     info.history.push((info.phase.clone(), info.total_ms));
                 }

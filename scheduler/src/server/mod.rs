@@ -436,8 +436,21 @@ impl Scheduler {
             })
             .collect();
         for (host, workload) in stale {
-            tracing::warn!(%workload, %host, "stopping a copy fenced off by a newer generation");
-            if self.stop_on(&host, &workload).await.is_ok()
+            // Only a copy still below the generation: the report may be
+            // older than a migration that brought the workload back here.
+            let generation = self.generation(&workload);
+            let Some((url, secret)) = self.host_endpoint(&host) else {
+                continue;
+            };
+            let stopped = self
+                .http
+                .delete(format!("{url}/v1/instances/{workload}"))
+                .query(&[("below_generation", generation)])
+                .bearer_auth(secret)
+                .send()
+                .await;
+            tracing::info!(%workload, %host, generation, "stopping a copy fenced off by a newer generation, if still there");
+            if stopped.is_ok_and(|r| r.status().is_success() || r.status() == StatusCode::NOT_FOUND)
                 && let Some(mut e) = self.hosts.get_mut(&host)
             {
                 e.instances.retain(|i| i.workload != workload);
