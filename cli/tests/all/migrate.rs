@@ -716,3 +716,71 @@ fn a_cut_or_corrupted_stream_aborts_and_restores_nothing() {
     migrate(&c, "kv-cache", "eu-2");
     assert_eq!(c.get("kv-cache", "/big"), (200, big));
 }
+
+#[test]
+fn draining_a_host_moves_its_workloads_live_within_their_rules() {
+    let c = eu_cluster();
+    deploy(
+        &c,
+        &[
+            artifacts::COUNTER,
+            "--name",
+            "counter",
+            "--selector",
+            "site=eu-west-1",
+        ],
+    );
+    deploy(
+        &c,
+        &["--example", "kv-cache", "--selector", "site=eu-west-1"],
+    );
+    poll(Duration::from_secs(30), "both to serve", || {
+        c.get("counter", "/a").0 == 200 && c.get("kv-cache", "/k").0 == 404
+    });
+    assert_eq!(c.invoke("counter", "/a").1, r#"{"path":"/a","count":1}"#);
+    let r = c
+        .agent
+        .put(format!("{}/w/kv-cache/k", c.url))
+        .send("v")
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    // Both may only run on eu-1: draining it moves nothing and says why.
+    let (ok, out, err) = c.roam(&["drain", "eu-1"]);
+    assert!(!ok && out.contains("no host can take"), "{out}{err}");
+    assert_eq!(host_of(&c, "counter"), "eu-1");
+    // Allowed anywhere in the EU, they move to eu-2 (not us-1).
+    for w in ["counter", "kv-cache"] {
+        let (status, body) = c.api("GET", &format!("/v1/workloads/{w}"), Some(&c.admin));
+        assert_eq!(status, 200);
+        let mut spec: serde_json::Value = serde_json::from_str(&body).unwrap();
+        spec["spec"]["selector"] = "jurisdiction=EU".into();
+        let r = c
+            .agent
+            .post(format!("{}/v1/workloads", c.url))
+            .header("authorization", format!("Bearer {}", c.admin))
+            .header("content-type", "application/json")
+            .send(spec["spec"].to_string())
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+    }
+    let (ok, out, err) = c.roam(&["drain", "eu-1", "-o", "json"]);
+    assert!(ok, "{out}{err}");
+    let outcomes: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(outcomes.len(), 2, "{out}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o["outcome"] == "migrated" && o["detail"] == "to eu-2"),
+        "{out}"
+    );
+    assert_eq!(c.invoke("counter", "/a").1, r#"{"path":"/a","count":2}"#);
+    assert_eq!(c.get("kv-cache", "/k"), (200, "v".to_string()));
+    let nodes = c.nodes();
+    let eu1 = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "eu-1")
+        .unwrap();
+    assert_eq!(eu1["status"], "cordoned");
+}
