@@ -82,6 +82,7 @@ fn main() {
         ),
         ("SENSOR_PROBE", "sensor-probe", "sensor_probe.wasm"),
         ("MANDELBROT", "mandelbrot", "mandelbrot.wasm"),
+        ("MEMBENCH", "membench", "membench.wasm"),
     ];
     let mut cmd = Command::new(&cargo);
     cmd.args([

@@ -265,6 +265,10 @@ pub struct MigrationOptions {
     /// Stop pre-copying once a round's delta is at most this many bytes.
     #[serde(default = "default_final_bytes")]
     pub max_final_bytes: u64,
+    /// Skip pre-copy: freeze first and send one full snapshot (the
+    /// stop-and-copy baseline live migration is measured against).
+    #[serde(default)]
+    pub stop_and_copy: bool,
 }
 
 fn default_max_rounds() -> u32 {
@@ -280,6 +284,7 @@ impl Default for MigrationOptions {
         MigrationOptions {
             max_rounds: default_max_rounds(),
             max_final_bytes: default_final_bytes(),
+            stop_and_copy: false,
         }
     }
 }

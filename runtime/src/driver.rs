@@ -94,7 +94,7 @@ enum Command {
     Capture(bool, oneshot::Sender<Result<Capture, String>>),
     /// Migration: capture the last delta and stop dispatching; hold what
     /// arrives until `Resume` or `Handoff`.
-    Freeze(oneshot::Sender<Result<Capture, String>>),
+    Freeze(bool, oneshot::Sender<Result<Capture, String>>),
     /// Migration aborted: serve again, held events first.
     Resume,
     /// Migration committed: forward held and later events, drop the instance.
@@ -194,7 +194,13 @@ impl WorkloadHandle {
     /// messages that arrive from now on are held (not answered) until
     /// [`WorkloadHandle::resume`] or [`WorkloadHandle::handoff`].
     pub async fn freeze(&self) -> Result<Capture, String> {
-        self.ask(Command::Freeze).await
+        self.ask(|tx| Command::Freeze(false, tx)).await
+    }
+
+    /// Stop-and-copy: stop dispatching and capture everything (no earlier
+    /// migration capture needed). Held events as with [`WorkloadHandle::freeze`].
+    pub async fn freeze_full(&self) -> Result<Capture, String> {
+        self.ask(|tx| Command::Freeze(true, tx)).await
     }
 
     /// Migration aborted: serve again, the held events first, in order.
@@ -297,10 +303,10 @@ impl Driver {
                         };
                         let _ = reply.send(result);
                     }
-                    Some(Command::Freeze(reply)) => {
+                    Some(Command::Freeze(full, reply)) => {
                         let result = match mode {
                             Mode::Held(_) => Err("the workload is already frozen".to_string()),
-                            Mode::Serving => self.migration_capture(false),
+                            Mode::Serving => self.migration_capture(full),
                         };
                         if result.is_ok() {
                             mode = Mode::Held(Vec::new());
@@ -358,7 +364,7 @@ impl Driver {
                 Command::Snapshot(reply) => {
                     let _ = reply.send(Err(format!("workload `{name}` moved to another host")));
                 }
-                Command::Capture(_, reply) | Command::Freeze(reply) => {
+                Command::Capture(_, reply) | Command::Freeze(_, reply) => {
                     let _ = reply.send(Err(format!("workload `{name}` moved to another host")));
                 }
                 Command::Resume | Command::Handoff(_) => {}

@@ -35,6 +35,9 @@ pub struct MigrateArgs {
     /// Stop pre-copying once a round's delta is at most this large.
     #[arg(long, value_parser = parse_size, default_value = "256KiB")]
     pub max_final: u64,
+    /// Freeze first and copy everything once (no pre-copy): the baseline.
+    #[arg(long)]
+    pub stop_and_copy: bool,
     /// Return once the migration has started; follow it with `roam describe migration ID`.
     #[arg(long, conflicts_with = "wait")]
     pub detach: bool,
@@ -94,6 +97,7 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
             options: MigrationOptions {
                 max_rounds: args.max_rounds,
                 max_final_bytes: args.max_final,
+                stop_and_copy: args.stop_and_copy,
             },
         };
         let started: MigrationInfo = c

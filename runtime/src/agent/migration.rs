@@ -558,6 +558,16 @@ async fn precopy(
             Ok(())
         }
     };
+    if options.stop_and_copy {
+        report.phase = "stopping".into();
+        let frozen_at = Instant::now();
+        let all = out.handle.freeze_full().await?;
+        out.state.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(frozen_at);
+        report.last_round_bytes = all.bytes.len() as u64;
+        send_round(agent, id, out, 0, all.bytes, true).await?;
+        report.bytes_sent = report.last_round_bytes;
+        return check(progress);
+    }
     let mut last_capture = Instant::now();
     let full = out.handle.capture(true).await?;
     report.last_round_bytes = full.bytes.len() as u64;

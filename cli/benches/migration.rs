@@ -1,0 +1,299 @@
+//! Live migration vs stop-and-copy, between two real `roam host` processes
+//! on loopback, under request load.
+//!
+//! `cargo bench -p roam --bench migration` (set `ROAM_BENCH_QUICK=1` for
+//! fewer runs). For every memory size and dirty rate it moves the `membench`
+//! workload back and forth with pre-copy and then with stop-and-copy (the
+//! baseline, same run), while a client dirties memory at the chosen rate,
+//! and prints downtime p50/p99 and total time as a Markdown table, with the
+//! loopback throughput measured in the same run.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a benchmark reports failure by panicking"
+)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(args: &[&str], envs: &[(&str, &str)]) -> (Proc, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roam"))
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("on http://").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    (Proc(child), format!("http://{addr}"))
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    _procs: Vec<Proc>,
+    url: String,
+    admin: String,
+    http: ureq::Agent,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("scheduler");
+        let (sched, url) = spawn(
+            &[
+                "scheduler",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                data.to_str().unwrap(),
+            ],
+            &[],
+        );
+        let admin = std::fs::read_to_string(data.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let http = agent();
+        let mut procs = vec![sched];
+        for name in ["a", "b"] {
+            let mut r = http
+                .post(format!("{url}/v1/tokens"))
+                .header("authorization", format!("Bearer {admin}"))
+                .header("content-type", "application/json")
+                .send(r#"{"labels":{}}"#)
+                .unwrap();
+            let v: serde_json::Value =
+                serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+            let token = v["token"].as_str().unwrap().to_string();
+            let hdata = dir.path().join(name);
+            let (p, _) = spawn(
+                &[
+                    "host",
+                    "--join",
+                    &url,
+                    "--name",
+                    name,
+                    "--data-dir",
+                    hdata.to_str().unwrap(),
+                    "--capacity-memory",
+                    "2GiB",
+                ],
+                &[("ROAM_JOIN_TOKEN", &token)],
+            );
+            procs.push(p);
+        }
+        Cluster {
+            _dir: dir,
+            _procs: procs,
+            url,
+            admin,
+            http,
+        }
+    }
+
+    fn roam(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_roam"))
+            .args(args)
+            .env("ROAM_ADDR", &self.url)
+            .env("ROAM_TOKEN", &self.admin)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "roam {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn post(&self, path: &str) -> u16 {
+        self.http
+            .post(format!("{}/w/membench{path}", self.url))
+            .send("")
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    }
+
+    fn host(&self) -> String {
+        let mut r = self
+            .http
+            .get(format!("{}/v1/instances", self.url))
+            .header("authorization", format!("Bearer {}", self.admin))
+            .call()
+            .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        v[0]["host"].as_str().unwrap().to_string()
+    }
+}
+
+/// Bytes per second over one loopback TCP connection.
+fn loopback_throughput() -> f64 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reader = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0usize;
+        while let Ok(k) = s.read(&mut buf) {
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        n
+    });
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    let start = Instant::now();
+    for _ in 0..512 {
+        s.write_all(&chunk).unwrap();
+    }
+    drop(s);
+    let n = reader.join().unwrap();
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn percentile(values: &mut [f64], p: f64) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let i = ((values.len() as f64 - 1.0) * p).round() as usize;
+    values[i.min(values.len() - 1)]
+}
+
+struct Runs {
+    downtime_ms: Vec<f64>,
+    total_ms: Vec<f64>,
+    bytes: Vec<f64>,
+}
+
+fn run(c: &Cluster, n: usize, stop_and_copy: bool) -> Runs {
+    let mut runs = Runs {
+        downtime_ms: Vec::new(),
+        total_ms: Vec::new(),
+        bytes: Vec::new(),
+    };
+    for _ in 0..n {
+        let to = if c.host() == "a" { "b" } else { "a" };
+        let mut args = vec!["migrate", "membench", "--to", to, "-o", "json"];
+        if stop_and_copy {
+            args.push("--stop-and-copy");
+        }
+        let m: serde_json::Value = serde_json::from_str(&c.roam(&args)).unwrap();
+        runs.downtime_ms
+            .push(m["downtime_us"].as_f64().unwrap_or(f64::NAN) / 1000.0);
+        runs.total_ms.push(m["total_ms"].as_f64().unwrap());
+        runs.bytes.push(m["bytes_sent"].as_f64().unwrap());
+    }
+    runs
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let quick = std::env::var("ROAM_BENCH_QUICK").is_ok();
+    let module = roam_tests::artifacts::MEMBENCH;
+    let throughput = loopback_throughput();
+    println!(
+        "loopback TCP throughput (same run): {:.0} MB/s; {} cores\n",
+        throughput / 1e6,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!(
+        "| memory | dirty rate | pre-copy downtime p50 / p99 | pre-copy total p50 | bytes sent | total ÷ (bytes ÷ loopback) | stop-and-copy downtime p50 / p99 | stop-and-copy p99 ÷ pre-copy p99 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for mib in [1u64, 64, 256] {
+        for rate in [0u64, 1, 10, 50] {
+            let c = Cluster::start();
+            c.roam(&[
+                "deploy",
+                module,
+                "--name",
+                "membench",
+                "--memory",
+                &format!("{}MiB", mib + 64),
+            ]);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while c.post(&format!("/fill?mib={mib}")) != 200 {
+                assert!(Instant::now() < deadline, "membench did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // The load: 100 requests a second, each dirtying rate/100.
+            let stop = Arc::new(AtomicBool::new(false));
+            let load = {
+                let (stop, url) = (stop.clone(), c.url.clone());
+                let kib = rate * 1024 / 100;
+                std::thread::spawn(move || {
+                    let http = agent();
+                    let mut next = Instant::now();
+                    while !stop.load(Ordering::Relaxed) {
+                        let _ = http
+                            .post(format!("{url}/w/membench/dirty?kib={kib}"))
+                            .send("");
+                        next += Duration::from_millis(10);
+                        if let Some(d) = next.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(d);
+                        }
+                    }
+                })
+            };
+            let n = match (quick, mib) {
+                (true, _) => 3,
+                (false, 256) => 5,
+                _ => 10,
+            };
+            let mut pre = run(&c, n, false);
+            let mut snc = run(&c, n, true);
+            stop.store(true, Ordering::Relaxed);
+            load.join().unwrap();
+            let pre99 = percentile(&mut pre.downtime_ms, 0.99);
+            let snc99 = percentile(&mut snc.downtime_ms, 0.99);
+            let total50 = percentile(&mut pre.total_ms, 0.5);
+            let bytes50 = percentile(&mut pre.bytes, 0.5);
+            println!(
+                "| {mib} MiB | {rate} MB/s | {:.2} / {:.2} ms | {:.0} ms | {:.1} MiB | {:.2}× | {:.2} / {:.2} ms | {:.1}× |",
+                percentile(&mut pre.downtime_ms, 0.5),
+                pre99,
+                total50,
+                bytes50 / (1 << 20) as f64,
+                (total50 / 1000.0) / (bytes50 / throughput),
+                percentile(&mut snc.downtime_ms, 0.5),
+                snc99,
+                snc99 / pre99,
+            );
+        }
+    }
+}
