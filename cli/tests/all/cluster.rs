@@ -60,6 +60,10 @@ pub(crate) struct Cluster {
     pub(crate) scheduler_env: Vec<(String, String)>,
 }
 
+/// A host silent this long counts as down in a migration test: long enough
+/// that a loaded CI machine does not lose hosts that are alive.
+pub(crate) const PATIENT: &str = "5s";
+
 pub(crate) fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -100,7 +104,15 @@ impl Cluster {
         listen: &str,
         envs: &[(String, String)],
     ) -> (Proc, String) {
-        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let timeout = envs
+            .iter()
+            .find(|(k, _)| k == "HEARTBEAT_TIMEOUT")
+            .map_or("1s".to_string(), |(_, v)| v.clone());
+        let envs: Vec<(&str, &str)> = envs
+            .iter()
+            .filter(|(k, _)| k != "HEARTBEAT_TIMEOUT")
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let data = dir.join("scheduler");
         spawn(
             &[
@@ -110,7 +122,7 @@ impl Cluster {
                 "--data-dir",
                 data.to_str().unwrap(),
                 "--heartbeat-timeout",
-                "1s",
+                &timeout,
                 "--heartbeat",
                 "200ms",
             ],
@@ -256,7 +268,13 @@ pub(crate) fn poll(deadline: Duration, what: &str, mut done: impl FnMut() -> boo
 }
 
 pub(crate) fn eu_cluster() -> Cluster {
-    let mut c = Cluster::start();
+    eu_cluster_with(&[])
+}
+
+/// [`eu_cluster`] with a scheduler environment (`HEARTBEAT_TIMEOUT` sets
+/// `--heartbeat-timeout`).
+pub(crate) fn eu_cluster_with(envs: &[(&str, &str)]) -> Cluster {
+    let mut c = Cluster::start_with(envs);
     c.add_host("eu-1", "eu-west-1", "EU");
     c.add_host("eu-2", "eu-central-1", "EU");
     c.add_host("us-1", "us-east-1", "US");

@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use roam_tests::artifacts;
 
-use crate::cluster::{Cluster, agent, eu_cluster, poll};
+use crate::cluster::{Cluster, PATIENT, agent, eu_cluster_with, poll};
+
+fn eu_cluster() -> Cluster {
+    eu_cluster_with(&[("HEARTBEAT_TIMEOUT", PATIENT)])
+}
 
 /// The host a workload runs on now, per the scheduler.
 fn host_of(c: &Cluster, workload: &str) -> String {
@@ -518,7 +522,9 @@ fn wait_phase(c: &Cluster, id: &str, phases: &[&str]) -> serde_json::Value {
 
 /// Two EU hosts whose rounds are slowed down (so a test can act mid-transfer).
 fn slow_cluster(scheduler_env: &[(&str, &str)]) -> Cluster {
-    let mut c = Cluster::start_with(scheduler_env);
+    let mut env = vec![("HEARTBEAT_TIMEOUT", PATIENT)];
+    env.extend_from_slice(scheduler_env);
+    let mut c = Cluster::start_with(&env);
     let slow = [("ROAM_FAULT_ROUND_DELAY_MS", "400")];
     c.add_host_with("eu-1", "eu-west-1", "EU", &[], &slow);
     c.add_host_with("eu-2", "eu-central-1", "EU", &[], &slow);
@@ -666,7 +672,7 @@ impl Relay {
 
 #[test]
 fn a_cut_or_corrupted_stream_aborts_and_restores_nothing() {
-    let mut c = Cluster::start();
+    let mut c = Cluster::start_with(&[("HEARTBEAT_TIMEOUT", PATIENT)]);
     c.add_host("eu-1", "eu-west-1", "EU");
     // eu-2 is reached through a relay that can break migration streams.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
