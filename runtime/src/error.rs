@@ -169,6 +169,9 @@ pub enum CaptureError {
     /// An item the layout promised is missing (rewriter bug).
     #[error("state item `{0}` is missing from the instance")]
     MissingItem(String),
+    /// The kernel could not say which pages were written.
+    #[error("dirty-page tracking failed: {0}")]
+    DirtyTracking(String),
 }
 
 /// Applying a snapshot to an instance failed. Nothing usable is left behind:

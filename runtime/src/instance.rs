@@ -131,6 +131,10 @@ pub struct InstanceState {
 
 /// A running instance of a module.
 pub struct Instance {
+    /// Kernel write tracking of memory 0, when dirty tracking is on and the
+    /// kernel can. Declared first so it is dropped (unregistered) before the
+    /// store gives the memory's pooling slot to another instance.
+    pub(crate) tracker: Option<crate::dirty::WriteTracker>,
     pub(crate) store: Store<InstanceState>,
     pub(crate) instance: wasmtime::Instance,
     pub(crate) module: Module,
@@ -392,7 +396,14 @@ impl Instance {
         self.config.track_dirty = on;
         if !on {
             self.page_hashes = None;
+            self.tracker = None;
         }
+    }
+
+    /// Whether the kernel tracks this instance's writes (else deltas hash
+    /// every page).
+    pub fn write_tracking(&self) -> bool {
+        self.tracker.is_some()
     }
 
     /// Capture the whole state at this safe point.
@@ -414,7 +425,7 @@ impl Instance {
     /// plus globals, tables and host state. Apply it with [`Instance::apply`]
     /// on an instance restored from that previous capture.
     pub fn capture_delta(&mut self) -> Result<Snapshot, CaptureError> {
-        if self.page_hashes.is_none() || self.sequence == 0 {
+        if (self.page_hashes.is_none() && self.tracker.is_none()) || self.sequence == 0 {
             return Err(CaptureError::NoBase);
         }
         self.capture_inner(true, None)
@@ -429,6 +440,27 @@ impl Instance {
             return Err(CaptureError::Poisoned);
         }
         let track = self.config.track_dirty;
+        // With tracking on, a full capture (re)starts kernel write tracking
+        // where it works; a delta asks it which pages were written. Pages
+        // are hashed only where it does not work.
+        let mut written: Option<Vec<u64>> = None;
+        if track && !delta {
+            self.tracker = None;
+            if let Some(memory) = self.memory(0) {
+                let (ptr, len) = (memory.data_ptr(&self.store), memory.data_size(&self.store));
+                match crate::dirty::WriteTracker::new(ptr, len) {
+                    Ok(t) => self.tracker = Some(t),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "no kernel write tracking; hashing pages")
+                    }
+                }
+            }
+        } else if track && let Some(mut tracker) = self.tracker.take() {
+            let result = self.written_pages(&mut tracker);
+            self.tracker = Some(tracker);
+            written = Some(result.map_err(|e| CaptureError::DirtyTracking(e.to_string()))?);
+        }
+        let hashing = track && self.tracker.is_none();
         let mut old_hashes = self.page_hashes.take().unwrap_or_default();
         let mut new_hashes = Vec::new();
         let mut memories = Vec::new();
@@ -445,8 +477,16 @@ impl Instance {
                 .as_mut()
                 .and_then(|r| (index < r.len()).then(|| std::mem::take(&mut r[index])))
                 .unwrap_or_default();
-            let (image, hashes) =
-                capture_memory(index as u32, data, delta.then_some(&old[..]), track, buffer);
+            let (image, hashes) = match (index, &written) {
+                (0, Some(pages)) => (capture_pages(data, pages, buffer), Vec::new()),
+                _ => capture_memory(
+                    index as u32,
+                    data,
+                    delta.then_some(&old[..]),
+                    hashing,
+                    buffer,
+                ),
+            };
             memories.push(image);
             new_hashes.push(hashes);
         }
@@ -527,7 +567,7 @@ impl Instance {
         ];
         let base = delta.then_some(self.sequence);
         self.sequence += 1;
-        if track {
+        if hashing {
             self.page_hashes = Some(new_hashes);
         }
         Ok(Snapshot {
@@ -541,6 +581,30 @@ impl Instance {
             tables,
             host,
         })
+    }
+
+    /// Pages of memory 0 written since the last capture, by the kernel's
+    /// account, plus the non-zero pages of memory grown since then.
+    fn written_pages(
+        &mut self,
+        tracker: &mut crate::dirty::WriteTracker,
+    ) -> std::io::Result<Vec<u64>> {
+        let Some(memory) = self.memory(0) else {
+            return Ok(Vec::new());
+        };
+        let grown = tracker.extend(memory.data_size(&self.store))?;
+        let mut pages = Vec::new();
+        tracker.take_written(&mut pages)?;
+        let data = memory.data(&self.store);
+        for p in grown.start / PAGE_SIZE..grown.end.div_ceil(PAGE_SIZE) {
+            let at = p * PAGE_SIZE;
+            if !is_zero(&data[at..(at + PAGE_SIZE).min(data.len())]) {
+                pages.push(p as u64);
+            }
+        }
+        pages.sort_unstable();
+        pages.dedup();
+        Ok(pages)
     }
 
     /// Map from a funcref's raw pointer to its function index.
@@ -819,7 +883,9 @@ impl Instance {
 
         self.restore_host_state(snapshot)?;
 
-        // Bring the dirty tracker in line with the restored state.
+        // Bring the dirty tracker in line with the restored state (hashes;
+        // kernel tracking restarts at the next full capture).
+        self.tracker = None;
         if self.config.track_dirty {
             let mut hashes = Vec::new();
             for i in 0..self.module.inner.exports.memories.len() {
@@ -837,6 +903,25 @@ impl Instance {
         self.poisoned = false;
         Ok(())
     }
+}
+
+/// Copy the listed pages of memory 0 into an image.
+fn capture_pages(data: &[u8], pages: &[u64], mut image: MemoryImage) -> MemoryImage {
+    image.index = 0;
+    image.byte_len = data.len() as u64;
+    image.pages.clear();
+    image.data.clear();
+    image.data.reserve(pages.len() * PAGE_SIZE);
+    for &p in pages {
+        let at = p as usize * PAGE_SIZE;
+        let Some(page) = data.get(at..(at + PAGE_SIZE).min(data.len())) else {
+            continue;
+        };
+        image.pages.push(p);
+        image.data.extend_from_slice(page);
+        image.data.resize(image.pages.len() * PAGE_SIZE, 0);
+    }
+    image
 }
 
 /// Copy one memory into an image: every non-zero page for a full capture,

@@ -17,6 +17,7 @@ pub mod abi;
 pub mod agent;
 pub mod cache;
 pub mod config;
+pub mod dirty;
 pub mod driver;
 pub mod epoch;
 pub mod error;

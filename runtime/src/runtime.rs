@@ -361,6 +361,7 @@ impl Runtime {
             sequence: 0,
             generation: 0,
             page_hashes: None,
+            tracker: None,
         })
     }
 

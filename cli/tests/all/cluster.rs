@@ -72,10 +72,6 @@ pub(crate) fn agent() -> ureq::Agent {
 }
 
 impl Cluster {
-    pub(crate) fn start() -> Cluster {
-        Self::start_with(&[])
-    }
-
     /// A cluster whose scheduler runs with extra environment variables.
     pub(crate) fn start_with(envs: &[(&str, &str)]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();

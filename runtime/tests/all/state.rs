@@ -145,6 +145,8 @@ async fn delta_carries_only_changed_pages_and_applies_onto_restored_base() {
         a.call("grow", &[Val::I32(1)]).await.unwrap();
     }
     let full = a.capture().unwrap();
+    // The kernel tracks writes wherever it can; hashing is the fallback.
+    assert_eq!(a.write_tracking(), roam_runtime::dirty::supported());
     let mut replica = rt.restore(&module, config(), &full).await.unwrap();
 
     a.call("write", &[Val::I32(5 * 65536 + 100), Val::I64(77)])
@@ -250,4 +252,30 @@ async fn monotonic_clock_never_goes_back_across_restore() {
     };
     let restored = rt.restore(&module, config(), &snapshot).await.unwrap();
     assert!(restored.monotonic_now() >= 3_600_000_000_000);
+}
+
+/// Write tracking ends with its instance: the next instance in the pooling
+/// slots gets its own, sees only its own writes, and nothing of the last one.
+#[tokio::test]
+async fn write_tracking_does_not_outlive_its_instance() {
+    let rt = Runtime::new(RuntimeConfig {
+        slots: 1,
+        max_instance_memory: 64 << 20,
+        keep_resident: 8 << 20,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let module = load_wat(&rt, STATE_WAT);
+    for round in 0..3i64 {
+        let mut a = rt.instantiate(&module, config()).await.unwrap();
+        a.call("grow", &[Val::I32(2)]).await.unwrap();
+        a.capture().unwrap();
+        assert_eq!(a.write_tracking(), roam_runtime::dirty::supported());
+        a.call("write", &[Val::I32(65536 + 8), Val::I64(round + 1)])
+            .await
+            .unwrap();
+        let delta = a.capture_delta().unwrap();
+        assert_eq!(delta.memories[0].pages, vec![16], "round {round}");
+        drop(a);
+    }
 }

@@ -1,0 +1,356 @@
+//! Which pages of a linear memory were written since the last look, from
+//! the kernel instead of by hashing every page.
+//!
+//! Linux ≥ 6.7: the memory is registered with a userfaultfd in asynchronous
+//! write-protect mode (`UFFD_FEATURE_WP_ASYNC`): a write to a protected page
+//! just clears its protection, no fault reaches user space. `PAGEMAP_SCAN`
+//! on `/proc/self/pagemap` then lists the written pages and protects them
+//! again in the same call. A round costs a page-table walk (~0.03 ms for
+//! 64 MiB) instead of hashing every page (~4.4 ms), and the first write to a
+//! page after each round ~1 µs.
+//!
+//! Pitfalls handled here (found on this kernel): scans pass
+//! `PM_SCAN_CHECK_WPASYNC`, so an unregistered range is an error, not
+//! silently skipped; memory added by `memory.grow` is registered and
+//! protected before the next scan, and reported written; the tracker is
+//! unregistered and closed when dropped, which [`crate::Instance`] does
+//! before its store, so a pooling slot reused by the next instance never
+//! inherits it. Where anything is missing, [`WriteTracker::new`] fails and
+//! the caller hashes pages instead.
+
+#[cfg(target_os = "linux")]
+mod imp {
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    const UFFD_API: u64 = 0xAA;
+    const UFFD_USER_MODE_ONLY: libc::c_int = 1;
+    const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+    const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
+    const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
+    const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
+    const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+    const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
+    const PAGE_IS_WRITTEN: u64 = 1 << 1;
+    const PAGE: u64 = 4096;
+
+    #[repr(C)]
+    #[derive(Default)]
+    struct UffdioApi {
+        api: u64,
+        features: u64,
+        ioctls: u64,
+    }
+
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    struct UffdioRange {
+        start: u64,
+        len: u64,
+    }
+
+    #[repr(C)]
+    #[derive(Default)]
+    struct UffdioRegister {
+        range: UffdioRange,
+        mode: u64,
+        ioctls: u64,
+    }
+
+    #[repr(C)]
+    #[derive(Default)]
+    struct UffdioWriteprotect {
+        range: UffdioRange,
+        mode: u64,
+    }
+
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    struct PageRegion {
+        start: u64,
+        end: u64,
+        categories: u64,
+    }
+
+    #[repr(C)]
+    #[derive(Default)]
+    struct PmScanArg {
+        size: u64,
+        flags: u64,
+        start: u64,
+        end: u64,
+        walk_end: u64,
+        vec: u64,
+        vec_len: u64,
+        max_pages: u64,
+        category_inverted: u64,
+        category_mask: u64,
+        category_anyof_mask: u64,
+        return_mask: u64,
+    }
+
+    /// `_IOWR`/`_IOR` as the kernel headers compute them.
+    const fn ioc(dir: u64, kind: u64, nr: u64, size: usize) -> u64 {
+        (dir << 30) | ((size as u64) << 16) | (kind << 8) | nr
+    }
+    const READ_WRITE: u64 = 3;
+    const READ: u64 = 2;
+    const UFFDIO_API: u64 = ioc(READ_WRITE, 0xAA, 0x3F, size_of::<UffdioApi>());
+    const UFFDIO_REGISTER: u64 = ioc(READ_WRITE, 0xAA, 0x00, size_of::<UffdioRegister>());
+    const UFFDIO_UNREGISTER: u64 = ioc(READ, 0xAA, 0x01, size_of::<UffdioRange>());
+    const UFFDIO_WRITEPROTECT: u64 = ioc(READ_WRITE, 0xAA, 0x06, size_of::<UffdioWriteprotect>());
+    const PAGEMAP_SCAN: u64 = ioc(READ_WRITE, b'f' as u64, 16, size_of::<PmScanArg>());
+
+    fn ioctl<T>(fd: &impl AsRawFd, request: u64, arg: &mut T) -> io::Result<libc::c_long> {
+        // SAFETY: `arg` is a live, exclusively borrowed `#[repr(C)]` struct of
+        // the layout `request` expects; the kernel reads and writes only it
+        // (and, for PAGEMAP_SCAN, the vector it points at, sized by the caller).
+        let r = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, arg as *mut T) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r as libc::c_long)
+        }
+    }
+
+    /// Tracks writes to `[base, base + len)`, a range this process maps.
+    pub struct WriteTracker {
+        uffd: OwnedFd,
+        pagemap: File,
+        base: u64,
+        registered: u64,
+    }
+
+    impl std::fmt::Debug for WriteTracker {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("WriteTracker")
+                .field("registered", &self.registered)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl WriteTracker {
+        /// Start tracking `len` bytes at `base` (page aligned): from now on
+        /// a write marks its page.
+        pub fn new(base: *mut u8, len: usize) -> io::Result<WriteTracker> {
+            let base = base as u64;
+            if !base.is_multiple_of(PAGE) || !(len as u64).is_multiple_of(PAGE) {
+                return Err(io::Error::other("memory is not page aligned"));
+            }
+            // SAFETY: a plain system call with flags; it returns a new fd or -1.
+            let fd = unsafe {
+                libc::syscall(
+                    libc::SYS_userfaultfd,
+                    libc::O_CLOEXEC | libc::O_NONBLOCK | UFFD_USER_MODE_ONLY,
+                )
+            };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `fd` was just returned by the kernel and is owned by no one else.
+            let uffd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+            let mut api = UffdioApi {
+                api: UFFD_API,
+                features: UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED,
+                ioctls: 0,
+            };
+            ioctl(&uffd, UFFDIO_API, &mut api)?;
+            if api.features & UFFD_FEATURE_WP_ASYNC == 0 {
+                return Err(io::Error::other("no asynchronous write protection"));
+            }
+            let pagemap = File::open("/proc/self/pagemap")?;
+            let mut tracker = WriteTracker {
+                uffd,
+                pagemap,
+                base,
+                registered: 0,
+            };
+            tracker.extend(len)?;
+            Ok(tracker)
+        }
+
+        /// Register and protect memory grown to `len` bytes. Returns the
+        /// byte range that is new (to be treated as written).
+        pub fn extend(&mut self, len: usize) -> io::Result<std::ops::Range<usize>> {
+            let len = len as u64;
+            if len <= self.registered {
+                return Ok(0..0);
+            }
+            let range = UffdioRange {
+                start: self.base + self.registered,
+                len: len - self.registered,
+            };
+            let mut register = UffdioRegister {
+                range,
+                mode: UFFDIO_REGISTER_MODE_WP,
+                ioctls: 0,
+            };
+            ioctl(&self.uffd, UFFDIO_REGISTER, &mut register)?;
+            let mut protect = UffdioWriteprotect {
+                range,
+                mode: UFFDIO_WRITEPROTECT_MODE_WP,
+            };
+            ioctl(&self.uffd, UFFDIO_WRITEPROTECT, &mut protect)?;
+            let new = self.registered as usize..len as usize;
+            self.registered = len;
+            Ok(new)
+        }
+
+        /// Append the indices of pages written since the last call (or since
+        /// registration) to `pages`, ascending, and protect them again.
+        pub fn take_written(&mut self, pages: &mut Vec<u64>) -> io::Result<()> {
+            let mut regions = [PageRegion::default(); 256];
+            let end = self.base + self.registered;
+            let mut start = self.base;
+            while start < end {
+                let mut arg = PmScanArg {
+                    size: size_of::<PmScanArg>() as u64,
+                    flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+                    start,
+                    end,
+                    vec: regions.as_mut_ptr() as u64,
+                    vec_len: regions.len() as u64,
+                    category_mask: PAGE_IS_WRITTEN,
+                    return_mask: PAGE_IS_WRITTEN,
+                    ..PmScanArg::default()
+                };
+                let n = ioctl(&self.pagemap, PAGEMAP_SCAN, &mut arg)? as usize;
+                for r in &regions[..n.min(regions.len())] {
+                    let first = (r.start - self.base) / PAGE;
+                    let last = (r.end - self.base) / PAGE;
+                    pages.extend(first..last);
+                }
+                if arg.walk_end <= start {
+                    return Err(io::Error::other("PAGEMAP_SCAN made no progress"));
+                }
+                start = arg.walk_end;
+            }
+            Ok(())
+        }
+    }
+
+    impl Drop for WriteTracker {
+        fn drop(&mut self) {
+            if self.registered > 0 {
+                let mut range = UffdioRange {
+                    start: self.base,
+                    len: self.registered,
+                };
+                if let Err(e) = ioctl(&self.uffd, UFFDIO_UNREGISTER, &mut range) {
+                    tracing::error!(error = %e, "cannot unregister write tracking");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod imp {
+    use std::io;
+
+    /// Not available here: callers hash pages instead.
+    #[derive(Debug)]
+    pub struct WriteTracker;
+
+    impl WriteTracker {
+        /// Always fails on this platform.
+        pub fn new(_base: *mut u8, _len: usize) -> io::Result<WriteTracker> {
+            Err(io::Error::other("write tracking needs Linux ≥ 6.7"))
+        }
+
+        /// Unreachable.
+        pub fn extend(&mut self, _len: usize) -> io::Result<std::ops::Range<usize>> {
+            Ok(0..0)
+        }
+
+        /// Unreachable.
+        pub fn take_written(&mut self, _pages: &mut Vec<u64>) -> io::Result<()> {
+            Ok(())
+        }
+    }
+}
+
+pub use imp::WriteTracker;
+
+/// Whether this kernel can track writes (tried on a scratch mapping).
+pub fn supported() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let len = 4096;
+        // SAFETY: a fresh private anonymous mapping, unmapped below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return false;
+        }
+        let ok = WriteTracker::new(base as *mut u8, len).is_ok();
+        // SAFETY: unmaps the mapping made above (the tracker is gone).
+        unsafe { libc::munmap(base, len) };
+        ok
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_exactly_the_written_pages_and_grown_memory() {
+        let len = 64 * 4096;
+        // SAFETY: a fresh private anonymous mapping, unmapped at the end.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        } as *mut u8;
+        assert_ne!(base as *mut libc::c_void, libc::MAP_FAILED);
+        // SAFETY: `base` maps `2 * len` writable bytes for the whole test.
+        let memory = unsafe { std::slice::from_raw_parts_mut(base, 2 * len) };
+        memory[5 * 4096] = 1; // populated before tracking starts
+        let mut tracker = match WriteTracker::new(base, len) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("skipped: no write tracking here ({e})");
+                return;
+            }
+        };
+        let mut pages = Vec::new();
+        tracker.take_written(&mut pages).unwrap();
+        assert!(pages.is_empty(), "{pages:?}");
+        for p in [0usize, 5, 6, 63] {
+            memory[p * 4096 + 17] = 9;
+        }
+        memory[6 * 4096 + 4000] = 3;
+        tracker.take_written(&mut pages).unwrap();
+        assert_eq!(pages, vec![0, 5, 6, 63]);
+        pages.clear();
+        tracker.take_written(&mut pages).unwrap();
+        assert!(pages.is_empty(), "protected again: {pages:?}");
+        assert_eq!(tracker.extend(2 * len).unwrap(), len..2 * len);
+        memory[70 * 4096] = 1;
+        memory[1] = 1;
+        tracker.take_written(&mut pages).unwrap();
+        assert_eq!(pages, vec![0, 70]);
+        drop(tracker);
+        // SAFETY: unmaps the mapping made above; `memory` is not used again.
+        unsafe { libc::munmap(base as *mut libc::c_void, 2 * len) };
+    }
+}
