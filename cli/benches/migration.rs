@@ -68,6 +68,13 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
+        Self::start_with(None)
+    }
+
+    /// With `wan`, each host is reached through its own link emulator
+    /// (one-way delay, bytes per second), so host-to-host streams cross a
+    /// WAN-like link.
+    fn start_with(wan: Option<(Duration, f64)>) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("scheduler");
         let (sched, url) = spawn(
@@ -97,20 +104,32 @@ impl Cluster {
                 serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
             let token = v["token"].as_str().unwrap().to_string();
             let hdata = dir.path().join(name);
-            let (p, _) = spawn(
-                &[
-                    "host",
-                    "--join",
-                    &url,
-                    "--name",
-                    name,
-                    "--data-dir",
-                    hdata.to_str().unwrap(),
-                    "--capacity-memory",
-                    "2GiB",
-                ],
-                &[("ROAM_JOIN_TOKEN", &token)],
-            );
+            let mut args = vec![
+                "host".to_string(),
+                "--join".into(),
+                url.clone(),
+                "--name".into(),
+                name.into(),
+                "--data-dir".into(),
+                hdata.to_str().unwrap().into(),
+                "--capacity-memory".into(),
+                "2GiB".into(),
+            ];
+            if let Some((delay, rate)) = wan {
+                let port = std::net::TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap();
+                let relay = link_emulator(port, delay, rate);
+                args.extend([
+                    "--listen".into(),
+                    port.to_string(),
+                    "--advertise".into(),
+                    relay,
+                ]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (p, _) = spawn(&args, &[("ROAM_JOIN_TOKEN", &token)]);
             procs.push(p);
         }
         Cluster {
@@ -157,6 +176,84 @@ impl Cluster {
             serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
         v[0]["host"].as_str().unwrap().to_string()
     }
+}
+
+/// A TCP relay in front of `to` that delays every byte by `delay` each way
+/// and paces each direction at `rate` bytes per second: a WAN link in user
+/// space (this kernel has no `netem`). Returns its URL.
+fn link_emulator(to: std::net::SocketAddr, delay: Duration, rate: f64) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for client in listener.incoming().map_while(Result::ok) {
+            let Ok(server) = std::net::TcpStream::connect(to) else {
+                continue;
+            };
+            let _ = client.set_nodelay(true);
+            let _ = server.set_nodelay(true);
+            let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || pipe(client, server, delay, rate));
+            std::thread::spawn(move || pipe(s2, c2, delay, rate));
+        }
+    });
+    url
+}
+
+/// Copy `from` → `to`, each chunk released `delay` after it was read and no
+/// faster than `rate` bytes per second.
+fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream, delay: Duration, rate: f64) {
+    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 << 10];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0
+                || tx
+                    .send((Instant::now() + delay, buf[..n].to_vec()))
+                    .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut free_at = Instant::now();
+    for (due, chunk) in rx {
+        let start = due.max(free_at);
+        if let Some(wait) = start.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        if to.write_all(&chunk).is_err() {
+            break;
+        }
+        free_at = start + Duration::from_secs_f64(chunk.len() as f64 / rate);
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+/// Bytes per second through a link emulator, one connection.
+fn link_throughput(delay: Duration, rate: f64) -> f64 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay = link_emulator(listener.local_addr().unwrap(), delay, rate);
+    let reader = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0usize;
+        while let Ok(k) = s.read(&mut buf) {
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        n
+    });
+    let mut s = std::net::TcpStream::connect(relay.trim_start_matches("http://")).unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    let start = Instant::now();
+    for _ in 0..64 {
+        s.write_all(&chunk).unwrap();
+    }
+    drop(s);
+    let n = reader.join().unwrap();
+    n as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Bytes per second over one loopback TCP connection.
@@ -219,6 +316,100 @@ fn run(c: &Cluster, n: usize, stop_and_copy: bool) -> Runs {
     runs
 }
 
+/// Client latencies (ms) of the load, tagged by what was running.
+#[derive(Default)]
+struct Latencies {
+    precopy: Vec<f64>,
+    stop_and_copy: Vec<f64>,
+}
+
+struct Row {
+    pre: Runs,
+    snc: Runs,
+    client: Latencies,
+}
+
+/// Deploy `membench` with `mib` MiB, dirty it at `rate` MB/s under load,
+/// and move it `n` times each way with pre-copy, then stop-and-copy.
+fn measure(c: &Cluster, module: &str, mib: u64, rate: u64, n: usize) -> Row {
+    c.roam(&[
+        "deploy",
+        module,
+        "--name",
+        "membench",
+        "--memory",
+        &format!("{}MiB", mib + 64),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.post(&format!("/fill?mib={mib}")) != 200 {
+        assert!(Instant::now() < deadline, "membench did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The load: 100 requests a second, each dirtying rate/100.
+    let stop = Arc::new(AtomicBool::new(false));
+    let phase = Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let load = {
+        let (stop, phase, url) = (stop.clone(), phase.clone(), c.url.clone());
+        let kib = rate * 1024 / 100;
+        std::thread::spawn(move || {
+            let http = agent();
+            let mut lat = Latencies::default();
+            let mut next = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                let sent = Instant::now();
+                let _ = http
+                    .post(format!("{url}/w/membench/dirty?kib={kib}"))
+                    .send("");
+                let ms = sent.elapsed().as_secs_f64() * 1e3;
+                match phase.load(Ordering::Relaxed) {
+                    1 => lat.precopy.push(ms),
+                    2 => lat.stop_and_copy.push(ms),
+                    _ => {}
+                }
+                next += Duration::from_millis(10);
+                if let Some(d) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(d);
+                }
+            }
+            lat
+        })
+    };
+    phase.store(1, Ordering::Relaxed);
+    let pre = run(c, n, false);
+    phase.store(2, Ordering::Relaxed);
+    let snc = run(c, n, true);
+    stop.store(true, Ordering::Relaxed);
+    let client = load.join().unwrap();
+    c.roam(&["delete", "membench"]);
+    Row { pre, snc, client }
+}
+
+fn print_row(label: &str, mut row: Row, throughput: f64) {
+    let pre99 = percentile(&mut row.pre.downtime_ms, 0.99);
+    let snc99 = percentile(&mut row.snc.downtime_ms, 0.99);
+    let total50 = percentile(&mut row.pre.total_ms, 0.5);
+    let bytes50 = percentile(&mut row.pre.bytes, 0.5);
+    println!(
+        "| {label} | {:.2} / {:.2} ms | {:.0} ms | {:.1} MiB | {:.1}× | {:.2} / {:.2} ms | {:.0}× | {:.1} / {:.1} ms |",
+        percentile(&mut row.pre.downtime_ms, 0.5),
+        pre99,
+        total50,
+        bytes50 / (1 << 20) as f64,
+        (total50 / 1000.0) / (bytes50 / throughput),
+        percentile(&mut row.snc.downtime_ms, 0.5),
+        snc99,
+        snc99 / pre99,
+        max(&row.client.precopy),
+        max(&row.client.stop_and_copy),
+    );
+}
+
+fn max(v: &[f64]) -> f64 {
+    v.iter().copied().fold(0.0, f64::max)
+}
+
+const HEADER: &str = "| memory, dirty rate | pre-copy downtime p50 / p99 | pre-copy total p50 | bytes sent | total ÷ (bytes ÷ link throughput) | stop-and-copy downtime p50 / p99 | stop-and-copy p99 ÷ pre-copy p99 | slowest client request, pre-copy / stop-and-copy |\n|---|---|---|---|---|---|---|---|";
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -227,73 +418,32 @@ fn main() {
     let module = roam_tests::artifacts::MEMBENCH;
     let throughput = loopback_throughput();
     println!(
-        "loopback TCP throughput (same run): {:.0} MB/s; {} cores\n",
+        "Loopback: one TCP stream moves {:.0} MB/s (same run); {} cores.\n",
         throughput / 1e6,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    println!(
-        "| memory | dirty rate | pre-copy downtime p50 / p99 | pre-copy total p50 | bytes sent | total ÷ (bytes ÷ loopback) | stop-and-copy downtime p50 / p99 | stop-and-copy p99 ÷ pre-copy p99 |"
-    );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("{HEADER}");
     for mib in [1u64, 64, 256] {
+        let c = Cluster::start();
         for rate in [0u64, 1, 10, 50] {
-            let c = Cluster::start();
-            c.roam(&[
-                "deploy",
-                module,
-                "--name",
-                "membench",
-                "--memory",
-                &format!("{}MiB", mib + 64),
-            ]);
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while c.post(&format!("/fill?mib={mib}")) != 200 {
-                assert!(Instant::now() < deadline, "membench did not start");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            // The load: 100 requests a second, each dirtying rate/100.
-            let stop = Arc::new(AtomicBool::new(false));
-            let load = {
-                let (stop, url) = (stop.clone(), c.url.clone());
-                let kib = rate * 1024 / 100;
-                std::thread::spawn(move || {
-                    let http = agent();
-                    let mut next = Instant::now();
-                    while !stop.load(Ordering::Relaxed) {
-                        let _ = http
-                            .post(format!("{url}/w/membench/dirty?kib={kib}"))
-                            .send("");
-                        next += Duration::from_millis(10);
-                        if let Some(d) = next.checked_duration_since(Instant::now()) {
-                            std::thread::sleep(d);
-                        }
-                    }
-                })
-            };
             let n = match (quick, mib) {
                 (true, _) => 3,
                 (false, 256) => 5,
                 _ => 10,
             };
-            let mut pre = run(&c, n, false);
-            let mut snc = run(&c, n, true);
-            stop.store(true, Ordering::Relaxed);
-            load.join().unwrap();
-            let pre99 = percentile(&mut pre.downtime_ms, 0.99);
-            let snc99 = percentile(&mut snc.downtime_ms, 0.99);
-            let total50 = percentile(&mut pre.total_ms, 0.5);
-            let bytes50 = percentile(&mut pre.bytes, 0.5);
-            println!(
-                "| {mib} MiB | {rate} MB/s | {:.2} / {:.2} ms | {:.0} ms | {:.1} MiB | {:.2}× | {:.2} / {:.2} ms | {:.1}× |",
-                percentile(&mut pre.downtime_ms, 0.5),
-                pre99,
-                total50,
-                bytes50 / (1 << 20) as f64,
-                (total50 / 1000.0) / (bytes50 / throughput),
-                percentile(&mut snc.downtime_ms, 0.5),
-                snc99,
-                snc99 / pre99,
-            );
+            let row = measure(&c, module, mib, rate, n);
+            print_row(&format!("{mib} MiB, {rate} MB/s"), row, throughput);
         }
     }
+    // Cross-site: every host behind a 25 ms (each way) 1 Gbit/s link.
+    let (delay, rate) = (Duration::from_millis(25), 125e6);
+    let wan = link_throughput(delay, rate);
+    println!(
+        "\nCross-site: hosts behind a link emulator with 50 ms RTT and 1 Gbit/s; one TCP stream through it moves {:.0} MB/s (same run).\n",
+        wan / 1e6
+    );
+    println!("{HEADER}");
+    let c = Cluster::start_with(Some((delay, rate)));
+    let row = measure(&c, module, 64, 10, if quick { 3 } else { 5 });
+    print_row("64 MiB, 10 MB/s", row, wan);
 }

@@ -21,8 +21,8 @@ use crate::abi::codec::{Request, Response};
 use crate::instance::InstanceConfig;
 use crate::module::Module;
 use crate::runtime::Runtime;
-use crate::snapshot::Snapshot;
 use crate::snapshot::codec::{self, DecodeLimits};
+use crate::snapshot::{MemoryImage, Snapshot};
 use crate::workload::{HandleError, Workload};
 
 /// Delivers a message a workload sent: `(from, message)`. Returns an error
@@ -90,11 +90,20 @@ enum Command {
     Message(String, Vec<u8>, MessageReply),
     Logs(oneshot::Sender<String>),
     Snapshot(oneshot::Sender<Result<Vec<u8>, String>>),
-    /// Migration: a full capture (which starts dirty tracking) or a delta.
-    Capture(bool, oneshot::Sender<Result<Capture, String>>),
+    /// Migration: a delta since the last migration capture.
+    Capture(oneshot::Sender<Result<Capture, String>>),
+    /// Migration: a full capture into the given buffers, which starts dirty
+    /// tracking; with `true`, also freeze (stop-and-copy).
+    CaptureFull(
+        Vec<MemoryImage>,
+        bool,
+        oneshot::Sender<Result<Snapshot, String>>,
+    ),
     /// Migration: capture the last delta and stop dispatching; hold what
     /// arrives until `Resume` or `Handoff`.
-    Freeze(bool, oneshot::Sender<Result<Capture, String>>),
+    Freeze(oneshot::Sender<Result<Capture, String>>),
+    /// Linear memory size in bytes.
+    MemorySize(oneshot::Sender<Result<u64, String>>),
     /// Migration aborted: serve again, held events first.
     Resume,
     /// Migration committed: forward held and later events, drop the instance.
@@ -183,24 +192,35 @@ impl WorkloadHandle {
         rx.await.map_err(|_| "the workload stopped".to_string())?
     }
 
-    /// Migration: capture the whole workload at its next safe point and
-    /// start tracking dirty pages (`full`), or capture what changed since
-    /// the previous migration capture.
-    pub async fn capture(&self, full: bool) -> Result<Capture, String> {
-        self.ask(|tx| Command::Capture(full, tx)).await
+    /// Migration: capture the whole workload at its next safe point into
+    /// `buffers` and start tracking dirty pages. The caller encodes it, so
+    /// the workload pauses only for the copy.
+    pub async fn capture_full(&self, buffers: Vec<MemoryImage>) -> Result<Snapshot, String> {
+        self.ask(|tx| Command::CaptureFull(buffers, false, tx))
+            .await
+    }
+
+    /// Migration: capture what changed since the previous migration capture.
+    pub async fn capture_delta(&self) -> Result<Capture, String> {
+        self.ask(Command::Capture).await
     }
 
     /// Migration: capture the final delta and stop dispatching. Requests and
     /// messages that arrive from now on are held (not answered) until
     /// [`WorkloadHandle::resume`] or [`WorkloadHandle::handoff`].
     pub async fn freeze(&self) -> Result<Capture, String> {
-        self.ask(|tx| Command::Freeze(false, tx)).await
+        self.ask(Command::Freeze).await
     }
 
-    /// Stop-and-copy: stop dispatching and capture everything (no earlier
-    /// migration capture needed). Held events as with [`WorkloadHandle::freeze`].
-    pub async fn freeze_full(&self) -> Result<Capture, String> {
-        self.ask(|tx| Command::Freeze(true, tx)).await
+    /// Stop-and-copy: stop dispatching and capture everything into
+    /// `buffers`. Held events as with [`WorkloadHandle::freeze`].
+    pub async fn freeze_full(&self, buffers: Vec<MemoryImage>) -> Result<Snapshot, String> {
+        self.ask(|tx| Command::CaptureFull(buffers, true, tx)).await
+    }
+
+    /// The workload's linear memory size in bytes.
+    pub async fn memory_size(&self) -> Result<u64, String> {
+        self.ask(Command::MemorySize).await
     }
 
     /// Migration aborted: serve again, the held events first, in order.
@@ -296,17 +316,34 @@ impl Driver {
                     Some(Command::Logs(reply)) => {
                         let _ = reply.send(self.logs());
                     }
-                    Some(Command::Capture(full, reply)) => {
+                    Some(Command::Capture(reply)) => {
                         let result = match mode {
                             Mode::Held(_) => Err("the workload is frozen".to_string()),
-                            Mode::Serving => self.migration_capture(full),
+                            Mode::Serving => self.migration_delta(),
                         };
                         let _ = reply.send(result);
                     }
-                    Some(Command::Freeze(full, reply)) => {
+                    Some(Command::CaptureFull(buffers, freeze, reply)) => {
+                        let result = match mode {
+                            Mode::Held(_) => Err("the workload is frozen".to_string()),
+                            Mode::Serving => {
+                                let instance = self.workload.instance_mut();
+                                instance.set_track_dirty(true);
+                                instance.capture_with(buffers).map_err(|e| e.to_string())
+                            }
+                        };
+                        if freeze && result.is_ok() {
+                            mode = Mode::Held(Vec::new());
+                        }
+                        let _ = reply.send(result);
+                    }
+                    Some(Command::MemorySize(reply)) => {
+                        let _ = reply.send(Ok(self.workload.instance_mut().memory_size()));
+                    }
+                    Some(Command::Freeze(reply)) => {
                         let result = match mode {
                             Mode::Held(_) => Err("the workload is already frozen".to_string()),
-                            Mode::Serving => self.migration_capture(full),
+                            Mode::Serving => self.migration_delta(),
                         };
                         if result.is_ok() {
                             mode = Mode::Held(Vec::new());
@@ -364,7 +401,13 @@ impl Driver {
                 Command::Snapshot(reply) => {
                     let _ = reply.send(Err(format!("workload `{name}` moved to another host")));
                 }
-                Command::Capture(_, reply) | Command::Freeze(_, reply) => {
+                Command::Capture(reply) | Command::Freeze(reply) => {
+                    let _ = reply.send(Err(format!("workload `{name}` moved to another host")));
+                }
+                Command::CaptureFull(_, _, reply) => {
+                    let _ = reply.send(Err(format!("workload `{name}` moved to another host")));
+                }
+                Command::MemorySize(reply) => {
                     let _ = reply.send(Err(format!("workload `{name}` moved to another host")));
                 }
                 Command::Resume | Command::Handoff(_) => {}
@@ -391,16 +434,13 @@ impl Driver {
         self.after_event(false).await;
     }
 
-    /// A full capture that starts dirty tracking, or a delta since the last.
-    fn migration_capture(&mut self, full: bool) -> Result<Capture, String> {
-        let instance = self.workload.instance_mut();
-        let snapshot = if full {
-            instance.set_track_dirty(true);
-            instance.capture()
-        } else {
-            instance.capture_delta()
-        }
-        .map_err(|e| e.to_string())?;
+    /// A delta since the last migration capture.
+    fn migration_delta(&mut self) -> Result<Capture, String> {
+        let snapshot = self
+            .workload
+            .instance_mut()
+            .capture_delta()
+            .map_err(|e| e.to_string())?;
         let pages = snapshot.memories.iter().map(|m| m.pages.len() as u64).sum();
         Ok(Capture {
             bytes: codec::encode(&snapshot),

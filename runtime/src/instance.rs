@@ -421,6 +421,13 @@ impl Instance {
         Ok(())
     }
 
+    /// Capture the whole state into `buffers` (memory images whose capacity
+    /// is already faulted in, so the copy costs a memcpy and the guest is
+    /// paused no longer).
+    pub fn capture_with(&mut self, buffers: Vec<MemoryImage>) -> Result<Snapshot, CaptureError> {
+        self.capture_inner(false, Some(buffers))
+    }
+
     /// Capture the pages changed since the previous capture (or restore),
     /// plus globals, tables and host state. Apply it with [`Instance::apply`]
     /// on an instance restored from that previous capture.

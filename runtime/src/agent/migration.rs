@@ -41,6 +41,7 @@ use crate::driver::{DriverError, Forwarded, Forwarder, WorkloadHandle};
 use crate::instance::Instance;
 use crate::module::{Digest, Module};
 use crate::snapshot::codec::{self, DecodeLimits};
+use crate::snapshot::{MemoryImage, Snapshot};
 use crate::workload::Workload;
 
 /// Largest part of a round sent in one request.
@@ -250,8 +251,12 @@ async fn receive_round(
     if !same_secret(bearer(&headers), &entry.key) {
         return error(StatusCode::UNAUTHORIZED, "wrong migration key");
     }
+    let started = Instant::now();
     match apply_part(entry, round, &headers, &body) {
         Ok(applied) => {
+            if applied {
+                tracing::debug!(migration = %id, round, bytes = body.len(), apply_ms = started.elapsed().as_secs_f64() * 1e3, "round applied");
+            }
             if applied && header(&headers, "x-roam-final") == Some("1") {
                 entry.ready = true;
                 tracing::info!(migration = %id, rounds = round + 1, "final state received");
@@ -558,20 +563,30 @@ async fn precopy(
             Ok(())
         }
     };
+    // The full copy goes into buffers faulted in beforehand and is encoded
+    // after, so the workload pauses only for a memcpy of its memory.
+    let size = out.handle.memory_size().await?;
+    let buffers = tokio::task::spawn_blocking(move || prefaulted(size))
+        .await
+        .map_err(|e| e.to_string())?;
     if options.stop_and_copy {
         report.phase = "stopping".into();
         let frozen_at = Instant::now();
-        let all = out.handle.freeze_full().await?;
+        let all = out.handle.freeze_full(buffers).await?;
         out.state.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(frozen_at);
-        report.last_round_bytes = all.bytes.len() as u64;
-        send_round(agent, id, out, 0, all.bytes, true).await?;
+        let bytes = encode_off_thread(all).await?;
+        report.last_round_bytes = bytes.len() as u64;
+        send_round(agent, id, out, 0, bytes, true).await?;
         report.bytes_sent = report.last_round_bytes;
         return check(progress);
     }
     let mut last_capture = Instant::now();
-    let full = out.handle.capture(true).await?;
-    report.last_round_bytes = full.bytes.len() as u64;
-    send_round(agent, id, out, 0, full.bytes, false).await?;
+    let full = out.handle.capture_full(buffers).await?;
+    let captured = last_capture.elapsed();
+    let bytes = encode_off_thread(full).await?;
+    report.last_round_bytes = bytes.len() as u64;
+    send_round(agent, id, out, 0, bytes, false).await?;
+    tracing::info!(migration = %id, bytes = report.last_round_bytes, capture_ms = captured.as_secs_f64() * 1e3, send_ms = (last_capture.elapsed() - captured).as_secs_f64() * 1e3, "round 0 (full) sent");
     report.bytes_sent += report.last_round_bytes;
     let _ = progress.send(report.clone()).await;
     let mut previous = report.last_round_bytes;
@@ -579,7 +594,7 @@ async fn precopy(
     loop {
         check(progress)?;
         let now = Instant::now();
-        let delta = out.handle.capture(false).await?;
+        let delta = out.handle.capture_delta().await?;
         let elapsed = now.duration_since(last_capture).as_secs_f64().max(1e-6);
         last_capture = now;
         report.dirty_rate = (delta.pages * crate::snapshot::PAGE_SIZE as u64) as f64 / elapsed;
@@ -610,6 +625,28 @@ async fn precopy(
     send_round(agent, id, out, report.round, last.bytes, true).await?;
     report.bytes_sent += report.last_round_bytes;
     check(progress)
+}
+
+/// Memory images with room for `size` bytes of memory, every page of it
+/// already touched: capturing into them costs no page faults.
+fn prefaulted(size: u64) -> Vec<MemoryImage> {
+    let size = size as usize;
+    let mut data = Vec::with_capacity(size);
+    data.resize(size, 1u8);
+    data.clear();
+    let pages = Vec::with_capacity(size / crate::snapshot::PAGE_SIZE + 1);
+    vec![MemoryImage {
+        index: 0,
+        byte_len: 0,
+        pages,
+        data,
+    }]
+}
+
+async fn encode_off_thread(snapshot: Snapshot) -> Result<Vec<u8>, String> {
+    tokio::task::spawn_blocking(move || codec::encode(&snapshot))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Send one round in checked parts; the target applies it on the last.
