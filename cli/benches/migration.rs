@@ -157,15 +157,15 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn post(&self, path: &str) -> u16 {
+    fn post(&self, name: &str, path: &str) -> u16 {
         self.http
-            .post(format!("{}/w/membench{path}", self.url))
+            .post(format!("{}/w/{name}{path}", self.url))
             .send("")
             .map(|r| r.status().as_u16())
             .unwrap_or(0)
     }
 
-    fn host(&self) -> String {
+    fn host(&self, name: &str) -> String {
         let mut r = self
             .http
             .get(format!("{}/v1/instances", self.url))
@@ -174,7 +174,13 @@ impl Cluster {
             .unwrap();
         let v: serde_json::Value =
             serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
-        v[0]["host"].as_str().unwrap().to_string()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["workload"] == name)
+            .and_then(|i| i["host"].as_str())
+            .unwrap()
+            .to_string()
     }
 }
 
@@ -295,15 +301,15 @@ struct Runs {
     bytes: Vec<f64>,
 }
 
-fn run(c: &Cluster, n: usize, stop_and_copy: bool) -> Runs {
+fn run(c: &Cluster, name: &str, n: usize, stop_and_copy: bool) -> Runs {
     let mut runs = Runs {
         downtime_ms: Vec::new(),
         total_ms: Vec::new(),
         bytes: Vec::new(),
     };
     for _ in 0..n {
-        let to = if c.host() == "a" { "b" } else { "a" };
-        let mut args = vec!["migrate", "membench", "--to", to, "-o", "json"];
+        let to = if c.host(name) == "a" { "b" } else { "a" };
+        let mut args = vec!["migrate", name, "--to", to, "-o", "json"];
         if stop_and_copy {
             args.push("--stop-and-copy");
         }
@@ -332,16 +338,18 @@ struct Row {
 /// Deploy `membench` with `mib` MiB, dirty it at `rate` MB/s under load,
 /// and move it `n` times each way with pre-copy, then stop-and-copy.
 fn measure(c: &Cluster, module: &str, mib: u64, rate: u64, n: usize) -> Row {
+    let name = format!("mb-{mib}-{rate}");
+    let name = name.as_str();
     c.roam(&[
         "deploy",
         module,
         "--name",
-        "membench",
+        name,
         "--memory",
         &format!("{}MiB", mib + 64),
     ]);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while c.post(&format!("/fill?mib={mib}")) != 200 {
+    while c.post(name, &format!("/fill?mib={mib}")) != 200 {
         assert!(Instant::now() < deadline, "membench did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -349,7 +357,8 @@ fn measure(c: &Cluster, module: &str, mib: u64, rate: u64, n: usize) -> Row {
     let stop = Arc::new(AtomicBool::new(false));
     let phase = Arc::new(std::sync::atomic::AtomicU8::new(0));
     let load = {
-        let (stop, phase, url) = (stop.clone(), phase.clone(), c.url.clone());
+        let (stop, phase) = (stop.clone(), phase.clone());
+        let url = format!("{}/w/{name}", c.url);
         let kib = rate * 1024 / 100;
         std::thread::spawn(move || {
             let http = agent();
@@ -357,9 +366,7 @@ fn measure(c: &Cluster, module: &str, mib: u64, rate: u64, n: usize) -> Row {
             let mut next = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 let sent = Instant::now();
-                let _ = http
-                    .post(format!("{url}/w/membench/dirty?kib={kib}"))
-                    .send("");
+                let _ = http.post(format!("{url}/dirty?kib={kib}")).send("");
                 let ms = sent.elapsed().as_secs_f64() * 1e3;
                 match phase.load(Ordering::Relaxed) {
                     1 => lat.precopy.push(ms),
@@ -375,12 +382,12 @@ fn measure(c: &Cluster, module: &str, mib: u64, rate: u64, n: usize) -> Row {
         })
     };
     phase.store(1, Ordering::Relaxed);
-    let pre = run(c, n, false);
+    let pre = run(c, name, n, false);
     phase.store(2, Ordering::Relaxed);
-    let snc = run(c, n, true);
+    let snc = run(c, name, n, true);
     stop.store(true, Ordering::Relaxed);
     let client = load.join().unwrap();
-    c.roam(&["delete", "membench"]);
+    c.roam(&["delete", name]);
     Row { pre, snc, client }
 }
 

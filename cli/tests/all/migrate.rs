@@ -641,6 +641,12 @@ impl Relay {
                         if n == 0 {
                             break;
                         }
+                        // Counted afresh whenever the relay is armed
+                        // again, also on kept-alive connections.
+                        if mode.load(Ordering::Relaxed) == PASS {
+                            sent = 0;
+                            corrupted = false;
+                        }
                         sent += n;
                         match mode.load(Ordering::Relaxed) {
                             CUT if sent > 256 << 10 => {
@@ -716,11 +722,26 @@ fn a_cut_or_corrupted_stream_aborts_and_restores_nothing() {
         eprintln!("{what}: {}", m["error"]);
         assert_eq!(host_of(&c, "kv-cache"), "eu-1");
         assert_eq!(c.get("kv-cache", "/big").1.len(), big.len());
-        assert_eq!(copies(&c, "kv-cache"), vec!["eu-1".to_string()]);
+        poll(Duration::from_secs(10), "one copy, on eu-1", || {
+            copies(&c, "kv-cache") == vec!["eu-1".to_string()]
+        });
     }
     relay.mode.store(PASS, Ordering::Relaxed);
     migrate(&c, "kv-cache", "eu-2");
-    assert_eq!(c.get("kv-cache", "/big"), (200, big));
+    assert_eq!(c.get("kv-cache", "/big"), (200, big.clone()));
+
+    // Draining falls back to a restart elsewhere when live migration fails.
+    migrate(&c, "kv-cache", "eu-1");
+    relay.mode.store(CORRUPT, Ordering::Relaxed);
+    let (ok, out, err) = c.roam(&["drain", "eu-1", "-o", "json"]);
+    assert!(ok, "{out}{err}");
+    let outcomes: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(outcomes[0]["outcome"], "restarted", "{out}");
+    assert!(outcomes[0]["migration"].is_string(), "{out}");
+    relay.mode.store(PASS, Ordering::Relaxed);
+    poll(Duration::from_secs(30), "a fresh copy on eu-2", || {
+        copies(&c, "kv-cache") == vec!["eu-2".to_string()] && c.get("kv-cache", "/big").0 == 404
+    });
 }
 
 #[test]

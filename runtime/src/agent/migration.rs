@@ -52,6 +52,9 @@ const STATE_OVERHEAD: u64 = 64 << 20;
 const CONVERGE: f64 = 0.9;
 /// Rounds without converging before the source stops pre-copying.
 const STALLED_ROUNDS: u32 = 3;
+/// A received migration nobody commits or aborts for this long is dropped
+/// (its slot freed); a forwarding key is kept this long after the commit.
+const STALE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// What a host knows of the migrations it takes part in.
 #[derive(Default)]
@@ -64,7 +67,7 @@ pub(super) struct Migrations {
     moved: Mutex<HashMap<String, String>>,
     /// As target: keys of committed migrations, for messages the source
     /// forwards (id → (workload, key)).
-    forwarding: Mutex<HashMap<String, (String, String)>>,
+    forwarding: Mutex<HashMap<String, (String, String, Instant)>>,
 }
 
 impl Migrations {
@@ -108,6 +111,8 @@ struct Incoming {
     buffer: Vec<u8>,
     /// The final round was applied.
     ready: bool,
+    /// Last prepare or round.
+    touched: Instant,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,7 +214,15 @@ async fn prepare(
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
     tracing::info!(migration = %id, workload = %req.workload, "prepared to receive");
-    agent.migrations.incoming.lock().await.insert(
+    let mut incoming = agent.migrations.incoming.lock().await;
+    incoming.retain(|id, e| {
+        let keep = e.touched.elapsed() < STALE;
+        if !keep {
+            tracing::warn!(migration = %id, "dropping a received migration nobody committed or aborted");
+        }
+        keep
+    });
+    incoming.insert(
         id,
         Incoming {
             workload: req.workload,
@@ -225,6 +238,7 @@ async fn prepare(
             part: 0,
             buffer: Vec::new(),
             ready: false,
+            touched: Instant::now(),
         },
     );
     StatusCode::OK.into_response()
@@ -251,6 +265,7 @@ async fn receive_round(
     if !same_secret(bearer(&headers), &entry.key) {
         return error(StatusCode::UNAUTHORIZED, "wrong migration key");
     }
+    entry.touched = Instant::now();
     let started = Instant::now();
     match apply_part(entry, round, &headers, &body) {
         Ok(applied) => {
@@ -369,7 +384,7 @@ async fn forwarded_message(
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         match forwarding.get(&id) {
-            Some((w, key)) if same_secret(bearer(&headers), key) => w.clone(),
+            Some((w, key, _)) if same_secret(bearer(&headers), key) => w.clone(),
             Some(_) => return error(StatusCode::UNAUTHORIZED, "wrong migration key"),
             None => return error(StatusCode::NOT_FOUND, format!("no migration `{id}` here")),
         }
@@ -422,12 +437,18 @@ async fn commit_incoming(agent: &Arc<Agent>, id: &str, generation: u64) -> HttpR
             );
         }
     };
-    agent
-        .migrations
-        .forwarding
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(id.to_string(), (entry.workload.clone(), entry.key));
+    {
+        let mut forwarding = agent
+            .migrations
+            .forwarding
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        forwarding.retain(|_, (_, _, at)| at.elapsed() < STALE);
+        forwarding.insert(
+            id.to_string(),
+            (entry.workload.clone(), entry.key, Instant::now()),
+        );
+    }
     agent
         .run_workload(
             entry.module,
