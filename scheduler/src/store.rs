@@ -150,6 +150,11 @@ impl Store {
         self.put_json(MIGRATIONS, id, record)
     }
 
+    /// Forget a migration record.
+    pub fn delete_migration(&self, id: &str) -> Result<bool, StoreError> {
+        self.remove(MIGRATIONS, id)
+    }
+
     /// Every migration record.
     pub fn migrations<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>, StoreError> {
         self.all_json(MIGRATIONS)

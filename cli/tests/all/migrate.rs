@@ -7,11 +7,7 @@ use std::time::Duration;
 
 use roam_tests::artifacts;
 
-use crate::cluster::{Cluster, PATIENT, agent, eu_cluster_with, poll};
-
-fn eu_cluster() -> Cluster {
-    eu_cluster_with(&[("HEARTBEAT_TIMEOUT", PATIENT)])
-}
+use crate::cluster::{Cluster, PATIENT, agent, eu_cluster, poll};
 
 /// The host a workload runs on now, per the scheduler.
 fn host_of(c: &Cluster, workload: &str) -> String {

@@ -32,6 +32,9 @@ use crate::auth;
 use crate::placement::{self, PlacementRequest};
 use crate::selector::Selector;
 
+/// Ended migrations kept for `roam get migrations`.
+const KEEP_MIGRATIONS: usize = 1000;
+
 /// Upper bounds (seconds) of the downtime histogram's buckets.
 const DOWNTIME_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -189,8 +192,9 @@ impl Scheduler {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend(generations);
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        // Lock order everywhere: migrations, then pending.
         let mut all = self.migrations.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         for (id, mut info) in records {
             if !info.finished() {
                 if info.phase == "committed" {
@@ -659,6 +663,7 @@ impl Scheduler {
             m.error = reason.clone();
             m.downtime_us = downtime_us;
         });
+        self.forget_old_migrations();
         let Some(m) = self.migration(id) else { return };
         {
             let mut metrics = self
@@ -689,6 +694,33 @@ impl Scheduler {
         );
     }
 
+    /// Keep the newest [`KEEP_MIGRATIONS`] ended migrations.
+    fn forget_old_migrations(&self) {
+        let old: Vec<String> = {
+            let all = self.migrations.lock().unwrap_or_else(|e| e.into_inner());
+            let mut ended: Vec<(&String, u64)> = all
+                .iter()
+                .filter(|(id, m)| m.finished() && self.pending_of(id).is_none())
+                .map(|(id, m)| (id, m.started_ms))
+                .collect();
+            if ended.len() <= KEEP_MIGRATIONS {
+                return;
+            }
+            ended.sort_by_key(|(_, started)| *started);
+            ended[..ended.len() - KEEP_MIGRATIONS]
+                .iter()
+                .map(|(id, _)| (*id).clone())
+                .collect()
+        };
+        let mut all = self.migrations.lock().unwrap_or_else(|e| e.into_inner());
+        for id in old {
+            all.remove(&id);
+            if let Err(e) = self.store.delete_migration(&id) {
+                tracing::warn!(migration = %id, error = %e, "cannot forget an old migration");
+            }
+        }
+    }
+
     /// Finish what a restart interrupted, for hosts that are back.
     pub(super) async fn resolve_pending(&self) {
         let pending: Vec<(String, Pending)> = self
@@ -698,10 +730,17 @@ impl Scheduler {
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect();
+        // Hosts rejoin a restarted scheduler within a heartbeat or two;
+        // until both are back (or have had time to be), wait.
+        let patient = self.started.elapsed() < self.config.heartbeat_timeout * 2;
         for (id, what) in pending {
             let Some(m) = self.migration(&id) else {
                 continue;
             };
+            let known = |h: &str| self.hosts.get(h).is_some_and(|e| self.alive(&e));
+            if patient && !(known(&m.source) && known(&m.target)) {
+                continue;
+            }
             let done = match what {
                 Pending::Abort => {
                     let generation = self.generation(&m.workload);
