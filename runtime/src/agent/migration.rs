@@ -109,6 +109,8 @@ struct Incoming {
     round: u32,
     part: u32,
     buffer: Vec<u8>,
+    /// This round's snapshot was applied.
+    applied: bool,
     /// The final round was applied.
     ready: bool,
     /// Last prepare or round.
@@ -237,6 +239,7 @@ async fn prepare(
             round: 0,
             part: 0,
             buffer: Vec::new(),
+            applied: false,
             ready: false,
             touched: Instant::now(),
         },
@@ -286,8 +289,12 @@ async fn receive_round(
     }
 }
 
-/// Check one part and append it; apply the round when it is complete.
-/// Returns whether a round was applied.
+/// Check one part and apply what it completes. A part is either a piece
+/// of an encoded snapshot (`x-roam-kind: snapshot`, the default; pieces are
+/// joined up to `x-roam-total` bytes, then decoded and applied) or, in round
+/// 0 after its snapshot, memory pages (`x-roam-kind: pages`, `x-roam-runs:
+/// FIRST:COUNT,...` naming the pages the body holds, in order) written
+/// straight into the reserved instance. Returns whether the round ended.
 fn apply_part(
     entry: &mut Incoming,
     round: u32,
@@ -307,18 +314,9 @@ fn apply_part(
         .and_then(|p| p.split_once('/'))
         .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
         .ok_or("header `x-roam-part: I/N` missing or malformed")?;
-    let total: u64 = header(headers, "x-roam-total")
-        .and_then(|t| t.parse().ok())
-        .ok_or("header `x-roam-total` missing or malformed")?;
     let checksum = header(headers, "x-roam-checksum")
         .and_then(|c| u64::from_str_radix(c, 16).ok())
         .ok_or("header `x-roam-checksum` missing or malformed")?;
-    let limit = entry.spec.memory.saturating_add(STATE_OVERHEAD);
-    if total > limit {
-        return Err(format!(
-            "round of {total} bytes is over the {limit} bytes this workload can hold"
-        ));
-    }
     if part != entry.part || parts == 0 || part >= parts {
         return Err(format!(
             "part {part}/{parts} arrived, part {} expected",
@@ -328,7 +326,53 @@ fn apply_part(
     if xxhash_rust::xxh3::xxh3_64(body) != checksum {
         return Err(format!("round {round} part {part}: checksum mismatch"));
     }
-    if part == 0 {
+    match header(headers, "x-roam-kind").unwrap_or("snapshot") {
+        "snapshot" => apply_snapshot_part(entry, round, headers, body)?,
+        "pages" => {
+            if round != 0 || !entry.applied {
+                return Err("pages may only follow round 0's snapshot".into());
+            }
+            let runs = parse_runs(header(headers, "x-roam-runs").unwrap_or(""))?;
+            entry
+                .instance
+                .write_pages(&runs, body)
+                .map_err(|e| format!("round 0 part {part}: {e}"))?;
+        }
+        other => return Err(format!("unknown part kind `{other}`")),
+    }
+    entry.part += 1;
+    if entry.part < parts {
+        return Ok(false);
+    }
+    if !entry.applied || !entry.buffer.is_empty() {
+        return Err(format!("round {round} ended without a complete snapshot"));
+    }
+    entry.round += 1;
+    entry.part = 0;
+    entry.applied = false;
+    Ok(true)
+}
+
+/// A piece of the round's encoded snapshot; decode and apply it once whole.
+fn apply_snapshot_part(
+    entry: &mut Incoming,
+    round: u32,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), String> {
+    if entry.applied {
+        return Err(format!("round {round} has a second snapshot"));
+    }
+    let total: u64 = header(headers, "x-roam-total")
+        .and_then(|t| t.parse().ok())
+        .ok_or("header `x-roam-total` missing or malformed")?;
+    let limit = entry.spec.memory.saturating_add(STATE_OVERHEAD);
+    if total > limit {
+        return Err(format!(
+            "round of {total} bytes is over the {limit} bytes this workload can hold"
+        ));
+    }
+    if entry.buffer.is_empty() {
         entry.buffer = Vec::with_capacity(total as usize);
     }
     if entry.buffer.len() as u64 + body.len() as u64 > total {
@@ -337,15 +381,8 @@ fn apply_part(
         ));
     }
     entry.buffer.extend_from_slice(body);
-    entry.part += 1;
-    if entry.part < parts {
-        return Ok(false);
-    }
-    if entry.buffer.len() as u64 != total {
-        return Err(format!(
-            "round {round} has {} bytes, {total} announced",
-            entry.buffer.len()
-        ));
+    if (entry.buffer.len() as u64) < total {
+        return Ok(());
     }
     let limits = DecodeLimits {
         max_memory_bytes: entry.spec.memory,
@@ -363,10 +400,61 @@ fn apply_part(
         .instance
         .apply(&snapshot)
         .map_err(|e| format!("round {round}: {e}"))?;
-    entry.round += 1;
-    entry.part = 0;
     entry.buffer = Vec::new();
-    Ok(true)
+    entry.applied = true;
+    Ok(())
+}
+
+/// Most runs one pages part may name.
+const MAX_RUNS: usize = 64;
+
+/// `FIRST:COUNT,FIRST:COUNT,...` (decimal page indices), at most
+/// [`MAX_RUNS`] runs of at least one page.
+fn parse_runs(text: &str) -> Result<Vec<(u64, u64)>, String> {
+    let runs: Vec<(u64, u64)> = text
+        .split(',')
+        .map(|r| {
+            let (a, b) = r.split_once(':')?;
+            let run = (a.parse().ok()?, b.parse().ok()?);
+            (run.1 > 0).then_some(run)
+        })
+        .collect::<Option<_>>()
+        .ok_or("header `x-roam-runs` missing or malformed")?;
+    if runs.len() > MAX_RUNS {
+        return Err(format!("more than {MAX_RUNS} runs in one part"));
+    }
+    Ok(runs)
+}
+
+/// Split a full capture's pages into parts of at most [`PART`] bytes and
+/// [`MAX_RUNS`] runs: `(runs, byte range of the image data)`.
+fn page_parts(pages: &[u64]) -> Vec<(String, std::ops::Range<usize>)> {
+    let per_part = PART / crate::snapshot::PAGE_SIZE;
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < pages.len() {
+        let first = i;
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        while i < pages.len() && i - first < per_part {
+            let extends = runs.last().is_some_and(|(start, n)| start + n == pages[i]);
+            if extends {
+                if let Some((_, n)) = runs.last_mut() {
+                    *n += 1;
+                }
+            } else if runs.len() == MAX_RUNS {
+                break;
+            } else {
+                runs.push((pages[i], 1));
+            }
+            i += 1;
+        }
+        let text: Vec<String> = runs.iter().map(|(a, n)| format!("{a}:{n}")).collect();
+        parts.push((
+            text.join(","),
+            first * crate::snapshot::PAGE_SIZE..i * crate::snapshot::PAGE_SIZE,
+        ));
+    }
+    parts
 }
 
 /// A message the source forwards after the commit, with the migration key.
@@ -595,18 +683,14 @@ async fn precopy(
         let frozen_at = Instant::now();
         let all = out.handle.freeze_full(buffers).await?;
         out.state.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(frozen_at);
-        let bytes = encode_off_thread(all).await?;
-        report.last_round_bytes = bytes.len() as u64;
-        send_round(agent, id, out, 0, bytes, true).await?;
+        report.last_round_bytes = send_full(agent, id, out, all, true).await?;
         report.bytes_sent = report.last_round_bytes;
         return check(progress);
     }
     let mut last_capture = Instant::now();
     let full = out.handle.capture_full(buffers).await?;
     let captured = last_capture.elapsed();
-    let bytes = encode_off_thread(full).await?;
-    report.last_round_bytes = bytes.len() as u64;
-    send_round(agent, id, out, 0, bytes, false).await?;
+    report.last_round_bytes = send_full(agent, id, out, full, false).await?;
     tracing::info!(migration = %id, bytes = report.last_round_bytes, capture_ms = captured.as_secs_f64() * 1e3, send_ms = (last_capture.elapsed() - captured).as_secs_f64() * 1e3, "round 0 (full) sent");
     report.bytes_sent += report.last_round_bytes;
     let _ = progress.send(report.clone()).await;
@@ -664,13 +748,72 @@ fn prefaulted(size: u64) -> Vec<MemoryImage> {
     }]
 }
 
-async fn encode_off_thread(snapshot: Snapshot) -> Result<Vec<u8>, String> {
-    tokio::task::spawn_blocking(move || codec::encode(&snapshot))
-        .await
-        .map_err(|e| e.to_string())
+/// Send round 0: the snapshot without its pages (small: globals, tables,
+/// host state, memory size), then the pages straight from the capture
+/// buffer, which the target writes straight into the reserved instance — no
+/// encoding, joining or decoding of the bulk. Returns the bytes sent.
+async fn send_full(
+    agent: &Agent,
+    id: &str,
+    out: &Outgoing,
+    mut full: Snapshot,
+    last: bool,
+) -> Result<u64, String> {
+    let (pages, data) = match full.memories.first_mut() {
+        Some(m) => (std::mem::take(&mut m.pages), std::mem::take(&mut m.data)),
+        None => (Vec::new(), Vec::new()),
+    };
+    let state = Bytes::from(codec::encode(&full));
+    let data = Bytes::from(data);
+    let page_parts = page_parts(&pages);
+    let parts = 1 + page_parts.len();
+    let mut sent = state.len() as u64;
+    let head = Part {
+        round: 0,
+        part: 0,
+        parts,
+        last,
+    };
+    send_part(
+        agent,
+        id,
+        out,
+        &head,
+        state.clone(),
+        &[("x-roam-total", state.len().to_string())],
+    )
+    .await?;
+    for (i, (runs, range)) in page_parts.into_iter().enumerate() {
+        let body = data.slice(range);
+        sent += body.len() as u64;
+        let part = Part {
+            part: i + 1,
+            ..head
+        };
+        send_part(
+            agent,
+            id,
+            out,
+            &part,
+            body,
+            &[("x-roam-kind", "pages".into()), ("x-roam-runs", runs)],
+        )
+        .await?;
+    }
+    Ok(sent)
 }
 
-/// Send one round in checked parts; the target applies it on the last.
+/// Where a part goes.
+#[derive(Clone, Copy)]
+struct Part {
+    round: u32,
+    part: usize,
+    parts: usize,
+    last: bool,
+}
+
+/// Send one round's encoded snapshot in checked parts; the target applies
+/// it when the last arrives.
 async fn send_round(
     agent: &Agent,
     id: &str,
@@ -679,40 +822,72 @@ async fn send_round(
     bytes: Vec<u8>,
     last: bool,
 ) -> Result<(), String> {
-    if let Some(ms) = fault_delay("ROAM_FAULT_ROUND_DELAY_MS") {
-        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-    }
     let bytes = Bytes::from(bytes);
     let total = bytes.len();
     let parts = total.div_ceil(PART).max(1);
     for part in 0..parts {
         let chunk = bytes.slice(part * PART..((part + 1) * PART).min(total));
-        let checksum = xxhash_rust::xxh3::xxh3_64(&chunk);
-        let mut request = agent
-            .http
-            .put(format!(
-                "{}/v1/migrations/{id}/rounds/{round}",
-                out.target_url
-            ))
-            .bearer_auth(&out.key)
-            .header("x-roam-part", format!("{part}/{parts}"))
-            .header("x-roam-total", total.to_string())
-            .header("x-roam-checksum", format!("{checksum:016x}"));
-        if last {
-            request = request.header("x-roam-final", "1");
-        }
-        let r = request
-            .body(chunk)
-            .send()
-            .await
-            .map_err(|e| format!("round {round}: target unreachable: {e}"))?;
-        if !r.status().is_success() {
-            let status = r.status();
-            return Err(format!(
-                "round {round}: target answered {status}: {}",
-                r.text().await.unwrap_or_default()
-            ));
-        }
+        let at = Part {
+            round,
+            part,
+            parts,
+            last,
+        };
+        send_part(
+            agent,
+            id,
+            out,
+            &at,
+            chunk,
+            &[("x-roam-total", total.to_string())],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// One authenticated, checksummed part.
+async fn send_part(
+    agent: &Agent,
+    id: &str,
+    out: &Outgoing,
+    at: &Part,
+    body: Bytes,
+    headers: &[(&str, String)],
+) -> Result<(), String> {
+    if at.part == 0
+        && let Some(ms) = fault_delay("ROAM_FAULT_ROUND_DELAY_MS")
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    let round = at.round;
+    let checksum = xxhash_rust::xxh3::xxh3_64(&body);
+    let mut request = agent
+        .http
+        .put(format!(
+            "{}/v1/migrations/{id}/rounds/{round}",
+            out.target_url
+        ))
+        .bearer_auth(&out.key)
+        .header("x-roam-part", format!("{}/{}", at.part, at.parts))
+        .header("x-roam-checksum", format!("{checksum:016x}"));
+    for (k, v) in headers {
+        request = request.header(*k, v.as_str());
+    }
+    if at.last {
+        request = request.header("x-roam-final", "1");
+    }
+    let r = request
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| format!("round {round}: target unreachable: {e}"))?;
+    if !r.status().is_success() {
+        let status = r.status();
+        return Err(format!(
+            "round {round}: target answered {status}: {}",
+            r.text().await.unwrap_or_default()
+        ));
     }
     Ok(())
 }
@@ -938,4 +1113,35 @@ async fn source_abort(
 /// can act while a migration is in a given phase.
 pub(crate) fn fault_delay(name: &str) -> Option<u64> {
     std::env::var(name).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_split_into_parts_of_bounded_runs_and_parse_back() {
+        let pages = [0, 1, 2, 5, 6, 100];
+        let parts = page_parts(&pages);
+        assert_eq!(parts, vec![("0:3,5:2,100:1".to_string(), 0..6 * 4096)]);
+        assert_eq!(
+            parse_runs(&parts[0].0).unwrap(),
+            vec![(0, 3), (5, 2), (100, 1)]
+        );
+        // Every other page: a new part after MAX_RUNS runs.
+        let sparse: Vec<u64> = (0..200).map(|i| i * 2).collect();
+        let parts = page_parts(&sparse);
+        assert_eq!(parts.len(), 4);
+        assert_eq!(parts[0].1, 0..MAX_RUNS * 4096);
+        let covered: usize = parts.iter().map(|(_, r)| r.len()).sum();
+        assert_eq!(covered, 200 * 4096);
+        // A long run: parts of at most PART bytes.
+        let dense: Vec<u64> = (0..10_000).collect();
+        assert!(page_parts(&dense).iter().all(|(_, r)| r.len() <= PART));
+        for bad in ["", "1", "1:0", "a:1", "1:2,", "-1:2"] {
+            assert!(parse_runs(bad).is_err(), "{bad}");
+        }
+        let too_many: Vec<String> = (0..=MAX_RUNS).map(|i| format!("{}:1", i * 2)).collect();
+        assert!(parse_runs(&too_many.join(",")).is_err());
+    }
 }
