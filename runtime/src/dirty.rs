@@ -273,6 +273,36 @@ mod imp {
 
 pub use imp::WriteTracker;
 
+/// Fault in the pages of `[ptr, ptr + len)` as writable without writing
+/// them (`MADV_POPULATE_WRITE`, Linux ≥ 5.14), so later copies into the
+/// range take no page faults. Only whole pages inside the range are
+/// touched; contents never change. Best effort: errors are ignored, the
+/// pages then fault on first write as usual.
+pub fn populate(ptr: usize, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let start = ptr.next_multiple_of(PAGE);
+        let end = (ptr + len) / PAGE * PAGE;
+        if end > start {
+            // SAFETY: advice on an address range; MADV_POPULATE_WRITE neither
+            // reads nor changes the contents, and fails harmlessly on ranges
+            // that are not (or no longer) mapped writable.
+            unsafe {
+                libc::madvise(
+                    start as *mut libc::c_void,
+                    end - start,
+                    libc::MADV_POPULATE_WRITE,
+                );
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (ptr, len);
+    }
+}
+
 /// Whether this kernel can track writes (tried on a scratch mapping).
 pub fn supported() -> bool {
     #[cfg(target_os = "linux")]

@@ -400,39 +400,14 @@ impl Instance {
         }
     }
 
-    /// Write whole 4 KiB pages of memory 0: `runs` of `(first page, count)`,
-    /// their contents one after another in `data`. Every page must lie inside
-    /// the memory as it is now; nothing is written unless all do.
-    pub fn write_pages(&mut self, runs: &[(u64, u64)], data: &[u8]) -> Result<(), RestoreError> {
-        let mismatch = |m: String| RestoreError::Mismatch(m);
-        let memory = self
-            .memory(0)
-            .ok_or_else(|| mismatch("the module has no memory".into()))?;
-        let pages_in_memory = memory.data_size(&self.store) as u64 / PAGE_SIZE as u64;
-        let mut total = 0u64;
-        for &(first, count) in runs {
-            if first
-                .checked_add(count)
-                .is_none_or(|end| end > pages_in_memory)
-            {
-                return Err(mismatch(format!(
-                    "pages {first}..+{count} are outside the memory's {pages_in_memory} pages"
-                )));
-            }
-            total += count;
-        }
-        if total.checked_mul(PAGE_SIZE as u64) != Some(data.len() as u64) {
-            return Err(mismatch(format!("{} bytes for {total} pages", data.len())));
-        }
-        let memory_bytes = memory.data_mut(&mut self.store);
-        let mut at = 0;
-        for &(first, count) in runs {
-            let start = first as usize * PAGE_SIZE;
-            let len = count as usize * PAGE_SIZE;
-            memory_bytes[start..start + len].copy_from_slice(&data[at..at + len]);
-            at += len;
-        }
-        Ok(())
+    /// Address and size of memory 0 in this process, for
+    /// [`crate::dirty::populate`].
+    pub fn memory_range(&mut self) -> Option<(usize, usize)> {
+        let memory = self.memory(0)?;
+        Some((
+            memory.data_ptr(&self.store) as usize,
+            memory.data_size(&self.store),
+        ))
     }
 
     /// Whether the kernel tracks this instance's writes (else deltas hash

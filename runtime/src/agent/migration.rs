@@ -259,7 +259,7 @@ async fn receive_round(
     State(agent): State<Arc<Agent>>,
     Path((id, round)): Path<(String, u32)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> HttpResponse {
     let mut incoming = agent.migrations.incoming.lock().await;
     let Some(entry) = incoming.get_mut(&id) else {
@@ -270,10 +270,10 @@ async fn receive_round(
     }
     entry.touched = Instant::now();
     let started = Instant::now();
-    match apply_part(entry, round, &headers, &body) {
+    match apply_part(entry, round, &headers, body).await {
         Ok(applied) => {
             if applied {
-                tracing::debug!(migration = %id, round, bytes = body.len(), apply_ms = started.elapsed().as_secs_f64() * 1e3, "round applied");
+                tracing::debug!(migration = %id, round, apply_ms = started.elapsed().as_secs_f64() * 1e3, "round applied");
             }
             if applied && header(&headers, "x-roam-final") == Some("1") {
                 entry.ready = true;
@@ -295,11 +295,11 @@ async fn receive_round(
 /// 0 after its snapshot, memory pages (`x-roam-kind: pages`, `x-roam-runs:
 /// FIRST:COUNT,...` naming the pages the body holds, in order) written
 /// straight into the reserved instance. Returns whether the round ended.
-fn apply_part(
+async fn apply_part(
     entry: &mut Incoming,
     round: u32,
     headers: &HeaderMap,
-    body: &[u8],
+    body: Body,
 ) -> Result<bool, String> {
     if entry.ready {
         return Err("the final round was already applied".into());
@@ -323,19 +323,23 @@ fn apply_part(
             entry.part
         ));
     }
-    if xxhash_rust::xxh3::xxh3_64(body) != checksum {
-        return Err(format!("round {round} part {part}: checksum mismatch"));
-    }
     match header(headers, "x-roam-kind").unwrap_or("snapshot") {
-        "snapshot" => apply_snapshot_part(entry, round, headers, body)?,
+        "snapshot" => {
+            let body = axum::body::to_bytes(body, PART)
+                .await
+                .map_err(|e| format!("round {round} part {part}: {e}"))?;
+            if xxhash_rust::xxh3::xxh3_64(&body) != checksum {
+                return Err(format!("round {round} part {part}: checksum mismatch"));
+            }
+            apply_snapshot_part(entry, round, headers, &body)?
+        }
         "pages" => {
             if round != 0 || !entry.applied {
                 return Err("pages may only follow round 0's snapshot".into());
             }
             let runs = parse_runs(header(headers, "x-roam-runs").unwrap_or(""))?;
-            entry
-                .instance
-                .write_pages(&runs, body)
+            receive_pages(entry, &runs, body, checksum)
+                .await
                 .map_err(|e| format!("round 0 part {part}: {e}"))?;
         }
         other => return Err(format!("unknown part kind `{other}`")),
@@ -402,6 +406,79 @@ fn apply_snapshot_part(
         .map_err(|e| format!("round {round}: {e}"))?;
     entry.buffer = Vec::new();
     entry.applied = true;
+    if round == 0
+        && let Some((ptr, len)) = entry.instance.memory_range()
+    {
+        // Fault the memory in on the other core while the pages arrive.
+        tokio::task::spawn_blocking(move || crate::dirty::populate(ptr, len));
+    }
+    Ok(())
+}
+
+/// Write the pages of one part into the reserved instance as the bytes
+/// arrive (no copy of the part in between). The runs are checked against
+/// the memory first; the checksum at the end — on a mismatch the caller
+/// drops the instance, so what was written never runs.
+async fn receive_pages(
+    entry: &mut Incoming,
+    runs: &[(u64, u64)],
+    body: Body,
+    checksum: u64,
+) -> Result<(), String> {
+    use futures_util::StreamExt;
+    const PAGE: u64 = crate::snapshot::PAGE_SIZE as u64;
+    let (_, memory_len) = entry
+        .instance
+        .memory_range()
+        .ok_or("the module has no memory")?;
+    let pages_in_memory = memory_len as u64 / PAGE;
+    let mut expected = 0u64;
+    for &(first, count) in runs {
+        if first
+            .checked_add(count)
+            .is_none_or(|end| end > pages_in_memory)
+        {
+            return Err(format!(
+                "pages {first}..+{count} are outside the memory's {pages_in_memory} pages"
+            ));
+        }
+        expected += count * PAGE;
+    }
+    if expected > PART as u64 {
+        return Err(format!("a part of {expected} bytes is over {PART}"));
+    }
+    // Byte ranges of memory, in the order the body fills them.
+    let mut targets = runs
+        .iter()
+        .map(|&(first, count)| (first * PAGE) as usize..((first + count) * PAGE) as usize);
+    let mut current = targets.next().unwrap_or(0..0);
+    let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
+    let mut received = 0u64;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let mut chunk: &[u8] = &chunk.map_err(|e| format!("the stream broke: {e}"))?;
+        received += chunk.len() as u64;
+        if received > expected {
+            return Err(format!("more than the {expected} bytes its runs name"));
+        }
+        hasher.update(chunk);
+        let memory = entry.instance.memory_data_mut();
+        while !chunk.is_empty() {
+            if current.is_empty() {
+                current = targets.next().ok_or("more bytes than its runs name")?;
+            }
+            let n = chunk.len().min(current.len());
+            memory[current.start..current.start + n].copy_from_slice(&chunk[..n]);
+            current.start += n;
+            chunk = &chunk[n..];
+        }
+    }
+    if received != expected {
+        return Err(format!("{received} bytes for runs of {expected}"));
+    }
+    if hasher.digest() != checksum {
+        return Err("checksum mismatch".into());
+    }
     Ok(())
 }
 
@@ -736,9 +813,8 @@ async fn precopy(
 /// already touched: capturing into them costs no page faults.
 fn prefaulted(size: u64) -> Vec<MemoryImage> {
     let size = size as usize;
-    let mut data = Vec::with_capacity(size);
-    data.resize(size, 1u8);
-    data.clear();
+    let data: Vec<u8> = Vec::with_capacity(size);
+    crate::dirty::populate(data.as_ptr() as usize, data.capacity());
     let pages = Vec::with_capacity(size / crate::snapshot::PAGE_SIZE + 1);
     vec![MemoryImage {
         index: 0,
@@ -766,7 +842,8 @@ async fn send_full(
     let state = Bytes::from(codec::encode(&full));
     let data = Bytes::from(data);
     let page_parts = page_parts(&pages);
-    let parts = 1 + page_parts.len();
+    let state_parts = state.len().div_ceil(PART).max(1);
+    let parts = state_parts + page_parts.len();
     let mut sent = state.len() as u64;
     let head = Part {
         round: 0,
@@ -774,20 +851,17 @@ async fn send_full(
         parts,
         last,
     };
-    send_part(
-        agent,
-        id,
-        out,
-        &head,
-        state.clone(),
-        &[("x-roam-total", state.len().to_string())],
-    )
-    .await?;
+    for i in 0..state_parts {
+        let piece = state.slice(i * PART..((i + 1) * PART).min(state.len()));
+        let part = Part { part: i, ..head };
+        let total = [("x-roam-total", state.len().to_string())];
+        send_part(agent, id, out, &part, piece, &total).await?;
+    }
     for (i, (runs, range)) in page_parts.into_iter().enumerate() {
         let body = data.slice(range);
         sent += body.len() as u64;
         let part = Part {
-            part: i + 1,
+            part: state_parts + i,
             ..head
         };
         send_part(

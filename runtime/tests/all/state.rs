@@ -279,32 +279,3 @@ async fn write_tracking_does_not_outlive_its_instance() {
         drop(a);
     }
 }
-
-/// Pages written straight into an instance (a migration's bulk copy) are
-/// bounds-checked as a whole before anything is written.
-#[tokio::test]
-async fn write_pages_refuses_pages_outside_memory_and_wrong_lengths() {
-    let rt = runtime();
-    let module = load_wat(&rt, STATE_WAT);
-    let mut a = rt.instantiate(&module, config()).await.unwrap();
-    let before = call_i64(&mut a, "digest", &[]).await;
-    let page = vec![7u8; 4096];
-    // Memory is one 64 KiB page: 16 pages of 4 KiB.
-    let outside = [(15u64, 1u64), (16, 1)];
-    assert!(
-        a.write_pages(&outside, &[page.clone(), page.clone()].concat())
-            .is_err()
-    );
-    assert!(a.write_pages(&[(u64::MAX, 2)], &page).is_err());
-    assert!(a.write_pages(&[(3, 2)], &page).is_err());
-    assert_eq!(
-        call_i64(&mut a, "digest", &[]).await,
-        before,
-        "nothing written"
-    );
-    a.write_pages(&[(2, 1)], &page).unwrap();
-    assert_eq!(
-        call_i64(&mut a, "read", &[Val::I32(2 * 4096 + 8)]).await,
-        0x0707_0707_0707_0707
-    );
-}
