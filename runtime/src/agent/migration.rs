@@ -68,6 +68,8 @@ pub(super) struct Migrations {
     /// As target: keys of committed migrations, for messages the source
     /// forwards (id → (workload, key)).
     forwarding: Mutex<HashMap<String, (String, String, Instant)>>,
+    /// As source: committed migrations → downtime, for a repeated commit.
+    committed: Mutex<HashMap<String, (Option<u64>, Instant)>>,
 }
 
 impl Migrations {
@@ -86,6 +88,16 @@ impl Migrations {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(workload);
+    }
+
+    /// The downtime a committed outgoing migration recorded, if it was
+    /// committed here.
+    fn committed_before(&self, id: &str) -> Option<Option<u64>> {
+        self.committed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .map(|(d, _)| *d)
     }
 
     fn outgoing(&self, id: &str) -> Option<Arc<Outgoing>> {
@@ -1104,6 +1116,22 @@ async fn commit_outgoing(
     out.handle
         .handoff(forwarder(agent, id, &out, decision.generation))
         .await;
+    // The driver forwards until the last handle to it is gone: drop ours.
+    {
+        let mut committed = agent
+            .migrations
+            .committed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        committed.retain(|_, (_, at)| at.elapsed() < STALE);
+        committed.insert(id.to_string(), (downtime, Instant::now()));
+    }
+    agent
+        .migrations
+        .outgoing
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(id);
     tracing::info!(migration = %id, workload = %out.workload, downtime_us = ?downtime, "migration committed: handed off");
     Json(CommitOutcome {
         downtime_us: downtime,
@@ -1116,10 +1144,13 @@ async fn commit(
     Path(id): Path<String>,
     Json(decision): Json<MigrationDecision>,
 ) -> HttpResponse {
-    match agent.migrations.outgoing(&id) {
-        Some(out) => commit_outgoing(&agent, &id, out, &decision).await,
-        None => commit_incoming(&agent, &id, decision.generation).await,
+    if let Some(out) = agent.migrations.outgoing(&id) {
+        return commit_outgoing(&agent, &id, out, &decision).await;
     }
+    if let Some(downtime_us) = agent.migrations.committed_before(&id) {
+        return Json(CommitOutcome { downtime_us }).into_response();
+    }
+    commit_incoming(&agent, &id, decision.generation).await
 }
 
 async fn abort(
@@ -1127,6 +1158,12 @@ async fn abort(
     Path(id): Path<String>,
     Json(decision): Json<MigrationDecision>,
 ) -> HttpResponse {
+    if agent.migrations.committed_before(&id).is_some() {
+        return error(
+            StatusCode::CONFLICT,
+            format!("migration `{id}` was committed; it cannot be aborted"),
+        );
+    }
     if agent.migrations.incoming.lock().await.remove(&id).is_some() {
         tracing::info!(migration = %id, "migration aborted: dropped what was received");
     }
@@ -1156,6 +1193,12 @@ async fn abort(
                     r.generation = decision.generation;
                 }
                 out.handle.resume().await;
+                agent
+                    .migrations
+                    .outgoing
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
                 tracing::info!(migration = %id, workload = %out.workload, "migration aborted: serving on");
             }
             OutPhase::Aborted => {}
