@@ -763,10 +763,12 @@ async fn precopy(
     };
     // The full copy goes into buffers faulted in beforehand and is encoded
     // after, so the workload pauses only for a memcpy of its memory.
+    let began = Instant::now();
     let size = out.handle.memory_size().await?;
     let buffers = tokio::task::spawn_blocking(move || prefaulted(size))
         .await
         .map_err(|e| e.to_string())?;
+    tracing::debug!(migration = %id, bytes = size, populate_ms = began.elapsed().as_secs_f64() * 1e3, "capture buffer ready");
     if options.stop_and_copy {
         report.phase = "stopping".into();
         let frozen_at = Instant::now();
@@ -870,6 +872,7 @@ async fn send_full(
         send_part(agent, id, out, &part, piece, &total).await?;
     }
     for (i, (runs, range)) in page_parts.into_iter().enumerate() {
+        let part_began = Instant::now();
         let body = data.slice(range);
         sent += body.len() as u64;
         let part = Part {
@@ -885,6 +888,7 @@ async fn send_full(
             &[("x-roam-kind", "pages".into()), ("x-roam-runs", runs)],
         )
         .await?;
+        tracing::debug!(migration = %id, part = state_parts + i, part_ms = part_began.elapsed().as_secs_f64() * 1e3, "pages part sent");
     }
     Ok(sent)
 }

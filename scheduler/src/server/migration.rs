@@ -32,6 +32,10 @@ use crate::auth;
 use crate::placement::{self, PlacementRequest};
 use crate::selector::Selector;
 
+/// A migration that has not reached its commit point by then is aborted
+/// (and its workload handed back to the reconciler).
+const MAX_PRECOPY: Duration = Duration::from_secs(15 * 60);
+
 /// Ended migrations kept for `roam get migrations`.
 const KEEP_MIGRATIONS: usize = 1000;
 
@@ -366,7 +370,14 @@ impl Scheduler {
         options: MigrationOptions,
     ) {
         let started = Instant::now();
-        match self.precopy(&id, &key, &spec, options).await {
+        let precopy = tokio::time::timeout(MAX_PRECOPY, self.precopy(&id, &key, &spec, options));
+        let result = precopy.await.unwrap_or_else(|_| {
+            Err(format!(
+                "no commit point within {} s; gave up",
+                MAX_PRECOPY.as_secs()
+            ))
+        });
+        match result {
             Ok(()) => {
                 // Test hook: hold the decision, so fault tests can act
                 // between "prepared" and the commit.
