@@ -183,10 +183,15 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
     let roam = exe.display();
     println!("Next, in another terminal:");
     println!("  {roam} get nodes");
-    println!("  {roam} deploy --example counter --selector 'jurisdiction=EU' --replicas 2");
+    println!("  {roam} deploy --example counter --selector 'jurisdiction=EU'");
     println!("  {roam} invoke counter /apples --data ''");
     println!("  {roam} describe workload counter");
     println!("  curl -X POST {addr}/w/counter/apples");
+    println!(
+        "  {roam} migrate counter --selector 'jurisdiction=EU'   # live, to the other EU site"
+    );
+    println!("  {roam} get migrations");
+    println!("  {roam} drain host-eu-west-1");
     println!();
     println!("Press Ctrl-C to stop the cluster.");
     tokio.block_on(async {
