@@ -256,6 +256,18 @@ pub const GENERATION_HEADER: &str = "x-roam-generation";
 /// Hosts strip `x-roam-*` headers from workload responses.
 pub const NOT_DISPATCHED_HEADER: &str = "x-roam-not-dispatched";
 
+/// Whether a header is one of Roam's own (`x-roam-*`, any case): hosts
+/// strip them from workload responses, ingresses from client requests.
+///
+/// ```
+/// assert!(roam_proto::is_roam_header("X-Roam-Generation"));
+/// assert!(!roam_proto::is_roam_header("x-request-id"));
+/// ```
+pub fn is_roam_header(name: &str) -> bool {
+    name.get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case("x-roam-"))
+}
+
 /// Tuning of a live migration's pre-copy phase.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigrationOptions {

@@ -174,24 +174,6 @@ pub(super) fn stream_routes() -> Router<Arc<Agent>> {
         .route("/v1/migrations/{id}", axum::routing::delete(source_abort))
 }
 
-fn same_secret(presented: &str, expected: &str) -> bool {
-    !expected.is_empty()
-        && presented.len() == expected.len()
-        && presented
-            .bytes()
-            .zip(expected.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-}
-
-fn bearer(headers: &HeaderMap) -> &str {
-    headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("")
-}
-
 // ---------------------------------------------------------------- target --
 
 async fn prepare(
@@ -277,7 +259,7 @@ async fn receive_round(
     let Some(entry) = incoming.get_mut(&id) else {
         return error(StatusCode::NOT_FOUND, format!("no migration `{id}` here"));
     };
-    if !same_secret(bearer(&headers), &entry.key) {
+    if !super::presents(&headers, &entry.key) {
         return error(StatusCode::UNAUTHORIZED, "wrong migration key");
     }
     entry.touched = Instant::now();
@@ -561,7 +543,7 @@ async fn forwarded_message(
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         match forwarding.get(&id) {
-            Some((w, key, _)) if same_secret(bearer(&headers), key) => w.clone(),
+            Some((w, key, _)) if super::presents(&headers, key) => w.clone(),
             Some(_) => return error(StatusCode::UNAUTHORIZED, "wrong migration key"),
             None => return error(StatusCode::NOT_FOUND, format!("no migration `{id}` here")),
         }
@@ -1040,7 +1022,7 @@ async fn forward_http(
     }
     let mut builder = http.request(method, url).body(request.body);
     for (k, v) in &request.headers {
-        if k != "host" && k != "content-length" && !super::is_roam_header(k) {
+        if k != "host" && k != "content-length" && !roam_proto::is_roam_header(k) {
             builder = builder.header(k.as_str(), v.as_str());
         }
     }
@@ -1220,7 +1202,7 @@ async fn source_abort(
 ) -> HttpResponse {
     let mut incoming = agent.migrations.incoming.lock().await;
     match incoming.get(&id) {
-        Some(e) if same_secret(bearer(&headers), &e.key) => {
+        Some(e) if super::presents(&headers, &e.key) => {
             incoming.remove(&id);
             tracing::info!(migration = %id, "the source gave up; dropped what was received");
             StatusCode::OK.into_response()

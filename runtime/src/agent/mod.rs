@@ -7,7 +7,12 @@
 //!   workload (the module is fetched from the scheduler by digest and its
 //!   sha256 checked before use), `DELETE` stops it, `GET .../logs` returns
 //!   its recent log records;
-//! - ingress: `/w/{workload}/{path...}` goes to the workload's `handle`.
+//!   `/v1/migrations/{id}/{prepare,send,commit,abort}` drive live
+//!   migrations (see `migration.rs`);
+//! - migration streams, authenticated by a per-migration key instead:
+//!   `/v1/migrations/{id}/rounds/{n}`, `.../messages`, `DELETE .../{id}`;
+//! - ingress: `/w/{workload}/{path...}` goes to the workload's `handle`,
+//!   refused before dispatch when it carries another generation.
 //!
 //! The agent rejoins on its own when the scheduler forgets it (restart).
 
@@ -270,23 +275,8 @@ impl Agent {
     }
 
     fn authorized(&self, headers: &HeaderMap) -> bool {
-        let secret = self
-            .secret
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let presented = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        !secret.is_empty()
-            && presented.len() == secret.len()
-            && presented
-                .bytes()
-                .zip(secret.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        let secret = self.secret.lock().unwrap_or_else(|e| e.into_inner());
+        presents(headers, &secret)
     }
 
     /// Deliver locally when the destination runs here, else through the
@@ -416,6 +406,18 @@ impl Agent {
         );
         Ok(bytes.to_vec())
     }
+}
+
+/// Whether `headers` carry `Authorization: Bearer SECRET` (compared in
+/// constant time; an empty secret matches nothing).
+fn presents(headers: &HeaderMap, secret: &str) -> bool {
+    let presented = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    !secret.is_empty()
+        && constant_time_eq::constant_time_eq(presented.as_bytes(), secret.as_bytes())
 }
 
 /// Refuse control routes without the host secret handed out at join.
@@ -702,7 +704,11 @@ pub fn into_http(r: crate::abi::codec::Response) -> HttpResponse {
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut out = (status, r.body).into_response();
     // `x-roam-*` headers are Roam's word to an ingress; a guest cannot speak it.
-    for (k, v) in r.headers.into_iter().filter(|(k, _)| !is_roam_header(k)) {
+    for (k, v) in r
+        .headers
+        .into_iter()
+        .filter(|(k, _)| !roam_proto::is_roam_header(k))
+    {
         if let (Ok(k), Ok(v)) = (
             axum::http::HeaderName::try_from(k),
             axum::http::HeaderValue::try_from(v),
@@ -711,9 +717,4 @@ pub fn into_http(r: crate::abi::codec::Response) -> HttpResponse {
         }
     }
     out
-}
-
-fn is_roam_header(name: &str) -> bool {
-    name.get(..7)
-        .is_some_and(|p| p.eq_ignore_ascii_case("x-roam-"))
 }

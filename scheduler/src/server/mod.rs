@@ -1217,7 +1217,7 @@ async fn ingress(
                 if k != "host"
                     && k != "authorization"
                     && k != "content-length"
-                    && !k.as_str().starts_with("x-roam-")
+                    && !roam_proto::is_roam_header(k.as_str())
                 {
                     request = request.header(k.as_str(), v.as_bytes());
                 }
