@@ -7,7 +7,10 @@
 //! restarted scheduler does not know them. A reconcile loop turns the
 //! difference between desired and running into start/stop calls on hosts; a
 //! host that misses heartbeats for `heartbeat_timeout` counts as down and its
-//! workloads are placed again on hosts that meet their rules.
+//! workloads are placed again on hosts that meet their rules. Live
+//! migrations (`migration.rs`) raise a workload's generation at their commit
+//! point; the ingress routes with it and resends what a host refused before
+//! dispatch.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
