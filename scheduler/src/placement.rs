@@ -155,6 +155,11 @@ pub fn check(request: &PlacementRequest, host: &HostView) -> Option<Rejection> {
             value: host.labels.get(r.key()).cloned(),
         });
     }
+    lacks_room(request, host)
+}
+
+/// The capacity part of [`check`] (allocates nothing).
+fn lacks_room(request: &PlacementRequest, host: &HostView) -> Option<Rejection> {
     let free = host.memory_total.saturating_sub(host.memory_used);
     if request.memory > free {
         return Some(Rejection::Memory {
@@ -171,9 +176,19 @@ pub fn check(request: &PlacementRequest, host: &HostView) -> Option<Rejection> {
     None
 }
 
-/// Rank every host for `request`.
-pub fn place(request: &PlacementRequest, hosts: &[HostView]) -> Placement {
-    // Replicas per value of the spread label.
+/// Whether `check` would accept the host, without building a reason.
+fn fits(request: &PlacementRequest, host: &HostView) -> bool {
+    host.alive
+        && !host.cordoned
+        && request.selector.first_failure(&host.labels).is_none()
+        && lacks_room(request, host).is_none()
+}
+
+/// Replicas per value of the spread label, over the hosts already used.
+fn spread_counts<'a>(
+    request: &PlacementRequest,
+    hosts: &'a [HostView],
+) -> BTreeMap<Option<&'a str>, usize> {
     let mut per_value: BTreeMap<Option<&str>, usize> = BTreeMap::new();
     if let Some(key) = &request.spread_by {
         for host in hosts.iter().filter(|h| request.placed_on.contains(&h.id)) {
@@ -182,35 +197,48 @@ pub fn place(request: &PlacementRequest, hosts: &[HostView]) -> Placement {
                 .or_default() += 1;
         }
     }
+    per_value
+}
+
+/// A feasible host's score: fewest replicas on its spread value first, then
+/// the most memory left free.
+fn score(
+    request: &PlacementRequest,
+    host: &HostView,
+    per_value: &BTreeMap<Option<&str>, usize>,
+) -> f64 {
+    let spread = match &request.spread_by {
+        Some(key) => {
+            let n = per_value
+                .get(&host.labels.get(key).map(String::as_str))
+                .copied()
+                .unwrap_or(0);
+            1.0 / (1.0 + n as f64)
+        }
+        None => 1.0,
+    };
+    let free_after = host
+        .memory_total
+        .saturating_sub(host.memory_used + request.memory) as f64;
+    let free_share = if host.memory_total == 0 {
+        0.0
+    } else {
+        free_after / host.memory_total as f64
+    };
+    spread * 10.0 + free_share
+}
+
+/// Rank every host for `request`.
+pub fn place(request: &PlacementRequest, hosts: &[HostView]) -> Placement {
+    let per_value = spread_counts(request, hosts);
     let mut placement = Placement::default();
     for host in hosts {
         match check(request, host) {
             Some(reason) => placement.rejected.push((host.id.clone(), reason)),
-            None => {
-                let spread = match &request.spread_by {
-                    Some(key) => {
-                        let n = per_value
-                            .get(&host.labels.get(key).map(String::as_str))
-                            .copied()
-                            .unwrap_or(0);
-                        1.0 / (1.0 + n as f64)
-                    }
-                    None => 1.0,
-                };
-                let free_after = host
-                    .memory_total
-                    .saturating_sub(host.memory_used + request.memory)
-                    as f64;
-                let free_share = if host.memory_total == 0 {
-                    0.0
-                } else {
-                    free_after / host.memory_total as f64
-                };
-                placement.ranked.push(Candidate {
-                    host: host.id.clone(),
-                    score: spread * 10.0 + free_share,
-                });
-            }
+            None => placement.ranked.push(Candidate {
+                host: host.id.clone(),
+                score: score(request, host, &per_value),
+            }),
         }
     }
     placement.ranked.sort_by(|a, b| {
@@ -220,6 +248,27 @@ pub fn place(request: &PlacementRequest, hosts: &[HostView]) -> Placement {
     });
     placement.rejected.sort_by(|a, b| a.0.cmp(&b.0));
     placement
+}
+
+/// The host [`place`] would rank first, as an index into `hosts`, in one
+/// pass that allocates nothing per host: the reconciler's hot path.
+pub fn best(request: &PlacementRequest, hosts: &[HostView]) -> Option<usize> {
+    let per_value = spread_counts(request, hosts);
+    let mut best: Option<(usize, f64)> = None;
+    for (i, host) in hosts.iter().enumerate() {
+        if !fits(request, host) {
+            continue;
+        }
+        let s = score(request, host, &per_value);
+        let better = match best {
+            None => true,
+            Some((j, top)) => s > top || (s == top && host.id < hosts[j].id),
+        };
+        if better {
+            best = Some((i, s));
+        }
+    }
+    best.map(|(i, _)| i)
 }
 
 #[cfg(test)]
@@ -376,7 +425,10 @@ mod tests {
             // Deterministic whatever the order of hosts.
             let mut reversed = hosts.clone();
             reversed.reverse();
-            prop_assert_eq!(place(&req, &reversed), p);
+            prop_assert_eq!(place(&req, &reversed), p.clone());
+            // The reconciler's one-pass choice is the ranking's first.
+            prop_assert_eq!(best(&req, &hosts).map(|i| hosts[i].id.as_str()), p.best());
+            prop_assert_eq!(best(&req, &reversed).map(|i| reversed[i].id.as_str()), p.best());
         }
     }
 }

@@ -7,7 +7,7 @@
 //! host does, the workload is reported [`Unplaceable`] with every host's
 //! reason, never placed on a host that breaks a rule.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::placement::{self, HostView, PlacementRequest, Rejection};
 use crate::selector::Selector;
@@ -78,14 +78,27 @@ pub struct Plan {
 /// Compare `desired` with `running` on `hosts`.
 pub fn reconcile(desired: &[WorkloadSpec], running: &[Running], hosts: &[HostView]) -> Plan {
     let mut hosts: Vec<HostView> = hosts.to_vec();
-    let alive = |hosts: &[HostView], id: &str| hosts.iter().any(|h| h.id == id && h.alive);
+    let alive: HashSet<&str> = hosts
+        .iter()
+        .filter(|h| h.alive)
+        .map(|h| h.id.as_str())
+        .collect();
     let mut plan = Plan::default();
     let specs: BTreeMap<&str, &WorkloadSpec> =
         desired.iter().map(|s| (s.name.as_str(), s)).collect();
 
-    // Replicas of workloads nobody wants any more.
+    // Live replicas by workload; replicas of workloads nobody wants any more.
+    let mut live_by_workload: HashMap<&str, Vec<String>> = HashMap::new();
     for r in running {
-        if !specs.contains_key(r.workload.as_str()) && alive(&hosts, &r.host) {
+        if !alive.contains(r.host.as_str()) {
+            continue;
+        }
+        if specs.contains_key(r.workload.as_str()) {
+            live_by_workload
+                .entry(r.workload.as_str())
+                .or_default()
+                .push(r.host.clone());
+        } else {
             plan.commands.push(Command::Stop {
                 workload: r.workload.clone(),
                 host: r.host.clone(),
@@ -95,11 +108,9 @@ pub fn reconcile(desired: &[WorkloadSpec], running: &[Running], hosts: &[HostVie
 
     let mut starts = Vec::new();
     for spec in specs.values() {
-        let mut live: Vec<String> = running
-            .iter()
-            .filter(|r| r.workload == spec.name && alive(&hosts, &r.host))
-            .map(|r| r.host.clone())
-            .collect();
+        let mut live = live_by_workload
+            .remove(spec.name.as_str())
+            .unwrap_or_default();
         live.sort();
         live.dedup();
         let wanted = spec.replicas as usize;
@@ -121,24 +132,23 @@ pub fn reconcile(desired: &[WorkloadSpec], running: &[Running], hosts: &[HostVie
                 spread_by: spec.spread_by.clone(),
                 placed_on: live.clone(),
             };
-            let outcome = placement::place(&request, &hosts);
-            let Some(best) = outcome.best().map(str::to_string) else {
+            let Some(best) = placement::best(&request, &hosts) else {
+                // Only now work out every host's reason, for the operator.
                 plan.unplaceable.push(Unplaceable {
                     workload: spec.name.clone(),
                     missing: (wanted - live.len()) as u32,
-                    reasons: outcome.rejected,
+                    reasons: placement::place(&request, &hosts).rejected,
                 });
                 break;
             };
-            if let Some(h) = hosts.iter_mut().find(|h| h.id == best) {
-                h.memory_used += spec.memory;
-                h.slots_used += 1;
-            }
+            let host = &mut hosts[best];
+            host.memory_used += spec.memory;
+            host.slots_used += 1;
             starts.push(Command::Start {
                 workload: spec.name.clone(),
-                host: best.clone(),
+                host: host.id.clone(),
             });
-            live.push(best);
+            live.push(host.id.clone());
         }
     }
     plan.commands.extend(starts);
