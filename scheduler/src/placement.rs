@@ -250,12 +250,34 @@ pub fn place(request: &PlacementRequest, hosts: &[HostView]) -> Placement {
     placement
 }
 
-/// The host [`place`] would rank first, as an index into `hosts`, in one
-/// pass that allocates nothing per host: the reconciler's hot path.
+/// Feasible hosts a decision scores at most: beyond this, the best of a
+/// sample is as good as the best of all for spreading and packing, and a
+/// decision stays cheap at tens of thousands of hosts (kube-scheduler's
+/// `percentageOfNodesToScore`, Nomad's limit iterator).
+pub const SCORE_LIMIT: usize = 64;
+
+/// The host to place `request` on, as an index into `hosts`: the best
+/// scored of the first [`SCORE_LIMIT`] feasible hosts, visited from an
+/// offset that depends on the workload (so different workloads look at
+/// different hosts, and the same request always gets the same answer). With
+/// at most `SCORE_LIMIT` feasible hosts this is exactly the host [`place`]
+/// ranks first. One pass, no allocation per host: the reconciler's hot path.
 pub fn best(request: &PlacementRequest, hosts: &[HostView]) -> Option<usize> {
+    if hosts.is_empty() {
+        return None;
+    }
     let per_value = spread_counts(request, hosts);
+    let start = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        request.workload.hash(&mut h);
+        request.placed_on.len().hash(&mut h);
+        (h.finish() % hosts.len() as u64) as usize
+    };
     let mut best: Option<(usize, f64)> = None;
-    for (i, host) in hosts.iter().enumerate() {
+    let mut scored = 0;
+    for i in (start..hosts.len()).chain(0..start) {
+        let host = &hosts[i];
         if !fits(request, host) {
             continue;
         }
@@ -266,6 +288,10 @@ pub fn best(request: &PlacementRequest, hosts: &[HostView]) -> Option<usize> {
         };
         if better {
             best = Some((i, s));
+        }
+        scored += 1;
+        if scored == SCORE_LIMIT {
+            break;
         }
     }
     best.map(|(i, _)| i)
@@ -426,7 +452,7 @@ mod tests {
             let mut reversed = hosts.clone();
             reversed.reverse();
             prop_assert_eq!(place(&req, &reversed), p.clone());
-            // The reconciler's one-pass choice is the ranking's first.
+            // With few hosts the reconciler's sampled choice is the ranking's first.
             prop_assert_eq!(best(&req, &hosts).map(|i| hosts[i].id.as_str()), p.best());
             prop_assert_eq!(best(&req, &reversed).map(|i| reversed[i].id.as_str()), p.best());
         }

@@ -258,4 +258,42 @@ mod tests {
             .collect();
         assert_eq!(started, vec!["b", "c"]);
     }
+
+    #[test]
+    fn at_scale_choices_keep_every_rule_and_spread_replicas_across_sites() {
+        // More feasible hosts than a decision scores: the sampled choice must
+        // still meet the selector, and replicas still land on distinct sites.
+        let hosts: Vec<HostView> = (0..2000)
+            .map(|i| {
+                let mut h = host(
+                    &format!("h{i:04}"),
+                    if i % 2 == 0 { "EU" } else { "US" },
+                    true,
+                );
+                h.labels.insert("site".into(), format!("s{}", i % 50));
+                h
+            })
+            .collect();
+        let mut specs: Vec<WorkloadSpec> = (0..200)
+            .map(|i| spec(&format!("w{i}"), 1, "jurisdiction=EU"))
+            .collect();
+        let mut spread = spec("spread", 3, "jurisdiction=EU");
+        spread.spread_by = Some("site".into());
+        specs.push(spread);
+        let plan = reconcile(&specs, &[], &hosts);
+        assert!(plan.unplaceable.is_empty());
+        let mut spread_sites = std::collections::BTreeSet::new();
+        for c in &plan.commands {
+            let Command::Start { workload, host } = c else {
+                panic!("unexpected {c:?}");
+            };
+            let h = hosts.iter().find(|h| &h.id == host).unwrap();
+            assert_eq!(h.labels["jurisdiction"], "EU", "{workload} on {host}");
+            if workload == "spread" {
+                spread_sites.insert(h.labels["site"].clone());
+            }
+        }
+        assert_eq!(plan.commands.len(), 203);
+        assert_eq!(spread_sites.len(), 3, "{spread_sites:?}");
+    }
 }
