@@ -27,6 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
 use axum::{Json, Router};
 use dashmap::DashMap;
+use futures_util::StreamExt;
 use roam_proto::{
     Capacity, ErrorBody, Heartbeat, InstanceInfo, InstanceStatus, JoinRequest, JoinResponse,
     ModuleRef, NodeInfo, StartInstance, TokenRequest, TokenResponse, WorkloadInfo, WorkloadSpec,
@@ -45,6 +46,8 @@ mod migration;
 const MAX_MODULE: usize = 64 << 20;
 /// Largest request body proxied by the ingress.
 const MAX_INGRESS_BODY: usize = 8 << 20;
+/// Start and stop calls to hosts the reconciler keeps in flight at once.
+const COMMANDS_IN_FLIGHT: usize = 64;
 
 /// How the scheduler runs.
 #[derive(Clone, Debug)]
@@ -383,40 +386,53 @@ impl Scheduler {
         for u in &plan.unplaceable {
             tracing::warn!(workload = %u.workload, missing = u.missing, "no eligible host");
         }
-        for command in plan.commands {
-            match command {
-                Command::Start { workload, host } => {
-                    let Some(spec) = specs.iter().find(|s| s.name == workload) else {
-                        continue;
-                    };
-                    // Count it as placed while the start is in flight, so
-                    // the next round does not place it twice.
-                    self.assign(&workload, &host, true);
-                    if let Err(e) = self.start_on(&host, spec).await {
-                        tracing::warn!(%workload, %host, error = %e, "start failed");
-                        self.assign(&workload, &host, false);
-                    } else {
-                        self.placements.fetch_add(1, Ordering::Relaxed);
-                        self.confirmed
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert((workload.clone(), host.clone()));
-                        self.event(
-                            "workload_started",
-                            serde_json::json!({ "workload": workload, "host": host }),
-                        );
-                    }
-                }
-                Command::Stop { workload, host } => {
-                    if let Err(e) = self.stop_on(&host, &workload).await {
-                        tracing::warn!(%workload, %host, error = %e, "stop failed");
-                    }
+        // Stops first, then starts; each group runs up to COMMANDS_IN_FLIGHT
+        // calls at a time, so re-placing the workloads of many lost hosts
+        // does not wait on one host after another.
+        let (stops, starts): (Vec<Command>, Vec<Command>) = plan
+            .commands
+            .into_iter()
+            .partition(|c| matches!(c, Command::Stop { .. }));
+        for group in [stops, starts] {
+            futures_util::stream::iter(group)
+                .for_each_concurrent(COMMANDS_IN_FLIGHT, |command| self.perform(command, &specs))
+                .await;
+        }
+    }
+
+    async fn perform(&self, command: Command, specs: &[WorkloadSpec]) {
+        match command {
+            Command::Start { workload, host } => {
+                let Some(spec) = specs.iter().find(|s| s.name == workload) else {
+                    return;
+                };
+                // Count it as placed while the start is in flight, so
+                // the next round does not place it twice.
+                self.assign(&workload, &host, true);
+                if let Err(e) = self.start_on(&host, spec).await {
+                    tracing::warn!(%workload, %host, error = %e, "start failed");
+                    self.assign(&workload, &host, false);
+                } else {
+                    self.placements.fetch_add(1, Ordering::Relaxed);
+                    self.confirmed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert((workload.clone(), host.clone()));
                     self.event(
-                        "workload_stopped",
+                        "workload_started",
                         serde_json::json!({ "workload": workload, "host": host }),
                     );
-                    self.assign(&workload, &host, false);
                 }
+            }
+            Command::Stop { workload, host } => {
+                if let Err(e) = self.stop_on(&host, &workload).await {
+                    tracing::warn!(%workload, %host, error = %e, "stop failed");
+                }
+                self.event(
+                    "workload_stopped",
+                    serde_json::json!({ "workload": workload, "host": host }),
+                );
+                self.assign(&workload, &host, false);
             }
         }
     }
@@ -503,7 +519,15 @@ impl Scheduler {
                         StatusCode::SERVICE_UNAVAILABLE,
                         format!("workload `{workload}` is not running anywhere"),
                     );
-                    if !self.frozen().contains(workload) {
+                    // Worth waiting for: a migration's commit, or a start
+                    // that is on its way.
+                    let placed = self
+                        .assignments
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(workload)
+                        .is_some_and(|hosts| !hosts.is_empty());
+                    if !placed && !self.frozen().contains(workload) {
                         return Err(refusal);
                     }
                     refusal
