@@ -28,16 +28,18 @@ fn hosts(n: usize) -> Vec<HostView> {
             let site = i % 300;
             HostView {
                 id: format!("host-{i:05}"),
-                labels: [
-                    ("site".to_string(), format!("site-{site:03}")),
-                    ("provider".to_string(), format!("p{}", site % 20)),
-                    (
-                        "jurisdiction".to_string(),
-                        JURISDICTIONS[site % 3].to_string(),
-                    ),
-                    ("arch".to_string(), "x86_64".to_string()),
-                ]
-                .into(),
+                labels: std::sync::Arc::new(
+                    [
+                        ("site".to_string(), format!("site-{site:03}")),
+                        ("provider".to_string(), format!("p{}", site % 20)),
+                        (
+                            "jurisdiction".to_string(),
+                            JURISDICTIONS[site % 3].to_string(),
+                        ),
+                        ("arch".to_string(), "x86_64".to_string()),
+                    ]
+                    .into(),
+                ),
                 alive: true,
                 cordoned: false,
                 memory_total: 64 << 30,

@@ -27,8 +27,9 @@ use crate::selector::{Labels, Selector};
 pub struct HostView {
     /// Host id.
     pub id: String,
-    /// Labels (trusted ones are bound to the host's join token).
-    pub labels: Labels,
+    /// Labels (trusted ones are bound to the host's join token), shared with
+    /// the registry so a view costs no copy of them.
+    pub labels: std::sync::Arc<Labels>,
     /// Whether heartbeats are current.
     pub alive: bool,
     /// Cordoned hosts take no new workloads.
@@ -306,10 +307,12 @@ mod tests {
     fn host(id: &str, site: &str, jurisdiction: &str) -> HostView {
         HostView {
             id: id.into(),
-            labels: [("site", site), ("jurisdiction", jurisdiction)]
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            labels: std::sync::Arc::new(
+                [("site", site), ("jurisdiction", jurisdiction)]
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
             alive: true,
             cordoned: false,
             memory_total: 1 << 30,
@@ -408,10 +411,12 @@ mod tests {
         )
             .prop_map(|(id, site, j, alive, cordoned, used, slots)| HostView {
                 id,
-                labels: [("site", site), ("jurisdiction", j)]
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
+                labels: std::sync::Arc::new(
+                    [("site", site), ("jurisdiction", j)]
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
                 alive,
                 cordoned,
                 memory_total: 8,

@@ -162,7 +162,9 @@ mod tests {
     fn host(id: &str, jurisdiction: &str, alive: bool) -> HostView {
         HostView {
             id: id.into(),
-            labels: [("jurisdiction".to_string(), jurisdiction.to_string())].into(),
+            labels: std::sync::Arc::new(
+                [("jurisdiction".to_string(), jurisdiction.to_string())].into(),
+            ),
             alive,
             cordoned: false,
             memory_total: 100,
@@ -270,7 +272,8 @@ mod tests {
                     if i % 2 == 0 { "EU" } else { "US" },
                     true,
                 );
-                h.labels.insert("site".into(), format!("s{}", i % 50));
+                std::sync::Arc::make_mut(&mut h.labels)
+                    .insert("site".into(), format!("s{}", i % 50));
                 h
             })
             .collect();

@@ -64,7 +64,8 @@ pub struct ServerConfig {
 
 struct HostEntry {
     url: String,
-    labels: roam_proto::Labels,
+    /// Shared with every `HostView` the reconciler takes.
+    labels: Arc<roam_proto::Labels>,
     capacity: Capacity,
     arch: String,
     engine: String,
@@ -268,6 +269,14 @@ impl Scheduler {
         let hash = auth::hash_token(token);
         let tokens = self.tokens.read().unwrap_or_else(|e| e.into_inner());
         tokens.get(&hash).map(|r| (hash, r.clone()))
+    }
+
+    /// The hash of the join token presented, if it is one (no copy of the
+    /// token's labels: this runs for every heartbeat).
+    fn join_token(&self, headers: &HeaderMap) -> Option<String> {
+        let hash = auth::hash_token(bearer(headers)?);
+        let tokens = self.tokens.read().unwrap_or_else(|e| e.into_inner());
+        matches!(tokens.get(&hash), Some(Role::Join { .. })).then_some(hash)
     }
 
     fn is_admin(&self, headers: &HeaderMap) -> bool {
@@ -702,7 +711,7 @@ async fn join(State(s): State<Arc<Scheduler>>, headers: HeaderMap, body: Bytes) 
         req.name.clone(),
         HostEntry {
             url: req.url,
-            labels: labels.clone(),
+            labels: Arc::new(labels.clone()),
             capacity: req.capacity,
             arch: req.arch,
             engine: req.engine,
@@ -728,7 +737,7 @@ async fn heartbeat(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some((hash, Role::Join { .. })) = s.role(&headers) else {
+    let Some(hash) = s.join_token(&headers) else {
         return error(StatusCode::UNAUTHORIZED, "a join token is required");
     };
     let beat: Heartbeat = match parse(&body) {
@@ -767,7 +776,7 @@ async fn nodes(State(s): State<Arc<Scheduler>>) -> Response {
         .map(|e| NodeInfo {
             name: e.key().clone(),
             url: e.url.clone(),
-            labels: e.labels.clone(),
+            labels: (*e.labels).clone(),
             status: if !s.alive(&e) {
                 "down".into()
             } else if cordoned.contains(e.key()) {
@@ -1119,7 +1128,7 @@ async fn relay_message(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !matches!(s.role(&headers), Some((_, Role::Join { .. }))) {
+    if s.join_token(&headers).is_none() {
         return error(StatusCode::UNAUTHORIZED, "a join token is required");
     }
     let sent = s
