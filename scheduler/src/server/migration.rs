@@ -675,6 +675,7 @@ impl Scheduler {
             m.downtime_us = downtime_us;
         });
         self.forget_old_migrations();
+        self.touch();
         let Some(m) = self.migration(id) else { return };
         {
             let mut metrics = self
@@ -839,6 +840,7 @@ impl Scheduler {
             let outcome = match self.stop_on(host, &workload).await {
                 Ok(()) => {
                     self.assign(&workload, host, false);
+                    self.touch();
                     DrainOutcome {
                         workload,
                         outcome: "restarted".into(),
@@ -913,5 +915,6 @@ pub(super) async fn drain(s: Arc<Scheduler>, name: String) -> Response {
         return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     }
     s.event("host_draining", serde_json::json!({ "host": name }));
+    s.touch();
     Json(s.drain(&name).await).into_response()
 }

@@ -99,6 +99,8 @@ struct Scheduler {
     /// Workload generations (fencing tokens), mirrored from the store.
     generations: Mutex<HashMap<String, u64>>,
     migration_metrics: Mutex<migration::MigrationMetrics>,
+    /// Something the reconciler should look at changed since its last round.
+    changed: std::sync::atomic::AtomicBool,
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -178,6 +180,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         pending: Mutex::new(BTreeMap::new()),
         generations: Mutex::new(HashMap::new()),
         migration_metrics: Mutex::new(migration::MigrationMetrics::default()),
+        changed: std::sync::atomic::AtomicBool::new(true),
         config,
     });
     scheduler.load_migrations();
@@ -321,15 +324,45 @@ impl Scheduler {
             .collect()
     }
 
+    /// Ask for a reconcile round soon: desired state, a host's report or a
+    /// placement changed.
+    fn touch(&self) {
+        self.changed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a host went down or came back since the last round (a scan
+    /// of the registry that copies nothing).
+    fn liveness_changed(&self) -> bool {
+        let down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+        self.hosts
+            .iter()
+            .any(|e| self.alive(&e) == down.contains(e.key()))
+    }
+
     async fn reconcile_loop(self: Arc<Self>) {
         // Give hosts of a restarted scheduler time to rejoin and report what they run.
         let grace = self.config.heartbeat * 2;
+        // Rounds run when something changed, and at least this often anyway.
+        let every = Duration::from_secs(2);
+        let mut last = Instant::now();
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
             if self.started.elapsed() < grace {
                 continue;
             }
-            self.reconcile_once().await;
+            let pending = !self
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty();
+            let due = self.changed.swap(false, Ordering::Relaxed)
+                || pending
+                || self.liveness_changed()
+                || last.elapsed() >= every;
+            if due {
+                last = Instant::now();
+                self.reconcile_once().await;
+            }
         }
     }
 
@@ -421,6 +454,7 @@ impl Scheduler {
                 if let Err(e) = self.start_on(&host, spec).await {
                     tracing::warn!(%workload, %host, error = %e, "start failed");
                     self.assign(&workload, &host, false);
+                    self.touch();
                 } else {
                     self.placements.fetch_add(1, Ordering::Relaxed);
                     self.confirmed
@@ -723,6 +757,7 @@ async fn join(State(s): State<Arc<Scheduler>>, headers: HeaderMap, body: Bytes) 
         },
     );
     s.event("host_joined", serde_json::json!({ "host": req.name }));
+    s.touch();
     Json(JoinResponse {
         labels,
         host_secret: secret,
@@ -754,8 +789,9 @@ async fn heartbeat(
         return error(StatusCode::FORBIDDEN, "heartbeat with another host's token");
     }
     entry.last_seen = Instant::now();
-    if beat.capacity.slots > 0 {
+    if beat.capacity.slots > 0 && entry.capacity != beat.capacity {
         entry.capacity = beat.capacity;
+        s.touch();
     }
     if !beat.arch.is_empty() {
         entry.arch = beat.arch;
@@ -763,8 +799,12 @@ async fn heartbeat(
     if !beat.engine.is_empty() {
         entry.engine = beat.engine;
     }
-    entry.memory_used = beat.memory_used;
-    entry.instances = beat.instances;
+    if entry.memory_used != beat.memory_used || entry.instances != beat.instances {
+        entry.memory_used = beat.memory_used;
+        entry.instances = beat.instances;
+        drop(entry);
+        s.touch();
+    }
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -810,7 +850,10 @@ async fn cordon(
         return error(StatusCode::NOT_FOUND, format!("no host `{name}`"));
     }
     match s.store.set_cordoned(&name, on) {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Ok(()) => {
+            s.touch();
+            StatusCode::NO_CONTENT.into_response()
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -896,6 +939,7 @@ async fn deploy(State(s): State<Arc<Scheduler>>, body: Bytes) -> Response {
     }
     match s.store.put_workload(&spec.name, &spec) {
         Ok(()) => {
+            s.touch();
             s.event(
                 "workload_deployed",
                 serde_json::json!({ "workload": spec.name, "digest": spec.digest }),
@@ -951,7 +995,10 @@ async fn workload(State(s): State<Arc<Scheduler>>, Path(name): Path<String>) -> 
 
 async fn delete_workload(State(s): State<Arc<Scheduler>>, Path(name): Path<String>) -> Response {
     match s.store.delete_workload(&name) {
-        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(true) => {
+            s.touch();
+            StatusCode::NO_CONTENT.into_response()
+        }
         Ok(false) => error(StatusCode::NOT_FOUND, format!("no workload `{name}`")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
@@ -1112,6 +1159,7 @@ async fn restore_workload(
         "workload_restored",
         serde_json::json!({ "workload": name, "host": q.host, "stopped": others }),
     );
+    s.touch();
     StatusCode::NO_CONTENT.into_response()
 }
 
