@@ -221,10 +221,8 @@ impl Scheduler {
         req: MigrateRequest,
     ) -> Result<MigrationInfo, Refusal> {
         let name = req.workload.clone();
-        let spec = match self.store.workload::<WorkloadSpec>(&name) {
-            Ok(Some(spec)) => spec,
-            Ok(None) => return Err((StatusCode::NOT_FOUND, format!("no workload `{name}`"))),
-            Err(e) => return Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        let Some(spec) = self.spec(&name) else {
+            return Err((StatusCode::NOT_FOUND, format!("no workload `{name}`")));
         };
         if self.frozen().contains(&name) {
             return Err((
@@ -911,10 +909,9 @@ pub(super) async fn drain(s: Arc<Scheduler>, name: String) -> Response {
     if !s.hosts.contains_key(&name) {
         return error(StatusCode::NOT_FOUND, format!("no host `{name}`"));
     }
-    if let Err(e) = s.store.set_cordoned(&name, true) {
+    if let Err(e) = s.set_cordoned(&name, true) {
         return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     }
     s.event("host_draining", serde_json::json!({ "host": name }));
-    s.touch();
     Json(s.drain(&name).await).into_response()
 }

@@ -2,7 +2,8 @@
 //! reconciler, HTTP/JSON API under `/v1`, `/metrics` and the ingress.
 //!
 //! Desired state (workloads, tokens, cordons) lives in the [`Store`] and is
-//! committed before a change is acknowledged. Hosts are soft state: they
+//! committed before a change is acknowledged; workloads and cordons are also
+//! mirrored in memory, so reconcile rounds and lookups read no file. Hosts are soft state: they
 //! join with a token, heartbeat, and rejoin (reporting what they run) when a
 //! restarted scheduler does not know them. A reconcile loop turns the
 //! difference between desired and running into start/stop calls on hosts; a
@@ -101,6 +102,16 @@ struct Scheduler {
     migration_metrics: Mutex<migration::MigrationMetrics>,
     /// Something the reconciler should look at changed since its last round.
     changed: std::sync::atomic::AtomicBool,
+    /// Workloads and cordons as the store holds them, kept in memory so a
+    /// reconcile round or a lookup reads no file: every change goes to the
+    /// store first, then here.
+    desired: RwLock<Desired>,
+}
+
+#[derive(Default)]
+struct Desired {
+    workloads: BTreeMap<String, WorkloadSpec>,
+    cordoned: BTreeSet<String>,
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -155,6 +166,10 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             token_file.display()
         );
     }
+    let desired = Desired {
+        workloads: store.workloads::<WorkloadSpec>()?.into_iter().collect(),
+        cordoned: store.cordoned()?.into_iter().collect(),
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on `{}`", config.listen))?;
@@ -181,6 +196,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         generations: Mutex::new(HashMap::new()),
         migration_metrics: Mutex::new(migration::MigrationMetrics::default()),
         changed: std::sync::atomic::AtomicBool::new(true),
+        desired: RwLock::new(desired),
         config,
     });
     scheduler.load_migrations();
@@ -291,12 +307,7 @@ impl Scheduler {
     }
 
     fn host_views(&self) -> Vec<HostView> {
-        let cordoned: BTreeSet<String> = self
-            .store
-            .cordoned()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+        let cordoned = self.cordoned();
         let mut views: Vec<HostView> = self
             .hosts
             .iter()
@@ -316,12 +327,68 @@ impl Scheduler {
     }
 
     fn specs(&self) -> Vec<WorkloadSpec> {
-        self.store
-            .workloads::<WorkloadSpec>()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(_, s)| s)
+        self.desired
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .workloads
+            .values()
+            .cloned()
             .collect()
+    }
+
+    fn spec(&self, name: &str) -> Option<WorkloadSpec> {
+        self.desired
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .workloads
+            .get(name)
+            .cloned()
+    }
+
+    fn cordoned(&self) -> BTreeSet<String> {
+        self.desired
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .cordoned
+            .clone()
+    }
+
+    /// Create or replace a workload: in the store, then in memory.
+    fn put_spec(&self, spec: &WorkloadSpec) -> Result<(), crate::store::StoreError> {
+        self.store.put_workload(&spec.name, spec)?;
+        self.desired
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .workloads
+            .insert(spec.name.clone(), spec.clone());
+        self.touch();
+        Ok(())
+    }
+
+    /// Delete a workload; `true` if it existed.
+    fn delete_spec(&self, name: &str) -> Result<bool, crate::store::StoreError> {
+        let existed = self.store.delete_workload(name)?;
+        self.desired
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .workloads
+            .remove(name);
+        self.touch();
+        Ok(existed)
+    }
+
+    /// Cordon or uncordon a host: in the store, then in memory.
+    fn set_cordoned(&self, host: &str, on: bool) -> Result<(), crate::store::StoreError> {
+        self.store.set_cordoned(host, on)?;
+        let mut desired = self.desired.write().unwrap_or_else(|e| e.into_inner());
+        if on {
+            desired.cordoned.insert(host.to_string());
+        } else {
+            desired.cordoned.remove(host);
+        }
+        drop(desired);
+        self.touch();
+        Ok(())
     }
 
     /// Ask for a reconcile round soon: desired state, a host's report or a
@@ -809,7 +876,7 @@ async fn heartbeat(
 }
 
 async fn nodes(State(s): State<Arc<Scheduler>>) -> Response {
-    let cordoned: BTreeSet<String> = s.store.cordoned().unwrap_or_default().into_iter().collect();
+    let cordoned = s.cordoned();
     let mut out: Vec<NodeInfo> = s
         .hosts
         .iter()
@@ -849,11 +916,8 @@ async fn cordon(
     if !s.hosts.contains_key(&name) {
         return error(StatusCode::NOT_FOUND, format!("no host `{name}`"));
     }
-    match s.store.set_cordoned(&name, on) {
-        Ok(()) => {
-            s.touch();
-            StatusCode::NO_CONTENT.into_response()
-        }
+    match s.set_cordoned(&name, on) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -937,9 +1001,8 @@ async fn deploy(State(s): State<Arc<Scheduler>>, body: Bytes) -> Response {
     if spec.replicas > 1000 {
         return error(StatusCode::BAD_REQUEST, "at most 1000 replicas");
     }
-    match s.store.put_workload(&spec.name, &spec) {
+    match s.put_spec(&spec) {
         Ok(()) => {
-            s.touch();
             s.event(
                 "workload_deployed",
                 serde_json::json!({ "workload": spec.name, "digest": spec.digest }),
@@ -986,19 +1049,15 @@ async fn workloads(State(s): State<Arc<Scheduler>>) -> Response {
 }
 
 async fn workload(State(s): State<Arc<Scheduler>>, Path(name): Path<String>) -> Response {
-    match s.store.workload::<WorkloadSpec>(&name) {
-        Ok(Some(spec)) => Json(info(&s, spec)).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("no workload `{name}`")),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    match s.spec(&name) {
+        Some(spec) => Json(info(&s, spec)).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no workload `{name}`")),
     }
 }
 
 async fn delete_workload(State(s): State<Arc<Scheduler>>, Path(name): Path<String>) -> Response {
-    match s.store.delete_workload(&name) {
-        Ok(true) => {
-            s.touch();
-            StatusCode::NO_CONTENT.into_response()
-        }
+    match s.delete_spec(&name) {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => error(StatusCode::NOT_FOUND, format!("no workload `{name}`")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
@@ -1078,10 +1137,8 @@ async fn restore_workload(
     axum::extract::Query(q): axum::extract::Query<HostQuery>,
     body: Bytes,
 ) -> Response {
-    let spec = match s.store.workload::<WorkloadSpec>(&name) {
-        Ok(Some(spec)) => spec,
-        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no workload `{name}`")),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    let Some(spec) = s.spec(&name) else {
+        return error(StatusCode::NOT_FOUND, format!("no workload `{name}`"));
     };
     // The target must meet the workload's rules, like any placement.
     let views = s.host_views();
