@@ -4,7 +4,11 @@
 //! sites, one join token per site) over loopback, lets each heartbeat once a
 //! second with the real protocol, and reads the scheduler's CPU time from
 //! `/proc/PID/stat` over a 10 s window: the share of one core that N hosts'
-//! heartbeats cost. The simulated hosts run in this process.
+//! heartbeats cost. At 10,000 hosts it then deploys 10,000 workloads that
+//! may run on 200 of them, stops the heartbeats of 100 of those at once and
+//! times the restarts of what they held (first to last). The simulated
+//! hosts, and one HTTP server answering the scheduler's start calls for all
+//! of them, run in this process.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -32,7 +36,52 @@ fn cpu_seconds(pid: u32) -> f64 {
     (utime + stime) / ticks
 }
 
-async fn measure(n: usize) -> (f64, f64, f64) {
+/// Start and stop calls the scheduler made on the simulated hosts:
+/// (host index, workload, when).
+type Calls = Arc<std::sync::Mutex<Vec<(usize, String, Instant)>>>;
+
+/// One HTTP server for every simulated host: `/h/{host}/v1/instances/{w}`.
+async fn fake_hosts() -> (String, Calls) {
+    use axum::extract::{Path, State};
+    let calls: Calls = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/h/{host}/v1/instances/{workload}",
+            axum::routing::put(
+                |State(calls): State<Calls>, Path((host, workload)): Path<(usize, String)>| async move {
+                    calls.lock().unwrap().push((host, workload, Instant::now()));
+                    axum::http::StatusCode::CREATED
+                },
+            )
+            .delete(|| async { axum::http::StatusCode::OK }),
+        )
+        .with_state(calls.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, calls)
+}
+
+/// Pool label of simulated host `i`: the first 200 hosts take the
+/// re-placement scenario's workloads.
+fn pool(i: usize) -> &'static str {
+    match i {
+        0..100 => "p0",
+        100..200 => "p1",
+        _ => "none",
+    }
+}
+
+struct Figures {
+    joins: f64,
+    beats: f64,
+    cpu: f64,
+    /// (workloads lost with 100 hosts, seconds from the first restart to the last).
+    replaced: Option<(usize, f64)>,
+}
+
+async fn measure(n: usize, workloads: usize) -> Figures {
+    let (hosts_url, calls) = fake_hosts().await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("scheduler");
     let mut child = Command::new(env!("CARGO_BIN_EXE_roam"))
@@ -99,7 +148,13 @@ async fn measure(n: usize) -> (f64, f64, f64) {
     let sem = Arc::new(tokio::sync::Semaphore::new(64));
     let mut tasks = Vec::new();
     for i in 0..n {
-        let (http, url, tokens, sem) = (http.clone(), url.clone(), tokens.clone(), sem.clone());
+        let (http, url, tokens, sem, hosts_url) = (
+            http.clone(),
+            url.clone(),
+            tokens.clone(),
+            sem.clone(),
+            hosts_url.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire().await.unwrap();
             let r = http
@@ -107,7 +162,8 @@ async fn measure(n: usize) -> (f64, f64, f64) {
                 .bearer_auth(&tokens[i % 300])
                 .json(&JoinRequest {
                     name: format!("host-{i:05}"),
-                    url: format!("http://127.0.0.1:9/h/{i}"),
+                    url: format!("{hosts_url}/h/{i}"),
+                    labels: [("pool".to_string(), pool(i).to_string())].into(),
                     capacity: Capacity {
                         memory: 64 << 30,
                         slots: 1000,
@@ -180,13 +236,105 @@ async fn measure(n: usize) -> (f64, f64, f64) {
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = (cpu_seconds(child.id()) - cpu0) / elapsed;
     let rate = (sent.load(Ordering::Relaxed) - beats0) as f64 / elapsed;
+    let mut replaced = None;
+    if workloads > 0 {
+        // Deploy workloads that may run on the 200 pool hosts, wait until all
+        // run, stop the heartbeats of the 100 `p0` hosts at once, and time the
+        // restarts of everything they held.
+        let module = std::fs::read(roam_tests::artifacts::COUNTER).unwrap();
+        let m: roam_proto::ModuleRef = http
+            .put(format!("{url}/v1/modules"))
+            .bearer_auth(&admin)
+            .body(module)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let sem = Arc::new(tokio::sync::Semaphore::new(32));
+        let mut deploys = Vec::new();
+        for w in 0..workloads {
+            let (http, url, admin, digest, sem) = (
+                http.clone(),
+                url.clone(),
+                admin.clone(),
+                m.digest.clone(),
+                sem.clone(),
+            );
+            deploys.push(tokio::spawn(async move {
+                let _permit = sem.acquire().await.unwrap();
+                let spec = roam_proto::WorkloadSpec {
+                    name: format!("w-{w:05}"),
+                    digest,
+                    replicas: 1,
+                    selector: "pool in (p0,p1)".into(),
+                    memory: 1 << 20,
+                    ..roam_proto::WorkloadSpec::default()
+                };
+                let r = http
+                    .post(format!("{url}/v1/workloads"))
+                    .bearer_auth(&admin)
+                    .json(&spec)
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success(), "deploy: {}", r.status());
+            }));
+        }
+        for d in deploys {
+            d.await.unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while calls.lock().unwrap().len() < workloads {
+            assert!(Instant::now() < deadline, "workloads were not all placed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let lost: std::collections::BTreeSet<String> = calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(h, _, _)| *h < 100)
+            .map(|(_, w, _)| w.clone())
+            .collect();
+        let killed_at = Instant::now();
+        for b in beats.iter().take(100) {
+            b.abort();
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let times: Vec<Instant> = calls
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(h, w, t)| *h >= 100 && *t > killed_at && lost.contains(w))
+                .map(|(_, _, t)| *t)
+                .collect();
+            if times.len() >= lost.len() {
+                let first = times.iter().min().copied().unwrap_or(killed_at);
+                let last = times.iter().max().copied().unwrap_or(killed_at);
+                replaced = Some((lost.len(), last.duration_since(first).as_secs_f64()));
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lost workloads were not re-placed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     stop.store(true, Ordering::Relaxed);
     for b in beats {
         b.abort();
     }
     let _ = child.kill();
     let _ = child.wait();
-    (join_rate, rate, cpu)
+    Figures {
+        joins: join_rate,
+        beats: rate,
+        cpu,
+        replaced,
+    }
 }
 
 fn main() {
@@ -198,11 +346,20 @@ fn main() {
         .build()
         .unwrap();
     println!(
-        "| simulated hosts | joins/s | heartbeats/s received | scheduler CPU (share of one core) |"
+        "| simulated hosts | joins/s | heartbeats/s received | scheduler CPU (share of one core) | re-placing what 100 dead hosts held |"
     );
-    println!("|---|---|---|---|");
-    for n in [1_000usize, 10_000] {
-        let (joins, rate, cpu) = rt.block_on(measure(n));
-        println!("| {n} | {joins:.0} | {rate:.0} | {:.1}% |", cpu * 100.0);
+    println!("|---|---|---|---|---|");
+    for (n, workloads) in [(1_000usize, 0usize), (10_000, 10_000)] {
+        let f = rt.block_on(measure(n, workloads));
+        let replaced = match f.replaced {
+            Some((lost, secs)) => format!("{lost} workloads, first to last restart {secs:.2} s"),
+            None => "-".into(),
+        };
+        println!(
+            "| {n} | {:.0} | {:.0} | {:.1}% | {replaced} |",
+            f.joins,
+            f.beats,
+            f.cpu * 100.0
+        );
     }
 }

@@ -258,9 +258,10 @@ pub fn place(request: &PlacementRequest, hosts: &[HostView]) -> Placement {
 pub const SCORE_LIMIT: usize = 64;
 
 /// The host to place `request` on, as an index into `hosts`: the best
-/// scored of the first [`SCORE_LIMIT`] feasible hosts, visited from an
-/// offset that depends on the workload (so different workloads look at
-/// different hosts, and the same request always gets the same answer). With
+/// scored of the first [`SCORE_LIMIT`] feasible hosts met on a walk over
+/// all hosts whose start and stride depend on the workload (so different
+/// workloads look at different hosts, and the same request always gets the
+/// same answer). With
 /// at most `SCORE_LIMIT` feasible hosts this is exactly the host [`place`]
 /// ranks first. One pass, no allocation per host: the reconciler's hot path.
 pub fn best(request: &PlacementRequest, hosts: &[HostView]) -> Option<usize> {
@@ -268,16 +269,27 @@ pub fn best(request: &PlacementRequest, hosts: &[HostView]) -> Option<usize> {
         return None;
     }
     let per_value = spread_counts(request, hosts);
-    let start = {
+    // Visit every host once in an order spread over the whole list (a start
+    // and a stride coprime with its length, both from the request), so the
+    // sample is not always the first feasible hosts after a cluster of
+    // unfit ones.
+    let n = hosts.len();
+    let seed = {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         request.workload.hash(&mut h);
         request.placed_on.len().hash(&mut h);
-        (h.finish() % hosts.len() as u64) as usize
+        h.finish()
     };
+    let start = (seed % n as u64) as usize;
+    let mut stride = ((seed >> 32) % n as u64) as usize | 1;
+    while gcd(stride, n) != 1 {
+        stride += 1;
+    }
     let mut best: Option<(usize, f64)> = None;
     let mut scored = 0;
-    for i in (start..hosts.len()).chain(0..start) {
+    for k in 0..n {
+        let i = (start + k * stride) % n;
         let host = &hosts[i];
         if !fits(request, host) {
             continue;
@@ -296,6 +308,13 @@ pub fn best(request: &PlacementRequest, hosts: &[HostView]) -> Option<usize> {
         }
     }
     best.map(|(i, _)| i)
+}
+
+fn gcd(mut a: usize, mut b: usize) -> usize {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 #[cfg(test)]

@@ -299,4 +299,28 @@ mod tests {
         assert_eq!(plan.commands.len(), 203);
         assert_eq!(spread_sites.len(), 3, "{spread_sites:?}");
     }
+
+    #[test]
+    fn sampled_choices_reach_all_feasible_hosts_even_when_they_cluster() {
+        // The 200 feasible hosts come first in id order, 1,800 unfit ones
+        // after: a walk from a random offset alone would keep sampling the
+        // same first 64 of them.
+        let hosts: Vec<HostView> = (0..2000)
+            .map(|i| host(&format!("h{i:04}"), if i < 200 { "EU" } else { "US" }, true))
+            .collect();
+        let specs: Vec<WorkloadSpec> = (0..500)
+            .map(|i| spec(&format!("w{i}"), 1, "jurisdiction=EU"))
+            .collect();
+        let plan = reconcile(&specs, &[], &hosts);
+        let used: std::collections::BTreeSet<&String> = plan
+            .commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::Start { host, .. } => Some(host),
+                Command::Stop { .. } => None,
+            })
+            .collect();
+        assert_eq!(plan.commands.len(), 500);
+        assert!(used.len() > 150, "only {} hosts used", used.len());
+    }
 }
