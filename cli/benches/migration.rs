@@ -235,37 +235,17 @@ fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream, delay: Durat
     let _ = to.shutdown(std::net::Shutdown::Write);
 }
 
-/// Bytes per second through a link emulator, one connection.
-fn link_throughput(delay: Duration, rate: f64) -> f64 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let relay = link_emulator(listener.local_addr().unwrap(), delay, rate);
-    let reader = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut n = 0usize;
-        while let Ok(k) = s.read(&mut buf) {
-            if k == 0 {
-                break;
-            }
-            n += k;
-        }
-        n
-    });
-    let mut s = std::net::TcpStream::connect(relay.trim_start_matches("http://")).unwrap();
-    let chunk = vec![7u8; 1 << 20];
-    let start = Instant::now();
-    for _ in 0..64 {
-        s.write_all(&chunk).unwrap();
-    }
-    drop(s);
-    let n = reader.join().unwrap();
-    n as f64 / start.elapsed().as_secs_f64()
-}
-
-/// Bytes per second over one loopback TCP connection.
-fn loopback_throughput() -> f64 {
+/// Bytes per second over one TCP connection on loopback, moving `mib` MiB;
+/// with `link`, through a link emulator (one-way delay, bytes per second).
+fn stream_throughput(link: Option<(Duration, f64)>, mib: usize) -> f64 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
+    let to = match link {
+        Some((delay, rate)) => link_emulator(addr, delay, rate)
+            .trim_start_matches("http://")
+            .to_string(),
+        None => addr.to_string(),
+    };
     let reader = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         let mut buf = vec![0u8; 1 << 20];
@@ -278,10 +258,10 @@ fn loopback_throughput() -> f64 {
         }
         n
     });
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut s = std::net::TcpStream::connect(to).unwrap();
     let chunk = vec![7u8; 1 << 20];
     let start = Instant::now();
-    for _ in 0..512 {
+    for _ in 0..mib {
         s.write_all(&chunk).unwrap();
     }
     drop(s);
@@ -423,7 +403,7 @@ fn main() {
     }
     let quick = std::env::var("ROAM_BENCH_QUICK").is_ok();
     let module = roam_tests::artifacts::MEMBENCH;
-    let throughput = loopback_throughput();
+    let throughput = stream_throughput(None, 512);
     println!(
         "Loopback: one TCP stream moves {:.0} MB/s (same run); {} cores.\n",
         throughput / 1e6,
@@ -444,7 +424,7 @@ fn main() {
     }
     // Cross-site: every host behind a 25 ms (each way) 1 Gbit/s link.
     let (delay, rate) = (Duration::from_millis(25), 125e6);
-    let wan = link_throughput(delay, rate);
+    let wan = stream_throughput(Some((delay, rate)), 64);
     println!(
         "\nCross-site: hosts behind a link emulator with 50 ms RTT and 1 Gbit/s; one TCP stream through it moves {:.0} MB/s (same run).\n",
         wan / 1e6

@@ -34,6 +34,23 @@ fn migrate(c: &Cluster, workload: &str, to: &str) -> serde_json::Value {
     summary
 }
 
+/// Deploy `counter` allowed on any EU host; return once it serves.
+fn deploy_eu_counter(c: &Cluster) {
+    deploy(
+        c,
+        &[
+            artifacts::COUNTER,
+            "--name",
+            "counter",
+            "--selector",
+            "jurisdiction=EU",
+        ],
+    );
+    poll(Duration::from_secs(30), "counter to serve", || {
+        c.get("counter", "/").0 == 200
+    });
+}
+
 fn deploy(c: &Cluster, args: &[&str]) {
     let mut all = vec!["deploy"];
     all.extend_from_slice(args);
@@ -66,19 +83,8 @@ fn other_eu(host: &str) -> &'static str {
 #[test]
 fn a_counter_moves_live_with_its_state_and_rule_breaking_targets_are_refused() {
     let c = eu_cluster();
-    deploy(
-        &c,
-        &[
-            artifacts::COUNTER,
-            "--name",
-            "counter",
-            "--selector",
-            "jurisdiction=EU",
-        ],
-    );
-    poll(Duration::from_secs(30), "counter to serve", || {
-        c.invoke("counter", "/apples").0 == 200
-    });
+    deploy_eu_counter(&c);
+    c.invoke("counter", "/apples");
     c.invoke("counter", "/apples");
     let source = host_of(&c, "counter");
 
@@ -144,19 +150,7 @@ fn a_counter_moves_live_with_its_state_and_rule_breaking_targets_are_refused() {
 #[test]
 fn a_workload_moved_back_and_forth_fifty_times_keeps_its_state() {
     let c = eu_cluster();
-    deploy(
-        &c,
-        &[
-            artifacts::COUNTER,
-            "--name",
-            "counter",
-            "--selector",
-            "jurisdiction=EU",
-        ],
-    );
-    poll(Duration::from_secs(30), "counter to serve", || {
-        c.get("counter", "/hops").0 == 200
-    });
+    deploy_eu_counter(&c);
     let mut at = host_of(&c, "counter");
     for hop in 1..=50u32 {
         let to = other_eu(&at);
@@ -176,19 +170,7 @@ fn a_workload_moved_back_and_forth_fifty_times_keeps_its_state() {
 #[test]
 fn requests_under_load_are_neither_lost_nor_duplicated() {
     let c = eu_cluster();
-    deploy(
-        &c,
-        &[
-            artifacts::COUNTER,
-            "--name",
-            "counter",
-            "--selector",
-            "jurisdiction=EU",
-        ],
-    );
-    poll(Duration::from_secs(30), "counter to serve", || {
-        c.get("counter", "/").0 == 200
-    });
+    deploy_eu_counter(&c);
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
     let failed = Arc::new(AtomicU64::new(0));
@@ -514,19 +496,7 @@ fn slow_cluster(scheduler_env: &[(&str, &str)]) -> Cluster {
     c.add_host_with("eu-1", "eu-west-1", "EU", &[], &slow);
     c.add_host_with("eu-2", "eu-central-1", "EU", &[], &slow);
     c.wait_ready(2);
-    deploy(
-        &c,
-        &[
-            artifacts::COUNTER,
-            "--name",
-            "counter",
-            "--selector",
-            "jurisdiction=EU",
-        ],
-    );
-    poll(Duration::from_secs(30), "counter to serve", || {
-        c.get("counter", "/").0 == 200
-    });
+    deploy_eu_counter(&c);
     c
 }
 
