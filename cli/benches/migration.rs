@@ -14,56 +14,17 @@
     reason = "a benchmark reports failure by panicking"
 )]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(args: &[&str], envs: &[(&str, &str)]) -> (Proc, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_roam"))
-        .args(args)
-        .envs(envs.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("on http://").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(60)).unwrap();
-    (Proc(child), format!("http://{addr}"))
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into()
-}
+mod common;
+use common::{Scheduler, percentile};
 
 struct Cluster {
-    _dir: tempfile::TempDir,
-    _procs: Vec<Proc>,
-    url: String,
-    admin: String,
-    http: ureq::Agent,
+    sched: Scheduler,
+    _hosts: Vec<common::Proc>,
 }
 
 impl Cluster {
@@ -75,46 +36,10 @@ impl Cluster {
     /// (one-way delay, bytes per second), so host-to-host streams cross a
     /// WAN-like link.
     fn start_with(wan: Option<(Duration, f64)>) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("scheduler");
-        let (sched, url) = spawn(
-            &[
-                "scheduler",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                data.to_str().unwrap(),
-            ],
-            &[],
-        );
-        let admin = std::fs::read_to_string(data.join("admin.token"))
-            .unwrap()
-            .trim()
-            .to_string();
-        let http = agent();
-        let mut procs = vec![sched];
+        let sched = Scheduler::start(&[]);
+        let mut hosts = Vec::new();
         for name in ["a", "b"] {
-            let mut r = http
-                .post(format!("{url}/v1/tokens"))
-                .header("authorization", format!("Bearer {admin}"))
-                .header("content-type", "application/json")
-                .send(r#"{"labels":{}}"#)
-                .unwrap();
-            let v: serde_json::Value =
-                serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
-            let token = v["token"].as_str().unwrap().to_string();
-            let hdata = dir.path().join(name);
-            let mut args = vec![
-                "host".to_string(),
-                "--join".into(),
-                url.clone(),
-                "--name".into(),
-                name.into(),
-                "--data-dir".into(),
-                hdata.to_str().unwrap().into(),
-                "--capacity-memory".into(),
-                "2GiB".into(),
-            ];
+            let mut args = vec!["--capacity-memory".to_string(), "2GiB".into()];
             if let Some((delay, rate)) = wan {
                 let port = std::net::TcpListener::bind("127.0.0.1:0")
                     .unwrap()
@@ -129,52 +54,31 @@ impl Cluster {
                 ]);
             }
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let (p, _) = spawn(&args, &[("ROAM_JOIN_TOKEN", &token)]);
-            procs.push(p);
+            hosts.push(sched.host(name, &args).0);
         }
         Cluster {
-            _dir: dir,
-            _procs: procs,
-            url,
-            admin,
-            http,
+            sched,
+            _hosts: hosts,
         }
     }
 
     fn roam(&self, args: &[&str]) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_roam"))
-            .args(args)
-            .env("ROAM_ADDR", &self.url)
-            .env("ROAM_TOKEN", &self.admin)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "roam {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.sched.roam(args)
     }
 
     fn post(&self, name: &str, path: &str) -> u16 {
-        self.http
-            .post(format!("{}/w/{name}{path}", self.url))
+        self.sched
+            .http
+            .post(format!("{}/w/{name}{path}", self.sched.url))
             .send("")
             .map(|r| r.status().as_u16())
             .unwrap_or(0)
     }
 
     fn host(&self, name: &str) -> String {
-        let mut r = self
-            .http
-            .get(format!("{}/v1/instances", self.url))
-            .header("authorization", format!("Bearer {}", self.admin))
-            .call()
-            .unwrap();
-        let v: serde_json::Value =
-            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
-        v.as_array()
+        self.sched
+            .get("/v1/instances")
+            .as_array()
             .unwrap()
             .iter()
             .find(|i| i["workload"] == name)
@@ -269,12 +173,6 @@ fn stream_throughput(link: Option<(Duration, f64)>, mib: usize) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-fn percentile(values: &mut [f64], p: f64) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    let i = ((values.len() as f64 - 1.0) * p).round() as usize;
-    values[i.min(values.len() - 1)]
-}
-
 struct Runs {
     downtime_ms: Vec<f64>,
     total_ms: Vec<f64>,
@@ -338,10 +236,10 @@ fn measure(c: &Cluster, module: &str, mib: u64, rate: u64, n: usize) -> Row {
     let phase = Arc::new(std::sync::atomic::AtomicU8::new(0));
     let load = {
         let (stop, phase) = (stop.clone(), phase.clone());
-        let url = format!("{}/w/{name}", c.url);
+        let url = format!("{}/w/{name}", c.sched.url);
         let kib = rate * 1024 / 100;
         std::thread::spawn(move || {
-            let http = agent();
+            let http = common::agent();
             let mut lat = Latencies::default();
             let mut next = Instant::now();
             while !stop.load(Ordering::Relaxed) {

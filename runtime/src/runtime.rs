@@ -8,10 +8,10 @@
 //! the async worker threads; instantiating creates a store with the
 //! instance's limits and grants.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use wasmtime::{
     Engine, InstanceAllocationStrategy, Linker, PoolingAllocationConfig, Store, UpdateDeadline,
@@ -37,6 +37,9 @@ struct Inner {
     config: RuntimeConfig,
     cache: Option<CompiledCache>,
     host_imports: HashSet<(String, String)>,
+    /// Modules in use, by digest: every instance of a module shares one
+    /// compiled copy (and one copy-on-write memory image).
+    loaded: std::sync::Mutex<HashMap<Digest, Weak<ModuleInner>>>,
     lineages: AtomicU64,
     _ticker: EpochTicker,
 }
@@ -53,6 +56,32 @@ impl std::fmt::Debug for Runtime {
             .field("config", &self.inner.config)
             .finish_non_exhaustive()
     }
+}
+
+/// Address space the pooled linear memories may reserve with wasmtime's
+/// default layout (4 GiB per memory plus a 32 MiB guard, which lets Cranelift
+/// drop bounds checks). A host with more slots than fit gets reservations
+/// sized from its largest instance memory instead, with explicit bounds
+/// checks: x86_64 gives a process 128 TiB, so 4 GiB slots would cap a host
+/// near 30,000 instances whatever their size.
+const DEFAULT_LAYOUT_BUDGET: u64 = 16 << 40;
+/// Guard after each cap-sized memory: lets Cranelift fold the bounds checks of
+/// nearby accesses into one.
+const SMALL_GUARD: u64 = 64 << 10;
+/// Wasmtime's default reservation plus guard on 64-bit hosts.
+const DEFAULT_SLOT_SPAN: u64 = (4 << 30) + (32 << 20);
+
+/// The reservation of one pooled memory, or `None` for wasmtime's default
+/// layout.
+pub(crate) fn memory_reservation(config: &RuntimeConfig) -> Option<u64> {
+    let slots = u64::from(config.slots.max(1));
+    if slots.saturating_mul(DEFAULT_SLOT_SPAN) <= DEFAULT_LAYOUT_BUDGET
+        && config.max_instance_memory <= 4 << 30
+    {
+        return None;
+    }
+    // Whole Wasm pages, at least one.
+    Some(config.max_instance_memory.max(1).div_ceil(65536) * 65536)
 }
 
 fn engine_config(config: &RuntimeConfig) -> wasmtime::Config {
@@ -73,6 +102,12 @@ fn engine_config(config: &RuntimeConfig) -> wasmtime::Config {
         .max_wasm_stack(config.max_wasm_stack)
         .async_stack_size(config.max_wasm_stack + (1 << 20))
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    if let Some(reservation) = memory_reservation(config) {
+        cfg.memory_reservation(reservation)
+            .memory_guard_size(SMALL_GUARD)
+            .memory_reservation_for_growth(0)
+            .memory_may_move(false);
+    }
     cfg
 }
 
@@ -123,6 +158,7 @@ impl Runtime {
                 config,
                 cache,
                 host_imports,
+                loaded: std::sync::Mutex::new(HashMap::new()),
                 lineages: AtomicU64::new(seed),
                 _ticker: ticker,
             }),
@@ -155,6 +191,9 @@ impl Runtime {
             });
         }
         let digest = Digest::of(bytes);
+        if let Some(module) = self.loaded(&digest) {
+            return Ok(module);
+        }
         wasmparser::Validator::new()
             .validate_all(bytes)
             .map_err(|e| LoadError::Invalid {
@@ -244,19 +283,40 @@ impl Runtime {
                 .map(|i| Ok((*i, export(rewrite::func_export(*i))?)))
                 .collect::<Result<_, LoadError>>()?,
         };
-        Ok(Module {
-            inner: Arc::new(ModuleInner {
-                digest,
-                size: bytes.len(),
-                layout,
-                exports,
-                module,
-                pre,
-                from_cache,
-                capabilities,
-                has_initialize,
-            }),
-        })
+        let inner = Arc::new(ModuleInner {
+            digest,
+            size: bytes.len(),
+            layout,
+            exports,
+            module,
+            pre,
+            from_cache,
+            capabilities,
+            has_initialize,
+        });
+        let mut loaded = self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        loaded.retain(|_, m| m.strong_count() > 0);
+        // Two loads of one module may race; the first one stored wins.
+        let inner = match loaded.get(&digest).and_then(Weak::upgrade) {
+            Some(existing) => existing,
+            None => {
+                loaded.insert(digest, Arc::downgrade(&inner));
+                inner
+            }
+        };
+        Ok(Module { inner })
+    }
+
+    /// The module with `digest` if an instance or caller still holds it: no
+    /// bytes to fetch, nothing to compile.
+    pub fn loaded(&self, digest: &Digest) -> Option<Module> {
+        self.inner
+            .loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(digest)
+            .and_then(Weak::upgrade)
+            .map(|inner| Module { inner })
     }
 
     /// [`Runtime::load_blocking`] on a blocking thread, so compilation never
@@ -416,4 +476,27 @@ async fn boot(instance: &mut Instance, export: &str) -> Result<(), InstantiateEr
         .call_unit(export)
         .await
         .map_err(InstantiateError::Init)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_are_sized_from_the_cap_only_when_4_gib_slots_do_not_fit() {
+        let config = |slots, max| RuntimeConfig {
+            slots,
+            max_instance_memory: max,
+            ..RuntimeConfig::default()
+        };
+        assert_eq!(memory_reservation(&config(256, 256 << 20)), None);
+        assert_eq!(memory_reservation(&config(4000, 256 << 20)), None);
+        // 10,000 slots of 4 GiB would take 40 TiB of address space.
+        assert_eq!(
+            memory_reservation(&config(10_000, 64 << 20)),
+            Some(64 << 20)
+        );
+        // Rounded up to whole Wasm pages.
+        assert_eq!(memory_reservation(&config(10_000, 100_000)), Some(131_072));
+    }
 }

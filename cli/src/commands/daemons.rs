@@ -55,6 +55,11 @@ pub struct HostArgs {
     /// Instance slots.
     #[arg(long, default_value_t = 64)]
     pub slots: u32,
+    /// Largest memory one instance may have (default: the capacity, at most
+    /// 4GiB). Hosts with many slots reserve this much address space per
+    /// slot, so a small value lets one host hold tens of thousands.
+    #[arg(long, value_parser = parse_size)]
+    pub max_instance_memory: Option<u64>,
     /// Extra (untrusted) labels, `k=v`; trusted ones come from the token.
     #[arg(long = "label", value_parser = super::run::parse_env)]
     pub labels: Vec<(String, String)>,
@@ -97,6 +102,7 @@ pub fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
         data_dir: args.data_dir,
         capacity_memory: args.capacity_memory,
         slots: args.slots,
+        max_instance_memory: args.max_instance_memory,
         labels: args.labels.into_iter().collect(),
     }))?;
     Ok(ExitCode::SUCCESS)

@@ -196,13 +196,9 @@ async fn prepare(
     if req.key.len() < 16 {
         return error(StatusCode::BAD_REQUEST, "migration key too short");
     }
-    let bytes = match agent.fetch_module(&digest).await {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_GATEWAY, format!("{e:#}")),
-    };
-    let module = match agent.runtime.load(bytes).await {
+    let module = match agent.module(&digest).await {
         Ok(m) => m,
-        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        Err(e) => return e,
     };
     let config = agent.instance_config(&req.workload, &req.instance);
     let instance = match agent.runtime.reserve(&module, config).await {

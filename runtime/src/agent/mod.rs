@@ -64,6 +64,8 @@ pub struct AgentConfig {
     pub capacity_memory: u64,
     /// Instance slots.
     pub slots: u32,
+    /// Largest memory of one instance (default: the capacity, at most 4 GiB).
+    pub max_instance_memory: Option<u64>,
     /// Untrusted labels the host reports (trusted ones come from the token).
     pub labels: Labels,
 }
@@ -88,6 +90,35 @@ struct Agent {
     workloads: tokio::sync::Mutex<HashMap<String, Running>>,
     url: String,
     migrations: migration::Migrations,
+    /// Modules being fetched and compiled, one gate each.
+    loading: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Memory mappings a full host needs: each slot's fiber stack and its guard
+/// (2), each running instance's memory split around its copy-on-write image
+/// and guard (4), and the process itself.
+fn mappings_needed(slots: u32) -> u64 {
+    6 * u64::from(slots) + 4096
+}
+
+/// Tell the operator when the kernel's mapping limit would refuse instances
+/// before the slots run out (instantiation then fails cleanly, but so may
+/// any other allocation of the process).
+fn warn_if_mappings_short(slots: u32) {
+    let limit = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    if let Some(limit) = limit
+        && mappings_needed(slots) > limit
+    {
+        tracing::warn!(
+            slots,
+            needed = mappings_needed(slots),
+            vm_max_map_count = limit,
+            "this many slots needs more memory mappings than the kernel allows; raise it with `sysctl -w vm.max_map_count={}`",
+            mappings_needed(slots).next_power_of_two()
+        );
+    }
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
@@ -102,9 +133,13 @@ fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
 
 /// Run the agent until the process is stopped.
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    warn_if_mappings_short(config.slots);
     let runtime = Runtime::new(RuntimeConfig {
         slots: config.slots.max(1) + 2,
-        max_instance_memory: config.capacity_memory.clamp(1 << 20, 4 << 30),
+        max_instance_memory: config
+            .max_instance_memory
+            .unwrap_or(config.capacity_memory)
+            .clamp(64 << 10, 4 << 30),
         cache_dir: Some(config.data_dir.join("compiled")),
         ..RuntimeConfig::default()
     })?;
@@ -126,6 +161,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         labels: Mutex::new(Labels::new()),
         workloads: tokio::sync::Mutex::new(HashMap::new()),
         migrations: migration::Migrations::default(),
+        loading: Mutex::default(),
         config,
     });
     let heartbeat = agent.join().await?;
@@ -377,6 +413,32 @@ impl Agent {
         }
     }
 
+    /// The module with `digest`: the copy already in use here, else fetched
+    /// from the scheduler and compiled (or taken from the compiled cache).
+    async fn module(&self, digest: &Digest) -> Result<crate::Module, HttpResponse> {
+        if let Some(module) = self.runtime.loaded(digest) {
+            return Ok(module);
+        }
+        // One fetch and compile per module, however many starts wait for it.
+        let gate = {
+            let mut loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+            loading.retain(|_, g| Arc::strong_count(g) > 1);
+            loading.entry(*digest).or_default().clone()
+        };
+        let _turn = gate.lock().await;
+        if let Some(module) = self.runtime.loaded(digest) {
+            return Ok(module);
+        }
+        let bytes = self
+            .fetch_module(digest)
+            .await
+            .map_err(|e| error(StatusCode::BAD_GATEWAY, format!("{e:#}")))?;
+        self.runtime
+            .load(bytes)
+            .await
+            .map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
+    }
+
     async fn fetch_module(&self, digest: &Digest) -> anyhow::Result<Vec<u8>> {
         let r = self
             .http
@@ -515,14 +577,26 @@ async fn launch(
         {
             return StatusCode::OK.into_response();
         }
+        // Hold to the capacity this host advertises, whatever the caller
+        // believes (its view may lag).
+        let (used, count) = workloads
+            .iter()
+            .filter(|(name, _)| **name != workload)
+            .fold((0u64, 0u32), |(m, n), (_, r)| (m + r.memory, n + 1));
+        let (capacity, slots) = (agent.config.capacity_memory, agent.config.slots);
+        if count >= slots || used.saturating_add(spec.memory) > capacity {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "host `{}` is full: {count} of {slots} slots and {used} of {capacity} bytes in use, `{workload}` needs {} bytes",
+                    agent.config.name, spec.memory
+                ),
+            );
+        }
     }
-    let bytes = match agent.fetch_module(&digest).await {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_GATEWAY, format!("{e:#}")),
-    };
-    let module = match agent.runtime.load(bytes).await {
+    let module = match agent.module(&digest).await {
         Ok(m) => m,
-        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        Err(e) => return e,
     };
     let config = agent.instance_config(&workload, &spec);
     let started = match &snapshot {

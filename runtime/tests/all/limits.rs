@@ -140,3 +140,42 @@ async fn instance_slots_run_out_cleanly() {
     held.pop();
     rt.instantiate(&module, cfg).await.unwrap();
 }
+
+/// A host with many slots sizes each memory's reservation from its largest
+/// instance memory (explicit bounds checks) instead of 4 GiB: thousands of
+/// instances fit, and every access is still checked against the memory's
+/// current size.
+#[tokio::test]
+async fn many_slots_get_cap_sized_memories_that_still_check_bounds() {
+    const WAT: &str = r#"(module
+        (memory 1)
+        (func (export "peek") (param i32) (result i32) (i32.load8_u (local.get 0)))
+        (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0))))"#;
+    let rt = Runtime::new(RuntimeConfig {
+        slots: 5000,
+        max_instance_memory: 4 * 65536,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let module = load_wat(&rt, WAT);
+    // One compiled copy per module: a second load of the same bytes is it.
+    let again = load_wat(&rt, WAT);
+    assert_eq!(again.digest(), module.digest());
+    assert!(rt.loaded(&module.digest()).is_some());
+    let mut cfg = InstanceConfig::new("t");
+    cfg.memory_limit = 4 * 65536;
+    let mut held = Vec::new();
+    for _ in 0..1000 {
+        held.push(rt.instantiate(&module, cfg.clone()).await.unwrap());
+    }
+    let inst = &mut held[999];
+    assert_eq!(call_i32(inst, "peek", &[Val::I32(65535)]).await, 0);
+    let err = inst.call("peek", &[Val::I32(65536)]).await.unwrap_err();
+    assert!(err.to_string().contains("out of bounds"), "{err}");
+    let inst = &mut held[998];
+    assert_eq!(call_i32(inst, "grow", &[Val::I32(3)]).await, 1);
+    assert_eq!(call_i32(inst, "peek", &[Val::I32(4 * 65536 - 1)]).await, 0);
+    assert_eq!(call_i32(inst, "grow", &[Val::I32(1)]).await, -1);
+    let err = inst.call("peek", &[Val::I32(4 * 65536)]).await.unwrap_err();
+    assert!(err.to_string().contains("out of bounds"), "{err}");
+}

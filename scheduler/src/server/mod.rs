@@ -491,6 +491,23 @@ impl Scheduler {
                 })
                 .collect()
         };
+        // A host's report lags the starts in flight and those it confirmed
+        // since its last heartbeat: count what is assigned to it, if more.
+        let mut views = views;
+        let memory: HashMap<&str, u64> =
+            specs.iter().map(|s| (s.name.as_str(), s.memory)).collect();
+        let mut assigned: HashMap<&str, (u64, u32)> = HashMap::new();
+        for r in &running {
+            let e = assigned.entry(r.host.as_str()).or_default();
+            e.0 += memory.get(r.workload.as_str()).copied().unwrap_or(0);
+            e.1 += 1;
+        }
+        for v in &mut views {
+            if let Some((mem, n)) = assigned.get(v.id.as_str()) {
+                v.memory_used = v.memory_used.max(*mem);
+                v.slots_used = v.slots_used.max(*n);
+            }
+        }
         let plan = reconcile::reconcile(&desired, &running, &views);
         for u in &plan.unplaceable {
             tracing::warn!(workload = %u.workload, missing = u.missing, "no eligible host");

@@ -1,0 +1,177 @@
+//! What the end-to-end benches share: real `roam` processes on loopback, and
+//! the arithmetic of their reports.
+#![allow(dead_code, reason = "each bench uses a different part")]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A child process, killed when dropped.
+pub struct Proc(pub Child);
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start `roam ARGS` and wait for the line that says where it listens.
+pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> (Proc, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roam"))
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("on http://").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    (Proc(child), format!("http://{addr}"))
+}
+
+/// An HTTP client that returns error statuses as responses.
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// A `roam scheduler` process with its data directory and admin token.
+pub struct Scheduler {
+    pub dir: tempfile::TempDir,
+    pub proc: Proc,
+    pub url: String,
+    pub admin: String,
+    pub http: ureq::Agent,
+}
+
+impl Scheduler {
+    /// Start a scheduler on `127.0.0.1:0` with `extra` arguments.
+    pub fn start(extra: &[&str]) -> Scheduler {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("scheduler");
+        let mut args = vec![
+            "scheduler",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let (proc, url) = spawn(&args, &[]);
+        let admin = std::fs::read_to_string(data.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        Scheduler {
+            dir,
+            proc,
+            url,
+            admin,
+            http: agent(),
+        }
+    }
+
+    /// A join token whose hosts carry `labels` (a JSON object).
+    pub fn token(&self, labels: &str) -> String {
+        let mut r = self
+            .http
+            .post(format!("{}/v1/tokens", self.url))
+            .header("authorization", format!("Bearer {}", self.admin))
+            .header("content-type", "application/json")
+            .send(format!(r#"{{"labels":{labels}}}"#))
+            .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    /// Start `roam host --name NAME` joined to this scheduler, with `extra`
+    /// arguments; returns the process and the host's own URL.
+    pub fn host(&self, name: &str, extra: &[&str]) -> (Proc, String) {
+        let token = self.token("{}");
+        let data = self.dir.path().join(name);
+        let mut args = vec![
+            "host",
+            "--join",
+            &self.url,
+            "--name",
+            name,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        spawn(&args, &[("ROAM_JOIN_TOKEN", &token)])
+    }
+
+    /// Run `roam ARGS` against this scheduler; its standard output.
+    pub fn roam(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_roam"))
+            .args(args)
+            .env("ROAM_ADDR", &self.url)
+            .env("ROAM_TOKEN", &self.admin)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "roam {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `GET PATH` with the admin token, as JSON.
+    pub fn get(&self, path: &str) -> serde_json::Value {
+        let mut r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .header("authorization", format!("Bearer {}", self.admin))
+            .call()
+            .unwrap();
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+    }
+}
+
+/// CPU seconds process `pid` has used so far.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields[11].parse().unwrap();
+    let stime: f64 = fields[12].parse().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (utime + stime) / ticks
+}
+
+/// The `p` quantile (0..=1) of `values`, nearest rank.
+pub fn percentile(values: &mut [f64], p: f64) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let i = ((values.len() as f64 - 1.0) * p).round() as usize;
+    values[i.min(values.len() - 1)]
+}
+
+/// The machine's core count, for every report's header.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
