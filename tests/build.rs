@@ -83,6 +83,7 @@ fn main() {
         ("SENSOR_PROBE", "sensor-probe", "sensor_probe.wasm"),
         ("MANDELBROT", "mandelbrot", "mandelbrot.wasm"),
         ("MEMBENCH", "membench", "membench.wasm"),
+        ("HELLO_HTTP", "hello-http", "hello_http.wasm"),
     ];
     let mut cmd = Command::new(&cargo);
     cmd.args([

@@ -1,0 +1,169 @@
+//! Request path: an HTTP hello handler through `roam host`'s ingress and
+//! through the scheduler's ingress, beside `wasmtime serve` running the
+//! equivalent `wasi:http` component, all driven by `wrk` on this machine.
+//!
+//! `scripts/bench` runs it with what it needs; by hand:
+//! `ROAM_BENCH_WASMTIME=path/to/wasmtime ROAM_BENCH_WASI_HELLO=path/to/wasi_hello.wasm
+//! cargo bench -p roam --bench requests` (`ROAM_BENCH_QUICK=1`: 3 s runs).
+//! The three servers are measured in turn, three rounds, and each figure is
+//! the median of its rounds.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a benchmark reports failure by panicking"
+)]
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{Proc, Scheduler};
+
+/// What one `wrk` run measured.
+#[derive(Clone, Copy, Default)]
+struct Run {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// `1.23ms`, `456.00us`, `1.2s` → milliseconds.
+fn millis(text: &str) -> f64 {
+    let (num, unit) = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map(|i| text.split_at(i))
+        .unwrap();
+    let v: f64 = num.parse().unwrap();
+    match unit {
+        "us" => v / 1000.0,
+        "ms" => v,
+        "s" => v * 1000.0,
+        "m" => v * 60_000.0,
+        other => panic!("unknown unit {other}"),
+    }
+}
+
+fn wrk(url: &str, connections: usize, seconds: u64) -> Run {
+    let out = Command::new("wrk")
+        .args([
+            &format!("-t{}", connections.min(2)),
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            url,
+        ])
+        .output()
+        .expect("`wrk` must be installed (scripts/bench installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("Non-2xx") && !text.contains("Socket errors"),
+        "{url}: {text}"
+    );
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` in wrk output: {text}"))
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    Run {
+        rps: field("Requests/sec:").parse().unwrap(),
+        p50_ms: millis(&field("50%")),
+        p99_ms: millis(&field("99%")),
+    }
+}
+
+/// Wait until `url` answers 200.
+fn ready(url: &str) {
+    let http = common::agent();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.get(url).call().map(|r| r.status().as_u16()).ok() != Some(200) {
+        assert!(Instant::now() < deadline, "{url} never answered 200");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn median(runs: &[Run], f: impl Fn(&Run) -> f64) -> f64 {
+    let mut v: Vec<f64> = runs.iter().map(f).collect();
+    common::percentile(&mut v, 0.5)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let quick = std::env::var("ROAM_BENCH_QUICK").is_ok();
+    let seconds = if quick { 3 } else { 10 };
+    let wasmtime = std::env::var("ROAM_BENCH_WASMTIME")
+        .expect("set ROAM_BENCH_WASMTIME to wasmtime-cli 48 (scripts/bench installs it)");
+    let component = std::env::var("ROAM_BENCH_WASI_HELLO")
+        .expect("set ROAM_BENCH_WASI_HELLO to the bench/wasi-hello component (scripts/bench builds it)");
+
+    let s = Scheduler::start(&[]);
+    let (_host, host_url) = s.host("h", &[]);
+    s.roam(&[
+        "deploy",
+        roam_tests::artifacts::HELLO_HTTP,
+        "--name",
+        "hello",
+        "--memory",
+        "16MiB",
+    ]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _serve = Proc(
+        Command::new(&wasmtime)
+            .args(["serve", "-S", "cli", "--addr"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg(&component)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let version = Command::new(&wasmtime).arg("--version").output().unwrap();
+    let targets = [
+        (
+            "`wasmtime serve` (baseline)",
+            format!("http://127.0.0.1:{port}/"),
+        ),
+        ("`roam host` ingress", format!("{host_url}/w/hello")),
+        ("scheduler ingress", format!("{}/w/hello", s.url)),
+    ];
+    for (_, url) in &targets {
+        ready(url);
+    }
+
+    println!(
+        "Request path: hello handler, `wrk -d{seconds}s` (2 threads, 1 with 1 connection), median of 3 rounds; {}; {} cores shared by server and load generator.\n",
+        String::from_utf8_lossy(&version.stdout).trim(),
+        common::cores()
+    );
+    println!("| server | connections | requests/s | × wasmtime serve | p50 ms | p99 ms |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for connections in [1, 32] {
+        let mut runs = vec![Vec::new(); targets.len()];
+        for _ in 0..3 {
+            for (i, (_, url)) in targets.iter().enumerate() {
+                runs[i].push(wrk(url, connections, seconds));
+            }
+        }
+        let base = median(&runs[0], |r| r.rps);
+        for (i, (name, _)) in targets.iter().enumerate() {
+            let rps = median(&runs[i], |r| r.rps);
+            println!(
+                "| {name} | {connections} | {rps:.0} | {:.2}× | {:.3} | {:.3} |",
+                rps / base,
+                median(&runs[i], |r| r.p50_ms),
+                median(&runs[i], |r| r.p99_ms),
+            );
+        }
+    }
+}
