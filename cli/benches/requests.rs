@@ -99,8 +99,9 @@ fn main() {
     let seconds = if quick { 3 } else { 10 };
     let wasmtime = std::env::var("ROAM_BENCH_WASMTIME")
         .expect("set ROAM_BENCH_WASMTIME to wasmtime-cli 48 (scripts/bench installs it)");
-    let component = std::env::var("ROAM_BENCH_WASI_HELLO")
-        .expect("set ROAM_BENCH_WASI_HELLO to the bench/wasi-hello component (scripts/bench builds it)");
+    let component = std::env::var("ROAM_BENCH_WASI_HELLO").expect(
+        "set ROAM_BENCH_WASI_HELLO to the bench/wasi-hello component (scripts/bench builds it)",
+    );
 
     let s = Scheduler::start(&[]);
     let (_host, host_url) = s.host("h", &[]);

@@ -102,6 +102,8 @@ struct Scheduler {
     migration_metrics: Mutex<migration::MigrationMetrics>,
     /// Something the reconciler should look at changed since its last round.
     changed: std::sync::atomic::AtomicBool,
+    /// Wakes the reconciler as soon as something changed.
+    wake: tokio::sync::Notify,
     /// Workloads and cordons as the store holds them, kept in memory so a
     /// reconcile round or a lookup reads no file: every change goes to the
     /// store first, then here.
@@ -196,6 +198,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         generations: Mutex::new(HashMap::new()),
         migration_metrics: Mutex::new(migration::MigrationMetrics::default()),
         changed: std::sync::atomic::AtomicBool::new(true),
+        wake: tokio::sync::Notify::new(),
         desired: RwLock::new(desired),
         config,
     });
@@ -395,6 +398,7 @@ impl Scheduler {
     /// placement changed.
     fn touch(&self) {
         self.changed.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
     }
 
     /// Whether a host went down or came back since the last round (a scan
@@ -413,7 +417,12 @@ impl Scheduler {
         let every = Duration::from_secs(2);
         let mut last = Instant::now();
         loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // A change wakes the loop at once; liveness and retries are
+            // looked at every 200 ms.
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
             if self.started.elapsed() < grace {
                 continue;
             }
