@@ -107,6 +107,9 @@ pub fn reconcile(desired: &[WorkloadSpec], running: &[Running], hosts: &[HostVie
     }
 
     let mut starts = Vec::new();
+    // Hosts that are alive, not cordoned and match, per selector: fixed for
+    // the round (only room changes as replicas are placed).
+    let mut eligible: HashMap<String, Vec<usize>> = HashMap::new();
     for spec in specs.values() {
         let mut live = live_by_workload
             .remove(spec.name.as_str())
@@ -132,7 +135,10 @@ pub fn reconcile(desired: &[WorkloadSpec], running: &[Running], hosts: &[HostVie
                 spread_by: spec.spread_by.clone(),
                 placed_on: live.clone(),
             };
-            let Some(best) = placement::best(&request, &hosts) else {
+            let candidates = eligible
+                .entry(spec.selector.to_string())
+                .or_insert_with(|| placement::eligible(&spec.selector, &hosts));
+            let Some(best) = placement::best_among(&request, &hosts, candidates) else {
                 // Only now work out every host's reason, for the operator.
                 plan.unplaceable.push(Unplaceable {
                     workload: spec.name.clone(),

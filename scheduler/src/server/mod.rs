@@ -517,7 +517,15 @@ impl Scheduler {
                 v.slots_used = v.slots_used.max(*n);
             }
         }
+        let planning = Instant::now();
         let plan = reconcile::reconcile(&desired, &running, &views);
+        tracing::debug!(
+            workloads = desired.len(),
+            hosts = views.len(),
+            commands = plan.commands.len(),
+            took_ms = planning.elapsed().as_secs_f64() * 1e3,
+            "reconcile round planned"
+        );
         for u in &plan.unplaceable {
             tracing::warn!(workload = %u.workload, missing = u.missing, "no eligible host");
         }
