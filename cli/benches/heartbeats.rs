@@ -71,7 +71,7 @@ struct Figures {
     replaced: Option<(usize, f64, f64)>,
 }
 
-async fn measure(n: usize, workloads: usize) -> Figures {
+async fn measure(n: usize, workloads: usize, workers: Option<usize>) -> Figures {
     let (hosts_url, calls) = fake_hosts().await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("scheduler");
@@ -87,6 +87,7 @@ async fn measure(n: usize, workloads: usize) -> Figures {
             "--heartbeat-timeout",
             "10s",
         ])
+        .args(workers.map(|w| format!("--workers={w}")))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -160,6 +161,7 @@ async fn measure(n: usize, workloads: usize) -> Figures {
                 .post(format!("{url}/v1/hosts/join"))
                 .bearer_auth(&tokens[i % 300])
                 .json(&JoinRequest {
+                    engine_kind: String::new(),
                     name: format!("host-{i:05}"),
                     url: format!("{hosts_url}/h/{i}"),
                     labels: [("pool".to_string(), pool(i).to_string())].into(),
@@ -230,6 +232,10 @@ async fn measure(n: usize, workloads: usize) -> Figures {
         cpu_seconds(child.id()),
         sent.load(Ordering::Relaxed),
         Instant::now(),
+    );
+    eprintln!(
+        "heartbeats: measuring {n} hosts for 10 s (scheduler pid {})",
+        child.id()
     );
     tokio::time::sleep(Duration::from_secs(10)).await;
     let elapsed = t0.elapsed().as_secs_f64();
@@ -356,8 +362,16 @@ fn main() {
         "| simulated hosts | joins/s | heartbeats/s received | scheduler CPU (share of one core) | re-placing what 100 dead hosts held |"
     );
     println!("|---|---|---|---|---|");
-    for (n, workloads) in [(1_000usize, 0usize), (10_000, 20_000)] {
-        let f = rt.block_on(measure(n, workloads));
+    for (n, workloads, workers) in [
+        (1_000usize, 0usize, None),
+        (10_000, 20_000, None),
+        (10_000, 0, Some(1)),
+    ] {
+        let f = rt.block_on(measure(n, workloads, workers));
+        let label = match workers {
+            Some(w) => format!("{n}, `--workers {w}`"),
+            None => n.to_string(),
+        };
         let replaced = match f.replaced {
             Some((lost, spread, after)) => format!(
                 "{lost} workloads, first to last restart {spread:.2} s, last {after:.2} s after the timeout"
@@ -365,7 +379,7 @@ fn main() {
             None => "-".into(),
         };
         println!(
-            "| {n} | {:.0} | {:.0} | {:.1}% | {replaced} |",
+            "| {label} | {:.0} | {:.0} | {:.1}% | {replaced} |",
             f.joins,
             f.beats,
             f.cpu * 100.0

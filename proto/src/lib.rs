@@ -27,6 +27,10 @@ pub struct JoinRequest {
     pub arch: String,
     /// Engine compatibility key of the host's runtime.
     pub engine: String,
+    /// How the host executes Wasm: `cranelift` (native code) or `pulley`
+    /// (portable interpreter). Becomes the host's `engine` label.
+    #[serde(default)]
+    pub engine_kind: String,
     /// Workloads already running (a host rejoining a restarted scheduler).
     #[serde(default)]
     pub instances: Vec<InstanceStatus>,

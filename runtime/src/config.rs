@@ -15,6 +15,42 @@ pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(10);
 /// taking the host thread down.
 pub const DEFAULT_MAX_WASM_STACK: usize = 512 << 10;
 
+/// How a host executes WebAssembly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EngineKind {
+    /// Cranelift compiles to this machine's code (x86_64, aarch64, riscv64,
+    /// s390x).
+    #[default]
+    Cranelift,
+    /// Pulley, wasmtime's portable interpreter: runs on any architecture
+    /// Rust builds for, slower than native code. Snapshots are the same
+    /// bytes either way, so workloads move between the two.
+    Pulley,
+}
+
+impl EngineKind {
+    /// The name hosts report and selectors use (`engine=pulley`).
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Cranelift => "cranelift",
+            EngineKind::Pulley => "pulley",
+        }
+    }
+}
+
+impl std::str::FromStr for EngineKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cranelift" => Ok(EngineKind::Cranelift),
+            "pulley" => Ok(EngineKind::Pulley),
+            other => Err(format!(
+                "unknown engine `{other}` (use `cranelift` or `pulley`)"
+            )),
+        }
+    }
+}
+
 /// Configuration of a [`Runtime`](crate::Runtime): the capacity of the host and
 /// the limits every instance runs under.
 #[derive(Clone, Debug)]
@@ -38,6 +74,8 @@ pub struct RuntimeConfig {
     pub max_wasm_stack: usize,
     /// Directory for compiled code. `None` disables the on-disk cache.
     pub cache_dir: Option<PathBuf>,
+    /// Native code (Cranelift) or the portable interpreter (Pulley).
+    pub engine: EngineKind,
 }
 
 impl Default for RuntimeConfig {
@@ -50,6 +88,7 @@ impl Default for RuntimeConfig {
             max_module_size: DEFAULT_MAX_MODULE_SIZE,
             max_wasm_stack: DEFAULT_MAX_WASM_STACK,
             cache_dir: None,
+            engine: EngineKind::Cranelift,
         }
     }
 }

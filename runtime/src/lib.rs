@@ -31,7 +31,7 @@ pub mod snapshot;
 pub mod wasi;
 pub mod workload;
 
-pub use config::RuntimeConfig;
+pub use config::{EngineKind, RuntimeConfig};
 pub use error::{
     CallError, CaptureError, InstantiateError, LoadError, RestoreError, SnapshotError,
 };

@@ -84,7 +84,7 @@ pub(crate) fn memory_reservation(config: &RuntimeConfig) -> Option<u64> {
     Some(config.max_instance_memory.max(1).div_ceil(65536) * 65536)
 }
 
-fn engine_config(config: &RuntimeConfig) -> wasmtime::Config {
+fn engine_config(config: &RuntimeConfig) -> anyhow::Result<wasmtime::Config> {
     let slots = config.slots.max(1);
     let mut pool = PoolingAllocationConfig::new();
     pool.total_core_instances(slots)
@@ -108,13 +108,22 @@ fn engine_config(config: &RuntimeConfig) -> wasmtime::Config {
             .memory_reservation_for_growth(0)
             .memory_may_move(false);
     }
-    cfg
+    if config.engine == crate::config::EngineKind::Pulley {
+        let target = if cfg!(target_pointer_width = "64") {
+            "pulley64"
+        } else {
+            "pulley32"
+        };
+        cfg.target(target)
+            .map_err(|e| anyhow::anyhow!("cannot target Pulley: {e:#}"))?;
+    }
+    Ok(cfg)
 }
 
 impl Runtime {
     /// Create the engine, linker, cache and epoch ticker.
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
-        let engine = Engine::new(&engine_config(&config))
+        let engine = Engine::new(&engine_config(&config)?)
             .map_err(|e| anyhow::anyhow!("cannot create the wasm engine: {e:#}"))?;
         let mut linker: Linker<InstanceState> = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s| &mut s.wasi)

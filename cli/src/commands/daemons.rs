@@ -25,6 +25,11 @@ pub struct SchedulerArgs {
     /// Heartbeat period asked of hosts.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms")]
     pub heartbeat: Duration,
+    /// Threads serving the API and the ingress (default: one per core). A
+    /// scheduler that only takes heartbeats and operator calls spends less
+    /// CPU waking threads with 1.
+    #[arg(long)]
+    pub workers: Option<usize>,
 }
 
 /// Arguments of `roam host`.
@@ -60,13 +65,23 @@ pub struct HostArgs {
     /// slot, so a small value lets one host hold tens of thousands.
     #[arg(long, value_parser = parse_size)]
     pub max_instance_memory: Option<u64>,
+    /// How to execute Wasm: `cranelift` compiles to this machine's code;
+    /// `pulley` interprets portable bytecode, for architectures Cranelift
+    /// does not support. Hosts report it as the `engine` label.
+    #[arg(long, default_value = "cranelift")]
+    pub engine: roam_runtime::EngineKind,
     /// Extra (untrusted) labels, `k=v`; trusted ones come from the token.
     #[arg(long = "label", value_parser = super::run::parse_env)]
     pub labels: Vec<(String, String)>,
 }
 
-fn tokio() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+fn tokio(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        anyhow::ensure!(n > 0, "--workers must be at least 1");
+        builder.worker_threads(n);
+    }
+    builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")
@@ -74,7 +89,7 @@ fn tokio() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Run `roam scheduler`.
 pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
-    tokio()?.block_on(roam_scheduler::server::run(
+    tokio(args.workers)?.block_on(roam_scheduler::server::run(
         roam_scheduler::server::ServerConfig {
             listen: args.listen,
             data_dir: args.data_dir,
@@ -93,7 +108,7 @@ pub fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "host".into()),
     };
-    tokio()?.block_on(roam_runtime::agent::run(roam_runtime::agent::AgentConfig {
+    tokio(None)?.block_on(roam_runtime::agent::run(roam_runtime::agent::AgentConfig {
         name,
         listen: args.listen,
         advertise: args.advertise.map(|a| a.trim_end_matches('/').to_string()),
@@ -103,6 +118,7 @@ pub fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
         capacity_memory: args.capacity_memory,
         slots: args.slots,
         max_instance_memory: args.max_instance_memory,
+        engine: args.engine,
         labels: args.labels.into_iter().collect(),
     }))?;
     Ok(ExitCode::SUCCESS)

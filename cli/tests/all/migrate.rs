@@ -165,6 +165,68 @@ fn a_workload_moved_back_and_forth_fifty_times_keeps_its_state() {
     assert_eq!(host_of(&c, "counter"), at);
 }
 
+/// A Cranelift host (native code) and a Pulley host (the portable
+/// interpreter) take a running workload from each other, both ways, with
+/// its state; hosts report their engine as a label that placement selects
+/// on, and `roam get nodes` shows it.
+#[test]
+fn a_workload_moves_between_a_cranelift_and_a_pulley_host_both_ways() {
+    let mut c = Cluster::start_with(&[("HEARTBEAT_TIMEOUT", PATIENT)]);
+    c.add_host("native", "eu-west-1", "EU");
+    c.add_host_with("interp", "eu-west-2", "EU", &["--engine", "pulley"], &[]);
+    c.wait_ready(2);
+    let (ok, nodes, err) = c.roam(&["get", "nodes"]);
+    assert!(ok, "{err}");
+    let line = |name: &str| {
+        nodes
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap()
+            .to_string()
+    };
+    assert!(line("interp").contains("pulley"), "{nodes}");
+    assert!(line("native").contains("cranelift"), "{nodes}");
+
+    deploy(
+        &c,
+        &[
+            artifacts::COUNTER,
+            "--name",
+            "counter",
+            "--selector",
+            "engine=pulley",
+        ],
+    );
+    poll(Duration::from_secs(30), "counter to serve", || {
+        c.get("counter", "/").0 == 200
+    });
+    assert_eq!(host_of(&c, "counter"), "interp");
+    // The selector holds: the Cranelift host is refused with the reason.
+    let (ok, _, err) = c.roam(&["migrate", "counter", "--to", "native"]);
+    assert!(!ok && err.contains("engine"), "{err}");
+
+    deploy(&c, &[artifacts::COUNTER, "--name", "anywhere"]);
+    poll(Duration::from_secs(30), "anywhere to serve", || {
+        c.get("anywhere", "/").0 == 200
+    });
+    let mut at = host_of(&c, "anywhere");
+    for hop in 1..=4u32 {
+        assert_eq!(
+            c.invoke("anywhere", "/hops").1,
+            format!(r#"{{"path":"/hops","count":{hop}}}"#),
+            "before hop {hop}, on {at}"
+        );
+        let to = if at == "native" { "interp" } else { "native" };
+        migrate(&c, "anywhere", to);
+        at = to.to_string();
+        assert_eq!(host_of(&c, "anywhere"), at);
+    }
+    assert_eq!(
+        c.invoke("anywhere", "/hops").1,
+        r#"{"path":"/hops","count":5}"#
+    );
+}
+
 /// Clients sending requests with unique ids through the ingress while the
 /// workload moves: every acknowledged request is applied exactly once.
 #[test]

@@ -66,6 +66,8 @@ pub struct AgentConfig {
     pub slots: u32,
     /// Largest memory of one instance (default: the capacity, at most 4 GiB).
     pub max_instance_memory: Option<u64>,
+    /// Native code or the portable interpreter.
+    pub engine: crate::config::EngineKind,
     /// Untrusted labels the host reports (trusted ones come from the token).
     pub labels: Labels,
 }
@@ -141,6 +143,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             .unwrap_or(config.capacity_memory)
             .clamp(64 << 10, 4 << 30),
         cache_dir: Some(config.data_dir.join("compiled")),
+        engine: config.engine,
         ..RuntimeConfig::default()
     })?;
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -236,6 +239,7 @@ impl Agent {
             },
             arch: std::env::consts::ARCH.to_string(),
             engine: self.runtime.engine_key(),
+            engine_kind: self.runtime.config().engine.name().to_string(),
         };
         let mut delay = Duration::from_millis(100);
         loop {

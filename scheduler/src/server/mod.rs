@@ -822,6 +822,12 @@ async fn join(State(s): State<Arc<Scheduler>>, headers: HeaderMap, body: Bytes) 
         Err(e) => return error(StatusCode::FORBIDDEN, e.to_string()),
     };
     labels.insert("arch".into(), req.arch.clone());
+    let engine = if req.engine_kind.is_empty() {
+        "cranelift"
+    } else {
+        req.engine_kind.as_str()
+    };
+    labels.insert("engine".into(), engine.to_string());
     if let Some(existing) = s.hosts.get(&req.name)
         && existing.token_hash != hash
         && s.alive(&existing)
