@@ -168,7 +168,98 @@ fn main() {
         };
         writeln!(code, "/// The {what} program, if its toolchain is installed.\npub const {name}: Option<&str> = {value};").ok();
     }
+
+    // `roam` itself for the other architectures the mixed cluster test runs
+    // under qemu-user, in a target directory beside this build's (kept
+    // across builds, so only changes are rebuilt).
+    for dir in ["runtime/src", "scheduler/src", "proto/src", "cli/src"] {
+        println!("cargo:rerun-if-changed={}", root.join(dir).display());
+    }
+    println!("cargo:rerun-if-env-changed=ROAM_SKIP_CROSS");
+    let cross_dir = out
+        .ancestors()
+        .nth(4)
+        .map_or_else(|| out.join("cross"), |t| t.join("cross"));
+    for (name, triple, linker) in [
+        (
+            "ROAM_AARCH64",
+            "aarch64-unknown-linux-gnu",
+            "aarch64-linux-gnu-gcc",
+        ),
+        (
+            "ROAM_RISCV64",
+            "riscv64gc-unknown-linux-gnu",
+            "riscv64-linux-gnu-gcc",
+        ),
+    ] {
+        let value = match cross_build(&cargo, &root, &cross_dir, triple, linker) {
+            Some(p) => format!("Some({:?})", p.display().to_string()),
+            None => "None".into(),
+        };
+        writeln!(code, "/// `roam` built for {triple}, if its cross toolchain is installed.\npub const {name}: Option<&str> = {value};").ok();
+    }
     std::fs::write(out.join("artifacts.rs"), code).expect("write artifacts.rs");
+}
+
+/// Build the `roam` binary for `triple` (release); `None` with a warning
+/// when its linker or Rust target is missing or `ROAM_SKIP_CROSS` is set.
+fn cross_build(
+    cargo: &str,
+    root: &Path,
+    target_dir: &Path,
+    triple: &str,
+    linker: &str,
+) -> Option<PathBuf> {
+    if env::var_os("ROAM_SKIP_CROSS").is_some() {
+        return None;
+    }
+    let has_linker = Command::new(linker)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let sysroot = Command::new(env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let has_target =
+        sysroot.is_some_and(|s| Path::new(&s).join("lib/rustlib").join(triple).exists());
+    if !has_linker || !has_target {
+        println!(
+            "cargo:warning=not building roam for {triple}: {} missing (scripts/setup installs it)",
+            if has_linker {
+                "the Rust target"
+            } else {
+                linker
+            }
+        );
+        return None;
+    }
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "roam",
+            "--bin",
+            "roam",
+            "--target",
+            triple,
+        ])
+        .arg("--manifest-path")
+        .arg(root.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir)
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .expect("run cargo for the cross builds");
+    assert!(status.success(), "building roam for {triple} failed");
+    let path = target_dir.join(triple).join("release/roam");
+    assert!(path.exists(), "missing {}", path.display());
+    Some(path)
 }
 
 /// Run `tool ARGS OUTPUT SOURCE`; `None` (with a warning) when the tool is

@@ -24,7 +24,14 @@ impl Drop for Proc {
 
 /// Start `roam ARGS`; returns it and the first `http://` address it prints.
 pub(crate) fn spawn(args: &[&str], envs: &[(&str, &str)]) -> (Proc, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_roam"))
+    spawn_with(&[env!("CARGO_BIN_EXE_roam")], args, envs)
+}
+
+/// [`spawn`] with another program: `program[0]` run with the rest of
+/// `program` before `args` (for example `qemu-aarch64 -L SYSROOT roam`).
+pub(crate) fn spawn_with(program: &[&str], args: &[&str], envs: &[(&str, &str)]) -> (Proc, String) {
+    let mut child = Command::new(program[0])
+        .args(&program[1..])
         .args(args)
         .envs(envs.iter().copied())
         .stdin(Stdio::null())
@@ -58,6 +65,8 @@ pub(crate) struct Cluster {
     pub(crate) hosts: Vec<(String, Proc)>,
     pub(crate) agent: ureq::Agent,
     pub(crate) scheduler_env: Vec<(String, String)>,
+    /// How hosts are started: the `roam` under test unless a test says.
+    pub(crate) program: Vec<String>,
 }
 
 /// A host silent this long counts as down in a migration test: long enough
@@ -92,6 +101,7 @@ impl Cluster {
             hosts: Vec::new(),
             agent: agent(),
             scheduler_env,
+            program: vec![env!("CARGO_BIN_EXE_roam").to_string()],
         }
     }
 
@@ -153,6 +163,18 @@ impl Cluster {
         self.add_host_with(name, site, jurisdiction, &[], &[]);
     }
 
+    /// Start a host with another `roam` binary, run through `program`
+    /// (for example `["qemu-riscv64", "-L", SYSROOT, PATH]`).
+    pub(crate) fn add_host_on(&mut self, program: &[&str], name: &str, site: &str) -> String {
+        let saved = std::mem::replace(
+            &mut self.program,
+            program.iter().map(|s| s.to_string()).collect(),
+        );
+        let url = self.add_host_with(name, site, "EU", &[], &[]);
+        self.program = saved;
+        url
+    }
+
     /// Start a host with extra arguments and environment; returns its URL.
     pub(crate) fn add_host_with(
         &mut self,
@@ -176,7 +198,8 @@ impl Cluster {
         all.extend_from_slice(args);
         let mut env = vec![("ROAM_JOIN_TOKEN", token.as_str())];
         env.extend_from_slice(envs);
-        let (p, url) = spawn(&all, &env);
+        let program: Vec<&str> = self.program.iter().map(String::as_str).collect();
+        let (p, url) = spawn_with(&program, &all, &env);
         self.hosts.push((name.to_string(), p));
         url
     }

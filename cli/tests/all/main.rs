@@ -6,6 +6,7 @@
     reason = "tests report failure by panicking"
 )]
 
+mod arch;
 mod cluster;
 mod migrate;
 mod run;

@@ -10,7 +10,7 @@ use roam_tests::artifacts;
 use crate::cluster::{Cluster, PATIENT, agent, eu_cluster, poll};
 
 /// The host a workload runs on now, per the scheduler.
-fn host_of(c: &Cluster, workload: &str) -> String {
+pub(crate) fn host_of(c: &Cluster, workload: &str) -> String {
     let (status, body) = c.api("GET", "/v1/instances", Some(&c.admin));
     assert_eq!(status, 200, "{body}");
     let all: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -26,7 +26,7 @@ fn host_of(c: &Cluster, workload: &str) -> String {
 }
 
 /// `roam migrate` to `to`; the JSON summary.
-fn migrate(c: &Cluster, workload: &str, to: &str) -> serde_json::Value {
+pub(crate) fn migrate(c: &Cluster, workload: &str, to: &str) -> serde_json::Value {
     let (ok, out, err) = c.roam(&["migrate", workload, "--to", to, "-o", "json"]);
     assert!(ok, "migration of {workload} to {to} failed: {out}{err}");
     let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -51,7 +51,7 @@ fn deploy_eu_counter(c: &Cluster) {
     });
 }
 
-fn deploy(c: &Cluster, args: &[&str]) {
+pub(crate) fn deploy(c: &Cluster, args: &[&str]) {
     let mut all = vec!["deploy"];
     all.extend_from_slice(args);
     let (ok, _, err) = c.roam(&all);
@@ -284,7 +284,7 @@ fn requests_under_load_are_neither_lost_nor_duplicated() {
 
 /// Every acknowledged request id was applied once: its path counts 1 in
 /// the counter, and no request path counts more.
-fn exactly_once(c: &Cluster, workload: &str, acked: &[String]) {
+pub(crate) fn exactly_once(c: &Cluster, workload: &str, acked: &[String]) {
     let (status, body) = c.get(workload, "/");
     assert_eq!(status, 200, "{body}");
     let counts: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
@@ -416,7 +416,7 @@ fn an_aggregator_keeps_its_windows_and_messages_sent_during_the_move() {
     );
 }
 
-fn mandelbrot_result(c: &Cluster, name: &str) -> String {
+pub(crate) fn mandelbrot_result(c: &Cluster, name: &str) -> String {
     poll(Duration::from_secs(120), "the job to finish", || {
         c.get(name, "/progress").1.contains("\"done\":true")
     });
@@ -469,14 +469,14 @@ fn a_mandelbrot_job_moved_mid_run_gives_the_unmoved_result() {
 
 /// Clients sending unique POSTs to `counter` until stopped; the ids whose
 /// request was acknowledged.
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<Vec<String>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Load {
-    fn start(c: &Cluster, workload: &str, clients: usize) -> Load {
+    pub(crate) fn start(c: &Cluster, workload: &str, clients: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
         let threads = (0..clients)
@@ -507,7 +507,7 @@ impl Load {
     }
 
     /// Stop, then check every acknowledged id was applied exactly once.
-    fn check(self, c: &Cluster, workload: &str) {
+    pub(crate) fn check(self, c: &Cluster, workload: &str) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
             t.join().unwrap();
