@@ -822,10 +822,15 @@ async fn join(State(s): State<Arc<Scheduler>>, headers: HeaderMap, body: Bytes) 
         Err(e) => return error(StatusCode::FORBIDDEN, e.to_string()),
     };
     labels.insert("arch".into(), req.arch.clone());
-    let engine = if req.engine_kind.is_empty() {
-        "cranelift"
-    } else {
-        req.engine_kind.as_str()
+    let engine = match req.engine_kind.as_str() {
+        "" | "cranelift" => "cranelift",
+        "pulley" => "pulley",
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown engine `{other}` (hosts run `cranelift` or `pulley`)"),
+            );
+        }
     };
     labels.insert("engine".into(), engine.to_string());
     if let Some(existing) = s.hosts.get(&req.name)
