@@ -15,8 +15,6 @@
     reason = "a benchmark reports failure by panicking"
 )]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -24,7 +22,7 @@ use std::time::{Duration, Instant};
 use roam_proto::{Capacity, Heartbeat, JoinRequest, TokenRequest, TokenResponse};
 
 mod common;
-use common::cpu_seconds;
+use common::{Scheduler, cpu_seconds};
 
 /// Start and stop calls the scheduler made on the simulated hosts:
 /// (host index, workload, when).
@@ -73,48 +71,15 @@ struct Figures {
 
 async fn measure(n: usize, workloads: usize, workers: Option<usize>) -> Figures {
     let (hosts_url, calls) = fake_hosts().await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("scheduler");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_roam"))
-        .args([
-            "scheduler",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--heartbeat",
-            "1s",
-            "--heartbeat-timeout",
-            "10s",
-        ])
-        .args(workers.map(|w| format!("--workers={w}")))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
-    let url = lines
-        .find_map(|l| {
-            l.split("on http://")
-                .nth(1)
-                .map(|a| format!("http://{}", a.trim()))
-        })
-        .unwrap();
-    // The scheduler's log goes on to stderr with ROAM_BENCH_VERBOSE.
-    let verbose = std::env::var_os("ROAM_BENCH_VERBOSE").is_some();
-    std::thread::spawn(move || {
-        for line in lines {
-            if verbose {
-                eprintln!("scheduler: {line}");
-            }
-        }
-    });
-    let admin = std::fs::read_to_string(data.join("admin.token"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let workers = workers.map(|w| format!("--workers={w}"));
+    let mut args = vec!["--heartbeat", "1s", "--heartbeat-timeout", "10s"];
+    args.extend(workers.as_deref());
+    let scheduler = Scheduler::start(&args);
+    let (url, admin, pid) = (
+        scheduler.url.clone(),
+        scheduler.admin.clone(),
+        scheduler.proc.pid(),
+    );
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(512)
         .build()
@@ -229,17 +194,17 @@ async fn measure(n: usize, workloads: usize, workers: Option<usize>) -> Figures 
     // Let the rate settle, then measure over 10 s.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (cpu0, beats0, t0) = (
-        cpu_seconds(child.id()),
+        cpu_seconds(pid),
         sent.load(Ordering::Relaxed),
         Instant::now(),
     );
     eprintln!(
         "heartbeats: measuring {n} hosts for 10 s (scheduler pid {})",
-        child.id()
+        pid
     );
     tokio::time::sleep(Duration::from_secs(10)).await;
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = (cpu_seconds(child.id()) - cpu0) / elapsed;
+    let cpu = (cpu_seconds(pid) - cpu0) / elapsed;
     let rate = (sent.load(Ordering::Relaxed) - beats0) as f64 / elapsed;
     let mut replaced = None;
     if workloads > 0 {
@@ -340,8 +305,7 @@ async fn measure(n: usize, workloads: usize, workers: Option<usize>) -> Figures 
     for b in beats {
         b.abort();
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(scheduler);
     Figures {
         joins: join_rate,
         beats: rate,

@@ -35,8 +35,14 @@ pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> (Proc, String) {
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
+    // The process's log goes on to this stderr with ROAM_BENCH_VERBOSE.
+    let verbose = std::env::var_os("ROAM_BENCH_VERBOSE").is_some();
+    let tag = args.first().copied().unwrap_or("").to_string();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if verbose {
+                eprintln!("{tag}: {line}");
+            }
             if let Some(rest) = line.split("on http://").nth(1) {
                 let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
             }

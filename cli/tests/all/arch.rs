@@ -8,7 +8,7 @@ use std::time::Duration;
 use roam_tests::artifacts;
 
 use crate::cluster::{Cluster, poll};
-use crate::migrate::{Load, deploy, host_of, mandelbrot_result, migrate};
+use crate::migrate::{Load, deploy, deploy_counter, host_of, mandelbrot_result, migrate};
 
 /// The ring, as (host, architecture it reports).
 const RING: [(&str, &str); 4] = [
@@ -84,19 +84,7 @@ fn workloads_move_live_around_an_x86_64_aarch64_riscv64_ring() {
 
     // counter, under load from clients with unique request ids that keep
     // going while the other workloads move too.
-    deploy(
-        &c,
-        &[
-            artifacts::COUNTER,
-            "--name",
-            "counter",
-            "--selector",
-            "arch=x86_64",
-        ],
-    );
-    poll(Duration::from_secs(60), "counter to serve", || {
-        c.get("counter", "/").0 == 200
-    });
+    deploy_counter(&c, "arch=x86_64");
     // The selector holds: an aarch64 host is refused with the reason.
     let (ok, _, err) = c.roam(&["migrate", "counter", "--to", "arm"]);
     assert!(!ok && err.contains("arch"), "{err}");
@@ -105,19 +93,7 @@ fn workloads_move_live_around_an_x86_64_aarch64_riscv64_ring() {
     poll(Duration::from_secs(30), "counter to go", || {
         c.get("counter", "/").0 != 200
     });
-    deploy(
-        &c,
-        &[
-            artifacts::COUNTER,
-            "--name",
-            "counter",
-            "--selector",
-            "jurisdiction=EU",
-        ],
-    );
-    poll(Duration::from_secs(60), "counter to serve", || {
-        c.get("counter", "/").0 == 200
-    });
+    deploy_counter(&c, "jurisdiction=EU");
     let load = Load::start(&c, "counter", 2);
     around_the_ring(&c, "counter", |hop| {
         assert_eq!(

@@ -36,6 +36,11 @@ pub(crate) fn migrate(c: &Cluster, workload: &str, to: &str) -> serde_json::Valu
 
 /// Deploy `counter` allowed on any EU host; return once it serves.
 fn deploy_eu_counter(c: &Cluster) {
+    deploy_counter(c, "jurisdiction=EU");
+}
+
+/// Deploy `counter` on hosts matching `selector`; return once it serves.
+pub(crate) fn deploy_counter(c: &Cluster, selector: &str) {
     deploy(
         c,
         &[
@@ -43,10 +48,10 @@ fn deploy_eu_counter(c: &Cluster) {
             "--name",
             "counter",
             "--selector",
-            "jurisdiction=EU",
+            selector,
         ],
     );
-    poll(Duration::from_secs(30), "counter to serve", || {
+    poll(Duration::from_secs(60), "counter to serve", || {
         c.get("counter", "/").0 == 200
     });
 }
@@ -187,19 +192,7 @@ fn a_workload_moves_between_a_cranelift_and_a_pulley_host_both_ways() {
     assert!(line("interp").contains("pulley"), "{nodes}");
     assert!(line("native").contains("cranelift"), "{nodes}");
 
-    deploy(
-        &c,
-        &[
-            artifacts::COUNTER,
-            "--name",
-            "counter",
-            "--selector",
-            "engine=pulley",
-        ],
-    );
-    poll(Duration::from_secs(30), "counter to serve", || {
-        c.get("counter", "/").0 == 200
-    });
+    deploy_counter(&c, "engine=pulley");
     assert_eq!(host_of(&c, "counter"), "interp");
     // The selector holds: the Cranelift host is refused with the reason.
     let (ok, _, err) = c.roam(&["migrate", "counter", "--to", "native"]);
