@@ -8,7 +8,9 @@
 //! may run on 200 of them, stops the heartbeats of 100 of those at once and
 //! times the restarts of what they held (first to last). The simulated
 //! hosts, and one HTTP server answering the scheduler's start calls for all
-//! of them, run in this process.
+//! of them, run in this process. Baseline in the same run: the same 10,000
+//! hosts' heartbeats answered by a bare axum server on one thread of this
+//! process (parse, answer 204) — the floor of one HTTP request per beat.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant};
 use roam_proto::{Capacity, Heartbeat, JoinRequest, TokenRequest, TokenResponse};
 
 mod common;
-use common::{Scheduler, cpu_seconds};
+use common::{Scheduler, cpu_seconds, thread_cpu_seconds};
 
 /// Start and stop calls the scheduler made on the simulated hosts:
 /// (host index, workload, when).
@@ -148,64 +150,10 @@ async fn measure(n: usize, workloads: usize, workers: Option<usize>) -> Figures 
         t.await.unwrap();
     }
     let join_rate = n as f64 / joined.elapsed().as_secs_f64();
-    // Heartbeats: every host once a second, spread over the second.
-    let sent = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut beats = Vec::new();
-    for i in 0..n {
-        let (http, url, tokens, sent, stop) = (
-            http.clone(),
-            url.clone(),
-            tokens.clone(),
-            sent.clone(),
-            stop.clone(),
-        );
-        beats.push(tokio::spawn(async move {
-            let offset = Duration::from_micros((i as u64 * 1_000_000) / n as u64);
-            let mut tick = tokio::time::interval_at(
-                tokio::time::Instant::now() + offset,
-                Duration::from_secs(1),
-            );
-            let beat = Heartbeat {
-                capacity: Capacity {
-                    memory: 64 << 30,
-                    slots: 1000,
-                },
-                arch: "x86_64".into(),
-                engine: "bench".into(),
-                memory_used: 0,
-                instances: Vec::new(),
-            };
-            while !stop.load(Ordering::Relaxed) {
-                tick.tick().await;
-                if let Ok(r) = http
-                    .post(format!("{url}/v1/hosts/host-{i:05}/heartbeat"))
-                    .bearer_auth(&tokens[i % 300])
-                    .json(&beat)
-                    .send()
-                    .await
-                    && r.status().is_success()
-                {
-                    sent.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
-    // Let the rate settle, then measure over 10 s.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (cpu0, beats0, t0) = (
-        cpu_seconds(pid),
-        sent.load(Ordering::Relaxed),
-        Instant::now(),
-    );
-    eprintln!(
-        "heartbeats: measuring {n} hosts for 10 s (scheduler pid {})",
-        pid
-    );
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = (cpu_seconds(pid) - cpu0) / elapsed;
-    let rate = (sent.load(Ordering::Relaxed) - beats0) as f64 / elapsed;
+    let (beats, stop) = spawn_beats(&http, &url, &tokens, n);
+    eprintln!("heartbeats: measuring {n} hosts for 10 s (scheduler pid {pid})");
+    let (cpu, rate) = window(&beats, || cpu_seconds(pid)).await;
+    let beats = beats.tasks;
     let mut replaced = None;
     if workloads > 0 {
         // Deploy workloads that may run on the 200 pool hosts, wait until all
@@ -314,6 +262,122 @@ async fn measure(n: usize, workloads: usize, workers: Option<usize>) -> Figures 
     }
 }
 
+/// The simulated hosts' heartbeat tasks and how many beats were answered
+/// with a success.
+struct Beats {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    sent: Arc<AtomicU64>,
+}
+
+/// Every host heartbeats once a second, spread evenly over the second, with
+/// the real request (path, join token, JSON body). Setting the flag returned
+/// stops them.
+fn spawn_beats(
+    http: &reqwest::Client,
+    url: &str,
+    tokens: &Arc<Vec<String>>,
+    n: usize,
+) -> (Beats, Arc<std::sync::atomic::AtomicBool>) {
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (http, url, tokens, sent, stop) = (
+            http.clone(),
+            url.to_string(),
+            tokens.clone(),
+            sent.clone(),
+            stop.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let offset = Duration::from_micros((i as u64 * 1_000_000) / n as u64);
+            let mut tick = tokio::time::interval_at(
+                tokio::time::Instant::now() + offset,
+                Duration::from_secs(1),
+            );
+            let beat = Heartbeat {
+                capacity: Capacity {
+                    memory: 64 << 30,
+                    slots: 1000,
+                },
+                arch: "x86_64".into(),
+                engine: "bench".into(),
+                memory_used: 0,
+                instances: Vec::new(),
+            };
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                if let Ok(r) = http
+                    .post(format!("{url}/v1/hosts/host-{i:05}/heartbeat"))
+                    .bearer_auth(&tokens[i % tokens.len()])
+                    .json(&beat)
+                    .send()
+                    .await
+                    && r.status().is_success()
+                {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    (Beats { tasks, sent }, stop)
+}
+
+/// Let the rate settle for 3 s, then measure 10 s: (share of one core that
+/// `cpu` grew by, heartbeats answered per second).
+async fn window(beats: &Beats, cpu: impl Fn() -> f64) -> (f64, f64) {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (cpu0, beats0, t0) = (cpu(), beats.sent.load(Ordering::Relaxed), Instant::now());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let elapsed = t0.elapsed().as_secs_f64();
+    (
+        (cpu() - cpu0) / elapsed,
+        (beats.sent.load(Ordering::Relaxed) - beats0) as f64 / elapsed,
+    )
+}
+
+/// The floor under the scheduler's figure: the same heartbeats, over the
+/// same HTTP stack (axum, hyper, tokio, serde_json), answered by a server
+/// that only parses the body and answers 204 — no token check, no host
+/// table — on one thread of this process. Returns (share of one core,
+/// heartbeats per second).
+async fn bare_server(n: usize) -> (f64, f64) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let app = axum::Router::new().route(
+                "/v1/hosts/{name}/heartbeat",
+                axum::routing::post(|axum::Json(_): axum::Json<Heartbeat>| async {
+                    axum::http::StatusCode::NO_CONTENT
+                }),
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            tx.send((listener.local_addr().unwrap(), tid)).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    let (addr, tid) = rx.recv().unwrap();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(512)
+        .build()
+        .unwrap();
+    let tokens = Arc::new(vec!["bench".to_string()]);
+    let (beats, stop) = spawn_beats(&http, &format!("http://{addr}"), &tokens, n);
+    eprintln!("heartbeats: measuring a bare HTTP server with {n} hosts for 10 s");
+    let figures = window(&beats, || thread_cpu_seconds(tid)).await;
+    stop.store(true, Ordering::Relaxed);
+    for b in beats.tasks {
+        b.abort();
+    }
+    figures
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -349,4 +413,9 @@ fn main() {
             f.cpu * 100.0
         );
     }
+    let (cpu, rate) = rt.block_on(bare_server(10_000));
+    println!(
+        "| 10000, baseline: bare axum server on one thread (parse, answer 204) | - | {rate:.0} | {:.1}% | - |",
+        cpu * 100.0
+    );
 }

@@ -159,7 +159,16 @@ impl Scheduler {
 
 /// CPU seconds process `pid` has used so far.
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU time (user + system) in seconds of thread `tid` of this process.
+pub fn thread_cpu_seconds(tid: i32) -> f64 {
+    stat_cpu_seconds(&format!("/proc/self/task/{tid}/stat"))
+}
+
+fn stat_cpu_seconds(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap();
     // Fields after the command name, which is in parentheses.
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
