@@ -8,7 +8,9 @@ use std::time::Duration;
 use roam_tests::artifacts;
 
 use crate::cluster::{Cluster, poll};
-use crate::migrate::{Load, deploy, deploy_counter, host_of, mandelbrot_result, migrate};
+use crate::migrate::{
+    Load, deploy, deploy_counter, deploy_mandelbrot, host_of, mandelbrot_result, migrate,
+};
 
 /// The ring, as (host, architecture it reports).
 const RING: [(&str, &str); 4] = [
@@ -138,18 +140,7 @@ fn workloads_move_live_around_an_x86_64_aarch64_riscv64_ring() {
         } else {
             "arch=x86_64"
         };
-        deploy(
-            &c,
-            &[
-                artifacts::MANDELBROT,
-                "--name",
-                name,
-                "--grant",
-                "timers",
-                "--selector",
-                selector,
-            ],
-        );
+        deploy_mandelbrot(&c, name, selector);
         poll(Duration::from_secs(60), "mandelbrot to serve", || {
             c.get(name, "/progress").0 == 200
         });

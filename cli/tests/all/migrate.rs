@@ -63,6 +63,23 @@ pub(crate) fn deploy(c: &Cluster, args: &[&str]) {
     assert!(ok, "{err}");
 }
 
+/// Deploy the mandelbrot example (which needs timers) as `name` on hosts
+/// matching `selector`.
+pub(crate) fn deploy_mandelbrot(c: &Cluster, name: &str, selector: &str) {
+    deploy(
+        c,
+        &[
+            artifacts::MANDELBROT,
+            "--name",
+            name,
+            "--grant",
+            "timers",
+            "--selector",
+            selector,
+        ],
+    );
+}
+
 /// Which copies of `workload` the hosts themselves report running.
 fn copies(c: &Cluster, workload: &str) -> Vec<String> {
     c.nodes()
@@ -422,18 +439,7 @@ pub(crate) fn mandelbrot_result(c: &Cluster, name: &str) -> String {
 fn a_mandelbrot_job_moved_mid_run_gives_the_unmoved_result() {
     let c = eu_cluster();
     for name in ["mandelbrot", "mandelbrot-ref"] {
-        deploy(
-            &c,
-            &[
-                artifacts::MANDELBROT,
-                "--name",
-                name,
-                "--grant",
-                "timers",
-                "--selector",
-                "jurisdiction=EU",
-            ],
-        );
+        deploy_mandelbrot(&c, name, "jurisdiction=EU");
     }
     let job = "/start?width=1200&height=1200&iterations=2000";
     for name in ["mandelbrot", "mandelbrot-ref"] {
