@@ -2,7 +2,8 @@
 //! on loopback, under request load.
 //!
 //! `cargo bench -p roam --bench migration` (set `ROAM_BENCH_QUICK=1` for
-//! fewer runs). For every memory size and dirty rate it moves the `membench`
+//! fewer runs; `ROAM_BENCH_MIB=64 ROAM_BENCH_RATES=10` for some rows only,
+//! then the cross-site row only with `ROAM_BENCH_WAN=1`). For every memory size and dirty rate it moves the `membench`
 //! workload back and forth with pre-copy and then with stop-and-copy (the
 //! baseline, same run), while a client dirties memory at the chosen rate,
 //! and prints downtime p50/p99 and total time as a Markdown table, with the
@@ -295,6 +296,18 @@ fn max(v: &[f64]) -> f64 {
 
 const HEADER: &str = "| memory, dirty rate | pre-copy downtime p50 / p99 | pre-copy total p50 | bytes sent | total ÷ (bytes ÷ link throughput) | stop-and-copy downtime p50 / p99 | stop-and-copy p99 ÷ pre-copy p99 | slowest client request, pre-copy / stop-and-copy |\n|---|---|---|---|---|---|---|---|";
 
+/// A comma-separated list of numbers from `var`, or `default`.
+fn list(var: &str, default: &[u64]) -> Vec<u64> {
+    std::env::var(var).map_or_else(
+        |_| default.to_vec(),
+        |v| {
+            v.split(',')
+                .map(|n| n.trim().parse().expect("a comma-separated list of numbers"))
+                .collect()
+        },
+    )
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -308,9 +321,11 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!("{HEADER}");
-    for mib in [1u64, 64, 256] {
+    let mibs = list("ROAM_BENCH_MIB", &[1, 64, 256]);
+    let rates = list("ROAM_BENCH_RATES", &[0, 1, 10, 50]);
+    for &mib in &mibs {
         let c = Cluster::start();
-        for rate in [0u64, 1, 10, 50] {
+        for &rate in &rates {
             let n = match (quick, mib) {
                 (true, _) => 3,
                 (false, 256) => 5,
@@ -319,6 +334,10 @@ fn main() {
             let row = measure(&c, module, mib, rate, n);
             print_row(&format!("{mib} MiB, {rate} MB/s"), row, throughput);
         }
+    }
+    if std::env::var_os("ROAM_BENCH_MIB").is_some() && std::env::var_os("ROAM_BENCH_WAN").is_none()
+    {
+        return;
     }
     // Cross-site: every host behind a 25 ms (each way) 1 Gbit/s link.
     let (delay, rate) = (Duration::from_millis(25), 125e6);

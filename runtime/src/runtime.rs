@@ -40,9 +40,18 @@ struct Inner {
     /// Modules in use, by digest: every instance of a module shares one
     /// compiled copy (and one copy-on-write memory image).
     loaded: std::sync::Mutex<HashMap<Digest, Weak<ModuleInner>>>,
+    /// The modules used last, kept compiled for a while after their last
+    /// instance went (a workload that moves away and back, or restarts,
+    /// needs no fetch and no load from the disk cache), newest first.
+    recent: std::sync::Mutex<std::collections::VecDeque<(Arc<ModuleInner>, std::time::Instant)>>,
     lineages: AtomicU64,
     _ticker: EpochTicker,
 }
+
+/// How many modules stay compiled after their last instance went.
+const KEEP_MODULES: usize = 16;
+/// How long such a module stays compiled after its last use.
+const KEEP_MODULES_FOR: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The host's WebAssembly runtime. Cheap to clone; clones share the engine.
 #[derive(Clone)]
@@ -168,6 +177,7 @@ impl Runtime {
                 cache,
                 host_imports,
                 loaded: std::sync::Mutex::new(HashMap::new()),
+                recent: std::sync::Mutex::new(std::collections::VecDeque::new()),
                 lineages: AtomicU64::new(seed),
                 _ticker: ticker,
             }),
@@ -313,19 +323,33 @@ impl Runtime {
                 inner
             }
         };
+        drop(loaded);
+        self.used(&inner);
         Ok(Module { inner })
     }
 
-    /// The module with `digest` if an instance or caller still holds it: no
-    /// bytes to fetch, nothing to compile.
+    /// Keep `module` among the recently used ones (see `Inner::recent`):
+    /// at most [`KEEP_MODULES`], each for [`KEEP_MODULES_FOR`] after its
+    /// last use.
+    fn used(&self, module: &Arc<ModuleInner>) {
+        let mut recent = self.inner.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.retain(|(m, at)| !Arc::ptr_eq(m, module) && at.elapsed() < KEEP_MODULES_FOR);
+        recent.push_front((module.clone(), std::time::Instant::now()));
+        recent.truncate(KEEP_MODULES);
+    }
+
+    /// The module with `digest` if an instance or caller still holds it, or
+    /// it was used lately: no bytes to fetch, nothing to compile.
     pub fn loaded(&self, digest: &Digest) -> Option<Module> {
-        self.inner
+        let inner = self
+            .inner
             .loaded
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(digest)
-            .and_then(Weak::upgrade)
-            .map(|inner| Module { inner })
+            .and_then(Weak::upgrade)?;
+        self.used(&inner);
+        Some(Module { inner })
     }
 
     /// [`Runtime::load_blocking`] on a blocking thread, so compilation never

@@ -196,16 +196,18 @@ async fn prepare(
     if req.key.len() < 16 {
         return error(StatusCode::BAD_REQUEST, "migration key too short");
     }
+    let began = Instant::now();
     let module = match agent.module(&digest).await {
         Ok(m) => m,
         Err(e) => return e,
     };
+    let fetched = began.elapsed();
     let config = agent.instance_config(&req.workload, &req.instance);
     let instance = match agent.runtime.reserve(&module, config).await {
         Ok(i) => i,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
-    tracing::info!(migration = %id, workload = %req.workload, "prepared to receive");
+    tracing::info!(migration = %id, workload = %req.workload, module_ms = fetched.as_secs_f64() * 1e3, reserve_ms = (began.elapsed() - fetched).as_secs_f64() * 1e3, "prepared to receive");
     let mut incoming = agent.migrations.incoming.lock().await;
     incoming.retain(|id, e| {
         let keep = e.touched.elapsed() < STALE;
@@ -400,7 +402,7 @@ fn apply_snapshot_part(
         && let Some((ptr, len)) = entry.instance.memory_range()
     {
         // Fault the memory in on the other core while the pages arrive.
-        tokio::task::spawn_blocking(move || crate::dirty::populate(ptr, len));
+        tokio::task::spawn_blocking(move || crate::dirty::populate_huge(ptr, len));
     }
     Ok(())
 }
@@ -806,7 +808,7 @@ async fn precopy(
 fn prefaulted(size: u64) -> Vec<MemoryImage> {
     let size = size as usize;
     let data: Vec<u8> = Vec::with_capacity(size);
-    crate::dirty::populate(data.as_ptr() as usize, data.capacity());
+    crate::dirty::populate_huge(data.as_ptr() as usize, data.capacity());
     let pages = Vec::with_capacity(size / crate::snapshot::PAGE_SIZE + 1);
     vec![MemoryImage {
         index: 0,
