@@ -632,6 +632,9 @@ struct Relay {
 const PASS: u64 = 0;
 const CUT: u64 = 1;
 const CORRUPT: u64 = 2;
+/// Cut or corrupt the raw page stream of round 0 (after its upgrade).
+const CUT_PAGES: u64 = 3;
+const CORRUPT_PAGES: u64 = 4;
 
 impl Relay {
     fn start(to: std::net::SocketAddr) -> Relay {
@@ -653,6 +656,7 @@ impl Relay {
                     let mut buf = vec![0u8; 64 << 10];
                     let mut sent = 0usize;
                     let mut corrupted = false;
+                    let mut pages = false;
                     while let Ok(n) = c_read.read(&mut buf) {
                         if n == 0 {
                             break;
@@ -662,9 +666,23 @@ impl Relay {
                         if mode.load(Ordering::Relaxed) == PASS {
                             sent = 0;
                             corrupted = false;
+                            pages = false;
                         }
-                        sent += n;
-                        match mode.load(Ordering::Relaxed) {
+                        // The page stream's bytes are counted from the
+                        // chunk after its upgrade request.
+                        if !pages && buf[..n].windows(19).any(|w| w == b"upgrade: roam-pages") {
+                            pages = true;
+                            sent = 0;
+                        } else {
+                            sent += n;
+                        }
+                        let mode = match mode.load(Ordering::Relaxed) {
+                            CUT_PAGES if pages => CUT,
+                            CORRUPT_PAGES if pages => CORRUPT,
+                            CUT_PAGES | CORRUPT_PAGES => PASS,
+                            m => m,
+                        };
+                        match mode {
                             CUT if sent > 256 << 10 => {
                                 let _ = c_read.shutdown(std::net::Shutdown::Both);
                                 let _ = s_write.shutdown(std::net::Shutdown::Both);
@@ -729,7 +747,12 @@ fn a_cut_or_corrupted_stream_aborts_and_restores_nothing() {
         &c,
         &["--example", "kv-cache", "--selector", "jurisdiction=EU"],
     );
-    for (mode, what) in [(CUT, "cut"), (CORRUPT, "corrupted")] {
+    for (mode, what) in [
+        (CUT, "cut"),
+        (CORRUPT, "corrupted"),
+        (CUT_PAGES, "cut page stream"),
+        (CORRUPT_PAGES, "corrupted page stream"),
+    ] {
         relay.mode.store(mode, Ordering::Relaxed);
         let (ok, out, err) = c.roam(&["migrate", "kv-cache", "--to", "eu-2", "-o", "json"]);
         assert!(!ok, "a {what} stream must fail the migration: {out}");

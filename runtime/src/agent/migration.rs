@@ -170,6 +170,7 @@ pub(super) fn stream_routes() -> Router<Arc<Agent>> {
     Router::new()
         .route("/v1/migrations/{id}/rounds/{round}", put(receive_round))
         .layer(axum::extract::DefaultBodyLimit::max(PART + 4096))
+        .route("/v1/migrations/{id}/pages", post(receive_pages))
         .route("/v1/migrations/{id}/messages", post(forwarded_message))
         .route("/v1/migrations/{id}", axum::routing::delete(source_abort))
 }
@@ -281,18 +282,32 @@ async fn receive_round(
     }
 }
 
-/// Check one part and apply what it completes. A part is either a piece
-/// of an encoded snapshot (`x-roam-kind: snapshot`, the default; pieces are
-/// joined up to `x-roam-total` bytes, then decoded and applied) or, in round
-/// 0 after its snapshot, memory pages (`x-roam-kind: pages`, `x-roam-runs:
-/// FIRST:COUNT,...` naming the pages the body holds, in order) written
-/// straight into the reserved instance. Returns whether the round ended.
+/// Check one part (a piece of the round's encoded snapshot; pieces are
+/// joined up to `x-roam-total` bytes, then decoded and applied) and apply
+/// what it completes. Returns whether the round ended.
 async fn apply_part(
     entry: &mut Incoming,
     round: u32,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<bool, String> {
+    let (part, parts) = expect_part(entry, round, headers)?;
+    let checksum = header(headers, "x-roam-checksum")
+        .and_then(|c| u64::from_str_radix(c, 16).ok())
+        .ok_or("header `x-roam-checksum` missing or malformed")?;
+    let body = axum::body::to_bytes(body, PART)
+        .await
+        .map_err(|e| format!("round {round} part {part}: {e}"))?;
+    if xxhash_rust::xxh3::xxh3_64(&body) != checksum {
+        return Err(format!("round {round} part {part}: checksum mismatch"));
+    }
+    apply_snapshot_part(entry, round, headers, &body)?;
+    end_part(entry, round, parts)
+}
+
+/// The part `x-roam-part: I/N` names, if it is the one `entry` expects
+/// next in `round`.
+fn expect_part(entry: &Incoming, round: u32, headers: &HeaderMap) -> Result<(u32, u32), String> {
     if entry.ready {
         return Err("the final round was already applied".into());
     }
@@ -306,36 +321,17 @@ async fn apply_part(
         .and_then(|p| p.split_once('/'))
         .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
         .ok_or("header `x-roam-part: I/N` missing or malformed")?;
-    let checksum = header(headers, "x-roam-checksum")
-        .and_then(|c| u64::from_str_radix(c, 16).ok())
-        .ok_or("header `x-roam-checksum` missing or malformed")?;
     if part != entry.part || parts == 0 || part >= parts {
         return Err(format!(
             "part {part}/{parts} arrived, part {} expected",
             entry.part
         ));
     }
-    match header(headers, "x-roam-kind").unwrap_or("snapshot") {
-        "snapshot" => {
-            let body = axum::body::to_bytes(body, PART)
-                .await
-                .map_err(|e| format!("round {round} part {part}: {e}"))?;
-            if xxhash_rust::xxh3::xxh3_64(&body) != checksum {
-                return Err(format!("round {round} part {part}: checksum mismatch"));
-            }
-            apply_snapshot_part(entry, round, headers, &body)?
-        }
-        "pages" => {
-            if round != 0 || !entry.applied {
-                return Err("pages may only follow round 0's snapshot".into());
-            }
-            let runs = parse_runs(header(headers, "x-roam-runs").unwrap_or(""))?;
-            receive_pages(entry, &runs, body, checksum)
-                .await
-                .map_err(|e| format!("round 0 part {part}: {e}"))?;
-        }
-        other => return Err(format!("unknown part kind `{other}`")),
-    }
+    Ok((part, parts))
+}
+
+/// Count a received part of `parts`; returns whether the round ended.
+fn end_part(entry: &mut Incoming, round: u32, parts: u32) -> Result<bool, String> {
     entry.part += 1;
     if entry.part < parts {
         return Ok(false);
@@ -407,123 +403,213 @@ fn apply_snapshot_part(
     Ok(())
 }
 
-/// Write the pages of one part into the reserved instance as the bytes
-/// arrive (no copy of the part in between). The runs are checked against
-/// the memory first; the checksum at the end — on a mismatch the caller
-/// drops the instance, so what was written never runs.
+/// Pages in one frame of the page stream.
+const FRAME_PAGES: u32 = 64;
+/// A page stream that moves no bytes for this long is given up.
+const STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+/// The frame that ends a page stream: `FIRST` = `u64::MAX`, `COUNT` = 0.
+const END_OF_PAGES: u64 = u64::MAX;
+const PAGE: u64 = crate::snapshot::PAGE_SIZE as u64;
+
+/// A frame header: `FIRST` page (u64 LE), `COUNT` pages (u32 LE), 0 (u32).
+fn frame_head(first: u64, count: u32) -> [u8; 16] {
+    let mut head = [0u8; 16];
+    head[..8].copy_from_slice(&first.to_le_bytes());
+    head[8..12].copy_from_slice(&count.to_le_bytes());
+    head
+}
+
+/// `fut`, or an error once it waited [`STREAM_IDLE`].
+async fn timed<T>(
+    what: &str,
+    fut: impl std::future::Future<Output = std::io::Result<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(STREAM_IDLE, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("the page stream broke while {what}: {e}")),
+        Err(_) => Err(format!(
+            "the page stream stalled for {} s while {what}",
+            STREAM_IDLE.as_secs()
+        )),
+    }
+}
+
+/// `POST /v1/migrations/{id}/pages`, an HTTP upgrade (`upgrade:
+/// roam-pages`) to a raw stream carrying round 0's memory pages, the last
+/// part of round 0 (`x-roam-part: I/N`, `x-roam-total`: bytes of pages,
+/// `x-roam-final: 1` for a stop-and-copy). The stream is a run of frames —
+/// a [`frame_head`], `COUNT` pages, and the xxh3-64 of head and pages (u64
+/// LE) — ended by a frame naming [`END_OF_PAGES`]. Each frame is checked
+/// against the memory's bounds before its pages are read, straight from the
+/// socket into the reserved instance (one copy, no request per part, no
+/// wait between frames), and against its checksum after. The target
+/// answers `ok` or `error: REASON` on the stream and closes it; on an error
+/// it drops the instance, which never runs.
 async fn receive_pages(
-    entry: &mut Incoming,
-    runs: &[(u64, u64)],
-    body: Body,
-    checksum: u64,
-) -> Result<(), String> {
-    use futures_util::StreamExt;
-    const PAGE: u64 = crate::snapshot::PAGE_SIZE as u64;
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    mut request: axum::extract::Request,
+) -> HttpResponse {
+    let headers = request.headers().clone();
+    let checked = {
+        let mut incoming = agent.migrations.incoming.lock().await;
+        let Some(entry) = incoming.get_mut(&id) else {
+            return error(StatusCode::NOT_FOUND, format!("no migration `{id}` here"));
+        };
+        if !super::presents(&headers, &entry.key) {
+            return error(StatusCode::UNAUTHORIZED, "wrong migration key");
+        }
+        entry.touched = Instant::now();
+        let checked = page_stream_headers(entry, &headers);
+        if checked.is_err() {
+            incoming.remove(&id);
+        }
+        checked
+    };
+    let (parts, total) = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(migration = %id, error = %e, "migration stream refused; dropping it");
+            return error(StatusCode::BAD_REQUEST, e);
+        }
+    };
+    let Some(upgrade) = request
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>()
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected an upgrade to `roam-pages`",
+        );
+    };
+    let last = header(&headers, "x-roam-final") == Some("1");
+    let key = header(&headers, "authorization").unwrap_or("").to_string();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let mut io = match upgrade.await {
+            Ok(u) => hyper_util::rt::TokioIo::new(u),
+            Err(e) => {
+                tracing::warn!(migration = %id, error = %e, "page stream upgrade failed");
+                agent.migrations.incoming.lock().await.remove(&id);
+                return;
+            }
+        };
+        let started = Instant::now();
+        let verdict = {
+            let mut incoming = agent.migrations.incoming.lock().await;
+            let result = match incoming.get_mut(&id) {
+                Some(entry) if key == format!("Bearer {}", entry.key) => {
+                    let memory = entry.instance.memory_data_mut();
+                    let read = read_frames(memory, &mut io, total).await;
+                    entry.touched = Instant::now();
+                    read.and_then(|()| end_part(entry, 0, parts)).map(|ended| {
+                        if ended && last {
+                            entry.ready = true;
+                        }
+                    })
+                }
+                _ => Err("the migration ended while its pages were sent".into()),
+            };
+            if let Err(e) = &result {
+                tracing::warn!(migration = %id, error = %e, "migration stream refused; dropping it");
+                incoming.remove(&id);
+            }
+            result
+        };
+        tracing::debug!(migration = %id, bytes = total, stream_ms = started.elapsed().as_secs_f64() * 1e3, "pages received");
+        let line = match verdict {
+            Ok(()) => "ok\n".to_string(),
+            Err(e) => format!("error: {}\n", e.replace('\n', " ")),
+        };
+        let _ = io.write_all(line.as_bytes()).await;
+        let _ = io.shutdown().await;
+    });
+    (
+        StatusCode::SWITCHING_PROTOCOLS,
+        [("connection", "upgrade"), ("upgrade", "roam-pages")],
+    )
+        .into_response()
+}
+
+/// Check a page stream's headers against what `entry` expects: the last
+/// part of round 0, after its snapshot, with at most the memory's bytes.
+/// Returns (parts, bytes).
+fn page_stream_headers(entry: &mut Incoming, headers: &HeaderMap) -> Result<(u32, u64), String> {
+    let (_, parts) = expect_part(entry, 0, headers)?;
+    if !entry.applied || entry.part + 1 != parts {
+        return Err("pages may only end round 0, after its snapshot".into());
+    }
+    let total: u64 = header(headers, "x-roam-total")
+        .and_then(|t| t.parse().ok())
+        .ok_or("header `x-roam-total` missing or malformed")?;
     let (_, memory_len) = entry
         .instance
         .memory_range()
         .ok_or("the module has no memory")?;
-    let pages_in_memory = memory_len as u64 / PAGE;
-    let mut expected = 0u64;
-    for &(first, count) in runs {
-        if first
-            .checked_add(count)
-            .is_none_or(|end| end > pages_in_memory)
-        {
-            return Err(format!(
-                "pages {first}..+{count} are outside the memory's {pages_in_memory} pages"
-            ));
-        }
-        expected += count * PAGE;
-    }
-    if expected > PART as u64 {
-        return Err(format!("a part of {expected} bytes is over {PART}"));
-    }
-    // Byte ranges of memory, in the order the body fills them.
-    let mut targets = runs
-        .iter()
-        .map(|&(first, count)| (first * PAGE) as usize..((first + count) * PAGE) as usize);
-    let mut current = targets.next().unwrap_or(0..0);
-    let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
-    let mut received = 0u64;
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let mut chunk: &[u8] = &chunk.map_err(|e| format!("the stream broke: {e}"))?;
-        received += chunk.len() as u64;
-        if received > expected {
-            return Err(format!("more than the {expected} bytes its runs name"));
-        }
-        hasher.update(chunk);
-        let memory = entry.instance.memory_data_mut();
-        while !chunk.is_empty() {
-            if current.is_empty() {
-                current = targets.next().ok_or("more bytes than its runs name")?;
-            }
-            let n = chunk.len().min(current.len());
-            memory[current.start..current.start + n].copy_from_slice(&chunk[..n]);
-            current.start += n;
-            chunk = &chunk[n..];
-        }
-    }
-    if received != expected {
-        return Err(format!("{received} bytes for runs of {expected}"));
-    }
-    if hasher.digest() != checksum {
-        return Err("checksum mismatch".into());
-    }
-    Ok(())
-}
-
-/// Most runs one pages part may name.
-const MAX_RUNS: usize = 64;
-
-/// `FIRST:COUNT,FIRST:COUNT,...` (decimal page indices), at most
-/// [`MAX_RUNS`] runs of at least one page.
-fn parse_runs(text: &str) -> Result<Vec<(u64, u64)>, String> {
-    let runs: Vec<(u64, u64)> = text
-        .split(',')
-        .map(|r| {
-            let (a, b) = r.split_once(':')?;
-            let run = (a.parse().ok()?, b.parse().ok()?);
-            (run.1 > 0).then_some(run)
-        })
-        .collect::<Option<_>>()
-        .ok_or("header `x-roam-runs` missing or malformed")?;
-    if runs.len() > MAX_RUNS {
-        return Err(format!("more than {MAX_RUNS} runs in one part"));
-    }
-    Ok(runs)
-}
-
-/// Split a full capture's pages into parts of at most [`PART`] bytes and
-/// [`MAX_RUNS`] runs: `(runs, byte range of the image data)`.
-fn page_parts(pages: &[u64]) -> Vec<(String, std::ops::Range<usize>)> {
-    let per_part = PART / crate::snapshot::PAGE_SIZE;
-    let mut parts = Vec::new();
-    let mut i = 0;
-    while i < pages.len() {
-        let first = i;
-        let mut runs: Vec<(u64, u64)> = Vec::new();
-        while i < pages.len() && i - first < per_part {
-            let extends = runs.last().is_some_and(|(start, n)| start + n == pages[i]);
-            if extends {
-                if let Some((_, n)) = runs.last_mut() {
-                    *n += 1;
-                }
-            } else if runs.len() == MAX_RUNS {
-                break;
-            } else {
-                runs.push((pages[i], 1));
-            }
-            i += 1;
-        }
-        let text: Vec<String> = runs.iter().map(|(a, n)| format!("{a}:{n}")).collect();
-        parts.push((
-            text.join(","),
-            first * crate::snapshot::PAGE_SIZE..i * crate::snapshot::PAGE_SIZE,
+    if total > memory_len as u64 || !total.is_multiple_of(PAGE) {
+        return Err(format!(
+            "{total} bytes of pages do not fit a memory of {memory_len} bytes"
         ));
     }
-    parts
+    Ok((parts, total))
+}
+
+/// Read page frames into `memory` until the end frame: `total` bytes of
+/// pages, each frame inside `memory` and matching its checksum.
+async fn read_frames(
+    memory: &mut [u8],
+    io: &mut (impl tokio::io::AsyncRead + Unpin),
+    total: u64,
+) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    let pages_in_memory = memory.len() as u64 / PAGE;
+    let mut received = 0u64;
+    loop {
+        let mut head = [0u8; 16];
+        timed("reading a frame", io.read_exact(&mut head)).await?;
+        let first = u64::from_le_bytes(head[..8].try_into().unwrap_or_default());
+        let count = u32::from_le_bytes(head[8..12].try_into().unwrap_or_default());
+        let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
+        hasher.update(&head);
+        let range = if count == 0 && first == END_OF_PAGES && head[12..] == [0; 4] {
+            None
+        } else if count == 0
+            || count > FRAME_PAGES
+            || head[12..] != [0; 4]
+            || first
+                .checked_add(u64::from(count))
+                .is_none_or(|end| end > pages_in_memory)
+        {
+            return Err(format!(
+                "a frame names pages {first}..+{count}, outside the memory's {pages_in_memory} pages or over {FRAME_PAGES} pages"
+            ));
+        } else {
+            received += u64::from(count) * PAGE;
+            if received > total {
+                return Err(format!("more than the announced {total} bytes of pages"));
+            }
+            Some((first * PAGE) as usize..((first + u64::from(count)) * PAGE) as usize)
+        };
+        if let Some(range) = &range {
+            let pages = &mut memory[range.clone()];
+            timed("reading pages", io.read_exact(pages)).await?;
+            hasher.update(pages);
+        }
+        let mut sum = [0u8; 8];
+        timed("reading a checksum", io.read_exact(&mut sum)).await?;
+        if u64::from_le_bytes(sum) != hasher.digest() {
+            return Err(format!(
+                "the frame of pages {first}..+{count}: checksum mismatch"
+            ));
+        }
+        if range.is_none() {
+            return if received == total {
+                Ok(())
+            } else {
+                Err(format!("{received} bytes of pages, {total} announced"))
+            };
+        }
+    }
 }
 
 /// A message the source forwards after the commit, with the migration key.
@@ -819,9 +905,11 @@ fn prefaulted(size: u64) -> Vec<MemoryImage> {
 }
 
 /// Send round 0: the snapshot without its pages (small: globals, tables,
-/// host state, memory size), then the pages straight from the capture
-/// buffer, which the target writes straight into the reserved instance — no
-/// encoding, joining or decoding of the bulk. Returns the bytes sent.
+/// host state, memory size) in checked parts, then the pages straight from
+/// the capture buffer on one upgraded stream (see [`receive_pages`]), which
+/// the target reads straight into the reserved instance — no encoding,
+/// joining or decoding of the bulk, no round trip between frames. Returns
+/// the bytes sent.
 async fn send_full(
     agent: &Agent,
     id: &str,
@@ -834,11 +922,9 @@ async fn send_full(
         None => (Vec::new(), Vec::new()),
     };
     let state = Bytes::from(codec::encode(&full));
-    let data = Bytes::from(data);
-    let page_parts = page_parts(&pages);
     let state_parts = state.len().div_ceil(PART).max(1);
-    let parts = state_parts + page_parts.len();
-    let mut sent = state.len() as u64;
+    let streamed = !full.memories.is_empty();
+    let parts = state_parts + usize::from(streamed);
     let head = Part {
         round: 0,
         part: 0,
@@ -851,26 +937,120 @@ async fn send_full(
         let total = [("x-roam-total", state.len().to_string())];
         send_part(agent, id, out, &part, piece, &total).await?;
     }
-    for (i, (runs, range)) in page_parts.into_iter().enumerate() {
-        let part_began = Instant::now();
-        let body = data.slice(range);
-        sent += body.len() as u64;
+    if streamed {
         let part = Part {
-            part: state_parts + i,
+            part: state_parts,
             ..head
         };
-        send_part(
-            agent,
-            id,
-            out,
-            &part,
-            body,
-            &[("x-roam-kind", "pages".into()), ("x-roam-runs", runs)],
+        let began = Instant::now();
+        send_pages(agent, id, out, &part, &pages, &data).await?;
+        tracing::debug!(migration = %id, bytes = data.len(), stream_ms = began.elapsed().as_secs_f64() * 1e3, "pages sent");
+    }
+    Ok((state.len() + data.len()) as u64)
+}
+
+/// Stream `pages` (their bytes in order in `data`) to the target as the
+/// last part of round 0, and wait for its verdict.
+async fn send_pages(
+    agent: &Agent,
+    id: &str,
+    out: &Outgoing,
+    at: &Part,
+    pages: &[u64],
+    data: &[u8],
+) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    let mut request = agent
+        .http
+        .post(format!("{}/v1/migrations/{id}/pages", out.target_url))
+        .bearer_auth(&out.key)
+        .header("connection", "upgrade")
+        .header("upgrade", "roam-pages")
+        .header("x-roam-part", format!("{}/{}", at.part, at.parts))
+        .header("x-roam-total", data.len().to_string());
+    if at.last {
+        request = request.header("x-roam-final", "1");
+    }
+    let r = request
+        .send()
+        .await
+        .map_err(|e| format!("round 0: target unreachable: {e}"))?;
+    if r.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let status = r.status();
+        return Err(format!(
+            "round 0: target answered {status}: {}",
+            r.text().await.unwrap_or_default()
+        ));
+    }
+    let mut io = r
+        .upgrade()
+        .await
+        .map_err(|e| format!("round 0: no page stream: {e}"))?;
+    let written = write_frames(&mut io, pages, data).await;
+    // The verdict says why, also when writing failed because the target
+    // gave up first.
+    let mut verdict = Vec::new();
+    let read = timed(
+        "reading the verdict",
+        (&mut io).take(4096).read_to_end(&mut verdict),
+    )
+    .await;
+    let verdict = String::from_utf8_lossy(&verdict);
+    match verdict.trim_end() {
+        "ok" => written,
+        v if v.starts_with("error: ") => {
+            Err(format!("round 0: target refused the pages: {}", &v[7..]))
+        }
+        _ => Err(format!(
+            "round 0: {}",
+            written
+                .err()
+                .or(read.err())
+                .unwrap_or_else(|| "the target gave no verdict".into())
+        )),
+    }
+}
+
+/// Write `pages` as frames of consecutive pages (at most [`FRAME_PAGES`]),
+/// then the end frame.
+async fn write_frames(
+    io: &mut (impl tokio::io::AsyncWrite + Unpin),
+    pages: &[u64],
+    data: &[u8],
+) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    const SIZE: usize = crate::snapshot::PAGE_SIZE;
+    let mut i = 0;
+    while i < pages.len() {
+        let first = pages[i];
+        let mut count = 1;
+        while i + count < pages.len()
+            && count < FRAME_PAGES as usize
+            && pages[i + count] == first + count as u64
+        {
+            count += 1;
+        }
+        let bytes = data
+            .get(i * SIZE..(i + count) * SIZE)
+            .ok_or("the capture holds fewer bytes than pages")?;
+        let head = frame_head(first, count as u32);
+        let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
+        hasher.update(&head);
+        hasher.update(bytes);
+        timed("writing a frame", io.write_all(&head)).await?;
+        timed("writing pages", io.write_all(bytes)).await?;
+        timed(
+            "writing a checksum",
+            io.write_all(&hasher.digest().to_le_bytes()),
         )
         .await?;
-        tracing::debug!(migration = %id, part = state_parts + i, part_ms = part_began.elapsed().as_secs_f64() * 1e3, "pages part sent");
+        i += count;
     }
-    Ok(sent)
+    let head = frame_head(END_OF_PAGES, 0);
+    let sum = xxhash_rust::xxh3::xxh3_64(&head).to_le_bytes();
+    timed("writing the end", io.write_all(&head)).await?;
+    timed("writing the end", io.write_all(&sum)).await?;
+    timed("flushing", io.flush()).await
 }
 
 /// Where a part goes.
@@ -1220,29 +1400,86 @@ pub(crate) fn fault_delay(name: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn pages_split_into_parts_of_bounded_runs_and_parse_back() {
-        let pages = [0, 1, 2, 5, 6, 100];
-        let parts = page_parts(&pages);
-        assert_eq!(parts, vec![("0:3,5:2,100:1".to_string(), 0..6 * 4096)]);
-        assert_eq!(
-            parse_runs(&parts[0].0).unwrap(),
-            vec![(0, 3), (5, 2), (100, 1)]
-        );
-        // Every other page: a new part after MAX_RUNS runs.
-        let sparse: Vec<u64> = (0..200).map(|i| i * 2).collect();
-        let parts = page_parts(&sparse);
-        assert_eq!(parts.len(), 4);
-        assert_eq!(parts[0].1, 0..MAX_RUNS * 4096);
-        let covered: usize = parts.iter().map(|(_, r)| r.len()).sum();
-        assert_eq!(covered, 200 * 4096);
-        // A long run: parts of at most PART bytes.
-        let dense: Vec<u64> = (0..10_000).collect();
-        assert!(page_parts(&dense).iter().all(|(_, r)| r.len() <= PART));
-        for bad in ["", "1", "1:0", "a:1", "1:2,", "-1:2"] {
-            assert!(parse_runs(bad).is_err(), "{bad}");
+    /// Pages as the source writes them: 300 pages in runs of 1..100, so
+    /// frames of 1..64 pages; the memory has 1000 pages.
+    fn stream() -> (Vec<u64>, Vec<u8>, Vec<u8>) {
+        let mut pages = Vec::new();
+        let mut next = 3u64;
+        for run in [1u64, 100, 2, 64, 65, 68] {
+            pages.extend(next..next + run);
+            next += run + 7;
         }
-        let too_many: Vec<String> = (0..=MAX_RUNS).map(|i| format!("{}:1", i * 2)).collect();
-        assert!(parse_runs(&too_many.join(",")).is_err());
+        let data: Vec<u8> = (0..pages.len() * 4096)
+            .map(|i| (i * 31 / 7) as u8)
+            .collect();
+        let mut wire = Vec::new();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(write_frames(&mut wire, &pages, &data)).unwrap();
+        (pages, data, wire)
+    }
+
+    fn read(wire: &[u8], total: usize) -> Result<Vec<u8>, String> {
+        let mut memory = vec![0u8; 1000 * 4096];
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(read_frames(&mut memory, &mut &wire[..], total as u64))?;
+        Ok(memory)
+    }
+
+    #[test]
+    fn page_frames_land_where_they_belong() {
+        let (pages, data, wire) = stream();
+        let memory = read(&wire, data.len()).unwrap();
+        for (i, &p) in pages.iter().enumerate() {
+            let p = p as usize;
+            assert_eq!(
+                memory[p * 4096..(p + 1) * 4096],
+                data[i * 4096..(i + 1) * 4096]
+            );
+        }
+        assert!(
+            memory[..3 * 4096].iter().all(|&b| b == 0),
+            "untouched pages stay"
+        );
+    }
+
+    #[test]
+    fn a_corrupted_cut_or_oversized_page_stream_is_refused() {
+        let (_, data, wire) = stream();
+        // Any flipped byte: in a header, the pages or a checksum.
+        for at in (0..wire.len())
+            .step_by(997)
+            .chain([0, 8, 12, 16, wire.len() - 1])
+        {
+            let mut bad = wire.clone();
+            bad[at] ^= 0x40;
+            assert!(read(&bad, data.len()).is_err(), "flipped byte {at}");
+        }
+        // Cut anywhere.
+        for len in [0, 10, 16, 5000, wire.len() / 2, wire.len() - 1] {
+            assert!(read(&wire[..len], data.len()).is_err(), "cut at {len}");
+        }
+        // More or fewer bytes than announced.
+        assert!(read(&wire, data.len() - 4096).is_err());
+        assert!(read(&wire, data.len() + 4096).is_err());
+        // A frame past the memory's end or over FRAME_PAGES, even with a
+        // matching checksum, is refused before anything is read into memory.
+        for (first, count) in [(999u64, 2u32), (u64::MAX - 1, 2), (0, FRAME_PAGES + 1)] {
+            let head = frame_head(first, count);
+            let mut frame = head.to_vec();
+            let pages = vec![1u8; count as usize * 4096];
+            frame.extend(&pages);
+            let mut h = xxhash_rust::xxh3::Xxh3Default::new();
+            h.update(&head);
+            h.update(&pages);
+            frame.extend(h.digest().to_le_bytes());
+            let err = read(&frame, pages.len()).unwrap_err();
+            assert!(err.contains("outside"), "{err}");
+        }
     }
 }
