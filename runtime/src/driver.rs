@@ -85,6 +85,50 @@ pub struct Capture {
     pub pages: u64,
 }
 
+/// A running workload's linear memory, lent out to be read while the
+/// workload runs on (a migration's first round copies it without pausing
+/// the workload). While it exists the driver neither drops nor replaces the
+/// instance, so the memory stays mapped and the workload's own; it can
+/// only grow, in place (the pooling allocator's slots have a fixed base).
+#[derive(Debug)]
+pub struct LiveMemory {
+    ptr: usize,
+    len: usize,
+    _lent: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl LiveMemory {
+    /// The memory's size when it was lent.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the memory was empty when it was lent.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copy `out.len()` bytes from offset `at` into `out` (clamped to the
+    /// lent size; returns the bytes copied). The workload may be writing
+    /// the range meanwhile, so a page can be copied half old, half new:
+    /// callers take the copy only for pages written since tracking began
+    /// to be sent again, as the migration's write tracking guarantees.
+    pub fn read(&self, at: usize, out: &mut [u8]) -> usize {
+        let n = out.len().min(self.len.saturating_sub(at));
+        // SAFETY: `[ptr + at, ptr + at + n)` lies inside the memory as lent
+        // (bounds clamped above); the memory stays mapped while `self` holds
+        // the permit the driver waits for before dropping or replacing the
+        // instance. Concurrent guest writes are plain byte stores to the same
+        // anonymous mapping: the copy may see any mix of old and new bytes
+        // (as with guest memory shared with a running vCPU in vm-memory), and
+        // the destination is our own buffer.
+        unsafe {
+            std::ptr::copy_nonoverlapping((self.ptr + at) as *const u8, out.as_mut_ptr(), n);
+        }
+        n
+    }
+}
+
 enum Command {
     Http(Request, HttpReply),
     Message(String, Vec<u8>, MessageReply),
@@ -99,6 +143,10 @@ enum Command {
         bool,
         oneshot::Sender<Result<Snapshot, String>>,
     ),
+    /// Migration: start dirty tracking and capture everything but the
+    /// memory's pages, which the caller reads from the lent memory while
+    /// the workload runs. Fails where the kernel cannot track writes.
+    CaptureLive(oneshot::Sender<Result<(Snapshot, LiveMemory), String>>),
     /// Migration: capture the last delta and stop dispatching; hold what
     /// arrives until `Resume` or `Handoff`.
     Freeze(oneshot::Sender<Result<Capture, String>>),
@@ -200,6 +248,16 @@ impl WorkloadHandle {
             .await
     }
 
+    /// Migration: start tracking dirty pages and capture the workload
+    /// without its memory's pages, which the caller copies from the
+    /// returned [`LiveMemory`] while the workload runs on (pages written
+    /// meanwhile are in the next delta). The workload pauses only to switch
+    /// tracking on. Fails where the kernel cannot track writes; then use
+    /// [`WorkloadHandle::capture_full`].
+    pub async fn capture_live(&self) -> Result<(Snapshot, LiveMemory), String> {
+        self.ask(Command::CaptureLive).await
+    }
+
     /// Migration: capture what changed since the previous migration capture.
     pub async fn capture_delta(&self) -> Result<Capture, String> {
         self.ask(Command::Capture).await
@@ -242,6 +300,8 @@ struct Driver {
     options: DriverOptions,
     workload: Workload,
     checkpoint: Option<Snapshot>,
+    /// One permit, held by a [`LiveMemory`] while the memory is lent.
+    lent: Arc<tokio::sync::Semaphore>,
 }
 
 /// Start driving `workload` on the current tokio runtime.
@@ -261,6 +321,7 @@ pub fn spawn(
         options,
         workload,
         checkpoint: None,
+        lent: Arc::new(tokio::sync::Semaphore::new(1)),
     };
     tokio::spawn(driver.run(rx));
     WorkloadHandle { name, tx }
@@ -290,7 +351,10 @@ impl Driver {
             };
             tokio::select! {
                 cmd = rx.recv() => match cmd {
-                    None | Some(Command::Stop) => return,
+                    None | Some(Command::Stop) => {
+                        self.memory_back().await;
+                        return;
+                    }
                     Some(Command::Http(req, reply)) => match &mut mode {
                         Mode::Held(held) => held.push(Forwarded::Http(req, reply)),
                         Mode::Serving => self.http(req, reply).await,
@@ -335,6 +399,13 @@ impl Driver {
                         if freeze && result.is_ok() {
                             mode = Mode::Held(Vec::new());
                         }
+                        let _ = reply.send(result);
+                    }
+                    Some(Command::CaptureLive(reply)) => {
+                        let result = match mode {
+                            Mode::Held(_) => Err("the workload is frozen".to_string()),
+                            Mode::Serving => self.capture_live(),
+                        };
                         let _ = reply.send(result);
                     }
                     Some(Command::MemorySize(reply)) => {
@@ -388,6 +459,7 @@ impl Driver {
         // The workload lives elsewhere now: free its slot, pass on whatever
         // still reaches this handle.
         let name = self.config.name.clone();
+        self.memory_back().await;
         drop(self);
         while let Some(cmd) = rx.recv().await {
             match cmd {
@@ -405,6 +477,9 @@ impl Driver {
                     let _ = reply.send(Err(format!("workload `{name}` moved to another host")));
                 }
                 Command::CaptureFull(_, _, reply) => {
+                    let _ = reply.send(Err(format!("workload `{name}` moved to another host")));
+                }
+                Command::CaptureLive(reply) => {
                     let _ = reply.send(Err(format!("workload `{name}` moved to another host")));
                 }
                 Command::MemorySize(reply) => {
@@ -435,6 +510,34 @@ impl Driver {
     }
 
     /// A delta since the last migration capture.
+    fn capture_live(&mut self) -> Result<(Snapshot, LiveMemory), String> {
+        let lent = self
+            .lent
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| "the memory is already lent".to_string())?;
+        let instance = self.workload.instance_mut();
+        instance.set_track_dirty(true);
+        let snapshot = instance
+            .capture_without_pages()
+            .map_err(|e| e.to_string())?;
+        let (ptr, len) = instance.memory_range().unwrap_or((0, 0));
+        Ok((
+            snapshot,
+            LiveMemory {
+                ptr,
+                len,
+                _lent: lent,
+            },
+        ))
+    }
+
+    /// Wait until no [`LiveMemory`] of this instance is out: call before
+    /// dropping or replacing it.
+    async fn memory_back(&mut self) {
+        let _ = self.lent.acquire().await;
+    }
+
     fn migration_delta(&mut self) -> Result<Capture, String> {
         let snapshot = self
             .workload
@@ -511,6 +614,7 @@ impl Driver {
     }
 
     async fn roundtrip(&mut self) -> Result<(), String> {
+        self.memory_back().await;
         let snapshot = self
             .workload
             .instance_mut()
@@ -539,6 +643,7 @@ impl Driver {
 
     /// Replace a failed instance: from the last checkpoint, else fresh.
     async fn recover(&mut self) {
+        self.memory_back().await;
         let name = self.config.name.clone();
         if let Some(snapshot) = &self.checkpoint {
             match Workload::restore(&self.rt, &self.module, self.config.clone(), snapshot, None)

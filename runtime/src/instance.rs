@@ -418,7 +418,7 @@ impl Instance {
 
     /// Capture the whole state at this safe point.
     pub fn capture(&mut self) -> Result<Snapshot, CaptureError> {
-        self.capture_inner(false, None)
+        self.capture_inner(false, None, false)
     }
 
     /// Like [`Instance::capture`], but reuses the buffers of `into` (a
@@ -427,7 +427,7 @@ impl Instance {
     /// host that captures repeatedly keeps one snapshot around.
     pub fn capture_into(&mut self, into: &mut Snapshot) -> Result<(), CaptureError> {
         let reuse = std::mem::take(&mut into.memories);
-        *into = self.capture_inner(false, Some(reuse))?;
+        *into = self.capture_inner(false, Some(reuse), false)?;
         Ok(())
     }
 
@@ -435,7 +435,17 @@ impl Instance {
     /// is already faulted in, so the copy costs a memcpy and the guest is
     /// paused no longer).
     pub fn capture_with(&mut self, buffers: Vec<MemoryImage>) -> Result<Snapshot, CaptureError> {
-        self.capture_inner(false, Some(buffers))
+        self.capture_inner(false, Some(buffers), false)
+    }
+
+    /// A full capture without memory 0's pages (its size only), which
+    /// (re)starts kernel write tracking: every page written from now on is
+    /// in the next [`Instance::capture_delta`], so pages read from the live
+    /// memory afterwards plus that delta make a consistent state. Fails
+    /// where the kernel cannot track writes (hashing needs every page now).
+    pub fn capture_without_pages(&mut self) -> Result<Snapshot, CaptureError> {
+        self.config.track_dirty = true;
+        self.capture_inner(false, None, true)
     }
 
     /// Capture the pages changed since the previous capture (or restore),
@@ -445,13 +455,14 @@ impl Instance {
         if (self.page_hashes.is_none() && self.tracker.is_none()) || self.sequence == 0 {
             return Err(CaptureError::NoBase);
         }
-        self.capture_inner(true, None)
+        self.capture_inner(true, None, false)
     }
 
     fn capture_inner(
         &mut self,
         delta: bool,
         mut reuse: Option<Vec<MemoryImage>>,
+        without_pages: bool,
     ) -> Result<Snapshot, CaptureError> {
         if self.poisoned {
             return Err(CaptureError::Poisoned);
@@ -478,6 +489,11 @@ impl Instance {
             written = Some(result.map_err(|e| CaptureError::DirtyTracking(e.to_string()))?);
         }
         let hashing = track && self.tracker.is_none();
+        if without_pages && self.tracker.is_none() && self.memory(0).is_some() {
+            return Err(CaptureError::DirtyTracking(
+                "no kernel write tracking here".into(),
+            ));
+        }
         let mut old_hashes = self.page_hashes.take().unwrap_or_default();
         let mut new_hashes = Vec::new();
         let mut memories = Vec::new();
@@ -495,6 +511,14 @@ impl Instance {
                 .and_then(|r| (index < r.len()).then(|| std::mem::take(&mut r[index])))
                 .unwrap_or_default();
             let (image, hashes) = match (index, &written) {
+                (0, _) if without_pages => (
+                    MemoryImage {
+                        index: 0,
+                        byte_len: data.len() as u64,
+                        ..MemoryImage::default()
+                    },
+                    Vec::new(),
+                ),
                 (0, Some(pages)) => (capture_pages(data, pages, buffer), Vec::new()),
                 _ => capture_memory(
                     index as u32,

@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 use super::{Agent, error};
 use crate::abi::HostInfo;
 use crate::abi::codec::{Request, Response};
-use crate::driver::{DriverError, Forwarded, Forwarder, WorkloadHandle};
+use crate::driver::{DriverError, Forwarded, Forwarder, LiveMemory, WorkloadHandle};
 use crate::instance::Instance;
 use crate::module::{Digest, Module};
 use crate::snapshot::codec::{self, DecodeLimits};
@@ -436,10 +436,11 @@ async fn timed<T>(
 
 /// `POST /v1/migrations/{id}/pages`, an HTTP upgrade (`upgrade:
 /// roam-pages`) to a raw stream carrying round 0's memory pages, the last
-/// part of round 0 (`x-roam-part: I/N`, `x-roam-total`: bytes of pages,
+/// part of round 0 (`x-roam-part: I/N`, `x-roam-total`: most bytes of pages,
 /// `x-roam-final: 1` for a stop-and-copy). The stream is a run of frames —
 /// a [`frame_head`], `COUNT` pages, and the xxh3-64 of head and pages (u64
-/// LE) — ended by a frame naming [`END_OF_PAGES`]. Each frame is checked
+/// LE) — ended by a frame naming [`END_OF_PAGES`] whose last field counts
+/// the pages sent (zero pages are not). Each frame is checked
 /// against the memory's bounds before its pages are read, straight from the
 /// socket into the reserved instance (one copy, no request per part, no
 /// wait between frames), and against its checksum after. The target
@@ -516,7 +517,7 @@ async fn receive_pages(
             }
             result
         };
-        tracing::debug!(migration = %id, bytes = total, stream_ms = started.elapsed().as_secs_f64() * 1e3, "pages received");
+        tracing::debug!(migration = %id, announced = total, stream_ms = started.elapsed().as_secs_f64() * 1e3, "pages received");
         let line = match verdict {
             Ok(()) => "ok\n".to_string(),
             Err(e) => format!("error: {}\n", e.replace('\n', " ")),
@@ -571,7 +572,7 @@ async fn read_frames(
         let count = u32::from_le_bytes(head[8..12].try_into().unwrap_or_default());
         let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
         hasher.update(&head);
-        let range = if count == 0 && first == END_OF_PAGES && head[12..] == [0; 4] {
+        let range = if count == 0 && first == END_OF_PAGES {
             None
         } else if count == 0
             || count > FRAME_PAGES
@@ -603,10 +604,11 @@ async fn read_frames(
             ));
         }
         if range.is_none() {
-            return if received == total {
+            let pages = u32::from_le_bytes(head[12..].try_into().unwrap_or_default());
+            return if u64::from(pages) * PAGE == received {
                 Ok(())
             } else {
-                Err(format!("{received} bytes of pages, {total} announced"))
+                Err(format!("{} pages received, {pages} sent", received / PAGE))
             };
         }
     }
@@ -827,27 +829,43 @@ async fn precopy(
             Ok(())
         }
     };
-    // The full copy goes into buffers faulted in beforehand and is encoded
-    // after, so the workload pauses only for a memcpy of its memory.
-    let began = Instant::now();
-    let size = out.handle.memory_size().await?;
-    let buffers = tokio::task::spawn_blocking(move || prefaulted(size))
-        .await
-        .map_err(|e| e.to_string())?;
-    tracing::debug!(migration = %id, bytes = size, populate_ms = began.elapsed().as_secs_f64() * 1e3, "capture buffer ready");
-    if options.stop_and_copy {
-        report.phase = "stopping".into();
-        let frozen_at = Instant::now();
-        let all = out.handle.freeze_full(buffers).await?;
-        out.state.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(frozen_at);
-        report.last_round_bytes = send_full(agent, id, out, all, true).await?;
-        report.bytes_sent = report.last_round_bytes;
-        return check(progress);
-    }
     let mut last_capture = Instant::now();
-    let full = out.handle.capture_full(buffers).await?;
+    // Round 0 reads the pages from the live memory while the workload runs
+    // (the kernel tracks what it writes meanwhile). Where it cannot, and for
+    // stop-and-copy, the memory is copied first into buffers faulted in
+    // beforehand, so the workload pauses only for a memcpy.
+    let live = if options.stop_and_copy {
+        None
+    } else {
+        out.handle
+            .capture_live()
+            .await
+            .inspect_err(|e| tracing::debug!(migration = %id, error = %e, "no live copy; copying the memory first"))
+            .ok()
+    };
+    let (full, live) = match live {
+        Some((state, memory)) => (state, Some(memory)),
+        None => {
+            let size = out.handle.memory_size().await?;
+            let buffers = tokio::task::spawn_blocking(move || prefaulted(size))
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::debug!(migration = %id, bytes = size, populate_ms = last_capture.elapsed().as_secs_f64() * 1e3, "capture buffer ready");
+            if options.stop_and_copy {
+                report.phase = "stopping".into();
+                let frozen_at = Instant::now();
+                let all = out.handle.freeze_full(buffers).await?;
+                out.state.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(frozen_at);
+                report.last_round_bytes = send_full(agent, id, out, all, None, true).await?;
+                report.bytes_sent = report.last_round_bytes;
+                return check(progress);
+            }
+            last_capture = Instant::now();
+            (out.handle.capture_full(buffers).await?, None)
+        }
+    };
     let captured = last_capture.elapsed();
-    report.last_round_bytes = send_full(agent, id, out, full, false).await?;
+    report.last_round_bytes = send_full(agent, id, out, full, live, false).await?;
     tracing::info!(migration = %id, bytes = report.last_round_bytes, capture_ms = captured.as_secs_f64() * 1e3, send_ms = (last_capture.elapsed() - captured).as_secs_f64() * 1e3, "round 0 (full) sent");
     report.bytes_sent += report.last_round_bytes;
     let _ = progress.send(report.clone()).await;
@@ -905,16 +923,17 @@ fn prefaulted(size: u64) -> Vec<MemoryImage> {
 }
 
 /// Send round 0: the snapshot without its pages (small: globals, tables,
-/// host state, memory size) in checked parts, then the pages straight from
-/// the capture buffer on one upgraded stream (see [`receive_pages`]), which
-/// the target reads straight into the reserved instance — no encoding,
-/// joining or decoding of the bulk, no round trip between frames. Returns
-/// the bytes sent.
+/// host state, memory size) in checked parts, then the pages on one
+/// upgraded stream (see [`receive_pages`]) — from `live` memory, else from
+/// the capture's buffer — which the target reads straight into the reserved
+/// instance: no encoding, joining or decoding of the bulk, no round trip
+/// between frames. Returns the bytes sent.
 async fn send_full(
     agent: &Agent,
     id: &str,
     out: &Outgoing,
     mut full: Snapshot,
+    live: Option<LiveMemory>,
     last: bool,
 ) -> Result<u64, String> {
     let (pages, data) = match full.memories.first_mut() {
@@ -937,29 +956,48 @@ async fn send_full(
         let total = [("x-roam-total", state.len().to_string())];
         send_part(agent, id, out, &part, piece, &total).await?;
     }
+    let mut sent = state.len() as u64;
     if streamed {
         let part = Part {
             part: state_parts,
             ..head
         };
         let began = Instant::now();
-        send_pages(agent, id, out, &part, &pages, &data).await?;
-        tracing::debug!(migration = %id, bytes = data.len(), stream_ms = began.elapsed().as_secs_f64() * 1e3, "pages sent");
+        let source = match &live {
+            Some(memory) => Pages::Live(memory),
+            None => Pages::Captured(&pages, &data),
+        };
+        let pages = send_pages(agent, id, out, &part, source).await?;
+        drop(live);
+        sent += pages * PAGE;
+        tracing::debug!(migration = %id, bytes = pages * PAGE, stream_ms = began.elapsed().as_secs_f64() * 1e3, "pages sent");
     }
-    Ok((state.len() + data.len()) as u64)
+    Ok(sent)
 }
 
-/// Stream `pages` (their bytes in order in `data`) to the target as the
-/// last part of round 0, and wait for its verdict.
+/// Where round 0's pages come from.
+enum Pages<'a> {
+    /// Copied at the capture: page indices, their bytes in order.
+    Captured(&'a [u64], &'a [u8]),
+    /// Read from the running workload's memory.
+    Live(&'a LiveMemory),
+}
+
+/// Stream round 0's pages to the target as its last part, and wait for
+/// its verdict. Returns the pages sent.
 async fn send_pages(
     agent: &Agent,
     id: &str,
     out: &Outgoing,
     at: &Part,
-    pages: &[u64],
-    data: &[u8],
-) -> Result<(), String> {
+    source: Pages<'_>,
+) -> Result<u64, String> {
     use tokio::io::AsyncReadExt;
+    // At most this many bytes of pages (zero pages are not sent).
+    let most = match source {
+        Pages::Captured(_, data) => data.len(),
+        Pages::Live(memory) => memory.len(),
+    };
     let mut request = agent
         .http
         .post(format!("{}/v1/migrations/{id}/pages", out.target_url))
@@ -967,7 +1005,7 @@ async fn send_pages(
         .header("connection", "upgrade")
         .header("upgrade", "roam-pages")
         .header("x-roam-part", format!("{}/{}", at.part, at.parts))
-        .header("x-roam-total", data.len().to_string());
+        .header("x-roam-total", most.to_string());
     if at.last {
         request = request.header("x-roam-final", "1");
     }
@@ -986,7 +1024,14 @@ async fn send_pages(
         .upgrade()
         .await
         .map_err(|e| format!("round 0: no page stream: {e}"))?;
-    let written = write_frames(&mut io, pages, data).await;
+    let written = match source {
+        Pages::Captured(pages, data) => write_captured(&mut io, pages, data).await,
+        Pages::Live(memory) => write_live(&mut io, memory).await,
+    };
+    let written = match written {
+        Ok(n) => write_end(&mut io, n).await.map(|()| n),
+        Err(e) => Err(e),
+    };
     // The verdict says why, also when writing failed because the target
     // gave up first.
     let mut verdict = Vec::new();
@@ -1011,14 +1056,49 @@ async fn send_pages(
     }
 }
 
-/// Write `pages` as frames of consecutive pages (at most [`FRAME_PAGES`]),
-/// then the end frame.
-async fn write_frames(
+/// One frame: `bytes` (whole pages, at most [`FRAME_PAGES`]) for the pages
+/// from `first` on.
+async fn write_frame(
+    io: &mut (impl tokio::io::AsyncWrite + Unpin),
+    first: u64,
+    bytes: &[u8],
+) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    let head = frame_head(first, (bytes.len() / crate::snapshot::PAGE_SIZE) as u32);
+    let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
+    hasher.update(&head);
+    hasher.update(bytes);
+    timed("writing a frame", io.write_all(&head)).await?;
+    timed("writing pages", io.write_all(bytes)).await?;
+    timed(
+        "writing a checksum",
+        io.write_all(&hasher.digest().to_le_bytes()),
+    )
+    .await
+}
+
+/// The end frame, with the number of pages sent.
+async fn write_end(
+    io: &mut (impl tokio::io::AsyncWrite + Unpin),
+    pages: u64,
+) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    let mut head = frame_head(END_OF_PAGES, 0);
+    let pages = u32::try_from(pages).map_err(|_| "too many pages for one stream")?;
+    head[12..].copy_from_slice(&pages.to_le_bytes());
+    let sum = xxhash_rust::xxh3::xxh3_64(&head).to_le_bytes();
+    timed("writing the end", io.write_all(&head)).await?;
+    timed("writing the end", io.write_all(&sum)).await?;
+    timed("flushing", io.flush()).await
+}
+
+/// Write captured `pages` (their bytes in order in `data`) as frames of
+/// consecutive pages. Returns the pages written.
+async fn write_captured(
     io: &mut (impl tokio::io::AsyncWrite + Unpin),
     pages: &[u64],
     data: &[u8],
-) -> Result<(), String> {
-    use tokio::io::AsyncWriteExt;
+) -> Result<u64, String> {
     const SIZE: usize = crate::snapshot::PAGE_SIZE;
     let mut i = 0;
     while i < pages.len() {
@@ -1033,24 +1113,47 @@ async fn write_frames(
         let bytes = data
             .get(i * SIZE..(i + count) * SIZE)
             .ok_or("the capture holds fewer bytes than pages")?;
-        let head = frame_head(first, count as u32);
-        let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
-        hasher.update(&head);
-        hasher.update(bytes);
-        timed("writing a frame", io.write_all(&head)).await?;
-        timed("writing pages", io.write_all(bytes)).await?;
-        timed(
-            "writing a checksum",
-            io.write_all(&hasher.digest().to_le_bytes()),
-        )
-        .await?;
+        write_frame(io, first, bytes).await?;
         i += count;
     }
-    let head = frame_head(END_OF_PAGES, 0);
-    let sum = xxhash_rust::xxh3::xxh3_64(&head).to_le_bytes();
-    timed("writing the end", io.write_all(&head)).await?;
-    timed("writing the end", io.write_all(&sum)).await?;
-    timed("flushing", io.flush()).await
+    Ok(pages.len() as u64)
+}
+
+/// Write the non-zero pages of the running workload's memory as frames,
+/// each copied first (so its checksum covers exactly the bytes sent) into
+/// a buffer that stays in cache. Returns the pages written.
+async fn write_live(
+    io: &mut (impl tokio::io::AsyncWrite + Unpin),
+    memory: &LiveMemory,
+) -> Result<u64, String> {
+    const SIZE: usize = crate::snapshot::PAGE_SIZE;
+    let mut window = vec![0u8; FRAME_PAGES as usize * SIZE];
+    let mut written = 0u64;
+    let mut at = 0;
+    while at < memory.len() {
+        let n = memory.read(at, &mut window);
+        let first = (at / SIZE) as u64;
+        let nonzero: Vec<bool> = window[..n]
+            .chunks(SIZE)
+            .map(|p| !crate::snapshot::is_zero(p))
+            .collect();
+        let mut p = 0;
+        while p < nonzero.len() {
+            if !nonzero[p] {
+                p += 1;
+                continue;
+            }
+            let start = p;
+            while p < nonzero.len() && nonzero[p] {
+                p += 1;
+            }
+            let bytes = &window[start * SIZE..(p * SIZE).min(n)];
+            write_frame(io, first + start as u64, bytes).await?;
+            written += (p - start) as u64;
+        }
+        at += n.max(1);
+    }
+    Ok(written)
 }
 
 /// Where a part goes.
@@ -1417,7 +1520,11 @@ mod tests {
             .enable_time()
             .build()
             .unwrap();
-        rt.block_on(write_frames(&mut wire, &pages, &data)).unwrap();
+        rt.block_on(async {
+            let n = write_captured(&mut wire, &pages, &data).await?;
+            write_end(&mut wire, n).await
+        })
+        .unwrap();
         (pages, data, wire)
     }
 
@@ -1464,9 +1571,20 @@ mod tests {
         for len in [0, 10, 16, 5000, wire.len() / 2, wire.len() - 1] {
             assert!(read(&wire[..len], data.len()).is_err(), "cut at {len}");
         }
-        // More or fewer bytes than announced.
+        // More bytes than announced; an end frame that counts other pages
+        // than arrived (checksum made to match).
         assert!(read(&wire, data.len() - 4096).is_err());
-        assert!(read(&wire, data.len() + 4096).is_err());
+        assert!(
+            read(&wire, data.len() + 4096).is_ok(),
+            "the total is a bound"
+        );
+        let mut bad = wire.clone();
+        let end = bad.len() - 24;
+        bad[end + 12] ^= 1;
+        let sum = xxhash_rust::xxh3::xxh3_64(&bad[end..end + 16]).to_le_bytes();
+        bad[end + 16..].copy_from_slice(&sum);
+        let err = read(&bad, data.len()).unwrap_err();
+        assert!(err.contains("pages received"), "{err}");
         // A frame past the memory's end or over FRAME_PAGES, even with a
         // matching checksum, is refused before anything is read into memory.
         for (first, count) in [(999u64, 2u32), (u64::MAX - 1, 2), (0, FRAME_PAGES + 1)] {
