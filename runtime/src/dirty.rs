@@ -306,29 +306,38 @@ pub fn populate(ptr: usize, len: usize) {
 /// [`populate`], backing the 2 MiB-aligned part of the range with
 /// transparent huge pages where the kernel has them: faulting 64 MiB in
 /// takes ~3 ms instead of ~22 ms here (one fault and a clear per 2 MiB).
-/// The range's later faults use small pages again (`MADV_NOHUGEPAGE`), so
-/// a slot reused by a small instance does not grow 2 MiB at a time. Write
-/// tracking still sees single 4 KiB pages: the kernel splits a huge page
-/// on its first tracked write.
+/// The range's later faults use small pages again, so a slot reused by a
+/// small instance does not grow 2 MiB at a time. Write tracking still sees
+/// single 4 KiB pages: the kernel splits a huge page on its first tracked
+/// write.
 pub fn populate_huge(ptr: usize, len: usize) {
+    huge_pages(ptr, len, true);
+    populate(ptr, len);
+    huge_pages(ptr, len, false);
+}
+
+/// Whether faults in the 2 MiB-aligned part of `[ptr, ptr + len)` take
+/// transparent huge pages (`MADV_HUGEPAGE` / `MADV_NOHUGEPAGE`; pages
+/// already faulted stay as they are). Best effort, like [`populate`].
+pub fn huge_pages(ptr: usize, len: usize, on: bool) {
     #[cfg(target_os = "linux")]
     {
         const HUGE: usize = 2 << 20;
         let start = ptr.next_multiple_of(HUGE);
         let end = (ptr + len) / HUGE * HUGE;
-        let advise = |advice| {
-            if end > start {
-                // SAFETY: advice on an address range inside the caller's
-                // mapping; neither changes nor reads the contents.
-                unsafe { libc::madvise(start as *mut libc::c_void, end - start, advice) };
-            }
+        let advice = if on {
+            libc::MADV_HUGEPAGE
+        } else {
+            libc::MADV_NOHUGEPAGE
         };
-        advise(libc::MADV_HUGEPAGE);
-        populate(ptr, len);
-        advise(libc::MADV_NOHUGEPAGE);
+        if end > start {
+            // SAFETY: advice on an address range inside the caller's
+            // mapping; neither changes nor reads the contents.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, advice) };
+        }
     }
     #[cfg(not(target_os = "linux"))]
-    populate(ptr, len);
+    let _ = (ptr, len, on);
 }
 
 /// Whether this kernel can track writes (tried on a scratch mapping).

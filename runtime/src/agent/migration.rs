@@ -397,8 +397,9 @@ fn apply_snapshot_part(
     if round == 0
         && let Some((ptr, len)) = entry.instance.memory_range()
     {
-        // Fault the memory in on the other core while the pages arrive.
-        tokio::task::spawn_blocking(move || crate::dirty::populate_huge(ptr, len));
+        // The pages arriving fault in as huge pages (one fault and clear
+        // per 2 MiB); after the stream, faults take small pages again.
+        crate::dirty::huge_pages(ptr, len, true);
     }
     Ok(())
 }
@@ -502,6 +503,9 @@ async fn receive_pages(
                 Some(entry) if key == format!("Bearer {}", entry.key) => {
                     let memory = entry.instance.memory_data_mut();
                     let read = read_frames(memory, &mut io, total).await;
+                    if let Some((ptr, len)) = entry.instance.memory_range() {
+                        crate::dirty::huge_pages(ptr, len, false);
+                    }
                     entry.touched = Instant::now();
                     read.and_then(|()| end_part(entry, 0, parts)).map(|ended| {
                         if ended && last {
