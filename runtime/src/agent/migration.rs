@@ -405,7 +405,7 @@ fn apply_snapshot_part(
 }
 
 /// Pages in one frame of the page stream.
-const FRAME_PAGES: u32 = 64;
+const FRAME_PAGES: u32 = 256;
 /// A page stream that moves no bytes for this long is given up.
 const STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 /// The frame that ends a page stream: `FIRST` = `u64::MAX`, `COUNT` = 0.
