@@ -485,7 +485,6 @@ async fn receive_pages(
         );
     };
     let last = header(&headers, "x-roam-final") == Some("1");
-    let key = header(&headers, "authorization").unwrap_or("").to_string();
     tokio::spawn(async move {
         use tokio::io::AsyncWriteExt;
         let mut io = match upgrade.await {
@@ -500,7 +499,8 @@ async fn receive_pages(
         let verdict = {
             let mut incoming = agent.migrations.incoming.lock().await;
             let result = match incoming.get_mut(&id) {
-                Some(entry) if key == format!("Bearer {}", entry.key) => {
+                // Still the migration whose key was checked above.
+                Some(entry) if super::presents(&headers, &entry.key) => {
                     let memory = entry.instance.memory_data_mut();
                     let read = read_frames(memory, &mut io, total).await;
                     if let Some((ptr, len)) = entry.instance.memory_range() {
