@@ -98,6 +98,19 @@ pub struct LiveMemory {
 }
 
 impl LiveMemory {
+    /// Lend `bytes` as if they were a workload's memory (tests of readers).
+    #[cfg(test)]
+    pub(crate) fn lend_for_test(bytes: &'static [u8]) -> LiveMemory {
+        let lent = Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .expect("a fresh semaphore has its permit");
+        LiveMemory {
+            ptr: bytes.as_ptr() as usize,
+            len: bytes.len(),
+            _lent: lent,
+        }
+    }
+
     /// The memory's size when it was lent.
     pub fn len(&self) -> usize {
         self.len
@@ -509,7 +522,7 @@ impl Driver {
         self.after_event(false).await;
     }
 
-    /// A delta since the last migration capture.
+    /// Switch tracking on, capture all but the pages, lend the memory.
     fn capture_live(&mut self) -> Result<(Snapshot, LiveMemory), String> {
         let lent = self
             .lent
@@ -538,6 +551,7 @@ impl Driver {
         let _ = self.lent.acquire().await;
     }
 
+    /// A delta since the last migration capture.
     fn migration_delta(&mut self) -> Result<Capture, String> {
         let snapshot = self
             .workload

@@ -499,19 +499,25 @@ async fn receive_pages(
         let verdict = {
             let mut incoming = agent.migrations.incoming.lock().await;
             let result = match incoming.get_mut(&id) {
-                // Still the migration whose key was checked above.
+                // Still the migration, key and part checked above (a
+                // second stream for the same part finds it received).
                 Some(entry) if super::presents(&headers, &entry.key) => {
-                    let memory = entry.instance.memory_data_mut();
-                    let read = read_frames(memory, &mut io, total).await;
-                    if let Some((ptr, len)) = entry.instance.memory_range() {
-                        crate::dirty::huge_pages(ptr, len, false);
-                    }
-                    entry.touched = Instant::now();
-                    read.and_then(|()| end_part(entry, 0, parts)).map(|ended| {
-                        if ended && last {
-                            entry.ready = true;
+                    match page_stream_headers(entry, &headers) {
+                        Ok(_) => {
+                            let memory = entry.instance.memory_data_mut();
+                            let read = read_frames(memory, &mut io, total).await;
+                            if let Some((ptr, len)) = entry.instance.memory_range() {
+                                crate::dirty::huge_pages(ptr, len, false);
+                            }
+                            entry.touched = Instant::now();
+                            read.and_then(|()| end_part(entry, 0, parts)).map(|ended| {
+                                if ended && last {
+                                    entry.ready = true;
+                                }
+                            })
                         }
-                    })
+                        Err(e) => Err(e),
+                    }
                 }
                 _ => Err("the migration ended while its pages were sent".into()),
             };
@@ -972,6 +978,7 @@ async fn send_full(
             None => Pages::Captured(&pages, &data),
         };
         let pages = send_pages(agent, id, out, &part, source).await?;
+        // The memory goes back to the driver.
         drop(live);
         sent += pages * PAGE;
         tracing::debug!(migration = %id, bytes = pages * PAGE, stream_ms = began.elapsed().as_secs_f64() * 1e3, "pages sent");
@@ -998,7 +1005,7 @@ async fn send_pages(
 ) -> Result<u64, String> {
     use tokio::io::AsyncReadExt;
     // At most this many bytes of pages (zero pages are not sent).
-    let most = match source {
+    let most = match &source {
         Pages::Captured(_, data) => data.len(),
         Pages::Live(memory) => memory.len(),
     };
@@ -1540,6 +1547,37 @@ mod tests {
             .unwrap();
         rt.block_on(read_frames(&mut memory, &mut &wire[..], total as u64))?;
         Ok(memory)
+    }
+
+    /// Live memory: zero pages are skipped, runs cross window edges, and
+    /// what lands is the memory.
+    #[test]
+    fn live_memory_streams_its_non_zero_pages() {
+        let mut bytes = vec![0u8; 700 * 4096];
+        for p in (0..250).chain(255..260).chain([300, 301, 699]) {
+            bytes[p * 4096..(p + 1) * 4096].fill((p % 200) as u8 + 1);
+        }
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        let memory = LiveMemory::lend_for_test(bytes);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .unwrap();
+        let mut wire = Vec::new();
+        let pages = rt
+            .block_on(async {
+                let n = write_live(&mut wire, &memory).await?;
+                write_end(&mut wire, n).await.map(|()| n)
+            })
+            .unwrap();
+        assert_eq!(pages, 250 + 5 + 3);
+        assert!(
+            wire.len() < (pages as usize + 8) * 4096,
+            "zero pages are not sent"
+        );
+        let memory = read(&wire, bytes.len()).unwrap();
+        assert_eq!(&memory[..bytes.len()], bytes);
     }
 
     #[test]
