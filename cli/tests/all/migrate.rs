@@ -622,6 +622,45 @@ fn a_scheduler_restart_mid_migration_aborts_it_and_the_source_serves_on() {
     });
 }
 
+/// Deleting a workload while its memory streams to the target: the
+/// migration ends (whichever way the race goes), no copy is left anywhere,
+/// and both hosts serve on.
+#[test]
+fn deleting_a_workload_while_its_pages_stream_leaves_no_copy() {
+    let mut c = Cluster::start_with(&[("HEARTBEAT_TIMEOUT", PATIENT)]);
+    let slow = [("ROAM_FAULT_WINDOW_DELAY_MS", "300")];
+    c.add_host_with("eu-1", "eu-west-1", "EU", &[], &slow);
+    c.add_host_with("eu-2", "eu-central-1", "EU", &[], &slow);
+    c.wait_ready(2);
+    deploy_eu_counter(&c);
+    assert_eq!(c.invoke("counter", "/a").0, 200);
+    let source = host_of(&c, "counter");
+    let id = start_migration(&c, "counter", other_eu(&source));
+    wait_phase(&c, &id, &["precopy"]);
+    let (ok, out, err) = c.roam(&["delete", "counter"]);
+    assert!(ok, "{out}{err}");
+    // Whichever way the race went, the migration ends.
+    wait_phase(&c, &id, &["failed", "aborted", "done"]);
+    poll(Duration::from_secs(30), "no copy of counter left", || {
+        copies(&c, "counter").is_empty()
+    });
+    // Both hosts are up and take the workload again.
+    let nodes = c.nodes();
+    let up = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["status"] == "ready")
+        .count();
+    assert_eq!(up, 2, "{nodes}");
+    deploy_eu_counter(&c);
+    assert_eq!(
+        c.invoke("counter", "/a").1,
+        r#"{"path":"/a","count":1}"#,
+        "a fresh counter"
+    );
+}
+
 /// A TCP relay in front of a host that can cut or corrupt large uploads
 /// (migration rounds) once armed.
 struct Relay {

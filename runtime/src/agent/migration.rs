@@ -1141,7 +1141,11 @@ async fn write_live(
     let mut window = vec![0u8; FRAME_PAGES as usize * SIZE];
     let mut written = 0u64;
     let mut at = 0;
+    let delay = fault_delay("ROAM_FAULT_WINDOW_DELAY_MS").map(std::time::Duration::from_millis);
     while at < memory.len() {
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         let n = memory.read(at, &mut window);
         let first = (at / SIZE) as u64;
         let nonzero: Vec<bool> = window[..n]

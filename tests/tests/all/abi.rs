@@ -432,3 +432,51 @@ async fn the_driver_answers_a_trapping_request_with_an_error_and_keeps_serving()
     // The driver replaced the poisoned instance; the workload serves again.
     assert_eq!(h.http(get("/")).await.unwrap().body, b"ok");
 }
+
+/// Memory lent out for a migration's first round stays the workload's own
+/// until it is given back: an instance that fails meanwhile is replaced
+/// only then (the copy never reads a freed or reused slot), and the
+/// workload serves again right after.
+#[tokio::test]
+async fn the_driver_replaces_a_failed_instance_only_after_its_memory_is_given_back() {
+    if !roam_runtime::dirty::supported() {
+        eprintln!("skipped: no kernel write tracking here");
+        return;
+    }
+    let rt = runtime();
+    let module = abuser(&rt);
+    let mut w = Workload::start(&rt, &module, config("abuser"))
+        .await
+        .unwrap();
+    w.instance_mut()
+        .call("set_mode", &[Val::I32(1)])
+        .await
+        .unwrap();
+    let h = driver::spawn(
+        rt.clone(),
+        module.clone(),
+        config("abuser"),
+        w,
+        DriverOptions::default(),
+    );
+    let (_, memory) = h.capture_live().await.unwrap();
+    let mut before = vec![0u8; memory.len()];
+    assert_eq!(memory.read(0, &mut before), before.len());
+    assert!(h.capture_live().await.is_err(), "lent once at a time");
+    // This request traps; the driver answers it, then must wait for the
+    // memory before it replaces the instance.
+    assert!(h.http(get("/")).await.is_err());
+    let waiting = tokio::time::timeout(Duration::from_millis(300), h.http(get("/"))).await;
+    assert!(
+        waiting.is_err(),
+        "served while the failed instance's memory was lent"
+    );
+    // Still the failed instance's memory (the trapping request wrote into
+    // it, so not byte for byte), not a freed slot reading as zeros.
+    let mut now = vec![0u8; memory.len()];
+    memory.read(0, &mut now);
+    let data = |m: &[u8]| m.iter().filter(|&&b| b != 0).count();
+    assert!(data(&before) > 0 && data(&now) >= data(&before) / 2);
+    drop(memory);
+    assert_eq!(h.http(get("/")).await.unwrap().body, b"ok");
+}
