@@ -468,8 +468,8 @@ async fn receive_pages(
         }
         checked
     };
-    let (parts, total) = match checked {
-        Ok(c) => c,
+    let total = match checked {
+        Ok((_, total)) => total,
         Err(e) => {
             tracing::warn!(migration = %id, error = %e, "migration stream refused; dropping it");
             return error(StatusCode::BAD_REQUEST, e);
@@ -484,7 +484,6 @@ async fn receive_pages(
             "expected an upgrade to `roam-pages`",
         );
     };
-    let last = header(&headers, "x-roam-final") == Some("1");
     tokio::spawn(async move {
         use tokio::io::AsyncWriteExt;
         let mut io = match upgrade.await {
@@ -499,25 +498,8 @@ async fn receive_pages(
         let verdict = {
             let mut incoming = agent.migrations.incoming.lock().await;
             let result = match incoming.get_mut(&id) {
-                // Still the migration, key and part checked above (a
-                // second stream for the same part finds it received).
                 Some(entry) if super::presents(&headers, &entry.key) => {
-                    match page_stream_headers(entry, &headers) {
-                        Ok(_) => {
-                            let memory = entry.instance.memory_data_mut();
-                            let read = read_frames(memory, &mut io, total).await;
-                            if let Some((ptr, len)) = entry.instance.memory_range() {
-                                crate::dirty::huge_pages(ptr, len, false);
-                            }
-                            entry.touched = Instant::now();
-                            read.and_then(|()| end_part(entry, 0, parts)).map(|ended| {
-                                if ended && last {
-                                    entry.ready = true;
-                                }
-                            })
-                        }
-                        Err(e) => Err(e),
-                    }
+                    read_stream(entry, &headers, &mut io).await
                 }
                 _ => Err("the migration ended while its pages were sent".into()),
             };
@@ -540,6 +522,26 @@ async fn receive_pages(
         [("connection", "upgrade"), ("upgrade", "roam-pages")],
     )
         .into_response()
+}
+
+/// Read a page stream into `entry`, checked again against its headers
+/// (still the part expected: a second stream for it finds it received).
+async fn read_stream(
+    entry: &mut Incoming,
+    headers: &HeaderMap,
+    io: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> Result<(), String> {
+    let (parts, total) = page_stream_headers(entry, headers)?;
+    let read = read_frames(entry.instance.memory_data_mut(), io, total).await;
+    if let Some((ptr, len)) = entry.instance.memory_range() {
+        crate::dirty::huge_pages(ptr, len, false);
+    }
+    entry.touched = Instant::now();
+    read?;
+    if end_part(entry, 0, parts)? && header(headers, "x-roam-final") == Some("1") {
+        entry.ready = true;
+    }
+    Ok(())
 }
 
 /// Check a page stream's headers against what `entry` expects: the last
