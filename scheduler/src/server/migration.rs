@@ -447,7 +447,10 @@ impl Scheduler {
                 r.text().await.unwrap_or_default()
             ));
         }
-        self.update(id, true, |m| m.phase = "precopy".into());
+        // Phases before the commit are kept in memory only: a restart
+        // aborts whatever the store does not show committed, and the commit
+        // records the whole history.
+        self.update(id, false, |m| m.phase = "precopy".into());
         let mut r = self
             .stream_http
             .post(format!("{source_url}/v1/migrations/{id}/send"))
@@ -486,7 +489,7 @@ impl Scheduler {
                 let p: MigrationProgress = serde_json::from_slice(&line)
                     .map_err(|e| format!("bad progress line from the source: {e}"))?;
                 let phase = p.phase.clone();
-                self.update(id, phase != "precopy", |m| {
+                self.update(id, false, |m| {
                     m.phase = if phase == "failed" {
                         m.phase.clone()
                     } else {
