@@ -374,30 +374,40 @@ pub fn supported() -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn finds_exactly_the_written_pages_and_grown_memory() {
-        let len = 64 * 4096;
-        // SAFETY: a fresh private anonymous mapping, unmapped at the end.
-        let base = unsafe {
+    /// A fresh private anonymous mapping of `len` bytes (the caller unmaps).
+    fn map(len: usize) -> *mut libc::c_void {
+        // SAFETY: asks for new memory; touches nothing that exists.
+        let raw = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                2 * len,
+                len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
                 0,
             )
-        } as *mut u8;
-        assert_ne!(base as *mut libc::c_void, libc::MAP_FAILED);
+        };
+        assert_ne!(raw, libc::MAP_FAILED);
+        raw
+    }
+
+    /// A tracker of `[base, base + len)`, or `None` (test skipped) where
+    /// the kernel cannot track writes.
+    fn tracker(base: *mut u8, len: usize) -> Option<WriteTracker> {
+        WriteTracker::new(base, len)
+            .inspect_err(|e| eprintln!("skipped: no write tracking here ({e})"))
+            .ok()
+    }
+
+    #[test]
+    fn finds_exactly_the_written_pages_and_grown_memory() {
+        let len = 64 * 4096;
+        let base = map(2 * len) as *mut u8;
         // SAFETY: `base` maps `2 * len` writable bytes for the whole test.
         let memory = unsafe { std::slice::from_raw_parts_mut(base, 2 * len) };
         memory[5 * 4096] = 1; // populated before tracking starts
-        let mut tracker = match WriteTracker::new(base, len) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("skipped: no write tracking here ({e})");
-                return;
-            }
+        let Some(mut tracker) = tracker(base, len) else {
+            return;
         };
         let mut pages = Vec::new();
         tracker.take_written(&mut pages).unwrap();
@@ -428,30 +438,15 @@ mod tests {
     fn tracks_single_pages_of_huge_page_memory() {
         const HUGE: usize = 2 << 20;
         let len = 8 * HUGE;
-        // SAFETY: a fresh private anonymous mapping, unmapped at the end.
-        let raw = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len + HUGE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(raw, libc::MAP_FAILED);
+        let raw = map(len + HUGE);
         let base = (raw as usize).next_multiple_of(HUGE) as *mut u8;
         populate_huge(base as usize, len);
         // SAFETY: `base..base + len` lies inside the mapping, which lives
         // for the whole test.
         let memory = unsafe { std::slice::from_raw_parts_mut(base, len) };
         memory.fill(7);
-        let mut tracker = match WriteTracker::new(base, len) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("skipped: no write tracking here ({e})");
-                return;
-            }
+        let Some(mut tracker) = tracker(base, len) else {
+            return;
         };
         let mut pages = Vec::new();
         tracker.take_written(&mut pages).unwrap();

@@ -244,6 +244,23 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The received migration `id` if `headers` carry its key, marked as
+/// touched now; else the status and reason refusing the request.
+fn presented<'a>(
+    incoming: &'a mut HashMap<String, Incoming>,
+    id: &str,
+    headers: &HeaderMap,
+) -> Result<&'a mut Incoming, (StatusCode, String)> {
+    let Some(entry) = incoming.get_mut(id) else {
+        return Err((StatusCode::NOT_FOUND, format!("no migration `{id}` here")));
+    };
+    if !super::presents(headers, &entry.key) {
+        return Err((StatusCode::UNAUTHORIZED, "wrong migration key".into()));
+    }
+    entry.touched = Instant::now();
+    Ok(entry)
+}
+
 /// `PUT /v1/migrations/{id}/rounds/{round}`: one part of one round.
 /// Headers: `x-roam-part: I/N`, `x-roam-total: BYTES` (the whole round),
 /// `x-roam-checksum: HEX` (xxh3-64 of this part), `x-roam-final: 1` on the
@@ -255,13 +272,10 @@ async fn receive_round(
     body: Body,
 ) -> HttpResponse {
     let mut incoming = agent.migrations.incoming.lock().await;
-    let Some(entry) = incoming.get_mut(&id) else {
-        return error(StatusCode::NOT_FOUND, format!("no migration `{id}` here"));
+    let entry = match presented(&mut incoming, &id, &headers) {
+        Ok(e) => e,
+        Err((status, reason)) => return error(status, reason),
     };
-    if !super::presents(&headers, &entry.key) {
-        return error(StatusCode::UNAUTHORIZED, "wrong migration key");
-    }
-    entry.touched = Instant::now();
     let started = Instant::now();
     match apply_part(entry, round, &headers, body).await {
         Ok(applied) => {
@@ -455,13 +469,10 @@ async fn receive_pages(
     let headers = request.headers().clone();
     let checked = {
         let mut incoming = agent.migrations.incoming.lock().await;
-        let Some(entry) = incoming.get_mut(&id) else {
-            return error(StatusCode::NOT_FOUND, format!("no migration `{id}` here"));
+        let entry = match presented(&mut incoming, &id, &headers) {
+            Ok(e) => e,
+            Err((status, reason)) => return error(status, reason),
         };
-        if !super::presents(&headers, &entry.key) {
-            return error(StatusCode::UNAUTHORIZED, "wrong migration key");
-        }
-        entry.touched = Instant::now();
         let checked = page_stream_headers(entry, &headers);
         if checked.is_err() {
             incoming.remove(&id);

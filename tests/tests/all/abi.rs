@@ -408,25 +408,30 @@ async fn unknown_abi_version_and_missing_exports_are_refused_by_name() {
     );
 }
 
-#[tokio::test]
-async fn the_driver_answers_a_trapping_request_with_an_error_and_keeps_serving() {
+/// The abuser driven by a driver, its first instance trapping on every
+/// request (mode 1); instances that replace it serve (mode 0).
+async fn trapping_driver() -> driver::WorkloadHandle {
     let rt = runtime();
     let module = abuser(&rt);
     let mut w = Workload::start(&rt, &module, config("abuser"))
         .await
         .unwrap();
-    // This instance traps on every request (mode 1).
     w.instance_mut()
         .call("set_mode", &[Val::I32(1)])
         .await
         .unwrap();
-    let h = driver::spawn(
+    driver::spawn(
         rt.clone(),
-        module.clone(),
+        module,
         config("abuser"),
         w,
         DriverOptions::default(),
-    );
+    )
+}
+
+#[tokio::test]
+async fn the_driver_answers_a_trapping_request_with_an_error_and_keeps_serving() {
+    let h = trapping_driver().await;
     let err = h.http(get("/")).await.unwrap_err();
     assert!(err.to_string().contains("unreachable"), "{err}");
     // The driver replaced the poisoned instance; the workload serves again.
@@ -443,22 +448,7 @@ async fn the_driver_replaces_a_failed_instance_only_after_its_memory_is_given_ba
         eprintln!("skipped: no kernel write tracking here");
         return;
     }
-    let rt = runtime();
-    let module = abuser(&rt);
-    let mut w = Workload::start(&rt, &module, config("abuser"))
-        .await
-        .unwrap();
-    w.instance_mut()
-        .call("set_mode", &[Val::I32(1)])
-        .await
-        .unwrap();
-    let h = driver::spawn(
-        rt.clone(),
-        module.clone(),
-        config("abuser"),
-        w,
-        DriverOptions::default(),
-    );
+    let h = trapping_driver().await;
     let (_, memory) = h.capture_live().await.unwrap();
     let mut before = vec![0u8; memory.len()];
     assert_eq!(memory.read(0, &mut before), before.len());
