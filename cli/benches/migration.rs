@@ -23,24 +23,28 @@ use std::time::{Duration, Instant};
 mod common;
 use common::{Scheduler, percentile};
 
+/// What the bench's hosts keep resident of each freed slot: more than the
+/// largest workload, so a workload moving back lands in faulted-in memory.
+const KEEP_RESIDENT: &str = "512MiB";
+
 struct Cluster {
     sched: Scheduler,
     _hosts: Vec<common::Proc>,
 }
 
 impl Cluster {
-    fn start() -> Cluster {
-        Self::start_with(None)
-    }
-
-    /// With `wan`, each host is reached through its own link emulator
-    /// (one-way delay, bytes per second), so host-to-host streams cross a
-    /// WAN-like link.
-    fn start_with(wan: Option<(Duration, f64)>) -> Cluster {
+    /// Hosts keep freed slots' memory faulted in (`--keep-resident`) when
+    /// `keep_resident`. With `wan`, each host is reached through its own
+    /// link emulator (one-way delay, bytes per second), so host-to-host
+    /// streams cross a WAN-like link.
+    fn start(keep_resident: bool, wan: Option<(Duration, f64)>) -> Cluster {
         let sched = Scheduler::start(&[]);
         let mut hosts = Vec::new();
         for name in ["a", "b"] {
             let mut args = vec!["--capacity-memory".to_string(), "2GiB".into()];
+            if keep_resident {
+                args.extend(["--keep-resident".into(), KEEP_RESIDENT.into()]);
+            }
             if let Some((delay, rate)) = wan {
                 let port = std::net::TcpListener::bind("127.0.0.1:0")
                     .unwrap()
@@ -174,51 +178,69 @@ fn stream_throughput(link: Option<(Duration, f64)>, mib: usize) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-/// Bytes per second moving `mib` MiB of memory (touched, so not zero
-/// pages) over one loopback TCP connection into a buffer faulted in
-/// beforehand: what a migration's bulk has to do at least. Best of 5.
-fn memory_throughput(mib: usize) -> f64 {
-    let len = mib << 20;
-    let source: Vec<u8> = (0..len).map(|i| (i % 251) as u8 + 1).collect();
-    let mut best = f64::MAX;
-    for _ in 0..5 {
+/// The baseline the migrations' bulk is measured against: `mib` MiB of
+/// memory (touched, so not zero pages) over one loopback TCP connection
+/// into a buffer faulted in beforehand. Measured once before every
+/// migration, so it sees the same machine as they do (these VMs are shared
+/// and their speed drifts by a third within a minute).
+struct MemoryStream {
+    source: Vec<u8>,
+    into: Vec<u8>,
+}
+
+impl MemoryStream {
+    fn new(mib: usize) -> MemoryStream {
+        let len = mib << 20;
+        MemoryStream {
+            source: (0..len).map(|i| (i % 251) as u8 + 1).collect(),
+            into: vec![1u8; len],
+        }
+    }
+
+    /// Seconds one transfer took.
+    fn once(&mut self) -> f64 {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut into = vec![1u8; len];
+        let mut into = std::mem::take(&mut self.into);
         let reader = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
-            let mut at = 0;
-            while at < len {
-                match s.read(&mut into[at..]) {
-                    Ok(0) | Err(_) => break,
-                    Ok(k) => at += k,
-                }
-            }
-            (at, Instant::now())
+            s.read_exact(&mut into).unwrap();
+            (into, Instant::now())
         });
         let mut s = std::net::TcpStream::connect(addr).unwrap();
         let start = Instant::now();
-        s.write_all(&source).unwrap();
-        let (n, end) = reader.join().unwrap();
-        assert_eq!(n, len);
-        best = best.min((end - start).as_secs_f64());
+        s.write_all(&self.source).unwrap();
+        let (into, end) = reader.join().unwrap();
+        self.into = into;
+        (end - start).as_secs_f64()
     }
-    len as f64 / best
+
+    fn len(&self) -> f64 {
+        self.source.len() as f64
+    }
 }
 
+#[derive(Default)]
 struct Runs {
     downtime_ms: Vec<f64>,
     total_ms: Vec<f64>,
     bytes: Vec<f64>,
+    /// Seconds of the memory-to-memory baseline, one before each move.
+    baseline_s: Vec<f64>,
 }
 
-fn run(c: &Cluster, name: &str, n: usize, stop_and_copy: bool) -> Runs {
-    let mut runs = Runs {
-        downtime_ms: Vec::new(),
-        total_ms: Vec::new(),
-        bytes: Vec::new(),
-    };
+fn run(
+    c: &Cluster,
+    name: &str,
+    n: usize,
+    stop_and_copy: bool,
+    mut baseline: Option<&mut MemoryStream>,
+) -> Runs {
+    let mut runs = Runs::default();
     for _ in 0..n {
+        if let Some(b) = baseline.as_deref_mut() {
+            runs.baseline_s.push(b.once());
+        }
         let to = if c.host(name) == "a" { "b" } else { "a" };
         let mut args = vec!["migrate", name, "--to", to, "-o", "json"];
         if stop_and_copy {
@@ -247,8 +269,16 @@ struct Row {
 }
 
 /// Deploy `membench` with `mib` MiB, dirty it at `rate` MB/s under load,
-/// and move it `n` times each way with pre-copy, then stop-and-copy.
-fn measure(c: &Cluster, module: &str, mib: u64, rate: u64, n: usize) -> Row {
+/// and move it `n` times each way with pre-copy (each after one transfer
+/// of the `baseline`), then stop-and-copy.
+fn measure(
+    c: &Cluster,
+    module: &str,
+    mib: u64,
+    rate: u64,
+    n: usize,
+    baseline: Option<&mut MemoryStream>,
+) -> Row {
     let name = format!("mb-{mib}-{rate}");
     let name = name.as_str();
     c.roam(&[
@@ -295,28 +325,31 @@ fn measure(c: &Cluster, module: &str, mib: u64, rate: u64, n: usize) -> Row {
     // One unmeasured move there and back: the hosts' first migration pays
     // one-time costs (the target compiles or loads the module; on these VMs
     // the first touch of huge pages is slow).
-    run(c, name, 2, false);
+    run(c, name, 2, false, None);
     phase.store(1, Ordering::Relaxed);
-    let pre = run(c, name, n, false);
+    let pre = run(c, name, n, false, baseline);
     phase.store(2, Ordering::Relaxed);
-    let snc = run(c, name, n, true);
+    let snc = run(c, name, n, true, None);
     stop.store(true, Ordering::Relaxed);
     let client = load.join().unwrap();
     c.roam(&["delete", name]);
     Row { pre, snc, client }
 }
 
+/// One table row. `throughput` and `memory` are the cache-hot and the
+/// memory-to-memory streams' bytes per second.
 fn print_row(label: &str, mut row: Row, throughput: f64, memory: f64) {
     let pre99 = percentile(&mut row.pre.downtime_ms, 0.99);
     let snc99 = percentile(&mut row.snc.downtime_ms, 0.99);
     let total50 = percentile(&mut row.pre.total_ms, 0.5);
     let bytes50 = percentile(&mut row.pre.bytes, 0.5);
     println!(
-        "| {label} | {:.2} / {:.2} ms | {:.0} ms | {:.1} MiB | {:.2}× / {:.2}× | {:.2} / {:.2} ms | {:.0}× | {:.1} / {:.1} ms |",
+        "| {label} | {:.2} / {:.2} ms | {:.0} ms | {:.1} MiB | {:.0} MB/s | {:.2}× / {:.2}× | {:.2} / {:.2} ms | {:.0}× | {:.1} / {:.1} ms |",
         percentile(&mut row.pre.downtime_ms, 0.5),
         pre99,
         total50,
         bytes50 / (1 << 20) as f64,
+        memory / 1e6,
         (total50 / 1000.0) / (bytes50 / throughput),
         (total50 / 1000.0) / (bytes50 / memory),
         percentile(&mut row.snc.downtime_ms, 0.5),
@@ -331,7 +364,7 @@ fn max(v: &[f64]) -> f64 {
     v.iter().copied().fold(0.0, f64::max)
 }
 
-const HEADER: &str = "| memory, dirty rate | pre-copy downtime p50 / p99 | pre-copy total p50 | bytes sent | total ÷ (bytes ÷ throughput): cache-hot stream / memory-to-memory stream | stop-and-copy downtime p50 / p99 | stop-and-copy p99 ÷ pre-copy p99 | slowest client request, pre-copy / stop-and-copy |\n|---|---|---|---|---|---|---|---|";
+const HEADER: &str = "| memory, dirty rate | pre-copy downtime p50 / p99 | pre-copy total p50 | bytes sent | memory-to-memory stream (median, interleaved) | total ÷ (bytes ÷ throughput): cache-hot stream / memory-to-memory stream | stop-and-copy downtime p50 / p99 | stop-and-copy p99 ÷ pre-copy p99 | slowest client request, pre-copy / stop-and-copy |\n|---|---|---|---|---|---|---|---|---|";
 
 /// A comma-separated list of numbers from `var`, or `default`.
 fn list(var: &str, default: &[u64]) -> Vec<u64> {
@@ -359,30 +392,37 @@ fn main() {
     );
     let mibs = list("ROAM_BENCH_MIB", &[1, 64, 256]);
     let rates = list("ROAM_BENCH_RATES", &[0, 1, 10, 50]);
-    let memory: Vec<f64> = mibs
-        .iter()
-        .map(|&mib| memory_throughput(mib as usize))
-        .collect();
     println!(
-        "Memory to memory: one TCP stream moves {} (same run, best of 5, into a buffer faulted in beforehand).\n",
-        mibs.iter()
-            .zip(&memory)
-            .map(|(mib, t)| format!("{mib} MiB at {:.0} MB/s", t / 1e6))
-            .collect::<Vec<_>>()
-            .join(", ")
+        "Memory to memory: MiB of the workload's size over one loopback TCP stream into a buffer faulted in beforehand, once before every pre-copy move (median per row). Hosts run with `--keep-resident {KEEP_RESIDENT}` except where the row says otherwise.\n"
     );
     println!("{HEADER}");
-    for (&mib, &memory) in mibs.iter().zip(&memory) {
-        let c = Cluster::start();
+    let row = |c: &Cluster, mib: u64, rate: u64, label: &str| {
+        let n = match (quick, mib) {
+            (true, _) => 3,
+            (false, 256) => 5,
+            _ => 10,
+        };
+        let mut baseline = MemoryStream::new(mib as usize);
+        let mut row = measure(c, module, mib, rate, n, Some(&mut baseline));
+        let memory = baseline.len() / percentile(&mut row.pre.baseline_s, 0.5);
+        print_row(label, row, throughput, memory);
+    };
+    for &mib in &mibs {
+        let c = Cluster::start(true, None);
         for &rate in &rates {
-            let n = match (quick, mib) {
-                (true, _) => 3,
-                (false, 256) => 5,
-                _ => 10,
-            };
-            let row = measure(&c, module, mib, rate, n);
-            print_row(&format!("{mib} MiB, {rate} MB/s"), row, throughput, memory);
+            row(&c, mib, rate, &format!("{mib} MiB, {rate} MB/s"));
         }
+    }
+    // Hosts on their defaults: a freed slot's memory goes back to the
+    // kernel, so an incoming migration faults all of its memory in.
+    if mibs.contains(&64) && rates.contains(&10) {
+        let c = Cluster::start(false, None);
+        row(
+            &c,
+            64,
+            10,
+            "64 MiB, 10 MB/s, hosts without `--keep-resident`",
+        );
     }
     if std::env::var_os("ROAM_BENCH_MIB").is_some() && std::env::var_os("ROAM_BENCH_WAN").is_none()
     {
@@ -396,8 +436,8 @@ fn main() {
         wan / 1e6
     );
     println!("{HEADER}");
-    let c = Cluster::start_with(Some((delay, rate)));
-    let row = measure(&c, module, 64, 10, if quick { 3 } else { 5 });
+    let c = Cluster::start(true, Some((delay, rate)));
+    let row = measure(&c, module, 64, 10, if quick { 3 } else { 5 }, None);
     // Through the link both baselines are the link's own throughput.
     print_row("64 MiB, 10 MB/s", row, wan, wan);
 }

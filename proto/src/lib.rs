@@ -285,6 +285,18 @@ pub struct MigrationOptions {
     /// stop-and-copy baseline live migration is measured against).
     #[serde(default)]
     pub stop_and_copy: bool,
+    /// TCP connections the memory's pages are streamed over at once (1 to
+    /// [`MAX_PAGE_STREAMS`]): one stream is bound by the work one core does
+    /// for its socket, as QEMU's multifd channels are there for.
+    #[serde(default = "default_page_streams")]
+    pub page_streams: u32,
+}
+
+/// Most page streams one migration may use.
+pub const MAX_PAGE_STREAMS: u32 = 8;
+
+fn default_page_streams() -> u32 {
+    2
 }
 
 fn default_max_rounds() -> u32 {
@@ -301,6 +313,7 @@ impl Default for MigrationOptions {
             max_rounds: default_max_rounds(),
             max_final_bytes: default_final_bytes(),
             stop_and_copy: false,
+            page_streams: default_page_streams(),
         }
     }
 }

@@ -340,6 +340,27 @@ pub fn huge_pages(ptr: usize, len: usize, on: bool) {
     let _ = (ptr, len, on);
 }
 
+/// A range advised to take huge pages ([`huge_pages`]) until dropped.
+#[derive(Debug)]
+pub struct HugePages {
+    ptr: usize,
+    len: usize,
+}
+
+impl HugePages {
+    /// Advise `[ptr, ptr + len)` to take huge pages.
+    pub fn advise(ptr: usize, len: usize) -> HugePages {
+        huge_pages(ptr, len, true);
+        HugePages { ptr, len }
+    }
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        huge_pages(self.ptr, self.len, false);
+    }
+}
+
 /// Whether this kernel can track writes (tried on a scratch mapping).
 pub fn supported() -> bool {
     #[cfg(target_os = "linux")]

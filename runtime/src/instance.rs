@@ -135,6 +135,10 @@ pub struct Instance {
     /// kernel can. Declared first so it is dropped (unregistered) before the
     /// store gives the memory's pooling slot to another instance.
     pub(crate) tracker: Option<crate::dirty::WriteTracker>,
+    /// Memory 0 faulting in huge pages (while a migration's pages land);
+    /// declared before the store, so the advice is taken back before the
+    /// slot is reused.
+    pub(crate) huge_pages: Option<crate::dirty::HugePages>,
     pub(crate) store: Store<InstanceState>,
     pub(crate) instance: wasmtime::Instance,
     pub(crate) module: Module,
@@ -397,6 +401,16 @@ impl Instance {
         if !on {
             self.page_hashes = None;
             self.tracker = None;
+        }
+    }
+
+    /// Whether faults in memory 0 take transparent huge pages: on while a
+    /// migration's pages land in a reserved instance (one fault and clear
+    /// per 2 MiB), off again after, and when the instance is dropped.
+    pub fn set_huge_pages(&mut self, on: bool) {
+        self.huge_pages = None;
+        if on && let Some((ptr, len)) = self.memory_range() {
+            self.huge_pages = Some(crate::dirty::HugePages::advise(ptr, len));
         }
     }
 

@@ -455,6 +455,7 @@ impl Runtime {
             generation: 0,
             page_hashes: None,
             tracker: None,
+            huge_pages: None,
         })
     }
 

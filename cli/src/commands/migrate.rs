@@ -38,6 +38,10 @@ pub struct MigrateArgs {
     /// Freeze first and copy everything once (no pre-copy): the baseline.
     #[arg(long)]
     pub stop_and_copy: bool,
+    /// TCP connections the memory is streamed over at once.
+    #[arg(long, default_value_t = MigrationOptions::default().page_streams,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(roam_proto::MAX_PAGE_STREAMS)))]
+    pub page_streams: u32,
     /// Return once the migration has started; follow it with `roam describe migration ID`.
     #[arg(long, conflicts_with = "wait")]
     pub detach: bool,
@@ -102,6 +106,7 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
                 max_rounds: args.max_rounds,
                 max_final_bytes: args.max_final,
                 stop_and_copy: args.stop_and_copy,
+                page_streams: args.page_streams,
             },
         };
         let started: MigrationInfo = c

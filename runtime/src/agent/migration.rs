@@ -125,8 +125,22 @@ struct Incoming {
     applied: bool,
     /// The final round was applied.
     ready: bool,
+    /// Round 0's page streams, while they arrive.
+    intake: Option<Intake>,
     /// Last prepare or round.
     touched: Instant,
+}
+
+/// Round 0's page streams as they arrive (see [`receive_pages`]).
+struct Intake {
+    /// Streams announced; bit `i` of `opened` is set once stream `i`
+    /// connected; streams that ended with every frame checked.
+    streams: u32,
+    opened: u32,
+    ended: u32,
+    /// Bytes of pages landed, by all streams, of at most `total`.
+    landed: u64,
+    total: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,6 +248,7 @@ async fn prepare(
             buffer: Vec::new(),
             applied: false,
             ready: false,
+            intake: None,
             touched: Instant::now(),
         },
     );
@@ -408,12 +423,10 @@ fn apply_snapshot_part(
         .map_err(|e| format!("round {round}: {e}"))?;
     entry.buffer = Vec::new();
     entry.applied = true;
-    if round == 0
-        && let Some((ptr, len)) = entry.instance.memory_range()
-    {
+    if round == 0 {
         // The pages arriving fault in as huge pages (one fault and clear
-        // per 2 MiB); after the stream, faults take small pages again.
-        crate::dirty::huge_pages(ptr, len, true);
+        // per 2 MiB); after the streams, faults take small pages again.
+        entry.instance.set_huge_pages(true);
     }
     Ok(())
 }
@@ -452,15 +465,17 @@ async fn timed<T>(
 /// `POST /v1/migrations/{id}/pages`, an HTTP upgrade (`upgrade:
 /// roam-pages`) to a raw stream carrying round 0's memory pages, the last
 /// part of round 0 (`x-roam-part: I/N`, `x-roam-total`: most bytes of pages,
-/// `x-roam-final: 1` for a stop-and-copy). The stream is a run of frames —
-/// a [`frame_head`], `COUNT` pages, and the xxh3-64 of head and pages (u64
-/// LE) — ended by a frame naming [`END_OF_PAGES`] whose last field counts
-/// the pages sent (zero pages are not). Each frame is checked
-/// against the memory's bounds before its pages are read, straight from the
-/// socket into the reserved instance (one copy, no request per part, no
-/// wait between frames), and against its checksum after. The target
-/// answers `ok` or `error: REASON` on the stream and closes it; on an error
-/// it drops the instance, which never runs.
+/// `x-roam-final: 1` for a stop-and-copy). The pages may come over several
+/// such streams at once (`x-roam-stream: I/N`, each stream once; the part
+/// ends when all N ended). A stream is a run of frames — a [`frame_head`],
+/// `COUNT` pages, and the xxh3-64 of head and pages (u64 LE) — ended by a
+/// frame naming [`END_OF_PAGES`] whose last field counts the pages that
+/// stream sent (zero pages are not sent). Each frame is checked against
+/// the memory's bounds before its pages are read, and against its checksum
+/// before they land in the reserved instance; all streams together carry at
+/// most `x-roam-total` bytes. The target answers `ok` or `error: REASON` on
+/// each stream and closes it; on an error it drops the instance, which
+/// never runs.
 async fn receive_pages(
     State(agent): State<Arc<Agent>>,
     Path(id): Path<String>,
@@ -473,14 +488,14 @@ async fn receive_pages(
             Ok(e) => e,
             Err((status, reason)) => return error(status, reason),
         };
-        let checked = page_stream_headers(entry, &headers);
+        let checked = open_page_stream(entry, &headers);
         if checked.is_err() {
             incoming.remove(&id);
         }
         checked
     };
-    let total = match checked {
-        Ok((_, total)) => total,
+    let stream = match checked {
+        Ok(s) => s,
         Err(e) => {
             tracing::warn!(migration = %id, error = %e, "migration stream refused; dropping it");
             return error(StatusCode::BAD_REQUEST, e);
@@ -490,6 +505,7 @@ async fn receive_pages(
         .extensions_mut()
         .remove::<hyper::upgrade::OnUpgrade>()
     else {
+        agent.migrations.incoming.lock().await.remove(&id);
         return error(
             StatusCode::BAD_REQUEST,
             "expected an upgrade to `roam-pages`",
@@ -497,7 +513,7 @@ async fn receive_pages(
     };
     tokio::spawn(async move {
         use tokio::io::AsyncWriteExt;
-        let mut io = match upgrade.await {
+        let io = match upgrade.await {
             Ok(u) => hyper_util::rt::TokioIo::new(u),
             Err(e) => {
                 tracing::warn!(migration = %id, error = %e, "page stream upgrade failed");
@@ -505,22 +521,12 @@ async fn receive_pages(
                 return;
             }
         };
+        // Frame heads and checksums are small reads: buffer them (reads of
+        // pages larger than the buffer bypass it).
+        let mut io = tokio::io::BufReader::with_capacity(64 << 10, io);
         let started = Instant::now();
-        let verdict = {
-            let mut incoming = agent.migrations.incoming.lock().await;
-            let result = match incoming.get_mut(&id) {
-                Some(entry) if super::presents(&headers, &entry.key) => {
-                    read_stream(entry, &headers, &mut io).await
-                }
-                _ => Err("the migration ended while its pages were sent".into()),
-            };
-            if let Err(e) = &result {
-                tracing::warn!(migration = %id, error = %e, "migration stream refused; dropping it");
-                incoming.remove(&id);
-            }
-            result
-        };
-        tracing::debug!(migration = %id, announced = total, stream_ms = started.elapsed().as_secs_f64() * 1e3, "pages received");
+        let verdict = receive_stream(&agent, &id, &headers, &mut io, &stream).await;
+        tracing::debug!(migration = %id, stream = stream.index, announced = stream.total, stream_ms = started.elapsed().as_secs_f64() * 1e3, "pages received");
         let line = match verdict {
             Ok(()) => "ok\n".to_string(),
             Err(e) => format!("error: {}\n", e.replace('\n', " ")),
@@ -535,30 +541,21 @@ async fn receive_pages(
         .into_response()
 }
 
-/// Read a page stream into `entry`, checked again against its headers
-/// (still the part expected: a second stream for it finds it received).
-async fn read_stream(
-    entry: &mut Incoming,
-    headers: &HeaderMap,
-    io: &mut (impl tokio::io::AsyncRead + Unpin),
-) -> Result<(), String> {
-    let (parts, total) = page_stream_headers(entry, headers)?;
-    let read = read_frames(entry.instance.memory_data_mut(), io, total).await;
-    if let Some((ptr, len)) = entry.instance.memory_range() {
-        crate::dirty::huge_pages(ptr, len, false);
-    }
-    entry.touched = Instant::now();
-    read?;
-    if end_part(entry, 0, parts)? && header(headers, "x-roam-final") == Some("1") {
-        entry.ready = true;
-    }
-    Ok(())
+/// One page stream, as its headers announced it.
+struct PageStream {
+    /// Parts of round 0 (the pages are the last).
+    parts: u32,
+    /// Most bytes of pages, all streams together.
+    total: u64,
+    /// Pages in the reserved instance's memory.
+    memory_pages: u64,
+    index: u32,
 }
 
-/// Check a page stream's headers against what `entry` expects: the last
-/// part of round 0, after its snapshot, with at most the memory's bytes.
-/// Returns (parts, bytes).
-fn page_stream_headers(entry: &mut Incoming, headers: &HeaderMap) -> Result<(u32, u64), String> {
+/// Check a page stream's headers against what `entry` expects — the last
+/// part of round 0, after its snapshot, with at most the memory's bytes, a
+/// stream not opened before — and count it as opened.
+fn open_page_stream(entry: &mut Incoming, headers: &HeaderMap) -> Result<PageStream, String> {
     let (_, parts) = expect_part(entry, 0, headers)?;
     if !entry.applied || entry.part + 1 != parts {
         return Err("pages may only end round 0, after its snapshot".into());
@@ -575,64 +572,205 @@ fn page_stream_headers(entry: &mut Incoming, headers: &HeaderMap) -> Result<(u32
             "{total} bytes of pages do not fit a memory of {memory_len} bytes"
         ));
     }
-    Ok((parts, total))
+    let (index, streams) = match header(headers, "x-roam-stream") {
+        None => (0, 1),
+        Some(v) => v
+            .split_once('/')
+            .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
+            .ok_or("header `x-roam-stream: I/N` malformed")?,
+    };
+    if streams == 0 || streams > roam_proto::MAX_PAGE_STREAMS || index >= streams {
+        return Err(format!(
+            "page stream {index}/{streams}: at most {} streams, numbered from 0",
+            roam_proto::MAX_PAGE_STREAMS
+        ));
+    }
+    let intake = entry.intake.get_or_insert(Intake {
+        streams,
+        opened: 0,
+        ended: 0,
+        landed: 0,
+        total,
+    });
+    if intake.streams != streams || intake.total != total {
+        return Err(format!(
+            "page stream {index}/{streams} of {total} bytes; {}/{} bytes announced before",
+            intake.streams, intake.total
+        ));
+    }
+    if intake.opened & (1 << index) != 0 {
+        return Err(format!("page stream {index} was opened before"));
+    }
+    intake.opened |= 1 << index;
+    Ok(PageStream {
+        parts,
+        total,
+        memory_pages: memory_len as u64 / PAGE,
+        index,
+    })
 }
 
-/// Read page frames into `memory` until the end frame: `total` bytes of
-/// pages, each frame inside `memory` and matching its checksum.
-async fn read_frames(
-    memory: &mut [u8],
+/// Land one page stream's frames in the reserved instance; the last stream
+/// to end ends round 0. Any failure drops the migration.
+async fn receive_stream(
+    agent: &Agent,
+    id: &str,
+    headers: &HeaderMap,
     io: &mut (impl tokio::io::AsyncRead + Unpin),
-    total: u64,
+    stream: &PageStream,
 ) -> Result<(), String> {
-    use tokio::io::AsyncReadExt;
-    let pages_in_memory = memory.len() as u64 / PAGE;
-    let mut received = 0u64;
-    loop {
+    let landed = land_frames(agent, id, headers, io, stream).await;
+    let mut incoming = agent.migrations.incoming.lock().await;
+    let Some(entry) = incoming
+        .get_mut(id)
+        .filter(|e| super::presents(headers, &e.key))
+    else {
+        return Err(landed
+            .err()
+            .unwrap_or_else(|| "the migration ended while its pages were sent".into()));
+    };
+    let ended = landed.and_then(|()| {
+        entry.touched = Instant::now();
+        let intake = entry
+            .intake
+            .as_mut()
+            .ok_or("the migration's page streams ended")?;
+        intake.ended += 1;
+        if intake.ended < intake.streams {
+            return Ok(());
+        }
+        entry.intake = None;
+        entry.instance.set_huge_pages(false);
+        if end_part(entry, 0, stream.parts)? && header(headers, "x-roam-final") == Some("1") {
+            entry.ready = true;
+        }
+        Ok(())
+    });
+    if let Err(e) = &ended {
+        tracing::warn!(migration = %id, error = %e, "migration stream refused; dropping it");
+        incoming.remove(id);
+    }
+    ended
+}
+
+/// Read frames and copy each, once checked, into the reserved instance.
+async fn land_frames(
+    agent: &Agent,
+    id: &str,
+    headers: &HeaderMap,
+    io: &mut (impl tokio::io::AsyncRead + Unpin),
+    stream: &PageStream,
+) -> Result<(), String> {
+    let mut frames = FrameReader::new(io, stream.total, stream.memory_pages);
+    while let Some((first, pages)) = frames.next().await? {
+        let mut incoming = agent.migrations.incoming.lock().await;
+        let entry = incoming
+            .get_mut(id)
+            .filter(|e| super::presents(headers, &e.key))
+            .ok_or("the migration ended while its pages were sent")?;
+        let intake = entry
+            .intake
+            .as_mut()
+            .ok_or("the migration's page streams ended")?;
+        intake.landed += pages.len() as u64;
+        if intake.landed > intake.total {
+            return Err(format!(
+                "more than the announced {} bytes of pages",
+                intake.total
+            ));
+        }
+        let at = (first * PAGE) as usize;
+        entry
+            .instance
+            .memory_data_mut()
+            .get_mut(at..at + pages.len())
+            .ok_or("a frame lies outside the memory")?
+            .copy_from_slice(pages);
+    }
+    Ok(())
+}
+
+/// Reads one page stream's frames, each checked against the memory's
+/// bounds before its pages are read and against its checksum after.
+struct FrameReader<'a, R> {
+    io: &'a mut R,
+    /// One frame's pages.
+    pages: Vec<u8>,
+    /// Most bytes of pages, and bytes read so far.
+    total: u64,
+    received: u64,
+    memory_pages: u64,
+}
+
+impl<'a, R: tokio::io::AsyncRead + Unpin> FrameReader<'a, R> {
+    fn new(io: &'a mut R, total: u64, memory_pages: u64) -> Self {
+        FrameReader {
+            io,
+            pages: Vec::new(),
+            total,
+            received: 0,
+            memory_pages,
+        }
+    }
+
+    /// The next frame: its first page and its pages; `None` after the end
+    /// frame, which must count the pages read.
+    async fn next(&mut self) -> Result<Option<(u64, &[u8])>, String> {
+        use tokio::io::AsyncReadExt;
         let mut head = [0u8; 16];
-        timed("reading a frame", io.read_exact(&mut head)).await?;
+        timed("reading a frame", self.io.read_exact(&mut head)).await?;
         let first = u64::from_le_bytes(head[..8].try_into().unwrap_or_default());
         let count = u32::from_le_bytes(head[8..12].try_into().unwrap_or_default());
+        let end = count == 0 && first == END_OF_PAGES;
+        if !end {
+            if count == 0
+                || count > FRAME_PAGES
+                || head[12..] != [0; 4]
+                || first
+                    .checked_add(u64::from(count))
+                    .is_none_or(|end| end > self.memory_pages)
+            {
+                return Err(format!(
+                    "a frame names pages {first}..+{count}, outside the memory's {} pages or over {FRAME_PAGES} pages",
+                    self.memory_pages
+                ));
+            }
+            self.received += u64::from(count) * PAGE;
+            if self.received > self.total {
+                return Err(format!(
+                    "more than the announced {} bytes of pages",
+                    self.total
+                ));
+            }
+        }
+        let len = if end {
+            0
+        } else {
+            count as usize * PAGE as usize
+        };
+        self.pages.resize(len, 0);
+        timed("reading pages", self.io.read_exact(&mut self.pages)).await?;
+        let mut sum = [0u8; 8];
+        timed("reading a checksum", self.io.read_exact(&mut sum)).await?;
         let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
         hasher.update(&head);
-        let range = if count == 0 && first == END_OF_PAGES {
-            None
-        } else if count == 0
-            || count > FRAME_PAGES
-            || head[12..] != [0; 4]
-            || first
-                .checked_add(u64::from(count))
-                .is_none_or(|end| end > pages_in_memory)
-        {
-            return Err(format!(
-                "a frame names pages {first}..+{count}, outside the memory's {pages_in_memory} pages or over {FRAME_PAGES} pages"
-            ));
-        } else {
-            received += u64::from(count) * PAGE;
-            if received > total {
-                return Err(format!("more than the announced {total} bytes of pages"));
-            }
-            Some((first * PAGE) as usize..((first + u64::from(count)) * PAGE) as usize)
-        };
-        if let Some(range) = &range {
-            let pages = &mut memory[range.clone()];
-            timed("reading pages", io.read_exact(pages)).await?;
-            hasher.update(pages);
-        }
-        let mut sum = [0u8; 8];
-        timed("reading a checksum", io.read_exact(&mut sum)).await?;
+        hasher.update(&self.pages);
         if u64::from_le_bytes(sum) != hasher.digest() {
             return Err(format!(
                 "the frame of pages {first}..+{count}: checksum mismatch"
             ));
         }
-        if range.is_none() {
-            let pages = u32::from_le_bytes(head[12..].try_into().unwrap_or_default());
-            return if u64::from(pages) * PAGE == received {
-                Ok(())
-            } else {
-                Err(format!("{} pages received, {pages} sent", received / PAGE))
-            };
+        if !end {
+            return Ok(Some((first, &self.pages)));
+        }
+        let sent = u32::from_le_bytes(head[12..].try_into().unwrap_or_default());
+        if u64::from(sent) * PAGE == self.received {
+            Ok(None)
+        } else {
+            Err(format!(
+                "{} pages received, {sent} sent",
+                self.received / PAGE
+            ))
         }
     }
 }
@@ -879,7 +1017,8 @@ async fn precopy(
                 let frozen_at = Instant::now();
                 let all = out.handle.freeze_full(buffers).await?;
                 out.state.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(frozen_at);
-                report.last_round_bytes = send_full(agent, id, out, all, None, true).await?;
+                report.last_round_bytes =
+                    send_full(agent, id, out, all, None, true, options.page_streams).await?;
                 report.bytes_sent = report.last_round_bytes;
                 return check(progress);
             }
@@ -888,7 +1027,8 @@ async fn precopy(
         }
     };
     let captured = last_capture.elapsed();
-    report.last_round_bytes = send_full(agent, id, out, full, live, false).await?;
+    report.last_round_bytes =
+        send_full(agent, id, out, full, live, false, options.page_streams).await?;
     tracing::info!(migration = %id, bytes = report.last_round_bytes, capture_ms = captured.as_secs_f64() * 1e3, send_ms = (last_capture.elapsed() - captured).as_secs_f64() * 1e3, "round 0 (full) sent");
     report.bytes_sent += report.last_round_bytes;
     let _ = progress.send(report.clone()).await;
@@ -958,6 +1098,7 @@ async fn send_full(
     mut full: Snapshot,
     live: Option<LiveMemory>,
     last: bool,
+    streams: u32,
 ) -> Result<u64, String> {
     let (pages, data) = match full.memories.first_mut() {
         Some(m) => (std::mem::take(&mut m.pages), std::mem::take(&mut m.data)),
@@ -986,13 +1127,11 @@ async fn send_full(
             ..head
         };
         let began = Instant::now();
-        let source = match &live {
-            Some(memory) => Pages::Live(memory),
-            None => Pages::Captured(&pages, &data),
+        let source = match live {
+            Some(memory) => PageSource::Live(memory),
+            None => PageSource::Captured(pages, data),
         };
-        let pages = send_pages(agent, id, out, &part, source).await?;
-        // The memory goes back to the driver.
-        drop(live);
+        let pages = send_pages(agent, id, out, &part, source, streams).await?;
         sent += pages * PAGE;
         tracing::debug!(migration = %id, bytes = pages * PAGE, stream_ms = began.elapsed().as_secs_f64() * 1e3, "pages sent");
     }
@@ -1000,39 +1139,73 @@ async fn send_full(
 }
 
 /// Where round 0's pages come from.
-enum Pages<'a> {
+enum PageSource {
     /// Copied at the capture: page indices, their bytes in order.
-    Captured(&'a [u64], &'a [u8]),
-    /// Read from the running workload's memory.
-    Live(&'a LiveMemory),
+    Captured(Vec<u64>, Vec<u8>),
+    /// Read from the running workload's memory (given back to the driver
+    /// once every stream is done with it).
+    Live(LiveMemory),
 }
 
-/// Stream round 0's pages to the target as its last part, and wait for
-/// its verdict. Returns the pages sent.
+/// Pages in one window: the unit the page streams share out (window `w`
+/// goes over stream `w % streams`), and the most pages one frame carries.
+/// 256 KiB: a window's copy stays in the core's cache while it is
+/// checked for zero pages, checksummed and written.
+const WINDOW_PAGES: u64 = 64;
+
+/// Stream round 0's pages to the target as its last part, over `streams`
+/// connections at once, and wait for every verdict. Returns the pages sent.
 async fn send_pages(
     agent: &Agent,
     id: &str,
     out: &Outgoing,
     at: &Part,
-    source: Pages<'_>,
+    source: PageSource,
+    streams: u32,
 ) -> Result<u64, String> {
-    use tokio::io::AsyncReadExt;
+    let streams = streams.clamp(1, roam_proto::MAX_PAGE_STREAMS);
     // At most this many bytes of pages (zero pages are not sent).
     let most = match &source {
-        Pages::Captured(_, data) => data.len(),
-        Pages::Live(memory) => memory.len(),
+        PageSource::Captured(_, data) => data.len(),
+        PageSource::Live(memory) => memory.len(),
     };
-    let mut request = agent
-        .http
-        .post(format!("{}/v1/migrations/{id}/pages", out.target_url))
-        .bearer_auth(&out.key)
-        .header("connection", "upgrade")
-        .header("upgrade", "roam-pages")
-        .header("x-roam-part", format!("{}/{}", at.part, at.parts))
-        .header("x-roam-total", most.to_string());
-    if at.last {
-        request = request.header("x-roam-final", "1");
+    let source = Arc::new(source);
+    let mut sending = tokio::task::JoinSet::new();
+    for index in 0..streams {
+        let mut request = agent
+            .http
+            .post(format!("{}/v1/migrations/{id}/pages", out.target_url))
+            .bearer_auth(&out.key)
+            .header("connection", "upgrade")
+            .header("upgrade", "roam-pages")
+            .header("x-roam-part", format!("{}/{}", at.part, at.parts))
+            .header("x-roam-total", most.to_string())
+            .header("x-roam-stream", format!("{index}/{streams}"));
+        if at.last {
+            request = request.header("x-roam-final", "1");
+        }
+        sending.spawn(send_stream(request, source.clone(), index, streams));
     }
+    let mut pages = 0;
+    while let Some(sent) = sending.join_next().await {
+        match sent {
+            Ok(Ok(n)) => pages += n,
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(format!("round 0: a page stream failed: {e}")),
+        }
+    }
+    Ok(pages)
+}
+
+/// One page stream: its share of the pages, the end frame, the target's
+/// verdict. Returns the pages sent.
+async fn send_stream(
+    request: reqwest::RequestBuilder,
+    source: Arc<PageSource>,
+    index: u32,
+    streams: u32,
+) -> Result<u64, String> {
+    use tokio::io::AsyncReadExt;
     let r = request
         .send()
         .await
@@ -1048,10 +1221,15 @@ async fn send_pages(
         .upgrade()
         .await
         .map_err(|e| format!("round 0: no page stream: {e}"))?;
-    let written = match source {
-        Pages::Captured(pages, data) => write_captured(&mut io, pages, data).await,
-        Pages::Live(memory) => write_live(&mut io, memory).await,
+    let share = Share {
+        index: u64::from(index),
+        streams: u64::from(streams),
     };
+    let written = match &*source {
+        PageSource::Captured(pages, data) => write_captured(&mut io, pages, data, share).await,
+        PageSource::Live(memory) => write_live(&mut io, memory, share).await,
+    };
+    drop(source);
     let written = match written {
         Ok(n) => write_end(&mut io, n).await.map(|()| n),
         Err(e) => Err(e),
@@ -1080,25 +1258,43 @@ async fn send_pages(
     }
 }
 
+/// The windows one page stream carries: `w % streams == index`.
+#[derive(Clone, Copy)]
+struct Share {
+    index: u64,
+    streams: u64,
+}
+
+impl Share {
+    fn carries(self, page: u64) -> bool {
+        (page / WINDOW_PAGES) % self.streams == self.index
+    }
+}
+
 /// One frame: `bytes` (whole pages, at most [`FRAME_PAGES`]) for the pages
-/// from `first` on.
+/// from `first` on, its head and checksum in one vectored write.
 async fn write_frame(
     io: &mut (impl tokio::io::AsyncWrite + Unpin),
     first: u64,
     bytes: &[u8],
 ) -> Result<(), String> {
+    use std::io::IoSlice;
     use tokio::io::AsyncWriteExt;
     let head = frame_head(first, (bytes.len() / crate::snapshot::PAGE_SIZE) as u32);
     let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
     hasher.update(&head);
     hasher.update(bytes);
-    timed("writing a frame", io.write_all(&head)).await?;
-    timed("writing pages", io.write_all(bytes)).await?;
-    timed(
-        "writing a checksum",
-        io.write_all(&hasher.digest().to_le_bytes()),
-    )
-    .await
+    let sum = hasher.digest().to_le_bytes();
+    let mut parts = [IoSlice::new(&head), IoSlice::new(bytes), IoSlice::new(&sum)];
+    let mut parts = &mut parts[..];
+    while !parts.is_empty() {
+        let n = timed("writing pages", io.write_vectored(parts)).await?;
+        if n == 0 {
+            return Err("the page stream closed while writing pages".into());
+        }
+        IoSlice::advance_slices(&mut parts, n);
+    }
+    Ok(())
 }
 
 /// The end frame, with the number of pages sent.
@@ -1116,45 +1312,55 @@ async fn write_end(
     timed("flushing", io.flush()).await
 }
 
-/// Write captured `pages` (their bytes in order in `data`) as frames of
-/// consecutive pages. Returns the pages written.
+/// Write this stream's `share` of the captured `pages` (their bytes in
+/// order in `data`) as frames of consecutive pages inside one window.
+/// Returns the pages written.
 async fn write_captured(
     io: &mut (impl tokio::io::AsyncWrite + Unpin),
     pages: &[u64],
     data: &[u8],
+    share: Share,
 ) -> Result<u64, String> {
     const SIZE: usize = crate::snapshot::PAGE_SIZE;
+    let mut written = 0;
     let mut i = 0;
     while i < pages.len() {
         let first = pages[i];
+        let window_end = (first / WINDOW_PAGES + 1) * WINDOW_PAGES;
         let mut count = 1;
         while i + count < pages.len()
-            && count < FRAME_PAGES as usize
             && pages[i + count] == first + count as u64
+            && first + (count as u64) < window_end
         {
             count += 1;
         }
-        let bytes = data
-            .get(i * SIZE..(i + count) * SIZE)
-            .ok_or("the capture holds fewer bytes than pages")?;
-        write_frame(io, first, bytes).await?;
+        if share.carries(first) {
+            let bytes = data
+                .get(i * SIZE..(i + count) * SIZE)
+                .ok_or("the capture holds fewer bytes than pages")?;
+            write_frame(io, first, bytes).await?;
+            written += count as u64;
+        }
         i += count;
     }
-    Ok(pages.len() as u64)
+    Ok(written)
 }
 
-/// Write the non-zero pages of the running workload's memory as frames,
-/// each copied first (so its checksum covers exactly the bytes sent) into
-/// a buffer that stays in cache. Returns the pages written.
+/// Write this stream's `share` of the running workload's memory: each
+/// window copied first (so a frame's checksum covers exactly the bytes
+/// sent) into a buffer that stays in cache, its runs of non-zero pages
+/// sent as frames. Returns the pages written.
 async fn write_live(
     io: &mut (impl tokio::io::AsyncWrite + Unpin),
     memory: &LiveMemory,
+    share: Share,
 ) -> Result<u64, String> {
     const SIZE: usize = crate::snapshot::PAGE_SIZE;
-    let mut window = vec![0u8; FRAME_PAGES as usize * SIZE];
+    const WINDOW: usize = WINDOW_PAGES as usize * SIZE;
+    let mut window = vec![0u8; WINDOW];
     let mut written = 0u64;
-    let mut at = 0;
     let delay = fault_delay("ROAM_FAULT_WINDOW_DELAY_MS").map(std::time::Duration::from_millis);
+    let mut at = share.index as usize * WINDOW;
     while at < memory.len() {
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
@@ -1179,7 +1385,7 @@ async fn write_live(
             write_frame(io, first + start as u64, bytes).await?;
             written += (p - start) as u64;
         }
-        at += n.max(1);
+        at += WINDOW * share.streams as usize;
     }
     Ok(written)
 }
@@ -1549,21 +1755,40 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let n = write_captured(&mut wire, &pages, &data).await?;
+            let n = write_captured(&mut wire, &pages, &data, ALL).await?;
             write_end(&mut wire, n).await
         })
         .unwrap();
         (pages, data, wire)
     }
 
+    const ALL: Share = Share {
+        index: 0,
+        streams: 1,
+    };
+
+    /// Land a page stream in a memory of 1000 pages, as the target does.
     fn read(wire: &[u8], total: usize) -> Result<Vec<u8>, String> {
         let mut memory = vec![0u8; 1000 * 4096];
+        read_into(&mut memory, wire, total)?;
+        Ok(memory)
+    }
+
+    fn read_into(memory: &mut [u8], wire: &[u8], total: usize) -> Result<(), String> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .unwrap();
-        rt.block_on(read_frames(&mut memory, &mut &wire[..], total as u64))?;
-        Ok(memory)
+        let pages = memory.len() as u64 / PAGE;
+        rt.block_on(async {
+            let mut io = wire;
+            let mut frames = FrameReader::new(&mut io, total as u64, pages);
+            while let Some((first, bytes)) = frames.next().await? {
+                let at = first as usize * 4096;
+                memory[at..at + bytes.len()].copy_from_slice(bytes);
+            }
+            Ok(())
+        })
     }
 
     /// Live memory: zero pages are skipped, runs cross window edges, and
@@ -1584,7 +1809,7 @@ mod tests {
         let mut wire = Vec::new();
         let pages = rt
             .block_on(async {
-                let n = write_live(&mut wire, &memory).await?;
+                let n = write_live(&mut wire, &memory, ALL).await?;
                 write_end(&mut wire, n).await.map(|()| n)
             })
             .unwrap();
@@ -1595,6 +1820,63 @@ mod tests {
         );
         let memory = read(&wire, bytes.len()).unwrap();
         assert_eq!(&memory[..bytes.len()], bytes);
+    }
+
+    /// Several streams: each carries only its windows, none is left out,
+    /// and together they rebuild the memory — live or captured.
+    #[test]
+    fn page_streams_share_the_memory_out_by_window() {
+        let mut bytes = vec![0u8; 1000 * 4096];
+        for p in (0..1000).filter(|p| p % 7 != 3) {
+            bytes[p * 4096..(p + 1) * 4096].fill((p % 250) as u8 + 1);
+        }
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        let sent: Vec<u64> = (0..1000u64).filter(|p| p % 7 != 3).collect();
+        let data: Vec<u8> = sent
+            .iter()
+            .flat_map(|&p| bytes[p as usize * 4096..(p as usize + 1) * 4096].to_vec())
+            .collect();
+        let memory = LiveMemory::lend_for_test(bytes);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        for streams in [1u64, 2, 3, 8] {
+            let mut live = vec![0u8; bytes.len()];
+            let mut captured = vec![0u8; bytes.len()];
+            let mut total = 0;
+            for index in 0..streams {
+                let share = Share { index, streams };
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                let (n, m) = rt
+                    .block_on(async {
+                        let n = write_live(&mut a, &memory, share).await?;
+                        write_end(&mut a, n).await?;
+                        let m = write_captured(&mut b, &sent, &data, share).await?;
+                        write_end(&mut b, m).await?;
+                        Ok::<_, String>((n, m))
+                    })
+                    .unwrap();
+                assert_eq!(n, m, "{index}/{streams}");
+                total += n;
+                // Only this stream's windows arrive.
+                let mut alone = vec![0u8; bytes.len()];
+                read_into(&mut alone, &a, bytes.len()).unwrap();
+                for (p, page) in alone.chunks(4096).enumerate() {
+                    let mine = share.carries(p as u64) && p % 7 != 3;
+                    assert_eq!(
+                        page.iter().any(|&b| b != 0),
+                        mine,
+                        "page {p} on {index}/{streams}"
+                    );
+                }
+                read_into(&mut live, &a, bytes.len()).unwrap();
+                read_into(&mut captured, &b, bytes.len()).unwrap();
+            }
+            assert_eq!(total, sent.len() as u64, "{streams} streams");
+            assert!(live == bytes, "{streams} streams rebuild the live memory");
+            assert!(captured == bytes, "{streams} streams rebuild the capture");
+        }
     }
 
     #[test]

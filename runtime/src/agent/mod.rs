@@ -66,6 +66,11 @@ pub struct AgentConfig {
     pub slots: u32,
     /// Largest memory of one instance (default: the capacity, at most 4 GiB).
     pub max_instance_memory: Option<u64>,
+    /// Bytes of each freed instance slot's written memory kept faulted in
+    /// (zeroed in place) rather than given back to the kernel (wasmtime's
+    /// `linear_memory_keep_resident`): the next instance or incoming
+    /// migration in that slot writes into memory faulted in already.
+    pub keep_resident: u64,
     /// Native code or the portable interpreter.
     pub engine: crate::config::EngineKind,
     /// Untrusted labels the host reports (trusted ones come from the token).
@@ -144,6 +149,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             .clamp(64 << 10, 4 << 30),
         cache_dir: Some(config.data_dir.join("compiled")),
         engine: config.engine,
+        keep_resident: usize::try_from(config.keep_resident).unwrap_or(usize::MAX),
         ..RuntimeConfig::default()
     })?;
     let listener = tokio::net::TcpListener::bind(config.listen)

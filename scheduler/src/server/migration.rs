@@ -221,6 +221,16 @@ impl Scheduler {
         req: MigrateRequest,
     ) -> Result<MigrationInfo, Refusal> {
         let name = req.workload.clone();
+        let streams = req.options.page_streams;
+        if !(1..=roam_proto::MAX_PAGE_STREAMS).contains(&streams) {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "page_streams must be 1 to {}, not {streams}",
+                    roam_proto::MAX_PAGE_STREAMS
+                ),
+            ));
+        }
         let Some(spec) = self.spec(&name) else {
             return Err((StatusCode::NOT_FOUND, format!("no workload `{name}`")));
         };
