@@ -94,11 +94,13 @@ impl Cluster {
 }
 
 /// A TCP relay in front of `to` that delays every byte by `delay` each way
-/// and paces each direction at `rate` bytes per second: a WAN link in user
-/// space (this kernel has no `netem`). Returns its URL.
+/// and paces each direction at `rate` bytes per second, shared by all the
+/// connections through it (so several streams share one link): a WAN link
+/// in user space (this kernel has no `netem`). Returns its URL.
 fn link_emulator(to: std::net::SocketAddr, delay: Duration, rate: f64) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
+    let (up, down) = (Link::new(delay, rate), Link::new(delay, rate));
     std::thread::spawn(move || {
         for client in listener.incoming().map_while(Result::ok) {
             let Ok(server) = std::net::TcpStream::connect(to) else {
@@ -107,39 +109,61 @@ fn link_emulator(to: std::net::SocketAddr, delay: Duration, rate: f64) -> String
             let _ = client.set_nodelay(true);
             let _ = server.set_nodelay(true);
             let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-            std::thread::spawn(move || pipe(client, server, delay, rate));
-            std::thread::spawn(move || pipe(s2, c2, delay, rate));
+            let (up, down) = (up.clone(), down.clone());
+            std::thread::spawn(move || pipe(client, server, &up));
+            std::thread::spawn(move || pipe(s2, c2, &down));
         }
     });
     url
 }
 
-/// Copy `from` → `to`, each chunk released `delay` after it was read and no
-/// faster than `rate` bytes per second.
-fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream, delay: Duration, rate: f64) {
+/// One direction of an emulated link: its delay, and when it is next free
+/// at its rate.
+#[derive(Clone)]
+struct Link {
+    delay: Duration,
+    rate: f64,
+    free_at: Arc<std::sync::Mutex<Instant>>,
+}
+
+impl Link {
+    fn new(delay: Duration, rate: f64) -> Link {
+        Link {
+            delay,
+            rate,
+            free_at: Arc::new(std::sync::Mutex::new(Instant::now())),
+        }
+    }
+
+    /// When `len` bytes read at `read` may go out: after the delay, once
+    /// the link is free; the link is then busy for their transmission.
+    fn slot(&self, read: Instant, len: usize) -> Instant {
+        let mut free_at = self.free_at.lock().unwrap();
+        let start = (read + self.delay).max(*free_at);
+        *free_at = start + Duration::from_secs_f64(len as f64 / self.rate);
+        start
+    }
+}
+
+/// Copy `from` → `to` over `link`.
+fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream, link: &Link) {
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 << 10];
         while let Ok(n) = from.read(&mut buf) {
-            if n == 0
-                || tx
-                    .send((Instant::now() + delay, buf[..n].to_vec()))
-                    .is_err()
-            {
+            if n == 0 || tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
                 break;
             }
         }
     });
-    let mut free_at = Instant::now();
-    for (due, chunk) in rx {
-        let start = due.max(free_at);
+    for (read, chunk) in rx {
+        let start = link.slot(read, chunk.len());
         if let Some(wait) = start.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
         if to.write_all(&chunk).is_err() {
             break;
         }
-        free_at = start + Duration::from_secs_f64(chunk.len() as f64 / rate);
     }
     let _ = to.shutdown(std::net::Shutdown::Write);
 }

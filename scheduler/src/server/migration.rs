@@ -528,10 +528,12 @@ impl Scheduler {
         info.phase = "committed".into();
         info.total_ms = now_ms().saturating_sub(info.started_ms);
         info.history.push(("committed".into(), info.total_ms));
-        if let Err(e) = self
+        let began = Instant::now();
+        let recorded = self
             .store
-            .commit_migration(id, &info, &info.workload, info.generation)
-        {
+            .commit_migration(id, &info, &info.workload, info.generation);
+        tracing::debug!(migration = %id, store_ms = began.elapsed().as_secs_f64() * 1e3, "commit point recorded");
+        if let Err(e) = recorded {
             tracing::error!(migration = %id, error = %e, "cannot record the commit; aborting");
             self.abort_hosts(id, 0).await;
             self.finish(
