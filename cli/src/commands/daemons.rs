@@ -69,8 +69,9 @@ pub struct HostArgs {
     /// workload wrote faulted in, zeroed in place, instead of giving it back
     /// to the kernel. A workload that starts or migrates into that slot
     /// later (one moving back after maintenance, say) takes no page faults
-    /// for it: at 64 MiB that makes a live migration's total time ~20% shorter
-    /// here. Costs resident memory: up to this much per freed slot.
+    /// for it — on VMs whose freed memory goes back to the hypervisor, a
+    /// fault on fresh memory can cost more than copying the page. Costs
+    /// resident memory: up to this much per freed slot (default: none).
     #[arg(long, value_parser = parse_size, default_value = "0")]
     pub keep_resident: u64,
     /// How to execute Wasm: `cranelift` compiles to this machine's code;

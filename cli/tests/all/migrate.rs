@@ -125,6 +125,22 @@ fn a_counter_moves_live_with_its_state_and_rule_breaking_targets_are_refused() {
     );
 
     let target = other_eu(&source);
+    // Options out of range are refused before anything moves.
+    for streams in [0, 9] {
+        let mut r = c
+            .agent
+            .post(format!("{}/v1/migrations", c.url))
+            .header("authorization", format!("Bearer {}", c.admin))
+            .send(format!(
+                r#"{{"workload":"counter","to":"{target}","options":{{"page_streams":{streams}}}}}"#
+            ))
+            .unwrap();
+        let body = r.body_mut().read_to_string().unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{body}");
+        assert!(body.contains("page_streams"), "{body}");
+    }
+    assert_eq!(host_of(&c, "counter"), source);
+
     let summary = migrate(&c, "counter", target);
     assert_eq!(summary["source"], source.as_str());
     assert_eq!(summary["target"], target);
