@@ -187,7 +187,13 @@ fn a_counter_moves_live_with_its_state_and_rule_breaking_targets_are_refused() {
 
 #[test]
 fn a_workload_moved_back_and_forth_fifty_times_keeps_its_state() {
-    let c = eu_cluster();
+    // The hosts keep freed slots' written memory resident: from the third
+    // hop on, the counter lands in the slot it left there, zeroed in place.
+    let mut c = Cluster::start_with(&[("HEARTBEAT_TIMEOUT", PATIENT)]);
+    let keep = ["--keep-resident", "16MiB"];
+    c.add_host_with("eu-1", "eu-west-1", "EU", &keep, &[]);
+    c.add_host_with("eu-2", "eu-central-1", "EU", &keep, &[]);
+    c.wait_ready(2);
     deploy_eu_counter(&c);
     let mut at = host_of(&c, "counter");
     for hop in 1..=50u32 {
