@@ -431,7 +431,8 @@ fn apply_snapshot_part(
     Ok(())
 }
 
-/// Pages in one frame of the page stream.
+/// Most pages one frame of a page stream may carry (a source sends at most
+/// [`WINDOW_PAGES`]).
 const FRAME_PAGES: u32 = 256;
 /// A page stream that moves no bytes for this long is given up.
 const STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
