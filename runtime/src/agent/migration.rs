@@ -5,8 +5,10 @@
 //! migration"):
 //! 1. `POST /v1/migrations/{id}/prepare` on the target: fetch and compile
 //!    the module, reserve an instance slot, remember the migration's key.
-//! 2. `POST /v1/migrations/{id}/send` on the source: a full capture, then
-//!    rounds of dirty pages, streamed to the target as `PUT
+//! 2. `POST /v1/migrations/{id}/send` on the source: a full capture (its
+//!    state as `PUT /v1/migrations/{id}/rounds/0`, its pages over
+//!    `page_streams` upgraded `POST .../pages` streams of checksummed
+//!    frames, see [`receive_pages`]), then rounds of dirty pages as `PUT
 //!    /v1/migrations/{id}/rounds/{n}` (authenticated with the key, each part
 //!    with its length bounded and an xxh3 checksum); then the source freezes
 //!    (holds new requests and messages), sends the last delta, and answers
