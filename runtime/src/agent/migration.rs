@@ -133,6 +133,15 @@ struct Incoming {
     touched: Instant,
 }
 
+impl Incoming {
+    /// Round 0's page streams, while they arrive.
+    fn intake(&mut self) -> Result<&mut Intake, String> {
+        self.intake
+            .as_mut()
+            .ok_or_else(|| "the migration's page streams ended".to_string())
+    }
+}
+
 /// Round 0's page streams as they arrive (see [`receive_pages`]).
 struct Intake {
     /// Streams announced; bit `i` of `opened` is set once stream `i`
@@ -261,6 +270,12 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// `I/N` (a part of a round, a page stream of several) as numbers.
+fn index_of(value: &str) -> Option<(u32, u32)> {
+    let (i, n) = value.split_once('/')?;
+    Some((i.parse().ok()?, n.parse().ok()?))
+}
+
 /// The received migration `id` if `headers` carry its key, marked as
 /// touched now; else the status and reason refusing the request.
 fn presented<'a>(
@@ -349,8 +364,7 @@ fn expect_part(entry: &Incoming, round: u32, headers: &HeaderMap) -> Result<(u32
         ));
     }
     let (part, parts) = header(headers, "x-roam-part")
-        .and_then(|p| p.split_once('/'))
-        .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
+        .and_then(index_of)
         .ok_or("header `x-roam-part: I/N` missing or malformed")?;
     if part != entry.part || parts == 0 || part >= parts {
         return Err(format!(
@@ -577,10 +591,7 @@ fn open_page_stream(entry: &mut Incoming, headers: &HeaderMap) -> Result<PageStr
     }
     let (index, streams) = match header(headers, "x-roam-stream") {
         None => (0, 1),
-        Some(v) => v
-            .split_once('/')
-            .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
-            .ok_or("header `x-roam-stream: I/N` malformed")?,
+        Some(v) => index_of(v).ok_or("header `x-roam-stream: I/N` malformed")?,
     };
     if streams == 0 || streams > roam_proto::MAX_PAGE_STREAMS || index >= streams {
         return Err(format!(
@@ -613,6 +624,9 @@ fn open_page_stream(entry: &mut Incoming, headers: &HeaderMap) -> Result<PageStr
     })
 }
 
+/// Why a page stream stops when its migration is no longer received here.
+const ENDED: &str = "the migration ended while its pages were sent";
+
 /// Land one page stream's frames in the reserved instance; the last stream
 /// to end ends round 0. Any failure drops the migration.
 async fn receive_stream(
@@ -624,20 +638,11 @@ async fn receive_stream(
 ) -> Result<(), String> {
     let landed = land_frames(agent, id, headers, io, stream).await;
     let mut incoming = agent.migrations.incoming.lock().await;
-    let Some(entry) = incoming
-        .get_mut(id)
-        .filter(|e| super::presents(headers, &e.key))
-    else {
-        return Err(landed
-            .err()
-            .unwrap_or_else(|| "the migration ended while its pages were sent".into()));
+    let Ok(entry) = presented(&mut incoming, id, headers) else {
+        return Err(landed.err().unwrap_or_else(|| ENDED.into()));
     };
     let ended = landed.and_then(|()| {
-        entry.touched = Instant::now();
-        let intake = entry
-            .intake
-            .as_mut()
-            .ok_or("the migration's page streams ended")?;
+        let intake = entry.intake()?;
         intake.ended += 1;
         if intake.ended < intake.streams {
             return Ok(());
@@ -667,14 +672,8 @@ async fn land_frames(
     let mut frames = FrameReader::new(io, stream.total, stream.memory_pages);
     while let Some((first, pages)) = frames.next().await? {
         let mut incoming = agent.migrations.incoming.lock().await;
-        let entry = incoming
-            .get_mut(id)
-            .filter(|e| super::presents(headers, &e.key))
-            .ok_or("the migration ended while its pages were sent")?;
-        let intake = entry
-            .intake
-            .as_mut()
-            .ok_or("the migration's page streams ended")?;
+        let entry = presented(&mut incoming, id, headers).map_err(|_| ENDED)?;
+        let intake = entry.intake()?;
         intake.landed += pages.len() as u64;
         if intake.landed > intake.total {
             return Err(format!(
