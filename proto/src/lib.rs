@@ -410,6 +410,33 @@ pub struct MigrationDecision {
     pub generation: u64,
 }
 
+/// What a host knows of a migration: its answer to the scheduler's
+/// `GET /v1/migrations/{id}/status?workload=W&generation=G`, which a
+/// restarted scheduler asks to learn whether a migration it was running
+/// reached its commit point.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationStatus {
+    /// `source`, `target`, or empty when the host knows nothing of it.
+    #[serde(default)]
+    pub role: String,
+    /// As source: `sending` (may still give up by itself), `prepared`
+    /// (frozen, holding requests: never resumes by itself), `committed` or
+    /// `aborted`. As target: `receiving`, `ready` (holds the final state,
+    /// not serving) or `serving` (committed: runs the workload at the
+    /// migration's generation or later).
+    #[serde(default)]
+    pub phase: String,
+}
+
+/// Query of [`MigrationStatus`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationStatusQuery {
+    /// The migration's workload.
+    pub workload: String,
+    /// The generation the migration gives the workload on the target.
+    pub generation: u64,
+}
+
 /// A host's answer to a commit.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitOutcome {

@@ -644,6 +644,43 @@ fn a_scheduler_restart_mid_migration_aborts_it_and_the_source_serves_on() {
     });
 }
 
+/// The commit point is the source's `prepared`, not a store write: a
+/// scheduler restarted after it learns so from the hosts and completes the
+/// migration, and the new generation survives a further restart.
+#[test]
+fn a_scheduler_restart_after_the_source_froze_completes_the_migration() {
+    let mut c = slow_cluster(&[("ROAM_FAULT_COMMIT_DELAY_MS", "1500")]);
+    let source = host_of(&c, "counter");
+    let target = other_eu(&source);
+    assert_eq!(c.invoke("counter", "/before").0, 200);
+    let load = Load::start(&c, "counter", 2);
+    let id = start_migration(&c, "counter", target);
+    wait_phase(&c, &id, &["prepared"]);
+    c.restart_scheduler();
+    let m = wait_phase(&c, &id, &["done", "failed", "aborted"]);
+    assert_eq!(m["phase"], "done", "{m}");
+    assert_eq!(host_of(&c, "counter"), target);
+    load.check(&c, "counter");
+    poll(Duration::from_secs(10), "one copy, on the target", || {
+        copies(&c, "counter") == vec![target.to_string()]
+    });
+    // The generation was recorded: after another restart the ingress still
+    // routes with the one the target serves at.
+    c.restart_scheduler();
+    let mut answer = (0, String::new());
+    poll(Duration::from_secs(30), "the target to serve", || {
+        answer = c.invoke("counter", "/before");
+        answer.0 == 200
+    });
+    assert!(
+        answer.1.starts_with(r#"{"path":"/before","count":"#),
+        "{answer:?}"
+    );
+    let m = migration(&c, &id);
+    assert_eq!(m["phase"], "done", "{m}");
+    assert_eq!(host_of(&c, "counter"), target);
+}
+
 /// Deleting a workload while its memory streams to the target: the
 /// migration ends (whichever way the race goes), no copy is left anywhere,
 /// and both hosts serve on.

@@ -29,10 +29,10 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response as HttpResponse};
-use axum::routing::{post, put};
+use axum::routing::{get, post, put};
 use roam_proto::{
-    CommitOutcome, MigrationDecision, MigrationOptions, MigrationProgress, PrepareMigration,
-    SendMigration, StartInstance,
+    CommitOutcome, MigrationDecision, MigrationOptions, MigrationProgress, MigrationStatus,
+    MigrationStatusQuery, PrepareMigration, SendMigration, StartInstance,
 };
 use tokio::sync::mpsc;
 
@@ -188,6 +188,7 @@ pub(super) fn control_routes() -> Router<Arc<Agent>> {
         .route("/v1/migrations/{id}/send", post(send))
         .route("/v1/migrations/{id}/commit", post(commit))
         .route("/v1/migrations/{id}/abort", post(abort))
+        .route("/v1/migrations/{id}/status", get(status))
 }
 
 /// Routes the source calls on the target (behind the migration's key).
@@ -1654,6 +1655,55 @@ async fn commit(
         return Json(CommitOutcome { downtime_us }).into_response();
     }
     commit_incoming(&agent, &id, decision.generation).await
+}
+
+/// What this host knows of a migration, for a restarted scheduler deciding
+/// whether it reached its commit point (see `MigrationStatus`).
+async fn status(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    Query(q): Query<MigrationStatusQuery>,
+) -> HttpResponse {
+    let answer = |role: &str, phase: &str| {
+        Json(MigrationStatus {
+            role: role.into(),
+            phase: phase.into(),
+        })
+        .into_response()
+    };
+    if let Some(out) = agent.migrations.outgoing(&id) {
+        let phase = match out.phase() {
+            OutPhase::Sending => "sending",
+            OutPhase::Prepared => "prepared",
+            OutPhase::Committed => "committed",
+            OutPhase::Aborted => "aborted",
+        };
+        return answer("source", phase);
+    }
+    if agent.migrations.committed_before(&id).is_some() {
+        return answer("source", "committed");
+    }
+    if let Some(entry) = agent.migrations.incoming.lock().await.get(&id) {
+        return answer("target", if entry.ready { "ready" } else { "receiving" });
+    }
+    let committed_here = agent
+        .migrations
+        .forwarding
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key(&id);
+    // Long after the commit only the workload itself is left to show it.
+    let serving = committed_here
+        || agent
+            .workloads
+            .lock()
+            .await
+            .get(&q.workload)
+            .is_some_and(|r| q.generation > 0 && r.generation >= q.generation);
+    if serving {
+        return answer("target", "serving");
+    }
+    answer("", "")
 }
 
 async fn abort(

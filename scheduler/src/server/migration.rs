@@ -1,16 +1,27 @@
 //! Live migration, orchestrated by the scheduler.
 //!
-//! The commit point is one store transaction that records the migration as
-//! `committed` and raises the workload's generation. Before it, any failure
-//! aborts: the target drops what it received and the source serves on.
-//! After it, the target serves at the new generation, routing flips, and the
-//! source hands what it held to the target and never serves again. If the
-//! target is lost between the commit and its activation, the source — which
-//! still holds the final state, frozen — resumes at a yet higher generation.
-//! A restarted scheduler finishes what its store says: migrations caught
-//! before the commit are aborted, committed ones completed, once their
-//! hosts have rejoined; until then the reconciler leaves those workloads
-//! alone.
+//! The commit point is the source reporting `prepared`: it gets there only
+//! once the target acknowledged the final state, and from then on it never
+//! resumes by itself — it waits, frozen, for the scheduler's decision, and
+//! the scheduler commits every prepared migration. Before that point any
+//! failure aborts: the target drops what it received and the source serves
+//! on. After it, the target serves at the new generation, routing flips, and
+//! the source hands what it held to the target and never serves again. If
+//! the target is lost between the commit and its activation, the source —
+//! which still holds the final state, frozen — resumes at a yet higher
+//! generation, recorded in the store before the source is told.
+//!
+//! So the commit needs no store write on the downtime's path: the store
+//! holds every migration from its start, and the new generation is
+//! recorded with the migration's final record. A restarted scheduler that
+//! finds a migration without one asks its hosts where it got to
+//! ([`Scheduler::ask_hosts`]): a source that is `prepared` or `committed`, or
+//! a target that serves at the migration's generation, means it reached the
+//! commit point and is completed; anything else is aborted. It asks the
+//! source first because a source still `sending` may give up by itself at
+//! any moment (its progress stream to the old scheduler is gone) but never
+//! once `prepared`. Until both hosts have rejoined (or had time to), the
+//! reconciler leaves those workloads alone.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -23,8 +34,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use roam_proto::{
     CommitOutcome, DrainOutcome, MigrateRequest, MigrationDecision, MigrationInfo,
-    MigrationOptions, MigrationProgress, Place, PrepareMigration, SendMigration, StartInstance,
-    WorkloadSpec,
+    MigrationOptions, MigrationProgress, MigrationStatus, MigrationStatusQuery, Place,
+    PrepareMigration, SendMigration, StartInstance, WorkloadSpec,
 };
 
 use super::{Scheduler, error, parse};
@@ -113,11 +124,24 @@ impl MigrationMetrics {
     }
 }
 
-/// What a restarted scheduler still has to tell the hosts.
+/// What a restarted scheduler still has to do about a migration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Pending {
-    Abort,
+    /// Committed: tell the hosts (a record written by an older scheduler,
+    /// which stored the commit point).
     Commit,
+    /// Ask the hosts whether it reached the commit point, then complete or
+    /// abort it.
+    Resolve,
+}
+
+/// What the hosts' answers say of an interrupted migration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    Commit,
+    Abort,
+    /// A host that may hold the answer did not give it; ask again later.
+    Unknown,
 }
 
 fn now_ms() -> u64 {
@@ -204,10 +228,9 @@ impl Scheduler {
                 if info.phase == "committed" {
                     pending.insert(id.clone(), Pending::Commit);
                 } else {
-                    // Shown as `aborting` until both hosts were told.
-                    pending.insert(id.clone(), Pending::Abort);
-                    info.phase = "aborting".into();
-                    info.error = Some("the scheduler restarted before the commit".into());
+                    // Shown as `resolving` until the hosts were asked.
+                    pending.insert(id.clone(), Pending::Resolve);
+                    info.phase = "resolving".into();
                     info.history.push((info.phase.clone(), info.total_ms));
                 }
             }
@@ -520,44 +543,22 @@ impl Scheduler {
         }
     }
 
-    /// The commit point, then activation and hand-off.
+    /// The source is prepared: the commit point was reached. Committed in
+    /// memory (the store records it with the migration's end, or a restart
+    /// learns it from the hosts), then activation and hand-off.
     async fn commit(&self, id: &str) {
-        let Some(mut info) = self.migration(id) else {
-            return;
-        };
-        info.phase = "committed".into();
-        info.total_ms = now_ms().saturating_sub(info.started_ms);
-        info.history.push(("committed".into(), info.total_ms));
-        let began = Instant::now();
-        let recorded = self
-            .store
-            .commit_migration(id, &info, &info.workload, info.generation);
-        tracing::debug!(migration = %id, store_ms = began.elapsed().as_secs_f64() * 1e3, "commit point recorded");
-        if let Err(e) = recorded {
-            tracing::error!(migration = %id, error = %e, "cannot record the commit; aborting");
-            self.abort_hosts(id, 0).await;
-            self.finish(
-                id,
-                "failed",
-                Some(format!("cannot record the commit: {e}")),
-                None,
-            );
-            return;
-        }
-        self.generations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(info.workload.clone(), info.generation);
-        self.migrations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.to_string(), info);
+        self.update(id, false, |m| m.phase = "committed".into());
         self.complete(id).await;
     }
 
     /// After the commit: activate the target, flip routing, hand off.
     async fn complete(&self, id: &str) {
         let Some(m) = self.migration(id) else { return };
+        {
+            let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+            let g = generations.entry(m.workload.clone()).or_default();
+            *g = (*g).max(m.generation);
+        }
         let decision = MigrationDecision {
             target_url: self
                 .host_endpoint(&m.target)
@@ -682,11 +683,20 @@ impl Scheduler {
     }
 
     fn finish(&self, id: &str, phase: &str, reason: Option<String>, downtime_us: Option<u64>) {
-        self.update(id, true, |m| {
+        // A migration done records the workload's new generation with it.
+        self.update(id, phase != "done", |m| {
             m.phase = phase.to_string();
             m.error = reason.clone();
             m.downtime_us = downtime_us;
         });
+        if phase == "done"
+            && let Some(m) = self.migration(id)
+            && let Err(e) = self
+                .store
+                .commit_migration(id, &m, &m.workload, m.generation)
+        {
+            tracing::error!(migration = %id, error = %e, "cannot record the migration's end");
+        }
         self.forget_old_migrations();
         self.touch();
         let Some(m) = self.migration(id) else { return };
@@ -766,22 +776,27 @@ impl Scheduler {
             if patient && !(known(&m.source) && known(&m.target)) {
                 continue;
             }
-            let done = match what {
-                Pending::Abort => {
-                    let generation = self.generation(&m.workload);
-                    self.abort_hosts(&id, generation).await
-                }
-                Pending::Commit => {
+            let verdict = match what {
+                Pending::Commit => Verdict::Commit,
+                Pending::Resolve => self.ask_hosts(&m).await,
+            };
+            let done = match verdict {
+                Verdict::Commit => {
+                    self.update(&id, false, |m| m.phase = "committed".into());
                     self.complete(&id).await;
                     true
                 }
+                // The source serves on at the generation it has: nothing
+                // was committed, so nothing is fenced off.
+                Verdict::Abort => self.abort_hosts(&id, 0).await,
+                Verdict::Unknown => false,
             };
             if done {
                 self.pending
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&id);
-                if what == Pending::Abort {
+                if verdict == Verdict::Abort {
                     self.finish(
                         &id,
                         "aborted",
@@ -789,9 +804,64 @@ impl Scheduler {
                         None,
                     );
                 }
-                tracing::info!(migration = %id, ?what, "interrupted migration resolved");
+                tracing::info!(migration = %id, ?verdict, "interrupted migration resolved");
             }
         }
+    }
+
+    /// Did an interrupted migration reach its commit point? Asks the source,
+    /// then (if the source does not know) the target.
+    async fn ask_hosts(&self, m: &MigrationInfo) -> Verdict {
+        let source = self.host_status(&m.source, m).await;
+        match source.as_ref().map(|s| s.phase.as_str()) {
+            // Prepared never resumes by itself; committed was decided.
+            Ok("prepared" | "committed") => return Verdict::Commit,
+            // Still sending (it gives up by itself, or on our abort) or
+            // already given up: the target never served.
+            Ok("sending" | "aborted") => return Verdict::Abort,
+            // The source forgot it (restarted, or committed long ago) or is
+            // out of reach: only a target that serves shows a commit.
+            _ => {}
+        }
+        match self.host_status(&m.target, m).await {
+            Ok(t) if t.role == "target" && t.phase == "serving" => Verdict::Commit,
+            // A source out of reach may be prepared and frozen; abort only
+            // once it is gone for good (the abort then reaches it if it
+            // comes back before it is forgotten).
+            Ok(_) if source.is_ok() => Verdict::Abort,
+            _ => {
+                let alive = |h: &str| self.hosts.get(h).is_some_and(|e| self.alive(&e));
+                if alive(&m.source) || alive(&m.target) {
+                    Verdict::Unknown
+                } else {
+                    Verdict::Abort
+                }
+            }
+        }
+    }
+
+    /// `GET /v1/migrations/{id}/status` on a host.
+    async fn host_status(&self, host: &str, m: &MigrationInfo) -> Result<MigrationStatus, String> {
+        let (url, secret) = self
+            .host_endpoint(host)
+            .ok_or_else(|| format!("host `{host}` is unknown"))?;
+        let r = self
+            .http
+            .get(format!("{url}/v1/migrations/{}/status", m.id))
+            .query(&MigrationStatusQuery {
+                workload: m.workload.clone(),
+                generation: m.generation,
+            })
+            .bearer_auth(secret)
+            .send()
+            .await
+            .map_err(|e| format!("host `{host}` unreachable: {e}"))?;
+        if !r.status().is_success() {
+            return Err(format!("host `{host}` answered {}", r.status()));
+        }
+        r.json()
+            .await
+            .map_err(|e| format!("host `{host}` gave no status: {e}"))
     }
 
     /// Wait until a migration ends.
