@@ -383,7 +383,7 @@ pub struct SendMigration {
 /// One progress report of a migration's source.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MigrationProgress {
-    /// `precopy`, `stopping`, `prepared` or `failed`.
+    /// `precopy`, `stopping`, `prepared`, `committed` or `failed`.
     pub phase: String,
     /// Pre-copy round (0 is the full copy).
     pub round: u32,
@@ -393,9 +393,14 @@ pub struct MigrationProgress {
     pub last_round_bytes: u64,
     /// Measured dirty rate, bytes per second.
     pub dirty_rate: f64,
-    /// Why it failed.
+    /// Why it failed; on `prepared`, why the source could not activate the
+    /// target itself (the scheduler then decides).
     #[serde(default)]
     pub error: Option<String>,
+    /// On `committed` (the source activated the target and handed off):
+    /// microseconds from freezing to handing off.
+    #[serde(default)]
+    pub downtime_us: Option<u64>,
 }
 
 /// Scheduler → both hosts, `POST /v1/migrations/{id}/commit` or `/abort`.
@@ -420,8 +425,8 @@ pub struct MigrationStatus {
     #[serde(default)]
     pub role: String,
     /// As source: `sending` (may still give up by itself), `prepared`
-    /// (frozen, holding requests: never resumes by itself), `committed` or
-    /// `aborted`. As target: `receiving`, `ready` (holds the final state,
+    /// (frozen, holding requests: never resumes by itself), `committing`
+    /// (activating the target), `committed` or `aborted`. As target: `receiving`, `ready` (holds the final state,
     /// not serving) or `serving` (committed: runs the workload at the
     /// migration's generation or later).
     #[serde(default)]

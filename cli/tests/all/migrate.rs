@@ -570,12 +570,12 @@ fn wait_phase(c: &Cluster, id: &str, phases: &[&str]) -> serde_json::Value {
     last
 }
 
-/// Two EU hosts whose rounds are slowed down (so a test can act mid-transfer).
-fn slow_cluster(scheduler_env: &[(&str, &str)]) -> Cluster {
-    let mut env = vec![("HEARTBEAT_TIMEOUT", PATIENT)];
-    env.extend_from_slice(scheduler_env);
-    let mut c = Cluster::start_with(&env);
-    let slow = [("ROAM_FAULT_ROUND_DELAY_MS", "400")];
+/// Two EU hosts whose rounds are slowed down (so a test can act mid-transfer),
+/// with more of the hosts' test hooks in `host_env`.
+fn slow_cluster(host_env: &[(&str, &str)]) -> Cluster {
+    let mut c = Cluster::start_with(&[("HEARTBEAT_TIMEOUT", PATIENT)]);
+    let mut slow = vec![("ROAM_FAULT_ROUND_DELAY_MS", "400")];
+    slow.extend_from_slice(host_env);
     c.add_host_with("eu-1", "eu-west-1", "EU", &[], &slow);
     c.add_host_with("eu-2", "eu-central-1", "EU", &[], &slow);
     c.wait_ready(2);
@@ -615,6 +615,32 @@ fn killing_the_source_after_it_froze_commits_to_the_target() {
     poll(Duration::from_secs(10), "one copy, on the target", || {
         copies(&c, "counter") == vec![target.to_string()]
     });
+}
+
+/// A target lost after the commit point: the source, still frozen with
+/// the final state, cannot activate it; it resumes at a generation above the
+/// one the lost target was given, and nothing acknowledged is lost.
+#[test]
+fn killing_the_target_after_the_source_froze_resumes_the_source() {
+    let mut c = slow_cluster(&[("ROAM_FAULT_COMMIT_DELAY_MS", "1500")]);
+    let source = host_of(&c, "counter");
+    let target = other_eu(&source);
+    let load = Load::start(&c, "counter", 2);
+    let id = start_migration(&c, "counter", target);
+    wait_phase(&c, &id, &["prepared"]);
+    c.kill_host(target);
+    let m = wait_phase(&c, &id, &["failed", "done"]);
+    assert_eq!(m["phase"], "failed", "{m}");
+    assert!(
+        m["error"]
+            .as_str()
+            .unwrap()
+            .contains("serves on at generation"),
+        "{m}"
+    );
+    assert_eq!(host_of(&c, "counter"), source);
+    load.check(&c, "counter");
+    assert_eq!(copies(&c, "counter"), vec![source.clone()]);
 }
 
 #[test]

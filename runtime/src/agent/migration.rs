@@ -72,6 +72,8 @@ pub(super) struct Migrations {
     forwarding: Mutex<HashMap<String, (String, String, Instant)>>,
     /// As source: committed migrations → downtime, for a repeated commit.
     committed: Mutex<HashMap<String, (Option<u64>, Instant)>>,
+    /// As target: held while a received workload is activated.
+    activating: tokio::sync::Mutex<()>,
 }
 
 impl Migrations {
@@ -100,6 +102,14 @@ impl Migrations {
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
             .map(|(d, _)| *d)
+    }
+
+    /// As target: `id` was committed here (the workload serves here).
+    fn activated(&self, id: &str) -> bool {
+        self.forwarding
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(id)
     }
 
     fn outgoing(&self, id: &str) -> Option<Arc<Outgoing>> {
@@ -157,18 +167,29 @@ struct Intake {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum OutPhase {
     Sending,
+    /// Frozen; the target holds the final state: the commit point.
     Prepared,
+    /// Activating the target (see [`activate_target`]); settles back to
+    /// `Prepared` or on to `Committed`.
+    Committing,
     Committed,
     Aborted,
 }
+
+/// Phase, when the workload froze, downtime once handed off.
+type OutState = (OutPhase, Option<Instant>, Option<u64>);
 
 struct Outgoing {
     workload: String,
     handle: WorkloadHandle,
     target_url: String,
     key: String,
+    /// The workload's generation on the target.
+    generation: u64,
     cancelled: AtomicBool,
-    state: Mutex<(OutPhase, Option<Instant>, Option<u64>)>,
+    state: Mutex<OutState>,
+    /// Woken when the phase leaves `Committing`.
+    settled: tokio::sync::Notify,
 }
 
 impl Outgoing {
@@ -178,6 +199,23 @@ impl Outgoing {
 
     fn set_phase(&self, phase: OutPhase) {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = phase;
+        self.settled.notify_waiters();
+    }
+
+    /// Run `f` on the state once no activation of the target is under way,
+    /// so a commit or an abort from the scheduler acts on its outcome.
+    async fn when_settled<R>(&self, mut f: impl FnMut(&mut OutState) -> R) -> R {
+        loop {
+            // Registered before the check: a wake-up in between is kept.
+            let settled = self.settled.notified();
+            {
+                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                if state.0 != OutPhase::Committing {
+                    return f(&mut state);
+                }
+            }
+            settled.await;
+        }
     }
 }
 
@@ -198,6 +236,7 @@ pub(super) fn stream_routes() -> Router<Arc<Agent>> {
         .layer(axum::extract::DefaultBodyLimit::max(PART + 4096))
         .route("/v1/migrations/{id}/pages", post(receive_pages))
         .route("/v1/migrations/{id}/messages", post(forwarded_message))
+        .route("/v1/migrations/{id}/activate", post(activate))
         .route("/v1/migrations/{id}", axum::routing::delete(source_abort))
 }
 
@@ -808,10 +847,30 @@ async fn forwarded_message(
 }
 
 async fn commit_incoming(agent: &Arc<Agent>, id: &str, generation: u64) -> HttpResponse {
+    // The source and the scheduler may both activate: the second waits for
+    // the first, so an answer of "committed" always means "serving".
+    let _activating = agent.migrations.activating.lock().await;
     let entry = {
         let mut incoming = agent.migrations.incoming.lock().await;
         match incoming.get(id) {
-            Some(e) if e.ready => incoming.remove(id),
+            Some(e) if e.ready => {
+                let entry = incoming.remove(id);
+                // Recorded under the lock an abort takes: from here on an
+                // abort is refused.
+                if let Some(e) = &entry {
+                    let mut forwarding = agent
+                        .migrations
+                        .forwarding
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    forwarding.retain(|_, (_, _, at)| at.elapsed() < STALE);
+                    forwarding.insert(
+                        id.to_string(),
+                        (e.workload.clone(), e.key.clone(), Instant::now()),
+                    );
+                }
+                entry
+            }
             Some(_) => {
                 return error(
                     StatusCode::CONFLICT,
@@ -823,13 +882,7 @@ async fn commit_incoming(agent: &Arc<Agent>, id: &str, generation: u64) -> HttpR
     };
     let Some(mut entry) = entry else {
         // Committed before (a retried commit), or unknown.
-        let known = agent
-            .migrations
-            .forwarding
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(id);
-        return if known {
+        return if agent.migrations.activated(id) {
             Json(CommitOutcome::default()).into_response()
         } else {
             error(StatusCode::NOT_FOUND, format!("no migration `{id}` here"))
@@ -840,24 +893,18 @@ async fn commit_incoming(agent: &Arc<Agent>, id: &str, generation: u64) -> HttpR
     let workload = match Workload::resume(entry.instance, Some(&entry.source)).await {
         Ok(w) => w,
         Err(e) => {
+            agent
+                .migrations
+                .forwarding
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(id);
             return error(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("cannot resume the received workload: {e}"),
             );
         }
     };
-    {
-        let mut forwarding = agent
-            .migrations
-            .forwarding
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        forwarding.retain(|_, (_, _, at)| at.elapsed() < STALE);
-        forwarding.insert(
-            id.to_string(),
-            (entry.workload.clone(), entry.key, Instant::now()),
-        );
-    }
     agent
         .run_workload(
             entry.module,
@@ -870,6 +917,48 @@ async fn commit_incoming(agent: &Arc<Agent>, id: &str, generation: u64) -> HttpR
         .await;
     tracing::info!(migration = %id, workload = %entry.workload, generation, "migration committed: serving here");
     Json(CommitOutcome::default()).into_response()
+}
+
+/// `POST /v1/migrations/{id}/activate` from the source (with the key): it
+/// reached the commit point; serve at the generation the scheduler gave at
+/// prepare.
+async fn activate(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> HttpResponse {
+    let generation = {
+        let mut incoming = agent.migrations.incoming.lock().await;
+        match presented(&mut incoming, &id, &headers) {
+            Ok(entry) => entry.spec.generation,
+            Err((StatusCode::NOT_FOUND, e)) => {
+                drop(incoming);
+                // Activated before (a retry, or the scheduler's commit)?
+                let key_matches = agent
+                    .migrations
+                    .forwarding
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&id)
+                    .map(|(_, key, _)| super::presents(&headers, key));
+                return match key_matches {
+                    Some(true) => {
+                        // Wait for an activation under way.
+                        let _activating = agent.migrations.activating.lock().await;
+                        if agent.migrations.activated(&id) {
+                            Json(CommitOutcome::default()).into_response()
+                        } else {
+                            error(StatusCode::NOT_FOUND, e)
+                        }
+                    }
+                    Some(false) => error(StatusCode::UNAUTHORIZED, "wrong migration key"),
+                    None => error(StatusCode::NOT_FOUND, e),
+                };
+            }
+            Err((status, e)) => return error(status, e),
+        }
+    };
+    commit_incoming(&agent, &id, generation).await
 }
 
 // ---------------------------------------------------------------- source --
@@ -888,8 +977,10 @@ async fn send(
         handle,
         target_url: req.target_url.clone(),
         key: req.key.clone(),
+        generation: req.generation,
         cancelled: AtomicBool::new(false),
         state: Mutex::new((OutPhase::Sending, None, None)),
+        settled: tokio::sync::Notify::new(),
     });
     {
         let mut outgoing = agent
@@ -899,7 +990,10 @@ async fn send(
             .unwrap_or_else(|e| e.into_inner());
         outgoing.retain(|_, o| {
             o.workload != req.workload
-                || matches!(o.phase(), OutPhase::Sending | OutPhase::Prepared)
+                || matches!(
+                    o.phase(),
+                    OutPhase::Sending | OutPhase::Prepared | OutPhase::Committing
+                )
         });
         if outgoing.values().any(|o| o.workload == req.workload) {
             return error(
@@ -949,7 +1043,13 @@ async fn run_source(
         Ok(()) => {
             report.phase = "prepared".into();
             tracing::info!(migration = %id, workload = %out.workload, rounds = report.round, bytes = report.bytes_sent, "migration prepared; holding requests");
-            let _ = progress.send(report).await;
+            let _ = progress.send(report.clone()).await;
+            // Test hook: hold the commit, so fault tests can act between
+            // the commit point and the target's activation.
+            if let Some(ms) = fault_delay("ROAM_FAULT_COMMIT_DELAY_MS") {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
+            activate_target(&agent, &id, &out, report, &progress).await;
         }
         Err(e) => {
             tracing::warn!(migration = %id, workload = %out.workload, error = %e, "migration failed; serving on");
@@ -1567,46 +1667,83 @@ async fn forward_http(
     })
 }
 
-async fn commit_outgoing(
+/// Longest the source waits for the target to take the commit.
+const ACTIVATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The source is prepared — the commit point: the target holds the final
+/// state and this host never resumes by itself. It activates the target
+/// itself and hands off, without a round trip through the scheduler (which
+/// learns it from the `committed` progress line). If the target does not
+/// take it, the source stays prepared and the scheduler decides: it retries
+/// the target, or resumes the source at a higher generation.
+async fn activate_target(
     agent: &Arc<Agent>,
     id: &str,
-    out: Arc<Outgoing>,
-    decision: &MigrationDecision,
-) -> HttpResponse {
-    let downtime = {
+    out: &Arc<Outgoing>,
+    mut report: MigrationProgress,
+    progress: &mpsc::Sender<MigrationProgress>,
+) {
+    {
         let mut state = out.state.lock().unwrap_or_else(|e| e.into_inner());
-        match state.0 {
-            OutPhase::Committed => {
-                return Json(CommitOutcome {
-                    downtime_us: state.2,
-                })
-                .into_response();
-            }
-            OutPhase::Prepared => {}
-            phase => {
-                return error(
-                    StatusCode::CONFLICT,
-                    format!("migration `{id}` is {phase:?}, not prepared"),
-                );
-            }
+        if state.0 != OutPhase::Prepared {
+            // The scheduler decided first.
+            return;
         }
-        state.0 = OutPhase::Committed;
-        state.2 = state.1.map(|t| t.elapsed().as_micros() as u64);
-        state.2
+        state.0 = OutPhase::Committing;
+    }
+    let activated = match agent
+        .http
+        .post(format!("{}/v1/migrations/{id}/activate", out.target_url))
+        .bearer_auth(&out.key)
+        .timeout(ACTIVATE_TIMEOUT)
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => {
+            let status = r.status();
+            Err(format!("{status}: {}", r.text().await.unwrap_or_default()))
+        }
+        Err(e) => Err(format!("unreachable: {e}")),
     };
-    // From here on this host never serves the workload: requests routed here
-    // are refused as stale, those already queued go to the target.
-    let target = if decision.target_url.is_empty() {
-        out.target_url.clone()
-    } else {
-        decision.target_url.clone()
-    };
+    match activated {
+        Ok(()) => {
+            let downtime = {
+                let mut state = out.state.lock().unwrap_or_else(|e| e.into_inner());
+                state.0 = OutPhase::Committed;
+                state.2 = state.1.map(|t| t.elapsed().as_micros() as u64);
+                state.2
+            };
+            out.settled.notify_waiters();
+            hand_off(agent, id, out, out.generation, &out.target_url, downtime).await;
+            report.phase = "committed".into();
+            report.downtime_us = downtime;
+        }
+        Err(e) => {
+            out.set_phase(OutPhase::Prepared);
+            tracing::warn!(migration = %id, error = %e, "the target did not take the commit; the scheduler decides");
+            report.error = Some(format!("the target did not take the commit: {e}"));
+        }
+    }
+    let _ = progress.send(report).await;
+}
+
+/// From the commit on this host never serves the workload: requests routed
+/// here are refused as stale, those it held go to the target.
+async fn hand_off(
+    agent: &Arc<Agent>,
+    id: &str,
+    out: &Arc<Outgoing>,
+    generation: u64,
+    target: &str,
+    downtime: Option<u64>,
+) {
     agent
         .migrations
         .moved
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(out.workload.clone(), target);
+        .insert(out.workload.clone(), target.to_string());
     {
         let mut workloads = agent.workloads.lock().await;
         if workloads
@@ -1618,7 +1755,7 @@ async fn commit_outgoing(
     }
     agent.bus.unregister(&out.workload);
     out.handle
-        .handoff(forwarder(agent, id, &out, decision.generation))
+        .handoff(forwarder(agent, id, out, generation))
         .await;
     // The driver forwards until the last handle to it is gone: drop ours.
     {
@@ -1637,6 +1774,44 @@ async fn commit_outgoing(
         .unwrap_or_else(|e| e.into_inner())
         .remove(id);
     tracing::info!(migration = %id, workload = %out.workload, downtime_us = ?downtime, "migration committed: handed off");
+}
+
+/// The scheduler's commit, on the source (it may have handed off already).
+async fn commit_outgoing(
+    agent: &Arc<Agent>,
+    id: &str,
+    out: Arc<Outgoing>,
+    decision: &MigrationDecision,
+) -> HttpResponse {
+    let decided = out
+        .when_settled(|state| match state.0 {
+            OutPhase::Committed => Ok((false, state.2)),
+            OutPhase::Prepared => {
+                state.0 = OutPhase::Committed;
+                state.2 = state.1.map(|t| t.elapsed().as_micros() as u64);
+                Ok((true, state.2))
+            }
+            phase => Err(phase),
+        })
+        .await;
+    let downtime = match decided {
+        Ok((false, downtime)) => downtime,
+        Ok((true, downtime)) => {
+            let target = if decision.target_url.is_empty() {
+                out.target_url.clone()
+            } else {
+                decision.target_url.clone()
+            };
+            hand_off(agent, id, &out, decision.generation, &target, downtime).await;
+            downtime
+        }
+        Err(phase) => {
+            return error(
+                StatusCode::CONFLICT,
+                format!("migration `{id}` is {phase:?}, not prepared"),
+            );
+        }
+    };
     Json(CommitOutcome {
         downtime_us: downtime,
     })
@@ -1675,6 +1850,7 @@ async fn status(
         let phase = match out.phase() {
             OutPhase::Sending => "sending",
             OutPhase::Prepared => "prepared",
+            OutPhase::Committing => "committing",
             OutPhase::Committed => "committed",
             OutPhase::Aborted => "aborted",
         };
@@ -1686,12 +1862,7 @@ async fn status(
     if let Some(entry) = agent.migrations.incoming.lock().await.get(&id) {
         return answer("target", if entry.ready { "ready" } else { "receiving" });
     }
-    let committed_here = agent
-        .migrations
-        .forwarding
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .contains_key(&id);
+    let committed_here = agent.migrations.activated(&id);
     // Long after the commit only the workload itself is left to show it.
     let serving = committed_here
         || agent
@@ -1717,22 +1888,33 @@ async fn abort(
             format!("migration `{id}` was committed; it cannot be aborted"),
         );
     }
-    if agent.migrations.incoming.lock().await.remove(&id).is_some() {
-        tracing::info!(migration = %id, "migration aborted: dropped what was received");
+    {
+        // Under the lock the target's activation takes.
+        let mut incoming = agent.migrations.incoming.lock().await;
+        if agent.migrations.activated(&id) {
+            return error(
+                StatusCode::CONFLICT,
+                format!("migration `{id}` was committed here; it cannot be aborted"),
+            );
+        }
+        if incoming.remove(&id).is_some() {
+            tracing::info!(migration = %id, "migration aborted: dropped what was received");
+        }
     }
     if let Some(out) = agent.migrations.outgoing(&id) {
-        let phase = {
-            let mut state = out.state.lock().unwrap_or_else(|e| e.into_inner());
-            let phase = state.0;
-            match phase {
-                OutPhase::Sending => out.cancelled.store(true, Ordering::SeqCst),
-                OutPhase::Prepared => state.0 = OutPhase::Aborted,
-                OutPhase::Committed | OutPhase::Aborted => {}
-            }
-            phase
-        };
+        let phase = out
+            .when_settled(|state| {
+                let phase = state.0;
+                match phase {
+                    OutPhase::Sending => out.cancelled.store(true, Ordering::SeqCst),
+                    OutPhase::Prepared => state.0 = OutPhase::Aborted,
+                    OutPhase::Committing | OutPhase::Committed | OutPhase::Aborted => {}
+                }
+                phase
+            })
+            .await;
         match phase {
-            OutPhase::Committed => {
+            OutPhase::Committing | OutPhase::Committed => {
                 return error(
                     StatusCode::CONFLICT,
                     format!("migration `{id}` was committed; it cannot be aborted"),

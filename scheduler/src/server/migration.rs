@@ -124,15 +124,24 @@ impl MigrationMetrics {
     }
 }
 
-/// What a restarted scheduler still has to do about a migration.
+/// How far a migration's pre-copy got.
+enum Reached {
+    /// The commit point: the source is frozen, the target holds the final
+    /// state; the scheduler activates the target and tells the source.
+    Prepared,
+    /// The source also activated the target and handed off (downtime).
+    HandedOff(Option<u64>),
+}
+
+/// What an abort found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Pending {
-    /// Committed: tell the hosts (a record written by an older scheduler,
-    /// which stored the commit point).
-    Commit,
-    /// Ask the hosts whether it reached the commit point, then complete or
-    /// abort it.
-    Resolve,
+enum Aborted {
+    /// Both hosts took it (or are gone).
+    Delivered,
+    /// A live host did not answer.
+    Undelivered,
+    /// A host refused: the migration was committed.
+    Refused,
 }
 
 /// What the hosts' answers say of an interrupted migration.
@@ -172,17 +181,16 @@ impl Scheduler {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .filter(|m| !m.finished() || self.pending_of(&m.id).is_some())
+            .filter(|m| !m.finished() || self.is_pending(&m.id))
             .map(|m| m.workload.clone())
             .collect()
     }
 
-    fn pending_of(&self, id: &str) -> Option<Pending> {
+    fn is_pending(&self, id: &str) -> bool {
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .copied()
+            .contains(id)
     }
 
     fn migration(&self, id: &str) -> Option<MigrationInfo> {
@@ -225,14 +233,10 @@ impl Scheduler {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         for (id, mut info) in records {
             if !info.finished() {
-                if info.phase == "committed" {
-                    pending.insert(id.clone(), Pending::Commit);
-                } else {
-                    // Shown as `resolving` until the hosts were asked.
-                    pending.insert(id.clone(), Pending::Resolve);
-                    info.phase = "resolving".into();
-                    info.history.push((info.phase.clone(), info.total_ms));
-                }
+                // Shown as `resolving` until the hosts were asked.
+                pending.insert(id.clone());
+                info.phase = "resolving".into();
+                info.history.push((info.phase.clone(), info.total_ms));
             }
             all.insert(id, info);
         }
@@ -402,41 +406,47 @@ impl Scheduler {
     ) {
         let started = Instant::now();
         let precopy = tokio::time::timeout(MAX_PRECOPY, self.precopy(&id, &key, &spec, options));
-        let result = precopy.await.unwrap_or_else(|_| {
-            Err(format!(
+        let result = match precopy.await {
+            Ok(result) => result,
+            // Past the commit point there is no going back.
+            Err(_) if self.migration(&id).is_some_and(|m| m.phase == "prepared") => {
+                Ok(Reached::Prepared)
+            }
+            Err(_) => Err(format!(
                 "no commit point within {} s; gave up",
                 MAX_PRECOPY.as_secs()
-            ))
-        });
+            )),
+        };
         match result {
-            Ok(()) => {
-                // Test hook: hold the decision, so fault tests can act
-                // between "prepared" and the commit.
-                if let Some(ms) = std::env::var("ROAM_FAULT_COMMIT_DELAY_MS")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                {
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(Reached::HandedOff(downtime)) => {
+                self.update(&id, false, |m| m.phase = "committed".into());
+                self.raise_generation(&id);
+                self.handed_off(&id, downtime);
+            }
+            Ok(Reached::Prepared) => self.commit(&id).await,
+            Err(reason) => match self.abort_hosts(&id, 0).await {
+                // The source reached the commit point after all (its lines
+                // were lost on the way): finish the commit.
+                Aborted::Refused => self.commit(&id).await,
+                Aborted::Delivered | Aborted::Undelivered => {
+                    self.finish(&id, "failed", Some(reason), None)
                 }
-                self.commit(&id).await
-            }
-            Err(reason) => {
-                self.abort_hosts(&id, 0).await;
-                self.finish(&id, "failed", Some(reason), None);
-            }
+            },
         }
         tracing::debug!(migration = %id, elapsed_ms = started.elapsed().as_millis() as u64, "migration ended");
     }
 
     /// Prepare the target and stream the state from the source; `Ok` once
-    /// the source is frozen and the target holds the final state.
+    /// the commit point is reached (the source is frozen and the target
+    /// holds the final state), saying whether the source also activated
+    /// the target and handed off.
     async fn precopy(
         &self,
         id: &str,
         key: &str,
         spec: &WorkloadSpec,
         options: MigrationOptions,
-    ) -> Result<(), String> {
+    ) -> Result<Reached, String> {
         let m = self.migration(id).ok_or("migration vanished")?;
         let (source_url, source_secret) = self
             .host_endpoint(&m.source)
@@ -507,9 +517,12 @@ impl Scheduler {
             ));
         }
         let mut buffer = Vec::new();
+        let mut prepared = false;
         loop {
             let chunk = match r.chunk().await {
                 Ok(Some(c)) => c,
+                // Past the commit point the scheduler finishes the commit.
+                _ if prepared => return Ok(Reached::Prepared),
                 Ok(None) => return Err("the source's progress stream ended early".into()),
                 Err(e) => return Err(format!("the source's progress stream broke: {e}")),
             };
@@ -533,7 +546,12 @@ impl Scheduler {
                     m.dirty_rate = p.dirty_rate;
                 });
                 match phase.as_str() {
-                    "prepared" => return Ok(()),
+                    "prepared" if p.error.is_some() => {
+                        tracing::warn!(migration = %id, error = ?p.error, "the source could not activate the target");
+                        return Ok(Reached::Prepared);
+                    }
+                    "prepared" => prepared = true,
+                    "committed" => return Ok(Reached::HandedOff(p.downtime_us)),
                     "failed" => {
                         return Err(p.error.unwrap_or_else(|| "the source failed".into()));
                     }
@@ -551,14 +569,34 @@ impl Scheduler {
         self.complete(id).await;
     }
 
-    /// After the commit: activate the target, flip routing, hand off.
-    async fn complete(&self, id: &str) {
+    /// The workload's generation is the migration's from its commit on.
+    fn raise_generation(&self, id: &str) {
+        let Some(m) = self.migration(id) else { return };
+        let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        let g = generations.entry(m.workload.clone()).or_default();
+        *g = (*g).max(m.generation);
+    }
+
+    /// The target serves and the source handed off: flip routing, record.
+    fn handed_off(&self, id: &str, downtime: Option<u64>) {
         let Some(m) = self.migration(id) else { return };
         {
-            let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
-            let g = generations.entry(m.workload.clone()).or_default();
-            *g = (*g).max(m.generation);
+            let mut assignments = self.assignments.lock().unwrap_or_else(|e| e.into_inner());
+            let hosts = assignments.entry(m.workload.clone()).or_default();
+            hosts.remove(&m.source);
+            hosts.insert(m.target.clone());
+            let mut confirmed = self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
+            confirmed.remove(&(m.workload.clone(), m.source.clone()));
+            confirmed.insert((m.workload.clone(), m.target.clone()));
         }
+        self.finish(id, "done", None, downtime);
+    }
+
+    /// After the commit, when the source did not hand off by itself:
+    /// activate the target, flip routing, tell the source.
+    async fn complete(&self, id: &str) {
+        let Some(m) = self.migration(id) else { return };
+        self.raise_generation(id);
         let decision = MigrationDecision {
             target_url: self
                 .host_endpoint(&m.target)
@@ -573,7 +611,7 @@ impl Scheduler {
                     activated = true;
                     break;
                 }
-                Err(e) => {
+                Err((_, e)) => {
                     tracing::warn!(migration = %id, attempt, error = %e, "target did not take the commit");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -583,6 +621,8 @@ impl Scheduler {
             // The source still holds the final state, frozen: it resumes,
             // at a generation above the one the lost target would carry.
             let generation = m.generation + 1;
+            // Recorded before the source is told; a restart in between
+            // asks the hosts again.
             if let Err(e) = self.store.commit_migration(id, &m, &m.workload, generation) {
                 tracing::error!(migration = %id, error = %e, "cannot record the new generation");
             }
@@ -606,7 +646,7 @@ impl Scheduler {
                     "target `{}` was lost after the commit; the source serves on at generation {generation}",
                     m.target
                 ),
-                Err(e) => format!(
+                Err((_, e)) => format!(
                     "target `{}` was lost after the commit and the source did not answer: {e}",
                     m.target
                 ),
@@ -614,36 +654,29 @@ impl Scheduler {
             self.finish(id, "failed", Some(reason), None);
             return;
         }
-        {
-            let mut assignments = self.assignments.lock().unwrap_or_else(|e| e.into_inner());
-            let hosts = assignments.entry(m.workload.clone()).or_default();
-            hosts.remove(&m.source);
-            hosts.insert(m.target.clone());
-            let mut confirmed = self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
-            confirmed.remove(&(m.workload.clone(), m.source.clone()));
-            confirmed.insert((m.workload.clone(), m.target.clone()));
-        }
         let downtime = match self.decide(&m.source, id, "commit", &decision).await {
             Ok(outcome) => outcome.downtime_us,
-            Err(e) => {
+            Err((_, e)) => {
                 tracing::warn!(migration = %id, error = %e, "source did not take the commit; it is fenced off by generation");
                 None
             }
         };
-        self.finish(id, "done", None, downtime);
+        self.handed_off(id, downtime);
     }
 
-    /// Send a commit or abort to a host.
+    /// Send a commit or abort to a host; a refusal carries the host's
+    /// status (`502 Bad Gateway` when it was not reached).
     async fn decide(
         &self,
         host: &str,
         id: &str,
         verb: &str,
         decision: &MigrationDecision,
-    ) -> Result<CommitOutcome, String> {
+    ) -> Result<CommitOutcome, Refusal> {
+        let unreached = |e: String| (StatusCode::BAD_GATEWAY, e);
         let (url, secret) = self
             .host_endpoint(host)
-            .ok_or_else(|| format!("host `{host}` is unknown"))?;
+            .ok_or_else(|| unreached(format!("host `{host}` is unknown")))?;
         let r = self
             .http
             .post(format!("{url}/v1/migrations/{id}/{verb}"))
@@ -651,21 +684,25 @@ impl Scheduler {
             .json(decision)
             .send()
             .await
-            .map_err(|e| format!("host `{host}` unreachable: {e}"))?;
+            .map_err(|e| unreached(format!("host `{host}` unreachable: {e}")))?;
         if !r.status().is_success() {
             let status = r.status();
-            return Err(format!(
-                "host `{host}` answered {status}: {}",
-                r.text().await.unwrap_or_default()
+            return Err((
+                status,
+                format!(
+                    "host `{host}` answered {status}: {}",
+                    r.text().await.unwrap_or_default()
+                ),
             ));
         }
         Ok(r.json().await.unwrap_or_default())
     }
 
-    /// Abort on both hosts, best effort (each also gives up on its own).
-    async fn abort_hosts(&self, id: &str, generation: u64) -> bool {
+    /// Abort on both hosts, best effort (each also gives up on its own):
+    /// the target first, so that it can no longer be activated.
+    async fn abort_hosts(&self, id: &str, generation: u64) -> Aborted {
         let Some(m) = self.migration(id) else {
-            return true;
+            return Aborted::Delivered;
         };
         let decision = MigrationDecision {
             target_url: String::new(),
@@ -673,13 +710,25 @@ impl Scheduler {
         };
         let mut reached = true;
         for host in [&m.target, &m.source] {
-            if let Err(e) = self.decide(host, id, "abort", &decision).await {
-                let alive = self.hosts.get(host).is_some_and(|e| self.alive(&e));
-                tracing::warn!(migration = %id, %host, error = %e, "abort not delivered");
-                reached &= !alive;
+            match self.decide(host, id, "abort", &decision).await {
+                Ok(_) => {}
+                // Hosts refuse an abort only once committed.
+                Err((StatusCode::CONFLICT, e)) => {
+                    tracing::info!(migration = %id, %host, error = %e, "abort refused: the migration was committed");
+                    return Aborted::Refused;
+                }
+                Err((_, e)) => {
+                    let alive = self.hosts.get(host).is_some_and(|e| self.alive(&e));
+                    tracing::warn!(migration = %id, %host, error = %e, "abort not delivered");
+                    reached &= !alive;
+                }
             }
         }
-        reached
+        if reached {
+            Aborted::Delivered
+        } else {
+            Aborted::Undelivered
+        }
     }
 
     fn finish(&self, id: &str, phase: &str, reason: Option<String>, downtime_us: Option<u64>) {
@@ -735,7 +784,7 @@ impl Scheduler {
             let all = self.migrations.lock().unwrap_or_else(|e| e.into_inner());
             let mut ended: Vec<(&String, u64)> = all
                 .iter()
-                .filter(|(id, m)| m.finished() && self.pending_of(id).is_none())
+                .filter(|(id, m)| m.finished() && !self.is_pending(id))
                 .map(|(id, m)| (id, m.started_ms))
                 .collect();
             if ended.len() <= KEEP_MIGRATIONS {
@@ -758,17 +807,17 @@ impl Scheduler {
 
     /// Finish what a restart interrupted, for hosts that are back.
     pub(super) async fn resolve_pending(&self) {
-        let pending: Vec<(String, Pending)> = self
+        let pending: Vec<String> = self
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|(k, v)| (k.clone(), *v))
+            .cloned()
             .collect();
         // Hosts rejoin a restarted scheduler within a heartbeat or two;
         // until both are back (or have had time to be), wait.
         let patient = self.started.elapsed() < self.config.heartbeat_timeout * 2;
-        for (id, what) in pending {
+        for id in pending {
             let Some(m) = self.migration(&id) else {
                 continue;
             };
@@ -776,10 +825,7 @@ impl Scheduler {
             if patient && !(known(&m.source) && known(&m.target)) {
                 continue;
             }
-            let verdict = match what {
-                Pending::Commit => Verdict::Commit,
-                Pending::Resolve => self.ask_hosts(&m).await,
-            };
+            let verdict = self.ask_hosts(&m).await;
             let done = match verdict {
                 Verdict::Commit => {
                     self.update(&id, false, |m| m.phase = "committed".into());
@@ -788,7 +834,11 @@ impl Scheduler {
                 }
                 // The source serves on at the generation it has: nothing
                 // was committed, so nothing is fenced off.
-                Verdict::Abort => self.abort_hosts(&id, 0).await,
+                Verdict::Abort => match self.abort_hosts(&id, 0).await {
+                    Aborted::Delivered => true,
+                    // Committed meanwhile: ask again on the next round.
+                    Aborted::Refused | Aborted::Undelivered => false,
+                },
                 Verdict::Unknown => false,
             };
             if done {
@@ -815,7 +865,7 @@ impl Scheduler {
         let source = self.host_status(&m.source, m).await;
         match source.as_ref().map(|s| s.phase.as_str()) {
             // Prepared never resumes by itself; committed was decided.
-            Ok("prepared" | "committed") => return Verdict::Commit,
+            Ok("prepared" | "committing" | "committed") => return Verdict::Commit,
             // Still sending (it gives up by itself, or on our abort) or
             // already given up: the target never served.
             Ok("sending" | "aborted") => return Verdict::Abort,

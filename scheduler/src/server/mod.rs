@@ -95,8 +95,9 @@ struct Scheduler {
     stream_http: reqwest::Client,
     /// Live migrations by id.
     migrations: Mutex<BTreeMap<String, roam_proto::MigrationInfo>>,
-    /// Migrations a restart interrupted, still to be told to their hosts.
-    pending: Mutex<BTreeMap<String, migration::Pending>>,
+    /// Migrations a restart interrupted, whose hosts are still to be asked
+    /// where they got to.
+    pending: Mutex<BTreeSet<String>>,
     /// Workload generations (fencing tokens), mirrored from the store.
     generations: Mutex<HashMap<String, u64>>,
     migration_metrics: Mutex<migration::MigrationMetrics>,
@@ -194,7 +195,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             .connect_timeout(Duration::from_secs(10))
             .build()?,
         migrations: Mutex::new(BTreeMap::new()),
-        pending: Mutex::new(BTreeMap::new()),
+        pending: Mutex::new(BTreeSet::new()),
         generations: Mutex::new(HashMap::new()),
         migration_metrics: Mutex::new(migration::MigrationMetrics::default()),
         changed: std::sync::atomic::AtomicBool::new(true),
