@@ -464,7 +464,8 @@ pub struct MigrationInfo {
     /// Generation the workload gets on the target.
     pub generation: u64,
     /// `preparing`, `precopy`, `stopping`, `prepared`, `committed`, `done`,
-    /// `failed` or `aborted`.
+    /// `failed` or `aborted`; `resolving` while a restarted scheduler asks
+    /// the hosts where an interrupted migration got to.
     pub phase: String,
     /// Pre-copy rounds so far (the full copy is round 0).
     pub rounds: u32,
