@@ -1,27 +1,29 @@
 //! Live migration, orchestrated by the scheduler.
 //!
-//! The commit point is the source reporting `prepared`: it gets there only
+//! The commit point is the source becoming `prepared`: it gets there only
 //! once the target acknowledged the final state, and from then on it never
-//! resumes by itself — it waits, frozen, for the scheduler's decision, and
-//! the scheduler commits every prepared migration. Before that point any
-//! failure aborts: the target drops what it received and the source serves
-//! on. After it, the target serves at the new generation, routing flips, and
-//! the source hands what it held to the target and never serves again. If
-//! the target is lost between the commit and its activation, the source —
-//! which still holds the final state, frozen — resumes at a yet higher
-//! generation, recorded in the store before the source is told.
+//! resumes by itself. It activates the target itself, hands off what it
+//! held and reports `committed`; the scheduler then flips routing and
+//! records the workload's new generation with the migration's final
+//! record. So neither a store write nor a scheduler round trip is on the
+//! downtime's path. Where the source cannot activate the target, or its
+//! progress lines stop after `prepared`, the scheduler finishes the commit
+//! (activates the target, tells the source to hand off). Before the commit
+//! point any failure aborts: the target drops what it received and the
+//! source serves on. If the target is lost after it, the source — which
+//! still holds the final state, frozen — resumes at a generation above the
+//! lost target's, recorded in the store before the source is told.
 //!
-//! So the commit needs no store write on the downtime's path: the store
-//! holds every migration from its start, and the new generation is
-//! recorded with the migration's final record. A restarted scheduler that
-//! finds a migration without one asks its hosts where it got to
-//! ([`Scheduler::ask_hosts`]): a source that is `prepared` or `committed`, or
-//! a target that serves at the migration's generation, means it reached the
-//! commit point and is completed; anything else is aborted. It asks the
-//! source first because a source still `sending` may give up by itself at
-//! any moment (its progress stream to the old scheduler is gone) but never
-//! once `prepared`. Until both hosts have rejoined (or had time to), the
-//! reconciler leaves those workloads alone.
+//! The store holds every migration from its start. A restarted scheduler
+//! that finds one without a final record asks its hosts where it got to
+//! ([`Scheduler::ask_hosts`]): a source that is `prepared`, `committing` or
+//! `committed`, or a target that serves at the migration's generation,
+//! means it passed the commit point and is completed; anything else is
+//! aborted. It asks the source first because a source still `sending` may
+//! give up by itself at any moment (its progress stream to the old
+//! scheduler is gone) but never once `prepared`. Until both hosts have
+//! rejoined (or had time to), the reconciler leaves those workloads alone;
+//! so it does for a migration whose abort did not reach its source.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -428,8 +430,19 @@ impl Scheduler {
                 // The source reached the commit point after all (its lines
                 // were lost on the way): finish the commit.
                 Aborted::Refused => self.commit(&id).await,
-                Aborted::Delivered | Aborted::Undelivered => {
-                    self.finish(&id, "failed", Some(reason), None)
+                Aborted::Delivered => self.finish(&id, "failed", Some(reason), None),
+                // The source may be frozen, waiting: ask it again until it
+                // answers or is gone.
+                Aborted::Undelivered => {
+                    tracing::warn!(migration = %id, error = %reason, "failed, and the source did not take the abort; resolving");
+                    self.update(&id, false, |m| {
+                        m.phase = "resolving".into();
+                        m.error = Some(reason);
+                    });
+                    self.pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id.clone());
                 }
             },
         }
@@ -698,8 +711,11 @@ impl Scheduler {
         Ok(r.json().await.unwrap_or_default())
     }
 
-    /// Abort on both hosts, best effort (each also gives up on its own):
-    /// the target first, so that it can no longer be activated.
+    /// Abort on both hosts (each also gives up on its own): the target
+    /// first, so that it can no longer be activated. A target that does not
+    /// answer drops what it received by itself once the source gave up; a
+    /// live source that does not answer may stay frozen, so that is
+    /// `Undelivered`.
     async fn abort_hosts(&self, id: &str, generation: u64) -> Aborted {
         let Some(m) = self.migration(id) else {
             return Aborted::Delivered;
@@ -720,7 +736,7 @@ impl Scheduler {
                 Err((_, e)) => {
                     let alive = self.hosts.get(host).is_some_and(|e| self.alive(&e));
                     tracing::warn!(migration = %id, %host, error = %e, "abort not delivered");
-                    reached &= !alive;
+                    reached &= !(alive && host == &m.source);
                 }
             }
         }
@@ -805,7 +821,8 @@ impl Scheduler {
         }
     }
 
-    /// Finish what a restart interrupted, for hosts that are back.
+    /// Finish what a restart interrupted (or an abort that did not reach its
+    /// source), for hosts that are back.
     pub(super) async fn resolve_pending(&self) {
         let pending: Vec<String> = self
             .pending
@@ -847,12 +864,16 @@ impl Scheduler {
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&id);
                 if verdict == Verdict::Abort {
-                    self.finish(
-                        &id,
-                        "aborted",
-                        Some("the scheduler restarted before the commit".into()),
-                        None,
-                    );
+                    match m.error {
+                        // It had failed; only its abort was outstanding.
+                        Some(reason) => self.finish(&id, "failed", Some(reason), None),
+                        None => self.finish(
+                            &id,
+                            "aborted",
+                            Some("the scheduler restarted before the commit".into()),
+                            None,
+                        ),
+                    }
                 }
                 tracing::info!(migration = %id, ?verdict, "interrupted migration resolved");
             }
