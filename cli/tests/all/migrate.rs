@@ -707,6 +707,27 @@ fn a_scheduler_restart_after_the_source_froze_completes_the_migration() {
     assert_eq!(host_of(&c, "counter"), target);
 }
 
+/// A scheduler restarted while the source activates the target (slowly):
+/// the source answers `committing`, and the scheduler's own commit waits for
+/// the activation under way instead of racing it.
+#[test]
+fn a_scheduler_restart_while_the_target_activates_completes_the_migration() {
+    let mut c = slow_cluster(&[("ROAM_FAULT_ACTIVATE_DELAY_MS", "6000")]);
+    let source = host_of(&c, "counter");
+    let target = other_eu(&source);
+    let load = Load::start(&c, "counter", 2);
+    let id = start_migration(&c, "counter", target);
+    wait_phase(&c, &id, &["prepared"]);
+    c.restart_scheduler();
+    let m = wait_phase(&c, &id, &["done", "failed", "aborted"]);
+    assert_eq!(m["phase"], "done", "{m}");
+    assert_eq!(host_of(&c, "counter"), target);
+    load.check(&c, "counter");
+    poll(Duration::from_secs(10), "one copy, on the target", || {
+        copies(&c, "counter") == vec![target.to_string()]
+    });
+}
+
 /// Deleting a workload while its memory streams to the target: the
 /// migration ends (whichever way the race goes), no copy is left anywhere,
 /// and both hosts serve on.

@@ -880,6 +880,12 @@ async fn commit_incoming(agent: &Arc<Agent>, id: &str, generation: u64) -> HttpR
             None => None,
         }
     };
+    // Test hook: a slow activation, so fault tests can act meanwhile.
+    if entry.is_some()
+        && let Some(ms) = fault_delay("ROAM_FAULT_ACTIVATE_DELAY_MS")
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
     let Some(mut entry) = entry else {
         // Committed before (a retried commit), or unknown.
         return if agent.migrations.activated(id) {

@@ -884,6 +884,7 @@ impl Scheduler {
     /// then (if the source does not know) the target.
     async fn ask_hosts(&self, m: &MigrationInfo) -> Verdict {
         let source = self.host_status(&m.source, m).await;
+        tracing::info!(migration = %m.id, host = %m.source, answer = ?source, "asked the source where an interrupted migration got to");
         match source.as_ref().map(|s| s.phase.as_str()) {
             // Prepared never resumes by itself; committed was decided.
             Ok("prepared" | "committing" | "committed") => return Verdict::Commit,
@@ -894,7 +895,9 @@ impl Scheduler {
             // out of reach: only a target that serves shows a commit.
             _ => {}
         }
-        match self.host_status(&m.target, m).await {
+        let target = self.host_status(&m.target, m).await;
+        tracing::info!(migration = %m.id, host = %m.target, answer = ?target, "asked the target");
+        match target {
             Ok(t) if t.role == "target" && t.phase == "serving" => Verdict::Commit,
             // A source out of reach may be prepared and frozen; abort only
             // once it is gone for good (the abort then reaches it if it
