@@ -64,7 +64,9 @@ pub struct RuntimeConfig {
     pub max_instance_memory: u64,
     /// Bytes of each freed memory slot kept resident (zeroed in place instead
     /// of returned to the kernel). Makes the next instantiation or restore in
-    /// that slot avoid page faults, at the cost of resident memory.
+    /// that slot avoid page faults, at the cost of resident memory. When set,
+    /// freed slots are reused before fresh ones (for any module), so the
+    /// slots that keep memory are at most the peak of concurrent instances.
     pub keep_resident: usize,
     /// Epoch tick period.
     pub epoch_tick: Duration,

@@ -106,6 +106,15 @@ fn engine_config(config: &RuntimeConfig) -> anyhow::Result<wasmtime::Config> {
         .table_elements(MAX_TABLE_ELEMENTS)
         .max_memory_size(usize::try_from(config.max_instance_memory).unwrap_or(usize::MAX))
         .linear_memory_keep_resident(config.keep_resident);
+    if config.keep_resident > 0 {
+        // Reuse a freed slot (its memory faulted in) before a fresh one,
+        // whatever module it last held: a new workload or an incoming
+        // migration lands in resident memory, and the slots a host ever
+        // uses — so what they keep — stay bounded by its peak of
+        // concurrent instances. (wasmtime's default, 100 unused warm slots,
+        // takes fresh slots first to keep each module's own.)
+        pool.max_unused_warm_slots(0);
+    }
     let mut cfg = wasmtime::Config::new();
     cfg.epoch_interruption(true)
         .max_wasm_stack(config.max_wasm_stack)

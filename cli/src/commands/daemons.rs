@@ -67,11 +67,13 @@ pub struct HostArgs {
     pub max_instance_memory: Option<u64>,
     /// Of each freed instance slot, keep up to this much of the memory its
     /// workload wrote faulted in, zeroed in place, instead of giving it back
-    /// to the kernel. A workload that starts or migrates into that slot
-    /// later (one moving back after maintenance, say) takes no page faults
-    /// for it — on VMs whose freed memory goes back to the hypervisor, a
-    /// fault on fresh memory can cost more than copying the page. Costs
-    /// resident memory: up to this much per freed slot (default: none).
+    /// to the kernel; freed slots are then reused before fresh ones. A
+    /// workload that starts or migrates in later takes no page faults for
+    /// that memory — on VMs whose freed memory goes back to the hypervisor,
+    /// a fault on fresh memory can cost more than copying the page. Costs
+    /// resident memory: up to this much per slot the host has used, and it
+    /// uses no more slots than its peak of concurrent instances (default:
+    /// none).
     #[arg(long, value_parser = parse_size, default_value = "0")]
     pub keep_resident: u64,
     /// How to execute Wasm: `cranelift` compiles to this machine's code;

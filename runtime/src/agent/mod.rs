@@ -68,8 +68,9 @@ pub struct AgentConfig {
     pub max_instance_memory: Option<u64>,
     /// Bytes of each freed instance slot's written memory kept faulted in
     /// (zeroed in place) rather than given back to the kernel (wasmtime's
-    /// `linear_memory_keep_resident`): the next instance or incoming
-    /// migration in that slot writes into memory faulted in already.
+    /// `linear_memory_keep_resident`; freed slots are reused first): the
+    /// next instance or incoming migration writes into memory faulted in
+    /// already.
     pub keep_resident: u64,
     /// Native code or the portable interpreter.
     pub engine: crate::config::EngineKind,

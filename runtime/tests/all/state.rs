@@ -327,3 +327,34 @@ async fn pages_read_after_a_capture_without_them_plus_the_delta_rebuild_the_stat
         9
     );
 }
+
+/// With `keep_resident`, a freed slot is reused before a fresh one, also by
+/// another module: the new instance lands in memory faulted in already, and
+/// sees nothing of the last one's (zeroed in place).
+#[tokio::test]
+async fn a_resident_slot_is_reused_by_another_module_and_comes_zeroed() {
+    let rt = Runtime::new(RuntimeConfig {
+        slots: 4,
+        max_instance_memory: 64 << 20,
+        keep_resident: 8 << 20,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let first = load_wat(&rt, STATE_WAT);
+    let other = load_wat(&rt, "(module (memory 3))");
+    let mut a = rt.instantiate(&first, config()).await.unwrap();
+    a.call("grow", &[Val::I32(2)]).await.unwrap();
+    a.call("write", &[Val::I32(65536 + 8), Val::I64(0x5eed)])
+        .await
+        .unwrap();
+    let base = a.memory_data_mut().as_ptr() as usize;
+    drop(a);
+    let mut b = rt.instantiate(&other, config()).await.unwrap();
+    assert_eq!(
+        b.memory_data_mut().as_ptr() as usize,
+        base,
+        "a fresh slot was taken while a resident one was free"
+    );
+    assert_eq!(b.memory_data_mut().len(), 3 * 65536);
+    assert!(b.memory_data_mut().iter().all(|&x| x == 0));
+}
