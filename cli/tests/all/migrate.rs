@@ -728,6 +728,56 @@ fn a_scheduler_restart_while_the_target_activates_completes_the_migration() {
     });
 }
 
+/// The scheduler loses its way to the source mid-transfer while the source
+/// still heartbeats: the migration fails, but the abort cannot reach the
+/// source (which might be frozen), so it stays `resolving` — the workload
+/// left alone — until the source answers again; then it ends `failed`, the
+/// source serving, one copy.
+#[test]
+fn an_abort_that_cannot_reach_the_source_is_resolved_once_it_can() {
+    let mut c = Cluster::start_with(&[("HEARTBEAT_TIMEOUT", PATIENT)]);
+    let slow = [("ROAM_FAULT_ROUND_DELAY_MS", "400")];
+    c.add_host_with("eu-1", "eu-west-1", "EU", &[], &slow);
+    // eu-2 is reached through a relay; it reaches the scheduler directly.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let relay = Relay::start(port);
+    c.add_host_with(
+        "eu-2",
+        "eu-central-1",
+        "EU",
+        &["--listen", &port.to_string(), "--advertise", &relay.addr],
+        &slow,
+    );
+    c.wait_ready(2);
+    deploy(
+        &c,
+        &["--example", "counter", "--selector", "site=eu-central-1"],
+    );
+    poll(Duration::from_secs(30), "counter to serve", || {
+        c.invoke("counter", "/a").0 == 200
+    });
+    deploy(
+        &c,
+        &["--example", "counter", "--selector", "jurisdiction=EU"],
+    );
+    let id = start_migration(&c, "counter", "eu-1");
+    wait_phase(&c, &id, &["precopy"]);
+    relay.mode.store(BLACKHOLE, Ordering::Relaxed);
+    let m = wait_phase(&c, &id, &["resolving", "failed", "done"]);
+    assert_eq!(m["phase"], "resolving", "{m}");
+    relay.mode.store(PASS, Ordering::Relaxed);
+    let m = wait_phase(&c, &id, &["failed", "done", "aborted"]);
+    assert_eq!(m["phase"], "failed", "{m}");
+    assert_eq!(host_of(&c, "counter"), "eu-2");
+    poll(Duration::from_secs(10), "one copy, on eu-2", || {
+        copies(&c, "counter") == vec!["eu-2".to_string()]
+    });
+    assert_eq!(c.invoke("counter", "/a").1, r#"{"path":"/a","count":2}"#);
+}
+
 /// Deleting a workload while its memory streams to the target: the
 /// migration ends (whichever way the race goes), no copy is left anywhere,
 /// and both hosts serve on.
@@ -780,6 +830,10 @@ const CORRUPT: u64 = 2;
 /// Cut or corrupt the raw page stream of round 0 (after its upgrade).
 const CUT_PAGES: u64 = 3;
 const CORRUPT_PAGES: u64 = 4;
+/// Nothing gets through: new connections are closed, open ones cut at
+/// their next bytes (either way), as if the host dropped off the network
+/// for those who reach it through the relay.
+const BLACKHOLE: u64 = 5;
 
 impl Relay {
     fn start(to: std::net::SocketAddr) -> Relay {
@@ -790,6 +844,9 @@ impl Relay {
         let m = mode.clone();
         std::thread::spawn(move || {
             for client in listener.incoming().map_while(Result::ok) {
+                if m.load(Ordering::Relaxed) == BLACKHOLE {
+                    continue;
+                }
                 let Ok(server) = std::net::TcpStream::connect(to) else {
                     continue;
                 };
@@ -797,6 +854,7 @@ impl Relay {
                     (client.try_clone().unwrap(), server.try_clone().unwrap());
                 let (mut s_read, mut c_write) = (server, client);
                 let mode = m.clone();
+                let back = m.clone();
                 std::thread::spawn(move || {
                     let mut buf = vec![0u8; 64 << 10];
                     let mut sent = 0usize;
@@ -822,6 +880,11 @@ impl Relay {
                             sent += n;
                         }
                         let mode = match mode.load(Ordering::Relaxed) {
+                            BLACKHOLE => {
+                                let _ = c_read.shutdown(std::net::Shutdown::Both);
+                                let _ = s_write.shutdown(std::net::Shutdown::Both);
+                                return;
+                            }
                             CUT_PAGES if pages => CUT,
                             CORRUPT_PAGES if pages => CORRUPT,
                             CUT_PAGES | CORRUPT_PAGES => PASS,
@@ -846,7 +909,20 @@ impl Relay {
                     let _ = s_write.shutdown(std::net::Shutdown::Write);
                 });
                 std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut s_read, &mut c_write);
+                    let mut buf = vec![0u8; 64 << 10];
+                    while let Ok(n) = s_read.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        if back.load(Ordering::Relaxed) == BLACKHOLE {
+                            let _ = s_read.shutdown(std::net::Shutdown::Both);
+                            let _ = c_write.shutdown(std::net::Shutdown::Both);
+                            return;
+                        }
+                        if c_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
                     let _ = c_write.shutdown(std::net::Shutdown::Write);
                 });
             }
