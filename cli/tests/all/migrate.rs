@@ -151,9 +151,7 @@ fn a_counter_moves_live_with_its_state_and_rule_breaking_targets_are_refused() {
         c.invoke("counter", "/apples").1,
         r#"{"path":"/apples","count":4}"#
     );
-    poll(Duration::from_secs(10), "one copy, on the target", || {
-        copies(&c, "counter") == vec![target.to_string()]
-    });
+    one_copy_on(&c, target);
     // The restore hook was told where it moved.
     let (_, logs, _) = c.roam(&["logs", "counter"]);
     assert!(
@@ -583,6 +581,28 @@ fn slow_cluster(host_env: &[(&str, &str)]) -> Cluster {
     c
 }
 
+/// A counter migrating under load on a slow cluster (more host hooks in
+/// `host_env`), caught once its source froze: the cluster, source, target,
+/// load and migration id.
+fn frozen_under_load(host_env: &[(&str, &str)]) -> (Cluster, String, &'static str, Load, String) {
+    let c = slow_cluster(host_env);
+    let source = host_of(&c, "counter");
+    let target = other_eu(&source);
+    let load = Load::start(&c, "counter", 2);
+    let id = start_migration(&c, "counter", target);
+    wait_phase(&c, &id, &["prepared"]);
+    (c, source, target, load, id)
+}
+
+/// Wait until `counter` runs on `host` only.
+fn one_copy_on(c: &Cluster, host: &str) {
+    poll(
+        Duration::from_secs(10),
+        &format!("one copy, on {host}"),
+        || copies(c, "counter") == vec![host.to_string()],
+    );
+}
+
 #[test]
 fn killing_the_target_during_the_transfer_leaves_the_source_serving() {
     let mut c = slow_cluster(&[]);
@@ -601,20 +621,14 @@ fn killing_the_target_during_the_transfer_leaves_the_source_serving() {
 
 #[test]
 fn killing_the_source_after_it_froze_commits_to_the_target() {
-    let mut c = slow_cluster(&[("ROAM_FAULT_COMMIT_DELAY_MS", "1500")]);
-    let source = host_of(&c, "counter");
-    let target = other_eu(&source);
-    let load = Load::start(&c, "counter", 2);
-    let id = start_migration(&c, "counter", target);
-    wait_phase(&c, &id, &["prepared"]);
+    let (mut c, source, target, load, id) =
+        frozen_under_load(&[("ROAM_FAULT_COMMIT_DELAY_MS", "1500")]);
     c.kill_host(&source);
     let m = wait_phase(&c, &id, &["failed", "done"]);
     assert_eq!(m["phase"], "done", "{m}");
     assert_eq!(host_of(&c, "counter"), target);
     load.check(&c, "counter");
-    poll(Duration::from_secs(10), "one copy, on the target", || {
-        copies(&c, "counter") == vec![target.to_string()]
-    });
+    one_copy_on(&c, target);
 }
 
 /// A target lost after the commit point: the source, still frozen with
@@ -622,12 +636,8 @@ fn killing_the_source_after_it_froze_commits_to_the_target() {
 /// one the lost target was given, and nothing acknowledged is lost.
 #[test]
 fn killing_the_target_after_the_source_froze_resumes_the_source() {
-    let mut c = slow_cluster(&[("ROAM_FAULT_COMMIT_DELAY_MS", "1500")]);
-    let source = host_of(&c, "counter");
-    let target = other_eu(&source);
-    let load = Load::start(&c, "counter", 2);
-    let id = start_migration(&c, "counter", target);
-    wait_phase(&c, &id, &["prepared"]);
+    let (mut c, source, target, load, id) =
+        frozen_under_load(&[("ROAM_FAULT_COMMIT_DELAY_MS", "1500")]);
     c.kill_host(target);
     let m = wait_phase(&c, &id, &["failed", "done"]);
     assert_eq!(m["phase"], "failed", "{m}");
@@ -665,9 +675,7 @@ fn a_scheduler_restart_mid_migration_aborts_it_and_the_source_serves_on() {
         c.invoke("counter", "/before").1,
         r#"{"path":"/before","count":3}"#
     );
-    poll(Duration::from_secs(10), "one copy, on the target", || {
-        copies(&c, "counter") == vec![target.to_string()]
-    });
+    one_copy_on(&c, target);
 }
 
 /// The commit point is the source's `prepared`, not a store write: a
@@ -687,9 +695,7 @@ fn a_scheduler_restart_after_the_source_froze_completes_the_migration() {
     assert_eq!(m["phase"], "done", "{m}");
     assert_eq!(host_of(&c, "counter"), target);
     load.check(&c, "counter");
-    poll(Duration::from_secs(10), "one copy, on the target", || {
-        copies(&c, "counter") == vec![target.to_string()]
-    });
+    one_copy_on(&c, target);
     // The generation was recorded: after another restart the ingress still
     // routes with the one the target serves at.
     c.restart_scheduler();
@@ -712,20 +718,14 @@ fn a_scheduler_restart_after_the_source_froze_completes_the_migration() {
 /// the activation under way instead of racing it.
 #[test]
 fn a_scheduler_restart_while_the_target_activates_completes_the_migration() {
-    let mut c = slow_cluster(&[("ROAM_FAULT_ACTIVATE_DELAY_MS", "6000")]);
-    let source = host_of(&c, "counter");
-    let target = other_eu(&source);
-    let load = Load::start(&c, "counter", 2);
-    let id = start_migration(&c, "counter", target);
-    wait_phase(&c, &id, &["prepared"]);
+    let (mut c, _, target, load, id) =
+        frozen_under_load(&[("ROAM_FAULT_ACTIVATE_DELAY_MS", "6000")]);
     c.restart_scheduler();
     let m = wait_phase(&c, &id, &["done", "failed", "aborted"]);
     assert_eq!(m["phase"], "done", "{m}");
     assert_eq!(host_of(&c, "counter"), target);
     load.check(&c, "counter");
-    poll(Duration::from_secs(10), "one copy, on the target", || {
-        copies(&c, "counter") == vec![target.to_string()]
-    });
+    one_copy_on(&c, target);
 }
 
 /// The scheduler loses its way to the source mid-transfer while the source

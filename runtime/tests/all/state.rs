@@ -258,13 +258,7 @@ async fn monotonic_clock_never_goes_back_across_restore() {
 /// slots gets its own, sees only its own writes, and nothing of the last one.
 #[tokio::test]
 async fn write_tracking_does_not_outlive_its_instance() {
-    let rt = Runtime::new(RuntimeConfig {
-        slots: 1,
-        max_instance_memory: 64 << 20,
-        keep_resident: 8 << 20,
-        ..RuntimeConfig::default()
-    })
-    .unwrap();
+    let rt = keep_resident_runtime(1);
     let module = load_wat(&rt, STATE_WAT);
     for round in 0..3i64 {
         let mut a = rt.instantiate(&module, config()).await.unwrap();
@@ -333,13 +327,7 @@ async fn pages_read_after_a_capture_without_them_plus_the_delta_rebuild_the_stat
 /// sees nothing of the last one's (zeroed in place).
 #[tokio::test]
 async fn a_resident_slot_is_reused_by_another_module_and_comes_zeroed() {
-    let rt = Runtime::new(RuntimeConfig {
-        slots: 4,
-        max_instance_memory: 64 << 20,
-        keep_resident: 8 << 20,
-        ..RuntimeConfig::default()
-    })
-    .unwrap();
+    let rt = keep_resident_runtime(4);
     let first = load_wat(&rt, STATE_WAT);
     let other = load_wat(&rt, "(module (memory 3))");
     let mut a = rt.instantiate(&first, config()).await.unwrap();
@@ -357,4 +345,15 @@ async fn a_resident_slot_is_reused_by_another_module_and_comes_zeroed() {
     );
     assert_eq!(b.memory_data_mut().len(), 3 * 65536);
     assert!(b.memory_data_mut().iter().all(|&x| x == 0));
+}
+
+/// A runtime of `slots` slots that keeps 8 MiB of each freed one resident.
+fn keep_resident_runtime(slots: u32) -> Runtime {
+    Runtime::new(RuntimeConfig {
+        slots,
+        max_instance_memory: 64 << 20,
+        keep_resident: 8 << 20,
+        ..RuntimeConfig::default()
+    })
+    .unwrap()
 }
