@@ -594,6 +594,16 @@ fn frozen_under_load(host_env: &[(&str, &str)]) -> (Cluster, String, &'static st
     (c, source, target, load, id)
 }
 
+/// The migration ends done: `counter` runs on `target` only and no
+/// acknowledged request of `load` was lost or applied twice.
+fn moved_under_load(c: &Cluster, id: &str, target: &str, load: Load) {
+    let m = wait_phase(c, id, &["done", "failed", "aborted"]);
+    assert_eq!(m["phase"], "done", "{m}");
+    assert_eq!(host_of(c, "counter"), target);
+    load.check(c, "counter");
+    one_copy_on(c, target);
+}
+
 /// Wait until `counter` runs on `host` only.
 fn one_copy_on(c: &Cluster, host: &str) {
     poll(
@@ -624,11 +634,7 @@ fn killing_the_source_after_it_froze_commits_to_the_target() {
     let (mut c, source, target, load, id) =
         frozen_under_load(&[("ROAM_FAULT_COMMIT_DELAY_MS", "1500")]);
     c.kill_host(&source);
-    let m = wait_phase(&c, &id, &["failed", "done"]);
-    assert_eq!(m["phase"], "done", "{m}");
-    assert_eq!(host_of(&c, "counter"), target);
-    load.check(&c, "counter");
-    one_copy_on(&c, target);
+    moved_under_load(&c, &id, target, load);
 }
 
 /// A target lost after the commit point: the source, still frozen with
@@ -691,11 +697,7 @@ fn a_scheduler_restart_after_the_source_froze_completes_the_migration() {
     let id = start_migration(&c, "counter", target);
     wait_phase(&c, &id, &["prepared"]);
     c.restart_scheduler();
-    let m = wait_phase(&c, &id, &["done", "failed", "aborted"]);
-    assert_eq!(m["phase"], "done", "{m}");
-    assert_eq!(host_of(&c, "counter"), target);
-    load.check(&c, "counter");
-    one_copy_on(&c, target);
+    moved_under_load(&c, &id, target, load);
     // The generation was recorded: after another restart the ingress still
     // routes with the one the target serves at.
     c.restart_scheduler();
@@ -721,11 +723,7 @@ fn a_scheduler_restart_while_the_target_activates_completes_the_migration() {
     let (mut c, _, target, load, id) =
         frozen_under_load(&[("ROAM_FAULT_ACTIVATE_DELAY_MS", "6000")]);
     c.restart_scheduler();
-    let m = wait_phase(&c, &id, &["done", "failed", "aborted"]);
-    assert_eq!(m["phase"], "done", "{m}");
-    assert_eq!(host_of(&c, "counter"), target);
-    load.check(&c, "counter");
-    one_copy_on(&c, target);
+    moved_under_load(&c, &id, target, load);
 }
 
 /// The scheduler loses its way to the source mid-transfer while the source
