@@ -733,23 +733,7 @@ fn a_scheduler_restart_while_the_target_activates_completes_the_migration() {
 /// source serving, one copy.
 #[test]
 fn an_abort_that_cannot_reach_the_source_is_resolved_once_it_can() {
-    let mut c = Cluster::start_with(&[("HEARTBEAT_TIMEOUT", PATIENT)]);
-    let slow = [("ROAM_FAULT_ROUND_DELAY_MS", "400")];
-    c.add_host_with("eu-1", "eu-west-1", "EU", &[], &slow);
-    // eu-2 is reached through a relay; it reaches the scheduler directly.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let relay = Relay::start(port);
-    c.add_host_with(
-        "eu-2",
-        "eu-central-1",
-        "EU",
-        &["--listen", &port.to_string(), "--advertise", &relay.addr],
-        &slow,
-    );
-    c.wait_ready(2);
+    let (c, relay) = relayed_cluster(&[("ROAM_FAULT_ROUND_DELAY_MS", "400")]);
     deploy(
         &c,
         &["--example", "counter", "--selector", "site=eu-central-1"],
@@ -813,6 +797,28 @@ fn deleting_a_workload_while_its_pages_stream_leaves_no_copy() {
         r#"{"path":"/a","count":1}"#,
         "a fresh counter"
     );
+}
+
+/// Two EU hosts (with the hooks in `host_env`): eu-1, and eu-2 reached
+/// through a relay that can break what others send it (eu-2 reaches the
+/// scheduler directly).
+fn relayed_cluster(host_env: &[(&str, &str)]) -> (Cluster, Relay) {
+    let mut c = Cluster::start_with(&[("HEARTBEAT_TIMEOUT", PATIENT)]);
+    c.add_host_with("eu-1", "eu-west-1", "EU", &[], host_env);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let relay = Relay::start(port);
+    c.add_host_with(
+        "eu-2",
+        "eu-central-1",
+        "EU",
+        &["--listen", &port.to_string(), "--advertise", &relay.addr],
+        host_env,
+    );
+    c.wait_ready(2);
+    (c, relay)
 }
 
 /// A TCP relay in front of a host that can cut or corrupt large uploads
@@ -931,22 +937,7 @@ impl Relay {
 
 #[test]
 fn a_cut_or_corrupted_stream_aborts_and_restores_nothing() {
-    let mut c = Cluster::start_with(&[("HEARTBEAT_TIMEOUT", PATIENT)]);
-    c.add_host("eu-1", "eu-west-1", "EU");
-    // eu-2 is reached through a relay that can break migration streams.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let relay = Relay::start(port);
-    c.add_host_with(
-        "eu-2",
-        "eu-central-1",
-        "EU",
-        &["--listen", &port.to_string(), "--advertise", &relay.addr],
-        &[],
-    );
-    c.wait_ready(2);
+    let (c, relay) = relayed_cluster(&[]);
     deploy(
         &c,
         &["--example", "kv-cache", "--selector", "site=eu-west-1"],
