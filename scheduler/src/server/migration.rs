@@ -845,8 +845,7 @@ impl Scheduler {
             let verdict = self.ask_hosts(&m).await;
             let done = match verdict {
                 Verdict::Commit => {
-                    self.update(&id, false, |m| m.phase = "committed".into());
-                    self.complete(&id).await;
+                    self.commit(&id).await;
                     true
                 }
                 // The source serves on at the generation it has: nothing
