@@ -1,9 +1,30 @@
-//! Wire types of the Roam cluster protocol (HTTP/JSON under `/v1/`).
+//! Every contract between Roam's processes: the cluster protocol (HTTP/JSON
+//! under `/v1/`), the ingress, and live migration.
 //!
 //! Shared by `roam scheduler`, `roam host` and the CLI so that no daemon
-//! depends on another's internals. Every request carries
-//! `Authorization: Bearer TOKEN`.
+//! depends on another's internals, and so that no route, header or phase is
+//! written twice:
+//! - request and response bodies (this module and [`migration`]);
+//! - [`paths`]: every route pattern, and builders that percent-encode typed
+//!   segments;
+//! - [`headers`]: every header and upgrade name;
+//! - [`pages`]: the page-stream frame format and its checks;
+//! - [`auth`]: bearer credentials; [`reply`] (feature `server`): error
+//!   answers as both daemons give them;
+//! - [`PROTOCOL_VERSION`], carried in the join and the migration prepare.
+//!
+//! Every request carries `Authorization: Bearer TOKEN`.
 #![deny(missing_docs)]
+
+pub mod auth;
+pub mod headers;
+pub mod migration;
+pub mod pages;
+pub mod paths;
+#[cfg(feature = "server")]
+pub mod reply;
+
+pub use migration::*;
 
 use std::collections::BTreeMap;
 
@@ -12,9 +33,35 @@ use serde::{Deserialize, Serialize};
 /// Labels: key → value.
 pub type Labels = BTreeMap<String, String>;
 
+/// The version of the protocol this build speaks. Providers upgrade their
+/// hosts on their own schedule: a scheduler refuses a join, and a host a
+/// migration prepare, that carries another version, naming both. Raise it
+/// whenever a message, route or frame changes incompatibly.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A refusal for a peer speaking another protocol version.
+///
+/// ```
+/// assert!(roam_proto::check_protocol("host `h`", 1).is_ok());
+/// let e = roam_proto::check_protocol("host `h`", 0).unwrap_err();
+/// assert!(e.contains("speaks Roam protocol 0") && e.contains("speaks 1"), "{e}");
+/// ```
+pub fn check_protocol(peer: &str, theirs: u32) -> Result<(), String> {
+    if theirs == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(format!(
+            "{peer} speaks Roam protocol {theirs}, this build speaks {PROTOCOL_VERSION}: run the same Roam release on both"
+        ))
+    }
+}
+
 /// `POST /v1/hosts/join` (join token): a host announces itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinRequest {
+    /// The host's [`PROTOCOL_VERSION`]; a scheduler refuses another.
+    #[serde(default)]
+    pub protocol: u32,
     /// Host name, unique in the cluster.
     pub name: String,
     /// Base URL of the host's API, for example `http://127.0.0.1:7801`.
@@ -163,8 +210,8 @@ pub struct NodeInfo {
     pub url: String,
     /// Labels.
     pub labels: Labels,
-    /// `ready`, `down` or `cordoned`.
-    pub status: String,
+    /// Whether it takes workloads.
+    pub status: NodeStatus,
     /// CPU architecture.
     pub arch: String,
     /// Engine compatibility key (hosts with equal keys can share compiled code).
@@ -178,6 +225,29 @@ pub struct NodeInfo {
     pub instances: Vec<String>,
     /// Milliseconds since the last heartbeat.
     pub last_seen_ms: u64,
+}
+
+/// A host's status, as `GET /v1/nodes` shows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    /// Alive, takes workloads.
+    #[default]
+    Ready,
+    /// Missed its heartbeats.
+    Down,
+    /// Alive, takes no new workloads.
+    Cordoned,
+}
+
+impl std::fmt::Display for NodeStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NodeStatus::Ready => "ready",
+            NodeStatus::Down => "down",
+            NodeStatus::Cordoned => "cordoned",
+        })
+    }
 }
 
 /// A workload as `GET /v1/workloads/{name}` shows it.
@@ -232,281 +302,26 @@ pub struct InstanceInfo {
     pub ready: bool,
 }
 
-/// Split an ingress path `/w/{workload}/{rest}` into the workload name and
-/// the path the workload sees (always starting with `/`).
-///
-/// ```
-/// assert_eq!(roam_proto::ingress_target("/w/counter/a/b"), Some(("counter", "/a/b")));
-/// assert_eq!(roam_proto::ingress_target("/w/counter"), Some(("counter", "/")));
-/// assert_eq!(roam_proto::ingress_target("/v1/nodes"), None);
-/// ```
-pub fn ingress_target(path: &str) -> Option<(&str, &str)> {
-    let rest = path.strip_prefix("/w/")?;
-    let (workload, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    (!workload.is_empty()).then_some((workload, path))
-}
-
-/// Header carrying the workload generation a request was routed for. A host
-/// refuses (409) a request whose generation is not the one its copy runs at,
-/// before the workload sees it, so the sender may safely retry elsewhere.
-pub const GENERATION_HEADER: &str = "x-roam-generation";
-
-/// Header a host sets on an error it answered before the workload saw the
-/// request (wrong generation, workload not or no longer here): an ingress
-/// may send such a request again elsewhere without applying it twice.
-/// Hosts strip `x-roam-*` headers from workload responses.
-pub const NOT_DISPATCHED_HEADER: &str = "x-roam-not-dispatched";
-
-/// Whether a header is one of Roam's own (`x-roam-*`, any case): hosts
-/// strip them from workload responses, ingresses from client requests.
-///
-/// ```
-/// assert!(roam_proto::is_roam_header("X-Roam-Generation"));
-/// assert!(!roam_proto::is_roam_header("x-request-id"));
-/// ```
-pub fn is_roam_header(name: &str) -> bool {
-    name.get(..7)
-        .is_some_and(|p| p.eq_ignore_ascii_case("x-roam-"))
-}
-
-/// Tuning of a live migration's pre-copy phase.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MigrationOptions {
-    /// Pre-copy rounds (after the full copy) before the source stops anyway.
-    #[serde(default = "default_max_rounds")]
-    pub max_rounds: u32,
-    /// Stop pre-copying once a round's delta is at most this many bytes.
-    #[serde(default = "default_final_bytes")]
-    pub max_final_bytes: u64,
-    /// Skip pre-copy: freeze first and send one full snapshot (the
-    /// stop-and-copy baseline live migration is measured against).
-    #[serde(default)]
-    pub stop_and_copy: bool,
-    /// TCP connections the memory's pages are streamed over at once (1 to
-    /// [`MAX_PAGE_STREAMS`]): one stream is bound by the work one core does
-    /// for its socket, as QEMU's multifd channels are there for.
-    #[serde(default = "default_page_streams")]
-    pub page_streams: u32,
-}
-
-/// Most page streams one migration may use.
-pub const MAX_PAGE_STREAMS: u32 = 8;
-
-fn default_page_streams() -> u32 {
-    2
-}
-
-fn default_max_rounds() -> u32 {
-    30
-}
-
-fn default_final_bytes() -> u64 {
-    256 << 10
-}
-
-impl Default for MigrationOptions {
-    fn default() -> Self {
-        MigrationOptions {
-            max_rounds: default_max_rounds(),
-            max_final_bytes: default_final_bytes(),
-            stop_and_copy: false,
-            page_streams: default_page_streams(),
-        }
-    }
-}
-
-/// `POST /v1/migrations` (admin): move a running workload live.
+/// Query of `POST /v1/messages/{workload}` (scheduler and host) and of a
+/// message a migration's source forwards: the sending workload.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MigrateRequest {
-    /// Workload name.
-    pub workload: String,
-    /// Target host; without it, placement picks one matching `selector`
-    /// (and the workload's own rules).
-    #[serde(default)]
-    pub to: Option<String>,
-    /// Extra label selector for the target when `to` is not given.
-    #[serde(default)]
-    pub selector: Option<String>,
-    /// Source host, needed only when the workload has several replicas.
-    #[serde(default)]
-    pub from: Option<String>,
-    /// Pre-copy tuning.
-    #[serde(default)]
-    pub options: MigrationOptions,
+pub struct FromQuery {
+    /// The workload that sent the message.
+    pub from: String,
 }
 
-/// Where a workload runs, as its `roam_restored` hook is told.
+/// Query of `DELETE /v1/instances/{workload}` on a host.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Place {
+pub struct StopQuery {
+    /// Stop only a copy whose generation is below this one.
+    #[serde(default)]
+    pub below_generation: Option<u64>,
+}
+
+/// Query of `POST /v1/workloads/{name}/snapshot` and `.../restore` on the
+/// scheduler: the host to take the snapshot from or restore it on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostQuery {
     /// Host name.
     pub host: String,
-    /// Site label of the host.
-    pub site: String,
-}
-
-/// Scheduler → target host, `POST /v1/migrations/{id}/prepare`: get ready
-/// to receive `workload`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PrepareMigration {
-    /// Workload name.
-    pub workload: String,
-    /// How to run it (module digest, memory cap, grants; the new generation).
-    pub instance: StartInstance,
-    /// Secret the source presents when it streams state to this host.
-    pub key: String,
-    /// Where the workload comes from.
-    pub source: Place,
-}
-
-/// Scheduler → source host, `POST /v1/migrations/{id}/send`: stream the
-/// workload's state to the target. The answer is a stream of
-/// [`MigrationProgress`] lines (JSON, one per line); the last has phase
-/// `prepared` (the source is frozen, the target holds the final state) or
-/// `failed` (the source serves on).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SendMigration {
-    /// Workload name.
-    pub workload: String,
-    /// Target host's API base URL.
-    pub target_url: String,
-    /// Secret for the target (see [`PrepareMigration::key`]).
-    pub key: String,
-    /// Generation the workload runs at on the target.
-    pub generation: u64,
-    /// Pre-copy tuning.
-    pub options: MigrationOptions,
-}
-
-/// One progress report of a migration's source.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct MigrationProgress {
-    /// `precopy`, `stopping`, `prepared`, `committed` or `failed`.
-    pub phase: String,
-    /// Pre-copy round (0 is the full copy).
-    pub round: u32,
-    /// Bytes sent to the target so far.
-    pub bytes_sent: u64,
-    /// Bytes of the last round.
-    pub last_round_bytes: u64,
-    /// Measured dirty rate, bytes per second.
-    pub dirty_rate: f64,
-    /// Why it failed; on `prepared`, why the source could not activate the
-    /// target itself (the scheduler then decides).
-    #[serde(default)]
-    pub error: Option<String>,
-    /// On `committed` (the source activated the target and handed off):
-    /// microseconds from freezing to handing off.
-    #[serde(default)]
-    pub downtime_us: Option<u64>,
-}
-
-/// Scheduler → both hosts, `POST /v1/migrations/{id}/commit` or `/abort`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MigrationDecision {
-    /// Target host's API base URL (where the source forwards what it held).
-    #[serde(default)]
-    pub target_url: String,
-    /// Generation from now on: the target's on commit; on an abort after a
-    /// lost target, the source resumes at this one.
-    #[serde(default)]
-    pub generation: u64,
-}
-
-/// What a host knows of a migration: its answer to the scheduler's
-/// `GET /v1/migrations/{id}/status?workload=W&generation=G`, which a
-/// restarted scheduler asks to learn whether a migration it was running
-/// reached its commit point.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MigrationStatus {
-    /// `source`, `target`, or empty when the host knows nothing of it.
-    #[serde(default)]
-    pub role: String,
-    /// As source: `sending` (may still give up by itself), `prepared`
-    /// (frozen, holding requests: never resumes by itself), `committing`
-    /// (activating the target), `committed` or `aborted`. As target: `receiving`, `ready` (holds the final state,
-    /// not serving) or `serving` (committed: runs the workload at the
-    /// migration's generation or later).
-    #[serde(default)]
-    pub phase: String,
-}
-
-/// Query of [`MigrationStatus`].
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MigrationStatusQuery {
-    /// The migration's workload.
-    pub workload: String,
-    /// The generation the migration gives the workload on the target.
-    pub generation: u64,
-}
-
-/// A host's answer to a commit.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommitOutcome {
-    /// On the source: microseconds from freezing to handing off.
-    #[serde(default)]
-    pub downtime_us: Option<u64>,
-}
-
-/// A migration as `GET /v1/migrations/{id}` shows it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct MigrationInfo {
-    /// Migration id.
-    pub id: String,
-    /// Workload name.
-    pub workload: String,
-    /// Source host.
-    pub source: String,
-    /// Target host.
-    pub target: String,
-    /// Generation the workload gets on the target.
-    pub generation: u64,
-    /// `preparing`, `precopy`, `stopping`, `prepared`, `committed`, `done`,
-    /// `failed` or `aborted`; `resolving` while a restarted scheduler asks
-    /// the hosts where an interrupted migration got to.
-    pub phase: String,
-    /// Pre-copy rounds so far (the full copy is round 0).
-    pub rounds: u32,
-    /// Bytes streamed from source to target.
-    pub bytes_sent: u64,
-    /// Last measured dirty rate, bytes per second.
-    pub dirty_rate: f64,
-    /// Start, milliseconds since the Unix epoch.
-    pub started_ms: u64,
-    /// Milliseconds from start to end (or until now).
-    pub total_ms: u64,
-    /// Microseconds the workload did not dispatch (source frozen until the
-    /// target served), when known.
-    #[serde(default)]
-    pub downtime_us: Option<u64>,
-    /// Why it failed or was aborted.
-    #[serde(default)]
-    pub error: Option<String>,
-    /// Phases with milliseconds since start.
-    #[serde(default)]
-    pub history: Vec<(String, u64)>,
-}
-
-impl MigrationInfo {
-    /// Whether the migration has ended (`done`, `failed` or `aborted`).
-    pub fn finished(&self) -> bool {
-        matches!(self.phase.as_str(), "done" | "failed" | "aborted")
-    }
-}
-
-/// `POST /v1/nodes/{host}/drain` (admin): what happened to each workload.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DrainOutcome {
-    /// Workload name.
-    pub workload: String,
-    /// `migrated`, `restarted` (live migration failed; started fresh
-    /// elsewhere) or `failed`.
-    pub outcome: String,
-    /// The live migration's id, if one was tried.
-    #[serde(default)]
-    pub migration: Option<String>,
-    /// Details (target host, or why).
-    pub detail: String,
 }

@@ -98,17 +98,17 @@ pub struct LiveMemory {
 }
 
 impl LiveMemory {
-    /// Lend `bytes` as if they were a workload's memory (tests of readers).
-    #[cfg(test)]
-    pub(crate) fn lend_for_test(bytes: &'static [u8]) -> LiveMemory {
+    /// Lend `bytes` as if they were a workload's memory (for tests of
+    /// readers; `'static`, so they outlive every reader).
+    pub fn lend(bytes: &'static [u8]) -> Option<LiveMemory> {
         let lent = Arc::new(tokio::sync::Semaphore::new(1))
             .try_acquire_owned()
-            .expect("a fresh semaphore has its permit");
-        LiveMemory {
+            .ok()?;
+        Some(LiveMemory {
             ptr: bytes.as_ptr() as usize,
             len: bytes.len(),
             _lent: lent,
-        }
+        })
     }
 
     /// The memory's size when it was lent.

@@ -14,7 +14,6 @@
 #![deny(missing_docs)]
 
 pub mod abi;
-pub mod agent;
 pub mod cache;
 pub mod config;
 pub mod dirty;

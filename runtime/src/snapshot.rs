@@ -123,7 +123,7 @@ impl Snapshot {
 
 /// Whether a page is all zeroes. Works a cache line at a time so it exits
 /// early on the first non-zero line and vectorises within a line.
-pub(crate) fn is_zero(page: &[u8]) -> bool {
+pub fn is_zero(page: &[u8]) -> bool {
     page.chunks(64)
         .all(|line| line.iter().fold(0u8, |acc, b| acc | b) == 0)
 }

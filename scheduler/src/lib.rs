@@ -1,7 +1,6 @@
 //! roam-scheduler: Roam's control plane.
 //!
-//! So far it holds the pure decision logic the scheduler daemon is built on
-//! (the daemon, host registry, store and API come with the cluster issue):
+//! The pure decision logic the daemon is built on, each tested alone:
 //!
 //! - [`selector`]: label selectors (`jurisdiction=EU,site in (a,b)`);
 //! - [`placement`]: filter-then-score placement with a reason for every
@@ -9,7 +8,15 @@
 //! - [`reconcile`]: desired versus running state, as commands;
 //! - [`auth`]: tokens (CSPRNG, stored hashed, constant-time checks) and the
 //!   trusted labels a join token binds;
-//! - [`store`]: desired state in redb, committed before a change is acknowledged.
+//! - [`store`]: desired state in redb, committed before a change is acknowledged;
+//! - [`verdict`]: what the scheduler concludes about a migration from what
+//!   its hosts answer (commit, abort, ask again), keeping the rule that the
+//!   source never resumes while the target may serve.
+//!
+//! And the daemon itself, [`server`] (`roam scheduler`): host registry,
+//! reconciler, ingress, operator API, metrics, live migrations and their
+//! recovery, drain — one file per concern, every call to a host through
+//! one client.
 #![deny(missing_docs)]
 
 pub mod auth;
@@ -18,3 +25,4 @@ pub mod reconcile;
 pub mod selector;
 pub mod server;
 pub mod store;
+pub mod verdict;

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use roam_proto::paths::ApiPath;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -69,9 +70,9 @@ impl Client {
     }
 
     /// Send a request to `path`, with the token.
-    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub fn request(&self, method: reqwest::Method, path: &ApiPath) -> reqwest::RequestBuilder {
         self.http
-            .request(method, format!("{}{path}", self.config.addr))
+            .request(method, path.on(&self.config.addr))
             .bearer_auth(&self.config.token)
     }
 

@@ -119,7 +119,7 @@ pub fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "host".into()),
     };
-    tokio(None)?.block_on(roam_runtime::agent::run(roam_runtime::agent::AgentConfig {
+    tokio(None)?.block_on(roam_host::run(roam_host::HostConfig {
         name,
         listen: args.listen,
         advertise: args.advertise.map(|a| a.trim_end_matches('/').to_string()),

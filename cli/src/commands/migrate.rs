@@ -9,7 +9,10 @@ use anyhow::bail;
 use clap::Args;
 use comfy_table::Table;
 use reqwest::Method;
-use roam_proto::{DrainOutcome, MigrateRequest, MigrationInfo, MigrationOptions};
+use roam_proto::paths::{self, NodeAction};
+use roam_proto::{
+    DrainOutcome, DrainResult, MigrateRequest, MigrationInfo, MigrationOptions, MigrationPhase,
+};
 
 use super::ops::{Output, block_on, client};
 use crate::size::parse_size;
@@ -110,7 +113,7 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
             },
         };
         let started: MigrationInfo = c
-            .json(c.request(Method::POST, "/v1/migrations").json(&request))
+            .json(c.request(Method::POST, &paths::migrations()).json(&request))
             .await?;
         if args.detach {
             match args.output {
@@ -126,7 +129,7 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         let mut last = String::new();
         let done = loop {
             let m: MigrationInfo = c
-                .json(c.request(Method::GET, &format!("/v1/migrations/{}", started.id)))
+                .json(c.request(Method::GET, &paths::migration(&started.id)?))
                 .await?;
             let line = format!(
                 "{} → {}: {} round {} sent {} dirty {}/s",
@@ -158,7 +161,7 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
             Output::Json => println!("{}", serde_json::to_string_pretty(&done)?),
             Output::Table => summary(&done),
         }
-        Ok(if done.phase == "done" {
+        Ok(if done.phase == MigrationPhase::Done {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
@@ -170,7 +173,7 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
 pub fn list(output: Output) -> anyhow::Result<ExitCode> {
     block_on(async move {
         let c = client()?;
-        let all: Vec<MigrationInfo> = c.json(c.request(Method::GET, "/v1/migrations")).await?;
+        let all: Vec<MigrationInfo> = c.json(c.request(Method::GET, &paths::migrations())).await?;
         if let Output::Json = output {
             println!("{}", serde_json::to_string_pretty(&all)?);
             return Ok(ExitCode::SUCCESS);
@@ -185,7 +188,7 @@ pub fn list(output: Output) -> anyhow::Result<ExitCode> {
                 m.workload.clone(),
                 m.source.clone(),
                 m.target.clone(),
-                m.phase.clone(),
+                m.phase.to_string(),
                 m.rounds.to_string(),
                 mib(m.bytes_sent),
                 format!("{} ms", m.total_ms),
@@ -202,7 +205,7 @@ pub fn describe(id: &str, output: Output) -> anyhow::Result<ExitCode> {
     block_on(async move {
         let c = client()?;
         let m: MigrationInfo = c
-            .json(c.request(Method::GET, &format!("/v1/migrations/{id}")))
+            .json(c.request(Method::GET, &paths::migration(&id)?))
             .await?;
         match output {
             Output::Json => println!("{}", serde_json::to_string_pretty(&m)?),
@@ -218,7 +221,7 @@ pub fn drain(host: &str, output: Output) -> anyhow::Result<ExitCode> {
         let c = client()?;
         eprintln!("draining `{host}`: cordoned; moving its workloads off it");
         let outcomes: Vec<DrainOutcome> = c
-            .json(c.request(Method::POST, &format!("/v1/nodes/{host}/drain")))
+            .json(c.request(Method::POST, &paths::node_action(&host, NodeAction::Drain)?))
             .await?;
         if let Output::Json = output {
             println!("{}", serde_json::to_string_pretty(&outcomes)?);
@@ -228,14 +231,14 @@ pub fn drain(host: &str, output: Output) -> anyhow::Result<ExitCode> {
             for o in &outcomes {
                 t.add_row([
                     o.workload.clone(),
-                    o.outcome.clone(),
+                    o.outcome.to_string(),
                     o.migration.clone().unwrap_or_else(|| "-".into()),
                     o.detail.clone(),
                 ]);
             }
             println!("{t}");
         }
-        if outcomes.iter().any(|o| o.outcome == "failed") {
+        if outcomes.iter().any(|o| o.outcome == DrainResult::Failed) {
             bail!("some workloads could not be moved off `{host}`");
         }
         Ok(ExitCode::SUCCESS)

@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use comfy_table::Table;
 use reqwest::Method;
+use roam_proto::paths::{self, NodeAction};
 use roam_proto::{
     Grants, InstanceInfo, ModuleRef, NodeInfo, TokenRequest, TokenResponse, WorkloadInfo,
     WorkloadSpec,
@@ -182,7 +183,7 @@ fn example_module(name: &str) -> anyhow::Result<(PathBuf, &'static [&'static str
 async fn upload(c: &Client, path: &PathBuf) -> anyhow::Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
     let m: ModuleRef = c
-        .json(c.request(Method::PUT, "/v1/modules").body(bytes))
+        .json(c.request(Method::PUT, &paths::modules()).body(bytes))
         .await?;
     Ok(m.digest)
 }
@@ -193,9 +194,12 @@ pub fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
         let TokenCommand::Create { labels } = cmd;
         let c = client()?;
         let t: TokenResponse = c
-            .json(c.request(Method::POST, "/v1/tokens").json(&TokenRequest {
-                labels: labels.into_iter().collect(),
-            }))
+            .json(
+                c.request(Method::POST, &paths::tokens())
+                    .json(&TokenRequest {
+                        labels: labels.into_iter().collect(),
+                    }),
+            )
             .await?;
         println!("{}", t.token);
         Ok(ExitCode::SUCCESS)
@@ -277,7 +281,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
             }
         };
         let spec: WorkloadSpec = c
-            .json(c.request(Method::POST, "/v1/workloads").json(&spec))
+            .json(c.request(Method::POST, &paths::workloads()).json(&spec))
             .await?;
         println!(
             "workload `{}` deployed ({}, {} replica(s))",
@@ -297,7 +301,7 @@ pub fn get(kind: Kind, output: Output) -> anyhow::Result<ExitCode> {
         let c = client()?;
         match kind {
             Kind::Nodes => {
-                let nodes: Vec<NodeInfo> = c.json(c.request(Method::GET, "/v1/nodes")).await?;
+                let nodes: Vec<NodeInfo> = c.json(c.request(Method::GET, &paths::nodes())).await?;
                 if let Output::Json = output {
                     println!("{}", serde_json::to_string_pretty(&nodes)?);
                     return Ok(ExitCode::SUCCESS);
@@ -317,7 +321,7 @@ pub fn get(kind: Kind, output: Output) -> anyhow::Result<ExitCode> {
                 for n in nodes {
                     t.add_row([
                         n.name,
-                        n.status,
+                        n.status.to_string(),
                         n.arch,
                         n.labels.get("engine").cloned().unwrap_or_default(),
                         n.labels.get("site").cloned().unwrap_or_default(),
@@ -330,7 +334,8 @@ pub fn get(kind: Kind, output: Output) -> anyhow::Result<ExitCode> {
                 println!("{t}");
             }
             Kind::Workloads => {
-                let ws: Vec<WorkloadInfo> = c.json(c.request(Method::GET, "/v1/workloads")).await?;
+                let ws: Vec<WorkloadInfo> =
+                    c.json(c.request(Method::GET, &paths::workloads())).await?;
                 if let Output::Json = output {
                     println!("{}", serde_json::to_string_pretty(&ws)?);
                     return Ok(ExitCode::SUCCESS);
@@ -349,7 +354,8 @@ pub fn get(kind: Kind, output: Output) -> anyhow::Result<ExitCode> {
                 println!("{t}");
             }
             Kind::Instances => {
-                let is: Vec<InstanceInfo> = c.json(c.request(Method::GET, "/v1/instances")).await?;
+                let is: Vec<InstanceInfo> =
+                    c.json(c.request(Method::GET, &paths::instances())).await?;
                 if let Output::Json = output {
                     println!("{}", serde_json::to_string_pretty(&is)?);
                     return Ok(ExitCode::SUCCESS);
@@ -372,7 +378,7 @@ pub fn describe(name: &str, output: Output) -> anyhow::Result<ExitCode> {
     block_on(async move {
         let c = client()?;
         let w: WorkloadInfo = c
-            .json(c.request(Method::GET, &format!("/v1/workloads/{name}")))
+            .json(c.request(Method::GET, &paths::workload(&name)?))
             .await?;
         if let Output::Json = output {
             println!("{}", serde_json::to_string_pretty(&w)?);
@@ -415,7 +421,7 @@ pub fn logs(name: &str, follow: bool) -> anyhow::Result<ExitCode> {
         let mut seen = 0usize;
         loop {
             let text = c
-                .send(c.request(Method::GET, &format!("/v1/workloads/{name}/logs")))
+                .send(c.request(Method::GET, &paths::workload_logs(&name)?))
                 .await?
                 .text()
                 .await?;
@@ -449,7 +455,7 @@ pub fn invoke(
             (None, None) => Method::GET,
         };
         let path = path.trim_start_matches('/');
-        let mut rb = c.request(method, &format!("/w/{name}/{path}"));
+        let mut rb = c.request(method, &paths::ingress(&name, path)?);
         if let Some(d) = data {
             rb = rb.body(d);
         }
@@ -476,7 +482,7 @@ pub fn invoke(
 pub fn delete(name: &str) -> anyhow::Result<ExitCode> {
     block_on(async move {
         let c = client()?;
-        c.send(c.request(Method::DELETE, &format!("/v1/workloads/{name}")))
+        c.send(c.request(Method::DELETE, &paths::workload(name)?))
             .await?;
         println!("workload `{name}` deleted");
         Ok(ExitCode::SUCCESS)
@@ -487,10 +493,14 @@ pub fn delete(name: &str) -> anyhow::Result<ExitCode> {
 pub fn cordon(host: &str, on: bool) -> anyhow::Result<ExitCode> {
     block_on(async move {
         let c = client()?;
-        let action = if on { "cordon" } else { "uncordon" };
-        c.send(c.request(Method::POST, &format!("/v1/nodes/{host}/{action}")))
+        let action = if on {
+            NodeAction::Cordon
+        } else {
+            NodeAction::Uncordon
+        };
+        c.send(c.request(Method::POST, &paths::node_action(host, action)?))
             .await?;
-        println!("host `{host}` {action}ed");
+        println!("host `{host}` {}ed", action.as_str());
         Ok(ExitCode::SUCCESS)
     })
 }

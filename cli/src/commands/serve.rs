@@ -123,9 +123,9 @@ async fn forward(
         };
     }
     let request =
-        roam_runtime::agent::from_http(&method, uri.path().to_string(), &uri, &headers, &body);
+        roam_host::ingress::from_http(&method, uri.path().to_string(), &uri, &headers, &body);
     match handle.http(request).await {
-        Ok(response) => roam_runtime::agent::into_http(response),
+        Ok(response) => roam_host::ingress::into_http(response),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 use reqwest::Method;
-use roam_proto::{NodeInfo, TokenRequest, TokenResponse};
+use roam_proto::paths;
+use roam_proto::{NodeInfo, NodeStatus, TokenRequest, TokenResponse};
 
 use super::client::{Client, ClientConfig, config_path};
 
@@ -90,8 +91,8 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(config.clone())?;
     let start = Instant::now();
     loop {
-        let ok =
-            tokio.block_on(client.json::<Vec<NodeInfo>>(client.request(Method::GET, "/v1/nodes")));
+        let ok = tokio
+            .block_on(client.json::<Vec<NodeInfo>>(client.request(Method::GET, &paths::nodes())));
         if ok.is_ok() {
             break;
         }
@@ -116,7 +117,7 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
         let join: TokenResponse = tokio.block_on(
             client.json(
                 client
-                    .request(Method::POST, "/v1/tokens")
+                    .request(Method::POST, &paths::tokens())
                     .json(&TokenRequest { labels }),
             ),
         )?;
@@ -143,8 +144,13 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
     loop {
         let nodes = tokio
-            .block_on(client.json::<Vec<NodeInfo>>(client.request(Method::GET, "/v1/nodes")))?;
-        if nodes.iter().filter(|n| n.status == "ready").count() == SITES.len() {
+            .block_on(client.json::<Vec<NodeInfo>>(client.request(Method::GET, &paths::nodes())))?;
+        if nodes
+            .iter()
+            .filter(|n| n.status == NodeStatus::Ready)
+            .count()
+            == SITES.len()
+        {
             break;
         }
         if start.elapsed() > Duration::from_secs(60) {

@@ -8,6 +8,7 @@
 
 mod arch;
 mod cluster;
+mod layout;
 mod migrate;
 mod run;
 mod serve;

@@ -760,6 +760,55 @@ fn an_abort_that_cannot_reach_the_source_is_resolved_once_it_can() {
     assert_eq!(c.invoke("counter", "/a").1, r#"{"path":"/a","count":2}"#);
 }
 
+/// The scheduler loses its way to the target right after the commit point,
+/// while the source's activation of it is under way (slowly) and its answer
+/// is lost: the target serves, the source stays frozen, and the scheduler
+/// cannot tell. It must not resume the source — the workload would run
+/// twice — so the migration stays `resolving` until the target answers
+/// again; then it completes: one copy, on the target, no acknowledged
+/// request lost or applied twice.
+#[test]
+fn a_target_cut_off_from_the_scheduler_after_the_commit_point_is_never_doubled() {
+    let (c, relay) = relayed_cluster(&[("ROAM_FAULT_ACTIVATE_DELAY_MS", "3000")]);
+    deploy(
+        &c,
+        &["--example", "counter", "--selector", "site=eu-west-1"],
+    );
+    poll(Duration::from_secs(30), "counter to serve", || {
+        c.invoke("counter", "/a").0 == 200
+    });
+    deploy(
+        &c,
+        &["--example", "counter", "--selector", "jurisdiction=EU"],
+    );
+    let load = Load::start(&c, "counter", 2);
+    let id = start_migration(&c, "counter", "eu-2");
+    wait_phase(&c, &id, &["prepared"]);
+    // The source's activation is on its way to eu-2 (which takes 3 s);
+    // from now on nothing reaches eu-2, and its answer is cut off.
+    relay.mode.store(BLACKHOLE, Ordering::Relaxed);
+    let m = wait_phase(&c, &id, &["resolving", "failed", "done", "aborted"]);
+    assert_eq!(m["phase"], "resolving", "the source must not resume: {m}");
+    // The target activated (its heartbeats, which do not cross the relay,
+    // show it runs the workload) while the source still holds its frozen
+    // copy: the scheduler still has not resumed the source.
+    poll(
+        Duration::from_secs(30),
+        "the target to report its copy",
+        || copies(&c, "counter") == vec!["eu-1".to_string(), "eu-2".to_string()],
+    );
+    let m = migration(&c, &id);
+    assert_eq!(m["phase"], "resolving", "{m}");
+    relay.mode.store(PASS, Ordering::Relaxed);
+    let m = wait_phase(&c, &id, &["done", "failed", "aborted"]);
+    assert_eq!(m["phase"], "done", "{m}");
+    assert_eq!(host_of(&c, "counter"), "eu-2");
+    load.check(&c, "counter");
+    poll(Duration::from_secs(10), "one copy, on eu-2", || {
+        copies(&c, "counter") == vec!["eu-2".to_string()]
+    });
+}
+
 /// Deleting a workload while its memory streams to the target: the
 /// migration ends (whichever way the race goes), no copy is left anywhere,
 /// and both hosts serve on.

@@ -1,0 +1,40 @@
+//! How a host daemon runs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use roam_proto::Labels;
+use roam_runtime::EngineKind;
+
+/// How a host daemon runs.
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    /// Host name (unique in the cluster).
+    pub name: String,
+    /// Address of the host's API.
+    pub listen: SocketAddr,
+    /// URL others reach the API at, if not `http://{listen}`.
+    pub advertise: Option<String>,
+    /// Scheduler base URL.
+    pub join: String,
+    /// Join token.
+    pub token: String,
+    /// Data directory (compiled-code cache).
+    pub data_dir: PathBuf,
+    /// Memory for workloads, bytes.
+    pub capacity_memory: u64,
+    /// Instance slots.
+    pub slots: u32,
+    /// Largest memory of one instance (default: the capacity, at most 4 GiB).
+    pub max_instance_memory: Option<u64>,
+    /// Bytes of each freed instance slot's written memory kept faulted in
+    /// (zeroed in place) rather than given back to the kernel (wasmtime's
+    /// `linear_memory_keep_resident`; freed slots are reused first): the
+    /// next instance or incoming migration writes into memory faulted in
+    /// already.
+    pub keep_resident: u64,
+    /// Native code or the portable interpreter.
+    pub engine: EngineKind,
+    /// Untrusted labels the host reports (trusted ones come from the token).
+    pub labels: Labels,
+}

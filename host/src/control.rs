@@ -1,0 +1,218 @@
+//! The scheduler's control API on a host (behind the host secret): start,
+//! stop, logs, snapshot, restore, and messages for workloads here.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use roam_proto::reply::{error, not_dispatched};
+use roam_proto::{StartInstance, headers, paths};
+use roam_runtime::snapshot::codec::{self, DecodeLimits};
+use roam_runtime::{Digest, Workload};
+
+use crate::daemon::Host;
+
+/// Largest snapshot accepted by `PUT .../restore`.
+const MAX_SNAPSHOT: usize = 1 << 30;
+
+/// The control routes (the caller adds the host-secret check).
+pub(crate) fn routes() -> Router<Arc<Host>> {
+    Router::new()
+        .route(paths::host::INSTANCE, put(start).delete(stop))
+        .route(paths::host::INSTANCE_LOGS, get(logs))
+        .route(paths::host::INSTANCE_SNAPSHOT, post(snapshot))
+        .route(paths::host::INSTANCE_RESTORE, put(restore))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_SNAPSHOT))
+        .route(paths::host::MESSAGE, post(message))
+}
+
+/// The answer for a workload that does not run on this host.
+pub(crate) fn not_here(workload: &str) -> Response {
+    not_dispatched(
+        StatusCode::NOT_FOUND,
+        format!("no workload `{workload}` on this host"),
+    )
+}
+
+async fn start(
+    State(host): State<Arc<Host>>,
+    Path(workload): Path<String>,
+    Json(spec): Json<StartInstance>,
+) -> Response {
+    launch(host, workload, spec, None).await
+}
+
+/// `PUT /v1/instances/{workload}/restore`: the header
+/// [`headers::INSTANCE`] carries the instance spec as JSON, the body the
+/// encoded snapshot.
+async fn restore(
+    State(host): State<Arc<Host>>,
+    Path(workload): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let spec: StartInstance = match headers
+        .get(headers::INSTANCE)
+        .and_then(|v| serde_json::from_slice(v.as_bytes()).ok())
+    {
+        Some(s) => s,
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "header `{}` must hold the instance spec as JSON",
+                    headers::INSTANCE
+                ),
+            );
+        }
+    };
+    launch(host, workload, spec, Some(body)).await
+}
+
+async fn snapshot(State(host): State<Arc<Host>>, Path(workload): Path<String>) -> Response {
+    let Some(handle) = host.bus.get(&workload) else {
+        return not_here(&workload);
+    };
+    match handle.snapshot().await {
+        Ok(bytes) => bytes.into_response(),
+        Err(e) => error(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+/// Start `workload` fresh, or from `snapshot` bytes (checked against the
+/// module and the memory cap before anything is restored).
+async fn launch(
+    host: Arc<Host>,
+    workload: String,
+    spec: StartInstance,
+    snapshot: Option<Bytes>,
+) -> Response {
+    let Some(digest) = Digest::parse(&spec.digest) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("`{}` is not a sha256 digest", spec.digest),
+        );
+    };
+    {
+        let workloads = host.workloads.lock().await;
+        if workloads
+            .get(&workload)
+            .is_some_and(|r| r.digest == spec.digest)
+        {
+            return StatusCode::OK.into_response();
+        }
+        // Hold to the capacity this host advertises, whatever the caller
+        // believes (its view may lag).
+        let (used, count) = workloads
+            .iter()
+            .filter(|(name, _)| **name != workload)
+            .fold((0u64, 0u32), |(m, n), (_, r)| (m + r.memory, n + 1));
+        let (capacity, slots) = (host.config.capacity_memory, host.config.slots);
+        if count >= slots || used.saturating_add(spec.memory) > capacity {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "host `{}` is full: {count} of {slots} slots and {used} of {capacity} bytes in use, `{workload}` needs {} bytes",
+                    host.config.name, spec.memory
+                ),
+            );
+        }
+    }
+    let module = match host.module(&digest).await {
+        Ok(m) => m,
+        Err(e) => return e.reply(),
+    };
+    let config = host.instance_config(&workload, &spec);
+    let started = match &snapshot {
+        None => Workload::start(&host.runtime, &module, config.clone()).await,
+        Some(bytes) => {
+            let limits = DecodeLimits {
+                max_memory_bytes: spec.memory,
+                ..Default::default()
+            };
+            let decoded = match codec::decode(bytes, Some(&digest), &limits) {
+                Ok(s) if s.is_full() => s,
+                Ok(_) => return error(StatusCode::BAD_REQUEST, "a delta cannot start a workload"),
+                Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+            };
+            Workload::restore(&host.runtime, &module, config.clone(), &decoded, None).await
+        }
+    };
+    let mut instance = match started {
+        Ok(w) => w,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    };
+    instance.instance_mut().set_generation(spec.generation);
+    host.run_workload(
+        module,
+        config,
+        instance,
+        spec.digest,
+        spec.memory,
+        spec.generation,
+    )
+    .await;
+    StatusCode::CREATED.into_response()
+}
+
+async fn stop(
+    State(host): State<Arc<Host>>,
+    Path(workload): Path<String>,
+    Query(q): Query<roam_proto::StopQuery>,
+) -> Response {
+    let mut workloads = host.workloads.lock().await;
+    if let (Some(below), Some(r)) = (q.below_generation, workloads.get(&workload))
+        && r.generation >= below
+    {
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "`{workload}` runs here at generation {}, not below {below}",
+                r.generation
+            ),
+        );
+    }
+    let removed = workloads.remove(&workload);
+    drop(workloads);
+    match removed {
+        Some(r) => {
+            host.bus.unregister(&workload);
+            r.handle.stop().await;
+            StatusCode::OK.into_response()
+        }
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no workload `{workload}` on this host"),
+        ),
+    }
+}
+
+async fn logs(State(host): State<Arc<Host>>, Path(workload): Path<String>) -> Response {
+    let Some(handle) = host.bus.get(&workload) else {
+        return not_here(&workload);
+    };
+    match handle.logs().await {
+        Ok(text) => text.into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn message(
+    State(host): State<Arc<Host>>,
+    Path(workload): Path<String>,
+    Query(q): Query<roam_proto::FromQuery>,
+    body: Bytes,
+) -> Response {
+    let Some(handle) = host.bus.get(&workload) else {
+        return not_here(&workload);
+    };
+    match handle.message(&q.from, body.to_vec()).await {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}

@@ -1,0 +1,252 @@
+//! The daemon: shared state, the listener and its routes, and the workloads
+//! running here.
+//!
+//! Three kinds of routes on one listener:
+//! - control, for the scheduler only (`Authorization: Bearer HOST_SECRET`,
+//!   the secret handed out at join): `control.rs` and the migration steps
+//!   the scheduler drives (`migration/mod.rs`);
+//! - migration streams from another host, authenticated by a per-migration
+//!   key instead (`migration/target.rs`);
+//! - the ingress, `/w/{workload}/...` (`ingress.rs`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::any;
+use roam_proto::reply::error;
+use roam_proto::{InstanceStatus, Labels, StartInstance, paths};
+use roam_runtime::abi::{Grants, HostInfo};
+use roam_runtime::driver::{self, DriverOptions, LocalBus, WorkloadHandle};
+use roam_runtime::{Digest, InstanceConfig, Module, Runtime, RuntimeConfig, Workload};
+
+use crate::config::HostConfig;
+use crate::migration::Migrations;
+use crate::scheduler_client::SchedulerClient;
+use crate::{control, ingress, migration};
+
+/// A workload running here.
+pub(crate) struct Running {
+    pub(crate) handle: WorkloadHandle,
+    pub(crate) digest: String,
+    pub(crate) memory: u64,
+    /// Generation (fencing token) this copy runs at.
+    pub(crate) generation: u64,
+}
+
+/// The daemon's shared state.
+pub(crate) struct Host {
+    pub(crate) config: HostConfig,
+    pub(crate) runtime: Runtime,
+    pub(crate) bus: LocalBus,
+    /// Calls to other hosts (migration streams, forwarding).
+    pub(crate) http: reqwest::Client,
+    pub(crate) scheduler: SchedulerClient,
+    /// The secret the scheduler presents; set at (re)join.
+    pub(crate) secret: Mutex<String>,
+    /// Labels the scheduler gave this host at join.
+    pub(crate) labels: Mutex<Labels>,
+    pub(crate) workloads: tokio::sync::Mutex<HashMap<String, Running>>,
+    /// The URL this host's API is reached at.
+    pub(crate) url: String,
+    pub(crate) migrations: Migrations,
+    /// Modules being fetched and compiled, one gate each (`modules.rs`).
+    pub(crate) loading: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Memory mappings a full host needs: each slot's fiber stack and its guard
+/// (2), each running instance's memory split around its copy-on-write image
+/// and guard (4), and the process itself.
+fn mappings_needed(slots: u32) -> u64 {
+    6 * u64::from(slots) + 4096
+}
+
+/// Tell the operator when the kernel's mapping limit would refuse instances
+/// before the slots run out (instantiation then fails cleanly, but so may
+/// any other allocation of the process).
+fn warn_if_mappings_short(slots: u32) {
+    let limit = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    if let Some(limit) = limit
+        && mappings_needed(slots) > limit
+    {
+        tracing::warn!(
+            slots,
+            needed = mappings_needed(slots),
+            vm_max_map_count = limit,
+            "this many slots needs more memory mappings than the kernel allows; raise it with `sysctl -w vm.max_map_count={}`",
+            mappings_needed(slots).next_power_of_two()
+        );
+    }
+}
+
+/// Run the host daemon until the process is stopped.
+pub async fn run(config: HostConfig) -> anyhow::Result<()> {
+    warn_if_mappings_short(config.slots);
+    let runtime = Runtime::new(RuntimeConfig {
+        slots: config.slots.max(1) + 2,
+        max_instance_memory: config
+            .max_instance_memory
+            .unwrap_or(config.capacity_memory)
+            .clamp(64 << 10, 4 << 30),
+        cache_dir: Some(config.data_dir.join("compiled")),
+        engine: config.engine,
+        keep_resident: usize::try_from(config.keep_resident).unwrap_or(usize::MAX),
+        ..RuntimeConfig::default()
+    })?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on `{}`", config.listen))?;
+    let local = listener.local_addr()?;
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()?;
+    let host = Arc::new(Host {
+        url: config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{local}")),
+        runtime,
+        bus: LocalBus::new(),
+        scheduler: SchedulerClient::new(http.clone(), &config.join, &config.token),
+        http,
+        secret: Mutex::new(String::new()),
+        labels: Mutex::new(Labels::new()),
+        workloads: tokio::sync::Mutex::new(HashMap::new()),
+        migrations: Migrations::default(),
+        loading: Mutex::default(),
+        config,
+    });
+    let heartbeat = host.join().await?;
+    eprintln!(
+        "roam host `{}`: serving on {} (joined {}; labels {:?})",
+        host.config.name,
+        host.url,
+        host.config.join,
+        host.labels.lock().unwrap_or_else(|e| e.into_inner())
+    );
+    tokio::spawn(host.clone().heartbeats(heartbeat));
+
+    // Control routes are the scheduler's: every one needs the host secret.
+    let control = control::routes()
+        .merge(migration::control_routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            host.clone(),
+            require_secret,
+        ));
+    let app = Router::new()
+        .merge(control)
+        .merge(migration::stream_routes())
+        .route(paths::ingress::ROOT, any(ingress::ingress))
+        .route(paths::ingress::ROOT_SLASH, any(ingress::ingress))
+        .route(paths::ingress::ANY, any(ingress::ingress))
+        .with_state(host);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("host API server failed")
+}
+
+/// Refuse control routes without the host secret handed out at join.
+async fn require_secret(
+    State(host): State<Arc<Host>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if host.authorized(request.headers()) {
+        next.run(request).await
+    } else {
+        error(StatusCode::UNAUTHORIZED, "missing or wrong host secret")
+    }
+}
+
+impl Host {
+    /// Memory in use and what runs here, as reported to the scheduler.
+    pub(crate) async fn statuses(&self) -> (u64, Vec<InstanceStatus>) {
+        let workloads = self.workloads.lock().await;
+        (
+            workloads.values().map(|r| r.memory).sum(),
+            workloads
+                .iter()
+                .map(|(name, r)| InstanceStatus {
+                    workload: name.clone(),
+                    digest: r.digest.clone(),
+                    memory: r.memory,
+                    generation: r.generation,
+                })
+                .collect(),
+        )
+    }
+
+    fn authorized(&self, headers: &axum::http::HeaderMap) -> bool {
+        let secret = self.secret.lock().unwrap_or_else(|e| e.into_inner());
+        roam_proto::reply::presents(headers, &secret)
+    }
+
+    /// How an instance of `workload` runs here.
+    pub(crate) fn instance_config(&self, workload: &str, spec: &StartInstance) -> InstanceConfig {
+        let labels = self
+            .labels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut config = InstanceConfig::new(workload);
+        config.memory_limit = spec.memory;
+        config.env = spec.env.clone().into_iter().collect();
+        config.grants = Grants {
+            kv: spec.grants.kv,
+            timers: spec.grants.timers,
+            send: spec.grants.send.clone(),
+        };
+        config.info = HostInfo {
+            host: self.config.name.clone(),
+            site: labels.get("site").cloned().unwrap_or_default(),
+        };
+        config
+    }
+
+    /// Drive `instance` as `workload` and route requests to it; a copy
+    /// already running here is replaced.
+    pub(crate) async fn run_workload(
+        &self,
+        module: Module,
+        config: InstanceConfig,
+        instance: Workload,
+        digest: String,
+        memory: u64,
+        generation: u64,
+    ) {
+        let workload = config.name.clone();
+        let handle = driver::spawn(
+            self.runtime.clone(),
+            module,
+            config,
+            instance,
+            DriverOptions {
+                router: Some(self.router()),
+                ..DriverOptions::default()
+            },
+        );
+        self.bus.register(handle.clone());
+        self.migrations.arrived(&workload);
+        let old = self.workloads.lock().await.insert(
+            workload,
+            Running {
+                handle,
+                digest,
+                memory,
+                generation,
+            },
+        );
+        if let Some(old) = old {
+            old.handle.stop().await;
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The host's ingress: `/w/{workload}/{path...}` goes to the workload
+//! running here, refused before dispatch (and marked so,
+//! [`roam_proto::headers::NOT_DISPATCHED`]) when it carries another
+//! generation or the workload is not, or no longer, here. Also the
+//! conversions between HTTP and the guest ABI's request and response,
+//! which `roam run --listen` uses too.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use roam_proto::reply::{error, not_dispatched};
+use roam_proto::{headers, paths};
+use roam_runtime::abi::codec::{Request, Response as WorkloadResponse};
+
+use crate::control::not_here;
+use crate::daemon::Host;
+
+/// `/w/{workload}/{path...}`: a request to a workload on this host.
+pub(crate) async fn ingress(
+    State(host): State<Arc<Host>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some((workload, path)) = paths::ingress_target(uri.path()) else {
+        return error(StatusCode::NOT_FOUND, paths::ingress::USAGE);
+    };
+    let wanted = headers
+        .get(headers::GENERATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let handle = {
+        let workloads = host.workloads.lock().await;
+        match workloads.get(workload) {
+            Some(r) if wanted.is_none_or(|g| g == r.generation) => r.handle.clone(),
+            Some(r) => {
+                return not_dispatched(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "stale generation: `{workload}` runs here at generation {}, the request was routed for {}",
+                        r.generation,
+                        wanted.unwrap_or_default()
+                    ),
+                );
+            }
+            None => {
+                return match host.migrations.moved_to(workload) {
+                    Some(url) => {
+                        not_dispatched(StatusCode::CONFLICT, format!("`{workload}` moved to {url}"))
+                    }
+                    None => not_here(workload),
+                };
+            }
+        }
+    };
+    let request = from_http(&method, path.to_string(), &uri, &headers, &body);
+    match handle.http(request).await {
+        Ok(r) => into_http(r),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Turn an HTTP request into a workload request for `path`. The
+/// `authorization` header is dropped: it is meant for Roam, not the guest.
+pub fn from_http(
+    method: &Method,
+    path: String,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Request {
+    Request {
+        method: method.to_string(),
+        path,
+        query: uri.query().unwrap_or("").to_string(),
+        headers: headers
+            .iter()
+            .filter(|(k, _)| *k != axum::http::header::AUTHORIZATION)
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: body.to_vec(),
+    }
+}
+
+/// Turn a workload response into an HTTP response.
+pub fn into_http(r: WorkloadResponse) -> Response {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut out = (status, r.body).into_response();
+    // `x-roam-*` headers are Roam's word to an ingress; a guest cannot speak it.
+    for (k, v) in r
+        .headers
+        .into_iter()
+        .filter(|(k, _)| !headers::is_roam_header(k))
+    {
+        if let (Ok(k), Ok(v)) = (
+            axum::http::HeaderName::try_from(k),
+            axum::http::HeaderValue::try_from(v),
+        ) {
+            out.headers_mut().append(k, v);
+        }
+    }
+    out
+}

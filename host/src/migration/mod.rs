@@ -1,0 +1,283 @@
+//! Live migration on a host, both roles: the source (`source.rs`) and the
+//! target (`target.rs`), round 0's page streams (`pages.rs`), the pre-copy
+//! stop rule (`convergence.rs`) and the errors of each side (`error.rs`).
+//!
+//! The protocol, as one state machine per role with every transition, who
+//! causes it and what a crash in each state leads to, is
+//! `docs/migration-protocol.md`. In short:
+//! 1. the scheduler prepares the target (`target::prepare`: module, slot,
+//!    per-migration key);
+//! 2. it asks the source to send (`source::send`, answered with progress
+//!    lines): round 0 (state in checked parts, pages over page streams),
+//!    rounds of deltas until `convergence.rs` says stop, then the freeze
+//!    and the final delta; once the target acknowledged it, the source is
+//!    **prepared** — the commit point;
+//! 3. the source activates the target itself (`target::activate`, with the
+//!    key) and hands off; where it cannot, the scheduler's commit or abort
+//!    (this file) decides, and an abort after the commit point reaches the
+//!    source only once the target can no longer serve.
+//!
+//! This file holds what both roles share: the registry of migrations a host
+//! takes part in, the routes, and the scheduler's commit, abort and status
+//! calls, which find the role themselves.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use roam_proto::reply::error;
+use roam_proto::{
+    CommitOutcome, MigrationDecision, MigrationStatus, MigrationStatusQuery, SourcePhase,
+    TargetPhase, paths,
+};
+
+mod convergence;
+mod error;
+mod pages;
+mod source;
+mod target;
+
+use error::KeyError;
+use source::{Outgoing, SourceAbort};
+use target::Incoming;
+
+use crate::daemon::Host;
+
+/// Largest part of a round sent in one request.
+const PART: usize = 16 << 20;
+
+/// A received migration nobody commits or aborts for this long is dropped
+/// (its slot freed); an activated migration's key, and a handed-off one's
+/// downtime, are kept this long after the commit.
+const STALE: Duration = Duration::from_secs(600);
+
+/// A migration activated here (as target): the key the source forwards
+/// messages with.
+struct Activated {
+    workload: String,
+    key: String,
+    at: Instant,
+}
+
+/// What a host knows of the migrations it takes part in.
+#[derive(Default)]
+pub(crate) struct Migrations {
+    /// As target: migrations being received, by id.
+    incoming: tokio::sync::Mutex<HashMap<String, Incoming>>,
+    /// As source: migrations being sent, by id.
+    outgoing: Mutex<HashMap<String, Arc<Outgoing>>>,
+    /// As source: workloads that moved away → target URL.
+    moved: Mutex<HashMap<String, String>>,
+    /// As target: migrations activated here, by id.
+    activated: Mutex<HashMap<String, Activated>>,
+    /// As source: handed-off migrations → downtime, for a repeated commit.
+    committed: Mutex<HashMap<String, (Option<u64>, Instant)>>,
+    /// As target: held while a received workload is activated.
+    activating: tokio::sync::Mutex<()>,
+}
+
+impl Migrations {
+    /// Where `workload` went, if it moved away from this host.
+    pub(crate) fn moved_to(&self, workload: &str) -> Option<String> {
+        self.moved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(workload)
+            .cloned()
+    }
+
+    /// `workload` runs here (again): it is no longer "moved away".
+    pub(crate) fn arrived(&self, workload: &str) {
+        self.moved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(workload);
+    }
+
+    fn moved_away(&self, workload: &str, target: &str) {
+        self.moved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(workload.to_string(), target.to_string());
+    }
+
+    /// The downtime a handed-off migration recorded, if it was handed off
+    /// here.
+    fn committed_before(&self, id: &str) -> Option<Option<u64>> {
+        self.committed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .map(|(d, _)| *d)
+    }
+
+    fn record_committed(&self, id: &str, downtime: Option<u64>) {
+        let mut committed = self.committed.lock().unwrap_or_else(|e| e.into_inner());
+        committed.retain(|_, (_, at)| at.elapsed() < STALE);
+        committed.insert(id.to_string(), (downtime, Instant::now()));
+    }
+
+    /// As target: `id` was activated here (the workload serves here).
+    fn activated(&self, id: &str) -> bool {
+        self.activated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(id)
+    }
+
+    fn record_activated(&self, id: &str, activated: Activated) {
+        let mut all = self.activated.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|_, a| a.at.elapsed() < STALE);
+        all.insert(id.to_string(), activated);
+    }
+
+    fn forget_activated(&self, id: &str) {
+        self.activated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    /// The workload of the migration `id` activated here, if `headers`
+    /// carry its key.
+    fn activated_with_key(&self, id: &str, headers: &HeaderMap) -> Result<String, KeyError> {
+        match self
+            .activated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
+            Some(a) if roam_proto::reply::presents(headers, &a.key) => Ok(a.workload.clone()),
+            Some(_) => Err(KeyError::Wrong),
+            None => Err(KeyError::Unknown(id.to_string())),
+        }
+    }
+
+    fn outgoing(&self, id: &str) -> Option<Arc<Outgoing>> {
+        self.outgoing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+}
+
+/// Routes the scheduler calls (behind the host secret).
+pub(crate) fn control_routes() -> Router<Arc<Host>> {
+    Router::new()
+        .route(paths::host::MIGRATION_PREPARE, post(target::prepare))
+        .route(paths::host::MIGRATION_SEND, post(source::send))
+        .route(paths::host::MIGRATION_COMMIT, post(commit))
+        .route(paths::host::MIGRATION_ABORT, post(abort))
+        .route(paths::host::MIGRATION_STATUS, get(status))
+}
+
+/// Routes the source calls on the target (behind the migration's key).
+pub(crate) fn stream_routes() -> Router<Arc<Host>> {
+    Router::new()
+        .route(paths::host::MIGRATION_ROUND, put(target::receive_round))
+        .layer(axum::extract::DefaultBodyLimit::max(PART + 4096))
+        .route(paths::host::MIGRATION_PAGES, post(target::receive_pages))
+        .route(
+            paths::host::MIGRATION_MESSAGES,
+            post(target::forwarded_message),
+        )
+        .route(paths::host::MIGRATION_ACTIVATE, post(target::activate))
+        .route(paths::host::MIGRATION, delete(target::source_abort))
+}
+
+/// `POST /v1/migrations/{id}/commit` (scheduler): on the source, hand off
+/// (it may have already); on the target, activate.
+async fn commit(
+    State(host): State<Arc<Host>>,
+    Path(id): Path<String>,
+    Json(decision): Json<MigrationDecision>,
+) -> Response {
+    if let Some(out) = host.migrations.outgoing(&id) {
+        return source::commit_outgoing(&host, &id, out, &decision).await;
+    }
+    if let Some(downtime_us) = host.migrations.committed_before(&id) {
+        return Json(CommitOutcome { downtime_us }).into_response();
+    }
+    match target::activate_incoming(&host, &id, decision.generation).await {
+        Ok(outcome) => Json(outcome).into_response(),
+        Err(e) => error(e.status(), e.to_string()),
+    }
+}
+
+/// `GET /v1/migrations/{id}/status` (scheduler): what this host knows of a
+/// migration, for a scheduler deciding whether it reached its commit point.
+async fn status(
+    State(host): State<Arc<Host>>,
+    Path(id): Path<String>,
+    Query(q): Query<MigrationStatusQuery>,
+) -> Response {
+    let answer = |status: MigrationStatus| Json(status).into_response();
+    if let Some(out) = host.migrations.outgoing(&id) {
+        return answer(MigrationStatus::Source(out.phase()));
+    }
+    if host.migrations.committed_before(&id).is_some() {
+        return answer(MigrationStatus::Source(SourcePhase::Committed));
+    }
+    if let Some(entry) = host.migrations.incoming.lock().await.get(&id) {
+        return answer(MigrationStatus::Target(entry.phase()));
+    }
+    // Long after the commit only the workload itself is left to show it.
+    let serving = host.migrations.activated(&id)
+        || host
+            .workloads
+            .lock()
+            .await
+            .get(&q.workload)
+            .is_some_and(|r| q.generation > 0 && r.generation >= q.generation);
+    if serving {
+        return answer(MigrationStatus::Target(TargetPhase::Serving));
+    }
+    answer(MigrationStatus::Unknown)
+}
+
+/// `POST /v1/migrations/{id}/abort` (scheduler): on the target, drop what
+/// was received (refused once activated); on the source, stop sending or,
+/// if prepared, serve again (at the decision's generation, if set). Refused
+/// with 409 once committed: the scheduler then completes the commit.
+async fn abort(
+    State(host): State<Arc<Host>>,
+    Path(id): Path<String>,
+    Json(decision): Json<MigrationDecision>,
+) -> Response {
+    let committed = || {
+        error(
+            StatusCode::CONFLICT,
+            format!("migration `{id}` was committed; it cannot be aborted"),
+        )
+    };
+    if host.migrations.committed_before(&id).is_some() {
+        return committed();
+    }
+    {
+        // Under the lock the target's activation takes.
+        let mut incoming = host.migrations.incoming.lock().await;
+        if host.migrations.activated(&id) {
+            return error(
+                StatusCode::CONFLICT,
+                format!("migration `{id}` was committed here; it cannot be aborted"),
+            );
+        }
+        if incoming.remove(&id).is_some() {
+            tracing::info!(migration = %id, "migration aborted: dropped what was received");
+        }
+    }
+    if let Some(out) = host.migrations.outgoing(&id)
+        && let SourceAbort::Refused =
+            source::abort_outgoing(&host, &id, out, decision.generation).await
+    {
+        return committed();
+    }
+    StatusCode::OK.into_response()
+}

@@ -1,0 +1,924 @@
+//! The source's side of a live migration: pre-copy, the freeze, the commit
+//! point, activating the target and handing off.
+//!
+//! State machine (see `docs/migration-protocol.md`):
+//!
+//! ```text
+//!  send ──▶ Sending ──target acked the final delta──▶ Prepared ──▶ Committing ──target took it──▶ Committed
+//!              │  ▲                                    │  ▲            │
+//!   abort ─────┘  └─ (gives up by itself)              │  └──failed───┘
+//!              ▼                                       ▼ scheduler's abort (target can no longer serve)
+//!          Cancelled ──loop stops──▶ Aborted ◀─────────┘
+//! ```
+//!
+//! `Prepared` is the commit point: the source gets there only once the
+//! target acknowledged the final state, and from then on it never resumes
+//! by itself — only the scheduler's abort resumes it, and the scheduler
+//! sends that only when the target can no longer serve. A crash of the
+//! source before `Prepared` loses nothing the target serves (it was never
+//! activated); after it, the target holds the final state and the
+//! scheduler activates it.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use roam_proto::headers::{self, Index};
+use roam_proto::pages::{MAX_VERDICT, PAGE_SIZE, Verdict};
+use roam_proto::reply::error;
+use roam_proto::{
+    CommitOutcome, MigrationDecision, MigrationOptions, MigrationProgress, ProgressPhase,
+    SendMigration, SourcePhase, paths,
+};
+use roam_runtime::abi::codec::{Request, Response as WorkloadResponse};
+use roam_runtime::driver::{DriverError, Forwarded, Forwarder, LiveMemory, WorkloadHandle};
+use roam_runtime::snapshot::codec;
+use roam_runtime::snapshot::{MemoryImage, Snapshot};
+use tokio::sync::mpsc;
+
+use super::PART;
+use super::convergence::Convergence;
+use super::error::SendError;
+use super::pages::{Share, timed, write_captured, write_end, write_live};
+use crate::control::not_here;
+use crate::daemon::Host;
+use crate::fault::Fault;
+
+/// Longest the source waits for the target to take the commit.
+const ACTIVATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Where an outgoing migration is.
+#[derive(Clone, Copy, Debug)]
+enum SourceState {
+    /// Pre-copying; `frozen_at` once frozen for the last delta.
+    Sending { frozen_at: Option<Instant> },
+    /// The scheduler's abort arrived while sending: the pre-copy loop
+    /// stops at its next check, then the source serves on.
+    Cancelled,
+    /// The commit point: frozen, the target holds the final state.
+    Prepared { frozen_at: Instant },
+    /// Activating the target; settles on `Prepared` or `Committed`.
+    Committing,
+    /// Handed off: microseconds from the freeze to the hand-off.
+    Committed { downtime_us: Option<u64> },
+    /// Gave up or aborted; serves on.
+    Aborted,
+}
+
+impl SourceState {
+    fn phase(self) -> SourcePhase {
+        match self {
+            // Still sending as far as anyone asking can tell: it gives up
+            // at its next check.
+            SourceState::Sending { .. } | SourceState::Cancelled => SourcePhase::Sending,
+            SourceState::Prepared { .. } => SourcePhase::Prepared,
+            SourceState::Committing => SourcePhase::Committing,
+            SourceState::Committed { .. } => SourcePhase::Committed,
+            SourceState::Aborted => SourcePhase::Aborted,
+        }
+    }
+}
+
+/// A migration being sent.
+pub(super) struct Outgoing {
+    pub(super) workload: String,
+    handle: WorkloadHandle,
+    target_url: String,
+    key: String,
+    /// The workload's generation on the target.
+    generation: u64,
+    state: Mutex<SourceState>,
+    /// Woken when the state leaves `Committing`.
+    settled: tokio::sync::Notify,
+}
+
+impl Outgoing {
+    pub(super) fn phase(&self) -> SourcePhase {
+        self.state().phase()
+    }
+
+    fn state(&self) -> SourceState {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, state: SourceState) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+        self.settled.notify_waiters();
+    }
+
+    /// Still under way (not ended either way).
+    fn active(&self) -> bool {
+        matches!(
+            self.phase(),
+            SourcePhase::Sending | SourcePhase::Prepared | SourcePhase::Committing
+        )
+    }
+
+    /// Run `f` on the state once no activation of the target is under way,
+    /// so a commit or an abort from the scheduler acts on its outcome.
+    async fn when_settled<R>(&self, mut f: impl FnMut(&mut SourceState) -> R) -> R {
+        loop {
+            // Registered before the check: a wake-up in between is kept.
+            let settled = self.settled.notified();
+            {
+                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                if !matches!(*state, SourceState::Committing) {
+                    return f(&mut state);
+                }
+            }
+            settled.await;
+        }
+    }
+
+    fn check(&self, progress: &mpsc::Sender<MigrationProgress>) -> Result<(), SendError> {
+        if matches!(self.state(), SourceState::Cancelled) {
+            Err(SendError::Aborted)
+        } else if progress.is_closed() {
+            Err(SendError::SchedulerGone)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn frozen_now(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let SourceState::Sending { frozen_at } = &mut *state {
+            *frozen_at = Some(Instant::now());
+        }
+    }
+}
+
+/// `POST /v1/migrations/{id}/send` (scheduler): stream the workload to the
+/// target; the answer is the progress lines.
+pub(super) async fn send(
+    State(host): State<Arc<Host>>,
+    Path(id): Path<String>,
+    Json(req): Json<SendMigration>,
+) -> Response {
+    let handle = match host.workloads.lock().await.get(&req.workload) {
+        Some(r) => r.handle.clone(),
+        None => return not_here(&req.workload),
+    };
+    let out = Arc::new(Outgoing {
+        workload: req.workload.clone(),
+        handle,
+        target_url: req.target_url.clone(),
+        key: req.key.clone(),
+        generation: req.generation,
+        state: Mutex::new(SourceState::Sending { frozen_at: None }),
+        settled: tokio::sync::Notify::new(),
+    });
+    {
+        let mut outgoing = host
+            .migrations
+            .outgoing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        outgoing.retain(|_, o| o.workload != req.workload || o.active());
+        if outgoing.values().any(|o| o.workload == req.workload) {
+            return error(
+                StatusCode::CONFLICT,
+                format!("`{}` is already migrating", req.workload),
+            );
+        }
+        outgoing.insert(id.clone(), out.clone());
+    }
+    let (tx, rx) = mpsc::channel::<MigrationProgress>(64);
+    tokio::spawn(run_source(host, id, out, req, tx));
+    let lines = futures_util::stream::unfold(rx, |mut rx| async move {
+        let p = rx.recv().await?;
+        let mut line = serde_json::to_vec(&p).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok::<_, std::convert::Infallible>(Bytes::from(line)), rx))
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response()
+}
+
+async fn run_source(
+    host: Arc<Host>,
+    id: String,
+    out: Arc<Outgoing>,
+    req: SendMigration,
+    progress: mpsc::Sender<MigrationProgress>,
+) {
+    let mut report = MigrationProgress::default();
+    let mut result = precopy(&host, &id, &out, &req.options, &progress, &mut report).await;
+    if result.is_ok() {
+        // Under the lock an abort also takes: prepared, or aborted, not both.
+        let mut state = out.state.lock().unwrap_or_else(|e| e.into_inner());
+        match *state {
+            SourceState::Sending { frozen_at } => {
+                *state = SourceState::Prepared {
+                    frozen_at: frozen_at.unwrap_or_else(Instant::now),
+                };
+            }
+            _ => result = Err(SendError::Aborted),
+        }
+    }
+    match result {
+        Ok(()) => {
+            report.phase = ProgressPhase::Prepared;
+            tracing::info!(migration = %id, workload = %out.workload, rounds = report.round, bytes = report.bytes_sent, "migration prepared; holding requests");
+            let _ = progress.send(report.clone()).await;
+            Fault::Commit.pause().await;
+            activate_target(&host, &id, &out, report, &progress).await;
+        }
+        Err(e) => {
+            tracing::warn!(migration = %id, workload = %out.workload, error = %e, "migration failed; serving on");
+            out.handle.resume().await;
+            out.set(SourceState::Aborted);
+            host.migrations
+                .outgoing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            if let Ok(path) = paths::migration(&id) {
+                let _ = host
+                    .http
+                    .delete(path.on(&out.target_url))
+                    .bearer_auth(&out.key)
+                    .send()
+                    .await;
+            }
+            report.phase = ProgressPhase::Failed;
+            report.error = Some(e.to_string());
+            let _ = progress.send(report).await;
+        }
+    }
+}
+
+/// The pre-copy loop; on success the source is frozen and the target holds
+/// the final state.
+async fn precopy(
+    host: &Host,
+    id: &str,
+    out: &Outgoing,
+    options: &MigrationOptions,
+    progress: &mpsc::Sender<MigrationProgress>,
+    report: &mut MigrationProgress,
+) -> Result<(), SendError> {
+    let mut last_capture = Instant::now();
+    // Round 0 reads the pages from the live memory while the workload runs
+    // (the kernel tracks what it writes meanwhile). Where it cannot, and for
+    // stop-and-copy, the memory is copied first into buffers faulted in
+    // beforehand, so the workload pauses only for a memcpy.
+    let live = if options.stop_and_copy {
+        None
+    } else {
+        out.handle
+            .capture_live()
+            .await
+            .inspect_err(|e| tracing::debug!(migration = %id, error = %e, "no live copy; copying the memory first"))
+            .ok()
+    };
+    let (full, live) = match live {
+        Some((state, memory)) => (state, Some(memory)),
+        None => {
+            let size = out
+                .handle
+                .memory_size()
+                .await
+                .map_err(SendError::Workload)?;
+            let buffers = tokio::task::spawn_blocking(move || prefaulted(size))
+                .await
+                .map_err(|e| SendError::Workload(e.to_string()))?;
+            tracing::debug!(migration = %id, bytes = size, populate_ms = last_capture.elapsed().as_secs_f64() * 1e3, "capture buffer ready");
+            if options.stop_and_copy {
+                report.phase = ProgressPhase::Stopping;
+                out.frozen_now();
+                let all = out
+                    .handle
+                    .freeze_full(buffers)
+                    .await
+                    .map_err(SendError::Workload)?;
+                report.last_round_bytes =
+                    send_full(host, id, out, all, None, true, options.page_streams).await?;
+                report.bytes_sent = report.last_round_bytes;
+                return out.check(progress);
+            }
+            last_capture = Instant::now();
+            let full = out
+                .handle
+                .capture_full(buffers)
+                .await
+                .map_err(SendError::Workload)?;
+            (full, None)
+        }
+    };
+    let captured = last_capture.elapsed();
+    report.last_round_bytes =
+        send_full(host, id, out, full, live, false, options.page_streams).await?;
+    tracing::info!(migration = %id, bytes = report.last_round_bytes, capture_ms = captured.as_secs_f64() * 1e3, send_ms = (last_capture.elapsed() - captured).as_secs_f64() * 1e3, "round 0 (full) sent");
+    report.bytes_sent += report.last_round_bytes;
+    let _ = progress.send(report.clone()).await;
+    let mut convergence = Convergence::new(
+        report.last_round_bytes,
+        options.max_rounds,
+        options.max_final_bytes,
+    );
+    loop {
+        out.check(progress)?;
+        let now = Instant::now();
+        let delta = out
+            .handle
+            .capture_delta()
+            .await
+            .map_err(SendError::Workload)?;
+        let elapsed = now.duration_since(last_capture).as_secs_f64().max(1e-6);
+        last_capture = now;
+        report.dirty_rate = (delta.pages * PAGE_SIZE as u64) as f64 / elapsed;
+        report.round += 1;
+        report.last_round_bytes = delta.bytes.len() as u64;
+        let stop = convergence.after_round(report.last_round_bytes);
+        send_round(host, id, out, report.round, delta.bytes, false).await?;
+        report.bytes_sent += report.last_round_bytes;
+        let _ = progress.send(report.clone()).await;
+        if let Some(why) = stop {
+            tracing::debug!(migration = %id, round = report.round, ?why, "pre-copy stops");
+            break;
+        }
+    }
+    out.check(progress)?;
+    report.phase = ProgressPhase::Stopping;
+    let _ = progress.send(report.clone()).await;
+    out.frozen_now();
+    let last = out.handle.freeze().await.map_err(SendError::Workload)?;
+    report.round += 1;
+    report.last_round_bytes = last.bytes.len() as u64;
+    send_round(host, id, out, report.round, last.bytes, true).await?;
+    report.bytes_sent += report.last_round_bytes;
+    out.check(progress)
+}
+
+/// Memory images with room for `size` bytes of memory, every page of it
+/// already touched: capturing into them costs no page faults.
+fn prefaulted(size: u64) -> Vec<MemoryImage> {
+    let size = size as usize;
+    let data: Vec<u8> = Vec::with_capacity(size);
+    roam_runtime::dirty::populate_huge(data.as_ptr() as usize, data.capacity());
+    let pages = Vec::with_capacity(size / PAGE_SIZE + 1);
+    vec![MemoryImage {
+        index: 0,
+        byte_len: 0,
+        pages,
+        data,
+    }]
+}
+
+/// Where a part goes.
+#[derive(Clone, Copy)]
+struct Part {
+    round: u32,
+    part: usize,
+    parts: usize,
+    last: bool,
+}
+
+impl Part {
+    fn index(&self) -> Index {
+        Index {
+            index: self.part as u32,
+            count: self.parts as u32,
+        }
+    }
+}
+
+/// Send round 0: the snapshot without its pages (small: globals, tables,
+/// host state, memory size) in checked parts, then the pages over page
+/// streams (`pages.rs`) — from `live` memory, else from the capture's
+/// buffer — which the target reads straight into the reserved instance:
+/// no encoding, joining or decoding of the bulk, no round trip between
+/// frames. Returns the bytes sent.
+async fn send_full(
+    host: &Host,
+    id: &str,
+    out: &Outgoing,
+    mut full: Snapshot,
+    live: Option<LiveMemory>,
+    last: bool,
+    streams: u32,
+) -> Result<u64, SendError> {
+    let (pages, data) = match full.memories.first_mut() {
+        Some(m) => (std::mem::take(&mut m.pages), std::mem::take(&mut m.data)),
+        None => (Vec::new(), Vec::new()),
+    };
+    let state = Bytes::from(codec::encode(&full));
+    let state_parts = state.len().div_ceil(PART).max(1);
+    let streamed = !full.memories.is_empty();
+    let parts = state_parts + usize::from(streamed);
+    let head = Part {
+        round: 0,
+        part: 0,
+        parts,
+        last,
+    };
+    for i in 0..state_parts {
+        let piece = state.slice(i * PART..((i + 1) * PART).min(state.len()));
+        let part = Part { part: i, ..head };
+        send_part(host, id, out, &part, piece, state.len()).await?;
+    }
+    let mut sent = state.len() as u64;
+    if streamed {
+        let part = Part {
+            part: state_parts,
+            ..head
+        };
+        let began = Instant::now();
+        let source = match live {
+            Some(memory) => PageSource::Live(memory),
+            None => PageSource::Captured(pages, data),
+        };
+        let pages = send_pages(host, id, out, &part, source, streams).await?;
+        sent += pages * PAGE_SIZE as u64;
+        tracing::debug!(migration = %id, bytes = pages * PAGE_SIZE as u64, stream_ms = began.elapsed().as_secs_f64() * 1e3, "pages sent");
+    }
+    Ok(sent)
+}
+
+/// Where round 0's pages come from.
+enum PageSource {
+    /// Copied at the capture: page indices, their bytes in order.
+    Captured(Vec<u64>, Vec<u8>),
+    /// Read from the running workload's memory (given back to the driver
+    /// once every stream is done with it).
+    Live(LiveMemory),
+}
+
+/// Stream round 0's pages to the target as its last part, over `streams`
+/// connections at once, and wait for every verdict. Returns the pages sent.
+async fn send_pages(
+    host: &Host,
+    id: &str,
+    out: &Outgoing,
+    at: &Part,
+    source: PageSource,
+    streams: u32,
+) -> Result<u64, SendError> {
+    let streams = streams.clamp(1, roam_proto::MAX_PAGE_STREAMS);
+    // At most this many bytes of pages (zero pages are not sent).
+    let most = match &source {
+        PageSource::Captured(_, data) => data.len(),
+        PageSource::Live(memory) => memory.len(),
+    };
+    let url = paths::migration_step(id, paths::MigrationStep::Pages)
+        .map_err(|e| SendError::Task(e.to_string()))?
+        .on(&out.target_url);
+    let source = Arc::new(source);
+    let mut sending = tokio::task::JoinSet::new();
+    for index in 0..streams {
+        let mut request = host
+            .http
+            .post(&url)
+            .bearer_auth(&out.key)
+            .header(axum::http::header::CONNECTION, "upgrade")
+            .header(axum::http::header::UPGRADE, headers::PAGES_UPGRADE)
+            .header(headers::PART, at.index().to_string())
+            .header(headers::TOTAL, most.to_string())
+            .header(
+                headers::STREAM,
+                Index {
+                    index,
+                    count: streams,
+                }
+                .to_string(),
+            );
+        if at.last {
+            request = request.header(headers::FINAL, "1");
+        }
+        sending.spawn(send_stream(request, source.clone(), index, streams));
+    }
+    let mut pages = 0;
+    while let Some(sent) = sending.join_next().await {
+        match sent {
+            Ok(Ok(n)) => pages += n,
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(SendError::Task(e.to_string())),
+        }
+    }
+    Ok(pages)
+}
+
+/// One page stream: its share of the pages, the end frame, the target's
+/// verdict. Returns the pages sent.
+async fn send_stream(
+    request: reqwest::RequestBuilder,
+    source: Arc<PageSource>,
+    index: u32,
+    streams: u32,
+) -> Result<u64, SendError> {
+    use tokio::io::AsyncReadExt;
+    let r = request.send().await.map_err(|e| SendError::Unreachable {
+        round: 0,
+        error: e.to_string(),
+    })?;
+    if r.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let status = r.status();
+        return Err(SendError::Refused {
+            round: 0,
+            status,
+            body: r.text().await.unwrap_or_default(),
+        });
+    }
+    let mut io = r
+        .upgrade()
+        .await
+        .map_err(|e| SendError::NoUpgrade(e.to_string()))?;
+    let share = Share {
+        index: u64::from(index),
+        streams: u64::from(streams),
+    };
+    let written = match &*source {
+        PageSource::Captured(pages, data) => write_captured(&mut io, pages, data, share).await,
+        PageSource::Live(memory) => write_live(&mut io, memory, share).await,
+    };
+    drop(source);
+    let written = match written {
+        Ok(n) => write_end(&mut io, n).await.map(|()| n),
+        Err(e) => Err(e),
+    };
+    // The verdict says why, also when writing failed because the target
+    // gave up first.
+    let mut verdict = Vec::new();
+    let read = timed(
+        "reading the verdict",
+        (&mut io).take(MAX_VERDICT).read_to_end(&mut verdict),
+    )
+    .await;
+    match Verdict::parse(&String::from_utf8_lossy(&verdict)) {
+        Some(Verdict::Ok) => written,
+        Some(Verdict::Refused(reason)) => Err(SendError::PagesRefused(reason)),
+        None => Err(match (written, read) {
+            (Err(e), _) => e,
+            (Ok(_), Err(e)) => SendError::PageStream(e),
+            (Ok(_), Ok(_)) => SendError::NoVerdict,
+        }),
+    }
+}
+
+/// Send one round's encoded snapshot in checked parts; the target applies
+/// it when the last arrives.
+async fn send_round(
+    host: &Host,
+    id: &str,
+    out: &Outgoing,
+    round: u32,
+    bytes: Vec<u8>,
+    last: bool,
+) -> Result<(), SendError> {
+    let bytes = Bytes::from(bytes);
+    let total = bytes.len();
+    let parts = total.div_ceil(PART).max(1);
+    for part in 0..parts {
+        let chunk = bytes.slice(part * PART..((part + 1) * PART).min(total));
+        let at = Part {
+            round,
+            part,
+            parts,
+            last,
+        };
+        send_part(host, id, out, &at, chunk, total).await?;
+    }
+    Ok(())
+}
+
+/// One authenticated, checksummed part of a round of `total` bytes.
+async fn send_part(
+    host: &Host,
+    id: &str,
+    out: &Outgoing,
+    at: &Part,
+    body: Bytes,
+    total: usize,
+) -> Result<(), SendError> {
+    if at.part == 0 {
+        Fault::Round.pause().await;
+    }
+    let round = at.round;
+    let url = paths::migration_round(id, round)
+        .map_err(|e| SendError::Unreachable {
+            round,
+            error: e.to_string(),
+        })?
+        .on(&out.target_url);
+    let checksum = xxhash_rust::xxh3::xxh3_64(&body);
+    let mut request = host
+        .http
+        .put(url)
+        .bearer_auth(&out.key)
+        .header(headers::PART, at.index().to_string())
+        .header(headers::CHECKSUM, format!("{checksum:016x}"))
+        .header(headers::TOTAL, total.to_string());
+    if at.last {
+        request = request.header(headers::FINAL, "1");
+    }
+    let r = request
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| SendError::Unreachable {
+            round,
+            error: e.to_string(),
+        })?;
+    if !r.status().is_success() {
+        let status = r.status();
+        return Err(SendError::Refused {
+            round,
+            status,
+            body: r.text().await.unwrap_or_default(),
+        });
+    }
+    Ok(())
+}
+
+/// After the hand-off: what reaches the old copy goes to the new host.
+fn forwarder(
+    host: &Arc<Host>,
+    id: &str,
+    out: &Outgoing,
+    target: &str,
+    generation: u64,
+) -> Forwarder {
+    let http = host.http.clone();
+    let target = target.to_string();
+    let workload = out.workload.clone();
+    let key = out.key.clone();
+    let messages = paths::migration_step(id, paths::MigrationStep::Messages)
+        .map(|p| p.on(&target))
+        .ok();
+    Arc::new(move |event: Forwarded| {
+        let (http, target, workload, key, messages) = (
+            http.clone(),
+            target.clone(),
+            workload.clone(),
+            key.clone(),
+            messages.clone(),
+        );
+        tokio::spawn(async move {
+            match event {
+                Forwarded::Http(request, reply) => {
+                    let result = forward_http(&http, &target, &workload, generation, request)
+                        .await
+                        .map_err(|e| DriverError::Unavailable(workload.clone(), e));
+                    let _ = reply.send(result);
+                }
+                Forwarded::Message(from, body, reply) => {
+                    let result = match messages {
+                        None => Err("the migration id cannot name a path".to_string()),
+                        Some(url) => match http
+                            .post(url)
+                            .query(&[("from", from.as_str())])
+                            .bearer_auth(&key)
+                            .body(body)
+                            .send()
+                            .await
+                        {
+                            Ok(r) if r.status().is_success() => Ok(()),
+                            Ok(r) => Err(format!("the new host answered {}", r.status())),
+                            Err(e) => Err(format!("the new host is unreachable: {e}")),
+                        },
+                    };
+                    let _ = reply.send(result.map_err(|e| DriverError::Unavailable(workload, e)));
+                }
+            }
+        });
+    })
+}
+
+async fn forward_http(
+    http: &reqwest::Client,
+    target: &str,
+    workload: &str,
+    generation: u64,
+    request: Request,
+) -> Result<WorkloadResponse, String> {
+    let method = reqwest::Method::from_bytes(request.method.as_bytes())
+        .map_err(|_| format!("method `{}` cannot be forwarded", request.method))?;
+    let mut rest = request.path.clone();
+    if !request.query.is_empty() {
+        rest.push('?');
+        rest.push_str(&request.query);
+    }
+    let url = paths::ingress(workload, &rest)
+        .map_err(|e| e.to_string())?
+        .on(target);
+    let mut builder = http.request(method, url).body(request.body);
+    for (k, v) in &request.headers {
+        if k != "host" && k != "content-length" && !headers::is_roam_header(k) {
+            builder = builder.header(k.as_str(), v.as_str());
+        }
+    }
+    let r = builder
+        .header(headers::GENERATION, generation.to_string())
+        .send()
+        .await
+        .map_err(|e| format!("the new host is unreachable: {e}"))?;
+    let status = r.status().as_u16();
+    let headers = r
+        .headers()
+        .iter()
+        .filter(|(k, _)| *k != "content-length" && *k != "transfer-encoding" && *k != "date")
+        .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let body = r
+        .bytes()
+        .await
+        .map_err(|e| format!("the new host's answer broke off: {e}"))?;
+    Ok(WorkloadResponse {
+        status,
+        headers,
+        body: body.to_vec(),
+    })
+}
+
+/// The source is prepared — the commit point: the target holds the final
+/// state and this host never resumes by itself. It activates the target
+/// itself and hands off, without a round trip through the scheduler (which
+/// learns it from the `committed` progress line). If the target does not
+/// take it, the source stays prepared and the scheduler decides.
+async fn activate_target(
+    host: &Arc<Host>,
+    id: &str,
+    out: &Arc<Outgoing>,
+    mut report: MigrationProgress,
+    progress: &mpsc::Sender<MigrationProgress>,
+) {
+    let frozen_at = {
+        let mut state = out.state.lock().unwrap_or_else(|e| e.into_inner());
+        let SourceState::Prepared { frozen_at } = *state else {
+            // The scheduler decided first.
+            return;
+        };
+        *state = SourceState::Committing;
+        frozen_at
+    };
+    let activated = match paths::migration_step(id, paths::MigrationStep::Activate) {
+        Err(e) => Err(e.to_string()),
+        Ok(path) => match host
+            .http
+            .post(path.on(&out.target_url))
+            .bearer_auth(&out.key)
+            .timeout(ACTIVATE_TIMEOUT)
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => {
+                let status = r.status();
+                Err(format!("{status}: {}", r.text().await.unwrap_or_default()))
+            }
+            Err(e) => Err(format!("unreachable: {e}")),
+        },
+    };
+    match activated {
+        Ok(()) => {
+            let downtime_us = Some(frozen_at.elapsed().as_micros() as u64);
+            out.set(SourceState::Committed { downtime_us });
+            hand_off(host, id, out, out.generation, &out.target_url, downtime_us).await;
+            report.phase = ProgressPhase::Committed;
+            report.downtime_us = downtime_us;
+        }
+        Err(e) => {
+            out.set(SourceState::Prepared { frozen_at });
+            tracing::warn!(migration = %id, error = %e, "the target did not take the commit; the scheduler decides");
+            report.error = Some(format!("the target did not take the commit: {e}"));
+        }
+    }
+    let _ = progress.send(report).await;
+}
+
+/// From the commit on this host never serves the workload: requests routed
+/// here are refused as stale, those it held go to the target.
+async fn hand_off(
+    host: &Arc<Host>,
+    id: &str,
+    out: &Arc<Outgoing>,
+    generation: u64,
+    target: &str,
+    downtime: Option<u64>,
+) {
+    host.migrations.moved_away(&out.workload, target);
+    {
+        let mut workloads = host.workloads.lock().await;
+        if workloads
+            .get(&out.workload)
+            .is_some_and(|r| r.handle.same(&out.handle))
+        {
+            workloads.remove(&out.workload);
+        }
+    }
+    host.bus.unregister(&out.workload);
+    out.handle
+        .handoff(forwarder(host, id, out, &out.target_url, generation))
+        .await;
+    // The driver forwards until the last handle to it is gone: drop ours.
+    host.migrations.record_committed(id, downtime);
+    host.migrations
+        .outgoing
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(id);
+    tracing::info!(migration = %id, workload = %out.workload, downtime_us = ?downtime, "migration committed: handed off");
+}
+
+/// The scheduler's commit, on the source (it may have handed off already).
+pub(super) async fn commit_outgoing(
+    host: &Arc<Host>,
+    id: &str,
+    out: Arc<Outgoing>,
+    decision: &MigrationDecision,
+) -> Response {
+    let decided = out
+        .when_settled(|state| match *state {
+            SourceState::Committed { downtime_us } => Ok((false, downtime_us)),
+            SourceState::Prepared { frozen_at } => {
+                let downtime_us = Some(frozen_at.elapsed().as_micros() as u64);
+                *state = SourceState::Committed { downtime_us };
+                Ok((true, downtime_us))
+            }
+            other => Err(other.phase()),
+        })
+        .await;
+    let downtime = match decided {
+        Ok((false, downtime)) => downtime,
+        Ok((true, downtime)) => {
+            out.settled.notify_waiters();
+            let target = if decision.target_url.is_empty() {
+                out.target_url.clone()
+            } else {
+                decision.target_url.clone()
+            };
+            hand_off(host, id, &out, decision.generation, &target, downtime).await;
+            downtime
+        }
+        Err(phase) => {
+            return error(
+                StatusCode::CONFLICT,
+                format!("migration `{id}` is {phase:?}, not prepared"),
+            );
+        }
+    };
+    Json(CommitOutcome {
+        downtime_us: downtime,
+    })
+    .into_response()
+}
+
+/// What the scheduler's abort did on the source.
+pub(super) enum SourceAbort {
+    /// Committed (or committing): it cannot be aborted.
+    Refused,
+    /// The pre-copy stops at its next check, or already had.
+    Stopping,
+    /// It was prepared: it serves again, at `generation` if that is set.
+    Resumed,
+}
+
+/// The scheduler's abort, on the source. The scheduler sends it after the
+/// commit point only once the target can no longer serve.
+pub(super) async fn abort_outgoing(
+    host: &Arc<Host>,
+    id: &str,
+    out: Arc<Outgoing>,
+    generation: u64,
+) -> SourceAbort {
+    let before = out
+        .when_settled(|state| {
+            let before = *state;
+            match before {
+                SourceState::Sending { .. } => *state = SourceState::Cancelled,
+                SourceState::Prepared { .. } => *state = SourceState::Aborted,
+                _ => {}
+            }
+            before
+        })
+        .await;
+    match before {
+        SourceState::Committing | SourceState::Committed { .. } => SourceAbort::Refused,
+        SourceState::Sending { .. } | SourceState::Cancelled | SourceState::Aborted => {
+            SourceAbort::Stopping
+        }
+        SourceState::Prepared { .. } => {
+            if generation > 0
+                && let Some(r) = host.workloads.lock().await.get_mut(&out.workload)
+            {
+                r.generation = generation;
+            }
+            out.handle.resume().await;
+            host.migrations
+                .outgoing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(id);
+            tracing::info!(migration = %id, workload = %out.workload, "migration aborted: serving on");
+            SourceAbort::Resumed
+        }
+    }
+}

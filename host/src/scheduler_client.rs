@@ -1,0 +1,230 @@
+//! Every call this host makes to the scheduler — join, heartbeat, module
+//! fetch, message relay — with the join token, through one client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use roam_proto::{Capacity, Heartbeat, JoinRequest, JoinResponse, PROTOCOL_VERSION, paths};
+use roam_runtime::Digest;
+use roam_runtime::abi::OutboundMessage;
+
+use crate::daemon::Host;
+
+/// Largest module the host downloads.
+const MAX_MODULE_DOWNLOAD: usize = 64 << 20;
+
+/// The scheduler's API, as a host calls it.
+pub(crate) struct SchedulerClient {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+/// How a call to the scheduler went.
+pub(crate) enum Answer<T> {
+    /// Accepted.
+    Ok(T),
+    /// Refused for good (4xx): status and body.
+    Refused(reqwest::StatusCode, String),
+    /// Worth trying again (5xx, unreachable).
+    Retry(String),
+}
+
+impl SchedulerClient {
+    pub(crate) fn new(http: reqwest::Client, base: &str, token: &str) -> SchedulerClient {
+        SchedulerClient {
+            http,
+            base: base.to_string(),
+            token: token.to_string(),
+        }
+    }
+
+    async fn join(&self, request: &JoinRequest) -> Answer<JoinResponse> {
+        let sent = self
+            .http
+            .post(paths::join().on(&self.base))
+            .bearer_auth(&self.token)
+            .json(request)
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => match r.json().await {
+                Ok(joined) => Answer::Ok(joined),
+                Err(e) => Answer::Retry(format!("bad join response: {e}")),
+            },
+            Ok(r) if r.status().is_client_error() => {
+                let status = r.status();
+                Answer::Refused(status, r.text().await.unwrap_or_default())
+            }
+            Ok(r) => Answer::Retry(format!("the scheduler answered {}", r.status())),
+            Err(e) => Answer::Retry(format!("scheduler unreachable: {e}")),
+        }
+    }
+
+    async fn heartbeat(&self, host: &str, beat: &Heartbeat) -> Answer<()> {
+        let path = match paths::heartbeat(host) {
+            Ok(p) => p,
+            Err(e) => return Answer::Refused(reqwest::StatusCode::BAD_REQUEST, e.to_string()),
+        };
+        match self
+            .http
+            .post(path.on(&self.base))
+            .bearer_auth(&self.token)
+            .json(beat)
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => Answer::Ok(()),
+            Ok(r) if r.status().is_client_error() => Answer::Refused(r.status(), String::new()),
+            Ok(r) => Answer::Retry(format!("the scheduler answered {}", r.status())),
+            Err(e) => Answer::Retry(e.to_string()),
+        }
+    }
+
+    /// The module with `digest`, its size bounded and its sha256 checked.
+    pub(crate) async fn fetch_module(&self, digest: &Digest) -> anyhow::Result<Vec<u8>> {
+        let r = self
+            .http
+            .get(paths::module(&digest.to_string())?.on(&self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            r.status().is_success(),
+            "scheduler answered {} for module {digest}",
+            r.status()
+        );
+        if r.content_length()
+            .is_some_and(|n| n > MAX_MODULE_DOWNLOAD as u64)
+        {
+            anyhow::bail!("module {digest} is over {MAX_MODULE_DOWNLOAD} bytes");
+        }
+        let bytes = r.bytes().await?;
+        anyhow::ensure!(
+            bytes.len() <= MAX_MODULE_DOWNLOAD,
+            "module {digest} is too large"
+        );
+        let actual = Digest::of(&bytes);
+        anyhow::ensure!(
+            actual == *digest,
+            "module bytes hash to {actual}, not {digest}: refused"
+        );
+        Ok(bytes.to_vec())
+    }
+
+    /// Hand a message to the scheduler, which forwards it to a host that
+    /// runs `to`. `to` is the guest's choice: it only ever becomes one
+    /// encoded path segment.
+    async fn relay(&self, from: &str, to: &str, body: Vec<u8>) -> Result<(), String> {
+        let path = paths::message(to).map_err(|e| e.to_string())?;
+        match self
+            .http
+            .post(path.on(&self.base))
+            .query(&[("from", from)])
+            .bearer_auth(&self.token)
+            .body(body)
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("refused by the scheduler: {}", r.status())),
+            Err(e) => Err(format!("not delivered: {e}")),
+        }
+    }
+}
+
+impl Host {
+    fn capacity(&self) -> Capacity {
+        Capacity {
+            memory: self.config.capacity_memory,
+            slots: self.config.slots,
+        }
+    }
+
+    /// Join (or rejoin); returns the heartbeat period.
+    pub(crate) async fn join(&self) -> anyhow::Result<Duration> {
+        let (_, instances) = self.statuses().await;
+        let request = JoinRequest {
+            protocol: PROTOCOL_VERSION,
+            instances,
+            name: self.config.name.clone(),
+            url: self.url.clone(),
+            labels: self.config.labels.clone(),
+            capacity: self.capacity(),
+            arch: std::env::consts::ARCH.to_string(),
+            engine: self.runtime.engine_key(),
+            engine_kind: self.runtime.config().engine.name().to_string(),
+        };
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.scheduler.join(&request).await {
+                Answer::Ok(joined) => {
+                    *self.secret.lock().unwrap_or_else(|e| e.into_inner()) = joined.host_secret;
+                    *self.labels.lock().unwrap_or_else(|e| e.into_inner()) = joined.labels;
+                    return Ok(Duration::from_millis(joined.heartbeat_ms.max(50)));
+                }
+                Answer::Refused(status, body) => anyhow::bail!(
+                    "the scheduler refused to let host `{}` join ({status}): {body}",
+                    self.config.name
+                ),
+                Answer::Retry(why) => tracing::warn!(%why, "join failed; retrying"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Heartbeat every `period`; rejoin when the scheduler forgot this host
+    /// (it restarted).
+    pub(crate) async fn heartbeats(self: Arc<Self>, mut period: Duration) {
+        loop {
+            tokio::time::sleep(period).await;
+            let (memory_used, instances) = self.statuses().await;
+            let beat = Heartbeat {
+                capacity: self.capacity(),
+                arch: std::env::consts::ARCH.to_string(),
+                engine: self.runtime.engine_key(),
+                memory_used,
+                instances,
+            };
+            match self.scheduler.heartbeat(&self.config.name, &beat).await {
+                Answer::Ok(()) => {}
+                Answer::Refused(reqwest::StatusCode::NOT_FOUND, _) => {
+                    tracing::info!("scheduler does not know this host; rejoining");
+                    match self.join().await {
+                        Ok(p) => period = p,
+                        Err(e) => tracing::error!(error = %e, "rejoin failed"),
+                    }
+                }
+                Answer::Refused(status, _) => tracing::warn!(%status, "heartbeat refused"),
+                Answer::Retry(why) => tracing::warn!(%why, "heartbeat failed"),
+            }
+        }
+    }
+
+    /// Where a workload's sent messages go: delivered here when the
+    /// destination runs here, else through the scheduler, which forwards
+    /// them to a host that runs it.
+    pub(crate) fn router(&self) -> roam_runtime::driver::Router {
+        let bus = self.bus.clone();
+        let local = bus.router();
+        let scheduler = Arc::new(SchedulerClient::new(
+            self.scheduler.http.clone(),
+            &self.scheduler.base,
+            &self.scheduler.token,
+        ));
+        Arc::new(move |from: &str, message: OutboundMessage| {
+            if bus.contains(&message.to) {
+                return local(from, message);
+            }
+            let scheduler = scheduler.clone();
+            let from = from.to_string();
+            tokio::spawn(async move {
+                if let Err(e) = scheduler.relay(&from, &message.to, message.body).await {
+                    tracing::warn!(to = %message.to, error = %e, "message not delivered");
+                }
+            });
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,372 @@
+//! The operator API (admin token): join tokens, modules, workloads and
+//! their logs, snapshot and restore of a replica, replicas, events. Hosts
+//! download modules by digest with any token.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use roam_proto::reply::error;
+use roam_proto::{
+    InstanceInfo, ModuleRef, StartInstance, TokenRequest, TokenResponse, WorkloadInfo, WorkloadSpec,
+};
+use sha2::{Digest, Sha256};
+
+use super::{Scheduler, parse};
+use crate::auth::{self, Role, TokenRecord};
+use crate::placement::{self, PlacementRequest};
+use crate::selector::Selector;
+
+impl Scheduler {
+    pub(super) fn module_path(&self, digest: &str) -> Option<PathBuf> {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| {
+            self.config
+                .data_dir
+                .join("modules")
+                .join(format!("{}.wasm", hex.to_ascii_lowercase()))
+        })
+    }
+}
+
+pub(super) async fn create_token(State(s): State<Arc<Scheduler>>, body: Bytes) -> Response {
+    let req: TokenRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if let Err(e) = auth::check_join_labels(&req.labels) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    let token = match auth::new_token() {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let hash = auth::hash_token(&token);
+    let role = Role::Join { labels: req.labels };
+    if let Err(e) = s.store.put_token(
+        &hash,
+        &TokenRecord {
+            hash: hash.clone(),
+            role: role.clone(),
+        },
+    ) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    s.tokens
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(hash, role);
+    (StatusCode::CREATED, Json(TokenResponse { token })).into_response()
+}
+
+pub(super) async fn upload_module(State(s): State<Arc<Scheduler>>, body: Bytes) -> Response {
+    if !body.starts_with(b"\0asm") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "not a WebAssembly module (no `\\0asm` header)",
+        );
+    }
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
+    let Some(path) = s.module_path(&digest) else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "bad digest");
+    };
+    let tmp = path.with_extension("tmp");
+    if let Err(e) = std::fs::write(&tmp, &body).and_then(|()| std::fs::rename(&tmp, &path)) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    (
+        StatusCode::CREATED,
+        Json(ModuleRef {
+            digest,
+            size: body.len() as u64,
+        }),
+    )
+        .into_response()
+}
+
+pub(super) async fn download_module(
+    State(s): State<Arc<Scheduler>>,
+    Path(digest): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if s.role(&headers).is_none() {
+        return error(StatusCode::UNAUTHORIZED, "a token is required");
+    }
+    let Some(path) = s.module_path(&digest) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("`{digest}` is not a sha256 digest"),
+        );
+    };
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => bytes.into_response(),
+        Err(_) => error(StatusCode::NOT_FOUND, format!("no module {digest}")),
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+pub(super) async fn deploy(State(s): State<Arc<Scheduler>>, body: Bytes) -> Response {
+    let spec: WorkloadSpec = match parse(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if !valid_name(&spec.name) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "`{}` is not a valid name (lowercase letters, digits, `-`, at most 63)",
+                spec.name
+            ),
+        );
+    }
+    if let Err(e) = Selector::parse(&spec.selector) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    if s.module_path(&spec.digest).is_none_or(|p| !p.exists()) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "no module {}; upload it with PUT {}",
+                spec.digest,
+                roam_proto::paths::scheduler::MODULES
+            ),
+        );
+    }
+    if spec.replicas > 1000 {
+        return error(StatusCode::BAD_REQUEST, "at most 1000 replicas");
+    }
+    match s.put_spec(&spec) {
+        Ok(()) => {
+            s.event(
+                "workload_deployed",
+                serde_json::json!({ "workload": spec.name, "digest": spec.digest }),
+            );
+            (StatusCode::CREATED, Json(spec)).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A workload with where it runs and why every other host is not used,
+/// computed when asked (`describe`), not on every reconcile round.
+fn info(s: &Scheduler, spec: WorkloadSpec) -> WorkloadInfo {
+    let hosts: Vec<String> = s
+        .assignments
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&spec.name)
+        .map(|h| h.iter().cloned().collect())
+        .unwrap_or_default();
+    let request = PlacementRequest {
+        workload: spec.name.clone(),
+        selector: Selector::parse(&spec.selector).unwrap_or_default(),
+        memory: spec.memory,
+        spread_by: spec.spread_by.clone(),
+        placed_on: hosts.clone(),
+    };
+    let rejected = placement::place(&request, &s.host_views())
+        .rejected
+        .into_iter()
+        .filter(|(h, _)| !hosts.contains(h))
+        .map(|(h, r)| (h, r.to_string()))
+        .collect();
+    WorkloadInfo {
+        spec,
+        hosts,
+        rejected,
+    }
+}
+
+pub(super) async fn workloads(State(s): State<Arc<Scheduler>>) -> Response {
+    let out: Vec<WorkloadInfo> = s.specs().into_iter().map(|spec| info(&s, spec)).collect();
+    Json(out).into_response()
+}
+
+pub(super) async fn workload(
+    State(s): State<Arc<Scheduler>>,
+    Path(name): Path<String>,
+) -> Response {
+    match s.spec(&name) {
+        Some(spec) => Json(info(&s, spec)).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no workload `{name}`")),
+    }
+}
+
+pub(super) async fn delete_workload(
+    State(s): State<Arc<Scheduler>>,
+    Path(name): Path<String>,
+) -> Response {
+    match s.delete_spec(&name) {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => error(StatusCode::NOT_FOUND, format!("no workload `{name}`")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+pub(super) async fn workload_logs(
+    State(s): State<Arc<Scheduler>>,
+    Path(name): Path<String>,
+) -> Response {
+    let hosts: Vec<String> = s
+        .assignments
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&name)
+        .map(|h| h.iter().cloned().collect())
+        .unwrap_or_default();
+    let mut out = String::new();
+    for host in hosts {
+        let Some(to) = s.endpoint(&host) else {
+            continue;
+        };
+        if let Ok(text) = s.client.logs(&to, &name).await {
+            for line in text.lines() {
+                out.push_str(&format!("[{host}] {line}\n"));
+            }
+        }
+    }
+    out.into_response()
+}
+
+/// `POST /v1/workloads/{name}/snapshot?host=H`: the encoded snapshot of the
+/// replica on host H, taken at its next safe point.
+pub(super) async fn snapshot_workload(
+    State(s): State<Arc<Scheduler>>,
+    Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<roam_proto::HostQuery>,
+) -> Response {
+    let Some(to) = s.endpoint(&q.host) else {
+        return error(StatusCode::NOT_FOUND, format!("no host `{}`", q.host));
+    };
+    match s.client.snapshot(&to, &name).await {
+        Ok(bytes) => bytes.into_response(),
+        Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+    }
+}
+
+/// `POST /v1/workloads/{name}/restore?host=H` with a snapshot as the body:
+/// restore the workload on host H from it, then stop its other replicas (a
+/// stop-and-copy move; live migration is pre-copy and comes separately).
+pub(super) async fn restore_workload(
+    State(s): State<Arc<Scheduler>>,
+    Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<roam_proto::HostQuery>,
+    body: Bytes,
+) -> Response {
+    let Some(spec) = s.spec(&name) else {
+        return error(StatusCode::NOT_FOUND, format!("no workload `{name}`"));
+    };
+    // The target must meet the workload's rules, like any placement.
+    let views = s.host_views();
+    let Some(view) = views.iter().find(|v| v.id == q.host) else {
+        return error(StatusCode::NOT_FOUND, format!("no host `{}`", q.host));
+    };
+    let selector = Selector::parse(&spec.selector).unwrap_or_default();
+    let request = PlacementRequest {
+        workload: name.clone(),
+        selector,
+        memory: spec.memory,
+        spread_by: None,
+        placed_on: Vec::new(),
+    };
+    if let Some(reason) = placement::check(&request, view) {
+        return error(
+            StatusCode::CONFLICT,
+            format!("host `{}` cannot take `{name}`: {reason}", q.host),
+        );
+    }
+    let Some(to) = s.endpoint(&q.host) else {
+        return error(StatusCode::NOT_FOUND, format!("no host `{}`", q.host));
+    };
+    let instance = StartInstance {
+        digest: spec.digest.clone(),
+        memory: spec.memory,
+        env: spec.env.clone(),
+        grants: spec.grants.clone(),
+        generation: s.generation(&name),
+    };
+    if let Err(e) = s.client.restore(&to, &name, &instance, body.to_vec()).await {
+        return error(StatusCode::BAD_GATEWAY, e.to_string());
+    }
+    let others: Vec<String> = {
+        let mut assignments = s.assignments.lock().unwrap_or_else(|e| e.into_inner());
+        let hosts = assignments.entry(name.clone()).or_default();
+        let others = hosts.iter().filter(|h| **h != q.host).cloned().collect();
+        *hosts = BTreeSet::from([q.host.clone()]);
+        others
+    };
+    s.confirmed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert((name.clone(), q.host.clone()));
+    for host in &others {
+        s.confirmed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(name.clone(), host.clone()));
+        if let Err(e) = s.stop_on(host, &name).await {
+            tracing::warn!(workload = %name, %host, error = %e, "stop after restore failed");
+        }
+    }
+    s.event(
+        "workload_restored",
+        serde_json::json!({ "workload": name, "host": q.host, "stopped": others }),
+    );
+    s.touch();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+pub(super) async fn instances(State(s): State<Arc<Scheduler>>) -> Response {
+    let assignments = s
+        .assignments
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let out: Vec<InstanceInfo> = assignments
+        .into_iter()
+        .flat_map(|(w, hosts)| {
+            let s = &s;
+            hosts.into_iter().map(move |h| InstanceInfo {
+                ready: s.hosts.get(&h).is_some_and(|e| s.alive(&e)),
+                workload: w.clone(),
+                host: h,
+            })
+        })
+        .collect();
+    Json(out).into_response()
+}
+
+/// `GET /v1/events`: cluster events as server-sent events, one JSON object each.
+pub(super) async fn events(State(s): State<Arc<Scheduler>>) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let rx = s.events.subscribe();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(data) => {
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(Event::default().data(data)),
+                        rx,
+                    ));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}

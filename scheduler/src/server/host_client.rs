@@ -1,0 +1,329 @@
+//! Every call the scheduler makes to a host goes through [`HostClient`]:
+//! paths from `roam_proto::paths`, the host's secret, and typed errors
+//! (which say whether the host answered, refused the connection, or was
+//! silent — the verdict in `crate::verdict` depends on the difference).
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use roam_proto::paths::{self, BadSegment, MigrationStep};
+use roam_proto::{
+    CommitOutcome, MigrationDecision, MigrationStatus, MigrationStatusQuery, PrepareMigration,
+    SendMigration, StartInstance, StopQuery, headers,
+};
+
+use crate::verdict::Answer;
+
+/// Where a host is reached, and the secret it expects.
+#[derive(Clone, Debug)]
+pub(super) struct Endpoint {
+    pub(super) name: String,
+    pub(super) url: String,
+    pub(super) secret: String,
+}
+
+/// Why a call to a host did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum HostError {
+    /// The scheduler does not know the host (or it vanished).
+    #[error("host `{0}` is unknown")]
+    Unknown(String),
+    /// A name that cannot be a path segment.
+    #[error(transparent)]
+    Path(#[from] BadSegment),
+    /// The request did not get an answer.
+    #[error("host `{host}` unreachable: {error}")]
+    Unreachable {
+        host: String,
+        error: reqwest::Error,
+        /// The connection was refused: nothing listens at the address.
+        refused: bool,
+    },
+    /// The host answered with an error status.
+    #[error("host `{host}` answered {status}: {body}")]
+    Answered {
+        host: String,
+        status: StatusCode,
+        body: String,
+    },
+    /// The host's answer could not be read.
+    #[error("host `{host}` gave a bad answer: {error}")]
+    BadAnswer { host: String, error: reqwest::Error },
+}
+
+impl HostError {
+    /// The status a host answered with, if it answered.
+    pub(super) fn status(&self) -> Option<StatusCode> {
+        match self {
+            HostError::Answered { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Whether `error` is a refused connection (walks the source chain down
+/// to the I/O error).
+fn refused(error: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// What a stop asks.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Stop {
+    /// Whatever copy runs there.
+    Any,
+    /// Only a copy still below this generation.
+    Below(u64),
+}
+
+/// The scheduler's client for hosts' control APIs.
+pub(super) struct HostClient {
+    /// Calls with an overall timeout.
+    http: reqwest::Client,
+    /// Without an overall timeout, for a migration's progress stream.
+    stream: reqwest::Client,
+}
+
+impl HostClient {
+    pub(super) fn new() -> reqwest::Result<HostClient> {
+        Ok(HostClient {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?,
+            stream: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .build()?,
+        })
+    }
+
+    /// Send `request` to `to` with its secret; an error status is an
+    /// error.
+    async fn send(
+        &self,
+        to: &Endpoint,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, HostError> {
+        let r = request
+            .bearer_auth(&to.secret)
+            .send()
+            .await
+            .map_err(|error| HostError::Unreachable {
+                host: to.name.clone(),
+                refused: refused(&error),
+                error,
+            })?;
+        if r.status().is_success() {
+            return Ok(r);
+        }
+        let status = r.status();
+        Err(HostError::Answered {
+            host: to.name.clone(),
+            status,
+            body: r.text().await.unwrap_or_default(),
+        })
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        to: &Endpoint,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, HostError> {
+        self.send(to, request)
+            .await?
+            .json()
+            .await
+            .map_err(|error| HostError::BadAnswer {
+                host: to.name.clone(),
+                error,
+            })
+    }
+
+    /// `PUT /v1/instances/{workload}`: run a workload.
+    pub(super) async fn start(
+        &self,
+        to: &Endpoint,
+        workload: &str,
+        spec: &StartInstance,
+    ) -> Result<(), HostError> {
+        let url = paths::instance(workload)?.on(&to.url);
+        self.send(to, self.http.put(url).json(spec)).await.map(drop)
+    }
+
+    /// `DELETE /v1/instances/{workload}`: stop it; a host that does not run
+    /// it counts as stopped.
+    pub(super) async fn stop(
+        &self,
+        to: &Endpoint,
+        workload: &str,
+        which: Stop,
+    ) -> Result<(), HostError> {
+        let url = paths::instance(workload)?.on(&to.url);
+        let query = StopQuery {
+            below_generation: match which {
+                Stop::Any => None,
+                Stop::Below(g) => Some(g),
+            },
+        };
+        match self.send(to, self.http.delete(url).query(&query)).await {
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    /// `GET /v1/instances/{workload}/logs`.
+    pub(super) async fn logs(&self, to: &Endpoint, workload: &str) -> Result<String, HostError> {
+        let url = paths::instance_logs(workload)?.on(&to.url);
+        let r = self.send(to, self.http.get(url)).await?;
+        Ok(r.text().await.unwrap_or_default())
+    }
+
+    /// `POST /v1/instances/{workload}/snapshot`: the encoded snapshot.
+    pub(super) async fn snapshot(
+        &self,
+        to: &Endpoint,
+        workload: &str,
+    ) -> Result<Vec<u8>, HostError> {
+        let url = paths::instance_snapshot(workload)?.on(&to.url);
+        let r = self.send(to, self.http.post(url)).await?;
+        r.bytes()
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|error| HostError::BadAnswer {
+                host: to.name.clone(),
+                error,
+            })
+    }
+
+    /// `PUT /v1/instances/{workload}/restore`: start from a snapshot.
+    pub(super) async fn restore(
+        &self,
+        to: &Endpoint,
+        workload: &str,
+        spec: &StartInstance,
+        snapshot: Vec<u8>,
+    ) -> Result<(), HostError> {
+        let url = paths::instance_restore(workload)?.on(&to.url);
+        let header = serde_json::to_string(spec).unwrap_or_default();
+        let request = self
+            .http
+            .put(url)
+            .header(headers::INSTANCE, header)
+            .body(snapshot);
+        self.send(to, request).await.map(drop)
+    }
+
+    /// A message for `workload` on the host (sent by the ingress's retry
+    /// loop, which reads the answer itself).
+    pub(super) fn message(
+        &self,
+        to: &Endpoint,
+        workload: &str,
+        from: &str,
+        body: axum::body::Bytes,
+    ) -> Result<reqwest::RequestBuilder, BadSegment> {
+        Ok(self
+            .http
+            .post(paths::message(workload)?.on(&to.url))
+            .query(&[("from", from)])
+            .bearer_auth(&to.secret)
+            .body(body))
+    }
+
+    /// A request to `workload`'s ingress on the host, at `rest` (the
+    /// client's path and query, as it sent them), fenced by `generation`.
+    pub(super) fn ingress(
+        &self,
+        to: &Endpoint,
+        method: reqwest::Method,
+        workload: &str,
+        rest: &str,
+        generation: u64,
+    ) -> Result<reqwest::RequestBuilder, BadSegment> {
+        Ok(self
+            .http
+            .request(method, paths::ingress(workload, rest)?.on(&to.url))
+            .header(headers::GENERATION, generation.to_string()))
+    }
+
+    /// `POST /v1/migrations/{id}/prepare` on the target.
+    pub(super) async fn prepare(
+        &self,
+        to: &Endpoint,
+        id: &str,
+        prepare: &PrepareMigration,
+    ) -> Result<(), HostError> {
+        let url = paths::migration_step(id, MigrationStep::Prepare)?.on(&to.url);
+        self.send(to, self.http.post(url).json(prepare))
+            .await
+            .map(drop)
+    }
+
+    /// `POST /v1/migrations/{id}/send` on the source: the answer streams
+    /// progress lines, read by the caller.
+    pub(super) async fn send_migration(
+        &self,
+        to: &Endpoint,
+        id: &str,
+        send: &SendMigration,
+    ) -> Result<reqwest::Response, HostError> {
+        let url = paths::migration_step(id, MigrationStep::Send)?.on(&to.url);
+        self.send(to, self.stream.post(url).json(send)).await
+    }
+
+    /// `POST /v1/migrations/{id}/commit` or `/abort`.
+    pub(super) async fn decide(
+        &self,
+        to: &Endpoint,
+        id: &str,
+        decision: Decision,
+        body: &MigrationDecision,
+    ) -> Result<CommitOutcome, HostError> {
+        let step = match decision {
+            Decision::Commit => MigrationStep::Commit,
+            Decision::Abort => MigrationStep::Abort,
+        };
+        let url = paths::migration_step(id, step)?.on(&to.url);
+        let r = self.send(to, self.http.post(url).json(body)).await?;
+        Ok(r.json().await.unwrap_or_default())
+    }
+
+    /// `GET /v1/migrations/{id}/status`, as an [`Answer`].
+    pub(super) async fn status(
+        &self,
+        to: Option<&Endpoint>,
+        id: &str,
+        query: &MigrationStatusQuery,
+    ) -> Answer {
+        let Some(to) = to else {
+            return Answer::Silent;
+        };
+        let url = match paths::migration_step(id, MigrationStep::Status) {
+            Ok(p) => p.on(&to.url),
+            Err(_) => return Answer::Silent,
+        };
+        match self
+            .json::<MigrationStatus>(to, self.http.get(url).query(query))
+            .await
+        {
+            Ok(status) => Answer::Said(status),
+            Err(HostError::Unreachable { refused: true, .. }) => Answer::Gone,
+            Err(_) => Answer::Silent,
+        }
+    }
+}
+
+/// A decision the scheduler sends to a migration's hosts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Decision {
+    /// Commit (target: activate; source: hand off).
+    Commit,
+    /// Abort (target: drop; source: stop sending, or resume).
+    Abort,
+}

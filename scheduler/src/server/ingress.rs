@@ -1,0 +1,200 @@
+//! The scheduler's ingress (`/w/{workload}/...`) and the message relay
+//! (`POST /v1/messages/{workload}`): both go to a live host whose copy is
+//! confirmed running, with the workload's generation, and are resent when
+//! the host refused them before dispatch, so requests that race a
+//! migration's commit are neither lost nor applied twice.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use roam_proto::paths::{self, BadSegment};
+use roam_proto::reply::error;
+use roam_proto::{FromQuery, headers};
+
+use super::Scheduler;
+use super::host_client::Endpoint;
+
+/// Largest request body proxied by the ingress.
+const MAX_INGRESS_BODY: usize = 8 << 20;
+
+impl Scheduler {
+    /// Send a request built by `build(host, generation)` to the host that
+    /// serves `workload`. A host's refusal before dispatch (wrong
+    /// generation, workload moved) or a refused connection means the request
+    /// was not applied: resolve again and resend, for a while.
+    async fn send_to_serving(
+        &self,
+        workload: &str,
+        build: impl Fn(&Endpoint, u64) -> Result<reqwest::RequestBuilder, BadSegment>,
+    ) -> Result<reqwest::Response, Response> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let retry = match self.serving(workload) {
+                Some(to) => {
+                    let request = build(&to, self.generation(workload))
+                        .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+                    match request.send().await {
+                        Ok(r) if r.headers().contains_key(headers::NOT_DISPATCHED) => {
+                            let status = r.status();
+                            let text = r.text().await.unwrap_or_default();
+                            error(
+                                StatusCode::from_u16(status.as_u16())
+                                    .unwrap_or(StatusCode::BAD_GATEWAY),
+                                text,
+                            )
+                        }
+                        Ok(r) => return Ok(r),
+                        Err(e) if e.is_connect() => {
+                            error(StatusCode::BAD_GATEWAY, format!("host unreachable: {e}"))
+                        }
+                        Err(e) => {
+                            return Err(error(
+                                StatusCode::BAD_GATEWAY,
+                                format!("host unreachable: {e}"),
+                            ));
+                        }
+                    }
+                }
+                None => {
+                    let refusal = error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("workload `{workload}` is not running anywhere"),
+                    );
+                    // Worth waiting for: a migration's commit, or a start
+                    // that is on its way.
+                    let placed = self
+                        .assignments
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(workload)
+                        .is_some_and(|hosts| !hosts.is_empty());
+                    if !placed && !self.frozen().contains(workload) {
+                        return Err(refusal);
+                    }
+                    refusal
+                }
+            };
+            if Instant::now() + pause > deadline {
+                return Err(retry);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// A live host where `workload` is known to run: its start was
+    /// confirmed, or the host reported it.
+    fn serving(&self, workload: &str) -> Option<Endpoint> {
+        let assignments = self.assignments.lock().unwrap_or_else(|e| e.into_inner());
+        let confirmed = self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
+        assignments.get(workload)?.iter().find_map(|h| {
+            let e = self.hosts.get(h)?;
+            let running = confirmed.contains(&(workload.to_string(), h.clone()))
+                || e.instances.iter().any(|i| i.workload == workload);
+            (self.alive(&e) && running).then(|| Endpoint {
+                name: h.clone(),
+                url: e.url.clone(),
+                secret: e.secret.clone(),
+            })
+        })
+    }
+}
+
+/// `POST /v1/messages/{workload}` (join token): a message from a workload
+/// on one host to a workload on another.
+pub(super) async fn relay_message(
+    State(s): State<Arc<Scheduler>>,
+    Path(workload): Path<String>,
+    Query(q): Query<FromQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if s.join_token(&headers).is_none() {
+        return error(StatusCode::UNAUTHORIZED, "a join token is required");
+    }
+    let sent = s
+        .send_to_serving(&workload, |to, _| {
+            s.client.message(to, &workload, &q.from, body.clone())
+        })
+        .await;
+    match sent {
+        Err(response) => response,
+        Ok(r) if r.status().is_success() => StatusCode::ACCEPTED.into_response(),
+        Ok(r) => error(
+            StatusCode::BAD_GATEWAY,
+            format!("host answered {}", r.status()),
+        ),
+    }
+}
+
+/// `/w/{workload}/{path...}`: proxied to a live host that runs the workload.
+pub(super) async fn ingress(
+    State(s): State<Arc<Scheduler>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some((workload, path)) = paths::ingress_target(uri.path()) else {
+        return error(StatusCode::NOT_FOUND, paths::ingress::USAGE);
+    };
+    if body.len() > MAX_INGRESS_BODY {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+    }
+    let Ok(method) = reqwest::Method::from_bytes(method.as_str().as_bytes()) else {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "unsupported method");
+    };
+    let rest = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let sent = s
+        .send_to_serving(workload, |to, generation| {
+            let mut request = s
+                .client
+                .ingress(to, method.clone(), workload, &rest, generation)?
+                .body(body.clone());
+            for (k, v) in &headers {
+                if k != axum::http::header::HOST
+                    && k != axum::http::header::AUTHORIZATION
+                    && k != axum::http::header::CONTENT_LENGTH
+                    && !headers::is_roam_header(k.as_str())
+                {
+                    request = request.header(k.as_str(), v.as_bytes());
+                }
+            }
+            Ok(request)
+        })
+        .await;
+    match sent {
+        Err(response) => response,
+        Ok(r) => {
+            let status =
+                StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut out_headers = Vec::new();
+            for (k, v) in r.headers() {
+                if let Ok(v) = v.to_str() {
+                    out_headers.push((k.to_string(), v.to_string()));
+                }
+            }
+            let bytes = r.bytes().await.unwrap_or_default();
+            let mut out = (status, bytes.to_vec()).into_response();
+            for (k, v) in out_headers {
+                if let (Ok(k), Ok(v)) = (
+                    axum::http::HeaderName::try_from(k),
+                    axum::http::HeaderValue::try_from(v),
+                ) && k != axum::http::header::CONTENT_LENGTH
+                    && k != axum::http::header::TRANSFER_ENCODING
+                {
+                    out.headers_mut().insert(k, v);
+                }
+            }
+            out
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The reconcile loop: turns the difference between desired state and what
+//! runs into start and stop calls on hosts (the plan itself is the pure
+//! `crate::reconcile`), re-places the replicas of hosts that went down, and
+//! stops copies a migration fenced off with a newer generation.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use roam_proto::{StartInstance, WorkloadSpec};
+
+use super::Scheduler;
+use super::host_client::{HostError, Stop};
+use crate::reconcile::{self, Command, Running};
+use crate::selector::Selector;
+
+/// Start and stop calls to hosts the reconciler keeps in flight at once.
+const COMMANDS_IN_FLIGHT: usize = 64;
+
+impl Scheduler {
+    pub(super) async fn reconcile_loop(self: Arc<Self>) {
+        // Give hosts of a restarted scheduler time to rejoin and report what they run.
+        let grace = self.config.heartbeat * 2;
+        // Rounds run when something changed, and at least this often anyway.
+        let every = Duration::from_secs(2);
+        let mut last = Instant::now();
+        loop {
+            // A change wakes the loop at once; liveness and retries are
+            // looked at every 200 ms.
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            if self.started.elapsed() < grace {
+                continue;
+            }
+            let pending = !self
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty();
+            let due = self.changed.swap(false, Ordering::Relaxed)
+                || pending
+                || self.liveness_changed()
+                || last.elapsed() >= every;
+            if due {
+                last = Instant::now();
+                self.reconcile_once().await;
+            }
+        }
+    }
+
+    async fn reconcile_once(&self) {
+        self.resolve_pending().await;
+        self.stop_stale().await;
+        let frozen = self.frozen();
+        let views = self.host_views();
+        let alive: BTreeSet<&str> = views
+            .iter()
+            .filter(|v| v.alive)
+            .map(|v| v.id.as_str())
+            .collect();
+        {
+            let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+            for v in &views {
+                if !v.alive && down.insert(v.id.clone()) {
+                    self.event("host_down", serde_json::json!({ "host": v.id }));
+                } else if v.alive {
+                    down.remove(&v.id);
+                }
+            }
+        }
+        let specs = self.specs();
+        let mut desired = Vec::new();
+        for s in specs.iter().filter(|s| !frozen.contains(&s.name)) {
+            match Selector::parse(&s.selector) {
+                Ok(selector) => desired.push(reconcile::WorkloadSpec {
+                    name: s.name.clone(),
+                    replicas: s.replicas,
+                    selector,
+                    memory: s.memory,
+                    spread_by: s.spread_by.clone(),
+                }),
+                Err(e) => {
+                    tracing::error!(workload = %s.name, error = %e, "stored selector does not parse")
+                }
+            }
+        }
+        let running: Vec<Running> = {
+            let mut assignments = self.assignments.lock().unwrap_or_else(|e| e.into_inner());
+            // Replicas on hosts that are down are lost.
+            for hosts in assignments.values_mut() {
+                let before = hosts.len();
+                hosts.retain(|h| alive.contains(h.as_str()));
+                if hosts.len() < before {
+                    self.host_losses
+                        .fetch_add((before - hosts.len()) as u64, Ordering::Relaxed);
+                }
+            }
+            assignments
+                .iter()
+                .filter(|(w, _)| !frozen.contains(*w))
+                .flat_map(|(w, hosts)| {
+                    hosts.iter().map(|h| Running {
+                        workload: w.clone(),
+                        host: h.clone(),
+                    })
+                })
+                .collect()
+        };
+        // A host's report lags the starts in flight and those it confirmed
+        // since its last heartbeat: count what is assigned to it, if more.
+        let mut views = views;
+        let memory: HashMap<&str, u64> =
+            specs.iter().map(|s| (s.name.as_str(), s.memory)).collect();
+        let mut assigned: HashMap<&str, (u64, u32)> = HashMap::new();
+        for r in &running {
+            let e = assigned.entry(r.host.as_str()).or_default();
+            e.0 += memory.get(r.workload.as_str()).copied().unwrap_or(0);
+            e.1 += 1;
+        }
+        for v in &mut views {
+            if let Some((mem, n)) = assigned.get(v.id.as_str()) {
+                v.memory_used = v.memory_used.max(*mem);
+                v.slots_used = v.slots_used.max(*n);
+            }
+        }
+        let planning = Instant::now();
+        let plan = reconcile::reconcile(&desired, &running, &views);
+        tracing::debug!(
+            workloads = desired.len(),
+            hosts = views.len(),
+            commands = plan.commands.len(),
+            took_ms = planning.elapsed().as_secs_f64() * 1e3,
+            "reconcile round planned"
+        );
+        for u in &plan.unplaceable {
+            tracing::warn!(workload = %u.workload, missing = u.missing, "no eligible host");
+        }
+        // Stops first, then starts; each group runs up to COMMANDS_IN_FLIGHT
+        // calls at a time, so re-placing the workloads of many lost hosts
+        // does not wait on one host after another.
+        let (stops, starts): (Vec<Command>, Vec<Command>) = plan
+            .commands
+            .into_iter()
+            .partition(|c| matches!(c, Command::Stop { .. }));
+        for group in [stops, starts] {
+            futures_util::stream::iter(group)
+                .for_each_concurrent(COMMANDS_IN_FLIGHT, |command| self.perform(command, &specs))
+                .await;
+        }
+    }
+
+    async fn perform(&self, command: Command, specs: &[WorkloadSpec]) {
+        match command {
+            Command::Start { workload, host } => {
+                let Some(spec) = specs.iter().find(|s| s.name == workload) else {
+                    return;
+                };
+                // Count it as placed while the start is in flight, so
+                // the next round does not place it twice.
+                self.assign(&workload, &host, true);
+                if let Err(e) = self.start_on(&host, spec).await {
+                    tracing::warn!(%workload, %host, error = %e, "start failed");
+                    self.assign(&workload, &host, false);
+                    self.touch();
+                } else {
+                    self.placements.fetch_add(1, Ordering::Relaxed);
+                    self.confirmed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert((workload.clone(), host.clone()));
+                    self.event(
+                        "workload_started",
+                        serde_json::json!({ "workload": workload, "host": host }),
+                    );
+                }
+            }
+            Command::Stop { workload, host } => {
+                if let Err(e) = self.stop_on(&host, &workload).await {
+                    tracing::warn!(%workload, %host, error = %e, "stop failed");
+                }
+                self.event(
+                    "workload_stopped",
+                    serde_json::json!({ "workload": workload, "host": host }),
+                );
+                self.assign(&workload, &host, false);
+            }
+        }
+    }
+
+    /// Stop copies that hosts report at a generation below the workload's:
+    /// left behind by a migration whose source missed the hand-off.
+    async fn stop_stale(&self) {
+        let frozen = self.frozen();
+        let stale: Vec<(String, String)> = self
+            .hosts
+            .iter()
+            .flat_map(|e| {
+                e.instances
+                    .iter()
+                    .filter(|i| {
+                        !frozen.contains(&i.workload) && i.generation < self.generation(&i.workload)
+                    })
+                    .map(|i| (e.key().clone(), i.workload.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (host, workload) in stale {
+            // Only a copy still below the generation: the report may be
+            // older than a migration that brought the workload back here.
+            let generation = self.generation(&workload);
+            let Some(to) = self.endpoint(&host) else {
+                continue;
+            };
+            let stopped = self
+                .client
+                .stop(&to, &workload, Stop::Below(generation))
+                .await;
+            tracing::info!(%workload, %host, generation, "stopping a copy fenced off by a newer generation, if still there");
+            if stopped.is_ok()
+                && let Some(mut e) = self.hosts.get_mut(&host)
+            {
+                e.instances.retain(|i| i.workload != workload);
+            }
+        }
+    }
+
+    pub(super) fn assign(&self, workload: &str, host: &str, on: bool) {
+        {
+            let mut assignments = self.assignments.lock().unwrap_or_else(|e| e.into_inner());
+            let hosts = assignments.entry(workload.to_string()).or_default();
+            if on {
+                hosts.insert(host.to_string());
+            } else {
+                hosts.remove(host);
+            }
+        }
+        if !on {
+            self.confirmed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&(workload.to_string(), host.to_string()));
+        }
+    }
+
+    async fn start_on(&self, host: &str, spec: &WorkloadSpec) -> Result<(), HostError> {
+        let to = self
+            .endpoint(host)
+            .ok_or_else(|| HostError::Unknown(host.to_string()))?;
+        let start = StartInstance {
+            digest: spec.digest.clone(),
+            memory: spec.memory,
+            env: spec.env.clone(),
+            grants: spec.grants.clone(),
+            generation: self.generation(&spec.name),
+        };
+        self.client.start(&to, &spec.name, &start).await
+    }
+
+    /// Stop whatever copy of `workload` runs on `host`.
+    pub(super) async fn stop_on(&self, host: &str, workload: &str) -> Result<(), HostError> {
+        let to = self
+            .endpoint(host)
+            .ok_or_else(|| HostError::Unknown(host.to_string()))?;
+        self.client.stop(&to, workload, Stop::Any).await
+    }
+}

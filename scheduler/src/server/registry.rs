@@ -1,0 +1,226 @@
+//! The host registry: hosts join with a token, heartbeat, and are alive
+//! while their heartbeats arrive within `heartbeat_timeout`. Also `GET
+//! /v1/nodes` and the cordon, uncordon and drain actions on a host.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use roam_proto::paths::NodeAction;
+use roam_proto::reply::error;
+use roam_proto::{Heartbeat, JoinRequest, JoinResponse, NodeInfo, NodeStatus};
+
+use super::{HostEntry, Scheduler, parse};
+use crate::auth::{self, Role};
+use crate::placement::HostView;
+
+impl Scheduler {
+    pub(super) fn alive(&self, entry: &HostEntry) -> bool {
+        entry.last_seen.elapsed() < self.config.heartbeat_timeout
+    }
+
+    pub(super) fn host_views(&self) -> Vec<HostView> {
+        let cordoned = self.cordoned();
+        let mut views: Vec<HostView> = self
+            .hosts
+            .iter()
+            .map(|e| HostView {
+                id: e.key().clone(),
+                labels: e.labels.clone(),
+                alive: self.alive(&e),
+                cordoned: cordoned.contains(e.key()),
+                memory_total: e.capacity.memory,
+                memory_used: e.memory_used,
+                slots_total: e.capacity.slots,
+                slots_used: e.instances.len() as u32,
+            })
+            .collect();
+        views.sort_by(|a, b| a.id.cmp(&b.id));
+        views
+    }
+
+    /// Whether a host went down or came back since the last round (a scan
+    /// of the registry that copies nothing).
+    pub(super) fn liveness_changed(&self) -> bool {
+        let down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+        self.hosts
+            .iter()
+            .any(|e| self.alive(&e) == down.contains(e.key()))
+    }
+}
+
+pub(super) async fn join(
+    State(s): State<Arc<Scheduler>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some((hash, Role::Join { labels: bound })) = s.role(&headers) else {
+        return error(StatusCode::UNAUTHORIZED, "a join token is required");
+    };
+    let req: JoinRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if let Err(e) = roam_proto::check_protocol(&format!("host `{}`", req.name), req.protocol) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    if req.name.is_empty() || req.name.len() > 253 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "host name must be 1-253 characters",
+        );
+    }
+    let mut labels = match auth::host_labels(&req.labels, &bound) {
+        Ok(l) => l,
+        Err(e) => return error(StatusCode::FORBIDDEN, e.to_string()),
+    };
+    labels.insert("arch".into(), req.arch.clone());
+    let engine = match req.engine_kind.as_str() {
+        "" | "cranelift" => "cranelift",
+        "pulley" => "pulley",
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown engine `{other}` (hosts run `cranelift` or `pulley`)"),
+            );
+        }
+    };
+    labels.insert("engine".into(), engine.to_string());
+    if let Some(existing) = s.hosts.get(&req.name)
+        && existing.token_hash != hash
+        && s.alive(&existing)
+    {
+        return error(
+            StatusCode::CONFLICT,
+            format!("host `{}` is already joined with another token", req.name),
+        );
+    }
+    let secret = match auth::new_token() {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    // A copy older than the workload's generation was fenced off by a
+    // migration; the reconciler stops it.
+    for i in &req.instances {
+        if i.generation >= s.generation(&i.workload) {
+            s.assign(&i.workload, &req.name, true);
+        }
+    }
+    s.hosts.insert(
+        req.name.clone(),
+        HostEntry {
+            url: req.url,
+            labels: Arc::new(labels.clone()),
+            capacity: req.capacity,
+            arch: req.arch,
+            engine: req.engine,
+            secret: secret.clone(),
+            token_hash: hash,
+            last_seen: Instant::now(),
+            memory_used: req.instances.iter().map(|i| i.memory).sum(),
+            instances: req.instances,
+        },
+    );
+    s.event("host_joined", serde_json::json!({ "host": req.name }));
+    s.touch();
+    Json(JoinResponse {
+        labels,
+        host_secret: secret,
+        heartbeat_ms: s.config.heartbeat.as_millis() as u64,
+    })
+    .into_response()
+}
+
+pub(super) async fn heartbeat(
+    State(s): State<Arc<Scheduler>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(hash) = s.join_token(&headers) else {
+        return error(StatusCode::UNAUTHORIZED, "a join token is required");
+    };
+    let beat: Heartbeat = match parse(&body) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let Some(mut entry) = s.hosts.get_mut(&name) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("unknown host `{name}`; join first"),
+        );
+    };
+    if entry.token_hash != hash {
+        return error(StatusCode::FORBIDDEN, "heartbeat with another host's token");
+    }
+    entry.last_seen = Instant::now();
+    if beat.capacity.slots > 0 && entry.capacity != beat.capacity {
+        entry.capacity = beat.capacity;
+        s.touch();
+    }
+    if !beat.arch.is_empty() {
+        entry.arch = beat.arch;
+    }
+    if !beat.engine.is_empty() {
+        entry.engine = beat.engine;
+    }
+    if entry.memory_used != beat.memory_used || entry.instances != beat.instances {
+        entry.memory_used = beat.memory_used;
+        entry.instances = beat.instances;
+        drop(entry);
+        s.touch();
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+pub(super) async fn nodes(State(s): State<Arc<Scheduler>>) -> Response {
+    let cordoned = s.cordoned();
+    let mut out: Vec<NodeInfo> = s
+        .hosts
+        .iter()
+        .map(|e| NodeInfo {
+            name: e.key().clone(),
+            url: e.url.clone(),
+            labels: (*e.labels).clone(),
+            status: if !s.alive(&e) {
+                NodeStatus::Down
+            } else if cordoned.contains(e.key()) {
+                NodeStatus::Cordoned
+            } else {
+                NodeStatus::Ready
+            },
+            arch: e.arch.clone(),
+            engine: e.engine.clone(),
+            capacity: e.capacity,
+            memory_used: e.memory_used,
+            instances: e.instances.iter().map(|i| i.workload.clone()).collect(),
+            last_seen_ms: e.last_seen.elapsed().as_millis() as u64,
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Json(out).into_response()
+}
+
+/// `POST /v1/nodes/{name}/{action}`: cordon, uncordon or drain a host.
+pub(super) async fn node_action(
+    State(s): State<Arc<Scheduler>>,
+    Path((name, action)): Path<(String, String)>,
+) -> Response {
+    let on = match NodeAction::parse(&action) {
+        Some(NodeAction::Drain) => return super::drain::drain(s, name).await,
+        Some(NodeAction::Cordon) => true,
+        Some(NodeAction::Uncordon) => false,
+        None => return error(StatusCode::NOT_FOUND, format!("unknown action `{action}`")),
+    };
+    if !s.hosts.contains_key(&name) {
+        return error(StatusCode::NOT_FOUND, format!("no host `{name}`"));
+    }
+    match s.set_cordoned(&name, on) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
