@@ -24,7 +24,7 @@ enum Command {
     Up(commands::up::UpArgs),
     /// Run the scheduler (control plane).
     Scheduler(commands::daemons::SchedulerArgs),
-    /// Run a host agent that joins a scheduler.
+    /// Run a host daemon that joins a scheduler.
     Host(commands::daemons::HostArgs),
     /// Manage join tokens.
     #[command(subcommand)]

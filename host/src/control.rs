@@ -102,7 +102,7 @@ async fn launch(
         let workloads = host.workloads.lock().await;
         if workloads
             .get(&workload)
-            .is_some_and(|r| r.digest == spec.digest)
+            .is_some_and(|r| r.status.digest == spec.digest)
         {
             return StatusCode::OK.into_response();
         }
@@ -111,7 +111,7 @@ async fn launch(
         let (used, count) = workloads
             .iter()
             .filter(|(name, _)| **name != workload)
-            .fold((0u64, 0u32), |(m, n), (_, r)| (m + r.memory, n + 1));
+            .fold((0u64, 0u32), |(m, n), (_, r)| (m + r.status.memory, n + 1));
         let (capacity, slots) = (host.config.capacity_memory, host.config.slots);
         if count >= slots || used.saturating_add(spec.memory) > capacity {
             return error(
@@ -167,13 +167,13 @@ async fn stop(
 ) -> Response {
     let mut workloads = host.workloads.lock().await;
     if let (Some(below), Some(r)) = (q.below_generation, workloads.get(&workload))
-        && r.generation >= below
+        && r.status.generation >= below
     {
         return error(
             StatusCode::CONFLICT,
             format!(
                 "`{workload}` runs here at generation {}, not below {below}",
-                r.generation
+                r.status.generation
             ),
         );
     }

@@ -20,7 +20,7 @@ use axum::response::Response;
 use axum::routing::any;
 use roam_proto::reply::error;
 use roam_proto::{InstanceStatus, Labels, StartInstance, paths};
-use roam_runtime::abi::{Grants, HostInfo};
+use roam_runtime::abi::Place;
 use roam_runtime::driver::{self, DriverOptions, LocalBus, WorkloadHandle};
 use roam_runtime::{Digest, InstanceConfig, Module, Runtime, RuntimeConfig, Workload};
 
@@ -29,13 +29,11 @@ use crate::migration::Migrations;
 use crate::scheduler_client::SchedulerClient;
 use crate::{control, ingress, migration};
 
-/// A workload running here.
+/// A workload running here: its driver, and the record reported to the
+/// scheduler (module digest, memory, the generation this copy runs at).
 pub(crate) struct Running {
     pub(crate) handle: WorkloadHandle,
-    pub(crate) digest: String,
-    pub(crate) memory: u64,
-    /// Generation (fencing token) this copy runs at.
-    pub(crate) generation: u64,
+    pub(crate) status: InstanceStatus,
 }
 
 /// The daemon's shared state.
@@ -172,16 +170,8 @@ impl Host {
     pub(crate) async fn statuses(&self) -> (u64, Vec<InstanceStatus>) {
         let workloads = self.workloads.lock().await;
         (
-            workloads.values().map(|r| r.memory).sum(),
-            workloads
-                .iter()
-                .map(|(name, r)| InstanceStatus {
-                    workload: name.clone(),
-                    digest: r.digest.clone(),
-                    memory: r.memory,
-                    generation: r.generation,
-                })
-                .collect(),
+            workloads.values().map(|r| r.status.memory).sum(),
+            workloads.values().map(|r| r.status.clone()).collect(),
         )
     }
 
@@ -200,12 +190,8 @@ impl Host {
         let mut config = InstanceConfig::new(workload);
         config.memory_limit = spec.memory;
         config.env = spec.env.clone().into_iter().collect();
-        config.grants = Grants {
-            kv: spec.grants.kv,
-            timers: spec.grants.timers,
-            send: spec.grants.send.clone(),
-        };
-        config.info = HostInfo {
+        config.grants = spec.grants.clone();
+        config.info = Place {
             host: self.config.name.clone(),
             site: labels.get("site").cloned().unwrap_or_default(),
         };
@@ -237,12 +223,15 @@ impl Host {
         self.bus.register(handle.clone());
         self.migrations.arrived(&workload);
         let old = self.workloads.lock().await.insert(
-            workload,
+            workload.clone(),
             Running {
                 handle,
-                digest,
-                memory,
-                generation,
+                status: InstanceStatus {
+                    workload,
+                    digest,
+                    memory,
+                    generation,
+                },
             },
         );
         if let Some(old) = old {

@@ -36,13 +36,13 @@ pub(crate) async fn ingress(
     let handle = {
         let workloads = host.workloads.lock().await;
         match workloads.get(workload) {
-            Some(r) if wanted.is_none_or(|g| g == r.generation) => r.handle.clone(),
+            Some(r) if wanted.is_none_or(|g| g == r.status.generation) => r.handle.clone(),
             Some(r) => {
                 return not_dispatched(
                     StatusCode::CONFLICT,
                     format!(
                         "stale generation: `{workload}` runs here at generation {}, the request was routed for {}",
-                        r.generation,
+                        r.status.generation,
                         wanted.unwrap_or_default()
                     ),
                 );

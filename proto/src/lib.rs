@@ -17,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+mod digest;
 pub mod headers;
 pub mod migration;
 pub mod pages;
@@ -24,6 +25,7 @@ pub mod paths;
 #[cfg(feature = "server")]
 pub mod reply;
 
+pub use digest::Digest;
 pub use migration::*;
 
 use std::collections::BTreeMap;
@@ -152,18 +154,46 @@ pub struct StartInstance {
     pub generation: u64,
 }
 
-/// ABI grants in a manifest.
+/// Capabilities of the guest ABI granted to a workload (`workload.toml`,
+/// the instance spec, the runtime's checks). Everything is denied by
+/// default.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grants {
-    /// Key-value store.
+    /// The private key-value store.
     #[serde(default)]
     pub kv: bool,
     /// Timers.
     #[serde(default)]
     pub timers: bool,
-    /// Workloads it may send to (`*` for any).
+    /// Workloads it may send messages to; `*` means any.
     #[serde(default)]
     pub send: Vec<String>,
+}
+
+impl Grants {
+    /// Every capability, for a developer's local loop.
+    pub fn all() -> Grants {
+        Grants {
+            kv: true,
+            timers: true,
+            send: vec!["*".into()],
+        }
+    }
+
+    /// Whether `name` is granted (`kv`, `timers`, `send`).
+    pub fn allows(&self, capability: &str) -> bool {
+        match capability {
+            "kv" => self.kv,
+            "timers" => self.timers,
+            "send" => !self.send.is_empty(),
+            _ => false,
+        }
+    }
+
+    /// Whether messages to `to` are allowed.
+    pub fn may_send_to(&self, to: &str) -> bool {
+        self.send.iter().any(|s| s == "*" || s == to)
+    }
 }
 
 /// A workload as the operator describes it (`workload.toml`, `POST /v1/workloads`).

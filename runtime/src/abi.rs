@@ -30,7 +30,7 @@ use wasmtime::Linker;
 
 use crate::instance::InstanceState;
 
-pub use state::{AbiState, Grants, HostInfo, InboundMessage, LogRecord, OutboundMessage, Quotas};
+pub use state::{AbiState, Grants, InboundMessage, LogRecord, OutboundMessage, Place, Quotas};
 
 /// The ABI version this host implements.
 pub const ABI_VERSION: i32 = 1;

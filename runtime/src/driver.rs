@@ -340,8 +340,9 @@ pub fn spawn(
     WorkloadHandle { name, tx }
 }
 
-/// Whether the driver dispatches events, holds them (frozen for the last
-/// step of a migration), or forwards them to the workload's new host.
+/// Whether the driver dispatches events or holds them (frozen for the last
+/// step of a migration). After a hand-off it leaves this loop and forwards
+/// every event to the workload's new host instead.
 enum Mode {
     Serving,
     Held(Vec<Forwarded>),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::Val;
 use crate::abi::codec::{self, Request, Response};
-use crate::abi::{self, HostInfo, InboundMessage, OutboundMessage, codes};
+use crate::abi::{self, InboundMessage, OutboundMessage, Place, codes};
 use crate::error::{CallError, InstantiateError};
 use crate::instance::{Instance, InstanceConfig};
 use crate::module::Module;
@@ -76,7 +76,7 @@ impl Workload {
         module: &Module,
         config: InstanceConfig,
         snapshot: &Snapshot,
-        moved_from: Option<&HostInfo>,
+        moved_from: Option<&Place>,
     ) -> Result<Workload, InstantiateError> {
         check_exports(module, &config.name)?;
         let instance = rt.restore(module, config, snapshot).await?;
@@ -89,7 +89,7 @@ impl Workload {
     /// `roam_restored` hook.
     pub async fn resume(
         instance: Instance,
-        moved_from: Option<&HostInfo>,
+        moved_from: Option<&Place>,
     ) -> Result<Workload, InstantiateError> {
         check_exports(instance.module(), &instance.config().name)?;
         let here = instance.config().info.clone();

@@ -17,7 +17,7 @@
 use std::time::{Duration, Instant};
 
 use roam_scheduler::placement::{self, HostView, PlacementRequest};
-use roam_scheduler::reconcile::{self, Command, Running, WorkloadSpec};
+use roam_scheduler::reconcile::{self, Command, Desired, Replica};
 use roam_scheduler::selector::Selector;
 
 const JURISDICTIONS: [&str; 3] = ["EU", "US", "APAC"];
@@ -51,7 +51,7 @@ fn hosts(n: usize) -> Vec<HostView> {
         .collect()
 }
 
-fn workloads(n: usize) -> Vec<WorkloadSpec> {
+fn workloads(n: usize) -> Vec<Desired> {
     (0..n)
         .map(|i| {
             let (selector, replicas, spread) = match i % 4 {
@@ -60,7 +60,7 @@ fn workloads(n: usize) -> Vec<WorkloadSpec> {
                 2 => ("", 3, Some("site".to_string())),
                 _ => ("jurisdiction=APAC,arch=x86_64", 1, None),
             };
-            WorkloadSpec {
+            Desired {
                 name: format!("w-{i:05}"),
                 replicas,
                 selector: Selector::parse(selector).unwrap(),
@@ -114,11 +114,11 @@ fn main() {
         let t = Instant::now();
         let plan = reconcile::reconcile(&specs, &[], &hosts);
         let place_time = t.elapsed();
-        let running: Vec<Running> = plan
+        let running: Vec<Replica> = plan
             .commands
             .iter()
             .filter_map(|c| match c {
-                Command::Start { workload, host } => Some(Running {
+                Command::Start { workload, host } => Some(Replica {
                     workload: workload.clone(),
                     host: host.clone(),
                 }),

@@ -12,9 +12,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use crate::placement::{self, HostView, PlacementRequest, Rejection};
 use crate::selector::Selector;
 
-/// What the operator asked for, per workload.
+/// What the operator asked for, per workload, as the reconciler reads it:
+/// the fields of a `roam_proto::WorkloadSpec` that placement needs, with
+/// its selector parsed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct WorkloadSpec {
+pub struct Desired {
     /// Workload name.
     pub name: String,
     /// Replicas wanted.
@@ -27,9 +29,9 @@ pub struct WorkloadSpec {
     pub spread_by: Option<String>,
 }
 
-/// A replica that runs (or ran, if its host is down).
+/// A replica placed on a host: it runs there (or ran, if its host is down).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Running {
+pub struct Replica {
     /// Workload name.
     pub workload: String,
     /// Host it runs on.
@@ -76,7 +78,7 @@ pub struct Plan {
 }
 
 /// Compare `desired` with `running` on `hosts`.
-pub fn reconcile(desired: &[WorkloadSpec], running: &[Running], hosts: &[HostView]) -> Plan {
+pub fn reconcile(desired: &[Desired], running: &[Replica], hosts: &[HostView]) -> Plan {
     let mut hosts: Vec<HostView> = hosts.to_vec();
     let alive: HashSet<&str> = hosts
         .iter()
@@ -84,8 +86,7 @@ pub fn reconcile(desired: &[WorkloadSpec], running: &[Running], hosts: &[HostVie
         .map(|h| h.id.as_str())
         .collect();
     let mut plan = Plan::default();
-    let specs: BTreeMap<&str, &WorkloadSpec> =
-        desired.iter().map(|s| (s.name.as_str(), s)).collect();
+    let specs: BTreeMap<&str, &Desired> = desired.iter().map(|s| (s.name.as_str(), s)).collect();
 
     // Live replicas by workload; replicas of workloads nobody wants any more.
     let mut live_by_workload: HashMap<&str, Vec<String>> = HashMap::new();
@@ -180,8 +181,8 @@ mod tests {
         }
     }
 
-    fn spec(name: &str, replicas: u32, selector: &str) -> WorkloadSpec {
-        WorkloadSpec {
+    fn spec(name: &str, replicas: u32, selector: &str) -> Desired {
+        Desired {
             name: name.into(),
             replicas,
             selector: Selector::parse(selector).unwrap(),
@@ -197,7 +198,7 @@ mod tests {
             host("eu-2", "EU", true),
             host("us-1", "US", true),
         ];
-        let running = vec![Running {
+        let running = vec![Replica {
             workload: "w".into(),
             host: "eu-1".into(),
         }];
@@ -228,15 +229,15 @@ mod tests {
             host("c", "EU", true),
         ];
         let running = vec![
-            Running {
+            Replica {
                 workload: "w".into(),
                 host: "a".into(),
             },
-            Running {
+            Replica {
                 workload: "w".into(),
                 host: "c".into(),
             },
-            Running {
+            Replica {
                 workload: "old".into(),
                 host: "b".into(),
             },
@@ -283,7 +284,7 @@ mod tests {
                 h
             })
             .collect();
-        let mut specs: Vec<WorkloadSpec> = (0..200)
+        let mut specs: Vec<Desired> = (0..200)
             .map(|i| spec(&format!("w{i}"), 1, "jurisdiction=EU"))
             .collect();
         let mut spread = spec("spread", 3, "jurisdiction=EU");
@@ -314,7 +315,7 @@ mod tests {
         let hosts: Vec<HostView> = (0..2000)
             .map(|i| host(&format!("h{i:04}"), if i < 200 { "EU" } else { "US" }, true))
             .collect();
-        let specs: Vec<WorkloadSpec> = (0..500)
+        let specs: Vec<Desired> = (0..500)
             .map(|i| spec(&format!("w{i}"), 1, "jurisdiction=EU"))
             .collect();
         let plan = reconcile(&specs, &[], &hosts);

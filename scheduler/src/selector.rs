@@ -13,11 +13,10 @@
 //! | `key` | the label is present |
 //! | `!key` | the label is absent |
 
-use std::collections::BTreeMap;
 use std::fmt;
 
-/// Labels of a host: key → value.
-pub type Labels = BTreeMap<String, String>;
+/// Labels of a host: key → value (one definition, in `roam-proto`).
+pub use roam_proto::Labels;
 
 /// One requirement of a selector.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response as HttpResponse};
-use roam_runtime::abi::{Grants, HostInfo, Quotas};
+use roam_runtime::abi::{Grants, Place, Quotas};
 use roam_runtime::driver::{self, DriverOptions, WorkloadHandle};
 use roam_runtime::{InstanceConfig, Passthrough, Runtime, Workload};
 
@@ -49,7 +49,7 @@ pub async fn serve(args: RunArgs, runtime: Runtime, bytes: Vec<u8>) -> anyhow::R
     config.track_dirty = false;
     config.grants = Grants::all();
     config.quotas = quotas;
-    config.info = HostInfo {
+    config.info = Place {
         host: "local".into(),
         site: "local".into(),
     };

@@ -729,3 +729,36 @@ fn a_workload_snapshot_restores_on_another_host_with_its_state() {
             .contains("checksum mismatch")
     );
 }
+
+/// Providers upgrade hosts on their own schedule: a host that speaks
+/// another protocol version is refused at join, with both versions named,
+/// and nothing of it is registered.
+#[test]
+fn a_host_speaking_another_protocol_version_is_refused_naming_both() {
+    let c = Cluster::start_with(&[]);
+    let token = c.join_token(&[("site", "eu-west-1"), ("jurisdiction", "EU")]);
+    let join = roam_proto::JoinRequest {
+        protocol: roam_proto::PROTOCOL_VERSION + 1,
+        name: "from-the-future".into(),
+        url: "http://127.0.0.1:9".into(),
+        capacity: roam_proto::Capacity {
+            memory: 1 << 30,
+            slots: 4,
+        },
+        arch: std::env::consts::ARCH.into(),
+        ..roam_proto::JoinRequest::default()
+    };
+    let mut r = c
+        .agent
+        .post(format!("{}/v1/hosts/join", c.url))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .send(serde_json::to_string(&join).unwrap())
+        .unwrap();
+    let body = r.body_mut().read_to_string().unwrap();
+    assert_eq!(r.status().as_u16(), 400, "{body}");
+    let theirs = format!("protocol {}", roam_proto::PROTOCOL_VERSION + 1);
+    let ours = format!("speaks {}", roam_proto::PROTOCOL_VERSION);
+    assert!(body.contains(&theirs) && body.contains(&ours), "{body}");
+    assert_eq!(c.nodes(), serde_json::json!([]), "nothing was registered");
+}

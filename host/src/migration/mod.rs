@@ -235,7 +235,7 @@ async fn status(
             .lock()
             .await
             .get(&q.workload)
-            .is_some_and(|r| q.generation > 0 && r.generation >= q.generation);
+            .is_some_and(|r| q.generation > 0 && r.status.generation >= q.generation);
     if serving {
         return answer(MigrationStatus::Target(TargetPhase::Serving));
     }

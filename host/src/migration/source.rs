@@ -909,7 +909,7 @@ pub(super) async fn abort_outgoing(
             if generation > 0
                 && let Some(r) = host.workloads.lock().await.get_mut(&out.workload)
             {
-                r.generation = generation;
+                r.status.generation = generation;
             }
             out.handle.resume().await;
             host.migrations

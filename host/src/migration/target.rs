@@ -25,11 +25,11 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use roam_proto::Place;
 use roam_proto::headers::{self, Index};
 use roam_proto::pages::{PAGE_SIZE, Verdict};
 use roam_proto::reply::error;
 use roam_proto::{CommitOutcome, FromQuery, PrepareMigration, StartInstance, TargetPhase};
-use roam_runtime::abi::HostInfo;
 use roam_runtime::snapshot::codec::{self, DecodeLimits};
 use roam_runtime::{Digest, Instance, Module, Workload};
 
@@ -52,7 +52,7 @@ pub(super) struct Incoming {
     module: Module,
     /// Reserved at prepare; holds the state received so far.
     instance: Instance,
-    source: HostInfo,
+    source: Place,
     state: Receive,
     /// Last prepare or round.
     touched: Instant,
@@ -306,10 +306,7 @@ pub(super) async fn prepare(
             spec: req.instance,
             module,
             instance,
-            source: HostInfo {
-                host: req.source.host,
-                site: req.source.site,
-            },
+            source: req.source,
             state: Receive::Round {
                 round: 0,
                 part: 0,

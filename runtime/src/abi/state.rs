@@ -14,42 +14,7 @@ use std::collections::{BTreeMap, VecDeque};
 pub const SECTION: &str = "roam.abi";
 const SECTION_VERSION: u32 = 1;
 
-/// Capabilities granted to a workload. Everything is denied by default.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Grants {
-    /// The private key-value store.
-    pub kv: bool,
-    /// Timers.
-    pub timers: bool,
-    /// Workloads it may send messages to; `*` means any.
-    pub send: Vec<String>,
-}
-
-impl Grants {
-    /// Every capability, for a developer's local loop.
-    pub fn all() -> Grants {
-        Grants {
-            kv: true,
-            timers: true,
-            send: vec!["*".into()],
-        }
-    }
-
-    /// Whether `name` is granted (`kv`, `timers`, `send`).
-    pub fn allows(&self, capability: &str) -> bool {
-        match capability {
-            "kv" => self.kv,
-            "timers" => self.timers,
-            "send" => !self.send.is_empty(),
-            _ => false,
-        }
-    }
-
-    /// Whether messages to `to` are allowed.
-    pub fn may_send_to(&self, to: &str) -> bool {
-        self.send.iter().any(|s| s == "*" || s == to)
-    }
-}
+pub use roam_proto::Grants;
 
 /// Bounds on what a workload may hold in the host. Each protects the host's
 /// memory from one guest.
@@ -100,14 +65,9 @@ impl Default for Quotas {
     }
 }
 
-/// Where the workload runs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct HostInfo {
-    /// Host name.
-    pub host: String,
-    /// Site name.
-    pub site: String,
-}
+/// Where the workload runs: host and site (its restore hook is told where
+/// it came from).
+pub use roam_proto::Place;
 
 /// A message sent by this workload, waiting to be routed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,7 +113,7 @@ pub struct AbiState {
     /// Its bounds.
     pub quotas: Quotas,
     /// Where it runs now.
-    pub info: HostInfo,
+    pub info: Place,
     /// Key-value data.
     pub kv: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Bytes of keys and values.

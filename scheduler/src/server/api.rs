@@ -15,7 +15,6 @@ use roam_proto::reply::error;
 use roam_proto::{
     InstanceInfo, ModuleRef, StartInstance, TokenRequest, TokenResponse, WorkloadInfo, WorkloadSpec,
 };
-use sha2::{Digest, Sha256};
 
 use super::{Scheduler, parse};
 use crate::auth::{self, Role, TokenRecord};
@@ -24,13 +23,13 @@ use crate::selector::Selector;
 
 impl Scheduler {
     pub(super) fn module_path(&self, digest: &str) -> Option<PathBuf> {
-        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| {
+        let digest = roam_proto::Digest::parse(digest)?;
+        Some(
             self.config
                 .data_dir
                 .join("modules")
-                .join(format!("{}.wasm", hex.to_ascii_lowercase()))
-        })
+                .join(format!("{}.wasm", digest.hex())),
+        )
     }
 }
 
@@ -71,7 +70,7 @@ pub(super) async fn upload_module(State(s): State<Arc<Scheduler>>, body: Bytes) 
             "not a WebAssembly module (no `\\0asm` header)",
         );
     }
-    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
+    let digest = roam_proto::Digest::of(&body).to_string();
     let Some(path) = s.module_path(&digest) else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "bad digest");
     };

@@ -14,6 +14,12 @@ use roam_proto::{
 
 use crate::verdict::Answer;
 
+/// Longest wait for a host's answer to a status question: it is asked on
+/// every reconcile round while the scheduler is unsure of a migration, and
+/// a host cut off by a partition must not hold the round up for the
+/// client's whole timeout.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Where a host is reached, and the secret it expects.
 #[derive(Clone, Debug)]
 pub(super) struct Endpoint {
@@ -308,10 +314,8 @@ impl HostClient {
             Ok(p) => p.on(&to.url),
             Err(_) => return Answer::Silent,
         };
-        match self
-            .json::<MigrationStatus>(to, self.http.get(url).query(query))
-            .await
-        {
+        let request = self.http.get(url).query(query).timeout(STATUS_TIMEOUT);
+        match self.json::<MigrationStatus>(to, request).await {
             Ok(status) => Answer::Said(status),
             Err(HostError::Unreachable { refused: true, .. }) => Answer::Gone,
             Err(_) => Answer::Silent,

@@ -13,7 +13,7 @@ use roam_proto::{StartInstance, WorkloadSpec};
 
 use super::Scheduler;
 use super::host_client::{HostError, Stop};
-use crate::reconcile::{self, Command, Running};
+use crate::reconcile::{self, Command, Replica};
 use crate::selector::Selector;
 
 /// Start and stop calls to hosts the reconciler keeps in flight at once.
@@ -76,7 +76,7 @@ impl Scheduler {
         let mut desired = Vec::new();
         for s in specs.iter().filter(|s| !frozen.contains(&s.name)) {
             match Selector::parse(&s.selector) {
-                Ok(selector) => desired.push(reconcile::WorkloadSpec {
+                Ok(selector) => desired.push(reconcile::Desired {
                     name: s.name.clone(),
                     replicas: s.replicas,
                     selector,
@@ -88,7 +88,7 @@ impl Scheduler {
                 }
             }
         }
-        let running: Vec<Running> = {
+        let running: Vec<Replica> = {
             let mut assignments = self.assignments.lock().unwrap_or_else(|e| e.into_inner());
             // Replicas on hosts that are down are lost.
             for hosts in assignments.values_mut() {
@@ -103,7 +103,7 @@ impl Scheduler {
                 .iter()
                 .filter(|(w, _)| !frozen.contains(*w))
                 .flat_map(|(w, hosts)| {
-                    hosts.iter().map(|h| Running {
+                    hosts.iter().map(|h| Replica {
                         workload: w.clone(),
                         host: h.clone(),
                     })

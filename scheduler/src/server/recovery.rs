@@ -15,7 +15,7 @@ use roam_proto::{MigrationDecision, MigrationPhase};
 use super::Scheduler;
 use super::host_client::Decision;
 use super::migrations::Completion;
-use crate::verdict::{self, Verdict};
+use crate::verdict::{self, Answer, Verdict};
 
 /// What an abort found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +90,9 @@ impl Scheduler {
             let decided = verdict::verdict(source, target);
             tracing::info!(migration = %id, ?source, ?target, ?decided, "asked the hosts where a migration got to");
             let done = match decided {
+                // Activating a target that did not even answer would fail
+                // too (and wait for timeouts): ask again next round.
+                Verdict::Commit if target == Answer::Silent => false,
                 Verdict::Commit => {
                     let committed_before = m
                         .history

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use roam_runtime::abi::codec::Request;
-use roam_runtime::abi::{Grants, HostInfo};
+use roam_runtime::abi::{Grants, Place};
 use roam_runtime::driver::{self, DriverOptions, LocalBus};
 use roam_runtime::snapshot::codec::{self, DecodeLimits};
 use roam_runtime::{
@@ -29,7 +29,7 @@ fn load(rt: &Runtime, path: &str) -> Module {
 fn config(name: &str) -> InstanceConfig {
     let mut c = InstanceConfig::new(name);
     c.grants = Grants::all();
-    c.info = HostInfo {
+    c.info = Place {
         host: "h1".into(),
         site: "s1".into(),
     };
@@ -60,7 +60,7 @@ async fn move_workload(rt: &Runtime, module: &Module, w: &mut Workload, name: &s
     let bytes = codec::encode(&snapshot);
     let snapshot = codec::decode(&bytes, Some(&module.digest()), &DecodeLimits::default()).unwrap();
     let mut there = config(name);
-    there.info = HostInfo {
+    there.info = Place {
         host: "h2".into(),
         site: "s2".into(),
     };
@@ -69,7 +69,7 @@ async fn move_workload(rt: &Runtime, module: &Module, w: &mut Workload, name: &s
         module,
         there,
         &snapshot,
-        Some(&HostInfo {
+        Some(&Place {
             host: "h1".into(),
             site: "s1".into(),
         }),
