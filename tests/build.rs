@@ -172,7 +172,13 @@ fn main() {
     // `roam` itself for the other architectures the mixed cluster test runs
     // under qemu-user, in a target directory beside this build's (kept
     // across builds, so only changes are rebuilt).
-    for dir in ["runtime/src", "scheduler/src", "proto/src", "cli/src"] {
+    for dir in [
+        "runtime/src",
+        "host/src",
+        "scheduler/src",
+        "proto/src",
+        "cli/src",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!("cargo:rerun-if-env-changed=ROAM_SKIP_CROSS");

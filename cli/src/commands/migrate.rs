@@ -205,7 +205,7 @@ pub fn describe(id: &str, output: Output) -> anyhow::Result<ExitCode> {
     block_on(async move {
         let c = client()?;
         let m: MigrationInfo = c
-            .json(c.request(Method::GET, &paths::migration(&id)?))
+            .json(c.request(Method::GET, &paths::migration(id)?))
             .await?;
         match output {
             Output::Json => println!("{}", serde_json::to_string_pretty(&m)?),
@@ -221,7 +221,7 @@ pub fn drain(host: &str, output: Output) -> anyhow::Result<ExitCode> {
         let c = client()?;
         eprintln!("draining `{host}`: cordoned; moving its workloads off it");
         let outcomes: Vec<DrainOutcome> = c
-            .json(c.request(Method::POST, &paths::node_action(&host, NodeAction::Drain)?))
+            .json(c.request(Method::POST, &paths::node_action(host, NodeAction::Drain)?))
             .await?;
         if let Output::Json = output {
             println!("{}", serde_json::to_string_pretty(&outcomes)?);

@@ -378,7 +378,7 @@ pub fn describe(name: &str, output: Output) -> anyhow::Result<ExitCode> {
     block_on(async move {
         let c = client()?;
         let w: WorkloadInfo = c
-            .json(c.request(Method::GET, &paths::workload(&name)?))
+            .json(c.request(Method::GET, &paths::workload(name)?))
             .await?;
         if let Output::Json = output {
             println!("{}", serde_json::to_string_pretty(&w)?);
@@ -421,7 +421,7 @@ pub fn logs(name: &str, follow: bool) -> anyhow::Result<ExitCode> {
         let mut seen = 0usize;
         loop {
             let text = c
-                .send(c.request(Method::GET, &paths::workload_logs(&name)?))
+                .send(c.request(Method::GET, &paths::workload_logs(name)?))
                 .await?
                 .text()
                 .await?;
@@ -455,7 +455,7 @@ pub fn invoke(
             (None, None) => Method::GET,
         };
         let path = path.trim_start_matches('/');
-        let mut rb = c.request(method, &paths::ingress(&name, path)?);
+        let mut rb = c.request(method, &paths::ingress(name, path)?);
         if let Some(d) = data {
             rb = rb.body(d);
         }

@@ -161,13 +161,7 @@ pub(super) async fn deploy(State(s): State<Arc<Scheduler>>, body: Bytes) -> Resp
 /// A workload with where it runs and why every other host is not used,
 /// computed when asked (`describe`), not on every reconcile round.
 fn info(s: &Scheduler, spec: WorkloadSpec) -> WorkloadInfo {
-    let hosts: Vec<String> = s
-        .assignments
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&spec.name)
-        .map(|h| h.iter().cloned().collect())
-        .unwrap_or_default();
+    let hosts: Vec<String> = s.placed_on(&spec.name);
     let request = PlacementRequest {
         workload: spec.name.clone(),
         selector: Selector::parse(&spec.selector).unwrap_or_default(),
@@ -218,13 +212,7 @@ pub(super) async fn workload_logs(
     State(s): State<Arc<Scheduler>>,
     Path(name): Path<String>,
 ) -> Response {
-    let hosts: Vec<String> = s
-        .assignments
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&name)
-        .map(|h| h.iter().cloned().collect())
-        .unwrap_or_default();
+    let hosts: Vec<String> = s.placed_on(&name);
     let mut out = String::new();
     for host in hosts {
         let Some(to) = s.endpoint(&host) else {

@@ -257,13 +257,7 @@ impl Scheduler {
         if self.frozen().contains(&name) {
             return Err(MigrateError::AlreadyMigrating(name));
         }
-        let running: Vec<String> = self
-            .assignments
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&name)
-            .map(|h| h.iter().cloned().collect())
-            .unwrap_or_default();
+        let running: Vec<String> = self.placed_on(&name);
         let source = match (&req.from, running.as_slice()) {
             (Some(h), _) if running.contains(h) => h.clone(),
             (Some(h), _) => {

@@ -366,6 +366,16 @@ impl Scheduler {
         self.wake.notify_one();
     }
 
+    /// The hosts `workload` is placed on (starts in flight included).
+    fn placed_on(&self, workload: &str) -> Vec<String> {
+        self.assignments
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(workload)
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Where `host` is reached, if the registry knows it.
     fn endpoint(&self, host: &str) -> Option<Endpoint> {
         self.hosts.get(host).map(|e| Endpoint {
