@@ -120,7 +120,7 @@ impl SchedulerClient {
         match self
             .http
             .post(path.on(&self.base))
-            .query(&[("from", from)])
+            .query(&roam_proto::FromQuery { from: from.into() })
             .bearer_auth(&self.token)
             .body(body)
             .send()

@@ -674,7 +674,7 @@ fn forwarder(
                         None => Err("the migration id cannot name a path".to_string()),
                         Some(url) => match http
                             .post(url)
-                            .query(&[("from", from.as_str())])
+                            .query(&roam_proto::FromQuery { from })
                             .bearer_auth(&key)
                             .body(body)
                             .send()

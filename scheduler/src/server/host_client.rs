@@ -237,7 +237,7 @@ impl HostClient {
         Ok(self
             .http
             .post(paths::message(workload)?.on(&to.url))
-            .query(&[("from", from)])
+            .query(&roam_proto::FromQuery { from: from.into() })
             .bearer_auth(&to.secret)
             .body(body))
     }
