@@ -208,10 +208,16 @@ async fn message(
     Query(q): Query<roam_proto::FromQuery>,
     body: Bytes,
 ) -> Response {
-    let Some(handle) = host.bus.get(&workload) else {
-        return not_here(&workload);
+    deliver(&host, &workload, &q.from, body).await
+}
+
+/// Hand a message to `workload` here: 202 once it is queued, answered as
+/// not dispatched when the workload does not run here.
+pub(crate) async fn deliver(host: &Host, workload: &str, from: &str, body: Bytes) -> Response {
+    let Some(handle) = host.bus.get(workload) else {
+        return not_here(workload);
     };
-    match handle.message(&q.from, body.to_vec()).await {
+    match handle.message(from, body.to_vec()).await {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }

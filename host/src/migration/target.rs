@@ -36,7 +36,6 @@ use roam_runtime::{Digest, Instance, Module, Workload};
 use super::error::{ActivateError, KeyError, ReceiveError};
 use super::pages::FrameReader;
 use super::{Activated, PART, STALE};
-use crate::control::not_here;
 use crate::daemon::Host;
 use crate::fault::Fault;
 
@@ -622,13 +621,7 @@ pub(super) async fn forwarded_message(
         Ok(workload) => workload,
         Err(e) => return error(e.status(), e.to_string()),
     };
-    let Some(handle) = host.bus.get(&workload) else {
-        return not_here(&workload);
-    };
-    match handle.message(&q.from, body.to_vec()).await {
-        Ok(()) => StatusCode::ACCEPTED.into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    }
+    crate::control::deliver(&host, &workload, &q.from, body).await
 }
 
 /// Activate the received migration `id`: the workload serves here from now
