@@ -20,6 +20,7 @@ pub mod auth;
 mod digest;
 pub mod headers;
 pub mod migration;
+pub mod names;
 pub mod pages;
 pub mod paths;
 #[cfg(feature = "server")]
