@@ -332,8 +332,8 @@ fn measure(
         let (stop, phase) = (stop.clone(), phase.clone());
         let url = format!("{}/w/{name}", c.sched.url);
         let kib = rate * 1024 / 100;
+        let http = c.sched.http.clone();
         std::thread::spawn(move || {
-            let http = common::agent();
             let mut lat = Latencies::default();
             let mut next = Instant::now();
             while !stop.load(Ordering::Relaxed) {

@@ -13,11 +13,11 @@ pub struct HostConfig {
     pub name: String,
     /// Address of the host's API.
     pub listen: SocketAddr,
-    /// URL others reach the API at, if not `http://{listen}`.
+    /// URL others reach the API at, if not `https://{listen}`.
     pub advertise: Option<String>,
     /// Scheduler base URL.
     pub join: String,
-    /// Join token.
+    /// Join token (`SECRET.CA-HASH` as `roam token create` prints it).
     pub token: String,
     /// Data directory (compiled-code cache).
     pub data_dir: PathBuf,
@@ -37,4 +37,12 @@ pub struct HostConfig {
     pub engine: EngineKind,
     /// Untrusted labels the host reports (trusted ones come from the token).
     pub labels: Labels,
+    /// Serve and call over cleartext HTTP, with no certificate (the
+    /// scheduler must run so too): for a trusted network only.
+    pub insecure_plaintext: bool,
+    /// The operator's certificate chain and key (PEM) shown to clients of
+    /// the ingress; cluster peers always see the host's cluster certificate.
+    pub tls_cert: Option<PathBuf>,
+    /// See `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }

@@ -24,7 +24,11 @@ use roam_runtime::abi::Place;
 use roam_runtime::driver::{self, DriverOptions, LocalBus, WorkloadHandle};
 use roam_runtime::{Digest, InstanceConfig, Module, Runtime, RuntimeConfig, Workload};
 
+use roam_proto::auth::JoinToken;
+use roam_tls::{Identity, Peer, Transport};
+
 use crate::config::HostConfig;
+use crate::identity::HostTls;
 use crate::migration::Migrations;
 use crate::scheduler_client::SchedulerClient;
 use crate::{control, ingress, migration};
@@ -43,6 +47,11 @@ pub(crate) struct Host {
     pub(crate) bus: LocalBus,
     /// Calls to other hosts (migration streams, forwarding).
     pub(crate) http: reqwest::Client,
+    /// The CA and this host's certificate; `None` with
+    /// `--insecure-plaintext`.
+    pub(crate) tls: Option<HostTls>,
+    /// How other hosts are reached (shared with `http`'s resolver).
+    pub(crate) transport: Transport,
     pub(crate) scheduler: SchedulerClient,
     /// The secret the scheduler presents; set at (re)join.
     pub(crate) secret: Mutex<String>,
@@ -97,22 +106,38 @@ pub async fn run(config: HostConfig) -> anyhow::Result<()> {
         keep_resident: usize::try_from(config.keep_resident).unwrap_or(usize::MAX),
         ..RuntimeConfig::default()
     })?;
+    let tls = if config.insecure_plaintext {
+        tracing::warn!(
+            "--insecure-plaintext: secrets, workload state and memory pages cross the network in cleartext, and peers are not authenticated"
+        );
+        None
+    } else {
+        Some(HostTls::bootstrap(&config).await?)
+    };
+    let transport = tls.as_ref().map_or(Transport::Plain, HostTls::transport);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on `{}`", config.listen))?;
     let local = listener.local_addr()?;
-    let http = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()?;
+    let http =
+        transport.client(reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let scheduler = SchedulerClient::new(
+        http.clone(),
+        &transport.base(&Identity::Scheduler, &config.join)?,
+        JoinToken::parse(&config.token).secret,
+    );
     let host = Arc::new(Host {
         url: config
             .advertise
             .clone()
-            .unwrap_or_else(|| format!("http://{local}")),
+            .unwrap_or_else(|| format!("{scheme}://{local}")),
         runtime,
         bus: LocalBus::new(),
-        scheduler: SchedulerClient::new(http.clone(), &config.join, &config.token),
+        scheduler,
         http,
+        tls,
+        transport,
         secret: Mutex::new(String::new()),
         labels: Mutex::new(Labels::new()),
         workloads: tokio::sync::Mutex::new(HashMap::new()),
@@ -129,6 +154,11 @@ pub async fn run(config: HostConfig) -> anyhow::Result<()> {
         host.labels.lock().unwrap_or_else(|e| e.into_inner())
     );
     tokio::spawn(host.clone().heartbeats(heartbeat));
+    tokio::spawn(host.clone().renewals());
+    let server_tls = match &host.tls {
+        Some(tls) => Some(tls.server_config()?),
+        None => None,
+    };
 
     // Control routes are the scheduler's: every one needs the host secret.
     let control = control::routes()
@@ -137,27 +167,43 @@ pub async fn run(config: HostConfig) -> anyhow::Result<()> {
             host.clone(),
             require_secret,
         ));
+    let streams = migration::stream_routes().route_layer(axum::middleware::from_fn_with_state(
+        host.clone(),
+        migration::require_source,
+    ));
     let app = Router::new()
         .merge(control)
-        .merge(migration::stream_routes())
+        .merge(streams)
         .route(paths::ingress::ROOT, any(ingress::ingress))
         .route(paths::ingress::ROOT_SLASH, any(ingress::ingress))
         .route(paths::ingress::ANY, any(ingress::ingress))
         .with_state(host);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
+    roam_tls::serve(
+        listener,
+        app,
+        roam_tls::ServeOptions::new(server_tls),
+        async {
             let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .context("host API server failed")
+        },
+    )
+    .await
+    .context("host API server failed")
 }
 
-/// Refuse control routes without the host secret handed out at join.
+/// Refuse control routes to anyone but the scheduler: over TLS its
+/// certificate, and always the host secret handed out at join.
 async fn require_secret(
     State(host): State<Arc<Host>>,
+    peer: Peer,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    if host.tls.is_some() && !peer.is_scheduler() {
+        return error(
+            StatusCode::FORBIDDEN,
+            "control routes are the scheduler's; its certificate is required",
+        );
+    }
     if host.authorized(request.headers()) {
         next.run(request).await
     } else {
@@ -173,6 +219,15 @@ impl Host {
             workloads.values().map(|r| r.status.memory).sum(),
             workloads.values().map(|r| r.status.clone()).collect(),
         )
+    }
+
+    /// What to dial for host `name`, which registered `url`: over TLS its
+    /// identity name (so its certificate must name it), else `url`.
+    pub(crate) fn peer_base(&self, name: &str, url: &str) -> Result<String, roam_tls::TlsError> {
+        if !self.transport.is_tls() {
+            return Ok(url.trim_end_matches('/').to_string());
+        }
+        self.transport.base(&Identity::host(name)?, url)
     }
 
     fn authorized(&self, headers: &axum::http::HeaderMap) -> bool {

@@ -7,6 +7,7 @@
 //! | [`config`] | [`HostConfig`]: how the daemon runs |
 //! | `daemon.rs` | the shared state, the listener and its routes, running workloads |
 //! | `scheduler_client.rs` | every call to the scheduler: join, heartbeat, module fetch, message relay |
+//! | `identity.rs` | TLS: the pinned CA, the host certificate (join, renewal, kept in the data dir) |
 //! | `modules.rs` | module fetch (sha256-checked) and the compile gate |
 //! | `control.rs` | the scheduler's control API: start, stop, logs, snapshot, restore, messages |
 //! | [`ingress`] | `/w/{workload}/...`, with the generation check |
@@ -21,6 +22,7 @@ pub mod config;
 mod control;
 mod daemon;
 mod fault;
+mod identity;
 pub mod ingress;
 mod migration;
 mod modules;

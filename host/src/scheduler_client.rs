@@ -4,7 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use roam_proto::{Capacity, Heartbeat, JoinRequest, JoinResponse, PROTOCOL_VERSION, paths};
+use roam_proto::{
+    Capacity, Heartbeat, JoinRequest, JoinResponse, PROTOCOL_VERSION, RenewCertificate,
+    RenewedCertificate, paths,
+};
 use roam_runtime::Digest;
 use roam_runtime::abi::OutboundMessage;
 
@@ -44,6 +47,10 @@ impl SchedulerClient {
             .http
             .post(paths::join().on(&self.base))
             .bearer_auth(&self.token)
+            // A first join's connection carries no client certificate; the
+            // calls after it must present the one the join brings, so they
+            // must not reuse it.
+            .header(reqwest::header::CONNECTION, "close")
             .json(request)
             .send()
             .await;
@@ -79,6 +86,28 @@ impl SchedulerClient {
             Ok(r) => Answer::Retry(format!("the scheduler answered {}", r.status())),
             Err(e) => Answer::Retry(e.to_string()),
         }
+    }
+
+    /// Renew this host's certificate (presenting the current one).
+    pub(crate) async fn renew(
+        &self,
+        host: &str,
+        request: &RenewCertificate,
+    ) -> anyhow::Result<RenewedCertificate> {
+        let r = self
+            .http
+            .post(paths::host_certificate(host)?.on(&self.base))
+            .json(request)
+            .send()
+            .await?;
+        let status = r.status();
+        if !status.is_success() {
+            anyhow::bail!(
+                "the scheduler answered {status}: {}",
+                r.text().await.unwrap_or_default()
+            );
+        }
+        Ok(r.json().await?)
     }
 
     /// The module with `digest`, its size bounded and its sha256 checked.
@@ -144,7 +173,12 @@ impl Host {
     /// Join (or rejoin); returns the heartbeat period.
     pub(crate) async fn join(&self) -> anyhow::Result<Duration> {
         let (_, instances) = self.statuses().await;
+        let mut pending = match &self.tls {
+            Some(tls) => Some(tls.request()?),
+            None => None,
+        };
         let request = JoinRequest {
+            csr: pending.as_ref().map(|p| p.csr.clone()).unwrap_or_default(),
             protocol: PROTOCOL_VERSION,
             instances,
             name: self.config.name.clone(),
@@ -159,6 +193,9 @@ impl Host {
         loop {
             match self.scheduler.join(&request).await {
                 Answer::Ok(joined) => {
+                    if let (Some(tls), Some(pending)) = (&self.tls, pending.take()) {
+                        tls.install(pending, &joined.certificate)?;
+                    }
                     *self.secret.lock().unwrap_or_else(|e| e.into_inner()) = joined.host_secret;
                     *self.labels.lock().unwrap_or_else(|e| e.into_inner()) = joined.labels;
                     return Ok(Duration::from_millis(joined.heartbeat_ms.max(50)));

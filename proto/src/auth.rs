@@ -26,3 +26,39 @@ pub fn presents(authorization: Option<&str>, secret: &str) -> bool {
     !secret.is_empty()
         && constant_time_eq::constant_time_eq(presented.as_bytes(), secret.as_bytes())
 }
+
+/// A join token as handed to an operator: the secret the scheduler checks,
+/// then `.` and the sha256 (hex) of the cluster CA certificate, which the
+/// host checks before it sends the secret anywhere (as `kubeadm join
+/// --discovery-token-ca-cert-hash` does). A plaintext cluster's tokens
+/// carry no hash.
+///
+/// ```
+/// use roam_proto::auth::JoinToken;
+/// let t = JoinToken::parse("roam_ab.0123");
+/// assert_eq!((t.secret, t.ca_hash), ("roam_ab", Some("0123")));
+/// assert_eq!(JoinToken::parse("roam_ab").ca_hash, None);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JoinToken<'a> {
+    /// What the host presents as its bearer token.
+    pub secret: &'a str,
+    /// The CA hash, hex, if the token carries one.
+    pub ca_hash: Option<&'a str>,
+}
+
+impl<'a> JoinToken<'a> {
+    /// Split a token as written by `roam token create`.
+    pub fn parse(token: &'a str) -> JoinToken<'a> {
+        match token.split_once('.') {
+            Some((secret, hash)) => JoinToken {
+                secret,
+                ca_hash: Some(hash),
+            },
+            None => JoinToken {
+                secret: token,
+                ca_hash: None,
+            },
+        }
+    }
+}

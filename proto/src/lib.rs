@@ -40,14 +40,16 @@ pub type Labels = BTreeMap<String, String>;
 /// hosts on their own schedule: a scheduler refuses a join, and a host a
 /// migration prepare, that carries another version, naming both. Raise it
 /// whenever a message, route or frame changes incompatibly.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A refusal for a peer speaking another protocol version.
 ///
 /// ```
-/// assert!(roam_proto::check_protocol("host `h`", 1).is_ok());
-/// let e = roam_proto::check_protocol("host `h`", 0).unwrap_err();
-/// assert!(e.contains("speaks Roam protocol 0") && e.contains("speaks 1"), "{e}");
+/// use roam_proto::{PROTOCOL_VERSION, check_protocol};
+/// assert!(check_protocol("host `h`", PROTOCOL_VERSION).is_ok());
+/// let e = check_protocol("host `h`", 0).unwrap_err();
+/// assert!(e.contains("speaks Roam protocol 0"), "{e}");
+/// assert!(e.contains(&format!("speaks {PROTOCOL_VERSION}")), "{e}");
 /// ```
 pub fn check_protocol(peer: &str, theirs: u32) -> Result<(), String> {
     if theirs == PROTOCOL_VERSION {
@@ -84,6 +86,11 @@ pub struct JoinRequest {
     /// Workloads already running (a host rejoining a restarted scheduler).
     #[serde(default)]
     pub instances: Vec<InstanceStatus>,
+    /// A certificate signing request (PEM) for the host's key: over TLS the
+    /// scheduler answers with a certificate naming this host. Empty in
+    /// plaintext clusters.
+    #[serde(default)]
+    pub csr: String,
 }
 
 /// The scheduler's answer to a join.
@@ -95,6 +102,24 @@ pub struct JoinResponse {
     pub host_secret: String,
     /// Heartbeat period in milliseconds.
     pub heartbeat_ms: u64,
+    /// The host's certificate, then the cluster CA's (PEM; TLS only).
+    #[serde(default)]
+    pub certificate: String,
+}
+
+/// `POST /v1/hosts/{name}/certificate`: a host renews its certificate,
+/// presenting the current one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewCertificate {
+    /// A certificate signing request (PEM) for a new key.
+    pub csr: String,
+}
+
+/// The answer to [`RenewCertificate`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewedCertificate {
+    /// The host's new certificate, then the cluster CA's (PEM).
+    pub certificate: String,
 }
 
 /// What a host can hold.

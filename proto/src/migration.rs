@@ -115,6 +115,9 @@ pub struct SendMigration {
     pub workload: String,
     /// Target host's API base URL.
     pub target_url: String,
+    /// Target host's name: over TLS its certificate must name it.
+    #[serde(default)]
+    pub target: String,
     /// Secret for the target (see [`PrepareMigration::key`]).
     pub key: String,
     /// Generation the workload runs at on the target.

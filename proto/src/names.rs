@@ -6,7 +6,9 @@
 
 /// Why a name was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{what} name `{shown}` is not valid: {why} (names are 1-63 characters of a-z, 0-9 and `-`, not starting or ending with `-`)")]
+#[error(
+    "{what} name `{shown}` is not valid: {why} (names are 1-63 characters of a-z, 0-9 and `-`, not starting or ending with `-`)"
+)]
 pub struct BadName {
     /// What kind of name (`host`, `workload`, `site`).
     pub what: &'static str,

@@ -126,6 +126,12 @@ pub mod scheduler {
     pub const MESSAGE: &str = "/v1/messages/{workload}";
     /// `GET`: Prometheus metrics.
     pub const METRICS: &str = "/metrics";
+    /// `GET` (no credentials): the cluster CA certificate, PEM. A host
+    /// fetches it over a connection pinned to the hash its join token
+    /// carries.
+    pub const CA: &str = "/v1/ca";
+    /// `POST` (the host's own certificate): renew it from a new request.
+    pub const HOST_CERTIFICATE: &str = "/v1/hosts/{name}/certificate";
 }
 
 /// Route patterns (axum syntax) of a host's API.
@@ -257,6 +263,19 @@ pub fn heartbeat(host: &str) -> Result<ApiPath, BadSegment> {
         Fixed("hosts"),
         Segment(host),
         Fixed("heartbeat"),
+    ])
+}
+/// `/v1/ca`.
+pub fn ca() -> ApiPath {
+    ApiPath(scheduler::CA.into())
+}
+/// `/v1/hosts/{name}/certificate`.
+pub fn host_certificate(host: &str) -> Result<ApiPath, BadSegment> {
+    build(&[
+        Fixed("v1"),
+        Fixed("hosts"),
+        Segment(host),
+        Fixed("certificate"),
     ])
 }
 /// `/v1/messages/{workload}` (on the scheduler, or on a host).

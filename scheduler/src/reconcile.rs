@@ -88,13 +88,25 @@ pub fn reconcile(desired: &[Desired], running: &[Replica], hosts: &[HostView]) -
     let mut plan = Plan::default();
     let specs: BTreeMap<&str, &Desired> = desired.iter().map(|s| (s.name.as_str(), s)).collect();
 
-    // Live replicas by workload; replicas of workloads nobody wants any more.
+    let labels: HashMap<&str, &crate::selector::Labels> = hosts
+        .iter()
+        .map(|h| (h.id.as_str(), h.labels.as_ref()))
+        .collect();
+    // Live replicas by workload; replicas of workloads nobody wants any more,
+    // and replicas on hosts that no longer meet their workload's rules (its
+    // selector changed, or the host's labels did), are stopped, and placed
+    // again where the rules hold.
     let mut live_by_workload: HashMap<&str, Vec<String>> = HashMap::new();
     for r in running {
         if !alive.contains(r.host.as_str()) {
             continue;
         }
-        if specs.contains_key(r.workload.as_str()) {
+        let breaks_rules = specs.get(r.workload.as_str()).is_some_and(|spec| {
+            labels
+                .get(r.host.as_str())
+                .is_some_and(|l| !spec.selector.matches(l))
+        });
+        if specs.contains_key(r.workload.as_str()) && !breaks_rules {
             live_by_workload
                 .entry(r.workload.as_str())
                 .or_default()
@@ -266,6 +278,37 @@ mod tests {
             })
             .collect();
         assert_eq!(started, vec!["b", "c"]);
+    }
+
+    #[test]
+    fn a_replica_on_a_host_that_no_longer_meets_the_rules_is_moved() {
+        let hosts = vec![host("eu", "EU", true), host("us", "US", true)];
+        // Placed in the US when the rule allowed it; the rule now says EU.
+        let running = vec![Replica {
+            workload: "w".into(),
+            host: "us".into(),
+        }];
+        let plan = reconcile(&[spec("w", 1, "jurisdiction=EU")], &running, &hosts);
+        assert_eq!(
+            plan.commands,
+            vec![
+                Command::Stop {
+                    workload: "w".into(),
+                    host: "us".into()
+                },
+                Command::Start {
+                    workload: "w".into(),
+                    host: "eu".into()
+                },
+            ]
+        );
+        // A replica that meets the rules stays.
+        let running = vec![Replica {
+            workload: "w".into(),
+            host: "eu".into(),
+        }];
+        let plan = reconcile(&[spec("w", 1, "jurisdiction=EU")], &running, &hosts);
+        assert!(plan.commands.is_empty(), "{:?}", plan.commands);
     }
 
     #[test]

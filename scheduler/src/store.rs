@@ -23,6 +23,12 @@ const CORDONED: TableDefinition<&str, ()> = TableDefinition::new("cordoned");
 const MIGRATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("migrations");
 /// Workload generation (fencing token), raised by every committed migration.
 const GENERATIONS: TableDefinition<&str, u64> = TableDefinition::new("generations");
+/// Where each workload is placed (JSON values: host → role), written before
+/// the start call; a restarted scheduler accepts exactly these.
+const ASSIGNMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("assignments");
+/// Host identities by host name (JSON values): the trusted labels bound to
+/// the name when it first joined.
+const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +60,8 @@ impl Store {
         tx.open_table(CORDONED).map_err(err)?;
         tx.open_table(MIGRATIONS).map_err(err)?;
         tx.open_table(GENERATIONS).map_err(err)?;
+        tx.open_table(HOSTS).map_err(err)?;
+        tx.open_table(ASSIGNMENTS).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(Store { db })
     }
@@ -115,6 +123,34 @@ impl Store {
         Ok(existed)
     }
 
+    /// Record where `workload` is placed (or, with `None`, that it is
+    /// placed nowhere).
+    pub fn put_assignment<T: Serialize>(
+        &self,
+        workload: &str,
+        placement: Option<&T>,
+    ) -> Result<(), StoreError> {
+        match placement {
+            Some(p) => self.put_json(ASSIGNMENTS, workload, p),
+            None => self.remove(ASSIGNMENTS, workload).map(drop),
+        }
+    }
+
+    /// Every workload's placement.
+    pub fn assignments<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>, StoreError> {
+        self.all_json(ASSIGNMENTS)
+    }
+
+    /// Create or replace a host's identity record.
+    pub fn put_host<T: Serialize>(&self, name: &str, record: &T) -> Result<(), StoreError> {
+        self.put_json(HOSTS, name, record)
+    }
+
+    /// A host's identity record.
+    pub fn host<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
+        self.get_json(HOSTS, name)
+    }
+
     /// Create or replace a workload.
     pub fn put_workload<T: Serialize>(&self, name: &str, spec: &T) -> Result<(), StoreError> {
         self.put_json(WORKLOADS, name, spec)
@@ -160,20 +196,27 @@ impl Store {
         self.all_json(MIGRATIONS)
     }
 
-    /// Record a migration's state and set its workload's generation, in one
-    /// transaction: the commit point of a migration.
-    pub fn commit_migration<T: Serialize>(
+    /// Record a migration's state, set its workload's generation and where
+    /// the workload is placed from now on, in one transaction: the end of a
+    /// migration, or the generation a source resumes at.
+    pub fn commit_migration<T: Serialize, P: Serialize>(
         &self,
         id: &str,
         record: &T,
         workload: &str,
         generation: u64,
+        placement: &P,
     ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(record).map_err(err)?;
+        let placed = serde_json::to_vec(placement).map_err(err)?;
         let tx = self.db.begin_write().map_err(err)?;
         tx.open_table(MIGRATIONS)
             .map_err(err)?
             .insert(id, bytes.as_slice())
+            .map_err(err)?;
+        tx.open_table(ASSIGNMENTS)
+            .map_err(err)?
+            .insert(workload, placed.as_slice())
             .map_err(err)?;
         tx.open_table(GENERATIONS)
             .map_err(err)?

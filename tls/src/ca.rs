@@ -197,7 +197,9 @@ impl Ca {
         lifetime: Duration,
     ) -> Result<Credentials, TlsError> {
         let key = KeyPair::generate()?;
-        let cert = self.leaf(identity, extra, lifetime)?.signed_by(&key, &self.issuer)?;
+        let cert = self
+            .leaf(identity, extra, lifetime)?
+            .signed_by(&key, &self.issuer)?;
         let not_after = SystemTime::now() + lifetime;
         Ok(Credentials {
             chain_pem: format!("{}{}", cert.pem(), self.cert_pem),
@@ -271,10 +273,22 @@ pub fn new_request(identity: &Identity) -> Result<(String, String), TlsError> {
 
 /// The end of validity of the first certificate in a PEM chain.
 pub fn not_after(chain_pem: &str) -> Option<SystemTime> {
-    let der = CertificateDer::pem_slice_iter(chain_pem.as_bytes()).next()?.ok()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
-    let secs = cert.validity().not_after.timestamp();
-    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(u64::try_from(secs).ok()?))
+    let der = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .next()?
+        .ok()?;
+    validity(&der).map(|(_, to)| to)
+}
+
+/// A certificate's validity: from, to.
+pub fn validity(der: &CertificateDer<'_>) -> Option<(SystemTime, SystemTime)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let at = |t: x509_parser::time::ASN1Time| {
+        SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(u64::try_from(t.timestamp()).ok()?))
+    };
+    Some((
+        at(cert.validity().not_before)?,
+        at(cert.validity().not_after)?,
+    ))
 }
 
 /// A random positive 16-byte serial number.

@@ -77,7 +77,10 @@ impl From<rustls::Error> for TlsError {
 /// The crypto provider every configuration uses: ring's. rustls 0.23.48
 /// deprecates it for lacking post-quantum key exchange (aws-lc-rs has it);
 /// ring is what cross-builds cleanly for aarch64 and riscv64 here.
-#[allow(deprecated, reason = "ring is the provider chosen for the cross builds; see above")]
+#[allow(
+    deprecated,
+    reason = "ring is the provider chosen for the cross builds; see above"
+)]
 fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
     std::sync::Arc::new(rustls::crypto::ring::default_provider())
 }

@@ -130,22 +130,20 @@ pub async fn serve(
                     connection(TokioIo::new(tcp), app, peer, &options, stop).await;
                 }
                 Some(acceptor) => {
-                    let stream = match tokio::time::timeout(
-                        options.handshake_timeout,
-                        acceptor.accept(tcp),
-                    )
-                    .await
-                    {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%addr, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%addr, "TLS handshake timed out");
-                            return;
-                        }
-                    };
+                    let stream =
+                        match tokio::time::timeout(options.handshake_timeout, acceptor.accept(tcp))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%addr, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%addr, "TLS handshake timed out");
+                                return;
+                            }
+                        };
                     let cert = stream
                         .get_ref()
                         .1

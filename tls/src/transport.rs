@@ -69,6 +69,12 @@ impl Trust {
             .with_root_certificates(self.roots.clone())
             .with_client_cert_resolver(mine);
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // A resumed session keeps the identity of the handshake that made
+        // its ticket: one made before a host had its certificate would
+        // make every later connection anonymous, and one made with an old
+        // certificate would outlive its renewal or revocation. Connections
+        // are pooled, so full handshakes are rare.
+        config.resumption = rustls::client::Resumption::disabled();
         Ok(config)
     }
 
@@ -236,10 +242,12 @@ impl ServerCertVerifier for Pinned {
             ))?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let verifier =
-            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-                .build()
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
         let scheduler = ServerName::try_from(crate::identity::SCHEDULER)
             .map_err(|e| rustls::Error::General(e.to_string()))?;
         verifier.verify_server_cert(end_entity, &[], &scheduler, ocsp, now)

@@ -1,5 +1,6 @@
 //! The cluster CA, host certificates from requests, and the identity checks
 //! on both ends of a connection, over real sockets.
+#![allow(clippy::unwrap_used, reason = "a test reports failure by panicking")]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,9 @@ use roam_tls::{CertSlot, Identity, Peer, ServeOptions, ServerCerts, Transport};
 
 /// Serve, on 127.0.0.1:0, a route that answers with the caller's identity.
 async fn server(ca: &Ca, identity: &Identity) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let creds = ca.issue(identity, &["127.0.0.1".into()], Duration::from_secs(3600)).unwrap();
+    let creds = ca
+        .issue(identity, &["127.0.0.1".into()], Duration::from_secs(3600))
+        .unwrap();
     let certs = ServerCerts {
         cluster: CertSlot::with(creds.certified_key().unwrap()),
         public: None,
@@ -20,12 +23,13 @@ async fn server(ca: &Ca, identity: &Identity) -> (String, tokio::sync::oneshot::
     let config = ca.trust().unwrap().server_config(certs).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());
-    let app = Router::new().route(
-        "/who",
-        get(|peer: Peer| async move {
-            peer.identity.map_or("nobody".to_string(), |i| i.dns_name())
-        }),
-    );
+    let app =
+        Router::new().route(
+            "/who",
+            get(|peer: Peer| async move {
+                peer.identity.map_or("nobody".to_string(), |i| i.dns_name())
+            }),
+        );
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(roam_tls::serve(
         listener,
@@ -41,7 +45,11 @@ async fn server(ca: &Ca, identity: &Identity) -> (String, tokio::sync::oneshot::
 fn host_transport(ca: &Ca, name: &str) -> Transport {
     let (key, csr) = ca::new_request(&Identity::host(name).unwrap()).unwrap();
     let issued = ca
-        .sign_request(&csr, &Identity::host(name).unwrap(), Duration::from_secs(60))
+        .sign_request(
+            &csr,
+            &Identity::host(name).unwrap(),
+            Duration::from_secs(60),
+        )
         .unwrap();
     let key = ca::certified_key(&issued.chain_pem, &key).unwrap();
     Transport::tls(ca.trust().unwrap(), CertSlot::with(key))
@@ -57,14 +65,18 @@ async fn peers_are_reached_by_identity_and_know_who_called() {
 
     let source = host_transport(&ca, "source");
     let client = source.client(reqwest::Client::builder()).unwrap();
-    let base = source.base(&Identity::host("target").unwrap(), &url).unwrap();
+    let base = source
+        .base(&Identity::host("target").unwrap(), &url)
+        .unwrap();
     assert!(base.starts_with("https://target.host.roam:"), "{base}");
     let who = client.get(format!("{base}/who")).send().await.unwrap();
     assert_eq!(who.text().await.unwrap(), "source.host.roam");
 
     // The same server dialled as another host is refused: its certificate
     // names `target`, not `other`.
-    let wrong = source.base(&Identity::host("other").unwrap(), &url).unwrap();
+    let wrong = source
+        .base(&Identity::host("other").unwrap(), &url)
+        .unwrap();
     let err = client.get(format!("{wrong}/who")).send().await.unwrap_err();
     assert!(format!("{err:?}").contains("NotValidForName"), "{err:?}");
 
@@ -73,7 +85,9 @@ async fn peers_are_reached_by_identity_and_know_who_called() {
     let other_ca = Ca::load_or_create(dir2.path()).unwrap();
     let stranger = host_transport(&other_ca, "source");
     let client = stranger.client(reqwest::Client::builder()).unwrap();
-    let base = stranger.base(&Identity::host("target").unwrap(), &url).unwrap();
+    let base = stranger
+        .base(&Identity::host("target").unwrap(), &url)
+        .unwrap();
     assert!(client.get(format!("{base}/who")).send().await.is_err());
 }
 
@@ -105,7 +119,11 @@ fn a_request_gets_only_its_key_from_the_ca() {
     // the host the CA was told.
     let (_, csr) = ca::new_request(&Identity::Scheduler).unwrap();
     let issued = ca
-        .sign_request(&csr, &Identity::host("eu-1").unwrap(), Duration::from_secs(60))
+        .sign_request(
+            &csr,
+            &Identity::host("eu-1").unwrap(),
+            Duration::from_secs(60),
+        )
         .unwrap();
     let der = rustls::pki_types::CertificateDer::from(
         rustls::pki_types::pem::PemObject::pem_slice_iter(issued.chain_pem.as_bytes())
@@ -123,5 +141,8 @@ fn a_request_gets_only_its_key_from_the_ca() {
         .duration_since(std::time::SystemTime::now())
         .unwrap();
     assert!(left <= Duration::from_secs(60), "{left:?}");
-    assert!(ca.sign_request("garbage", &Identity::Scheduler, Duration::from_secs(1)).is_err());
+    assert!(
+        ca.sign_request("garbage", &Identity::Scheduler, Duration::from_secs(1))
+            .is_err()
+    );
 }

@@ -43,21 +43,32 @@ pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> (Proc, String) {
             if verbose {
                 eprintln!("{tag}: {line}");
             }
-            if let Some(rest) = line.split("on http://").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+            for scheme in ["http", "https"] {
+                if let Some(rest) = line.split(&format!("on {scheme}://")).nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("");
+                    let _ = tx.send(format!("{scheme}://{addr}"));
+                }
             }
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(60)).unwrap();
-    (Proc(child), format!("http://{addr}"))
+    let url = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    (Proc(child), url)
 }
 
-/// An HTTP client that returns error statuses as responses.
-pub fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into()
+/// An HTTP client that returns error statuses as responses, trusting the
+/// CA in the PEM file `ca` alone (or the usual roots without one).
+pub fn agent(ca: Option<&std::path::Path>) -> ureq::Agent {
+    let mut config = ureq::Agent::config_builder().http_status_as_error(false);
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).unwrap();
+        let cert = ureq::tls::Certificate::from_pem(&pem).unwrap();
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&[cert]))
+                .build(),
+        );
+    }
+    config.build().into()
 }
 
 /// A `roam scheduler` process with its data directory and admin token.
@@ -66,11 +77,15 @@ pub struct Scheduler {
     pub proc: Proc,
     pub url: String,
     pub admin: String,
+    /// A client trusting the cluster's CA.
     pub http: ureq::Agent,
+    /// The cluster's CA (`None` with `--insecure-plaintext`).
+    pub ca: Option<std::path::PathBuf>,
 }
 
 impl Scheduler {
-    /// Start a scheduler on `127.0.0.1:0` with `extra` arguments.
+    /// Start a scheduler on `127.0.0.1:0` with `extra` arguments (with
+    /// `--insecure-plaintext` among them, its hosts run so too).
     pub fn start(extra: &[&str]) -> Scheduler {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("scheduler");
@@ -87,12 +102,14 @@ impl Scheduler {
             .unwrap()
             .trim()
             .to_string();
+        let ca = url.starts_with("https://").then(|| data.join("ca.crt"));
         Scheduler {
             dir,
             proc,
             url,
             admin,
-            http: agent(),
+            http: agent(ca.as_deref()),
+            ca,
         }
     }
 
@@ -124,18 +141,24 @@ impl Scheduler {
             "--data-dir",
             data.to_str().unwrap(),
         ];
+        if self.ca.is_none() {
+            args.push("--insecure-plaintext");
+        }
         args.extend_from_slice(extra);
         spawn(&args, &[("ROAM_JOIN_TOKEN", &token)])
     }
 
     /// Run `roam ARGS` against this scheduler; its standard output.
     pub fn roam(&self, args: &[&str]) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_roam"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_roam"));
+        command
             .args(args)
             .env("ROAM_ADDR", &self.url)
-            .env("ROAM_TOKEN", &self.admin)
-            .output()
-            .unwrap();
+            .env("ROAM_TOKEN", &self.admin);
+        if let Some(ca) = &self.ca {
+            command.env("ROAM_CA", ca);
+        }
+        let out = command.output().unwrap();
         assert!(
             out.status.success(),
             "roam {args:?}: {}{}",

@@ -1,5 +1,9 @@
-//! The operator's API client: address and token from `ROAM_ADDR` /
-//! `ROAM_TOKEN`, else from the config `roam up` writes.
+//! The operator's API client: address, token and CA from `ROAM_ADDR` /
+//! `ROAM_TOKEN` / `ROAM_CA`, else from the config `roam up` writes.
+//!
+//! With a CA (the cluster's `ca.crt`, or the one that issued the
+//! operator's `--tls-cert`) the client trusts that CA alone; without one,
+//! the system's roots.
 
 use std::path::PathBuf;
 
@@ -15,6 +19,9 @@ pub struct ClientConfig {
     pub addr: String,
     /// Admin token.
     pub token: String,
+    /// The CA certificate (PEM file) to trust for the scheduler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
 }
 
 /// `$XDG_CONFIG_HOME/roam/config.json` or `~/.config/roam/config.json`.
@@ -37,10 +44,14 @@ impl ClientConfig {
         let token = std::env::var("ROAM_TOKEN")
             .ok()
             .or_else(|| file.as_ref().map(|f| f.token.clone()));
+        let ca = std::env::var_os("ROAM_CA")
+            .map(PathBuf::from)
+            .or_else(|| file.as_ref().and_then(|f| f.ca.clone()));
         match (addr, token) {
             (Some(addr), Some(token)) => Ok(ClientConfig {
                 addr: addr.trim_end_matches('/').to_string(),
                 token,
+                ca,
             }),
             _ => bail!(
                 "no scheduler configured: set ROAM_ADDR and ROAM_TOKEN, or start a local cluster with `roam up`"
@@ -58,9 +69,16 @@ pub struct Client {
 impl Client {
     /// A client for `config`.
     pub fn new(config: ClientConfig) -> anyhow::Result<Client> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(ca) = &config.ca {
+            let pem = std::fs::read_to_string(ca)
+                .with_context(|| format!("cannot read the CA certificate `{}`", ca.display()))?;
+            let trust = roam_tls::Trust::from_pem(&pem)?;
+            builder = builder.use_preconfigured_tls(trust.client_config(Default::default())?);
+        }
         Ok(Client {
             config,
-            http: reqwest::Client::builder().build()?,
+            http: builder.build()?,
         })
     }
 

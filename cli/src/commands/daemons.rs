@@ -30,15 +30,45 @@ pub struct SchedulerArgs {
     /// CPU waking threads with 1.
     #[arg(long)]
     pub workers: Option<usize>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Extra DNS name or IP address for the scheduler's own certificate (how
+    /// the CLI reaches it from elsewhere); repeatable. `localhost`, the
+    /// loopback addresses and the listen address are always in it.
+    #[arg(long = "tls-san")]
+    pub tls_san: Vec<String>,
+    /// How long a host certificate is valid; hosts renew at half-life.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
+    pub host_cert_lifetime: Duration,
+}
+
+/// TLS flags both daemons take.
+#[derive(Args, Debug)]
+pub struct TlsArgs {
+    /// Serve and call over cleartext HTTP: no CA, no certificates, nothing
+    /// authenticated by TLS. Only for a network you trust end to end; the
+    /// daemon logs a warning at start.
+    #[arg(long)]
+    pub insecure_plaintext: bool,
+    /// Certificate chain (PEM) shown to clients outside the cluster —
+    /// browsers, the CLI, clients of the ingress — which do not trust the
+    /// cluster's private CA. Cluster peers always get the cluster
+    /// certificate.
+    #[arg(long, requires = "tls_key", conflicts_with = "insecure_plaintext")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Arguments of `roam host`.
 #[derive(Args, Debug)]
 pub struct HostArgs {
-    /// Scheduler URL, for example `http://127.0.0.1:7700`.
+    /// Scheduler URL, for example `https://127.0.0.1:7700`.
     #[arg(long)]
     pub join: String,
-    /// Join token from `roam token create`.
+    /// Join token from `roam token create` (`SECRET.CA-HASH`: the host checks
+    /// the scheduler's CA against the hash before it sends the secret).
     #[arg(long, env = "ROAM_JOIN_TOKEN")]
     pub token: String,
     /// Host name (default: the machine's hostname).
@@ -48,7 +78,7 @@ pub struct HostArgs {
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
     /// URL the scheduler and other hosts use to reach this host, when it is
-    /// not the listen address (NAT, a proxy); default: `http://LISTEN`.
+    /// not the listen address (NAT, a proxy); default: `https://LISTEN`.
     #[arg(long)]
     pub advertise: Option<String>,
     /// Data directory (compiled-code cache).
@@ -84,6 +114,8 @@ pub struct HostArgs {
     /// Extra (untrusted) labels, `k=v`; trusted ones come from the token.
     #[arg(long = "label", value_parser = super::run::parse_env)]
     pub labels: Vec<(String, String)>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 fn tokio(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
@@ -106,6 +138,11 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
             data_dir: args.data_dir,
             heartbeat_timeout: args.heartbeat_timeout,
             heartbeat: args.heartbeat,
+            insecure_plaintext: args.tls.insecure_plaintext,
+            tls_cert: args.tls.tls_cert,
+            tls_key: args.tls.tls_key,
+            tls_san: args.tls_san,
+            host_cert_lifetime: args.host_cert_lifetime,
         },
     ))?;
     Ok(ExitCode::SUCCESS)
@@ -132,6 +169,9 @@ pub fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
         keep_resident: args.keep_resident,
         engine: args.engine,
         labels: args.labels.into_iter().collect(),
+        insecure_plaintext: args.tls.insecure_plaintext,
+        tls_cert: args.tls.tls_cert,
+        tls_key: args.tls.tls_key,
     }))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -61,7 +61,7 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find the roam binary")?;
     let data = &args.data_dir;
     std::fs::create_dir_all(data).with_context(|| format!("cannot create `{}`", data.display()))?;
-    let addr = format!("http://{}", args.listen);
+    let addr = format!("https://{}", args.listen);
     let mut children = Children(Vec::new());
     children.0.push(
         Command::new(&exe)
@@ -81,9 +81,12 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
         token_file.exists()
     })?;
     let token = std::fs::read_to_string(&token_file)?.trim().to_string();
+    // The scheduler writes its CA before the admin token.
+    let ca = std::path::absolute(data.join("scheduler").join("ca.crt"))?;
     let config = ClientConfig {
         addr: addr.clone(),
         token,
+        ca: Some(ca.clone()),
     };
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -192,7 +195,10 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
     println!("  {roam} deploy --example counter --selector 'jurisdiction=EU'");
     println!("  {roam} invoke counter /apples --data ''");
     println!("  {roam} describe workload counter");
-    println!("  curl -X POST {addr}/w/counter/apples");
+    println!(
+        "  curl --cacert {} -X POST {addr}/w/counter/apples",
+        ca.display()
+    );
     println!(
         "  {roam} migrate counter --selector 'jurisdiction=EU'   # live, to the other EU site"
     );

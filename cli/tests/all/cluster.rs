@@ -22,7 +22,8 @@ impl Drop for Proc {
     }
 }
 
-/// Start `roam ARGS`; returns it and the first `http://` address it prints.
+/// Start `roam ARGS`; returns it and the first `http://` or `https://`
+/// address it prints.
 pub(crate) fn spawn(args: &[&str], envs: &[(&str, &str)]) -> (Proc, String) {
     spawn_with(&[env!("CARGO_BIN_EXE_roam")], args, envs)
 }
@@ -45,16 +46,18 @@ pub(crate) fn spawn_with(program: &[&str], args: &[&str], envs: &[(&str, &str)])
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             eprintln!("{tag}> {line}");
-            if let Some(rest) = line.split("on http://").nth(1) {
-                let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                let _ = tx.send(addr);
+            for scheme in ["http", "https"] {
+                if let Some(rest) = line.split(&format!("on {scheme}://")).nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("");
+                    let _ = tx.send(format!("{scheme}://{addr}"));
+                }
             }
         }
     });
-    let addr = rx
+    let url = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("process did not report its address");
-    (Proc { child }, format!("http://{addr}"))
+    (Proc { child }, url)
 }
 
 pub(crate) struct Cluster {
@@ -63,8 +66,13 @@ pub(crate) struct Cluster {
     pub(crate) url: String,
     pub(crate) admin: String,
     pub(crate) hosts: Vec<(String, Proc)>,
+    /// A client trusting the cluster's CA.
     pub(crate) agent: ureq::Agent,
     pub(crate) scheduler_env: Vec<(String, String)>,
+    /// The cluster CA (`None` in a plaintext cluster).
+    pub(crate) ca: Option<PathBuf>,
+    /// Run with `--insecure-plaintext`.
+    pub(crate) plaintext: bool,
     /// How hosts are started: the `roam` under test unless a test says.
     pub(crate) program: Vec<String>,
 }
@@ -73,34 +81,57 @@ pub(crate) struct Cluster {
 /// that a loaded CI machine does not lose hosts that are alive.
 pub(crate) const PATIENT: &str = "5s";
 
-pub(crate) fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into()
+/// A client that trusts `ca` (PEM file) alone, or the usual roots.
+pub(crate) fn agent_trusting(ca: Option<&Path>) -> ureq::Agent {
+    let mut config = ureq::Agent::config_builder().http_status_as_error(false);
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).unwrap();
+        let cert = ureq::tls::Certificate::from_pem(&pem).unwrap();
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&[cert]))
+                .build(),
+        );
+    }
+    config.build().into()
 }
 
 impl Cluster {
-    /// A cluster whose scheduler runs with extra environment variables.
+    /// A cluster (over TLS) whose scheduler runs with extra environment
+    /// variables.
     pub(crate) fn start_with(envs: &[(&str, &str)]) -> Cluster {
+        Self::start(envs, false)
+    }
+
+    /// A cluster run with `--insecure-plaintext`: for tests of what the
+    /// protocol itself checks, with a relay that reads and breaks it.
+    pub(crate) fn start_plain(envs: &[(&str, &str)]) -> Cluster {
+        Self::start(envs, true)
+    }
+
+    fn start(envs: &[(&str, &str)], plaintext: bool) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let scheduler_env: Vec<(String, String)> = envs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let (p, url) = Self::scheduler_proc(dir.path(), "127.0.0.1:0", &scheduler_env);
+        let (p, url) = Self::scheduler_proc(dir.path(), "127.0.0.1:0", &scheduler_env, plaintext);
         let admin = std::fs::read_to_string(dir.path().join("scheduler/admin.token"))
             .unwrap()
             .trim()
             .to_string();
+        let ca = (!plaintext).then(|| dir.path().join("scheduler/ca.crt"));
+        assert_eq!(url.starts_with("https://"), !plaintext, "{url}");
         Cluster {
             dir,
             scheduler: Some(p),
             url,
             admin,
             hosts: Vec::new(),
-            agent: agent(),
+            agent: agent_trusting(ca.as_deref()),
             scheduler_env,
+            ca,
+            plaintext,
             program: vec![env!("CARGO_BIN_EXE_roam").to_string()],
         }
     }
@@ -109,6 +140,7 @@ impl Cluster {
         dir: &Path,
         listen: &str,
         envs: &[(String, String)],
+        plaintext: bool,
     ) -> (Proc, String) {
         let timeout = envs
             .iter()
@@ -120,26 +152,32 @@ impl Cluster {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let data = dir.join("scheduler");
-        spawn(
-            &[
-                "scheduler",
-                "--listen",
-                listen,
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--heartbeat-timeout",
-                &timeout,
-                "--heartbeat",
-                "200ms",
-            ],
-            &envs,
-        )
+        let mut args = vec![
+            "scheduler",
+            "--listen",
+            listen,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--heartbeat-timeout",
+            &timeout,
+            "--heartbeat",
+            "200ms",
+        ];
+        if plaintext {
+            args.push("--insecure-plaintext");
+        }
+        spawn(&args, &envs)
     }
 
     pub(crate) fn restart_scheduler(&mut self) {
         drop(self.scheduler.take());
-        let listen = self.url.trim_start_matches("http://").to_string();
-        let (p, url) = Self::scheduler_proc(self.dir.path(), &listen, &self.scheduler_env);
+        let listen = self.url.split("://").nth(1).unwrap().to_string();
+        let (p, url) = Self::scheduler_proc(
+            self.dir.path(),
+            &listen,
+            &self.scheduler_env,
+            self.plaintext,
+        );
         assert_eq!(url, self.url);
         self.scheduler = Some(p);
     }
@@ -195,6 +233,9 @@ impl Cluster {
             "--data-dir",
             data.to_str().unwrap(),
         ];
+        if self.plaintext {
+            all.push("--insecure-plaintext");
+        }
         all.extend_from_slice(args);
         let mut env = vec![("ROAM_JOIN_TOKEN", token.as_str())];
         env.extend_from_slice(envs);
@@ -244,13 +285,16 @@ impl Cluster {
     /// Run the CLI against this cluster.
     pub(crate) fn roam(&self, args: &[&str]) -> (bool, String, String) {
         let examples = Path::new(artifacts::COUNTER).parent().unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_roam"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_roam"));
+        command
             .args(args)
             .env("ROAM_EXAMPLES_DIR", examples)
             .env("ROAM_ADDR", &self.url)
-            .env("ROAM_TOKEN", &self.admin)
-            .output()
-            .unwrap();
+            .env("ROAM_TOKEN", &self.admin);
+        if let Some(ca) = &self.ca {
+            command.env("ROAM_CA", ca);
+        }
+        let out = command.output().unwrap();
         let (o, e) = (
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -348,12 +392,13 @@ fn deploy_invoke_through_ingress_and_eu_rules_hold() {
 }
 
 /// Read server-sent events from the scheduler in the background.
-fn subscribe(c: &Cluster) -> mpsc::Receiver<String> {
+pub(crate) fn subscribe(c: &Cluster) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     let url = format!("{}/v1/events", c.url);
     let admin = c.admin.clone();
+    let agent = c.agent.clone();
     std::thread::spawn(move || {
-        let Ok(r) = agent()
+        let Ok(r) = agent
             .get(&url)
             .header("authorization", format!("Bearer {admin}"))
             .call()
@@ -372,7 +417,7 @@ fn subscribe(c: &Cluster) -> mpsc::Receiver<String> {
     rx
 }
 
-fn wait_event(rx: &mpsc::Receiver<String>, needle: &str) -> String {
+pub(crate) fn wait_event(rx: &mpsc::Receiver<String>, needle: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -507,6 +552,8 @@ fn unauthenticated_calls_and_label_claims_are_refused() {
             &c.url,
             "--name",
             "liar",
+            "--data-dir",
+            c.dir.path().join("liar").to_str().unwrap(),
             "--label",
             "site=us-east-1",
         ])
@@ -524,6 +571,7 @@ fn unauthenticated_calls_and_label_claims_are_refused() {
     let out = Command::new(env!("CARGO_BIN_EXE_roam"))
         .args(["get", "nodes"])
         .env("ROAM_ADDR", &c.url)
+        .env("ROAM_CA", c.ca.as_ref().unwrap())
         .env("ROAM_TOKEN", "roam_wrong")
         .output()
         .unwrap();

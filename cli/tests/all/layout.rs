@@ -13,17 +13,24 @@ fn workspace() -> PathBuf {
 }
 
 /// Which Roam crates each may depend on (normal dependencies, through any
-/// path): cli → host, scheduler (and runtime for `roam run`, proto for the
-/// API client); host → runtime, proto; scheduler → proto; runtime → proto
-/// only for the shared vocabulary (digest, grants, place); proto and sdk on
-/// none.
+/// path): cli → host, scheduler (and runtime for `roam run`, proto and tls
+/// for the API client); host → runtime, proto, tls; scheduler → proto, tls;
+/// tls → proto (names); runtime → proto only for the shared vocabulary
+/// (digest, grants, place); proto and sdk on none.
 const ALLOWED: &[(&str, &[&str])] = &[
     (
         "roam",
-        &["roam-host", "roam-scheduler", "roam-runtime", "roam-proto"],
+        &[
+            "roam-host",
+            "roam-scheduler",
+            "roam-runtime",
+            "roam-proto",
+            "roam-tls",
+        ],
     ),
-    ("roam-host", &["roam-runtime", "roam-proto"]),
-    ("roam-scheduler", &["roam-proto"]),
+    ("roam-host", &["roam-runtime", "roam-proto", "roam-tls"]),
+    ("roam-scheduler", &["roam-proto", "roam-tls"]),
+    ("roam-tls", &["roam-proto"]),
     ("roam-runtime", &["roam-proto"]),
     ("roam-proto", &[]),
     ("roam-sdk", &[]),
@@ -31,7 +38,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
 
 /// Crates the engine library must not depend on: it has no HTTP server or
 /// client.
-const NOT_IN_RUNTIME: &[&str] = &["axum", "reqwest", "hyper", "hyper-util"];
+const NOT_IN_RUNTIME: &[&str] = &["axum", "reqwest", "hyper", "hyper-util", "rustls"];
 
 #[test]
 fn crates_depend_on_each_other_only_as_the_architecture_allows() {
@@ -102,6 +109,7 @@ fn crates_depend_on_each_other_only_as_the_architecture_allows() {
 const SPEAK_THE_WIRE: &[&str] = &[
     "cli/tests/all/cluster.rs",
     "cli/tests/all/migrate.rs",
+    "cli/tests/all/trust.rs",
     "cli/tests/all/layout.rs",
     "cli/benches/common/mod.rs",
     "cli/benches/coldstart.rs",

@@ -12,3 +12,4 @@ mod layout;
 mod migrate;
 mod run;
 mod serve;
+mod trust;

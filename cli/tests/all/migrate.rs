@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use roam_tests::artifacts;
 
-use crate::cluster::{Cluster, PATIENT, agent, eu_cluster, poll};
+use crate::cluster::{Cluster, PATIENT, eu_cluster, poll};
 
 /// The host a workload runs on now, per the scheduler.
 pub(crate) fn host_of(c: &Cluster, workload: &str) -> String {
@@ -270,8 +270,8 @@ fn requests_under_load_are_neither_lost_nor_duplicated() {
     for client in 0..4 {
         let (stop, acked, failed, url) =
             (stop.clone(), acked.clone(), failed.clone(), c.url.clone());
+        let http = c.agent.clone();
         clients.push(std::thread::spawn(move || {
-            let http = agent();
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
@@ -420,8 +420,8 @@ fn an_aggregator_keeps_its_windows_and_messages_sent_during_the_move() {
     // Readings keep coming while it moves.
     let sender = {
         let url = c.url.clone();
+        let http = c.agent.clone();
         std::thread::spawn(move || {
-            let http = agent();
             for v in 21..=60 {
                 let r = http
                     .post(format!("{url}/w/sensor-probe/read?sensor=t1&value={v}"))
@@ -502,8 +502,8 @@ impl Load {
             .map(|client| {
                 let (stop, acked) = (stop.clone(), acked.clone());
                 let url = format!("{}/w/{workload}", c.url);
+                let http = c.agent.clone();
                 std::thread::spawn(move || {
-                    let http = agent();
                     let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         n += 1;
@@ -852,7 +852,7 @@ fn deleting_a_workload_while_its_pages_stream_leaves_no_copy() {
 /// through a relay that can break what others send it (eu-2 reaches the
 /// scheduler directly).
 fn relayed_cluster(host_env: &[(&str, &str)]) -> (Cluster, Relay) {
-    let mut c = Cluster::start_with(&[("HEARTBEAT_TIMEOUT", PATIENT)]);
+    let mut c = Cluster::start_plain(&[("HEARTBEAT_TIMEOUT", PATIENT)]);
     c.add_host_with("eu-1", "eu-west-1", "EU", &[], host_env);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

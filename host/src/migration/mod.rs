@@ -62,6 +62,8 @@ const STALE: Duration = Duration::from_secs(600);
 struct Activated {
     workload: String,
     key: String,
+    /// The host it came from (over TLS, the only one let in).
+    source: String,
     at: Instant,
 }
 
@@ -159,6 +161,23 @@ impl Migrations {
         }
     }
 
+    /// The source host of migration `id` received here.
+    async fn source_of(&self, id: &str) -> Option<String> {
+        if let Some(a) = self
+            .activated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
+            return Some(a.source.clone());
+        }
+        self.incoming
+            .lock()
+            .await
+            .get(id)
+            .map(|i| i.source_host().to_string())
+    }
+
     fn outgoing(&self, id: &str) -> Option<Arc<Outgoing>> {
         self.outgoing
             .lock()
@@ -176,6 +195,35 @@ pub(crate) fn control_routes() -> Router<Arc<Host>> {
         .route(paths::host::MIGRATION_COMMIT, post(commit))
         .route(paths::host::MIGRATION_ABORT, post(abort))
         .route(paths::host::MIGRATION_STATUS, get(status))
+}
+
+/// Over TLS, let into a migration's stream routes only the host the
+/// scheduler named as its source (its certificate must name it); the
+/// migration's key is checked by the route itself. A migration this host
+/// does not know is left to the route (which refuses it).
+pub(crate) async fn require_source(
+    State(host): State<Arc<Host>>,
+    Path(params): Path<HashMap<String, String>>,
+    peer: roam_tls::Peer,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if host.tls.is_some()
+        && let Some(id) = params.get("id")
+        && let Some(source) = host.migrations.source_of(id).await
+        && peer.host() != Some(source.as_str())
+    {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "migration `{id}` comes from host `{source}`, not {}",
+                peer.identity
+                    .as_ref()
+                    .map_or("an unauthenticated client".into(), |i| i.to_string())
+            ),
+        );
+    }
+    next.run(request).await
 }
 
 /// Routes the source calls on the target (behind the migration's key).

@@ -87,6 +87,10 @@ impl SourceState {
 pub(super) struct Outgoing {
     pub(super) workload: String,
     handle: WorkloadHandle,
+    /// The target host's name.
+    target: String,
+    /// What the source dials for the target (over TLS its identity name,
+    /// so its certificate must name it: `roam_tls::transport`).
     target_url: String,
     key: String,
     /// The workload's generation on the target.
@@ -163,10 +167,15 @@ pub(super) async fn send(
         Some(r) => r.handle.clone(),
         None => return not_here(&req.workload),
     };
+    let target_url = match host.peer_base(&req.target, &req.target_url) {
+        Ok(u) => u,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
     let out = Arc::new(Outgoing {
         workload: req.workload.clone(),
         handle,
-        target_url: req.target_url.clone(),
+        target: req.target.clone(),
+        target_url,
         key: req.key.clone(),
         generation: req.generation,
         state: Mutex::new(SourceState::Sending { frozen_at: None }),
@@ -853,7 +862,10 @@ pub(super) async fn commit_outgoing(
             let target = if decision.target_url.is_empty() {
                 out.target_url.clone()
             } else {
-                decision.target_url.clone()
+                match host.peer_base(&out.target, &decision.target_url) {
+                    Ok(u) => u,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+                }
             };
             hand_off(host, id, &out, decision.generation, &target, downtime).await;
             downtime

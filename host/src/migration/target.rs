@@ -235,6 +235,13 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+impl Incoming {
+    /// The host the migration comes from.
+    pub(super) fn source_host(&self) -> &str {
+        &self.source.host
+    }
+}
+
 /// The received migration `id` if `headers` carry its key, marked as
 /// touched now.
 pub(super) fn presented<'a>(
@@ -647,6 +654,7 @@ pub(super) async fn activate_incoming(
                         Activated {
                             workload: e.workload.clone(),
                             key: e.key.clone(),
+                            source: e.source.host.clone(),
                             at: Instant::now(),
                         },
                     );

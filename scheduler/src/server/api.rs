@@ -60,6 +60,12 @@ pub(super) async fn create_token(State(s): State<Arc<Scheduler>>, body: Bytes) -
         .write()
         .unwrap_or_else(|e| e.into_inner())
         .insert(hash, role);
+    // Over TLS the token carries the CA's hash, so a host checks the
+    // scheduler before it presents the secret.
+    let token = match &s.tls {
+        Some(tls) => format!("{token}.{}", tls.ca.hash()),
+        None => token,
+    };
     (StatusCode::CREATED, Json(TokenResponse { token })).into_response()
 }
 
@@ -91,10 +97,13 @@ pub(super) async fn upload_module(State(s): State<Arc<Scheduler>>, body: Bytes) 
 pub(super) async fn download_module(
     State(s): State<Arc<Scheduler>>,
     Path(digest): Path<String>,
+    peer: roam_tls::Peer,
     headers: HeaderMap,
 ) -> Response {
-    if s.role(&headers).is_none() {
-        return error(StatusCode::UNAUTHORIZED, "a token is required");
+    if !s.is_admin(&headers)
+        && let Err(r) = s.calling_host(&peer, &headers)
+    {
+        return r.into_response();
     }
     let Some(path) = s.module_path(&digest) else {
         return error(
@@ -284,14 +293,21 @@ pub(super) async fn restore_workload(
         grants: spec.grants.clone(),
         generation: s.generation(&name),
     };
+    // The reconciler leaves the workload alone until its placement says
+    // where the restored copy runs.
+    let _busy = s.busy(&name);
     if let Err(e) = s.client.restore(&to, &name, &instance, body.to_vec()).await {
         return error(StatusCode::BAD_GATEWAY, e.to_string());
     }
     let others: Vec<String> = {
         let mut assignments = s.assignments.lock().unwrap_or_else(|e| e.into_inner());
+        let only = BTreeSet::from([q.host.clone()]);
+        if let Err(e) = s.record_placement(&name, &only) {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        }
         let hosts = assignments.entry(name.clone()).or_default();
         let others = hosts.iter().filter(|h| **h != q.host).cloned().collect();
-        *hosts = BTreeSet::from([q.host.clone()]);
+        *hosts = only;
         others
     };
     s.confirmed

@@ -62,7 +62,9 @@ impl Scheduler {
             // places it on a host that meets its rules (this one is cordoned).
             let outcome = match self.stop_on(host, &workload).await {
                 Ok(()) => {
-                    self.assign(&workload, host, false);
+                    if let Err(e) = self.assign(&workload, host, false) {
+                        tracing::error!(%workload, %host, error = %e, "cannot record the placement");
+                    }
                     self.touch();
                     DrainOutcome {
                         workload,

@@ -12,6 +12,8 @@ use roam_proto::{
     SendMigration, StartInstance, StopQuery, headers,
 };
 
+use roam_tls::Transport;
+
 use crate::verdict::Answer;
 
 /// Longest wait for a host's answer to a status question: it is asked on
@@ -24,7 +26,11 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug)]
 pub(super) struct Endpoint {
     pub(super) name: String,
+    /// The URL the host registered (what other hosts are given).
     pub(super) url: String,
+    /// What the scheduler dials: over TLS `https://NAME.host.roam:PORT`, so
+    /// the host's certificate must name it (`roam_tls::transport`).
+    pub(super) base: String,
     pub(super) secret: String,
 }
 
@@ -98,14 +104,11 @@ pub(super) struct HostClient {
 }
 
 impl HostClient {
-    pub(super) fn new() -> reqwest::Result<HostClient> {
+    pub(super) fn new(transport: &Transport) -> Result<HostClient, roam_tls::TlsError> {
         Ok(HostClient {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()?,
-            stream: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(10))
-                .build()?,
+            http: transport.client(reqwest::Client::builder().timeout(Duration::from_secs(30)))?,
+            stream: transport
+                .client(reqwest::Client::builder().connect_timeout(Duration::from_secs(10)))?,
         })
     }
 
@@ -158,7 +161,7 @@ impl HostClient {
         workload: &str,
         spec: &StartInstance,
     ) -> Result<(), HostError> {
-        let url = paths::instance(workload)?.on(&to.url);
+        let url = paths::instance(workload)?.on(&to.base);
         self.send(to, self.http.put(url).json(spec)).await.map(drop)
     }
 
@@ -170,7 +173,7 @@ impl HostClient {
         workload: &str,
         which: Stop,
     ) -> Result<(), HostError> {
-        let url = paths::instance(workload)?.on(&to.url);
+        let url = paths::instance(workload)?.on(&to.base);
         let query = StopQuery {
             below_generation: match which {
                 Stop::Any => None,
@@ -185,7 +188,7 @@ impl HostClient {
 
     /// `GET /v1/instances/{workload}/logs`.
     pub(super) async fn logs(&self, to: &Endpoint, workload: &str) -> Result<String, HostError> {
-        let url = paths::instance_logs(workload)?.on(&to.url);
+        let url = paths::instance_logs(workload)?.on(&to.base);
         let r = self.send(to, self.http.get(url)).await?;
         Ok(r.text().await.unwrap_or_default())
     }
@@ -196,7 +199,7 @@ impl HostClient {
         to: &Endpoint,
         workload: &str,
     ) -> Result<Vec<u8>, HostError> {
-        let url = paths::instance_snapshot(workload)?.on(&to.url);
+        let url = paths::instance_snapshot(workload)?.on(&to.base);
         let r = self.send(to, self.http.post(url)).await?;
         r.bytes()
             .await
@@ -215,7 +218,7 @@ impl HostClient {
         spec: &StartInstance,
         snapshot: Vec<u8>,
     ) -> Result<(), HostError> {
-        let url = paths::instance_restore(workload)?.on(&to.url);
+        let url = paths::instance_restore(workload)?.on(&to.base);
         let header = serde_json::to_string(spec).unwrap_or_default();
         let request = self
             .http
@@ -236,7 +239,7 @@ impl HostClient {
     ) -> Result<reqwest::RequestBuilder, BadSegment> {
         Ok(self
             .http
-            .post(paths::message(workload)?.on(&to.url))
+            .post(paths::message(workload)?.on(&to.base))
             .query(&roam_proto::FromQuery { from: from.into() })
             .bearer_auth(&to.secret)
             .body(body))
@@ -254,7 +257,7 @@ impl HostClient {
     ) -> Result<reqwest::RequestBuilder, BadSegment> {
         Ok(self
             .http
-            .request(method, paths::ingress(workload, rest)?.on(&to.url))
+            .request(method, paths::ingress(workload, rest)?.on(&to.base))
             .header(headers::GENERATION, generation.to_string()))
     }
 
@@ -265,7 +268,7 @@ impl HostClient {
         id: &str,
         prepare: &PrepareMigration,
     ) -> Result<(), HostError> {
-        let url = paths::migration_step(id, MigrationStep::Prepare)?.on(&to.url);
+        let url = paths::migration_step(id, MigrationStep::Prepare)?.on(&to.base);
         self.send(to, self.http.post(url).json(prepare))
             .await
             .map(drop)
@@ -279,7 +282,7 @@ impl HostClient {
         id: &str,
         send: &SendMigration,
     ) -> Result<reqwest::Response, HostError> {
-        let url = paths::migration_step(id, MigrationStep::Send)?.on(&to.url);
+        let url = paths::migration_step(id, MigrationStep::Send)?.on(&to.base);
         self.send(to, self.stream.post(url).json(send)).await
     }
 
@@ -295,7 +298,7 @@ impl HostClient {
             Decision::Commit => MigrationStep::Commit,
             Decision::Abort => MigrationStep::Abort,
         };
-        let url = paths::migration_step(id, step)?.on(&to.url);
+        let url = paths::migration_step(id, step)?.on(&to.base);
         let r = self.send(to, self.http.post(url).json(body)).await?;
         Ok(r.json().await.unwrap_or_default())
     }
@@ -311,7 +314,7 @@ impl HostClient {
             return Answer::Silent;
         };
         let url = match paths::migration_step(id, MigrationStep::Status) {
-            Ok(p) => p.on(&to.url),
+            Ok(p) => p.on(&to.base),
             Err(_) => return Answer::Silent,
         };
         let request = self.http.get(url).query(query).timeout(STATUS_TIMEOUT);

@@ -96,11 +96,7 @@ impl Scheduler {
             let e = self.hosts.get(h)?;
             let running = confirmed.contains(&(workload.to_string(), h.clone()))
                 || e.instances.iter().any(|i| i.workload == workload);
-            (self.alive(&e) && running).then(|| Endpoint {
-                name: h.clone(),
-                url: e.url.clone(),
-                secret: e.secret.clone(),
-            })
+            (self.alive(&e) && running).then(|| e.endpoint(h))
         })
     }
 }
@@ -111,11 +107,25 @@ pub(super) async fn relay_message(
     State(s): State<Arc<Scheduler>>,
     Path(workload): Path<String>,
     Query(q): Query<FromQuery>,
+    peer: roam_tls::Peer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if s.join_token(&headers).is_none() {
-        return error(StatusCode::UNAUTHORIZED, "a join token is required");
+    let host = match s.calling_host(&peer, &headers) {
+        Ok(h) => h,
+        Err(r) => return r.into_response(),
+    };
+    // A host speaks only for the workloads placed on it.
+    if let Some(host) = host
+        && !s.placed_on(&q.from).contains(&host)
+    {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "workload `{}` does not run on host `{host}`",
+                q.from.chars().take(64).collect::<String>()
+            ),
+        );
     }
     let sent = s
         .send_to_serving(&workload, |to, _| {

@@ -162,6 +162,22 @@ pub(super) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// See [`Scheduler::busy`].
+pub(super) struct Busy<'a> {
+    scheduler: &'a Scheduler,
+    workload: String,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.scheduler
+            .busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.workload);
+    }
+}
+
 impl Scheduler {
     /// The workload's generation (0 until its first migration).
     pub(super) fn generation(&self, workload: &str) -> u64 {
@@ -176,13 +192,35 @@ impl Scheduler {
     /// Workloads the reconciler must leave alone: migrating, or with a
     /// migration the scheduler is unsure of.
     pub(super) fn frozen(&self) -> BTreeSet<String> {
-        self.migrations
+        let mut frozen: BTreeSet<String> = self
+            .migrations
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .filter(|m| !m.finished() || self.is_pending(&m.id))
             .map(|m| m.workload.clone())
-            .collect()
+            .collect();
+        frozen.extend(
+            self.busy
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned(),
+        );
+        frozen
+    }
+
+    /// Keep the reconciler off `workload` until the guard is dropped (an
+    /// operator's restore is moving it).
+    pub(super) fn busy(&self, workload: &str) -> Busy<'_> {
+        self.busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(workload.to_string());
+        Busy {
+            scheduler: self,
+            workload: workload.to_string(),
+        }
     }
 
     pub(super) fn is_pending(&self, id: &str) -> bool {
@@ -458,6 +496,7 @@ impl Scheduler {
         let send = SendMigration {
             workload: m.workload.clone(),
             target_url: target.url.clone(),
+            target: target.name.clone(),
             key: key.to_string(),
             generation: m.generation,
             options,
@@ -641,7 +680,13 @@ impl Scheduler {
         let generation = m.generation + 1;
         // Recorded before the source is told; a restart in between asks
         // the hosts again.
-        if let Err(e) = self.store.commit_migration(id, m, &m.workload, generation) {
+        if let Err(e) = self.store.commit_migration(
+            id,
+            m,
+            &m.workload,
+            generation,
+            &self.placement(&m.workload),
+        ) {
             tracing::error!(migration = %id, error = %e, "cannot record the new generation");
         }
         self.generations
@@ -714,9 +759,13 @@ impl Scheduler {
         });
         if done
             && let Some(m) = self.migration(id)
-            && let Err(e) = self
-                .store
-                .commit_migration(id, &m, &m.workload, m.generation)
+            && let Err(e) = self.store.commit_migration(
+                id,
+                &m,
+                &m.workload,
+                m.generation,
+                &self.placement(&m.workload),
+            )
         {
             tracing::error!(migration = %id, error = %e, "cannot record the migration's end");
         }

@@ -48,6 +48,7 @@ use crate::store::Store;
 mod api;
 mod drain;
 mod host_client;
+mod identity;
 mod ingress;
 mod metrics;
 mod migrations;
@@ -71,11 +72,47 @@ pub struct ServerConfig {
     pub heartbeat_timeout: Duration,
     /// Heartbeat period asked of hosts.
     pub heartbeat: Duration,
+    /// Serve and call over cleartext HTTP (no CA, no certificates): for a
+    /// trusted network only.
+    pub insecure_plaintext: bool,
+    /// The operator's certificate chain and key (PEM) for clients outside
+    /// the cluster (browsers, the CLI, ingress clients); cluster peers are
+    /// always shown the cluster certificate.
+    pub tls_cert: Option<PathBuf>,
+    /// See `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Extra DNS names or IP addresses the scheduler's own certificate
+    /// carries (how the CLI reaches it), besides `localhost`, the loopback
+    /// addresses and the listen address.
+    pub tls_san: Vec<String>,
+    /// How long a host certificate is valid; hosts renew at half-life.
+    pub host_cert_lifetime: Duration,
+}
+
+impl ServerConfig {
+    /// A scheduler on `listen` keeping its state in `data_dir`, with the
+    /// defaults of `roam scheduler`.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> ServerConfig {
+        ServerConfig {
+            listen,
+            data_dir,
+            heartbeat_timeout: Duration::from_secs(3),
+            heartbeat: Duration::from_millis(500),
+            insecure_plaintext: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_san: Vec::new(),
+            host_cert_lifetime: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// A host as the registry knows it.
 struct HostEntry {
+    /// The URL the host registered.
     url: String,
+    /// What the scheduler dials (see [`Endpoint::base`]).
+    base: String,
     /// Shared with every `HostView` the reconciler takes.
     labels: Arc<roam_proto::Labels>,
     capacity: Capacity,
@@ -88,8 +125,24 @@ struct HostEntry {
     instances: Vec<InstanceStatus>,
 }
 
+impl HostEntry {
+    /// How host `name` (this entry) is reached.
+    fn endpoint(&self, name: &str) -> Endpoint {
+        Endpoint {
+            name: name.to_string(),
+            url: self.url.clone(),
+            base: self.base.clone(),
+            secret: self.secret.clone(),
+        }
+    }
+}
+
 struct Scheduler {
     config: ServerConfig,
+    /// The CA and certificates; `None` with `--insecure-plaintext`.
+    tls: Option<identity::ClusterTls>,
+    /// How hosts are reached (shared with `client`'s resolver).
+    transport: roam_tls::Transport,
     store: Store,
     tokens: RwLock<HashMap<String, Role>>,
     hosts: DashMap<String, HostEntry>,
@@ -105,6 +158,9 @@ struct Scheduler {
     confirmed: Mutex<BTreeSet<(String, String)>>,
     /// Live migrations by id.
     migrations: Mutex<BTreeMap<String, roam_proto::MigrationInfo>>,
+    /// Workloads an operator's restore is moving: the reconciler leaves them
+    /// alone meanwhile.
+    busy: Mutex<BTreeSet<String>>,
     /// Migrations the scheduler is unsure of (a restart interrupted them,
     /// an abort did not arrive, a target did not answer after the commit
     /// point), whose hosts are still to be asked where they got to.
@@ -122,10 +178,38 @@ struct Scheduler {
     desired: RwLock<Desired>,
 }
 
+/// What a replica is to its workload. The failover issue adds `standby`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ReplicaRole {
+    /// Serves the workload.
+    Primary,
+}
+
+/// Where a workload is placed, as the store keeps it: host → role.
+type Placement = BTreeMap<String, ReplicaRole>;
+
 #[derive(Default)]
 struct Desired {
     workloads: BTreeMap<String, WorkloadSpec>,
     cordoned: BTreeSet<String>,
+}
+
+/// A refusal: the status and message of an error answer (small, unlike a
+/// `Response`, so helpers can return it in a `Result`).
+#[derive(Debug)]
+struct Refusal(StatusCode, String);
+
+impl Refusal {
+    fn new(status: StatusCode, message: impl Into<String>) -> Refusal {
+        Refusal(status, message.into())
+    }
+}
+
+impl axum::response::IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
 }
 
 /// Parse a JSON body after the caller has been authenticated, so a wrong
@@ -138,6 +222,16 @@ fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, String> {
 pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(config.data_dir.join("modules"))
         .with_context(|| format!("cannot create `{}`", config.data_dir.display()))?;
+    // The CA first: `roam up` and the tests wait for the admin token, and
+    // the CA is there by then.
+    let tls = if config.insecure_plaintext {
+        tracing::warn!(
+            "--insecure-plaintext: tokens, secrets, workload state and memory pages cross the network in cleartext, and hosts are not authenticated"
+        );
+        None
+    } else {
+        Some(identity::ClusterTls::load(&config)?)
+    };
     let store = Store::open(&config.data_dir.join("state.redb"))?;
     let mut tokens: HashMap<String, Role> = store
         .tokens::<TokenRecord>()?
@@ -162,6 +256,13 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             token_file.display()
         );
     }
+    // Exactly the recorded placements: what hosts report is checked
+    // against them, never taken as they say.
+    let assignments: BTreeMap<String, BTreeSet<String>> = store
+        .assignments::<Placement>()?
+        .into_iter()
+        .map(|(w, p)| (w, p.into_keys().collect()))
+        .collect();
     let desired = Desired {
         workloads: store.workloads::<WorkloadSpec>()?.into_iter().collect(),
         cordoned: store.cordoned()?.into_iter().collect(),
@@ -170,12 +271,22 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on `{}`", config.listen))?;
     let local = listener.local_addr()?;
+    let transport = match &tls {
+        Some(t) => t.transport()?,
+        None => roam_tls::Transport::Plain,
+    };
+    let server_tls = match &tls {
+        Some(t) => Some(t.server_config()?),
+        None => None,
+    };
     let scheduler = Arc::new(Scheduler {
+        tls,
         store,
         tokens: RwLock::new(tokens),
         hosts: DashMap::new(),
-        assignments: Mutex::new(BTreeMap::new()),
-        client: HostClient::new()?,
+        assignments: Mutex::new(assignments),
+        client: HostClient::new(&transport)?,
+        transport,
         started: Instant::now(),
         placements: AtomicU64::new(0),
         host_losses: AtomicU64::new(0),
@@ -184,6 +295,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         confirmed: Mutex::new(BTreeSet::new()),
         migrations: Mutex::new(BTreeMap::new()),
         pending: Mutex::new(BTreeSet::new()),
+        busy: Mutex::new(BTreeSet::new()),
         generations: Mutex::new(HashMap::new()),
         migration_metrics: Mutex::new(metrics::MigrationMetrics::default()),
         changed: std::sync::atomic::AtomicBool::new(true),
@@ -193,6 +305,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     });
     scheduler.load_migrations();
     tokio::spawn(scheduler.clone().reconcile_loop());
+    tokio::spawn(scheduler.clone().renew_own_loop());
     // Operator routes: every one needs the admin token, checked before any
     // body is read.
     let admin = Router::new()
@@ -226,18 +339,29 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .route(routes::MODULE, get(api::download_module))
         .route(routes::MESSAGE, post(ingress::relay_message))
         .route(routes::METRICS, get(metrics::metrics))
+        .route(routes::CA, get(identity::ca))
+        .route(routes::HOST_CERTIFICATE, post(identity::renew))
         .route(paths::ingress::ROOT, any(ingress::ingress))
         .route(paths::ingress::ROOT_SLASH, any(ingress::ingress))
         .route(paths::ingress::ANY, any(ingress::ingress))
         .layer(DefaultBodyLimit::max(MAX_MODULE))
         .with_state(scheduler);
-    eprintln!("roam scheduler: listening on http://{local}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
+    let scheme = if server_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    eprintln!("roam scheduler: listening on {scheme}://{local}");
+    roam_tls::serve(
+        listener,
+        app,
+        roam_tls::ServeOptions::new(server_tls),
+        async {
             let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .context("scheduler API server failed")
+        },
+    )
+    .await
+    .context("scheduler API server failed")
 }
 
 /// Refuse operator routes without the admin token.
@@ -253,18 +377,7 @@ async fn require_admin(
     }
 }
 
-/// Write a file readable only by its owner.
-pub fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    let mut f = options.open(path)?;
-    f.write_all(contents.as_bytes())
-}
+pub use roam_tls::write_private;
 
 impl Scheduler {
     /// Publish an event to `/v1/events` subscribers (and the log).
@@ -276,7 +389,8 @@ impl Scheduler {
     }
 
     fn role(&self, headers: &HeaderMap) -> Option<(String, Role)> {
-        let token = roam_proto::reply::bearer(headers)?;
+        // A join token may be presented whole, with the CA hash it carries.
+        let token = roam_proto::auth::JoinToken::parse(roam_proto::reply::bearer(headers)?).secret;
         let hash = auth::hash_token(token);
         let tokens = self.tokens.read().unwrap_or_else(|e| e.into_inner());
         tokens.get(&hash).map(|r| (hash, r.clone()))
@@ -285,9 +399,40 @@ impl Scheduler {
     /// The hash of the join token presented, if it is one (no copy of the
     /// token's labels: this runs for every heartbeat).
     fn join_token(&self, headers: &HeaderMap) -> Option<String> {
-        let hash = auth::hash_token(roam_proto::reply::bearer(headers)?);
+        let token = roam_proto::auth::JoinToken::parse(roam_proto::reply::bearer(headers)?).secret;
+        let hash = auth::hash_token(token);
         let tokens = self.tokens.read().unwrap_or_else(|e| e.into_inner());
         matches!(tokens.get(&hash), Some(Role::Join { .. })).then_some(hash)
+    }
+
+    /// The host calling a route meant for hosts: over TLS the one its
+    /// certificate names, if the registry knows it; in plaintext anyone with
+    /// a join token (`None`: no host in particular).
+    fn calling_host(
+        &self,
+        peer: &roam_tls::Peer,
+        headers: &HeaderMap,
+    ) -> Result<Option<String>, Refusal> {
+        if self.tls.is_some() {
+            match peer.host() {
+                Some(h) if self.hosts.contains_key(h) => Ok(Some(h.to_string())),
+                Some(h) => Err(Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    format!("host `{h}` has not joined"),
+                )),
+                None => Err(Refusal::new(
+                    StatusCode::UNAUTHORIZED,
+                    "a host certificate is required",
+                )),
+            }
+        } else if self.join_token(headers).is_some() {
+            Ok(None)
+        } else {
+            Err(Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "a join token is required",
+            ))
+        }
     }
 
     fn is_admin(&self, headers: &HeaderMap) -> bool {
@@ -366,6 +511,29 @@ impl Scheduler {
         self.wake.notify_one();
     }
 
+    /// Record in the store that `workload` is placed on `hosts`, before
+    /// anything acts on it (the caller holds the assignments' lock).
+    fn record_placement(
+        &self,
+        workload: &str,
+        hosts: &BTreeSet<String>,
+    ) -> Result<(), crate::store::StoreError> {
+        let placement: Placement = hosts
+            .iter()
+            .map(|h| (h.clone(), ReplicaRole::Primary))
+            .collect();
+        self.store
+            .put_assignment(workload, (!placement.is_empty()).then_some(&placement))
+    }
+
+    /// Where `workload` is placed now, as the store keeps it.
+    fn placement(&self, workload: &str) -> Placement {
+        self.placed_on(workload)
+            .into_iter()
+            .map(|h| (h, ReplicaRole::Primary))
+            .collect()
+    }
+
     /// The hosts `workload` is placed on (starts in flight included).
     fn placed_on(&self, workload: &str) -> Vec<String> {
         self.assignments
@@ -378,10 +546,6 @@ impl Scheduler {
 
     /// Where `host` is reached, if the registry knows it.
     fn endpoint(&self, host: &str) -> Option<Endpoint> {
-        self.hosts.get(host).map(|e| Endpoint {
-            name: host.to_string(),
-            url: e.url.clone(),
-            secret: e.secret.clone(),
-        })
+        self.hosts.get(host).map(|e| e.endpoint(host))
     }
 }

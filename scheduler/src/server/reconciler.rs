@@ -55,6 +55,7 @@ impl Scheduler {
     async fn reconcile_once(&self) {
         self.resolve_pending().await;
         self.stop_stale().await;
+        self.stop_unplaced().await;
         let frozen = self.frozen();
         let views = self.host_views();
         let alive: BTreeSet<&str> = views
@@ -90,15 +91,23 @@ impl Scheduler {
         }
         let running: Vec<Replica> = {
             let mut assignments = self.assignments.lock().unwrap_or_else(|e| e.into_inner());
-            // Replicas on hosts that are down are lost.
-            for hosts in assignments.values_mut() {
+            // Replicas on hosts that are down are lost (recorded so: a host
+            // that comes back does not get them back by reporting them).
+            for (workload, hosts) in assignments.iter_mut() {
                 let before = hosts.len();
-                hosts.retain(|h| alive.contains(h.as_str()));
-                if hosts.len() < before {
+                let mut kept = hosts.clone();
+                kept.retain(|h| alive.contains(h.as_str()));
+                if kept.len() < before {
+                    if let Err(e) = self.record_placement(workload, &kept) {
+                        tracing::error!(%workload, error = %e, "cannot record the placement");
+                        continue;
+                    }
+                    *hosts = kept;
                     self.host_losses
                         .fetch_add((before - hosts.len()) as u64, Ordering::Relaxed);
                 }
             }
+            assignments.retain(|_, hosts| !hosts.is_empty());
             assignments
                 .iter()
                 .filter(|(w, _)| !frozen.contains(*w))
@@ -160,11 +169,16 @@ impl Scheduler {
                     return;
                 };
                 // Count it as placed while the start is in flight, so
-                // the next round does not place it twice.
-                self.assign(&workload, &host, true);
+                // the next round does not place it twice; recorded first.
+                if let Err(e) = self.assign(&workload, &host, true) {
+                    tracing::error!(%workload, %host, error = %e, "cannot record the placement; not starting");
+                    return;
+                }
                 if let Err(e) = self.start_on(&host, spec).await {
                     tracing::warn!(%workload, %host, error = %e, "start failed");
-                    self.assign(&workload, &host, false);
+                    if let Err(e) = self.assign(&workload, &host, false) {
+                        tracing::error!(%workload, %host, error = %e, "cannot record the placement");
+                    }
                     self.touch();
                 } else {
                     self.placements.fetch_add(1, Ordering::Relaxed);
@@ -186,7 +200,59 @@ impl Scheduler {
                     "workload_stopped",
                     serde_json::json!({ "workload": workload, "host": host }),
                 );
-                self.assign(&workload, &host, false);
+                if let Err(e) = self.assign(&workload, &host, false) {
+                    tracing::error!(%workload, %host, error = %e, "cannot record the placement");
+                }
+            }
+        }
+    }
+
+    /// Stop what hosts report running that the records do not place there:
+    /// a workload not assigned to that host, or claimed at a generation
+    /// above the workload's (a host cannot make itself the owner of a
+    /// workload by reporting it). Workloads in a migration are left to it.
+    /// Each refusal is an event with its reason.
+    async fn stop_unplaced(&self) {
+        let frozen = self.frozen();
+        let mut refused: Vec<(String, String, String)> = Vec::new();
+        for e in self.hosts.iter() {
+            for i in &e.instances {
+                if frozen.contains(&i.workload) {
+                    continue;
+                }
+                let generation = self.generation(&i.workload);
+                let reason = if !self.placed_on(&i.workload).contains(e.key()) {
+                    format!(
+                        "workload `{}` is not placed on host `{}`",
+                        i.workload,
+                        e.key()
+                    )
+                } else if i.generation > generation {
+                    format!(
+                        "host `{}` reports workload `{}` at generation {} but the workload is at {generation}",
+                        e.key(),
+                        i.workload,
+                        i.generation
+                    )
+                } else {
+                    continue;
+                };
+                refused.push((e.key().clone(), i.workload.clone(), reason));
+            }
+        }
+        for (host, workload, reason) in refused {
+            let Some(to) = self.endpoint(&host) else {
+                continue;
+            };
+            tracing::warn!(%workload, %host, %reason, "stopping a copy the records do not place there");
+            self.event(
+                "instance_refused",
+                serde_json::json!({ "workload": workload, "host": host, "reason": reason }),
+            );
+            if self.client.stop(&to, &workload, Stop::Any).await.is_ok()
+                && let Some(mut e) = self.hosts.get_mut(&host)
+            {
+                e.instances.retain(|i| i.workload != workload);
             }
         }
     }
@@ -228,14 +294,27 @@ impl Scheduler {
         }
     }
 
-    pub(super) fn assign(&self, workload: &str, host: &str, on: bool) {
+    /// Place `workload` on `host` (or take it off), recorded in the store
+    /// first: a start is sent only once its placement is durable.
+    pub(super) fn assign(
+        &self,
+        workload: &str,
+        host: &str,
+        on: bool,
+    ) -> Result<(), crate::store::StoreError> {
         {
             let mut assignments = self.assignments.lock().unwrap_or_else(|e| e.into_inner());
-            let hosts = assignments.entry(workload.to_string()).or_default();
+            let mut hosts = assignments.get(workload).cloned().unwrap_or_default();
             if on {
                 hosts.insert(host.to_string());
             } else {
                 hosts.remove(host);
+            }
+            self.record_placement(workload, &hosts)?;
+            if hosts.is_empty() {
+                assignments.remove(workload);
+            } else {
+                assignments.insert(workload.to_string(), hosts);
             }
         }
         if !on {
@@ -244,6 +323,7 @@ impl Scheduler {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&(workload.to_string(), host.to_string()));
         }
+        Ok(())
     }
 
     async fn start_on(&self, host: &str, spec: &WorkloadSpec) -> Result<(), HostError> {

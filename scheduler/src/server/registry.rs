@@ -14,6 +14,9 @@ use roam_proto::paths::NodeAction;
 use roam_proto::reply::error;
 use roam_proto::{Heartbeat, JoinRequest, JoinResponse, NodeInfo, NodeStatus};
 
+use roam_tls::Peer;
+
+use super::identity::HostRecord;
 use super::{HostEntry, Scheduler, parse};
 use crate::auth::{self, Role};
 use crate::placement::HostView;
@@ -53,14 +56,26 @@ impl Scheduler {
     }
 }
 
+/// `POST /v1/hosts/join`: with a join token, or (over TLS) with the
+/// certificate of the host being rejoined. The first join binds the name
+/// to the token's trusted labels for good; a later join by token must
+/// carry the same ones, and cannot take the name of a host that is alive.
 pub(super) async fn join(
     State(s): State<Arc<Scheduler>>,
+    peer: Peer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some((hash, Role::Join { labels: bound })) = s.role(&headers) else {
-        return error(StatusCode::UNAUTHORIZED, "a join token is required");
+    let token = match s.role(&headers) {
+        Some((hash, Role::Join { labels })) => Some((hash, labels)),
+        _ => None,
     };
+    if token.is_none() && peer.host().is_none() {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "a join token (or, to rejoin, the host's certificate) is required",
+        );
+    }
     let req: JoinRequest = match parse(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
@@ -68,12 +83,39 @@ pub(super) async fn join(
     if let Err(e) = roam_proto::check_protocol(&format!("host `{}`", req.name), req.protocol) {
         return error(StatusCode::BAD_REQUEST, e);
     }
-    if req.name.is_empty() || req.name.len() > 253 {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "host name must be 1-253 characters",
-        );
+    if let Err(e) = roam_proto::names::host(&req.name) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
     }
+    let record = match s.host_record(&req.name) {
+        Ok(r) => r,
+        Err(r) => return r.into_response(),
+    };
+    let by_certificate = s.acts_as(&peer, &req.name);
+    let (hash, bound) = match (token, &record) {
+        (_, Some(r)) if by_certificate => (String::new(), r.labels.clone()),
+        (Some((_, labels)), Some(r)) if labels != r.labels => {
+            return error(
+                StatusCode::CONFLICT,
+                format!(
+                    "host `{}` first joined with the trusted labels {:?}; this token binds {:?}",
+                    req.name, r.labels, labels
+                ),
+            );
+        }
+        (Some(t), _) => t,
+        (None, _) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "a certificate of {} cannot join as host `{}`",
+                    peer.identity
+                        .as_ref()
+                        .map_or("nobody".into(), |i| i.to_string()),
+                    req.name
+                ),
+            );
+        }
+    };
     let mut labels = match auth::host_labels(&req.labels, &bound) {
         Ok(l) => l,
         Err(e) => return error(StatusCode::FORBIDDEN, e.to_string()),
@@ -91,29 +133,51 @@ pub(super) async fn join(
     };
     labels.insert("engine".into(), engine.to_string());
     if let Some(existing) = s.hosts.get(&req.name)
-        && existing.token_hash != hash
         && s.alive(&existing)
+        && !by_certificate
+        && (s.tls.is_some() || existing.token_hash != hash)
     {
         return error(
             StatusCode::CONFLICT,
-            format!("host `{}` is already joined with another token", req.name),
+            format!(
+                "host `{}` is alive; another cannot join under its name",
+                req.name
+            ),
         );
+    }
+    if s.tls.is_some() && req.csr.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "this cluster runs over TLS: a join carries a certificate signing request",
+        );
+    }
+    let base = match roam_tls::Identity::host(&req.name)
+        .and_then(|identity| s.transport.base(&identity, &req.url))
+    {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let certificate = match s.issue_host_certificate(&req.name, &req.csr) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
+    if record.as_ref().map(|r| &r.labels) != Some(&bound)
+        && let Err(e) = s.store.put_host(&req.name, &HostRecord { labels: bound })
+    {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     }
     let secret = match auth::new_token() {
         Ok(t) => t,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    // A copy older than the workload's generation was fenced off by a
-    // migration; the reconciler stops it.
-    for i in &req.instances {
-        if i.generation >= s.generation(&i.workload) {
-            s.assign(&i.workload, &req.name, true);
-        }
-    }
+    // What the host reports is not taken as it says: the reconciler keeps
+    // what the records place here at the workload's generation and stops
+    // the rest (`stop_unplaced`, `stop_stale`).
     s.hosts.insert(
         req.name.clone(),
         HostEntry {
             url: req.url,
+            base,
             labels: Arc::new(labels.clone()),
             capacity: req.capacity,
             arch: req.arch,
@@ -131,6 +195,7 @@ pub(super) async fn join(
         labels,
         host_secret: secret,
         heartbeat_ms: s.config.heartbeat.as_millis() as u64,
+        certificate,
     })
     .into_response()
 }
@@ -138,11 +203,23 @@ pub(super) async fn join(
 pub(super) async fn heartbeat(
     State(s): State<Arc<Scheduler>>,
     Path(name): Path<String>,
+    peer: Peer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(hash) = s.join_token(&headers) else {
-        return error(StatusCode::UNAUTHORIZED, "a join token is required");
+    let token = if s.tls.is_some() {
+        if !s.acts_as(&peer, &name) {
+            return error(
+                StatusCode::FORBIDDEN,
+                format!("only host `{name}`, with its certificate, heartbeats as `{name}`"),
+            );
+        }
+        None
+    } else {
+        match s.join_token(&headers) {
+            Some(hash) => Some(hash),
+            None => return error(StatusCode::UNAUTHORIZED, "a join token is required"),
+        }
     };
     let beat: Heartbeat = match parse(&body) {
         Ok(b) => b,
@@ -154,7 +231,9 @@ pub(super) async fn heartbeat(
             format!("unknown host `{name}`; join first"),
         );
     };
-    if entry.token_hash != hash {
+    if let Some(hash) = token
+        && entry.token_hash != hash
+    {
         return error(StatusCode::FORBIDDEN, "heartbeat with another host's token");
     }
     entry.last_seen = Instant::now();

@@ -1,0 +1,216 @@
+//! A rogue host, tried as an attacker would: with a real join token and a
+//! real certificate of its own, against real daemons over TLS.
+
+use std::time::Duration;
+
+use roam_tls::Identity;
+use roam_tls::ca::new_request;
+
+use crate::cluster::{Cluster, eu_cluster, poll, subscribe, wait_event};
+use crate::migrate::deploy_counter;
+
+/// What a host gets from a join of its own making: the host secret and its
+/// certificate chain and key (PEM).
+struct Joined {
+    status: u16,
+    body: String,
+    chain: String,
+    key: String,
+}
+
+/// Join as `name` with `token`, reporting `instances`, as a hand-written
+/// host would (a real signing request for a key made here).
+fn join(c: &Cluster, name: &str, token: &str, instances: serde_json::Value) -> Joined {
+    let (key, csr) = new_request(&Identity::host(name).unwrap()).unwrap();
+    let body = serde_json::json!({
+        "protocol": roam_proto::PROTOCOL_VERSION,
+        "name": name,
+        "url": "https://127.0.0.1:9",
+        "labels": {},
+        "capacity": { "memory": 1u64 << 40, "slots": 1000 },
+        "arch": std::env::consts::ARCH,
+        "engine": "x",
+        "instances": instances,
+        "csr": csr,
+    });
+    let mut r = c
+        .agent
+        .post(format!("{}/v1/hosts/join", c.url))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .send(body.to_string())
+        .unwrap();
+    let status = r.status().as_u16();
+    let body = r.body_mut().read_to_string().unwrap();
+    let chain = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["certificate"].as_str().map(String::from))
+        .unwrap_or_default();
+    Joined {
+        status,
+        body,
+        chain,
+        key,
+    }
+}
+
+/// A client that trusts the cluster CA and presents `chain`/`key`; with
+/// `verify` off it talks to a host whatever name its certificate carries.
+fn agent_as(c: &Cluster, chain: &str, key: &str, verify: bool) -> ureq::Agent {
+    let ca = std::fs::read(c.ca.as_ref().unwrap()).unwrap();
+    let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(chain.as_bytes())
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    let key = ureq::tls::PrivateKey::from_pem(key.as_bytes()).unwrap();
+    let tls = ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&[
+            ureq::tls::Certificate::from_pem(&ca).unwrap(),
+        ]))
+        .client_cert(Some(ureq::tls::ClientCert::new_with_certs(&certs, key)))
+        .disable_verification(!verify)
+        .build();
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .tls_config(tls)
+        .build()
+        .into()
+}
+
+/// The issue's attack: a host holding a valid US join token joins claiming
+/// the EU workload `counter` at a high generation. It gets a certificate
+/// (it is a US host), but not the workload: the scheduler places only what
+/// its records say, stops the claimed copy with the reason as an event, and
+/// the EU replica keeps serving with its state.
+#[test]
+fn a_host_with_a_us_token_cannot_claim_an_eu_workload() {
+    let c = eu_cluster();
+    deploy_counter(&c, "jurisdiction=EU");
+    assert_eq!(
+        c.invoke("counter", "/apples").1,
+        r#"{"path":"/apples","count":1}"#
+    );
+    let events = subscribe(&c);
+    let us = c.join_token(&[("site", "us-east-1"), ("jurisdiction", "US")]);
+    let digest = c.roam(&["get", "workloads", "-o", "json"]).1;
+    let digest: serde_json::Value = serde_json::from_str(&digest).unwrap();
+    let digest = digest[0]["spec"]["digest"].as_str().unwrap().to_string();
+    let claim = serde_json::json!([{
+        "workload": "counter", "digest": digest, "memory": 1 << 20, "generation": 1000
+    }]);
+    let evil = join(&c, "evil-host", &us, claim);
+    assert_eq!(evil.status, 200, "{}", evil.body);
+    let refused = wait_event(&events, "instance_refused");
+    assert!(
+        refused.contains("evil-host") && refused.contains("counter"),
+        "{refused}"
+    );
+    let (_, instances) = c.api("GET", "/v1/instances", Some(&c.admin));
+    assert!(!instances.contains("evil-host"), "{instances}");
+    // The EU replica serves on, with its state.
+    assert_eq!(
+        c.invoke("counter", "/apples").1,
+        r#"{"path":"/apples","count":2}"#
+    );
+    let (_, instances) = c.api("GET", "/v1/instances", Some(&c.admin));
+    assert!(instances.contains("eu-"), "{instances}");
+}
+
+/// Host A, with its own valid certificate, cannot speak for host B: not
+/// heartbeat as B, not take B's name while B is alive, not renew B's
+/// certificate, not relay messages for workloads placed elsewhere, and not
+/// call a host's control API (that is the scheduler's). Without a
+/// certificate, nothing meant for hosts is let in.
+#[test]
+fn a_host_cannot_speak_for_another_or_act_as_the_scheduler() {
+    let c = eu_cluster();
+    deploy_counter(&c, "jurisdiction=EU");
+    let eu = c.join_token(&[("site", "eu-west-1"), ("jurisdiction", "EU")]);
+    let mallory = join(&c, "mallory", &eu, serde_json::json!([]));
+    assert_eq!(mallory.status, 200, "{}", mallory.body);
+    let as_mallory = agent_as(&c, &mallory.chain, &mallory.key, true);
+    let post = |agent: &ureq::Agent, path: &str, body: &str| {
+        let mut r = agent
+            .post(format!("{}{path}", c.url))
+            .header("content-type", "application/json")
+            .send(body.to_string())
+            .unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    };
+    let beat = r#"{"capacity":{"memory":1,"slots":1},"memory_used":0,"instances":[]}"#;
+    let (status, body) = post(&as_mallory, "/v1/hosts/eu-1/heartbeat", beat);
+    assert_eq!(status, 403, "{body}");
+    // Its own heartbeat is fine.
+    assert_eq!(
+        post(&as_mallory, "/v1/hosts/mallory/heartbeat", beat).0,
+        204
+    );
+    // Without a certificate, not even that.
+    assert_eq!(post(&c.agent, "/v1/hosts/mallory/heartbeat", beat).0, 403);
+    let (status, body) = post(&as_mallory, "/v1/hosts/eu-1/certificate", r#"{"csr":""}"#);
+    assert_eq!(status, 403, "{body}");
+    // A token join under a live host's name is refused.
+    let again = join(&c, "eu-1", &eu, serde_json::json!([]));
+    assert_eq!(again.status, 409, "{}", again.body);
+    // Messages only from workloads placed on mallory.
+    let (status, body) = post(&as_mallory, "/v1/messages/counter?from=counter", "hi");
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(post(&c.agent, "/v1/messages/counter?from=x", "hi").0, 401);
+    // A host's control API is the scheduler's: mallory's certificate (or
+    // none) is refused before the host secret is even looked at.
+    let nodes = c.nodes();
+    let eu1 = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "eu-1")
+        .unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let direct = agent_as(&c, &mallory.chain, &mallory.key, false);
+    let mut r = direct
+        .delete(format!("{eu1}/v1/instances/counter"))
+        .call()
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        403,
+        "{}",
+        r.body_mut().read_to_string().unwrap()
+    );
+    assert_eq!(c.get("counter", "/").0, 200, "counter still serves");
+}
+
+/// A host checks the scheduler's CA against the hash its token carries
+/// before it sends the token anywhere: a wrong hash, or none, and it does
+/// not join.
+#[test]
+fn a_host_joins_only_the_scheduler_its_token_pins() {
+    let c = Cluster::start_with(&[]);
+    let token = c.join_token(&[("site", "eu-west-1"), ("jurisdiction", "EU")]);
+    let (secret, _) = token.split_once('.').unwrap();
+    for (bad, says) in [
+        (
+            format!("{secret}.{}", "ab".repeat(32)),
+            "holding the CA the join token pins",
+        ),
+        (secret.to_string(), "carries no CA hash"),
+    ] {
+        let dir = c.dir.path().join(format!("h-{}", bad.len()));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_roam"))
+            .args(["host", "--join", &c.url, "--name", "pinned", "--data-dir"])
+            .arg(&dir)
+            .env("ROAM_JOIN_TOKEN", &bad)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{err}");
+    }
+    poll(Duration::from_secs(1), "nothing joined", || {
+        c.nodes() == serde_json::json!([])
+    });
+}

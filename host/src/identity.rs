@@ -1,0 +1,293 @@
+//! The host's identity over TLS.
+//!
+//! 1. **Trust the scheduler before sending anything.** The join token
+//!    carries the hash of the cluster CA; the host fetches the CA over a
+//!    connection whose server must show that CA and a certificate from it
+//!    naming `scheduler.roam`, checks the hash, and keeps the CA in
+//!    `DATA_DIR/tls/ca.crt`. Every later connection trusts that CA alone.
+//! 2. **A certificate of its own.** The join carries a signing request for
+//!    a key made here (the key never leaves the host); the scheduler answers
+//!    with a certificate naming `NAME.host.roam`, kept with its key in
+//!    `DATA_DIR/tls/` (readable by the owner only), so a restarted host
+//!    rejoins with it even after its join token has expired.
+//! 3. **Renewal at half-life**, presenting the current certificate. When
+//!    the scheduler cannot be reached the host keeps trying; its workloads
+//!    keep serving their clients throughout (an operator certificate on the
+//!    ingress, `--tls-cert`, does not expire with the cluster one). Once
+//!    the cluster certificate has expired, the scheduler and other hosts
+//!    refuse it: no heartbeats, module fetches, message relays or
+//!    migrations until the host has rejoined with its join token.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use roam_proto::auth::JoinToken;
+use roam_proto::{RenewCertificate, RenewedCertificate, paths};
+use roam_tls::ca::{self, CaHash};
+use roam_tls::{CertSlot, Identity, Transport, Trust};
+
+use crate::config::HostConfig;
+use crate::daemon::Host;
+
+/// The host's TLS material.
+pub(crate) struct HostTls {
+    dir: PathBuf,
+    identity: Identity,
+    pub(crate) trust: Trust,
+    /// The certificate presented, swapped in place on renewal.
+    pub(crate) mine: Arc<CertSlot>,
+    /// The operator's certificate for the ingress's clients.
+    pub(crate) public: Option<Arc<rustls::sign::CertifiedKey>>,
+}
+
+/// A key made for a signing request, kept until the certificate arrives.
+pub(crate) struct Pending {
+    key_pem: String,
+    pub(crate) csr: String,
+}
+
+impl HostTls {
+    /// Trust the cluster's CA (pinned by the join token on first contact)
+    /// and load the certificate kept from an earlier join, if still valid.
+    pub(crate) async fn bootstrap(config: &HostConfig) -> anyhow::Result<HostTls> {
+        let identity = Identity::host(&config.name)?;
+        let dir = config.data_dir.join("tls");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create `{}`", dir.display()))?;
+        let pin = JoinToken::parse(&config.token).ca_hash;
+        let stored = read(&dir.join("ca.crt"));
+        let trust = match (stored, pin) {
+            (Some(pem), pin) => {
+                let trust = Trust::from_pem(&pem)?;
+                if let Some(pin) = pin
+                    && pin != trust.hash().as_str()
+                {
+                    anyhow::bail!(
+                        "the join token pins CA {pin}, but `{}` holds CA {} (another cluster's?); remove that directory to join this cluster",
+                        dir.display(),
+                        trust.hash()
+                    );
+                }
+                trust
+            }
+            (None, Some(pin)) => {
+                let pin = CaHash::parse(pin).context(
+                    "the join token's CA hash is not 64 hex digits; copy the whole token `roam token create` printed",
+                )?;
+                let trust = fetch_ca(&config.join, pin).await?;
+                std::fs::write(dir.join("ca.crt"), trust.pem())
+                    .with_context(|| format!("cannot write `{}`", dir.display()))?;
+                trust
+            }
+            (None, None) => anyhow::bail!(
+                "the join token carries no CA hash (`SECRET.CA-HASH`, as `roam token create` prints it); without it this host cannot tell the real scheduler from an impostor. A scheduler run with --insecure-plaintext needs --insecure-plaintext here too"
+            ),
+        };
+        let mine = Arc::new(CertSlot::default());
+        if let (Some(chain), Some(key)) = (read(&dir.join("host.crt")), read(&dir.join("host.key")))
+            && ca::not_after(&chain).is_some_and(|t| t > SystemTime::now())
+            && let Ok(certified) = ca::certified_key(&chain, &key)
+            && certified
+                .cert
+                .first()
+                .and_then(Identity::of_certificate)
+                .as_ref()
+                == Some(&identity)
+        {
+            mine.set(certified);
+        }
+        let public = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let read = |p: &Path| {
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("cannot read `{}`", p.display()))
+                };
+                Some(ca::certified_key(&read(cert)?, &read(key)?)?)
+            }
+            (None, None) => None,
+            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+        };
+        Ok(HostTls {
+            dir,
+            identity,
+            trust,
+            mine,
+            public,
+        })
+    }
+
+    /// How the host reaches the scheduler and other hosts.
+    pub(crate) fn transport(&self) -> Transport {
+        Transport::tls(self.trust.clone(), self.mine.clone())
+    }
+
+    /// The listener's TLS configuration.
+    pub(crate) fn server_config(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        Ok(Arc::new(self.trust.server_config(
+            roam_tls::ServerCerts {
+                cluster: self.mine.clone(),
+                public: self.public.clone(),
+            },
+        )?))
+    }
+
+    /// A fresh key and a signing request for it.
+    pub(crate) fn request(&self) -> anyhow::Result<Pending> {
+        let (key_pem, csr) = ca::new_request(&self.identity)?;
+        Ok(Pending { key_pem, csr })
+    }
+
+    /// Present the certificate the scheduler issued for `pending`'s key
+    /// from now on, and keep both for a restart.
+    pub(crate) fn install(&self, pending: Pending, chain_pem: &str) -> anyhow::Result<()> {
+        let certified = ca::certified_key(chain_pem, &pending.key_pem)?;
+        anyhow::ensure!(
+            certified
+                .cert
+                .first()
+                .and_then(Identity::of_certificate)
+                .as_ref()
+                == Some(&self.identity),
+            "the scheduler issued a certificate that does not name {}",
+            self.identity
+        );
+        roam_tls::write_private(&self.dir.join("host.key"), &pending.key_pem)
+            .context("cannot keep the host key")?;
+        std::fs::write(self.dir.join("host.crt"), chain_pem)
+            .context("cannot keep the host certificate")?;
+        self.mine.set(certified);
+        Ok(())
+    }
+
+    /// When the current certificate should be renewed: at half its life
+    /// (now, if there is none).
+    fn renew_at(&self) -> SystemTime {
+        let Some(key) = self.mine.get() else {
+            return SystemTime::now();
+        };
+        let Some(leaf) = key.cert.first() else {
+            return SystemTime::now();
+        };
+        match ca::validity(leaf) {
+            Some((from, to)) => from + to.duration_since(from).unwrap_or_default() / 2,
+            None => SystemTime::now(),
+        }
+    }
+}
+
+/// The CA certificate of the scheduler at `join`, over a connection pinned
+/// to `pin`; its hash checked again.
+async fn fetch_ca(join: &str, pin: CaHash) -> anyhow::Result<Trust> {
+    let (client, base) = roam_tls::transport::pinned_client(
+        pin.clone(),
+        join,
+        reqwest::Client::builder().timeout(Duration::from_secs(30)),
+    )?;
+    let mut delay = Duration::from_millis(100);
+    let pem = loop {
+        match client.get(paths::ca().on(&base)).send().await {
+            Ok(r) if r.status().is_success() => break r.text().await?,
+            Ok(r) => anyhow::bail!("the scheduler answered {} for its CA", r.status()),
+            Err(e) if unreachable(&e) => {
+                tracing::warn!(error = %e, "scheduler unreachable; retrying");
+            }
+            Err(e) => anyhow::bail!(
+                "cannot reach a scheduler at {join} holding the CA the join token pins: {}",
+                chain(&e)
+            ),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    };
+    let trust = Trust::from_pem(&pem)?;
+    anyhow::ensure!(
+        *trust.hash() == pin,
+        "the scheduler sent CA {} but the join token pins {pin}",
+        trust.hash()
+    );
+    Ok(trust)
+}
+
+/// Whether `e` is worth trying again: nothing answered (refused, reset,
+/// timed out), as opposed to a server that answered with the wrong
+/// certificate.
+fn unreachable(e: &reqwest::Error) -> bool {
+    if e.is_timeout() {
+        return true;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<rustls::Error>().is_some() {
+            return false;
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
+                return false;
+            }
+            return matches!(
+                io.kind(),
+                ConnectionRefused | ConnectionReset | ConnectionAborted | TimedOut | NotConnected
+            );
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// An error with its causes, `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+fn read(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok()
+}
+
+impl Host {
+    /// Renew the host certificate at half-life, forever; on failure try
+    /// again every 10 s.
+    pub(crate) async fn renewals(self: Arc<Self>) {
+        let Some(tls) = &self.tls else { return };
+        loop {
+            let wait = tls
+                .renew_at()
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            tokio::time::sleep(wait).await;
+            match self.renew(tls).await {
+                Ok(()) => tracing::info!("host certificate renewed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot renew the host certificate; retrying in 10s");
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+            }
+        }
+    }
+
+    async fn renew(&self, tls: &HostTls) -> anyhow::Result<()> {
+        let pending = tls.request()?;
+        let renewed: RenewedCertificate = self
+            .scheduler
+            .renew(
+                &self.config.name,
+                &RenewCertificate {
+                    csr: pending.csr.clone(),
+                },
+            )
+            .await?;
+        tls.install(pending, &renewed.certificate)
+    }
+}
