@@ -108,7 +108,10 @@ async fn measure(n: usize, workloads: usize, workers: Option<usize>) -> Figures 
         let t: TokenResponse = http
             .post(format!("{url}/v1/tokens"))
             .bearer_auth(&admin)
-            .json(&TokenRequest { labels })
+            .json(&TokenRequest {
+                labels,
+                ..TokenRequest::default()
+            })
             .send()
             .await
             .unwrap()

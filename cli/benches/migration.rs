@@ -38,7 +38,17 @@ impl Cluster {
     /// link emulator (one-way delay, bytes per second), so host-to-host
     /// streams cross a WAN-like link.
     fn start(keep_resident: bool, wan: Option<(Duration, f64)>) -> Cluster {
-        let sched = Scheduler::start(&[]);
+        Self::start_over(keep_resident, wan, false)
+    }
+
+    /// [`Cluster::start`], over TLS or (`plaintext`) with
+    /// `--insecure-plaintext`.
+    fn start_over(keep_resident: bool, wan: Option<(Duration, f64)>, plaintext: bool) -> Cluster {
+        let sched = Scheduler::start(if plaintext {
+            &["--insecure-plaintext"]
+        } else {
+            &[]
+        });
         let mut hosts = Vec::new();
         for name in ["a", "b"] {
             let mut args = vec!["--capacity-memory".to_string(), "2GiB".into()];
@@ -293,10 +303,30 @@ struct Latencies {
     stop_and_copy: Vec<f64>,
 }
 
+#[derive(Default)]
 struct Row {
     pre: Runs,
     snc: Runs,
     client: Latencies,
+}
+
+impl Runs {
+    fn extend(&mut self, other: Runs) {
+        self.downtime_ms.extend(other.downtime_ms);
+        self.total_ms.extend(other.total_ms);
+        self.bytes.extend(other.bytes);
+        self.baseline_s.extend(other.baseline_s);
+        self.baseline2_s.extend(other.baseline2_s);
+    }
+}
+
+impl Row {
+    fn extend(&mut self, other: Row) {
+        self.pre.extend(other.pre);
+        self.snc.extend(other.snc);
+        self.client.precopy.extend(other.client.precopy);
+        self.client.stop_and_copy.extend(other.client.stop_and_copy);
+    }
 }
 
 /// Deploy `membench` with `mib` MiB, dirty it at `rate` MB/s under load,
@@ -393,6 +423,53 @@ fn print_row(label: &str, mut row: Row, throughput: f64, memory: f64, memory2: f
     );
 }
 
+/// `ROAM_BENCH_TLS=1`: the 64 MiB / 10 MB/s row over TLS and with
+/// `--insecure-plaintext`, two clusters side by side, their runs
+/// interleaved (rounds of 5 moves each way, alternating).
+fn tls_against_plaintext(module: &str, throughput: f64, quick: bool) {
+    let clusters = [
+        ("TLS", Cluster::start_over(true, None, false)),
+        (
+            "--insecure-plaintext",
+            Cluster::start_over(true, None, true),
+        ),
+    ];
+    let rounds = if quick { 2 } else { 6 };
+    println!(
+        "TLS beside `--insecure-plaintext`: 64 MiB, 10 MB/s, {rounds} rounds of 5 moves each way per cluster, alternating.\n"
+    );
+    println!("{HEADER}");
+    let mut rows = [Row::default(), Row::default()];
+    let mut baseline = MemoryStream::new(64);
+    for _ in 0..rounds {
+        for (i, (_, c)) in clusters.iter().enumerate() {
+            rows[i].extend(measure(c, module, 64, 10, 5, Some(&mut baseline)));
+        }
+    }
+    let mut figures = Vec::new();
+    for ((label, _), mut row) in clusters.iter().zip(rows) {
+        figures.push((
+            percentile(&mut row.pre.downtime_ms, 0.99),
+            percentile(&mut row.pre.total_ms, 0.5),
+        ));
+        let memory = baseline.len() / percentile(&mut row.pre.baseline_s, 0.5);
+        let memory2 = baseline.len() / percentile(&mut row.pre.baseline2_s, 0.5);
+        print_row(
+            &format!("64 MiB, 10 MB/s, {label}"),
+            row,
+            throughput,
+            memory,
+            memory2,
+        );
+    }
+    let ((tls99, tls_total), (plain99, plain_total)) = (figures[0], figures[1]);
+    println!(
+        "\nTLS − plaintext, pre-copy downtime p99: {:+.2} ms (target ≤ +0.3 ms); TLS ÷ plaintext, total p50: {:.2}× (target ≤ 1.5×).",
+        tls99 - plain99,
+        tls_total / plain_total
+    );
+}
+
 fn max(v: &[f64]) -> f64 {
     v.iter().copied().fold(0.0, f64::max)
 }
@@ -423,6 +500,10 @@ fn main() {
         throughput / 1e6,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+    if std::env::var_os("ROAM_BENCH_TLS").is_some() {
+        tls_against_plaintext(module, throughput, quick);
+        return;
+    }
     let mibs = list("ROAM_BENCH_MIB", &[1, 64, 256]);
     let rates = list("ROAM_BENCH_RATES", &[0, 1, 10, 50]);
     println!(

@@ -112,16 +112,22 @@ fn main() {
         "set ROAM_BENCH_WASI_HELLO to the bench/wasi-hello component (scripts/bench builds it)",
     );
 
-    let s = Scheduler::start(&[]);
-    let (_host, host_url) = s.host("h", &[]);
-    s.roam(&[
-        "deploy",
-        roam_tests::artifacts::HELLO_HTTP,
-        "--name",
-        "hello",
-        "--memory",
-        "16MiB",
-    ]);
+    // The same cluster twice: over TLS, and with --insecure-plaintext.
+    let start = |extra: &[&str]| {
+        let s = Scheduler::start(extra);
+        let (host, host_url) = s.host("h", &[]);
+        s.roam(&[
+            "deploy",
+            roam_tests::artifacts::HELLO_HTTP,
+            "--name",
+            "hello",
+            "--memory",
+            "16MiB",
+        ]);
+        (s, host, host_url)
+    };
+    let (s, _host, host_url) = start(&[]);
+    let (plain, _plain_host, plain_host_url) = start(&["--insecure-plaintext"]);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -144,8 +150,16 @@ fn main() {
             "`wasmtime serve` (baseline)",
             format!("http://127.0.0.1:{port}/"),
         ),
-        ("`roam host` ingress", format!("{host_url}/w/hello")),
-        ("scheduler ingress", format!("{}/w/hello", s.url)),
+        ("`roam host` ingress, TLS", format!("{host_url}/w/hello")),
+        (
+            "`roam host` ingress, plaintext",
+            format!("{plain_host_url}/w/hello"),
+        ),
+        ("scheduler ingress, TLS", format!("{}/w/hello", s.url)),
+        (
+            "scheduler ingress, plaintext",
+            format!("{}/w/hello", plain.url),
+        ),
     ];
     for (_, url) in &targets {
         ready(url);
@@ -156,8 +170,10 @@ fn main() {
         String::from_utf8_lossy(&version.stdout).trim(),
         common::cores()
     );
-    println!("| server | connections | requests/s | × wasmtime serve | p50 ms | p99 ms |");
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| server | connections | requests/s | × wasmtime serve | TLS ÷ plaintext | p50 ms | p99 ms |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     for connections in [1, 32] {
         let mut runs = vec![Vec::new(); targets.len()];
         for _ in 0..3 {
@@ -168,8 +184,13 @@ fn main() {
         let base = median(&runs[0], |r| r.rps);
         for (i, (name, _)) in targets.iter().enumerate() {
             let rps = median(&runs[i], |r| r.rps);
+            // TLS rows (1, 3) against the plaintext row after each.
+            let vs_plain = match i {
+                1 | 3 => format!("{:.2}×", rps / median(&runs[i + 1], |r| r.rps)),
+                _ => String::new(),
+            };
             println!(
-                "| {name} | {connections} | {rps:.0} | {:.2}× | {:.3} | {:.3} |",
+                "| {name} | {connections} | {rps:.0} | {:.2}× | {vs_plain} | {:.3} | {:.3} |",
                 rps / base,
                 median(&runs[i], |r| r.p50_ms),
                 median(&runs[i], |r| r.p99_ms),

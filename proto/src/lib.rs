@@ -336,8 +336,48 @@ pub struct ModuleRef {
 /// `POST /v1/tokens` (admin).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRequest {
-    /// Trusted labels to bind (site, region, jurisdiction, provider).
+    /// What the token may do (default: join).
+    #[serde(default)]
+    pub role: TokenRole,
+    /// Trusted labels to bind (site, region, jurisdiction, provider); join
+    /// tokens only.
+    #[serde(default)]
     pub labels: Labels,
+    /// Seconds until it expires (default: 24 h for a join token, never for
+    /// the others); 0 is refused.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    /// How many joins it admits (join tokens only; default: no limit).
+    #[serde(default)]
+    pub uses: Option<u32>,
+}
+
+/// What a token may do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenRole {
+    /// Every call, tokens included.
+    Admin,
+    /// Deploy, migrate, drain, cordon, and everything a viewer sees.
+    Operator,
+    /// Read-only: hosts, workloads (without environment values), replicas,
+    /// migrations, logs, events.
+    Viewer,
+    /// A host joining, once (then it has its certificate).
+    #[default]
+    Join,
+}
+
+impl TokenRole {
+    /// The role's name, as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenRole::Admin => "admin",
+            TokenRole::Operator => "operator",
+            TokenRole::Viewer => "viewer",
+            TokenRole::Join => "join",
+        }
+    }
 }
 
 /// A new token, shown once.
@@ -345,6 +385,33 @@ pub struct TokenRequest {
 pub struct TokenResponse {
     /// The token.
     pub token: String,
+    /// Its id, by which it is listed and revoked (not a secret).
+    #[serde(default)]
+    pub id: String,
+    /// When it expires, seconds since the Unix epoch.
+    #[serde(default)]
+    pub expires_unix: Option<u64>,
+}
+
+/// A token as `GET /v1/tokens` lists it: never the token itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Its id.
+    pub id: String,
+    /// What it may do.
+    pub role: TokenRole,
+    /// Trusted labels a join token binds.
+    #[serde(default)]
+    pub labels: Labels,
+    /// When it was made, seconds since the Unix epoch.
+    #[serde(default)]
+    pub created_unix: u64,
+    /// When it expires, if it does.
+    #[serde(default)]
+    pub expires_unix: Option<u64>,
+    /// Joins it still admits, if limited.
+    #[serde(default)]
+    pub uses_left: Option<u32>,
 }
 
 /// A replica as `GET /v1/instances` shows it.

@@ -90,8 +90,11 @@ fn build(parts: &[Part<'_>]) -> Result<ApiPath, BadSegment> {
 
 /// Route patterns (axum syntax) of the scheduler's API.
 pub mod scheduler {
-    /// `POST` (admin): a join token.
+    /// `POST` (admin): a token; `GET` (admin): every token (never the
+    /// tokens themselves).
     pub const TOKENS: &str = "/v1/tokens";
+    /// `DELETE` (admin): revoke a token by its id.
+    pub const TOKEN: &str = "/v1/tokens/{id}";
     /// `GET` (admin): the hosts.
     pub const NODES: &str = "/v1/nodes";
     /// `POST` (admin): `cordon`, `uncordon` or `drain` a host.
@@ -264,6 +267,10 @@ pub fn heartbeat(host: &str) -> Result<ApiPath, BadSegment> {
         Segment(host),
         Fixed("heartbeat"),
     ])
+}
+/// `/v1/tokens/{id}`.
+pub fn token(id: &str) -> Result<ApiPath, BadSegment> {
+    build(&[Fixed("v1"), Fixed("tokens"), Segment(id)])
 }
 /// `/v1/ca`.
 pub fn ca() -> ApiPath {

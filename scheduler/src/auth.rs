@@ -30,22 +30,79 @@ pub const TOKEN_PREFIX: &str = "roam_";
 /// What a token may do.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
-    /// The operator: every API call.
+    /// Every API call, tokens included.
     Admin,
-    /// A host joining (and then heartbeating) with trusted labels.
+    /// Deploy, migrate, drain, cordon; and all a viewer sees.
+    Operator,
+    /// Read-only, without secrets.
+    Viewer,
+    /// A host joining with trusted labels.
     Join {
         /// Trusted labels bound to the token.
         labels: Labels,
     },
 }
 
-/// A stored token: its hash and role, never the token itself.
+impl Role {
+    /// The role as the API names it.
+    pub fn wire(&self) -> roam_proto::TokenRole {
+        match self {
+            Role::Admin => roam_proto::TokenRole::Admin,
+            Role::Operator => roam_proto::TokenRole::Operator,
+            Role::Viewer => roam_proto::TokenRole::Viewer,
+            Role::Join { .. } => roam_proto::TokenRole::Join,
+        }
+    }
+
+    /// Whether this role may do what `needed` may (admin ⊇ operator ⊇
+    /// viewer; a join token is for joining only).
+    pub fn covers(&self, needed: &Role) -> bool {
+        let rank = |r: &Role| match r {
+            Role::Admin => 3,
+            Role::Operator => 2,
+            Role::Viewer => 1,
+            Role::Join { .. } => 0,
+        };
+        !matches!(self, Role::Join { .. }) && rank(self) >= rank(needed)
+    }
+}
+
+/// A stored token: its hash, role, lifetime and uses, never the token itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRecord {
     /// sha256 of the token, hex.
     pub hash: String,
     /// What it may do.
     pub role: Role,
+    /// When it was made, seconds since the Unix epoch.
+    #[serde(default)]
+    pub created: u64,
+    /// When it expires, if it does.
+    #[serde(default)]
+    pub expires: Option<u64>,
+    /// Joins it still admits, if limited.
+    #[serde(default)]
+    pub uses_left: Option<u32>,
+}
+
+impl TokenRecord {
+    /// Its id: the first 16 hex digits of its hash (not a secret: the hash
+    /// of a 256-bit random token reveals nothing of it).
+    pub fn id(&self) -> &str {
+        self.hash.get(..16).unwrap_or(&self.hash)
+    }
+
+    /// Whether it still admits anything at `now` (seconds since the epoch).
+    pub fn live(&self, now: u64) -> bool {
+        self.expires.is_none_or(|e| now < e) && self.uses_left != Some(0)
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A token, or the operator asked for labels a join token cannot carry.

@@ -176,6 +176,11 @@ impl Store {
         self.put_json(TOKENS, hash, record)
     }
 
+    /// Forget a token (revoked).
+    pub fn delete_token(&self, hash: &str) -> Result<bool, StoreError> {
+        self.remove(TOKENS, hash)
+    }
+
     /// Every token record.
     pub fn tokens<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>, StoreError> {
         self.all_json(TOKENS)

@@ -32,12 +32,42 @@ pub enum Output {
 /// `roam token ...`
 #[derive(Subcommand, Debug)]
 pub enum TokenCommand {
-    /// Create a join token that binds trusted labels.
+    /// Create a token: a join token (the default) binds trusted labels and
+    /// expires after 24 h unless --ttl says otherwise; admin, operator and
+    /// viewer tokens are for people and tools.
     Create {
+        /// What it may do: join, viewer, operator or admin.
+        #[arg(long, default_value = "join", value_parser = parse_role)]
+        role: roam_proto::TokenRole,
         /// Trusted label `k=v` (site, region, jurisdiction, provider); repeatable.
         #[arg(long = "label", value_parser = super::run::parse_env)]
         labels: Vec<(String, String)>,
+        /// Lifetime (`24h`, `30m`); default 24h for join tokens, none for others.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+        /// How many hosts may join with it (join tokens only).
+        #[arg(long)]
+        uses: Option<u32>,
     },
+    /// List tokens: id, role, labels, expiry, uses left (never the tokens).
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Revoke a token by its id (from `roam token list`).
+    Revoke {
+        /// The token's id.
+        id: String,
+    },
+}
+
+fn parse_role(s: &str) -> Result<roam_proto::TokenRole, String> {
+    use roam_proto::TokenRole::*;
+    [Join, Viewer, Operator, Admin]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+        .ok_or_else(|| format!("`{s}` is not a role: join, viewer, operator or admin"))
 }
 
 /// `roam deploy`
@@ -188,20 +218,77 @@ async fn upload(c: &Client, path: &PathBuf) -> anyhow::Result<String> {
     Ok(m.digest)
 }
 
-/// `roam token create`
+/// Seconds since the Unix epoch, as an RFC 3339 time.
+fn unix_time(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .to_string()
+}
+
+/// `roam token create|list|revoke`
 pub fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
     block_on(async {
-        let TokenCommand::Create { labels } = cmd;
         let c = client()?;
-        let t: TokenResponse = c
-            .json(
-                c.request(Method::POST, &paths::tokens())
-                    .json(&TokenRequest {
-                        labels: labels.into_iter().collect(),
-                    }),
-            )
-            .await?;
-        println!("{}", t.token);
+        match cmd {
+            TokenCommand::Create {
+                role,
+                labels,
+                ttl,
+                uses,
+            } => {
+                let t: TokenResponse = c
+                    .json(
+                        c.request(Method::POST, &paths::tokens())
+                            .json(&TokenRequest {
+                                role,
+                                labels: labels.into_iter().collect(),
+                                ttl_secs: ttl.map(|t| t.as_secs().max(1)),
+                                uses,
+                            }),
+                    )
+                    .await?;
+                println!("{}", t.token);
+                eprintln!(
+                    "token {} ({}){}",
+                    t.id,
+                    role.as_str(),
+                    t.expires_unix
+                        .map(|e| format!(", expires {}", unix_time(e)))
+                        .unwrap_or_default()
+                );
+            }
+            TokenCommand::List { output } => {
+                let tokens: Vec<roam_proto::TokenInfo> =
+                    c.json(c.request(Method::GET, &paths::tokens())).await?;
+                match output {
+                    Output::Json => println!("{}", serde_json::to_string_pretty(&tokens)?),
+                    Output::Table => {
+                        let mut table = Table::new();
+                        table.set_header(["ID", "ROLE", "LABELS", "EXPIRES", "USES LEFT"]);
+                        for t in tokens {
+                            table.add_row([
+                                t.id,
+                                t.role.as_str().to_string(),
+                                t.labels
+                                    .iter()
+                                    .map(|(k, v)| format!("{k}={v}"))
+                                    .collect::<Vec<_>>()
+                                    .join(","),
+                                t.expires_unix
+                                    .map(unix_time)
+                                    .unwrap_or_else(|| "never".into()),
+                                t.uses_left.map_or("-".into(), |n| n.to_string()),
+                            ]);
+                        }
+                        println!("{table}");
+                    }
+                }
+            }
+            TokenCommand::Revoke { id } => {
+                c.send(c.request(Method::DELETE, &paths::token(&id)?))
+                    .await?;
+                println!("token {id} revoked");
+            }
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -121,7 +121,10 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
             client.json(
                 client
                     .request(Method::POST, &paths::tokens())
-                    .json(&TokenRequest { labels }),
+                    .json(&TokenRequest {
+                        labels,
+                        ..TokenRequest::default()
+                    }),
             ),
         )?;
         let name = format!("host-{site}");

@@ -110,6 +110,7 @@ const SPEAK_THE_WIRE: &[&str] = &[
     "cli/tests/all/cluster.rs",
     "cli/tests/all/migrate.rs",
     "cli/tests/all/trust.rs",
+    "cli/tests/all/access.rs",
     "cli/tests/all/layout.rs",
     "cli/benches/common/mod.rs",
     "cli/benches/coldstart.rs",

@@ -6,6 +6,7 @@
     reason = "tests report failure by panicking"
 )]
 
+mod access;
 mod arch;
 mod cluster;
 mod layout;

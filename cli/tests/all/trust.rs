@@ -148,7 +148,7 @@ fn a_host_cannot_speak_for_another_or_act_as_the_scheduler() {
         204
     );
     // Without a certificate, not even that.
-    assert_eq!(post(&c.agent, "/v1/hosts/mallory/heartbeat", beat).0, 403);
+    assert_eq!(post(&c.agent, "/v1/hosts/mallory/heartbeat", beat).0, 401);
     let (status, body) = post(&as_mallory, "/v1/hosts/eu-1/certificate", r#"{"csr":""}"#);
     assert_eq!(status, 403, "{body}");
     // A token join under a live host's name is refused.
@@ -213,4 +213,93 @@ fn a_host_joins_only_the_scheduler_its_token_pins() {
     poll(Duration::from_secs(1), "nothing joined", || {
         c.nodes() == serde_json::json!([])
     });
+}
+
+/// Join tokens run out and can be revoked; a viewer reads without seeing
+/// environment values and cannot change anything; `roam token list` never
+/// shows a token.
+#[test]
+fn tokens_run_out_are_revoked_and_viewers_see_no_secrets() {
+    let c = Cluster::start_with(&[]);
+    let create = |body: serde_json::Value| {
+        let mut r = c
+            .agent
+            .post(format!("{}/v1/tokens", c.url))
+            .header("authorization", format!("Bearer {}", c.admin))
+            .header("content-type", "application/json")
+            .send(body.to_string())
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+        let v: serde_json::Value =
+            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        (
+            v["token"].as_str().unwrap().to_string(),
+            v["id"].as_str().unwrap().to_string(),
+        )
+    };
+    let (once, once_id) = create(serde_json::json!({
+        "labels": { "site": "eu-west-1", "jurisdiction": "EU" }, "uses": 1
+    }));
+    assert_eq!(join(&c, "first", &once, serde_json::json!([])).status, 200);
+    let second = join(&c, "second", &once, serde_json::json!([]));
+    assert_eq!(second.status, 401, "{}", second.body);
+    assert!(second.body.contains("used up"), "{}", second.body);
+    let (ok, listed, _) = c.roam(&["token", "list", "-o", "json"]);
+    assert!(ok);
+    assert!(!listed.contains(&once), "the list never shows a token");
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let entry = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == once_id.as_str())
+        .unwrap();
+    assert_eq!(entry["uses_left"], 0, "{entry}");
+    assert_eq!(entry["role"], "join");
+
+    // Revoked: refused from then on.
+    let (fresh, fresh_id) = create(serde_json::json!({
+        "labels": { "site": "eu-west-1", "jurisdiction": "EU" }
+    }));
+    let (ok, _, err) = c.roam(&["token", "revoke", &fresh_id]);
+    assert!(ok, "{err}");
+    assert_eq!(join(&c, "third", &fresh, serde_json::json!([])).status, 401);
+
+    // A viewer.
+    let (viewer, _) = create(serde_json::json!({ "role": "viewer" }));
+    let (status, _) = c.api("GET", "/v1/nodes", Some(&viewer));
+    assert_eq!(status, 200);
+    let (status, body) = c.api("POST", "/v1/nodes/first/cordon", Some(&viewer));
+    assert_eq!(status, 403, "{body}");
+    let (ok, _, err) = c.roam(&[
+        "deploy",
+        roam_tests::artifacts::COUNTER,
+        "--name",
+        "counter",
+        "--env",
+        "API_KEY=hunter2",
+    ]);
+    assert!(ok, "{err}");
+    let (status, body) = c.api("GET", "/v1/workloads/counter", Some(&viewer));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        !body.contains("hunter2") && body.contains("API_KEY"),
+        "{body}"
+    );
+    let (_, body) = c.api("GET", "/v1/workloads/counter", Some(&c.admin));
+    assert!(body.contains("hunter2"), "an operator sees it: {body}");
+    // The last admin token stays.
+    let (_, listed, _) = c.roam(&["token", "list", "-o", "json"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let admin_id = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["role"] == "admin")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (ok, _, err) = c.roam(&["token", "revoke", &admin_id]);
+    assert!(!ok && err.contains("last admin token"), "{err}");
 }

@@ -1,6 +1,6 @@
-//! The operator API (admin token): join tokens, modules, workloads and
-//! their logs, snapshot and restore of a replica, replicas, events. Hosts
-//! download modules by digest with any token.
+//! The operator API (who may call what: `access.rs`): tokens, modules,
+//! workloads and their logs, snapshot and restore of a replica, replicas,
+//! events. Hosts download modules by digest with their certificate.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -13,7 +13,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use roam_proto::reply::error;
 use roam_proto::{
-    InstanceInfo, ModuleRef, StartInstance, TokenRequest, TokenResponse, WorkloadInfo, WorkloadSpec,
+    InstanceInfo, ModuleRef, StartInstance, TokenInfo, TokenRequest, TokenResponse, TokenRole,
+    WorkloadInfo, WorkloadSpec,
 };
 
 use super::{Scheduler, parse};
@@ -33,40 +34,150 @@ impl Scheduler {
     }
 }
 
+/// Join tokens live this long unless asked otherwise.
+const JOIN_TOKEN_TTL: u64 = 24 * 3600;
+
+/// `POST /v1/tokens` (admin): a token of any role; join tokens bind trusted
+/// labels, expire (24 h unless asked) and may be limited to N joins.
 pub(super) async fn create_token(State(s): State<Arc<Scheduler>>, body: Bytes) -> Response {
     let req: TokenRequest = match parse(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    if let Err(e) = auth::check_join_labels(&req.labels) {
-        return error(StatusCode::BAD_REQUEST, e.to_string());
+    let role = match req.role {
+        TokenRole::Join => {
+            if let Err(e) = auth::check_join_labels(&req.labels) {
+                return error(StatusCode::BAD_REQUEST, e.to_string());
+            }
+            Role::Join { labels: req.labels }
+        }
+        other if !req.labels.is_empty() || req.uses.is_some() => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "labels and uses are for join tokens, not {} tokens",
+                    other.as_str()
+                ),
+            );
+        }
+        TokenRole::Admin => Role::Admin,
+        TokenRole::Operator => Role::Operator,
+        TokenRole::Viewer => Role::Viewer,
+    };
+    if req.ttl_secs == Some(0) || req.uses == Some(0) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a token that admits nothing is not a token: ttl and uses must be above 0",
+        );
     }
+    let ttl = match (&role, req.ttl_secs) {
+        (_, Some(t)) => Some(t),
+        (Role::Join { .. }, None) => Some(JOIN_TOKEN_TTL),
+        (_, None) => None,
+    };
     let token = match auth::new_token() {
         Ok(t) => t,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     let hash = auth::hash_token(&token);
-    let role = Role::Join { labels: req.labels };
-    if let Err(e) = s.store.put_token(
-        &hash,
-        &TokenRecord {
-            hash: hash.clone(),
-            role: role.clone(),
+    let now = auth::now_unix();
+    let record = TokenRecord {
+        hash: hash.clone(),
+        role,
+        created: now,
+        expires: ttl.map(|t| now.saturating_add(t)),
+        uses_left: req.uses,
+    };
+    if let Err(e) = s.store.put_token(&hash, &record) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    let response = TokenResponse {
+        // Over TLS a join token carries the CA's hash, so a host checks the
+        // scheduler before it presents the secret.
+        token: match (&s.tls, &record.role) {
+            (Some(tls), Role::Join { .. }) => format!("{token}.{}", tls.ca.hash()),
+            _ => token,
         },
-    ) {
+        id: record.id().to_string(),
+        expires_unix: record.expires,
+    };
+    s.event(
+        "token_created",
+        serde_json::json!({ "id": record.id(), "role": record.role.wire() }),
+    );
+    s.tokens
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(hash, record);
+    (StatusCode::CREATED, Json(response)).into_response()
+}
+
+/// `GET /v1/tokens` (admin): every token's id, role, labels, expiry and
+/// uses left; never a token.
+pub(super) async fn list_tokens(State(s): State<Arc<Scheduler>>) -> Response {
+    let mut out: Vec<TokenInfo> = s
+        .tokens
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .map(|r| TokenInfo {
+            id: r.id().to_string(),
+            role: r.role.wire(),
+            labels: match &r.role {
+                Role::Join { labels } => labels.clone(),
+                _ => Default::default(),
+            },
+            created_unix: r.created,
+            expires_unix: r.expires,
+            uses_left: r.uses_left,
+        })
+        .collect();
+    out.sort_by(|a, b| (a.created_unix, &a.id).cmp(&(b.created_unix, &b.id)));
+    Json(out).into_response()
+}
+
+/// `DELETE /v1/tokens/{id}` (admin): revoke a token; it admits nothing from
+/// now on. Hosts that joined with it keep their certificates.
+pub(super) async fn revoke_token(
+    State(s): State<Arc<Scheduler>>,
+    Path(id): Path<String>,
+) -> Response {
+    let found: Vec<TokenRecord> = s
+        .tokens
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .filter(|r| r.id() == id)
+        .cloned()
+        .collect();
+    let [record] = found.as_slice() else {
+        return error(StatusCode::NOT_FOUND, format!("no token with id `{id}`"));
+    };
+    let admins = s
+        .tokens
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .filter(|r| r.role == Role::Admin && r.live(auth::now_unix()))
+        .count();
+    if record.role == Role::Admin && admins <= 1 {
+        return error(
+            StatusCode::CONFLICT,
+            "this is the last admin token; create another before revoking it",
+        );
+    }
+    if let Err(e) = s.store.delete_token(&record.hash) {
         return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     }
     s.tokens
         .write()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(hash, role);
-    // Over TLS the token carries the CA's hash, so a host checks the
-    // scheduler before it presents the secret.
-    let token = match &s.tls {
-        Some(tls) => format!("{token}.{}", tls.ca.hash()),
-        None => token,
-    };
-    (StatusCode::CREATED, Json(TokenResponse { token })).into_response()
+        .remove(&record.hash);
+    s.event(
+        "token_revoked",
+        serde_json::json!({ "id": id, "role": record.role.wire() }),
+    );
+    StatusCode::NO_CONTENT.into_response()
 }
 
 pub(super) async fn upload_module(State(s): State<Arc<Scheduler>>, body: Bytes) -> Response {
@@ -100,7 +211,7 @@ pub(super) async fn download_module(
     peer: roam_tls::Peer,
     headers: HeaderMap,
 ) -> Response {
-    if !s.is_admin(&headers)
+    if !s.token_covers(&headers, &Role::Operator)
         && let Err(r) = s.calling_host(&peer, &headers)
     {
         return r.into_response();
@@ -191,17 +302,36 @@ fn info(s: &Scheduler, spec: WorkloadSpec) -> WorkloadInfo {
     }
 }
 
-pub(super) async fn workloads(State(s): State<Arc<Scheduler>>) -> Response {
-    let out: Vec<WorkloadInfo> = s.specs().into_iter().map(|spec| info(&s, spec)).collect();
+/// What a viewer sees of an environment value.
+const HIDDEN: &str = "(hidden)";
+
+/// A workload as its caller may see it: a viewer gets the environment's
+/// names, not its values (they may be secrets).
+fn shown(s: &Scheduler, headers: &HeaderMap, mut spec: WorkloadSpec) -> WorkloadInfo {
+    if !s.token_covers(headers, &Role::Operator) {
+        for value in spec.env.values_mut() {
+            *value = HIDDEN.to_string();
+        }
+    }
+    info(s, spec)
+}
+
+pub(super) async fn workloads(State(s): State<Arc<Scheduler>>, headers: HeaderMap) -> Response {
+    let out: Vec<WorkloadInfo> = s
+        .specs()
+        .into_iter()
+        .map(|spec| shown(&s, &headers, spec))
+        .collect();
     Json(out).into_response()
 }
 
 pub(super) async fn workload(
     State(s): State<Arc<Scheduler>>,
     Path(name): Path<String>,
+    headers: HeaderMap,
 ) -> Response {
     match s.spec(&name) {
-        Some(spec) => Json(info(&s, spec)).into_response(),
+        Some(spec) => Json(shown(&s, &headers, spec)).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no workload `{name}`")),
     }
 }

@@ -140,6 +140,22 @@ impl Scheduler {
             .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
     }
 
+    /// Let in only host `name`, by its certificate: none is 401, another
+    /// host's 403.
+    pub(super) fn require_host(&self, peer: &Peer, name: &str) -> Result<(), Refusal> {
+        match peer.identity.as_ref() {
+            _ if self.acts_as(peer, name) => Ok(()),
+            None => Err(Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                format!("host `{name}`'s certificate is required"),
+            )),
+            Some(other) => Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                format!("{other} cannot act as host `{name}`"),
+            )),
+        }
+    }
+
     /// Whether `peer` may act as host `name`: over TLS only with a
     /// certificate naming it.
     pub(super) fn acts_as(&self, peer: &Peer, name: &str) -> bool {
@@ -168,11 +184,8 @@ pub(super) async fn renew(
     peer: Peer,
     body: Bytes,
 ) -> Response {
-    if !s.acts_as(&peer, &name) {
-        return error(
-            StatusCode::FORBIDDEN,
-            format!("only host `{name}`, with its certificate, renews it"),
-        );
+    if let Err(r) = s.require_host(&peer, &name) {
+        return r.into_response();
     }
     let req: RenewCertificate = match parse(&body) {
         Ok(r) => r,

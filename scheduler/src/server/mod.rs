@@ -31,20 +31,18 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::{any, get, post, put};
 use dashmap::DashMap;
-use roam_proto::paths::{self, scheduler as routes};
 use roam_proto::reply::error;
 use roam_proto::{Capacity, InstanceStatus, WorkloadSpec};
 
 use crate::auth::{self, Role, TokenRecord};
 use crate::store::Store;
 
+pub mod access;
 mod api;
 mod drain;
 mod host_client;
@@ -144,7 +142,11 @@ struct Scheduler {
     /// How hosts are reached (shared with `client`'s resolver).
     transport: roam_tls::Transport,
     store: Store,
-    tokens: RwLock<HashMap<String, Role>>,
+    /// Token records by hash (expired and used-up ones included, so they can
+    /// be listed; they admit nothing).
+    tokens: RwLock<HashMap<String, TokenRecord>>,
+    /// Who may call which route (`access.rs`).
+    access: HashMap<(String, &'static str), access::Access>,
     hosts: DashMap<String, HostEntry>,
     assignments: Mutex<BTreeMap<String, BTreeSet<String>>>,
     /// Every call to a host.
@@ -233,23 +235,21 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         Some(identity::ClusterTls::load(&config)?)
     };
     let store = Store::open(&config.data_dir.join("state.redb"))?;
-    let mut tokens: HashMap<String, Role> = store
-        .tokens::<TokenRecord>()?
-        .into_iter()
-        .map(|(hash, r)| (hash, r.role))
-        .collect();
+    let mut tokens: HashMap<String, TokenRecord> =
+        store.tokens::<TokenRecord>()?.into_iter().collect();
     let token_file = config.data_dir.join("admin.token");
-    if !tokens.values().any(|r| *r == Role::Admin) {
+    if !tokens.values().any(|r| r.role == Role::Admin) {
         let token = auth::new_token()?;
         let hash = auth::hash_token(&token);
-        store.put_token(
-            &hash,
-            &TokenRecord {
-                hash: hash.clone(),
-                role: Role::Admin,
-            },
-        )?;
-        tokens.insert(hash, Role::Admin);
+        let record = TokenRecord {
+            hash: hash.clone(),
+            role: Role::Admin,
+            created: auth::now_unix(),
+            expires: None,
+            uses_left: None,
+        };
+        store.put_token(&hash, &record)?;
+        tokens.insert(hash, record);
         write_private(&token_file, &token)?;
         eprintln!(
             "roam scheduler: admin token written to {}",
@@ -283,6 +283,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         tls,
         store,
         tokens: RwLock::new(tokens),
+        access: access::rules(),
         hosts: DashMap::new(),
         assignments: Mutex::new(assignments),
         client: HostClient::new(&transport)?,
@@ -306,44 +307,9 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     scheduler.load_migrations();
     tokio::spawn(scheduler.clone().reconcile_loop());
     tokio::spawn(scheduler.clone().renew_own_loop());
-    // Operator routes: every one needs the admin token, checked before any
-    // body is read.
-    let admin = Router::new()
-        .route(routes::TOKENS, post(api::create_token))
-        .route(routes::NODES, get(registry::nodes))
-        .route(routes::NODE_ACTION, post(registry::node_action))
-        .route(routes::MODULES, put(api::upload_module))
-        .route(routes::WORKLOADS, get(api::workloads).post(api::deploy))
-        .route(
-            routes::WORKLOAD,
-            get(api::workload).delete(api::delete_workload),
-        )
-        .route(routes::WORKLOAD_LOGS, get(api::workload_logs))
-        .route(routes::WORKLOAD_SNAPSHOT, post(api::snapshot_workload))
-        .route(routes::WORKLOAD_RESTORE, post(api::restore_workload))
-        .route(routes::INSTANCES, get(api::instances))
-        .route(
-            routes::MIGRATIONS,
-            get(migrations::list).post(migrations::create),
-        )
-        .route(routes::MIGRATION, get(migrations::show))
-        .route(routes::EVENTS, get(api::events))
-        .route_layer(axum::middleware::from_fn_with_state(
-            scheduler.clone(),
-            require_admin,
-        ));
-    let app = Router::new()
-        .merge(admin)
-        .route(routes::JOIN, post(registry::join))
-        .route(routes::HEARTBEAT, post(registry::heartbeat))
-        .route(routes::MODULE, get(api::download_module))
-        .route(routes::MESSAGE, post(ingress::relay_message))
-        .route(routes::METRICS, get(metrics::metrics))
-        .route(routes::CA, get(identity::ca))
-        .route(routes::HOST_CERTIFICATE, post(identity::renew))
-        .route(paths::ingress::ROOT, any(ingress::ingress))
-        .route(paths::ingress::ROOT_SLASH, any(ingress::ingress))
-        .route(paths::ingress::ANY, any(ingress::ingress))
+    // Every route from the access table, its rule checked before any body
+    // is read.
+    let app = access::router(&scheduler)
         .layer(DefaultBodyLimit::max(MAX_MODULE))
         .with_state(scheduler);
     let scheme = if server_tls.is_some() {
@@ -364,19 +330,6 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     .context("scheduler API server failed")
 }
 
-/// Refuse operator routes without the admin token.
-async fn require_admin(
-    State(s): State<Arc<Scheduler>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if s.is_admin(request.headers()) {
-        next.run(request).await
-    } else {
-        error(StatusCode::UNAUTHORIZED, "an admin token is required")
-    }
-}
-
 pub use roam_tls::write_private;
 
 impl Scheduler {
@@ -393,7 +346,10 @@ impl Scheduler {
         let token = roam_proto::auth::JoinToken::parse(roam_proto::reply::bearer(headers)?).secret;
         let hash = auth::hash_token(token);
         let tokens = self.tokens.read().unwrap_or_else(|e| e.into_inner());
-        tokens.get(&hash).map(|r| (hash, r.clone()))
+        tokens
+            .get(&hash)
+            .filter(|r| r.live(auth::now_unix()))
+            .map(|r| (hash, r.role.clone()))
     }
 
     /// The hash of the join token presented, if it is one (no copy of the
@@ -402,7 +358,43 @@ impl Scheduler {
         let token = roam_proto::auth::JoinToken::parse(roam_proto::reply::bearer(headers)?).secret;
         let hash = auth::hash_token(token);
         let tokens = self.tokens.read().unwrap_or_else(|e| e.into_inner());
-        matches!(tokens.get(&hash), Some(Role::Join { .. })).then_some(hash)
+        tokens
+            .get(&hash)
+            .is_some_and(|r| matches!(r.role, Role::Join { .. }) && r.live(auth::now_unix()))
+            .then_some(hash)
+    }
+
+    /// Whether the token presented was one, but has expired or run out.
+    fn spent_token(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = roam_proto::reply::bearer(headers) else {
+            return false;
+        };
+        let hash = auth::hash_token(roam_proto::auth::JoinToken::parse(token).secret);
+        self.tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&hash)
+            .is_some_and(|r| !r.live(auth::now_unix()))
+    }
+
+    /// Count one join against a join token's uses, if it still has one
+    /// (checked and taken under one lock, so two joins cannot share the
+    /// last use). `false`: used up or gone.
+    fn take_join_use(&self, hash: &str) -> Result<bool, crate::store::StoreError> {
+        let mut tokens = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+        let Some(record) = tokens.get_mut(hash) else {
+            return Ok(false);
+        };
+        if !record.live(auth::now_unix()) {
+            return Ok(false);
+        }
+        if let Some(left) = record.uses_left {
+            let mut used = record.clone();
+            used.uses_left = Some(left.saturating_sub(1));
+            self.store.put_token(hash, &used)?;
+            *record = used;
+        }
+        Ok(true)
     }
 
     /// The host calling a route meant for hosts: over TLS the one its
@@ -433,10 +425,6 @@ impl Scheduler {
                 "a join token is required",
             ))
         }
-    }
-
-    fn is_admin(&self, headers: &HeaderMap) -> bool {
-        matches!(self.role(headers), Some((_, Role::Admin)))
     }
 
     fn specs(&self) -> Vec<WorkloadSpec> {

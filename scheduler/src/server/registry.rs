@@ -73,7 +73,11 @@ pub(super) async fn join(
     if token.is_none() && peer.host().is_none() {
         return error(
             StatusCode::UNAUTHORIZED,
-            "a join token (or, to rejoin, the host's certificate) is required",
+            if s.spent_token(&headers) {
+                "the join token is used up or expired"
+            } else {
+                "a join token (or, to rejoin, the host's certificate) is required"
+            },
         );
     }
     let req: JoinRequest = match parse(&body) {
@@ -90,7 +94,7 @@ pub(super) async fn join(
         Ok(r) => r,
         Err(r) => return r.into_response(),
     };
-    let by_certificate = s.acts_as(&peer, &req.name);
+    let by_certificate = s.acts_as(&peer, &req.name) && record.is_some();
     let (hash, bound) = match (token, &record) {
         (_, Some(r)) if by_certificate => (String::new(), r.labels.clone()),
         (Some((_, labels)), Some(r)) if labels != r.labels => {
@@ -157,6 +161,18 @@ pub(super) async fn join(
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
+    if !by_certificate {
+        match s.take_join_use(&hash) {
+            Ok(true) => {}
+            Ok(false) => {
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "the join token is used up or expired",
+                );
+            }
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
     let certificate = match s.issue_host_certificate(&req.name, &req.csr) {
         Ok(c) => c,
         Err(r) => return r.into_response(),
@@ -208,11 +224,8 @@ pub(super) async fn heartbeat(
     body: Bytes,
 ) -> Response {
     let token = if s.tls.is_some() {
-        if !s.acts_as(&peer, &name) {
-            return error(
-                StatusCode::FORBIDDEN,
-                format!("only host `{name}`, with its certificate, heartbeats as `{name}`"),
-            );
+        if let Err(r) = s.require_host(&peer, &name) {
+            return r.into_response();
         }
         None
     } else {
