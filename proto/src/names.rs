@@ -51,9 +51,63 @@ pub fn host(name: &str) -> Result<(), BadName> {
     check("host", name)
 }
 
+/// Check a workload name.
+pub fn workload(name: &str) -> Result<(), BadName> {
+    check("workload", name)
+}
+
+/// Most labels a host may report.
+pub const MAX_LABELS: usize = 64;
+
+/// Check a label: its key is 1-63 characters of `a-z`, `0-9`, `-`, `_`,
+/// `.`; its value 1-63 of those and `A-Z` (`jurisdiction=EU`). A `site`
+/// label's value is a name ([`check`]).
+pub fn label(key: &str, value: &str) -> Result<(), BadName> {
+    let shown = |s: &str| s.chars().take(64).flat_map(char::escape_debug).collect();
+    let fits = |s: &str, upper: bool| {
+        !s.is_empty()
+            && s.len() <= MAX_NAME
+            && s.bytes().all(|b| {
+                b.is_ascii_lowercase()
+                    || (upper && b.is_ascii_uppercase())
+                    || b.is_ascii_digit()
+                    || matches!(b, b'-' | b'_' | b'.')
+            })
+    };
+    if !fits(key, false) {
+        return Err(BadName {
+            what: "label",
+            shown: shown(key),
+            why: "a label key is 1-63 characters of a-z, 0-9, `-`, `_` and `.`",
+        });
+    }
+    if key == "site" {
+        return check("site", value);
+    }
+    if !fits(value, true) {
+        return Err(BadName {
+            what: "label value",
+            shown: shown(value),
+            why: "a label value is 1-63 characters of letters, digits, `-`, `_` and `.`",
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_are_bounded_and_a_site_is_a_name() {
+        assert_eq!(label("jurisdiction", "EU"), Ok(()));
+        assert_eq!(label("site", "eu-west-1"), Ok(()));
+        assert!(label("site", "EU West").is_err());
+        assert!(label("Jurisdiction", "EU").is_err());
+        assert!(label("k", "").is_err());
+        assert!(label("k", &"v".repeat(64)).is_err());
+        assert!(label("k", "a/b").is_err());
+    }
 
     #[test]
     fn dns_labels_pass_and_everything_else_is_refused() {

@@ -114,6 +114,9 @@ pub enum AuthError {
     /// A join token label is not one of the trusted labels.
     #[error("`{0}` is not a trusted label; join tokens bind only {TRUSTED_LABELS:?}")]
     NotTrusted(String),
+    /// A label out of bounds.
+    #[error("{0}")]
+    BadLabel(String),
     /// A host claimed a trusted label its token does not grant.
     #[error("host claims `{key}={claimed}` but its join token binds `{key}={bound}`")]
     LabelConflict {
@@ -140,13 +143,29 @@ pub fn hash_token(token: &str) -> String {
 
 /// Check that `labels` are all trusted labels, for a new join token.
 pub fn check_join_labels(labels: &Labels) -> Result<(), AuthError> {
-    match labels
+    if let Some(k) = labels
         .keys()
         .find(|k| !TRUSTED_LABELS.contains(&k.as_str()))
     {
-        Some(k) => Err(AuthError::NotTrusted(k.clone())),
-        None => Ok(()),
+        return Err(AuthError::NotTrusted(k.clone()));
     }
+    check_labels(labels)
+}
+
+/// Every label's key and value within bounds ([`roam_proto::names::label`]),
+/// and not too many.
+pub fn check_labels(labels: &Labels) -> Result<(), AuthError> {
+    if labels.len() > roam_proto::names::MAX_LABELS {
+        return Err(AuthError::BadLabel(format!(
+            "{} labels; at most {}",
+            labels.len(),
+            roam_proto::names::MAX_LABELS
+        )));
+    }
+    for (k, v) in labels {
+        roam_proto::names::label(k, v).map_err(|e| AuthError::BadLabel(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// The labels a host ends up with: its own untrusted labels plus the

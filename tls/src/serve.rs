@@ -1,7 +1,8 @@
 //! The server loop both daemons use: TLS (or plain HTTP behind
 //! `--insecure-plaintext`), HTTP/1.1 with upgrades (the migration page
 //! stream), a deadline on the TLS handshake and on reading a request's
-//! head, and a graceful stop. Every request carries a [`Peer`] extension:
+//! head, a read idle timeout on bodies, a bound on one address's open
+//! connections, and a graceful stop. Every request carries a [`Peer`] extension:
 //! the client's address and, when it presented a certificate from the
 //! cluster CA, the identity that certificate names.
 
@@ -70,10 +71,18 @@ pub struct ServeOptions {
     pub header_read_timeout: Duration,
     /// On stop, how long open connections get to finish.
     pub grace: Duration,
+    /// A request body that sends nothing for this long fails (a read idle
+    /// timeout: it resets with every chunk that arrives).
+    pub body_idle_timeout: Duration,
+    /// Connections one client address may hold open at once; more are
+    /// closed as they arrive. HTTP/1.1 runs one request at a time on a
+    /// connection, so this bounds a client's requests in flight.
+    pub max_connections_per_ip: usize,
 }
 
 impl ServeOptions {
-    /// Defaults: 10 s for the handshake and for a request head, 10 s of
+    /// Defaults: 10 s for the handshake and for a request head, 30 s of
+    /// silence in a body, 512 connections per client address, 10 s of
     /// grace.
     pub fn new(tls: Option<Arc<rustls::ServerConfig>>) -> ServeOptions {
         ServeOptions {
@@ -81,6 +90,8 @@ impl ServeOptions {
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             grace: Duration::from_secs(10),
+            body_idle_timeout: Duration::from_secs(30),
+            max_connections_per_ip: 512,
         }
     }
 }
@@ -98,6 +109,7 @@ pub async fn serve(
     // connection has closed.
     let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
     let acceptor = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let per_ip = PerIp::default();
     tokio::pin!(shutdown);
     loop {
         let (tcp, addr) = tokio::select! {
@@ -112,6 +124,10 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let Some(slot) = per_ip.take(addr.ip(), options.max_connections_per_ip) else {
+            tracing::debug!(%addr, "too many connections from this address; closing");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
         let acceptor = acceptor.clone();
@@ -120,6 +136,7 @@ pub async fn serve(
         let open = open_tx.clone();
         tokio::spawn(async move {
             let _open = open;
+            let _slot = slot;
             match acceptor {
                 None => {
                     let peer = Peer {
@@ -166,6 +183,43 @@ pub async fn serve(
     Ok(())
 }
 
+/// Open connections per client address.
+#[derive(Clone, Default)]
+struct PerIp(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+/// One connection's place in [`PerIp`], given back when dropped.
+struct Slot {
+    per_ip: PerIp,
+    ip: std::net::IpAddr,
+}
+
+impl PerIp {
+    fn take(&self, ip: std::net::IpAddr, max: usize) -> Option<Slot> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            per_ip: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.per_ip.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 async fn connection<I>(
     io: I,
     app: Router,
@@ -175,9 +229,11 @@ async fn connection<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let idle = options.body_idle_timeout;
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(peer.clone());
-        app.clone().oneshot(request)
+        app.clone()
+            .oneshot(request.map(|body| tower_http::timeout::TimeoutBody::new(idle, body)))
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

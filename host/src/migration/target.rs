@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -38,6 +38,9 @@ use super::pages::FrameReader;
 use super::{Activated, PART, STALE};
 use crate::daemon::Host;
 use crate::fault::Fault;
+
+/// How long one round part's body may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Room for host state (key-value data, inbox, timers) beyond the memory cap.
 const STATE_OVERHEAD: u64 = 64 << 20;
@@ -334,13 +337,46 @@ pub(super) async fn receive_round(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // The key first, then the body read with no lock held: the registry of
+    // incoming migrations is host-wide, and a slow sender must not hold up
+    // every other migration (or an abort) while its bytes trickle in.
+    if let Err(e) = presented(&mut *host.migrations.incoming.lock().await, &id, &headers) {
+        return error(e.status(), e.to_string());
+    }
+    let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, PART)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            return refuse_round(
+                &host,
+                &id,
+                ReceiveError::Body {
+                    round,
+                    part: 0,
+                    reason: e.to_string(),
+                },
+            )
+            .await;
+        }
+        Err(_) => {
+            return refuse_round(
+                &host,
+                &id,
+                ReceiveError::Body {
+                    round,
+                    part: 0,
+                    reason: format!("not received within {BODY_TIMEOUT:?}"),
+                },
+            )
+            .await;
+        }
+    };
     let mut incoming = host.migrations.incoming.lock().await;
     let entry = match presented(&mut incoming, &id, &headers) {
         Ok(e) => e,
         Err(e) => return error(e.status(), e.to_string()),
     };
     let started = Instant::now();
-    match apply_part(entry, round, &headers, body).await {
+    match apply_part(entry, round, &headers, &body) {
         Ok(ended) => {
             if ended {
                 tracing::debug!(migration = %id, round, apply_ms = started.elapsed().as_secs_f64() * 1e3, "round applied");
@@ -358,33 +394,33 @@ pub(super) async fn receive_round(
     }
 }
 
+/// Drop migration `id` for `why`, and say so.
+async fn refuse_round(host: &Host, id: &str, why: ReceiveError) -> Response {
+    tracing::warn!(migration = %id, error = %why, "migration stream refused; dropping it");
+    host.migrations.incoming.lock().await.remove(id);
+    error(StatusCode::BAD_REQUEST, why.to_string())
+}
+
 /// Check one part (a piece of the round's encoded snapshot; pieces are
 /// joined up to the total, then decoded and applied) and apply what it
 /// completes. Returns whether the round ended.
-async fn apply_part(
+fn apply_part(
     entry: &mut Incoming,
     round: u32,
     headers: &HeaderMap,
-    body: Body,
+    body: &[u8],
 ) -> Result<bool, ReceiveError> {
     let at = entry.expect_part(round, headers)?;
     let checksum = header(headers, headers::CHECKSUM)
         .and_then(|c| u64::from_str_radix(c, 16).ok())
         .ok_or(ReceiveError::Header(headers::CHECKSUM))?;
-    let body = axum::body::to_bytes(body, PART)
-        .await
-        .map_err(|e| ReceiveError::Body {
-            round,
-            part: at.index,
-            reason: e.to_string(),
-        })?;
-    if xxhash_rust::xxh3::xxh3_64(&body) != checksum {
+    if xxhash_rust::xxh3::xxh3_64(body) != checksum {
         return Err(ReceiveError::Checksum {
             round,
             part: at.index,
         });
     }
-    entry.apply_snapshot_part(round, headers, &body)?;
+    entry.apply_snapshot_part(round, headers, body)?;
     let last = header(headers, headers::FINAL) == Some("1");
     entry.end_part(round, at.count, last)
 }

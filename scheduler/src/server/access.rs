@@ -16,7 +16,7 @@ use axum::extract::{MatchedPath, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{MethodRouter, any, delete, get, post, put};
-use roam_proto::paths::{self, scheduler as r};
+use roam_proto::paths::scheduler as r;
 use roam_proto::reply::error;
 
 use super::{Scheduler, api, identity, ingress, metrics, migrations, registry};
@@ -69,86 +69,126 @@ pub struct RouteRule {
     pub pattern: &'static str,
     /// Who may call it.
     pub access: Access,
+    /// Largest body read, bytes (after the caller is let in; a longer one
+    /// is refused with 413 as it arrives, never buffered whole).
+    pub limit: usize,
 }
+
+/// Bodies of small JSON calls.
+const SMALL: usize = 64 << 10;
+/// A host's report of what it runs (join, heartbeat).
+const REPORT: usize = 4 << 20;
+/// Modules and snapshots.
+const LARGE: usize = 64 << 20;
+/// A message between workloads (the ABI's default quota).
+const MESSAGE: usize = 1 << 20;
+/// A request through the ingress.
+const INGRESS: usize = 8 << 20;
 
 type Handler = MethodRouter<Arc<Scheduler>>;
 
-/// Every route of the scheduler: its rule and its handler.
+/// Every route of the scheduler: its rule, its body limit and its handler.
 fn routes() -> Vec<(RouteRule, Handler)> {
     use Access::*;
-    let rule = |method, pattern, access| RouteRule {
-        method,
-        pattern,
-        access,
+    use roam_proto::paths::ingress as w;
+    let on = |method, pattern, access, limit, handler| {
+        let rule = RouteRule {
+            method,
+            pattern,
+            access,
+            limit,
+        };
+        (rule, handler)
     };
     vec![
-        (rule("POST", r::TOKENS, Admin), post(api::create_token)),
-        (rule("GET", r::TOKENS, Admin), get(api::list_tokens)),
-        (rule("DELETE", r::TOKEN, Admin), delete(api::revoke_token)),
-        (rule("GET", r::NODES, Viewer), get(registry::nodes)),
-        (
-            rule("POST", r::NODE_ACTION, Operator),
+        on("POST", r::TOKENS, Admin, SMALL, post(api::create_token)),
+        on("GET", r::TOKENS, Admin, SMALL, get(api::list_tokens)),
+        on("DELETE", r::TOKEN, Admin, SMALL, delete(api::revoke_token)),
+        on("GET", r::NODES, Viewer, SMALL, get(registry::nodes)),
+        on(
+            "POST",
+            r::NODE_ACTION,
+            Operator,
+            SMALL,
             post(registry::node_action),
         ),
-        (rule("PUT", r::MODULES, Operator), put(api::upload_module)),
-        (
-            rule("GET", r::MODULE, HostOrOperator),
+        on("PUT", r::MODULES, Operator, LARGE, put(api::upload_module)),
+        on(
+            "GET",
+            r::MODULE,
+            HostOrOperator,
+            SMALL,
             get(api::download_module),
         ),
-        (rule("GET", r::WORKLOADS, Viewer), get(api::workloads)),
-        (rule("POST", r::WORKLOADS, Operator), post(api::deploy)),
-        (rule("GET", r::WORKLOAD, Viewer), get(api::workload)),
-        (
-            rule("DELETE", r::WORKLOAD, Operator),
+        on("GET", r::WORKLOADS, Viewer, SMALL, get(api::workloads)),
+        on("POST", r::WORKLOADS, Operator, REPORT, post(api::deploy)),
+        on("GET", r::WORKLOAD, Viewer, SMALL, get(api::workload)),
+        on(
+            "DELETE",
+            r::WORKLOAD,
+            Operator,
+            SMALL,
             delete(api::delete_workload),
         ),
-        (
-            rule("GET", r::WORKLOAD_LOGS, Viewer),
+        on(
+            "GET",
+            r::WORKLOAD_LOGS,
+            Viewer,
+            SMALL,
             get(api::workload_logs),
         ),
-        (
-            rule("POST", r::WORKLOAD_SNAPSHOT, Operator),
+        on(
+            "POST",
+            r::WORKLOAD_SNAPSHOT,
+            Operator,
+            SMALL,
             post(api::snapshot_workload),
         ),
-        (
-            rule("POST", r::WORKLOAD_RESTORE, Operator),
+        on(
+            "POST",
+            r::WORKLOAD_RESTORE,
+            Operator,
+            LARGE,
             post(api::restore_workload),
         ),
-        (rule("GET", r::INSTANCES, Viewer), get(api::instances)),
-        (rule("GET", r::MIGRATIONS, Viewer), get(migrations::list)),
-        (
-            rule("POST", r::MIGRATIONS, Operator),
+        on("GET", r::INSTANCES, Viewer, SMALL, get(api::instances)),
+        on("GET", r::MIGRATIONS, Viewer, SMALL, get(migrations::list)),
+        on(
+            "POST",
+            r::MIGRATIONS,
+            Operator,
+            SMALL,
             post(migrations::create),
         ),
-        (rule("GET", r::MIGRATION, Viewer), get(migrations::show)),
-        (rule("GET", r::EVENTS, Viewer), get(api::events)),
-        (rule("POST", r::JOIN, Join), post(registry::join)),
-        (
-            rule("POST", r::HEARTBEAT, ThisHost),
+        on("GET", r::MIGRATION, Viewer, SMALL, get(migrations::show)),
+        on("GET", r::EVENTS, Viewer, SMALL, get(api::events)),
+        on("POST", r::JOIN, Join, REPORT, post(registry::join)),
+        on(
+            "POST",
+            r::HEARTBEAT,
+            ThisHost,
+            REPORT,
             post(registry::heartbeat),
         ),
-        (
-            rule("POST", r::HOST_CERTIFICATE, ThisHost),
+        on(
+            "POST",
+            r::HOST_CERTIFICATE,
+            ThisHost,
+            SMALL,
             post(identity::renew),
         ),
-        (
-            rule("POST", r::MESSAGE, SendingHost),
+        on(
+            "POST",
+            r::MESSAGE,
+            SendingHost,
+            MESSAGE,
             post(ingress::relay_message),
         ),
-        (rule("GET", r::METRICS, Public), get(metrics::metrics)),
-        (rule("GET", r::CA, Public), get(identity::ca)),
-        (
-            rule("*", paths::ingress::ROOT, Public),
-            any(ingress::ingress),
-        ),
-        (
-            rule("*", paths::ingress::ROOT_SLASH, Public),
-            any(ingress::ingress),
-        ),
-        (
-            rule("*", paths::ingress::ANY, Public),
-            any(ingress::ingress),
-        ),
+        on("GET", r::METRICS, Public, SMALL, get(metrics::metrics)),
+        on("GET", r::CA, Public, SMALL, get(identity::ca)),
+        on("*", w::ROOT, Public, INGRESS, any(ingress::ingress)),
+        on("*", w::ROOT_SLASH, Public, INGRESS, any(ingress::ingress)),
+        on("*", w::ANY, Public, INGRESS, any(ingress::ingress)),
     ]
 }
 
@@ -162,7 +202,10 @@ pub fn table() -> Vec<RouteRule> {
 pub(super) fn router(s: &Arc<Scheduler>) -> axum::Router<Arc<Scheduler>> {
     let mut router = axum::Router::new();
     for (rule, handler) in routes() {
-        router = router.route(rule.pattern, handler);
+        router = router.route(
+            rule.pattern,
+            handler.layer(axum::extract::DefaultBodyLimit::max(rule.limit)),
+        );
     }
     router.route_layer(axum::middleware::from_fn_with_state(s.clone(), authorize))
 }
@@ -203,13 +246,38 @@ async fn authorize(
         Some(Access::Viewer) => Role::Viewer,
         Some(Access::Operator) => Role::Operator,
         Some(Access::Admin) => Role::Admin,
-        Some(
-            Access::Public
-            | Access::Join
-            | Access::ThisHost
-            | Access::SendingHost
-            | Access::HostOrOperator,
-        ) => return next.run(request).await,
+        Some(Access::Public) => return next.run(request).await,
+        // Host routes: a first look before any body is read (a host
+        // certificate, or a join token); the handler checks which host.
+        Some(host_route) => {
+            let peer = request
+                .extensions()
+                .get::<roam_tls::Peer>()
+                .and_then(|p| p.host())
+                .is_some();
+            let headers = request.headers();
+            let let_in = match host_route {
+                Access::Join => peer || s.join_token(headers).is_some(),
+                Access::HostOrOperator => {
+                    s.host_credential(peer, headers) || s.token_covers(headers, &Role::Operator)
+                }
+                _ => s.host_credential(peer, headers),
+            };
+            return if let_in {
+                next.run(request).await
+            } else if s.spent_token(headers) {
+                error(StatusCode::UNAUTHORIZED, "the token is used up or expired")
+            } else {
+                error(
+                    StatusCode::UNAUTHORIZED,
+                    if s.tls.is_some() {
+                        "a host certificate (or, to join, a join token) is required"
+                    } else {
+                        "a join token is required"
+                    },
+                )
+            };
+        }
     };
     match s.role(request.headers()) {
         Some((_, role)) if role.covers(&needed) => next.run(request).await,
@@ -229,6 +297,17 @@ async fn authorize(
 }
 
 impl Scheduler {
+    /// Whether a caller with (`peer`) or without a host certificate holds
+    /// a host's credential: over TLS the certificate, in plaintext a join
+    /// token.
+    fn host_credential(&self, peer: bool, headers: &HeaderMap) -> bool {
+        if self.tls.is_some() {
+            peer
+        } else {
+            self.join_token(headers).is_some()
+        }
+    }
+
     /// Whether the caller's token covers `needed`.
     pub(super) fn token_covers(&self, headers: &HeaderMap, needed: &Role) -> bool {
         self.role(headers).is_some_and(|(_, r)| r.covers(needed))

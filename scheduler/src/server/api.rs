@@ -228,27 +228,13 @@ pub(super) async fn download_module(
     }
 }
 
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-}
-
 pub(super) async fn deploy(State(s): State<Arc<Scheduler>>, body: Bytes) -> Response {
     let spec: WorkloadSpec = match parse(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    if !valid_name(&spec.name) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "`{}` is not a valid name (lowercase letters, digits, `-`, at most 63)",
-                spec.name
-            ),
-        );
+    if let Err(e) = roam_proto::names::workload(&spec.name) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
     }
     if let Err(e) = Selector::parse(&spec.selector) {
         return error(StatusCode::BAD_REQUEST, e.to_string());

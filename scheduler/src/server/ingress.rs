@@ -18,9 +18,6 @@ use roam_proto::{FromQuery, headers};
 use super::Scheduler;
 use super::host_client::Endpoint;
 
-/// Largest request body proxied by the ingress.
-const MAX_INGRESS_BODY: usize = 8 << 20;
-
 impl Scheduler {
     /// Send a request built by `build(host, generation)` to the host that
     /// serves `workload`. A host's refusal before dispatch (wrong
@@ -153,9 +150,6 @@ pub(super) async fn ingress(
     let Some((workload, path)) = paths::ingress_target(uri.path()) else {
         return error(StatusCode::NOT_FOUND, paths::ingress::USAGE);
     };
-    if body.len() > MAX_INGRESS_BODY {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
-    }
     let Ok(method) = reqwest::Method::from_bytes(method.as_str().as_bytes()) else {
         return error(StatusCode::METHOD_NOT_ALLOWED, "unsupported method");
     };

@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::body::Bytes;
-use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use dashmap::DashMap;
@@ -55,9 +54,6 @@ mod recovery;
 mod registry;
 
 use host_client::{Endpoint, HostClient};
-
-/// Largest module accepted by `PUT /v1/modules`.
-const MAX_MODULE: usize = 64 << 20;
 
 /// How the scheduler runs.
 #[derive(Clone, Debug)]
@@ -309,9 +305,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     tokio::spawn(scheduler.clone().renew_own_loop());
     // Every route from the access table, its rule checked before any body
     // is read.
-    let app = access::router(&scheduler)
-        .layer(DefaultBodyLimit::max(MAX_MODULE))
-        .with_state(scheduler);
+    let app = access::router(&scheduler).with_state(scheduler);
     let scheme = if server_tls.is_some() {
         "https"
     } else {

@@ -120,6 +120,9 @@ pub(super) async fn join(
             );
         }
     };
+    if let Err(e) = auth::check_labels(&req.labels) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
     let mut labels = match auth::host_labels(&req.labels, &bound) {
         Ok(l) => l,
         Err(e) => return error(StatusCode::FORBIDDEN, e.to_string()),
