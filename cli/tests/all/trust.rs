@@ -303,3 +303,91 @@ fn tokens_run_out_are_revoked_and_viewers_see_no_secrets() {
     let (ok, _, err) = c.roam(&["token", "revoke", &admin_id]);
     assert!(!ok && err.contains("last admin token"), "{err}");
 }
+
+/// The first attack: a guest granted only `send` picks its message's
+/// destination, and tries to steer its host's relay at the scheduler's
+/// control API. Every destination becomes one encoded path segment on the
+/// message route (or is refused before anything is sent), so nothing but a
+/// refused or undelivered message comes of it: no host joins, nothing is
+/// placed anywhere new, and a real message still arrives.
+#[test]
+fn a_guest_cannot_steer_its_hosts_relay_at_the_scheduler() {
+    let c = eu_cluster();
+    let events = subscribe(&c);
+    for (name, module, site, grant) in [
+        (
+            "sensor-aggregator",
+            roam_tests::artifacts::SENSOR_AGGREGATOR,
+            "eu-west-1",
+            None,
+        ),
+        (
+            "sensor-probe",
+            roam_tests::artifacts::SENSOR_PROBE,
+            "eu-central-1",
+            Some("send"),
+        ),
+    ] {
+        let selector = format!("site={site}");
+        let mut args = vec!["deploy", module, "--name", name, "--selector", &selector];
+        if let Some(g) = grant {
+            args.extend(["--grant", g]);
+        }
+        let (ok, _, err) = c.roam(&args);
+        assert!(ok, "{err}");
+    }
+    poll(Duration::from_secs(30), "both to serve", || {
+        c.get("sensor-aggregator", "/sensors").0 == 200
+            && c.get("sensor-probe", "/").1.contains("try POST /read")
+    });
+    let before = c.nodes();
+    for to in [
+        "../hosts/join",
+        "../../v1/hosts/join",
+        "x/../../hosts/join",
+        "..",
+        ".",
+        "",
+        "victim?from=sensor-aggregator",
+        "%2e%2e/hosts/join",
+        "/v1/tokens",
+    ] {
+        let (status, body) = c.invoke("sensor-probe", &format!("/read?sensor=t1&value=1&to={to}"));
+        // The send is taken (and later not delivered) or refused at once.
+        assert!(status == 202 || status == 503, "to `{to}`: {status} {body}");
+    }
+    // A real message after them still arrives.
+    let (status, body) = c.invoke("sensor-probe", "/read?sensor=t9&value=5");
+    assert_eq!(status, 202, "{body}");
+    poll(Duration::from_secs(10), "the real message", || {
+        c.get("sensor-aggregator", "/sensors/t9")
+            .1
+            .contains("\"n\":1")
+    });
+    let after = c.nodes();
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&before), names(&after), "no host joined");
+    let (_, tokens) = c.api("GET", "/v1/tokens", Some(&c.admin));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&tokens)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        4,
+        "only the admin token and the three hosts' join tokens: {tokens}"
+    );
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !event.contains("host_joined")
+                || ["eu-1", "eu-2", "us-1"].iter().any(|h| event.contains(h)),
+            "{event}"
+        );
+    }
+}
