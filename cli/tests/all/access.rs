@@ -343,7 +343,11 @@ fn every_route_answers_every_caller_as_the_matrix_says() {
             if let Some(token) = callers.tokens.get(caller) {
                 rb = rb.header("authorization", format!("Bearer {token}"));
             }
+            // A fresh connection each time: a server may close a kept-alive
+            // one whose body a refused route never read, and a client that
+            // reuses it then gets no answer at all.
             let status = rb
+                .header("connection", "close")
                 .header("content-type", "application/json")
                 .send(body.as_str())
                 .map(|r| r.status().as_u16())

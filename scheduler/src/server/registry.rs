@@ -56,6 +56,28 @@ impl Scheduler {
     }
 }
 
+/// Longest URL a host may register.
+const MAX_URL: usize = 2048;
+/// Longest architecture or engine key a host may report.
+const MAX_REPORTED: usize = 64;
+
+/// What a host reports about itself, bounded before it is kept, logged or
+/// shown: its URL (an `http` or `https` URL), architecture and engine key.
+fn reported_fields(url: &str, arch: &str, engine: &str) -> Result<(), String> {
+    if url.len() > MAX_URL || !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!(
+            "the host's URL must be an http(s) URL of at most {MAX_URL} bytes"
+        ));
+    }
+    let printable = |s: &str| s.len() <= MAX_REPORTED && s.bytes().all(|b| b.is_ascii_graphic());
+    if !printable(arch) || !printable(engine) {
+        return Err(format!(
+            "architecture and engine are at most {MAX_REPORTED} printable ASCII characters"
+        ));
+    }
+    Ok(())
+}
+
 /// `POST /v1/hosts/join`: with a join token, or (over TLS) with the
 /// certificate of the host being rejoined. The first join binds the name
 /// to the token's trusted labels for good; a later join by token must
@@ -89,6 +111,9 @@ pub(super) async fn join(
     }
     if let Err(e) = roam_proto::names::host(&req.name) {
         return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    if let Err(e) = reported_fields(&req.url, &req.arch, &req.engine) {
+        return error(StatusCode::BAD_REQUEST, e);
     }
     let record = match s.host_record(&req.name) {
         Ok(r) => r,
@@ -257,11 +282,13 @@ pub(super) async fn heartbeat(
         entry.capacity = beat.capacity;
         s.touch();
     }
-    if !beat.arch.is_empty() {
-        entry.arch = beat.arch;
-    }
-    if !beat.engine.is_empty() {
-        entry.engine = beat.engine;
+    if reported_fields(&entry.url, &beat.arch, &beat.engine).is_ok() {
+        if !beat.arch.is_empty() {
+            entry.arch = beat.arch;
+        }
+        if !beat.engine.is_empty() {
+            entry.engine = beat.engine;
+        }
     }
     if entry.memory_used != beat.memory_used || entry.instances != beat.instances {
         entry.memory_used = beat.memory_used;
