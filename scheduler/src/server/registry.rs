@@ -106,11 +106,12 @@ pub(super) async fn join(
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    if let Err(e) = roam_proto::check_protocol(&format!("host `{}`", req.name), req.protocol) {
-        return error(StatusCode::BAD_REQUEST, e);
-    }
+    // The name first: it goes into every message after this.
     if let Err(e) = roam_proto::names::host(&req.name) {
         return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    if let Err(e) = roam_proto::check_protocol(&format!("host `{}`", req.name), req.protocol) {
+        return error(StatusCode::BAD_REQUEST, e);
     }
     if let Err(e) = reported_fields(&req.url, &req.arch, &req.engine) {
         return error(StatusCode::BAD_REQUEST, e);
