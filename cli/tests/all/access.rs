@@ -139,23 +139,6 @@ struct Callers {
     joiner: Cert,
 }
 
-fn create_token(c: &Cluster, body: serde_json::Value) -> (String, String) {
-    let mut r = c
-        .agent
-        .post(format!("{}/v1/tokens", c.url))
-        .header("authorization", format!("Bearer {}", c.admin))
-        .header("content-type", "application/json")
-        .send(body.to_string())
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
-    let v: serde_json::Value =
-        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
-    (
-        v["token"].as_str().unwrap().to_string(),
-        v["id"].as_str().unwrap().to_string(),
-    )
-}
-
 fn host_cert(c: &Cluster, name: &str) -> Cert {
     let dir = c.dir.path().join(name).join("tls");
     Cert {
@@ -194,31 +177,6 @@ fn join_body(name: &str, csr: &str) -> serde_json::Value {
         "engine": "x",
         "csr": csr,
     })
-}
-
-fn agent(c: &Cluster, cert: Option<&Cert>) -> ureq::Agent {
-    let ca = std::fs::read(c.ca.as_ref().unwrap()).unwrap();
-    let mut tls =
-        ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::new_with_certs(&[
-            ureq::tls::Certificate::from_pem(&ca).unwrap(),
-        ]));
-    if let Some(cert) = cert {
-        let chain: Vec<ureq::tls::Certificate<'static>> =
-            ureq::tls::parse_pem(cert.chain.as_bytes())
-                .filter_map(|i| match i {
-                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                    _ => None,
-                })
-                .collect();
-        let key = ureq::tls::PrivateKey::from_pem(cert.key.as_bytes()).unwrap();
-        tls = tls.client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, key)));
-    }
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .tls_config(tls.build())
-        .build()
-        .into()
 }
 
 /// A request to `rule` that would succeed for an allowed caller, or fail
@@ -301,16 +259,16 @@ fn every_route_answers_every_caller_as_the_matrix_says() {
         joiner: join_by_hand(&c, "joiner", &eu),
     };
     for role in ["viewer", "operator"] {
-        let (token, _) = create_token(&c, serde_json::json!({ "role": role }));
+        let (token, _) = c.create_token(serde_json::json!({ "role": role }));
         callers.tokens.insert(role, token);
     }
     callers.tokens.insert("admin", c.admin.clone());
     callers.tokens.insert("join", eu.clone());
-    let (revoked, id) = create_token(&c, serde_json::json!({ "role": "admin" }));
+    let (revoked, id) = c.create_token(serde_json::json!({ "role": "admin" }));
     let (status, body) = c.api("DELETE", &format!("/v1/tokens/{id}"), Some(&c.admin));
     assert_eq!(status, 204, "{body}");
     callers.tokens.insert("revoked", revoked);
-    let (expired, _) = create_token(&c, serde_json::json!({ "role": "admin", "ttl_secs": 1 }));
+    let (expired, _) = c.create_token(serde_json::json!({ "role": "admin", "ttl_secs": 1 }));
     poll(Duration::from_secs(10), "the token to expire", || {
         c.api("GET", "/v1/nodes", Some(&expired)).0 == 401
     });
@@ -319,10 +277,11 @@ fn every_route_answers_every_caller_as_the_matrix_says() {
     let workloads: serde_json::Value = serde_json::from_str(&workloads).unwrap();
     let digest = workloads[0]["spec"]["digest"].as_str().unwrap().to_string();
 
-    let plain = agent(&c, None);
-    let as_this = agent(&c, Some(&callers.this_host));
-    let as_other = agent(&c, Some(&callers.other_host));
-    let as_joiner = agent(&c, Some(&callers.joiner));
+    let plain = c.agent.clone();
+    let as_cert = |cert: &Cert| c.agent_as(&cert.chain, &cert.key, true);
+    let as_this = as_cert(&callers.this_host);
+    let as_other = as_cert(&callers.other_host);
+    let as_joiner = as_cert(&callers.joiner);
     let mut wrong = Vec::new();
     for rule in table() {
         for caller in CALLERS {

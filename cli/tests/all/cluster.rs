@@ -183,7 +183,15 @@ impl Cluster {
     }
 
     pub(crate) fn join_token(&self, labels: &[(&str, &str)]) -> String {
-        let body = serde_json::json!({ "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<std::collections::BTreeMap<_, _>>() });
+        let labels: std::collections::BTreeMap<_, _> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.create_token(serde_json::json!({ "labels": labels })).0
+    }
+
+    /// `POST /v1/tokens` with `body`, as the admin: the token and its id.
+    pub(crate) fn create_token(&self, body: serde_json::Value) -> (String, String) {
         let mut r = self
             .agent
             .post(format!("{}/v1/tokens", self.url))
@@ -194,7 +202,37 @@ impl Cluster {
         assert_eq!(r.status().as_u16(), 201);
         let v: serde_json::Value =
             serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
-        v["token"].as_str().unwrap().to_string()
+        (
+            v["token"].as_str().unwrap().to_string(),
+            v["id"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// A client trusting the cluster's CA and presenting a host's
+    /// certificate chain and key (PEM); with `verify` off it talks to a
+    /// server whatever name its certificate carries.
+    pub(crate) fn agent_as(&self, chain: &str, key: &str, verify: bool) -> ureq::Agent {
+        let ca = std::fs::read(self.ca.as_ref().unwrap()).unwrap();
+        let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(chain.as_bytes())
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        let key = ureq::tls::PrivateKey::from_pem(key.as_bytes()).unwrap();
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::new_with_certs(&[
+                ureq::tls::Certificate::from_pem(&ca).unwrap(),
+            ]))
+            .client_cert(Some(ureq::tls::ClientCert::new_with_certs(&certs, key)))
+            .disable_verification(!verify)
+            .build();
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(20)))
+            .tls_config(tls)
+            .build()
+            .into()
     }
 
     pub(crate) fn add_host(&mut self, name: &str, site: &str, jurisdiction: &str) {

@@ -54,31 +54,6 @@ fn join(c: &Cluster, name: &str, token: &str, instances: serde_json::Value) -> J
     }
 }
 
-/// A client that trusts the cluster CA and presents `chain`/`key`; with
-/// `verify` off it talks to a host whatever name its certificate carries.
-fn agent_as(c: &Cluster, chain: &str, key: &str, verify: bool) -> ureq::Agent {
-    let ca = std::fs::read(c.ca.as_ref().unwrap()).unwrap();
-    let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(chain.as_bytes())
-        .filter_map(|item| match item {
-            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-            _ => None,
-        })
-        .collect();
-    let key = ureq::tls::PrivateKey::from_pem(key.as_bytes()).unwrap();
-    let tls = ureq::tls::TlsConfig::builder()
-        .root_certs(ureq::tls::RootCerts::new_with_certs(&[
-            ureq::tls::Certificate::from_pem(&ca).unwrap(),
-        ]))
-        .client_cert(Some(ureq::tls::ClientCert::new_with_certs(&certs, key)))
-        .disable_verification(!verify)
-        .build();
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .tls_config(tls)
-        .build()
-        .into()
-}
-
 /// The attack: a host holding a valid US join token joins claiming
 /// the EU workload `counter` at a high generation. It gets a certificate
 /// (it is a US host), but not the workload: the scheduler places only what
@@ -130,7 +105,7 @@ fn a_host_cannot_speak_for_another_or_act_as_the_scheduler() {
     let eu = c.join_token(&[("site", "eu-west-1"), ("jurisdiction", "EU")]);
     let mallory = join(&c, "mallory", &eu, serde_json::json!([]));
     assert_eq!(mallory.status, 200, "{}", mallory.body);
-    let as_mallory = agent_as(&c, &mallory.chain, &mallory.key, true);
+    let as_mallory = c.agent_as(&mallory.chain, &mallory.key, true);
     let post = |agent: &ureq::Agent, path: &str, body: &str| {
         let mut r = agent
             .post(format!("{}{path}", c.url))
@@ -170,7 +145,7 @@ fn a_host_cannot_speak_for_another_or_act_as_the_scheduler() {
         .as_str()
         .unwrap()
         .to_string();
-    let direct = agent_as(&c, &mallory.chain, &mallory.key, false);
+    let direct = c.agent_as(&mallory.chain, &mallory.key, false);
     let mut r = direct
         .delete(format!("{eu1}/v1/instances/counter"))
         .call()
@@ -221,22 +196,7 @@ fn a_host_joins_only_the_scheduler_its_token_pins() {
 #[test]
 fn tokens_run_out_are_revoked_and_viewers_see_no_secrets() {
     let c = Cluster::start_with(&[]);
-    let create = |body: serde_json::Value| {
-        let mut r = c
-            .agent
-            .post(format!("{}/v1/tokens", c.url))
-            .header("authorization", format!("Bearer {}", c.admin))
-            .header("content-type", "application/json")
-            .send(body.to_string())
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 201);
-        let v: serde_json::Value =
-            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
-        (
-            v["token"].as_str().unwrap().to_string(),
-            v["id"].as_str().unwrap().to_string(),
-        )
-    };
+    let create = |body| c.create_token(body);
     let (once, once_id) = create(serde_json::json!({
         "labels": { "site": "eu-west-1", "jurisdiction": "EU" }, "uses": 1
     }));
