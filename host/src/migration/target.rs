@@ -345,29 +345,17 @@ pub(super) async fn receive_round(
     }
     let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, PART)).await {
         Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
-            return refuse_round(
-                &host,
-                &id,
-                ReceiveError::Body {
-                    round,
-                    part: 0,
-                    reason: e.to_string(),
-                },
-            )
-            .await;
-        }
-        Err(_) => {
-            return refuse_round(
-                &host,
-                &id,
-                ReceiveError::Body {
-                    round,
-                    part: 0,
-                    reason: format!("not received within {BODY_TIMEOUT:?}"),
-                },
-            )
-            .await;
+        failed => {
+            let reason = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("not received within {BODY_TIMEOUT:?}"),
+            };
+            let why = ReceiveError::Body {
+                round,
+                part: 0,
+                reason,
+            };
+            return refuse_round(&host, &id, why).await;
         }
     };
     let mut incoming = host.migrations.incoming.lock().await;
