@@ -27,7 +27,7 @@ pub mod transport;
 
 pub use ca::{Ca, CaHash, Issued};
 pub use identity::Identity;
-pub use serve::{Peer, ServeOptions, serve};
+pub use serve::{CLIENT_POOL_IDLE, Peer, ServeOptions, serve};
 pub use transport::{CertSlot, ServerCerts, Transport, Trust};
 
 /// What can go wrong setting up TLS.

@@ -59,6 +59,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
     }
 }
 
+/// How long a client keeps an idle pooled connection: well under the
+/// server's [`ServeOptions::header_read_timeout`], after which the server
+/// closes it. A client that reused a connection the server had just closed
+/// would see its request fail with "peer disconnected" (and a POST is not
+/// retried).
+pub const CLIENT_POOL_IDLE: Duration = Duration::from_secs(5);
+
 /// How [`serve`] runs.
 #[derive(Clone)]
 pub struct ServeOptions {
@@ -67,7 +74,9 @@ pub struct ServeOptions {
     /// A client that has not finished the TLS handshake by then is dropped.
     pub handshake_timeout: Duration,
     /// A client that has not sent a whole request head by then is dropped
-    /// (on each request of a kept-alive connection too).
+    /// (on each request of a kept-alive connection too, so this is also how
+    /// long an idle kept-alive connection stays open: clients must not reuse
+    /// a pooled connection older than [`CLIENT_POOL_IDLE`]).
     pub header_read_timeout: Duration,
     /// On stop, how long open connections get to finish.
     pub grace: Duration,

@@ -183,6 +183,7 @@ impl Transport {
     /// An HTTP client for this transport, from `builder` (timeouts and the
     /// like already set).
     pub fn client(&self, builder: reqwest::ClientBuilder) -> Result<reqwest::Client, TlsError> {
+        let builder = builder.pool_idle_timeout(crate::CLIENT_POOL_IDLE);
         let builder = match self {
             Transport::Plain => builder,
             Transport::Tls { trust, mine, names } => builder
@@ -303,6 +304,7 @@ pub fn pinned_client(
         .dns_resolver(Arc::new(names))
         .https_only(true)
         .timeout(Duration::from_secs(30))
+        .pool_idle_timeout(crate::CLIENT_POOL_IDLE)
         .build()
         .map_err(|e| TlsError::Config(format!("cannot build an HTTP client: {e}")))?;
     Ok((client, base))

@@ -69,7 +69,8 @@ pub struct Client {
 impl Client {
     /// A client for `config`.
     pub fn new(config: ClientConfig) -> anyhow::Result<Client> {
-        let mut builder = reqwest::Client::builder();
+        // Scheduler and hosts close a connection idle for 10 s.
+        let mut builder = reqwest::Client::builder().pool_idle_timeout(roam_tls::CLIENT_POOL_IDLE);
         if let Some(ca) = &config.ca {
             let pem = std::fs::read_to_string(ca)
                 .with_context(|| format!("cannot read the CA certificate `{}`", ca.display()))?;

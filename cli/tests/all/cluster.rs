@@ -83,7 +83,9 @@ pub(crate) const PATIENT: &str = "5s";
 
 /// A client that trusts `ca` (PEM file) alone, or the usual roots.
 pub(crate) fn agent_trusting(ca: Option<&Path>) -> ureq::Agent {
-    let mut config = ureq::Agent::config_builder().http_status_as_error(false);
+    let mut config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_idle_age(roam_tls::CLIENT_POOL_IDLE);
     if let Some(ca) = ca {
         let pem = std::fs::read(ca).unwrap();
         let cert = ureq::tls::Certificate::from_pem(&pem).unwrap();
@@ -229,6 +231,7 @@ impl Cluster {
             .build();
         ureq::Agent::config_builder()
             .http_status_as_error(false)
+            .max_idle_age(roam_tls::CLIENT_POOL_IDLE)
             .timeout_global(Some(Duration::from_secs(20)))
             .tls_config(tls)
             .build()

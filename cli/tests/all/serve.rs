@@ -45,6 +45,7 @@ impl Server {
             .expect("roam run --listen did not report its address");
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            .max_idle_age(roam_tls::CLIENT_POOL_IDLE)
             .build()
             .into();
         Server {
