@@ -97,6 +97,9 @@ enum Command {
         /// Host name.
         host: String,
     },
+    /// Manage hosts' identities.
+    #[command(subcommand)]
+    Node(commands::ops::NodeCommand),
     /// Print shell completions.
     Completions {
         /// Shell.
@@ -137,6 +140,7 @@ fn main() -> std::process::ExitCode {
         Command::Delete { name } => commands::ops::delete(&name),
         Command::Cordon { host } => commands::ops::cordon(&host, true),
         Command::Uncordon { host } => commands::ops::cordon(&host, false),
+        Command::Node(cmd) => commands::ops::node(cmd),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "roam", &mut std::io::stdout());

@@ -29,6 +29,26 @@ pub(crate) fn routes() -> Router<Arc<Host>> {
         .route(paths::host::INSTANCE_RESTORE, put(restore))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_SNAPSHOT))
         .route(paths::host::MESSAGE, post(message))
+        .route(
+            paths::host::REVOKED,
+            put(revoked).layer(axum::extract::DefaultBodyLimit::max(MAX_REVOCATIONS)),
+        )
+}
+
+/// Largest revocation list accepted (what `roam_tls::revoked::MAX_REVOKED`
+/// fingerprints take as JSON).
+const MAX_REVOCATIONS: usize = roam_tls::revoked::MAX_REVOKED * 70 + 1024;
+
+/// `PUT /v1/revoked`: the revoked certificates, from the scheduler.
+async fn revoked(State(host): State<Arc<Host>>, body: Bytes) -> Response {
+    let list: roam_proto::Revocations = match serde_json::from_slice(&body) {
+        Ok(l) => l,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
+    };
+    match host.revocations(&list.fingerprints).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
 }
 
 /// The answer for a workload that does not run on this host.

@@ -159,6 +159,7 @@ pub async fn run(config: HostConfig) -> anyhow::Result<()> {
         Some(tls) => Some(tls.server_config()?),
         None => None,
     };
+    let revoked = host.tls.as_ref().map(|t| t.trust.revoked().clone());
 
     // Control routes are the scheduler's: every one needs the host secret.
     let control = control::routes()
@@ -178,14 +179,13 @@ pub async fn run(config: HostConfig) -> anyhow::Result<()> {
         .route(paths::ingress::ROOT_SLASH, any(ingress::ingress))
         .route(paths::ingress::ANY, any(ingress::ingress))
         .with_state(host);
-    roam_tls::serve(
-        listener,
-        app,
-        roam_tls::ServeOptions::new(server_tls),
-        async {
-            let _ = tokio::signal::ctrl_c().await;
-        },
-    )
+    let mut options = roam_tls::ServeOptions::new(server_tls);
+    if let Some(revoked) = revoked {
+        options.revoked = revoked;
+    }
+    roam_tls::serve(listener, app, options, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
     .await
     .context("host API server failed")
 }

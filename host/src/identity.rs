@@ -31,6 +31,9 @@ use roam_tls::{CertSlot, Identity, Transport, Trust};
 use crate::config::HostConfig;
 use crate::daemon::Host;
 
+/// Where the revocation list is kept, in `DATA_DIR/tls`.
+const REVOKED_FILE: &str = "revoked.json";
+
 /// The host's TLS material.
 pub(crate) struct HostTls {
     dir: PathBuf,
@@ -85,6 +88,14 @@ impl HostTls {
                 "the join token carries no CA hash (`SECRET.CA-HASH`, as `roam token create` prints it); without it this host cannot tell the real scheduler from an impostor. A scheduler run with --insecure-plaintext needs --insecure-plaintext here too"
             ),
         };
+        // Revoked certificates, as last pushed: refused even before the
+        // scheduler can be reached again.
+        if let Some(json) = read(&dir.join(REVOKED_FILE)) {
+            let list: Vec<String> = serde_json::from_str(&json).unwrap_or_default();
+            if let Err(e) = trust.revoked().replace(&list) {
+                tracing::warn!(error = %e, "ignoring the stored revocation list");
+            }
+        }
         let mine = Arc::new(CertSlot::default());
         if let (Some(chain), Some(key)) = (read(&dir.join("host.crt")), read(&dir.join("host.key")))
             && ca::not_after(&chain).is_some_and(|t| t > SystemTime::now())
@@ -131,6 +142,31 @@ impl HostTls {
                 public: self.public.clone(),
             },
         )?))
+    }
+
+    /// Refuse the certificates `fingerprints` names from now on (replacing
+    /// the list), and keep the list for a restart. Whether this host's own
+    /// certificate is among them.
+    pub(crate) fn set_revoked(&self, fingerprints: &[String]) -> anyhow::Result<bool> {
+        self.trust
+            .revoked()
+            .replace(fingerprints)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let json = serde_json::to_string(fingerprints)?;
+        let path = self.dir.join(REVOKED_FILE);
+        let tmp = self.dir.join(format!("{REVOKED_FILE}.tmp"));
+        std::fs::write(&tmp, json)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .with_context(|| format!("cannot keep the revocation list in `{}`", path.display()))?;
+        Ok(self.revoked())
+    }
+
+    /// Whether this host's certificate is revoked.
+    pub(crate) fn revoked(&self) -> bool {
+        self.mine
+            .get()
+            .and_then(|k| k.cert.first().map(|c| self.trust.revoked().covers(c)))
+            .unwrap_or(false)
     }
 
     /// A fresh key and a signing request for it.
@@ -257,11 +293,11 @@ fn read(path: &Path) -> Option<String> {
 }
 
 impl Host {
-    /// Renew the host certificate at half-life, forever; on failure try
-    /// again every 10 s.
+    /// Renew the host certificate at half-life, until it is revoked; on
+    /// failure try again every 10 s.
     pub(crate) async fn renewals(self: Arc<Self>) {
         let Some(tls) = &self.tls else { return };
-        loop {
+        while !tls.revoked() {
             let wait = tls
                 .renew_at()
                 .duration_since(SystemTime::now())
@@ -289,5 +325,29 @@ impl Host {
             )
             .await?;
         tls.install(pending, &renewed.certificate)
+    }
+}
+
+impl Host {
+    /// Take a revocation list: refuse those certificates from now on. If
+    /// this host's own certificate is on it, its identity is over: every
+    /// workload here stops (the scheduler is placing them elsewhere), and
+    /// the host stops heartbeating and renewing.
+    pub(crate) async fn revocations(&self, fingerprints: &[String]) -> anyhow::Result<()> {
+        let Some(tls) = &self.tls else {
+            anyhow::bail!("this host runs without TLS: there are no certificates to revoke");
+        };
+        if !tls.set_revoked(fingerprints)? {
+            return Ok(());
+        }
+        tracing::error!(
+            "this host's certificate was revoked (`roam node revoke`): stopping every workload; it no longer belongs to the cluster"
+        );
+        let stopped: Vec<_> = self.workloads.lock().await.drain().collect();
+        for (name, running) in stopped {
+            self.bus.unregister(&name);
+            running.handle.stop().await;
+        }
+        Ok(())
     }
 }

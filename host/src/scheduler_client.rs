@@ -195,6 +195,7 @@ impl Host {
                 Answer::Ok(joined) => {
                     if let (Some(tls), Some(pending)) = (&self.tls, pending.take()) {
                         tls.install(pending, &joined.certificate)?;
+                        tls.set_revoked(&joined.revoked)?;
                     }
                     *self.secret.lock().unwrap_or_else(|e| e.into_inner()) = joined.host_secret;
                     *self.labels.lock().unwrap_or_else(|e| e.into_inner()) = joined.labels;
@@ -216,6 +217,10 @@ impl Host {
     pub(crate) async fn heartbeats(self: Arc<Self>, mut period: Duration) {
         loop {
             tokio::time::sleep(period).await;
+            if self.tls.as_ref().is_some_and(|t| t.revoked()) {
+                tracing::error!("this host's certificate is revoked; no more heartbeats");
+                return;
+            }
             let (memory_used, instances) = self.statuses().await;
             let beat = Heartbeat {
                 capacity: self.capacity(),

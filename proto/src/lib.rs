@@ -105,6 +105,33 @@ pub struct JoinResponse {
     /// The host's certificate, then the cluster CA's (PEM; TLS only).
     #[serde(default)]
     pub certificate: String,
+    /// Fingerprints of the revoked certificates (sha256 of the DER, hex),
+    /// which the host refuses from then on.
+    #[serde(default)]
+    pub revoked: Vec<String>,
+}
+
+/// `PUT /v1/revoked` on a host: the revoked certificates, replacing the
+/// list it had.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocations {
+    /// sha256 of each certificate's DER, hex.
+    pub fingerprints: Vec<String>,
+}
+
+/// The answer to `POST /v1/nodes/{name}/revoke`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRevoked {
+    /// The host.
+    pub host: String,
+    /// How many of its certificates were revoked (a host that renewed holds
+    /// two for a while).
+    pub certificates: usize,
+    /// The workloads it ran, placed elsewhere from now on.
+    pub workloads: Vec<String>,
+    /// The id of the join token it joined with, if still valid: it admits
+    /// new hosts until revoked (`roam token revoke ID`).
+    pub join_token: Option<String>,
 }
 
 /// `POST /v1/hosts/{name}/certificate`: a host renews its certificate,

@@ -99,6 +99,8 @@ pub mod scheduler {
     pub const NODES: &str = "/v1/nodes";
     /// `POST` (admin): `cordon`, `uncordon` or `drain` a host.
     pub const NODE_ACTION: &str = "/v1/nodes/{name}/{action}";
+    /// `POST` (admin): end a host's identity (`roam node revoke`).
+    pub const NODE_REVOKE: &str = "/v1/nodes/{name}/revoke";
     /// `PUT` (admin): upload a module.
     pub const MODULES: &str = "/v1/modules";
     /// `GET` (any token): a module's bytes by digest.
@@ -169,6 +171,9 @@ pub mod host {
     pub const MIGRATION_ACTIVATE: &str = "/v1/migrations/{id}/activate";
     /// `DELETE` (migration key), source → target: the source gave up.
     pub const MIGRATION: &str = "/v1/migrations/{id}";
+    /// `PUT` (host secret): the revoked certificates, replacing the list
+    /// the host had.
+    pub const REVOKED: &str = "/v1/revoked";
 }
 
 /// Route patterns of the ingress, on the scheduler and on every host.
@@ -284,6 +289,14 @@ pub fn host_certificate(host: &str) -> Result<ApiPath, BadSegment> {
         Segment(host),
         Fixed("certificate"),
     ])
+}
+/// `/v1/nodes/{name}/revoke`.
+pub fn node_revoke(host: &str) -> Result<ApiPath, BadSegment> {
+    build(&[Fixed("v1"), Fixed("nodes"), Segment(host), Fixed("revoke")])
+}
+/// `/v1/revoked` on a host.
+pub fn revoked() -> ApiPath {
+    ApiPath(host::REVOKED.into())
 }
 /// `/v1/messages/{workload}` (on the scheduler, or on a host).
 pub fn message(workload: &str) -> Result<ApiPath, BadSegment> {

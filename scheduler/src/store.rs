@@ -29,6 +29,8 @@ const ASSIGNMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("assignme
 /// Host identities by host name (JSON values): the trusted labels bound to
 /// the name when it first joined.
 const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
+/// Revoked host certificates by fingerprint (JSON values).
+const REVOKED: TableDefinition<&str, &[u8]> = TableDefinition::new("revoked");
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,7 @@ impl Store {
         tx.open_table(GENERATIONS).map_err(err)?;
         tx.open_table(HOSTS).map_err(err)?;
         tx.open_table(ASSIGNMENTS).map_err(err)?;
+        tx.open_table(REVOKED).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(Store { db })
     }
@@ -149,6 +152,92 @@ impl Store {
     /// A host's identity record.
     pub fn host<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
         self.get_json(HOSTS, name)
+    }
+
+    /// Change a host's identity record in one transaction: `change` gets
+    /// the record (or `None`) and returns what to keep (or `None` to keep
+    /// nothing). Concurrent updates of one record are serialised, so none
+    /// is lost.
+    pub fn update_host<T: Serialize + DeserializeOwned>(
+        &self,
+        name: &str,
+        change: impl FnOnce(Option<T>) -> Option<T>,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut t = tx.open_table(HOSTS).map_err(err)?;
+            let old = match t.get(name).map_err(err)? {
+                Some(v) => Some(serde_json::from_slice(v.value()).map_err(err)?),
+                None => None,
+            };
+            match change(old) {
+                Some(new) => {
+                    let bytes = serde_json::to_vec(&new).map_err(err)?;
+                    t.insert(name, bytes.as_slice()).map_err(err)?;
+                }
+                None => {
+                    t.remove(name).map_err(err)?;
+                }
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// End host `name`'s identity, in one transaction: `revoke` gets its
+    /// record and returns what to keep of it and the certificates to add to
+    /// the revoked ones (fingerprint → entry). Reading the record in the
+    /// same transaction means a certificate issued concurrently is either
+    /// in it, or issued after and refused (the caller's renewal checks the
+    /// record it writes to). `None` when there is no such host.
+    pub fn revoke_host<T, E>(
+        &self,
+        name: &str,
+        revoke: impl FnOnce(T) -> (T, Vec<(String, E)>),
+    ) -> Result<Option<Vec<String>>, StoreError>
+    where
+        T: Serialize + DeserializeOwned,
+        E: Serialize,
+    {
+        let tx = self.db.begin_write().map_err(err)?;
+        let fingerprints = {
+            let mut hosts = tx.open_table(HOSTS).map_err(err)?;
+            let record: T = match hosts.get(name).map_err(err)? {
+                Some(v) => serde_json::from_slice(v.value()).map_err(err)?,
+                None => return Ok(None),
+            };
+            let (kept, revoked) = revoke(record);
+            let bytes = serde_json::to_vec(&kept).map_err(err)?;
+            hosts.insert(name, bytes.as_slice()).map_err(err)?;
+            let mut t = tx.open_table(REVOKED).map_err(err)?;
+            for (fingerprint, entry) in &revoked {
+                let bytes = serde_json::to_vec(entry).map_err(err)?;
+                t.insert(fingerprint.as_str(), bytes.as_slice())
+                    .map_err(err)?;
+            }
+            revoked.into_iter().map(|(f, _)| f).collect()
+        };
+        tx.commit().map_err(err)?;
+        Ok(Some(fingerprints))
+    }
+
+    /// Forget revoked certificates for which `expired` holds (they are
+    /// refused anyway once past their end of validity).
+    pub fn prune_revoked<E: DeserializeOwned>(
+        &self,
+        expired: impl Fn(&E) -> bool,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut t = tx.open_table(REVOKED).map_err(err)?;
+            t.retain(|_, v| !serde_json::from_slice(v).is_ok_and(|e| expired(&e)))
+                .map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Revoked certificates: fingerprint → entry.
+    pub fn revoked<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>, StoreError> {
+        self.all_json(REVOKED)
     }
 
     /// Create or replace a workload.

@@ -22,11 +22,13 @@
 pub mod ca;
 pub mod identity;
 mod resolve;
+pub mod revoked;
 mod serve;
 pub mod transport;
 
 pub use ca::{Ca, CaHash, Issued};
 pub use identity::Identity;
+pub use revoked::Revoked;
 pub use serve::{CLIENT_POOL_IDLE, Peer, ServeOptions, serve};
 pub use transport::{CertSlot, ServerCerts, Transport, Trust};
 

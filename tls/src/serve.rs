@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
 use crate::identity::Identity;
+use crate::revoked::Revoked;
 use crate::sha256_hex;
 
 /// Who sent a request.
@@ -87,6 +88,10 @@ pub struct ServeOptions {
     /// closed as they arrive. HTTP/1.1 runs one request at a time on a
     /// connection, so this bounds a client's requests in flight.
     pub max_connections_per_ip: usize,
+    /// Certificates refused (the same set the TLS configuration checks at
+    /// the handshake): checked again on every request, so a connection
+    /// opened before a revocation serves nothing after it.
+    pub revoked: Arc<Revoked>,
 }
 
 impl ServeOptions {
@@ -101,6 +106,7 @@ impl ServeOptions {
             grace: Duration::from_secs(10),
             body_idle_timeout: Duration::from_secs(30),
             max_connections_per_ip: 512,
+            revoked: Revoked::new(),
         }
     }
 }
@@ -239,10 +245,24 @@ async fn connection<I>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let idle = options.body_idle_timeout;
+    let revoked = options.revoked.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        let refused = peer
+            .fingerprint
+            .as_deref()
+            .is_some_and(|f| revoked.contains(f));
         request.extensions_mut().insert(peer.clone());
-        app.clone()
-            .oneshot(request.map(|body| tower_http::timeout::TimeoutBody::new(idle, body)))
+        let app = app.clone();
+        async move {
+            if refused {
+                use axum::response::IntoResponse as _;
+                let body = r#"{"error":"this certificate is revoked"}"#;
+                let json = [(axum::http::header::CONTENT_TYPE, "application/json")];
+                return Ok((axum::http::StatusCode::UNAUTHORIZED, json, body).into_response());
+            }
+            app.oneshot(request.map(|body| tower_http::timeout::TimeoutBody::new(idle, body)))
+                .await
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

@@ -15,6 +15,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -25,14 +26,17 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use crate::ca::CaHash;
 use crate::identity::Identity;
 use crate::resolve::Names;
+use crate::revoked::{CheckClient, CheckServer, Revoked};
 use crate::{TlsError, provider};
 
-/// The cluster CA as the one root of trust.
+/// The cluster CA as the one root of trust, and the certificates it
+/// issued that are revoked.
 #[derive(Clone, Debug)]
 pub struct Trust {
     roots: Arc<RootCertStore>,
     pem: String,
     hash: CaHash,
+    revoked: Arc<Revoked>,
 }
 
 impl Trust {
@@ -49,7 +53,20 @@ impl Trust {
             roots: Arc::new(roots),
             pem: pem.to_string(),
             hash,
+            revoked: Revoked::new(),
         })
+    }
+
+    /// The same CA, refusing the certificates `revoked` holds (shared: a
+    /// change to it applies to every configuration made from this trust).
+    pub fn with_revoked(mut self, revoked: Arc<Revoked>) -> Trust {
+        self.revoked = revoked;
+        self
+    }
+
+    /// The revoked certificates.
+    pub fn revoked(&self) -> &Arc<Revoked> {
+        &self.revoked
     }
 
     /// The CA certificate, PEM.
@@ -62,11 +79,20 @@ impl Trust {
         &self.hash
     }
 
-    /// A client configuration that trusts only this CA and presents `mine`.
+    /// A client configuration that trusts only this CA (less the revoked
+    /// certificates) and presents `mine`.
     pub fn client_config(&self, mine: Arc<CertSlot>) -> Result<rustls::ClientConfig, TlsError> {
+        let inner = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider())
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let verifier = CheckServer {
+            inner,
+            revoked: self.revoked.clone(),
+        };
         let mut config = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
-            .with_root_certificates(self.roots.clone())
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
             .with_client_cert_resolver(mine);
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         // A resumed session keeps the identity of the handshake that made
@@ -79,16 +105,20 @@ impl Trust {
     }
 
     /// A server configuration presenting `certs` that asks clients for a
-    /// certificate from this CA (and lets those without one in: routes
-    /// decide who they serve, from [`crate::Peer`]).
+    /// certificate from this CA, not revoked (and lets those without one in:
+    /// routes decide who they serve, from [`crate::Peer`]).
     pub fn server_config(&self, certs: ServerCerts) -> Result<rustls::ServerConfig, TlsError> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+        let inner = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
             .allow_unauthenticated()
             .build()
             .map_err(|e| TlsError::Config(e.to_string()))?;
+        let verifier = CheckClient {
+            inner,
+            revoked: self.revoked.clone(),
+        };
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(verifier)
+            .with_client_cert_verifier(Arc::new(verifier))
             .with_cert_resolver(Arc::new(certs));
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(config)

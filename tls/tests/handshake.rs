@@ -8,19 +8,36 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use roam_tls::ca::{self, Ca};
+use roam_tls::revoked::fingerprint;
 use roam_tls::transport::pinned_client;
-use roam_tls::{CertSlot, Identity, Peer, ServeOptions, ServerCerts, Transport};
+use roam_tls::{CertSlot, Identity, Peer, Revoked, ServeOptions, ServerCerts, Transport};
 
 /// Serve, on 127.0.0.1:0, a route that answers with the caller's identity.
 async fn server(ca: &Ca, identity: &Identity) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let (url, stop, _) = server_revoking(ca, identity, Revoked::new()).await;
+    (url, stop)
+}
+
+/// [`server`], refusing the certificates `revoked` names; also the
+/// fingerprint of its own certificate.
+async fn server_revoking(
+    ca: &Ca,
+    identity: &Identity,
+    revoked: Arc<Revoked>,
+) -> (String, tokio::sync::oneshot::Sender<()>, String) {
     let creds = ca
         .issue(identity, &["127.0.0.1".into()], Duration::from_secs(3600))
         .unwrap();
+    let key = creds.certified_key().unwrap();
+    let own = fingerprint(&key.cert[0]);
     let certs = ServerCerts {
-        cluster: CertSlot::with(creds.certified_key().unwrap()),
+        cluster: CertSlot::with(key),
         public: None,
     };
-    let config = ca.trust().unwrap().server_config(certs).unwrap();
+    let trust = ca.trust().unwrap().with_revoked(revoked.clone());
+    let config = trust.server_config(certs).unwrap();
+    let mut options = ServeOptions::new(Some(Arc::new(config)));
+    options.revoked = revoked;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());
     let app =
@@ -31,18 +48,19 @@ async fn server(ca: &Ca, identity: &Identity) -> (String, tokio::sync::oneshot::
             }),
         );
     let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(roam_tls::serve(
-        listener,
-        app,
-        ServeOptions::new(Some(Arc::new(config))),
-        async {
-            let _ = rx.await;
-        },
-    ));
-    (url, tx)
+    tokio::spawn(roam_tls::serve(listener, app, options, async {
+        let _ = rx.await;
+    }));
+    (url, tx, own)
 }
 
 fn host_transport(ca: &Ca, name: &str) -> Transport {
+    host_transport_revoking(ca, name, Revoked::new()).0
+}
+
+/// A host's transport refusing what `revoked` names, and its own
+/// certificate's fingerprint.
+fn host_transport_revoking(ca: &Ca, name: &str, revoked: Arc<Revoked>) -> (Transport, String) {
     let (key, csr) = ca::new_request(&Identity::host(name).unwrap()).unwrap();
     let issued = ca
         .sign_request(
@@ -52,7 +70,49 @@ fn host_transport(ca: &Ca, name: &str) -> Transport {
         )
         .unwrap();
     let key = ca::certified_key(&issued.chain_pem, &key).unwrap();
-    Transport::tls(ca.trust().unwrap(), CertSlot::with(key))
+    let trust = ca.trust().unwrap().with_revoked(revoked);
+    (
+        Transport::tls(trust, CertSlot::with(key)),
+        issued.fingerprint,
+    )
+}
+
+#[tokio::test]
+async fn revoked_certificates_are_refused_both_ways_and_on_open_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::load_or_create(dir.path()).unwrap();
+    let target = Identity::host("target").unwrap();
+    let revoked_here = Revoked::new();
+    let (url, _stop, target_fp) = server_revoking(&ca, &target, revoked_here.clone()).await;
+    let (source, source_fp) = host_transport_revoking(&ca, "source", Revoked::new());
+    let client = source.client(reqwest::Client::builder()).unwrap();
+    let base = source.base(&target, &url).unwrap();
+    let who = client.get(format!("{base}/who")).send().await.unwrap();
+    assert_eq!(who.text().await.unwrap(), "source.host.roam");
+
+    // Revoked while its connection is open (pooled): the next request on
+    // it is refused, and a new connection fails at the handshake.
+    revoked_here
+        .extend(std::slice::from_ref(&source_fp))
+        .unwrap();
+    let r = client.get(format!("{base}/who")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("revoked"));
+    let fresh = source.client(reqwest::Client::builder()).unwrap();
+    assert!(fresh.get(format!("{base}/who")).send().await.is_err());
+
+    // A client that holds the server's certificate revoked does not talk
+    // to it.
+    let (checker, _) = host_transport_revoking(&ca, "checker", Revoked::new());
+    let client = checker.client(reqwest::Client::builder()).unwrap();
+    let base = checker.base(&target, &url).unwrap();
+    assert!(client.get(format!("{base}/who")).send().await.is_ok());
+    if let Transport::Tls { trust, .. } = &checker {
+        trust.revoked().extend(&[target_fp]).unwrap();
+    }
+    let client = checker.client(reqwest::Client::builder()).unwrap();
+    let err = client.get(format!("{base}/who")).send().await.unwrap_err();
+    assert!(format!("{err:?}").contains("Revoked"), "{err:?}");
 }
 
 #[tokio::test]

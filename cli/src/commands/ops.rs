@@ -62,6 +62,45 @@ pub enum TokenCommand {
     },
 }
 
+/// `roam node ...`
+#[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    /// End a host's identity for good: every certificate issued to it is
+    /// refused by the scheduler and every host, its name cannot join
+    /// again, and its workloads are started elsewhere.
+    Revoke {
+        /// Host name.
+        host: String,
+    },
+}
+
+/// `roam node revoke HOST`
+pub fn node(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
+    block_on(async {
+        let c = client()?;
+        match cmd {
+            NodeCommand::Revoke { host } => {
+                let r: roam_proto::HostRevoked = c
+                    .json(c.request(Method::POST, &paths::node_revoke(&host)?))
+                    .await?;
+                println!(
+                    "host `{}` revoked: {} certificate(s) refused from now on",
+                    r.host, r.certificates
+                );
+                if !r.workloads.is_empty() {
+                    println!("placing elsewhere: {}", r.workloads.join(", "));
+                }
+                if let Some(id) = r.join_token {
+                    println!(
+                        "it joined with token {id}, which still admits hosts: `roam token revoke {id}` if it may have leaked"
+                    );
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
 fn parse_role(s: &str) -> Result<roam_proto::TokenRole, String> {
     use roam_proto::TokenRole::*;
     [Join, Viewer, Operator, Admin]

@@ -351,3 +351,90 @@ fn a_guest_cannot_steer_its_hosts_relay_at_the_scheduler() {
         );
     }
 }
+
+/// `roam node revoke`: the host's certificate is refused by the scheduler
+/// (on a connection it already had open too) and by the other hosts, its
+/// name cannot join again, its workload starts on another host, and the
+/// revoked host, told so, stops its copy.
+#[test]
+fn a_revoked_host_is_refused_everywhere_and_its_workload_moves() {
+    let c = eu_cluster();
+    deploy_counter(&c, "jurisdiction=EU");
+    let victim = crate::migrate::host_of(&c, "counter");
+    let survivor = if victim == "eu-1" { "eu-2" } else { "eu-1" };
+    let tls = c.dir.path().join(&victim).join("tls");
+    let chain = std::fs::read_to_string(tls.join("host.crt")).unwrap();
+    let key = std::fs::read_to_string(tls.join("host.key")).unwrap();
+    let url_of = |host: &str| {
+        c.nodes()
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == host)
+            .unwrap()["url"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let victim_url = url_of(&victim);
+    let survivor_url = url_of(survivor);
+    // The victim's certificate, before: the scheduler takes its heartbeat,
+    // the survivor answers its migration stream call (with a refusal of
+    // the migration, not of the certificate).
+    let to_scheduler = c.agent_as(&chain, &key, true);
+    let to_host = c.agent_as(&chain, &key, false);
+    let heartbeat = format!("{}/v1/hosts/{victim}/heartbeat", c.url);
+    let beat = r#"{"capacity":{"memory":1073741824,"slots":8},"memory_used":0,"instances":[]}"#;
+    let status = |r: Result<ureq::http::Response<ureq::Body>, ureq::Error>| {
+        r.map(|r| r.status().as_u16()).map_err(|e| e.to_string())
+    };
+    let stream = format!("{survivor_url}/v1/migrations/m1/activate");
+    assert_eq!(status(to_scheduler.post(&heartbeat).send(beat)), Ok(204));
+    let before = status(to_host.post(&stream).send(""));
+    assert!(before.is_ok(), "{before:?}");
+
+    let events = subscribe(&c);
+    let (ok, out, err) = c.roam(&["node", "revoke", &victim]);
+    assert!(ok, "{err}");
+    assert!(out.contains("revoked") && out.contains("counter"), "{out}");
+    wait_event(&events, "host_revoked");
+
+    // Refused by the scheduler, on the connection it already had open
+    // and on a new one.
+    assert_eq!(status(to_scheduler.post(&heartbeat).send(beat)), Ok(401));
+    let fresh = c.agent_as(&chain, &key, true);
+    assert!(status(fresh.post(&heartbeat).send(beat)).is_err());
+    // Refused by the survivor, which was pushed the list.
+    poll(Duration::from_secs(20), "the survivor to refuse", || {
+        status(c.agent_as(&chain, &key, false).post(&stream).send("")).is_err()
+    });
+    // The name cannot join again, even with a fresh token of its labels.
+    let eu = c.join_token(&[("site", "eu-west-1"), ("jurisdiction", "EU")]);
+    let again = join(&c, &victim, &eu, serde_json::json!([]));
+    assert_eq!(again.status, 403, "{}", again.body);
+    assert!(again.body.contains("revoked"), "{}", again.body);
+    // The workload starts on the other EU host, and the revoked host,
+    // told of its revocation, stopped its copy.
+    poll(Duration::from_secs(30), "counter to run elsewhere", || {
+        c.invoke("counter", "/apples").0 == 200
+    });
+    assert_eq!(crate::migrate::host_of(&c, "counter"), survivor);
+    assert!(!c.nodes().to_string().contains(&format!("\"{victim}\"")));
+    // (Its ingress as any client sees it: no certificate, and the
+    // address dialled is not a name its certificate carries.)
+    let ingress: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .disable_verification(true)
+                .build(),
+        )
+        .build()
+        .into();
+    poll(Duration::from_secs(20), "the revoked host to stop", || {
+        ingress
+            .get(format!("{victim_url}/w/counter/apples"))
+            .call()
+            .is_ok_and(|r| r.status() == 404)
+    });
+}

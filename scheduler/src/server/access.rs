@@ -112,6 +112,7 @@ fn routes() -> Vec<(RouteRule, Handler)> {
             SMALL,
             post(registry::node_action),
         ),
+        on("POST", r::NODE_REVOKE, Admin, SMALL, post(identity::revoke)),
         on("PUT", r::MODULES, Operator, LARGE, put(api::upload_module)),
         on(
             "GET",

@@ -186,6 +186,19 @@ impl HostClient {
         }
     }
 
+    /// `PUT /v1/revoked`: the revoked certificates, replacing the host's
+    /// list.
+    pub(super) async fn put_revoked(
+        &self,
+        to: &Endpoint,
+        fingerprints: Vec<String>,
+    ) -> Result<(), HostError> {
+        let url = paths::revoked().on(&to.base);
+        let body = roam_proto::Revocations { fingerprints };
+        let request = self.http.put(url).timeout(STATUS_TIMEOUT).json(&body);
+        self.send(to, request).await.map(drop)
+    }
+
     /// `GET /v1/instances/{workload}/logs`.
     pub(super) async fn logs(&self, to: &Endpoint, workload: &str) -> Result<String, HostError> {
         let url = paths::instance_logs(workload)?.on(&to.base);

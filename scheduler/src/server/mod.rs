@@ -117,6 +117,8 @@ struct HostEntry {
     last_seen: Instant,
     memory_used: u64,
     instances: Vec<InstanceStatus>,
+    /// The [`Scheduler::revocations`] count this host has the list of.
+    revocations_seen: u64,
 }
 
 impl HostEntry {
@@ -166,6 +168,11 @@ struct Scheduler {
     /// Workload generations (fencing tokens), mirrored from the store.
     generations: Mutex<HashMap<String, u64>>,
     migration_metrics: Mutex<metrics::MigrationMetrics>,
+    /// Host revocations since start: a host whose `revocations_seen` is
+    /// lower is sent the revocation list again.
+    revocations: AtomicU64,
+    /// Wakes the loop that sends hosts the revocation list.
+    revocations_changed: tokio::sync::Notify,
     /// Something the reconciler should look at changed since its last round.
     changed: std::sync::atomic::AtomicBool,
     /// Wakes the reconciler as soon as something changed.
@@ -275,6 +282,10 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         Some(t) => Some(t.server_config()?),
         None => None,
     };
+    let mut serve_options = roam_tls::ServeOptions::new(server_tls);
+    if let Some(t) = &tls {
+        serve_options.revoked = t.revoked.clone();
+    }
     let scheduler = Arc::new(Scheduler {
         tls,
         store,
@@ -287,6 +298,8 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         started: Instant::now(),
         placements: AtomicU64::new(0),
         host_losses: AtomicU64::new(0),
+        revocations: AtomicU64::new(0),
+        revocations_changed: tokio::sync::Notify::new(),
         events: tokio::sync::broadcast::channel(1024).0,
         down: Mutex::new(BTreeSet::new()),
         confirmed: Mutex::new(BTreeSet::new()),
@@ -301,25 +314,22 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         config,
     });
     scheduler.load_migrations();
+    scheduler.load_revoked()?;
     tokio::spawn(scheduler.clone().reconcile_loop());
     tokio::spawn(scheduler.clone().renew_own_loop());
+    tokio::spawn(scheduler.clone().revocations_loop());
     // Every route from the access table, its rule checked before any body
     // is read.
     let app = access::router(&scheduler).with_state(scheduler);
-    let scheme = if server_tls.is_some() {
+    let scheme = if serve_options.tls.is_some() {
         "https"
     } else {
         "http"
     };
     eprintln!("roam scheduler: listening on {scheme}://{local}");
-    roam_tls::serve(
-        listener,
-        app,
-        roam_tls::ServeOptions::new(server_tls),
-        async {
-            let _ = tokio::signal::ctrl_c().await;
-        },
-    )
+    roam_tls::serve(listener, app, serve_options, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
     .await
     .context("scheduler API server failed")
 }

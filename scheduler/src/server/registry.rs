@@ -16,7 +16,6 @@ use roam_proto::{Heartbeat, JoinRequest, JoinResponse, NodeInfo, NodeStatus};
 
 use roam_tls::Peer;
 
-use super::identity::HostRecord;
 use super::{HostEntry, Scheduler, parse};
 use crate::auth::{self, Role};
 use crate::placement::HostView;
@@ -120,6 +119,15 @@ pub(super) async fn join(
         Ok(r) => r,
         Err(r) => return r.into_response(),
     };
+    if record.as_ref().is_some_and(|r| r.revoked_unix.is_some()) {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "host `{}` was revoked; a new host joins under another name",
+                req.name
+            ),
+        );
+    }
     let by_certificate = s.acts_as(&peer, &req.name) && record.is_some();
     let (hash, bound) = match (token, &record) {
         (_, Some(r)) if by_certificate => (String::new(), r.labels.clone()),
@@ -202,15 +210,10 @@ pub(super) async fn join(
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }
-    let certificate = match s.issue_host_certificate(&req.name, &req.csr) {
+    let certificate = match s.issue_host_certificate(&req.name, &req.csr, Some(&bound)) {
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
-    if record.as_ref().map(|r| &r.labels) != Some(&bound)
-        && let Err(e) = s.store.put_host(&req.name, &HostRecord { labels: bound })
-    {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-    }
     let secret = match auth::new_token() {
         Ok(t) => t,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -232,6 +235,7 @@ pub(super) async fn join(
             last_seen: Instant::now(),
             memory_used: req.instances.iter().map(|i| i.memory).sum(),
             instances: req.instances,
+            revocations_seen: s.revocations.load(std::sync::atomic::Ordering::Acquire),
         },
     );
     s.event("host_joined", serde_json::json!({ "host": req.name }));
@@ -241,6 +245,7 @@ pub(super) async fn join(
         host_secret: secret,
         heartbeat_ms: s.config.heartbeat.as_millis() as u64,
         certificate,
+        revoked: s.revocation_list(),
     })
     .into_response()
 }
