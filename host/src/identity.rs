@@ -276,8 +276,9 @@ fn unreachable(e: &reqwest::Error) -> bool {
     false
 }
 
-/// An error with its causes, `: `-separated.
-fn chain(e: &dyn std::error::Error) -> String {
+/// An error with its causes, `: `-separated (reqwest's own message
+/// leaves out why a connection failed, such as a refused certificate).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -30,3 +30,40 @@ mod scheduler_client;
 
 pub use config::HostConfig;
 pub use daemon::run;
+
+/// Entry points for the fuzz targets (`fuzz/`): the parts of the host that
+/// read bytes from the network, driven over a buffer. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Read `stream` as a page stream of at most `total` bytes of pages into
+    /// a memory of `memory_pages` pages, as a migration target does, until
+    /// its end frame or the first refusal; the pages accepted.
+    pub fn page_stream(stream: &[u8], total: u64, memory_pages: u64) -> Result<u64, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(async {
+            let mut io = stream;
+            let mut reader =
+                crate::migration::pages::FrameReader::new(&mut io, total, memory_pages);
+            let mut pages = 0u64;
+            loop {
+                match reader.next().await {
+                    Ok(Some((first, bytes))) => {
+                        let count = (bytes.len() / roam_proto::pages::PAGE_SIZE) as u64;
+                        assert!(
+                            first
+                                .checked_add(count)
+                                .is_some_and(|end| end <= memory_pages),
+                            "a frame past the memory was accepted"
+                        );
+                        pages += count;
+                    }
+                    Ok(None) => return Ok(pages),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        })
+    }
+}

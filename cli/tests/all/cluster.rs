@@ -265,15 +265,16 @@ impl Cluster {
     ) -> String {
         let token = self.join_token(&[("site", site), ("jurisdiction", jurisdiction)]);
         let data: PathBuf = self.dir.path().join(name);
-        let mut all = vec![
-            "host",
-            "--join",
-            &self.url,
-            "--name",
-            name,
-            "--data-dir",
-            data.to_str().unwrap(),
-        ];
+        // `--join` in `args` sends the host to the scheduler another way
+        // (a relay).
+        let join = if args.contains(&"--join") {
+            vec![]
+        } else {
+            vec!["--join", self.url.as_str()]
+        };
+        let mut all = vec!["host"];
+        all.extend(join);
+        all.extend(["--name", name, "--data-dir", data.to_str().unwrap()]);
         if self.plaintext {
             all.push("--insecure-plaintext");
         }
@@ -325,12 +326,18 @@ impl Cluster {
 
     /// Run the CLI against this cluster.
     pub(crate) fn roam(&self, args: &[&str]) -> (bool, String, String) {
+        self.roam_at(&self.url, args)
+    }
+
+    /// Run the CLI against this cluster's scheduler as reached at `addr`
+    /// (through a relay).
+    pub(crate) fn roam_at(&self, addr: &str, args: &[&str]) -> (bool, String, String) {
         let examples = Path::new(artifacts::COUNTER).parent().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_roam"));
         command
             .args(args)
             .env("ROAM_EXAMPLES_DIR", examples)
-            .env("ROAM_ADDR", &self.url)
+            .env("ROAM_ADDR", addr)
             .env("ROAM_TOKEN", &self.admin);
         if let Some(ca) = &self.ca {
             command.env("ROAM_CA", ca);

@@ -16,7 +16,8 @@ fn workspace() -> PathBuf {
 /// path): cli → host, scheduler (and runtime for `roam run`, proto and tls
 /// for the API client); host → runtime, proto, tls; scheduler → proto, tls;
 /// tls → proto (names); runtime → proto only for the shared vocabulary
-/// (digest, grants, place); proto and sdk on none.
+/// (digest, grants, place); proto and sdk on none; fuzz (the fuzz targets)
+/// on what it fuzzes, and nothing on it.
 const ALLOWED: &[(&str, &[&str])] = &[
     (
         "roam",
@@ -34,6 +35,16 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("roam-runtime", &["roam-proto"]),
     ("roam-proto", &[]),
     ("roam-sdk", &[]),
+    (
+        "roam-fuzz",
+        &[
+            "roam-host",
+            "roam-scheduler",
+            "roam-runtime",
+            "roam-proto",
+            "roam-tls",
+        ],
+    ),
 ];
 
 /// Crates the engine library must not depend on: it has no HTTP server or
@@ -110,6 +121,8 @@ const SPEAK_THE_WIRE: &[&str] = &[
     "cli/tests/all/cluster.rs",
     "cli/tests/all/migrate.rs",
     "cli/tests/all/trust.rs",
+    "cli/tests/all/relay.rs",
+    "cli/tests/all/wire.rs",
     "cli/tests/all/access.rs",
     "cli/tests/all/layout.rs",
     "cli/benches/common/mod.rs",

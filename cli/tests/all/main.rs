@@ -11,6 +11,8 @@ mod arch;
 mod cluster;
 mod layout;
 mod migrate;
+mod relay;
 mod run;
 mod serve;
 mod trust;
+mod wire;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use roam_tests::artifacts;
 
 use crate::cluster::{Cluster, PATIENT, eu_cluster, poll};
+use crate::relay::{BLACKHOLE, CORRUPT, CORRUPT_PAGES, CUT, CUT_PAGES, PASS, relayed_cluster};
 
 /// The host a workload runs on now, per the scheduler.
 pub(crate) fn host_of(c: &Cluster, workload: &str) -> String {
@@ -81,7 +82,7 @@ pub(crate) fn deploy_mandelbrot(c: &Cluster, name: &str, selector: &str) {
 }
 
 /// Which copies of `workload` the hosts themselves report running.
-fn copies(c: &Cluster, workload: &str) -> Vec<String> {
+pub(crate) fn copies(c: &Cluster, workload: &str) -> Vec<String> {
     c.nodes()
         .as_array()
         .unwrap()
@@ -542,20 +543,20 @@ impl Load {
 }
 
 /// Start a migration without waiting; its id.
-fn start_migration(c: &Cluster, workload: &str, to: &str) -> String {
+pub(crate) fn start_migration(c: &Cluster, workload: &str, to: &str) -> String {
     let (ok, out, err) = c.roam(&["migrate", workload, "--to", to, "--detach", "-o", "json"]);
     assert!(ok, "{err}");
     let m: serde_json::Value = serde_json::from_str(&out).unwrap();
     m["id"].as_str().unwrap().to_string()
 }
 
-fn migration(c: &Cluster, id: &str) -> serde_json::Value {
+pub(crate) fn migration(c: &Cluster, id: &str) -> serde_json::Value {
     let (status, body) = c.api("GET", &format!("/v1/migrations/{id}"), Some(&c.admin));
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }
 
-fn wait_phase(c: &Cluster, id: &str, phases: &[&str]) -> serde_json::Value {
+pub(crate) fn wait_phase(c: &Cluster, id: &str, phases: &[&str]) -> serde_json::Value {
     let mut last = serde_json::Value::Null;
     poll(
         Duration::from_secs(60),
@@ -733,7 +734,7 @@ fn a_scheduler_restart_while_the_target_activates_completes_the_migration() {
 /// source serving, one copy.
 #[test]
 fn an_abort_that_cannot_reach_the_source_is_resolved_once_it_can() {
-    let (c, relay) = relayed_cluster(&[("ROAM_FAULT_ROUND_DELAY_MS", "400")]);
+    let (c, relay) = relayed_cluster(true, &[("ROAM_FAULT_ROUND_DELAY_MS", "400")]);
     deploy(
         &c,
         &["--example", "counter", "--selector", "site=eu-central-1"],
@@ -769,7 +770,7 @@ fn an_abort_that_cannot_reach_the_source_is_resolved_once_it_can() {
 /// request lost or applied twice.
 #[test]
 fn a_target_cut_off_from_the_scheduler_after_the_commit_point_is_never_doubled() {
-    let (c, relay) = relayed_cluster(&[("ROAM_FAULT_ACTIVATE_DELAY_MS", "3000")]);
+    let (c, relay) = relayed_cluster(true, &[("ROAM_FAULT_ACTIVATE_DELAY_MS", "3000")]);
     deploy(
         &c,
         &["--example", "counter", "--selector", "site=eu-west-1"],
@@ -848,145 +849,9 @@ fn deleting_a_workload_while_its_pages_stream_leaves_no_copy() {
     );
 }
 
-/// Two EU hosts (with the hooks in `host_env`): eu-1, and eu-2 reached
-/// through a relay that can break what others send it (eu-2 reaches the
-/// scheduler directly).
-fn relayed_cluster(host_env: &[(&str, &str)]) -> (Cluster, Relay) {
-    let mut c = Cluster::start_plain(&[("HEARTBEAT_TIMEOUT", PATIENT)]);
-    c.add_host_with("eu-1", "eu-west-1", "EU", &[], host_env);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let relay = Relay::start(port);
-    c.add_host_with(
-        "eu-2",
-        "eu-central-1",
-        "EU",
-        &["--listen", &port.to_string(), "--advertise", &relay.addr],
-        host_env,
-    );
-    c.wait_ready(2);
-    (c, relay)
-}
-
-/// A TCP relay in front of a host that can cut or corrupt large uploads
-/// (migration rounds) once armed.
-struct Relay {
-    addr: String,
-    mode: Arc<AtomicU64>,
-}
-
-const PASS: u64 = 0;
-const CUT: u64 = 1;
-const CORRUPT: u64 = 2;
-/// Cut or corrupt the raw page stream of round 0 (after its upgrade).
-const CUT_PAGES: u64 = 3;
-const CORRUPT_PAGES: u64 = 4;
-/// Nothing gets through: new connections are closed, open ones cut at
-/// their next bytes (either way), as if the host dropped off the network
-/// for those who reach it through the relay.
-const BLACKHOLE: u64 = 5;
-
-impl Relay {
-    fn start(to: std::net::SocketAddr) -> Relay {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = format!("http://{}", listener.local_addr().unwrap());
-        let mode = Arc::new(AtomicU64::new(PASS));
-        let m = mode.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming().map_while(Result::ok) {
-                if m.load(Ordering::Relaxed) == BLACKHOLE {
-                    continue;
-                }
-                let Ok(server) = std::net::TcpStream::connect(to) else {
-                    continue;
-                };
-                let (mut c_read, mut s_write) =
-                    (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let (mut s_read, mut c_write) = (server, client);
-                let mode = m.clone();
-                let back = m.clone();
-                std::thread::spawn(move || {
-                    let mut buf = vec![0u8; 64 << 10];
-                    let mut sent = 0usize;
-                    let mut corrupted = false;
-                    let mut pages = false;
-                    while let Ok(n) = c_read.read(&mut buf) {
-                        if n == 0 {
-                            break;
-                        }
-                        // Counted afresh whenever the relay is armed
-                        // again, also on kept-alive connections.
-                        if mode.load(Ordering::Relaxed) == PASS {
-                            sent = 0;
-                            corrupted = false;
-                            pages = false;
-                        }
-                        // The page stream's bytes are counted from the
-                        // chunk after its upgrade request.
-                        if !pages && buf[..n].windows(19).any(|w| w == b"upgrade: roam-pages") {
-                            pages = true;
-                            sent = 0;
-                        } else {
-                            sent += n;
-                        }
-                        let mode = match mode.load(Ordering::Relaxed) {
-                            BLACKHOLE => {
-                                let _ = c_read.shutdown(std::net::Shutdown::Both);
-                                let _ = s_write.shutdown(std::net::Shutdown::Both);
-                                return;
-                            }
-                            CUT_PAGES if pages => CUT,
-                            CORRUPT_PAGES if pages => CORRUPT,
-                            CUT_PAGES | CORRUPT_PAGES => PASS,
-                            m => m,
-                        };
-                        match mode {
-                            CUT if sent > 256 << 10 => {
-                                let _ = c_read.shutdown(std::net::Shutdown::Both);
-                                let _ = s_write.shutdown(std::net::Shutdown::Both);
-                                return;
-                            }
-                            CORRUPT if sent > 256 << 10 && !corrupted => {
-                                buf[n / 2] ^= 0x40;
-                                corrupted = true;
-                            }
-                            _ => {}
-                        }
-                        if s_write.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = s_write.shutdown(std::net::Shutdown::Write);
-                });
-                std::thread::spawn(move || {
-                    let mut buf = vec![0u8; 64 << 10];
-                    while let Ok(n) = s_read.read(&mut buf) {
-                        if n == 0 {
-                            break;
-                        }
-                        if back.load(Ordering::Relaxed) == BLACKHOLE {
-                            let _ = s_read.shutdown(std::net::Shutdown::Both);
-                            let _ = c_write.shutdown(std::net::Shutdown::Both);
-                            return;
-                        }
-                        if c_write.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = c_write.shutdown(std::net::Shutdown::Write);
-                });
-            }
-        });
-        Relay { addr, mode }
-    }
-}
-
 #[test]
 fn a_cut_or_corrupted_stream_aborts_and_restores_nothing() {
-    let (c, relay) = relayed_cluster(&[]);
+    let (c, relay) = relayed_cluster(true, &[]);
     deploy(
         &c,
         &["--example", "kv-cache", "--selector", "site=eu-west-1"],

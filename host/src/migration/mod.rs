@@ -39,7 +39,7 @@ use roam_proto::{
 
 mod convergence;
 mod error;
-mod pages;
+pub(crate) mod pages;
 mod source;
 mod target;
 

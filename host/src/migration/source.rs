@@ -526,7 +526,7 @@ async fn send_stream(
     use tokio::io::AsyncReadExt;
     let r = request.send().await.map_err(|e| SendError::Unreachable {
         round: 0,
-        error: e.to_string(),
+        error: crate::identity::chain(&e),
     })?;
     if r.status() != StatusCode::SWITCHING_PROTOCOLS {
         let status = r.status();
@@ -634,7 +634,7 @@ async fn send_part(
         .await
         .map_err(|e| SendError::Unreachable {
             round,
-            error: e.to_string(),
+            error: crate::identity::chain(&e),
         })?;
     if !r.status().is_success() {
         let status = r.status();
