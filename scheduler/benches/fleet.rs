@@ -122,7 +122,7 @@ fn main() {
                     workload: workload.clone(),
                     host: host.clone(),
                 }),
-                Command::Stop { .. } => None,
+                Command::Stop { .. } | Command::Move { .. } => None,
             })
             .collect();
         let placed = running.len();

@@ -55,6 +55,15 @@ pub enum Command {
         /// Host it runs on.
         host: String,
     },
+    /// Move the replica of `workload` off `host`, which no longer meets the
+    /// workload's rules: live to a host that does, else stopped (and
+    /// started where the rules hold). It counts as placed meanwhile.
+    Move {
+        /// Workload name.
+        workload: String,
+        /// Host it runs on.
+        host: String,
+    },
 }
 
 /// A workload short of replicas because no host can take one.
@@ -92,31 +101,33 @@ pub fn reconcile(desired: &[Desired], running: &[Replica], hosts: &[HostView]) -
         .iter()
         .map(|h| (h.id.as_str(), h.labels.as_ref()))
         .collect();
-    // Live replicas by workload; replicas of workloads nobody wants any more,
-    // and replicas on hosts that no longer meet their workload's rules (its
-    // selector changed, or the host's labels did), are stopped, and placed
-    // again where the rules hold.
+    // Live replicas by workload; replicas of workloads nobody wants any more
+    // are stopped; replicas on hosts that no longer meet their workload's
+    // rules (its selector changed, or the host's labels did) are moved
+    // where the rules hold (counted as placed until then).
     let mut live_by_workload: HashMap<&str, Vec<String>> = HashMap::new();
+    let mut breaking: HashSet<(&str, &str)> = HashSet::new();
     for r in running {
         if !alive.contains(r.host.as_str()) {
             continue;
         }
-        let breaks_rules = specs.get(r.workload.as_str()).is_some_and(|spec| {
-            labels
-                .get(r.host.as_str())
-                .is_some_and(|l| !spec.selector.matches(l))
-        });
-        if specs.contains_key(r.workload.as_str()) && !breaks_rules {
-            live_by_workload
-                .entry(r.workload.as_str())
-                .or_default()
-                .push(r.host.clone());
-        } else {
+        let Some(spec) = specs.get(r.workload.as_str()) else {
             plan.commands.push(Command::Stop {
                 workload: r.workload.clone(),
                 host: r.host.clone(),
             });
+            continue;
+        };
+        let breaks_rules = labels
+            .get(r.host.as_str())
+            .is_some_and(|l| !spec.selector.matches(l));
+        if breaks_rules {
+            breaking.insert((r.workload.as_str(), r.host.as_str()));
         }
+        live_by_workload
+            .entry(r.workload.as_str())
+            .or_default()
+            .push(r.host.clone());
     }
 
     let mut starts = Vec::new();
@@ -127,10 +138,13 @@ pub fn reconcile(desired: &[Desired], running: &[Replica], hosts: &[HostView]) -
         let mut live = live_by_workload
             .remove(spec.name.as_str())
             .unwrap_or_default();
-        live.sort();
+        let breaks = |host: &str| breaking.contains(&(spec.name.as_str(), host));
+        // Those that break the rules last, so they are the first extras.
+        live.sort_by(|a, b| (breaks(a), a).cmp(&(breaks(b), b)));
         live.dedup();
         let wanted = spec.replicas as usize;
-        // Too many: stop the extras, highest host id first.
+        // Too many: stop the extras, rule breakers, then highest host id
+        // first.
         while live.len() > wanted {
             if let Some(host) = live.pop() {
                 plan.commands.push(Command::Stop {
@@ -138,6 +152,12 @@ pub fn reconcile(desired: &[Desired], running: &[Replica], hosts: &[HostView]) -
                     host,
                 });
             }
+        }
+        for host in live.iter().filter(|h| breaks(h)) {
+            plan.commands.push(Command::Move {
+                workload: spec.name.clone(),
+                host: host.clone(),
+            });
         }
         // Too few: place one at a time, accounting for what was just placed.
         while live.len() < wanted {
@@ -274,7 +294,7 @@ mod tests {
             .iter()
             .map(|c| match c {
                 Command::Start { host, .. } => host.as_str(),
-                Command::Stop { .. } => "stop",
+                Command::Stop { .. } | Command::Move { .. } => "stop",
             })
             .collect();
         assert_eq!(started, vec!["b", "c"]);
@@ -291,16 +311,30 @@ mod tests {
         let plan = reconcile(&[spec("w", 1, "jurisdiction=EU")], &running, &hosts);
         assert_eq!(
             plan.commands,
-            vec![
-                Command::Stop {
-                    workload: "w".into(),
-                    host: "us".into()
-                },
-                Command::Start {
-                    workload: "w".into(),
-                    host: "eu".into()
-                },
-            ]
+            vec![Command::Move {
+                workload: "w".into(),
+                host: "us".into()
+            }]
+        );
+        // One replica too many: the one that breaks the rules is stopped,
+        // not moved.
+        let two = vec![
+            Replica {
+                workload: "w".into(),
+                host: "eu".into(),
+            },
+            Replica {
+                workload: "w".into(),
+                host: "us".into(),
+            },
+        ];
+        let plan = reconcile(&[spec("w", 1, "jurisdiction=EU")], &two, &hosts);
+        assert_eq!(
+            plan.commands,
+            vec![Command::Stop {
+                workload: "w".into(),
+                host: "us".into()
+            }]
         );
         // A replica that meets the rules stays.
         let running = vec![Replica {
@@ -367,7 +401,7 @@ mod tests {
             .iter()
             .filter_map(|c| match c {
                 Command::Start { host, .. } => Some(host),
-                Command::Stop { .. } => None,
+                Command::Stop { .. } | Command::Move { .. } => None,
             })
             .collect();
         assert_eq!(plan.commands.len(), 500);

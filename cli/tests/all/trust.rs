@@ -438,3 +438,43 @@ fn a_revoked_host_is_refused_everywhere_and_its_workload_moves() {
             .is_ok_and(|r| r.status() == 404)
     });
 }
+
+/// A replica whose host no longer meets its workload's rules (here the
+/// workload's selector changed) is moved live to a host that does: the
+/// reconciler does it, and the workload keeps its state.
+#[test]
+fn a_replica_that_breaks_its_rules_moves_live_with_its_state() {
+    let c = eu_cluster();
+    crate::migrate::deploy(
+        &c,
+        &[
+            roam_tests::artifacts::COUNTER,
+            "--name",
+            "counter",
+            "--selector",
+            "site=eu-west-1",
+        ],
+    );
+    poll(Duration::from_secs(30), "counter to serve", || {
+        c.invoke("counter", "/a").0 == 200
+    });
+    assert_eq!(c.invoke("counter", "/a").1, r#"{"path":"/a","count":2}"#);
+    let events = subscribe(&c);
+    crate::migrate::deploy(
+        &c,
+        &[
+            roam_tests::artifacts::COUNTER,
+            "--name",
+            "counter",
+            "--selector",
+            "site=eu-central-1",
+        ],
+    );
+    let moved = wait_event(&events, "replica_moved");
+    assert!(
+        moved.contains("migrated") && moved.contains("eu-1"),
+        "{moved}"
+    );
+    assert_eq!(crate::migrate::host_of(&c, "counter"), "eu-2");
+    assert_eq!(c.invoke("counter", "/a").1, r#"{"path":"/a","count":3}"#);
+}

@@ -161,6 +161,9 @@ struct Scheduler {
     /// Workloads an operator's restore is moving: the reconciler leaves them
     /// alone meanwhile.
     busy: Mutex<BTreeSet<String>>,
+    /// Replicas (workload, host) the reconciler is moving off a host that
+    /// no longer meets their rules.
+    moving: Mutex<BTreeSet<(String, String)>>,
     /// Migrations the scheduler is unsure of (a restart interrupted them,
     /// an abort did not arrive, a target did not answer after the commit
     /// point), whose hosts are still to be asked where they got to.
@@ -306,6 +309,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         migrations: Mutex::new(BTreeMap::new()),
         pending: Mutex::new(BTreeSet::new()),
         busy: Mutex::new(BTreeSet::new()),
+        moving: Mutex::new(BTreeSet::new()),
         generations: Mutex::new(HashMap::new()),
         migration_metrics: Mutex::new(metrics::MigrationMetrics::default()),
         changed: std::sync::atomic::AtomicBool::new(true),

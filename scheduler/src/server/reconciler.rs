@@ -52,7 +52,7 @@ impl Scheduler {
         }
     }
 
-    async fn reconcile_once(&self) {
+    async fn reconcile_once(self: &Arc<Self>) {
         self.resolve_pending().await;
         self.stop_stale().await;
         self.stop_unplaced().await;
@@ -162,7 +162,7 @@ impl Scheduler {
         }
     }
 
-    async fn perform(&self, command: Command, specs: &[WorkloadSpec]) {
+    async fn perform(self: &Arc<Self>, command: Command, specs: &[WorkloadSpec]) {
         match command {
             Command::Start { workload, host } => {
                 let Some(spec) = specs.iter().find(|s| s.name == workload) else {
@@ -191,6 +191,41 @@ impl Scheduler {
                         serde_json::json!({ "workload": workload, "host": host }),
                     );
                 }
+            }
+            Command::Move { workload, host } => {
+                // In its own task: a live migration takes longer than a
+                // round, and the workload is the migration's meanwhile.
+                let key = (workload.clone(), host.clone());
+                if !self
+                    .moving
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key.clone())
+                {
+                    return;
+                }
+                let s = self.clone();
+                tokio::spawn(async move {
+                    s.event(
+                        "replica_breaks_rules",
+                        serde_json::json!({ "workload": workload, "host": host }),
+                    );
+                    let outcome = s.move_off(workload.clone(), &host, true).await;
+                    s.event(
+                        "replica_moved",
+                        serde_json::json!({
+                            "workload": workload,
+                            "host": host,
+                            "outcome": outcome.outcome,
+                            "detail": outcome.detail,
+                        }),
+                    );
+                    s.moving
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&key);
+                    s.touch();
+                });
             }
             Command::Stop { workload, host } => {
                 if let Err(e) = self.stop_on(&host, &workload).await {
