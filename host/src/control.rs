@@ -4,35 +4,48 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use roam_proto::reply::{error, not_dispatched};
 use roam_proto::{StartInstance, headers, paths};
 use roam_runtime::snapshot::codec::{self, DecodeLimits};
 use roam_runtime::{Digest, Workload};
 
+use crate::access::HostAccess::Scheduler;
+use crate::access::{MESSAGE, Route, SMALL, SPEC, rule};
 use crate::daemon::Host;
 
 /// Largest snapshot accepted by `PUT .../restore`.
 const MAX_SNAPSHOT: usize = 1 << 30;
 
-/// The control routes (the caller adds the host-secret check).
-pub(crate) fn routes() -> Router<Arc<Host>> {
-    Router::new()
-        .route(paths::host::INSTANCE, put(start).delete(stop))
-        .route(paths::host::INSTANCE_LOGS, get(logs))
-        .route(paths::host::INSTANCE_SNAPSHOT, post(snapshot))
-        .route(paths::host::INSTANCE_RESTORE, put(restore))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_SNAPSHOT))
-        .route(paths::host::MESSAGE, post(message))
-        .route(
-            paths::host::REVOKED,
-            put(revoked).layer(axum::extract::DefaultBodyLimit::max(MAX_REVOCATIONS)),
-        )
+/// The control routes, the scheduler's (`access.rs` adds the check of its
+/// certificate and the host secret).
+pub(crate) fn routes() -> Vec<Route> {
+    use paths::host as h;
+    vec![
+        rule("PUT", h::INSTANCE, Scheduler, SPEC, put(start)),
+        rule("DELETE", h::INSTANCE, Scheduler, SMALL, delete(stop)),
+        rule("GET", h::INSTANCE_LOGS, Scheduler, SMALL, get(logs)),
+        rule(
+            "POST",
+            h::INSTANCE_SNAPSHOT,
+            Scheduler,
+            SMALL,
+            post(snapshot),
+        ),
+        rule(
+            "PUT",
+            h::INSTANCE_RESTORE,
+            Scheduler,
+            MAX_SNAPSHOT,
+            put(restore),
+        ),
+        rule("POST", h::MESSAGE, Scheduler, MESSAGE, post(message)),
+        rule("PUT", h::REVOKED, Scheduler, MAX_REVOCATIONS, put(revoked)),
+    ]
 }
 
 /// Largest revocation list accepted (what `roam_tls::revoked::MAX_REVOKED`

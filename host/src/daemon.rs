@@ -8,30 +8,26 @@
 //! - migration streams from another host, authenticated by a per-migration
 //!   key instead (`migration/target.rs`);
 //! - the ingress, `/w/{workload}/...` (`ingress.rs`).
+//!
+//! The router is built from one table of every route and its rule
+//! (`access.rs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::Response;
-use axum::routing::any;
-use roam_proto::reply::error;
-use roam_proto::{InstanceStatus, Labels, StartInstance, paths};
+use roam_proto::{InstanceStatus, Labels, StartInstance};
 use roam_runtime::abi::Place;
 use roam_runtime::driver::{self, DriverOptions, LocalBus, WorkloadHandle};
 use roam_runtime::{Digest, InstanceConfig, Module, Runtime, RuntimeConfig, Workload};
 
 use roam_proto::auth::JoinToken;
-use roam_tls::{Identity, Peer, Transport};
+use roam_tls::{Identity, Transport};
 
 use crate::config::HostConfig;
 use crate::identity::HostTls;
 use crate::migration::Migrations;
 use crate::scheduler_client::SchedulerClient;
-use crate::{control, ingress, migration};
 
 /// A workload running here: its driver, and the record reported to the
 /// scheduler (module digest, memory, the generation this copy runs at).
@@ -161,24 +157,8 @@ pub async fn run(config: HostConfig) -> anyhow::Result<()> {
     };
     let revoked = host.tls.as_ref().map(|t| t.trust.revoked().clone());
 
-    // Control routes are the scheduler's: every one needs the host secret.
-    let control = control::routes()
-        .merge(migration::control_routes())
-        .route_layer(axum::middleware::from_fn_with_state(
-            host.clone(),
-            require_secret,
-        ));
-    let streams = migration::stream_routes().route_layer(axum::middleware::from_fn_with_state(
-        host.clone(),
-        migration::require_source,
-    ));
-    let app = Router::new()
-        .merge(control)
-        .merge(streams)
-        .route(paths::ingress::ROOT, any(ingress::ingress))
-        .route(paths::ingress::ROOT_SLASH, any(ingress::ingress))
-        .route(paths::ingress::ANY, any(ingress::ingress))
-        .with_state(host);
+    // Every route from the access table, with the check its rule asks for.
+    let app = crate::access::router(&host).with_state(host);
     let mut options = roam_tls::ServeOptions::new(server_tls);
     if let Some(revoked) = revoked {
         options.revoked = revoked;
@@ -188,27 +168,6 @@ pub async fn run(config: HostConfig) -> anyhow::Result<()> {
     })
     .await
     .context("host API server failed")
-}
-
-/// Refuse control routes to anyone but the scheduler: over TLS its
-/// certificate, and always the host secret handed out at join.
-async fn require_secret(
-    State(host): State<Arc<Host>>,
-    peer: Peer,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if host.tls.is_some() && !peer.is_scheduler() {
-        return error(
-            StatusCode::FORBIDDEN,
-            "control routes are the scheduler's; its certificate is required",
-        );
-    }
-    if host.authorized(request.headers()) {
-        next.run(request).await
-    } else {
-        error(StatusCode::UNAUTHORIZED, "missing or wrong host secret")
-    }
 }
 
 impl Host {
@@ -230,7 +189,7 @@ impl Host {
         self.transport.base(&Identity::host(name)?, url)
     }
 
-    fn authorized(&self, headers: &axum::http::HeaderMap) -> bool {
+    pub(crate) fn authorized(&self, headers: &axum::http::HeaderMap) -> bool {
         let secret = self.secret.lock().unwrap_or_else(|e| e.into_inner());
         roam_proto::reply::presents(headers, &secret)
     }

@@ -4,6 +4,7 @@
 //!
 //! | file | what it does |
 //! | --- | --- |
+//! | [`access`] | who may call which route: the table the router is built from |
 //! | [`config`] | [`HostConfig`]: how the daemon runs |
 //! | `daemon.rs` | the shared state, the listener and its routes, running workloads |
 //! | `scheduler_client.rs` | every call to the scheduler: join, heartbeat, module fetch, message relay |
@@ -18,6 +19,7 @@
 //! writes a path or a header name itself.
 #![deny(missing_docs)]
 
+pub mod access;
 pub mod config;
 mod control;
 mod daemon;

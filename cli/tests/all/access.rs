@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use roam_host::access::HostAccess;
 use roam_scheduler::server::access::{Access, RouteRule, table};
 use roam_tls::Identity;
 use roam_tls::ca::new_request;
@@ -69,9 +70,15 @@ fn expected(access: Access, caller: &str) -> &'static str {
     }
 }
 
-/// The rows of the matrix in `docs/security.md`: (method, route) → (rule,
-/// answer per caller).
+/// The rows of the scheduler's matrix in `docs/security.md`: (method,
+/// route) → (rule, answer per caller).
 fn doc_matrix() -> BTreeMap<(String, String), (String, Vec<String>)> {
+    matrix_rows(CALLERS.len())
+}
+
+/// The rows of a matrix in `docs/security.md` with `callers` columns of
+/// answers.
+fn matrix_rows(callers: usize) -> BTreeMap<(String, String), (String, Vec<String>)> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/security.md");
     let doc = std::fs::read_to_string(path).unwrap();
     let mut rows = BTreeMap::new();
@@ -82,7 +89,7 @@ fn doc_matrix() -> BTreeMap<(String, String), (String, Vec<String>)> {
             .split('|')
             .map(|c| c.trim().trim_matches('`').to_string())
             .collect();
-        if cells.len() != 3 + CALLERS.len()
+        if cells.len() != 3 + callers
             || !["GET", "POST", "PUT", "DELETE", "*"].contains(&cells[0].as_str())
         {
             continue;
@@ -330,4 +337,138 @@ fn every_route_answers_every_caller_as_the_matrix_says() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     assert_eq!(c.get("counter", "/").0, 200, "counter still serves");
+}
+
+/// Every kind of caller of a host's routes, as the doc's columns name them.
+const HOST_CALLERS: [&str; 4] = ["none", "admin", "other host", "scheduler without secret"];
+
+/// What a caller of a host's route with `access` gets.
+fn host_expected(access: HostAccess, caller: &str) -> &'static str {
+    match (access, caller) {
+        (HostAccess::Public, _) => "ok",
+        (HostAccess::Scheduler, "scheduler without secret") => "401",
+        (HostAccess::Scheduler, _) => "403",
+        // No migration with that id: nobody is its source, and nobody has
+        // its key.
+        (HostAccess::Source, _) => "401",
+    }
+}
+
+#[test]
+fn the_documented_host_matrix_is_the_hosts_table() {
+    let doc = matrix_rows(HOST_CALLERS.len());
+    let rules = roam_host::access::table();
+    for rule in &rules {
+        let key = (rule.method.to_string(), rule.pattern.to_string());
+        let Some((name, cells)) = doc.get(&key) else {
+            panic!(
+                "host route {} {} is not in docs/security.md",
+                rule.method, rule.pattern
+            );
+        };
+        assert_eq!(name, rule.access.name(), "{key:?}");
+        let want: Vec<&str> = HOST_CALLERS
+            .iter()
+            .map(|c| host_expected(rule.access, c))
+            .collect();
+        assert_eq!(cells, &want, "{key:?}: the doc's cells");
+    }
+    for key in doc.keys() {
+        assert!(
+            rules
+                .iter()
+                .any(|r| (r.method, r.pattern) == (key.0.as_str(), key.1.as_str())),
+            "docs/security.md lists host route {key:?}, which a host does not serve"
+        );
+    }
+}
+
+#[test]
+fn every_host_route_answers_every_caller_as_the_matrix_says() {
+    let c = eu_cluster();
+    let nodes = c.nodes();
+    let url_of = |name: &str| {
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .unwrap()["url"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let host = url_of("eu-1");
+    let other = host_cert(&c, "eu-2");
+    // A certificate naming the scheduler, from the cluster CA (its key is
+    // in the scheduler's data directory): the real one is never on disk.
+    let ca = roam_tls::ca::Ca::load_or_create(&c.dir.path().join("scheduler")).unwrap();
+    let scheduler = ca
+        .issue(&Identity::Scheduler, &[], Duration::from_secs(600))
+        .unwrap();
+    // The host's certificate names `eu-1.host.roam`, not the address
+    // dialled: these clients skip the name check (the routes are what is
+    // tested here; the name check is `wire.rs`'s).
+    let anonymous: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .disable_verification(true)
+                .build(),
+        )
+        .build()
+        .into();
+    let as_other = c.agent_as(&other.chain, &other.key, false);
+    let as_scheduler = c.agent_as(&scheduler.chain_pem, &scheduler.key_pem, false);
+    let mut wrong = Vec::new();
+    for rule in roam_host::access::table() {
+        let path = rule
+            .pattern
+            .replace("{workload}", "ghost")
+            .replace("{id}", "m-none")
+            .replace("{round}", "0")
+            .replace("{*path}", "x");
+        let url = format!("{host}{path}");
+        let method = if rule.method == "*" {
+            "GET"
+        } else {
+            rule.method
+        };
+        for caller in HOST_CALLERS {
+            let client = match caller {
+                "other host" => &as_other,
+                "scheduler without secret" => &as_scheduler,
+                _ => &anonymous,
+            };
+            let mut rb = match method {
+                "GET" => client.get(&url).force_send_body(),
+                "POST" => client.post(&url),
+                "PUT" => client.put(&url),
+                "DELETE" => client.delete(&url).force_send_body(),
+                other => panic!("{other}"),
+            };
+            if caller == "admin" {
+                rb = rb.header("authorization", format!("Bearer {}", c.admin));
+            }
+            let status = rb
+                .header("content-type", "application/json")
+                .send("{}")
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0);
+            let got = match status {
+                401 => "401",
+                403 => "403",
+                0 => "no answer",
+                _ => "ok",
+            };
+            let want = host_expected(rule.access, caller);
+            if got != want {
+                wrong.push(format!(
+                    "{method} {} as {caller}: {status}, the matrix says {want}",
+                    rule.pattern
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }

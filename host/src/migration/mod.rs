@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -47,6 +46,8 @@ use error::KeyError;
 use source::{Outgoing, SourceAbort};
 use target::Incoming;
 
+use crate::access::HostAccess::{Scheduler, Source};
+use crate::access::{MESSAGE, Route, SMALL, SPEC, rule};
 use crate::daemon::Host;
 
 /// Largest part of a round sent in one request.
@@ -188,19 +189,34 @@ impl Migrations {
 }
 
 /// Routes the scheduler calls (behind the host secret).
-pub(crate) fn control_routes() -> Router<Arc<Host>> {
-    Router::new()
-        .route(paths::host::MIGRATION_PREPARE, post(target::prepare))
-        .route(paths::host::MIGRATION_SEND, post(source::send))
-        .route(paths::host::MIGRATION_COMMIT, post(commit))
-        .route(paths::host::MIGRATION_ABORT, post(abort))
-        .route(paths::host::MIGRATION_STATUS, get(status))
+pub(crate) fn control_routes() -> Vec<Route> {
+    use paths::host as h;
+    vec![
+        rule(
+            "POST",
+            h::MIGRATION_PREPARE,
+            Scheduler,
+            SPEC,
+            post(target::prepare),
+        ),
+        rule(
+            "POST",
+            h::MIGRATION_SEND,
+            Scheduler,
+            SMALL,
+            post(source::send),
+        ),
+        rule("POST", h::MIGRATION_COMMIT, Scheduler, SMALL, post(commit)),
+        rule("POST", h::MIGRATION_ABORT, Scheduler, SMALL, post(abort)),
+        rule("GET", h::MIGRATION_STATUS, Scheduler, SMALL, get(status)),
+    ]
 }
 
 /// Over TLS, let into a migration's stream routes only the host the
 /// scheduler named as its source (its certificate must name it); the
 /// migration's key is checked by the route itself. A migration this host
-/// does not know is left to the route (which refuses it).
+/// does not know has no source: nobody is let in (401), so the routes say
+/// nothing about which migrations exist to anyone else.
 pub(crate) async fn require_source(
     State(host): State<Arc<Host>>,
     Path(params): Path<HashMap<String, String>>,
@@ -208,36 +224,74 @@ pub(crate) async fn require_source(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if host.tls.is_some()
-        && let Some(id) = params.get("id")
-        && let Some(source) = host.migrations.source_of(id).await
-        && peer.host() != Some(source.as_str())
-    {
-        return error(
-            StatusCode::FORBIDDEN,
-            format!(
-                "migration `{id}` comes from host `{source}`, not {}",
-                peer.identity
-                    .as_ref()
-                    .map_or("an unauthenticated client".into(), |i| i.to_string())
-            ),
-        );
+    if host.tls.is_none() {
+        return next.run(request).await;
     }
-    next.run(request).await
+    let Some(id) = params.get("id") else {
+        return next.run(request).await;
+    };
+    let who = || {
+        peer.identity
+            .as_ref()
+            .map_or("an unauthenticated client".into(), |i| i.to_string())
+    };
+    match host.migrations.source_of(id).await {
+        Some(source) if peer.host() == Some(source.as_str()) => next.run(request).await,
+        Some(source) => error(
+            if peer.host().is_some() {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::UNAUTHORIZED
+            },
+            format!("migration `{id}` comes from host `{source}`, not {}", who()),
+        ),
+        None => error(
+            StatusCode::UNAUTHORIZED,
+            format!("no migration `{id}` is coming to this host; only its source may call this"),
+        ),
+    }
 }
 
 /// Routes the source calls on the target (behind the migration's key).
-pub(crate) fn stream_routes() -> Router<Arc<Host>> {
-    Router::new()
-        .route(paths::host::MIGRATION_ROUND, put(target::receive_round))
-        .layer(axum::extract::DefaultBodyLimit::max(PART + 4096))
-        .route(paths::host::MIGRATION_PAGES, post(target::receive_pages))
-        .route(
-            paths::host::MIGRATION_MESSAGES,
+pub(crate) fn stream_routes() -> Vec<Route> {
+    use paths::host as h;
+    vec![
+        rule(
+            "PUT",
+            h::MIGRATION_ROUND,
+            Source,
+            PART + 4096,
+            put(target::receive_round),
+        ),
+        rule(
+            "POST",
+            h::MIGRATION_PAGES,
+            Source,
+            SMALL,
+            post(target::receive_pages),
+        ),
+        rule(
+            "POST",
+            h::MIGRATION_MESSAGES,
+            Source,
+            MESSAGE,
             post(target::forwarded_message),
-        )
-        .route(paths::host::MIGRATION_ACTIVATE, post(target::activate))
-        .route(paths::host::MIGRATION, delete(target::source_abort))
+        ),
+        rule(
+            "POST",
+            h::MIGRATION_ACTIVATE,
+            Source,
+            SMALL,
+            post(target::activate),
+        ),
+        rule(
+            "DELETE",
+            h::MIGRATION,
+            Source,
+            SMALL,
+            delete(target::source_abort),
+        ),
+    ]
 }
 
 /// `POST /v1/migrations/{id}/commit` (scheduler): on the source, hand off
