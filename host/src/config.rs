@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use roam_proto::Labels;
 use roam_runtime::EngineKind;
@@ -45,4 +46,7 @@ pub struct HostConfig {
     pub tls_cert: Option<PathBuf>,
     /// See `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// On SIGTERM or Ctrl-C, how long the host gives the scheduler to move
+    /// its workloads away before it exits.
+    pub shutdown_timeout: Duration,
 }

@@ -158,13 +158,18 @@ pub async fn run(config: HostConfig) -> anyhow::Result<()> {
     let revoked = host.tls.as_ref().map(|t| t.trust.revoked().clone());
 
     // Every route from the access table, with the check its rule asks for.
+    let leaving = host.clone();
     let app = crate::access::router(&host).with_state(host);
     let mut options = roam_tls::ServeOptions::new(server_tls);
     if let Some(revoked) = revoked {
         options.revoked = revoked;
     }
     roam_tls::serve(listener, app, options, async {
-        let _ = tokio::signal::ctrl_c().await;
+        stop_signal().await;
+        tokio::select! {
+            () = leaving.leave() => {}
+            () = stop_signal() => tracing::warn!("a second signal: stopping now"),
+        }
     })
     .await
     .context("host API server failed")
@@ -250,6 +255,55 @@ impl Host {
         );
         if let Some(old) = old {
             old.handle.stop().await;
+        }
+    }
+}
+
+/// SIGTERM (what `systemctl stop` and `docker stop` send) or Ctrl-C.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+impl Host {
+    /// Before stopping: ask the scheduler to move this host's workloads
+    /// away (live), and wait until they have gone or the shutdown timeout
+    /// has passed. Whatever is still here then stops with the process (the
+    /// scheduler starts it elsewhere).
+    pub(crate) async fn leave(&self) {
+        if self.workloads.lock().await.is_empty() {
+            return;
+        }
+        let timeout = self.config.shutdown_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        tracing::info!(
+            ?timeout,
+            "stopping: moving this host's workloads away first"
+        );
+        match self.scheduler.leave(&self.config.name, timeout).await {
+            Ok(outcomes) => {
+                for o in outcomes {
+                    tracing::info!(workload = %o.workload, outcome = ?o.outcome, detail = %o.detail, "moved off");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "the scheduler could not drain this host"),
+        }
+        while tokio::time::Instant::now() < deadline && !self.workloads.lock().await.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let left: Vec<String> = self.workloads.lock().await.keys().cloned().collect();
+        if !left.is_empty() {
+            tracing::warn!(?left, "stopping with workloads still here");
         }
     }
 }

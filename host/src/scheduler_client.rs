@@ -88,6 +88,30 @@ impl SchedulerClient {
         }
     }
 
+    /// Ask to be drained before stopping: the scheduler cordons this host
+    /// and moves its workloads off live; the answer comes when it is done.
+    pub(crate) async fn leave(
+        &self,
+        host: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<roam_proto::DrainOutcome>> {
+        let r = self
+            .http
+            .post(paths::host_drain(host)?.on(&self.base))
+            .bearer_auth(&self.token)
+            .timeout(timeout)
+            .send()
+            .await?;
+        let status = r.status();
+        if !status.is_success() {
+            anyhow::bail!(
+                "the scheduler answered {status}: {}",
+                r.text().await.unwrap_or_default()
+            );
+        }
+        Ok(r.json().await?)
+    }
+
     /// Renew this host's certificate (presenting the current one).
     pub(crate) async fn renew(
         &self,

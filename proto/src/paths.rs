@@ -137,6 +137,9 @@ pub mod scheduler {
     pub const CA: &str = "/v1/ca";
     /// `POST` (the host's own certificate): renew it from a new request.
     pub const HOST_CERTIFICATE: &str = "/v1/hosts/{name}/certificate";
+    /// `POST` (the host's own certificate): a host being stopped asks to
+    /// be drained (cordoned, its workloads moved off live).
+    pub const HOST_DRAIN: &str = "/v1/hosts/{name}/drain";
 }
 
 /// Route patterns (axum syntax) of a host's API.
@@ -289,6 +292,10 @@ pub fn host_certificate(host: &str) -> Result<ApiPath, BadSegment> {
         Segment(host),
         Fixed("certificate"),
     ])
+}
+/// `/v1/hosts/{name}/drain`.
+pub fn host_drain(host: &str) -> Result<ApiPath, BadSegment> {
+    build(&[Fixed("v1"), Fixed("hosts"), Segment(host), Fixed("drain")])
 }
 /// `/v1/nodes/{name}/revoke`.
 pub fn node_revoke(host: &str) -> Result<ApiPath, BadSegment> {

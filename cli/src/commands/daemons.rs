@@ -116,6 +116,10 @@ pub struct HostArgs {
     pub labels: Vec<(String, String)>,
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// On SIGTERM or Ctrl-C: how long to let the scheduler move this host's
+    /// workloads away (live) before exiting; a second signal exits at once.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub shutdown_timeout: std::time::Duration,
 }
 
 fn tokio(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
@@ -172,6 +176,7 @@ pub fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
         insecure_plaintext: args.tls.insecure_plaintext,
         tls_cert: args.tls.tls_cert,
         tls_key: args.tls.tls_key,
+        shutdown_timeout: args.shutdown_timeout,
     }))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -186,6 +186,12 @@ fn join_body(name: &str, csr: &str) -> serde_json::Value {
     })
 }
 
+/// Whether `this host` calls `rule` as the hand-joined host: to rejoin,
+/// and to ask to be drained (which would move the test's workload).
+fn by_joiner(rule: &RouteRule) -> bool {
+    rule.access == Access::Join || rule.pattern == roam_proto::paths::scheduler::HOST_DRAIN
+}
+
 /// A request to `rule` that would succeed for an allowed caller, or fail
 /// harmlessly (404, 400): names that exist where reading, and that do not
 /// where the route would change something.
@@ -201,11 +207,7 @@ fn request(
         m => m,
     }
     .to_string();
-    let host = if rule.access == Access::Join {
-        "joiner"
-    } else {
-        this_host
-    };
+    let host = if by_joiner(rule) { "joiner" } else { this_host };
     let destructive = matches!(method.as_str(), "DELETE" | "POST" | "PUT");
     let workload = if destructive { "ghost" } else { "counter" };
     let path = rule
@@ -296,7 +298,7 @@ fn every_route_answers_every_caller_as_the_matrix_says() {
         for caller in CALLERS {
             let (method, url, body) = request(&rule, &c, &digest, &this_host, caller);
             let client = match caller {
-                "this host" if rule.access == Access::Join => &as_joiner,
+                "this host" if by_joiner(&rule) => &as_joiner,
                 "this host" => &as_this,
                 "other host" => &as_other,
                 _ => &plain,

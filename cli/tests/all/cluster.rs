@@ -287,6 +287,31 @@ impl Cluster {
         url
     }
 
+    /// Send host `name` SIGTERM (as `systemctl stop` does) and wait for it
+    /// to exit, at most `deadline`.
+    pub(crate) fn terminate_host(
+        &mut self,
+        name: &str,
+        deadline: Duration,
+    ) -> std::process::ExitStatus {
+        let at = self.hosts.iter().position(|(n, _)| n == name).unwrap();
+        let (_, mut p) = self.hosts.remove(at);
+        let pid = i32::try_from(p.child.id()).unwrap();
+        // SAFETY: a plain kill(2) of our own child process.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let end = std::time::Instant::now() + deadline;
+        loop {
+            if let Some(status) = p.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "host `{name}` did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub(crate) fn kill_host(&mut self, name: &str) {
         self.hosts.retain(|(n, _)| n != name);
     }

@@ -974,3 +974,45 @@ fn draining_a_host_moves_its_workloads_live_within_their_rules() {
         .unwrap();
     assert_eq!(eu1["status"], "cordoned");
 }
+
+/// `systemctl stop` (SIGTERM) on a host with three workloads: before it
+/// exits, the host has the scheduler move all three away live, state and
+/// all, and it exits cleanly.
+#[test]
+fn a_host_stopped_with_sigterm_moves_its_workloads_away_first() {
+    let mut c = eu_cluster();
+    let place = |selector: &str| {
+        for name in ["counter", "counter-b"] {
+            deploy(
+                &c,
+                &[artifacts::COUNTER, "--name", name, "--selector", selector],
+            );
+        }
+        deploy(&c, &["--example", "kv-cache", "--selector", selector]);
+    };
+    place("site=eu-west-1");
+    poll(Duration::from_secs(30), "all three to serve", || {
+        c.invoke("counter", "/a").0 == 200
+            && c.invoke("counter-b", "/b").0 == 200
+            && c.get("kv-cache", "/k").0 == 404
+    });
+    let r = c
+        .agent
+        .put(format!("{}/w/kv-cache/k", c.url))
+        .send("kept")
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    // Allowed on eu-2 from now on; still on eu-1.
+    place("jurisdiction=EU");
+    for w in ["counter", "counter-b", "kv-cache"] {
+        assert_eq!(host_of(&c, w), "eu-1");
+    }
+    let status = c.terminate_host("eu-1", Duration::from_secs(60));
+    assert!(status.success(), "{status:?}");
+    for w in ["counter", "counter-b", "kv-cache"] {
+        assert_eq!(host_of(&c, w), "eu-2", "{w}");
+    }
+    assert_eq!(c.invoke("counter", "/a").1, r#"{"path":"/a","count":2}"#);
+    assert_eq!(c.invoke("counter-b", "/b").1, r#"{"path":"/b","count":2}"#);
+    assert_eq!(c.get("kv-cache", "/k"), (200, "kept".to_string()));
+}

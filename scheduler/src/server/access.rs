@@ -173,6 +173,13 @@ fn routes() -> Vec<(RouteRule, Handler)> {
         ),
         on(
             "POST",
+            r::HOST_DRAIN,
+            ThisHost,
+            SMALL,
+            post(registry::leave),
+        ),
+        on(
+            "POST",
             r::HOST_CERTIFICATE,
             ThisHost,
             SMALL,

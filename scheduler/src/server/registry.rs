@@ -333,6 +333,32 @@ pub(super) async fn nodes(State(s): State<Arc<Scheduler>>) -> Response {
     Json(out).into_response()
 }
 
+/// `POST /v1/hosts/{name}/drain`: a host being stopped (SIGTERM) asks to be
+/// drained, as `roam drain` would: cordoned, and its workloads moved off
+/// live. Only the host itself (its certificate; in plaintext its join
+/// token).
+pub(super) async fn leave(
+    State(s): State<Arc<Scheduler>>,
+    Path(name): Path<String>,
+    peer: Peer,
+    headers: HeaderMap,
+) -> Response {
+    if s.tls.is_some() {
+        if let Err(r) = s.require_host(&peer, &name) {
+            return r.into_response();
+        }
+    } else {
+        let ours = s
+            .join_token(&headers)
+            .is_some_and(|hash| s.hosts.get(&name).is_some_and(|e| e.token_hash == hash));
+        if !ours {
+            return error(StatusCode::FORBIDDEN, "only a host may ask to leave");
+        }
+    }
+    s.event("host_leaving", serde_json::json!({ "host": name }));
+    super::drain::drain(s, name).await
+}
+
 /// `POST /v1/nodes/{name}/{action}`: cordon, uncordon or drain a host.
 pub(super) async fn node_action(
     State(s): State<Arc<Scheduler>>,
