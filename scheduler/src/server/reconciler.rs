@@ -179,7 +179,9 @@ impl Scheduler {
                     if let Err(e) = self.assign(&workload, &host, false) {
                         tracing::error!(%workload, %host, error = %e, "cannot record the placement");
                     }
-                    self.touch();
+                    // Tried again on the next periodic round, not at once:
+                    // a host that refuses for good (a missing grant, a
+                    // module it cannot run) must not be called in a loop.
                 } else {
                     self.placements.fetch_add(1, Ordering::Relaxed);
                     self.confirmed
