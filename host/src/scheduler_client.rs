@@ -102,14 +102,7 @@ impl SchedulerClient {
             .timeout(timeout)
             .send()
             .await?;
-        let status = r.status();
-        if !status.is_success() {
-            anyhow::bail!(
-                "the scheduler answered {status}: {}",
-                r.text().await.unwrap_or_default()
-            );
-        }
-        Ok(r.json().await?)
+        json_answer(r).await
     }
 
     /// Renew this host's certificate (presenting the current one).
@@ -124,14 +117,7 @@ impl SchedulerClient {
             .json(request)
             .send()
             .await?;
-        let status = r.status();
-        if !status.is_success() {
-            anyhow::bail!(
-                "the scheduler answered {status}: {}",
-                r.text().await.unwrap_or_default()
-            );
-        }
-        Ok(r.json().await?)
+        json_answer(r).await
     }
 
     /// The module with `digest`, its size bounded and its sha256 checked.
@@ -293,4 +279,16 @@ impl Host {
             Ok(())
         })
     }
+}
+
+/// The scheduler's JSON answer, or its error status and message.
+async fn json_answer<T: serde::de::DeserializeOwned>(r: reqwest::Response) -> anyhow::Result<T> {
+    let status = r.status();
+    if !status.is_success() {
+        anyhow::bail!(
+            "the scheduler answered {status}: {}",
+            r.text().await.unwrap_or_default()
+        );
+    }
+    Ok(r.json().await?)
 }

@@ -852,25 +852,9 @@ fn deleting_a_workload_while_its_pages_stream_leaves_no_copy() {
 #[test]
 fn a_cut_or_corrupted_stream_aborts_and_restores_nothing() {
     let (c, relay) = relayed_cluster(true, &[]);
-    deploy(
-        &c,
-        &["--example", "kv-cache", "--selector", "site=eu-west-1"],
-    );
-    poll(Duration::from_secs(30), "kv-cache to serve", || {
-        c.get("kv-cache", "/big").0 == 404
-    });
     // A MiB of state, so every full copy crosses the relay's threshold.
     let big = "x".repeat(1 << 20);
-    let r = c
-        .agent
-        .put(format!("{}/w/kv-cache/big", c.url))
-        .send(big.as_str())
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
-    deploy(
-        &c,
-        &["--example", "kv-cache", "--selector", "jurisdiction=EU"],
-    );
+    kv_cache_holding(&c, &big, &[]);
     for (mode, what) in [
         (CUT, "cut"),
         (CORRUPT, "corrupted"),
@@ -1015,4 +999,27 @@ fn a_host_stopped_with_sigterm_moves_its_workloads_away_first() {
     assert_eq!(c.invoke("counter", "/a").1, r#"{"path":"/a","count":2}"#);
     assert_eq!(c.invoke("counter-b", "/b").1, r#"{"path":"/b","count":2}"#);
     assert_eq!(c.get("kv-cache", "/k"), (200, "kept".to_string()));
+}
+
+/// kv-cache (with `extra` deploy arguments) placed on eu-1, holding `value`
+/// at `/big`, and allowed anywhere in the EU from then on.
+pub(crate) fn kv_cache_holding(c: &Cluster, value: &str, extra: &[&str]) {
+    let kv_cache = [&["--example", "kv-cache"][..], extra].concat();
+    deploy(
+        c,
+        &[&kv_cache[..], &["--selector", "site=eu-west-1"]].concat(),
+    );
+    poll(Duration::from_secs(30), "kv-cache to serve", || {
+        c.get("kv-cache", "/big").0 == 404
+    });
+    let r = c
+        .agent
+        .put(format!("{}/w/kv-cache/big", c.url))
+        .send(value)
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    deploy(
+        c,
+        &[&kv_cache[..], &["--selector", "jurisdiction=EU"]].concat(),
+    );
 }

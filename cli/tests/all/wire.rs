@@ -11,7 +11,7 @@ use roam_tls::Identity;
 use roam_tls::ca::Ca;
 
 use crate::cluster::{Cluster, PATIENT, poll};
-use crate::migrate::{copies, deploy, host_of, start_migration, wait_phase};
+use crate::migrate::{copies, deploy, host_of, kv_cache_holding, start_migration, wait_phase};
 use crate::relay::{CORRUPT, PASS, Relay, free_port, relayed_cluster};
 
 /// A known secret in a workload's environment.
@@ -66,25 +66,8 @@ fn observe(plain: bool) -> Observed {
     );
     c.wait_ready(2);
     let env = format!("API_KEY={ENV_SECRET}");
-    let kv_cache = ["--example", "kv-cache", "--env", &env];
-    deploy(
-        &c,
-        &[&kv_cache[..], &["--selector", "site=eu-west-1"]].concat(),
-    );
-    poll(Duration::from_secs(30), "kv-cache to serve", || {
-        c.get("kv-cache", "/big").0 == 404
-    });
     let big = PAGE_PATTERN.repeat((1 << 20) / PAGE_PATTERN.len());
-    let r = c
-        .agent
-        .put(format!("{}/w/kv-cache/big", c.url))
-        .send(big.as_str())
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
-    deploy(
-        &c,
-        &[&kv_cache[..], &["--selector", "jurisdiction=EU"]].concat(),
-    );
+    kv_cache_holding(&c, &big, &["--env", &env]);
     let (ok, out, err) = c.roam(&["migrate", "kv-cache", "--to", "eu-2", "-o", "json"]);
     assert!(ok, "{out}{err}");
     assert_eq!(host_of(&c, "kv-cache"), "eu-2");
@@ -330,24 +313,8 @@ fn a_relay_with_another_certificate_is_refused_on_every_connection() {
 #[test]
 fn a_flipped_bit_on_the_wire_fails_the_migration_and_the_source_serves() {
     let (c, relay) = relayed_cluster(false, &[]);
-    deploy(
-        &c,
-        &["--example", "kv-cache", "--selector", "site=eu-west-1"],
-    );
-    poll(Duration::from_secs(30), "kv-cache to serve", || {
-        c.get("kv-cache", "/big").0 == 404
-    });
     let big = "x".repeat(1 << 20);
-    let r = c
-        .agent
-        .put(format!("{}/w/kv-cache/big", c.url))
-        .send(big.as_str())
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
-    deploy(
-        &c,
-        &["--example", "kv-cache", "--selector", "jurisdiction=EU"],
-    );
+    kv_cache_holding(&c, &big, &[]);
     relay.mode.store(CORRUPT, Ordering::Relaxed);
     let (ok, out, err) = c.roam(&["migrate", "kv-cache", "--to", "eu-2", "-o", "json"]);
     assert!(!ok, "a corrupted stream must fail the migration: {out}");
