@@ -71,6 +71,10 @@ fn main() {
     let root = manifest.parent().expect("workspace root").to_path_buf();
     println!("cargo:rerun-if-changed={}", root.join("examples").display());
     println!("cargo:rerun-if-changed={}", root.join("sdk").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("tests/faulty").display()
+    );
     let examples_target = out.join("example-target");
     let examples = [
         ("COUNTER", "counter", "counter.wasm"),
@@ -84,6 +88,7 @@ fn main() {
         ("MANDELBROT", "mandelbrot", "mandelbrot.wasm"),
         ("MEMBENCH", "membench", "membench.wasm"),
         ("HELLO_HTTP", "hello-http", "hello_http.wasm"),
+        ("FAULTY", "faulty", "faulty.wasm"),
     ];
     let mut cmd = Command::new(&cargo);
     cmd.args([

@@ -181,15 +181,7 @@ async fn launch(
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
     };
     instance.instance_mut().set_generation(spec.generation);
-    host.run_workload(
-        module,
-        config,
-        instance,
-        spec.digest,
-        spec.memory,
-        spec.generation,
-    )
-    .await;
+    host.run_workload(module, config, instance, spec).await;
     StatusCode::CREATED.into_response()
 }
 

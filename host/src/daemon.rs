@@ -16,15 +16,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use roam_proto::{InstanceStatus, Labels, StartInstance};
+use roam_proto::{Durability, InstanceStatus, Labels, StartInstance};
 use roam_runtime::abi::Place;
-use roam_runtime::driver::{self, DriverOptions, LocalBus, WorkloadHandle};
+use roam_runtime::driver::{self, Checkpoints, DriverOptions, LocalBus, WorkloadHandle};
 use roam_runtime::{Digest, InstanceConfig, Module, Runtime, RuntimeConfig, Workload};
 
 use roam_proto::auth::JoinToken;
 use roam_tls::{Identity, Transport};
 
 use crate::config::HostConfig;
+
+/// How old the last good state of a `durability = none` workload may be: a
+/// trap rolls it back to a state at most this old (durable workloads keep
+/// one after every event).
+const LAST_GOOD_STATE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 use crate::identity::HostTls;
 use crate::migration::Migrations;
 use crate::scheduler_client::SchedulerClient;
@@ -179,9 +184,21 @@ impl Host {
     /// Memory in use and what runs here, as reported to the scheduler.
     pub(crate) async fn statuses(&self) -> (u64, Vec<InstanceStatus>) {
         let workloads = self.workloads.lock().await;
+        let status = |r: &Running| {
+            let failures = r.handle.failures();
+            InstanceStatus {
+                rolled_back: failures.rolled_back,
+                restarted: failures.restarted,
+                last_failure: failures.last.map(|mut text| {
+                    text.truncate(text.floor_char_boundary(roam_proto::MAX_FAILURE_TEXT));
+                    text
+                }),
+                ..r.status.clone()
+            }
+        };
         (
             workloads.values().map(|r| r.status.memory).sum(),
-            workloads.values().map(|r| r.status.clone()).collect(),
+            workloads.values().map(status).collect(),
         )
     }
 
@@ -217,18 +234,20 @@ impl Host {
         config
     }
 
-    /// Drive `instance` as `workload` and route requests to it; a copy
-    /// already running here is replaced.
+    /// Drive `instance` as `workload` (run as `spec` says) and route
+    /// requests to it; a copy already running here is replaced.
     pub(crate) async fn run_workload(
         &self,
         module: Module,
         config: InstanceConfig,
         instance: Workload,
-        digest: String,
-        memory: u64,
-        generation: u64,
+        spec: StartInstance,
     ) {
         let workload = config.name.clone();
+        let checkpoints = match spec.durability {
+            Durability::None => Checkpoints::Every(LAST_GOOD_STATE_EVERY),
+            Durability::Async | Durability::Sync => Checkpoints::EachEvent,
+        };
         let handle = driver::spawn(
             self.runtime.clone(),
             module,
@@ -236,6 +255,7 @@ impl Host {
             instance,
             DriverOptions {
                 router: Some(self.router()),
+                checkpoints,
                 ..DriverOptions::default()
             },
         );
@@ -247,9 +267,10 @@ impl Host {
                 handle,
                 status: InstanceStatus {
                     workload,
-                    digest,
-                    memory,
-                    generation,
+                    digest: spec.digest,
+                    memory: spec.memory,
+                    generation: spec.generation,
+                    ..InstanceStatus::default()
                 },
             },
         );

@@ -9,6 +9,10 @@
 //! | `ROAM_FAULT_WINDOW_DELAY_MS` | the source, before each window of round 0's live pages |
 //! | `ROAM_FAULT_COMMIT_DELAY_MS` | the source, between `prepared` and activating the target |
 //! | `ROAM_FAULT_ACTIVATE_DELAY_MS` | the target, while it activates a received workload |
+//!
+//! And one failure: with `ROAM_FAULT_FAIL_PRECOPY=1`, the source fails every
+//! live (pre-copy) migration before its first capture, so the fallbacks
+//! (`roam drain`'s stop-and-copy) can be tested.
 
 use std::time::Duration;
 
@@ -47,4 +51,9 @@ impl Fault {
             tokio::time::sleep(delay).await;
         }
     }
+}
+
+/// Whether live (pre-copy) migrations from this host are to fail.
+pub(crate) fn fail_precopy() -> bool {
+    std::env::var("ROAM_FAULT_FAIL_PRECOPY").is_ok_and(|v| v == "1")
 }

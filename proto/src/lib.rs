@@ -188,7 +188,22 @@ pub struct InstanceStatus {
     /// Generation (fencing token) the instance runs at.
     #[serde(default)]
     pub generation: u64,
+    /// Guest failures (traps, CPU budget, memory cap) after which the
+    /// instance was rolled back to its last good state, since it started
+    /// on this host.
+    #[serde(default)]
+    pub rolled_back: u64,
+    /// Guest failures after which it restarted from its initial state (it
+    /// had no good state to go back to).
+    #[serde(default)]
+    pub restarted: u64,
+    /// The last failure, as text (at most [`MAX_FAILURE_TEXT`] bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
 }
+
+/// The longest failure text a host reports per instance.
+pub const MAX_FAILURE_TEXT: usize = 512;
 
 /// `PUT /v1/instances/{workload}` on a host (host secret): run a workload.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,6 +220,10 @@ pub struct StartInstance {
     /// carry another one.
     #[serde(default)]
     pub generation: u64,
+    /// The workload's durability: how often the host keeps its last good
+    /// state for rollbacks.
+    #[serde(default)]
+    pub durability: Durability,
 }
 
 /// Capabilities of the guest ABI granted to a workload (`workload.toml`,
@@ -274,6 +293,86 @@ pub struct WorkloadSpec {
     /// ABI grants.
     #[serde(default)]
     pub grants: Grants,
+    /// What a failure may cost the workload's state.
+    #[serde(default)]
+    pub durability: Durability,
+    /// With `async` durability, the longest time between two checkpoints,
+    /// milliseconds (default [`DEFAULT_CHECKPOINT_INTERVAL_MS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_interval_ms: Option<u64>,
+}
+
+impl WorkloadSpec {
+    /// What a host is told to run for one copy of this workload at
+    /// `generation`.
+    pub fn instance(&self, generation: u64) -> StartInstance {
+        StartInstance {
+            digest: self.digest.clone(),
+            memory: self.memory,
+            env: self.env.clone(),
+            grants: self.grants.clone(),
+            generation,
+            durability: self.durability,
+        }
+    }
+}
+
+/// `async` durability's checkpoint interval when none is given.
+pub const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 100;
+/// The shortest and longest checkpoint intervals a workload may ask for.
+pub const CHECKPOINT_INTERVAL_MS: std::ops::RangeInclusive<u64> = 5..=60_000;
+
+/// What a failure may cost a workload's state (`durability` in
+/// workload.toml, `roam deploy --durability`).
+///
+/// Whatever the durability, a guest that traps or exceeds its CPU budget is
+/// rolled back to its last good state on its host: `none` keeps one at most
+/// a second old, `async` and `sync` one after every event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// The state is expendable: after its host is lost the workload starts
+    /// empty elsewhere.
+    #[default]
+    None,
+    /// Checkpoints reach a standby on another host at least every interval:
+    /// a host's loss costs at most that interval's work.
+    Async,
+    /// Outputs are released only once the standby has the state that
+    /// produced them: a host's loss costs no acknowledged request.
+    Sync,
+}
+
+impl Durability {
+    /// The name used in workload.toml, the CLI and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::None => "none",
+            Durability::Async => "async",
+            Durability::Sync => "sync",
+        }
+    }
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Durability, String> {
+        match s {
+            "none" => Ok(Durability::None),
+            "async" => Ok(Durability::Async),
+            "sync" => Ok(Durability::Sync),
+            other => Err(format!(
+                "unknown durability `{other}`: use none, async or sync"
+            )),
+        }
+    }
 }
 
 fn one() -> u32 {
@@ -450,6 +549,16 @@ pub struct InstanceInfo {
     pub host: String,
     /// Whether that host is alive.
     pub ready: bool,
+    /// Guest failures rolled back to the last good state there (as the
+    /// host reports).
+    #[serde(default)]
+    pub rolled_back: u64,
+    /// Guest failures after which it restarted from its initial state.
+    #[serde(default)]
+    pub restarted: u64,
+    /// The last failure, as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
 }
 
 /// Query of `POST /v1/messages/{workload}` (scheduler and host) and of a

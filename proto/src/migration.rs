@@ -381,7 +381,10 @@ impl MigrationInfo {
 pub enum DrainResult {
     /// Moved live.
     Migrated,
-    /// Live migration failed; stopped here and started fresh elsewhere.
+    /// Live migration failed; moved by stop-and-copy (paused for the whole
+    /// copy, state kept).
+    Copied,
+    /// Its host was unreachable: started elsewhere without its state.
     Restarted,
     /// Neither worked; it still runs on the drained host.
     #[default]
@@ -392,6 +395,7 @@ impl fmt::Display for DrainResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             DrainResult::Migrated => "migrated",
+            DrainResult::Copied => "copied",
             DrainResult::Restarted => "restarted",
             DrainResult::Failed => "failed",
         })

@@ -9,15 +9,22 @@
 //! continues in a fresh instance restored from it — what a migration does,
 //! so a developer can check locally that a workload survives one.
 //!
-//! When a guest call fails, that call gets the error; the instance is then
-//! replaced — from the last round-trip snapshot if there is one, else fresh —
-//! so the workload keeps serving.
+//! The driver keeps the workload's last good state beside it (a
+//! [`Checkpoint`], per [`Checkpoints`]). When a guest call fails — a trap,
+//! its CPU budget, its memory cap, a broken ABI — only that event fails:
+//! the instance is rolled back to the last good state, the timer or message
+//! that failed is left out of it (so it cannot fail again in a loop), and
+//! the workload serves on. Only without any checkpoint does it restart from
+//! its initial state. Both are counted ([`WorkloadHandle::failures`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::abi::OutboundMessage;
 use crate::abi::codec::{Request, Response};
+use crate::checkpoint::Checkpoint;
 use crate::instance::InstanceConfig;
 use crate::module::Module;
 use crate::runtime::Runtime;
@@ -29,11 +36,30 @@ use crate::workload::{HandleError, Workload};
 /// text when the destination does not exist or refuses it.
 pub type Router = Arc<dyn Fn(&str, OutboundMessage) -> Result<(), String> + Send + Sync>;
 
+/// How often the driver brings the workload's last good state up to date.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checkpoints {
+    /// Never: a failed instance restarts from its initial state.
+    Off,
+    /// After a successful event, when the last checkpoint is older than
+    /// this: a full capture (for workloads whose state is declared
+    /// expendable, `durability = none`; a rollback may lose what the last
+    /// interval did, and no dirty tracking runs between failures).
+    Every(Duration),
+    /// After every successful event (each message handled counts as one):
+    /// a delta of the pages it wrote, from the kernel's write tracking,
+    /// applied to a flat copy (durable workloads; a rollback loses nothing
+    /// but the failed event).
+    EachEvent,
+}
+
 /// How the driver runs a workload.
 #[derive(Clone)]
 pub struct DriverOptions {
     /// Capture, encode, decode and restore after every event.
     pub roundtrip_snapshots: bool,
+    /// The last good state kept for rollbacks.
+    pub checkpoints: Checkpoints,
     /// Where sent messages go.
     pub router: Option<Router>,
     /// Queue length of the handle.
@@ -44,6 +70,7 @@ impl Default for DriverOptions {
     fn default() -> Self {
         DriverOptions {
             roundtrip_snapshots: false,
+            checkpoints: Checkpoints::Every(Duration::from_secs(1)),
             router: None,
             queue: 1024,
         }
@@ -177,6 +204,27 @@ enum Command {
 pub struct WorkloadHandle {
     name: String,
     tx: mpsc::Sender<Command>,
+    failures: Arc<FailureCount>,
+}
+
+#[derive(Debug, Default)]
+struct FailureCount {
+    rolled_back: AtomicU64,
+    restarted: AtomicU64,
+    last: std::sync::Mutex<Option<String>>,
+}
+
+/// How often a workload's guest failed, and what became of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Failures {
+    /// Failures after which the instance was rolled back to its last good
+    /// state.
+    pub rolled_back: u64,
+    /// Failures after which it restarted from its initial state (no
+    /// checkpoint, or the checkpoint could not be restored).
+    pub restarted: u64,
+    /// The last failure, as text.
+    pub last: Option<String>,
 }
 
 impl WorkloadHandle {
@@ -229,6 +277,20 @@ impl WorkloadHandle {
         rx.await
             .map_err(|_| DriverError::Unavailable(self.name.clone(), "stopped".into()))?
             .map_err(|e| DriverError::Unavailable(self.name.clone(), e))
+    }
+
+    /// How often the guest failed and was rolled back or restarted.
+    pub fn failures(&self) -> Failures {
+        Failures {
+            rolled_back: self.failures.rolled_back.load(Ordering::Relaxed),
+            restarted: self.failures.restarted.load(Ordering::Relaxed),
+            last: self
+                .failures
+                .last
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
     }
 
     /// Whether both handles drive the same task.
@@ -312,9 +374,30 @@ struct Driver {
     config: InstanceConfig,
     options: DriverOptions,
     workload: Workload,
+    /// The last round-trip snapshot (`roundtrip_snapshots`).
     checkpoint: Option<Snapshot>,
+    /// The last good state, per `options.checkpoints`.
+    local: Local,
+    /// A migration owns dirty tracking: no local checkpoints meanwhile (a
+    /// rollback then goes to the state the migration began with).
+    migrating: bool,
+    failures: Arc<FailureCount>,
+    /// When this driver began (the age of "no checkpoint yet").
+    started: Instant,
+    /// The handles' queue, to see whether events wait.
+    queue: mpsc::WeakSender<Command>,
     /// One permit, held by a [`LiveMemory`] while the memory is lent.
     lent: Arc<tokio::sync::Semaphore>,
+}
+
+/// A [`Checkpoints::Every`] checkpoint waits for a moment with no events
+/// queued, up to this many intervals.
+const OVERDUE: u32 = 5;
+
+enum Local {
+    None,
+    Full(Snapshot, Instant),
+    Flat(Checkpoint),
 }
 
 /// Start driving `workload` on the current tokio runtime.
@@ -327,6 +410,7 @@ pub fn spawn(
 ) -> WorkloadHandle {
     let (tx, rx) = mpsc::channel(options.queue.max(1));
     let name = config.name.clone();
+    let failures = Arc::new(FailureCount::default());
     let driver = Driver {
         rt,
         module,
@@ -334,10 +418,17 @@ pub fn spawn(
         options,
         workload,
         checkpoint: None,
+        local: Local::None,
+        migrating: false,
+        failures: failures.clone(),
+        started: Instant::now(),
+        queue: tx.downgrade(),
         lent: Arc::new(tokio::sync::Semaphore::new(1)),
     };
+    // The first checkpoint is taken after the first event, never before the
+    // first request (a workload that just arrived serves at once).
     tokio::spawn(driver.run(rx));
-    WorkloadHandle { name, tx }
+    WorkloadHandle { name, tx, failures }
 }
 
 /// Whether the driver dispatches events or holds them (frozen for the last
@@ -378,7 +469,11 @@ impl Driver {
                         Mode::Serving => self.message(from, body, reply).await,
                     },
                     Some(Command::Snapshot(reply)) => {
-                        let result = if self.workload.instance().config().track_dirty {
+                        let result = if let (false, Local::Flat(c)) = (self.migrating, &self.local) {
+                            // Current after every event; capturing anew would
+                            // restart the write tracking it follows.
+                            Ok(codec::encode(&c.to_snapshot()))
+                        } else if self.workload.instance().config().track_dirty {
                             // A capture would move the dirty-page baseline under
                             // the migration's feet.
                             Err("the workload is migrating; try again when it is done".to_string())
@@ -405,6 +500,7 @@ impl Driver {
                         let result = match mode {
                             Mode::Held(_) => Err("the workload is frozen".to_string()),
                             Mode::Serving => {
+                                self.migrating = true;
                                 let instance = self.workload.instance_mut();
                                 instance.set_track_dirty(true);
                                 instance.capture_with(buffers).map_err(|e| e.to_string())
@@ -418,7 +514,10 @@ impl Driver {
                     Some(Command::CaptureLive(reply)) => {
                         let result = match mode {
                             Mode::Held(_) => Err("the workload is frozen".to_string()),
-                            Mode::Serving => self.capture_live(),
+                            Mode::Serving => {
+                                self.migrating = true;
+                                self.capture_live()
+                            }
                         };
                         let _ = reply.send(result);
                     }
@@ -437,6 +536,10 @@ impl Driver {
                     }
                     Some(Command::Resume) => {
                         self.workload.instance_mut().set_track_dirty(false);
+                        self.migrating = false;
+                        if matches!(self.local, Local::Flat(_)) {
+                            self.rebase();
+                        }
                         if let Mode::Held(held) = std::mem::replace(&mut mode, Mode::Serving) {
                             for event in held {
                                 match event {
@@ -463,6 +566,7 @@ impl Driver {
                         Ok(_) => false,
                         Err(e) => {
                             tracing::warn!(workload = %self.config.name, error = %e, "timer handler failed");
+                            self.note_failure(&e.to_string());
                             true
                         }
                     };
@@ -508,6 +612,9 @@ impl Driver {
     async fn http(&mut self, req: Request, reply: HttpReply) {
         let result = self.workload.http(&req).await.map_err(DriverError::from);
         let failed = result.is_err();
+        if let Err(e) = &result {
+            self.note_failure(&e.to_string());
+        }
         let _ = reply.send(result);
         self.after_event(failed).await;
     }
@@ -566,22 +673,31 @@ impl Driver {
         })
     }
 
-    /// Route sent messages, deliver received ones, then round-trip or recover.
+    /// Route sent messages, deliver received ones (each its own event),
+    /// then keep the state as the last good one, or roll back.
     async fn after_event(&mut self, mut failed: bool) {
         if !failed {
             for message in self.workload.take_outbox() {
                 self.route(message);
             }
-            match self.workload.deliver_messages().await {
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(workload = %self.config.name, error = %e, "message handler failed");
-                    failed = true;
+            loop {
+                // A state with the next message still queued: if its
+                // handler fails, the rollback leaves just that one out.
+                self.keep(true);
+                match self.workload.deliver_one().await {
+                    Ok(true) => {
+                        for message in self.workload.take_outbox() {
+                            self.route(message);
+                        }
+                    }
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::warn!(workload = %self.config.name, error = %e, "message handler failed");
+                        self.note_failure(&e.to_string());
+                        failed = true;
+                        break;
+                    }
                 }
-            }
-            // Messages to itself, sent while handling messages.
-            for message in self.workload.take_outbox() {
-                self.route(message);
             }
         }
         if failed || self.workload.instance().is_poisoned() {
@@ -591,7 +707,91 @@ impl Driver {
         {
             tracing::error!(workload = %self.config.name, error = %e, "snapshot round trip failed");
             self.recover().await;
+        } else {
+            self.keep(false);
         }
+    }
+
+    /// Record why the guest failed, for [`WorkloadHandle::failures`].
+    fn note_failure(&self, what: &str) {
+        *self.failures.last.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(what.chars().take(1024).collect());
+    }
+
+    /// Bring the last good state up to date, as `options.checkpoints` says.
+    /// `between`: between two messages of one event, where only
+    /// [`Checkpoints::EachEvent`] keeps one.
+    fn keep(&mut self, between: bool) {
+        if self.migrating || self.options.roundtrip_snapshots {
+            return;
+        }
+        match (&mut self.local, self.options.checkpoints) {
+            (Local::Flat(c), Checkpoints::EachEvent) => {
+                let applied = self
+                    .workload
+                    .instance_mut()
+                    .capture_delta()
+                    .map_err(|e| e.to_string())
+                    .and_then(|d| c.apply(&d).map_err(|e| e.to_string()));
+                if let Err(e) = applied {
+                    tracing::warn!(workload = %self.config.name, error = %e, "checkpoint failed; taking a full one");
+                    self.rebase();
+                }
+            }
+            (Local::None, Checkpoints::EachEvent) => self.rebase(),
+            (local, Checkpoints::Every(every)) if !between => {
+                // A full capture pauses the workload for a copy of its
+                // memory: take it when nothing waits, unless it is overdue.
+                let age = match local {
+                    Local::Full(_, at) => at.elapsed(),
+                    // None yet: the first is due at once.
+                    _ => every.saturating_add(self.started.elapsed()),
+                };
+                let idle = self
+                    .queue
+                    .upgrade()
+                    .is_none_or(|tx| tx.capacity() == tx.max_capacity());
+                if age >= every.saturating_mul(OVERDUE) || (idle && age >= every) {
+                    self.rebase();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Take a full checkpoint (and, for [`Checkpoints::EachEvent`], restart
+    /// write tracking from it).
+    fn rebase(&mut self) {
+        if self.options.roundtrip_snapshots || self.migrating {
+            return;
+        }
+        let instance = self.workload.instance_mut();
+        let local = match self.options.checkpoints {
+            Checkpoints::Off => return,
+            Checkpoints::Every(_) => {
+                let captured = match std::mem::replace(&mut self.local, Local::None) {
+                    // Its buffers are faulted in already.
+                    Local::Full(mut reuse, _) => instance.capture_into(&mut reuse).map(|()| reuse),
+                    _ => instance.capture(),
+                };
+                captured
+                    .map(|s| Local::Full(s, Instant::now()))
+                    .map_err(|e| e.to_string())
+            }
+            Checkpoints::EachEvent => {
+                instance.set_track_dirty(true);
+                let bound = self.config.memory_limit.max(1);
+                instance
+                    .capture()
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| Checkpoint::new(&s, bound).map_err(|e| e.to_string()))
+                    .map(Local::Flat)
+            }
+        };
+        self.local = local.unwrap_or_else(|e| {
+            tracing::warn!(workload = %self.config.name, error = %e, "cannot checkpoint the workload");
+            Local::None
+        });
     }
 
     fn logs(&self) -> String {
@@ -656,28 +856,49 @@ impl Driver {
         Ok(())
     }
 
-    /// Replace a failed instance: from the last checkpoint, else fresh.
+    /// Replace a failed instance: roll it back to the last good state
+    /// without the event that failed, else restart it fresh.
     async fn recover(&mut self) {
         self.memory_back().await;
         let name = self.config.name.clone();
-        if let Some(snapshot) = &self.checkpoint {
+        let failed = self.workload.take_failed_event();
+        let flat;
+        let last_good = match (&self.local, &self.checkpoint) {
+            (Local::Flat(c), _) => {
+                flat = c.to_snapshot();
+                Some(&flat)
+            }
+            (Local::Full(s, _), _) => Some(s),
+            (Local::None, roundtrip) => roundtrip.as_ref(),
+        };
+        if let Some(snapshot) = last_good {
             match Workload::restore(&self.rt, &self.module, self.config.clone(), snapshot, None)
                 .await
             {
-                Ok(w) => {
-                    tracing::warn!(workload = %name, "instance failed; restored from the last snapshot");
+                Ok(mut w) => {
+                    if let Some(event) = &failed {
+                        w.forget(event);
+                    }
+                    tracing::warn!(workload = %name, sequence = snapshot.sequence, left_out = ?failed, "instance failed; rolled back to its last good state");
+                    self.failures.rolled_back.fetch_add(1, Ordering::Relaxed);
                     self.workload = w;
+                    if matches!(self.local, Local::Flat(_)) || failed.is_some() {
+                        self.rebase();
+                    }
                     return;
                 }
                 Err(e) => {
-                    tracing::error!(workload = %name, error = %e, "cannot restore the last snapshot")
+                    tracing::error!(workload = %name, error = %e, "cannot restore the last good state")
                 }
             }
         }
         match Workload::start(&self.rt, &self.module, self.config.clone()).await {
             Ok(w) => {
                 tracing::warn!(workload = %name, "instance failed; restarted from its initial state");
+                self.failures.restarted.fetch_add(1, Ordering::Relaxed);
                 self.workload = w;
+                self.local = Local::None;
+                self.rebase();
             }
             Err(e) => tracing::error!(workload = %name, error = %e, "cannot restart the workload"),
         }

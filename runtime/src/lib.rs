@@ -15,6 +15,7 @@
 
 pub mod abi;
 pub mod cache;
+pub mod checkpoint;
 pub mod config;
 pub mod dirty;
 pub mod driver;

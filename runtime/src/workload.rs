@@ -24,6 +24,19 @@ use crate::snapshot::Snapshot;
 #[derive(Debug)]
 pub struct Workload {
     instance: Instance,
+    /// The timer or message whose handler is running (still set after it
+    /// failed), so a rollback can leave that one event out.
+    current: Option<Event>,
+}
+
+/// A timer firing or a message delivery, the events a workload's state
+/// holds until their handler returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The timer with this id.
+    Timer(u64),
+    /// A message from a workload.
+    Message(InboundMessage),
 }
 
 /// Why a request could not be handled.
@@ -53,7 +66,10 @@ impl Workload {
     ) -> Result<Workload, InstantiateError> {
         check_exports(module, &config.name)?;
         let instance = rt.instantiate(module, config).await?;
-        let mut workload = Workload { instance };
+        let mut workload = Workload {
+            instance,
+            current: None,
+        };
         workload.check_version().await?;
         if workload
             .instance
@@ -93,7 +109,10 @@ impl Workload {
     ) -> Result<Workload, InstantiateError> {
         check_exports(instance.module(), &instance.config().name)?;
         let here = instance.config().info.clone();
-        let mut workload = Workload { instance };
+        let mut workload = Workload {
+            instance,
+            current: None,
+        };
         workload.check_version().await?;
         if let Some(from) = moved_from
             && workload
@@ -238,21 +257,49 @@ impl Workload {
     /// Deliver queued messages, oldest first. A message leaves the queue only
     /// after its handler returned, so a failure (or a move) never loses it.
     pub async fn deliver_messages(&mut self) -> Result<usize, HandleError> {
-        if self.instance.abi().inbox.is_empty() {
-            return Ok(0);
-        }
-        if !self.instance.module().exports_function(abi::EXPORT_MESSAGE) {
-            return Err(HandleError::NoHandler(abi::EXPORT_MESSAGE));
-        }
         let mut delivered = 0;
-        while let Some(m) = self.instance.abi().inbox.front().cloned() {
-            let bytes = codec::encode_message(&m.from, &m.body);
-            self.call_with_bytes(abi::EXPORT_MESSAGE, &bytes, &[])
-                .await?;
-            self.instance.abi_mut().inbox.pop_front();
+        while self.deliver_one().await? {
             delivered += 1;
         }
         Ok(delivered)
+    }
+
+    /// Deliver the oldest queued message, if any (`Ok(false)`: none).
+    pub async fn deliver_one(&mut self) -> Result<bool, HandleError> {
+        let Some(m) = self.instance.abi().inbox.front().cloned() else {
+            return Ok(false);
+        };
+        if !self.instance.module().exports_function(abi::EXPORT_MESSAGE) {
+            return Err(HandleError::NoHandler(abi::EXPORT_MESSAGE));
+        }
+        let bytes = codec::encode_message(&m.from, &m.body);
+        self.current = Some(Event::Message(m));
+        self.call_with_bytes(abi::EXPORT_MESSAGE, &bytes, &[])
+            .await?;
+        self.current = None;
+        self.instance.abi_mut().inbox.pop_front();
+        Ok(true)
+    }
+
+    /// The timer or message whose handler failed last (taken).
+    pub fn take_failed_event(&mut self) -> Option<Event> {
+        self.current.take()
+    }
+
+    /// Leave out an event that failed: a restored state still holds it (a
+    /// queued message, a pending timer) and would run it again.
+    pub fn forget(&mut self, event: &Event) {
+        let abi = self.instance.abi_mut();
+        match event {
+            Event::Timer(id) => {
+                abi.timers.remove(id);
+            }
+            Event::Message(m) => {
+                if let Some(at) = abi.inbox.iter().position(|q| q == m) {
+                    abi.inbox.remove(at);
+                }
+            }
+        }
     }
 
     /// Time until the earliest pending timer is due (zero if overdue).
@@ -287,8 +334,10 @@ impl Workload {
             let Some(timer) = self.instance.abi_mut().timers.remove(&id) else {
                 continue;
             };
+            self.current = Some(Event::Timer(id));
             self.call_with_bytes(abi::EXPORT_TIMER, &timer.payload, &[Val::I64(id as i64)])
                 .await?;
+            self.current = None;
             fired += 1;
         }
         Ok(fired)

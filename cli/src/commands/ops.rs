@@ -12,8 +12,8 @@ use comfy_table::Table;
 use reqwest::Method;
 use roam_proto::paths::{self, NodeAction};
 use roam_proto::{
-    Grants, InstanceInfo, ModuleRef, NodeInfo, TokenRequest, TokenResponse, WorkloadInfo,
-    WorkloadSpec,
+    Durability, Grants, InstanceInfo, ModuleRef, NodeInfo, TokenRequest, TokenResponse,
+    WorkloadInfo, WorkloadSpec,
 };
 
 use super::client::{Client, ClientConfig};
@@ -142,6 +142,14 @@ pub struct DeployArgs {
     /// Environment variable K=V (repeatable).
     #[arg(long = "env", value_parser = super::run::parse_env)]
     pub env: Vec<(String, String)>,
+    /// What a failure may cost the workload's state: none, async or sync
+    /// (overrides the manifest's `durability`).
+    #[arg(long)]
+    pub durability: Option<Durability>,
+    /// With `--durability async`: the longest time between two checkpoints
+    /// (default 100ms).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub checkpoint_interval: Option<std::time::Duration>,
 }
 
 /// `roam get`
@@ -174,10 +182,17 @@ struct Manifest {
     env: BTreeMap<String, String>,
     #[serde(default)]
     grants: Grants,
+    durability: Option<Durability>,
+    /// For example `250ms`.
+    checkpoint_interval: Option<String>,
 }
 
 fn one() -> u32 {
     1
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 pub fn client() -> anyhow::Result<Client> {
@@ -370,6 +385,15 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
                 spread_by: m.spread_by,
                 env: m.env,
                 grants: m.grants,
+                durability: args.durability.or(m.durability).unwrap_or_default(),
+                checkpoint_interval_ms: match (args.checkpoint_interval, &m.checkpoint_interval) {
+                    (Some(d), _) => Some(millis(d)),
+                    (None, Some(text)) => Some(millis(
+                        humantime::parse_duration(text)
+                            .with_context(|| format!("checkpoint_interval `{text}`"))?,
+                    )),
+                    (None, None) => None,
+                },
             }
         } else if let Some(example) = &args.example {
             let (path, needs) = example_module(example)?;
@@ -384,6 +408,8 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
                 spread_by: args.spread_by.clone(),
                 env: args.env.iter().cloned().collect(),
                 grants: grants(&grant_list)?,
+                durability: args.durability.unwrap_or_default(),
+                checkpoint_interval_ms: args.checkpoint_interval.map(millis),
             }
         } else {
             let Some(file) = &args.file else {
@@ -404,6 +430,8 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
                 spread_by: args.spread_by.clone(),
                 env: args.env.iter().cloned().collect(),
                 grants: grants(&args.grants)?,
+                durability: args.durability.unwrap_or_default(),
+                checkpoint_interval_ms: args.checkpoint_interval.map(millis),
             }
         };
         let spec: WorkloadSpec = c
@@ -413,6 +441,12 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
             "workload `{}` deployed ({}, {} replica(s))",
             spec.name, spec.digest, spec.replicas
         );
+        if spec.durability != Durability::None {
+            println!(
+                "note: `{}` durability keeps a good state after every event, so a failed request is rolled back on its host; standby replicas on another host (failover when that host dies) are not built yet",
+                spec.durability
+            );
+        }
         println!("try: roam invoke {} /", spec.name);
         Ok(ExitCode::SUCCESS)
     })
@@ -467,13 +501,21 @@ pub fn get(kind: Kind, output: Output) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::SUCCESS);
                 }
                 let mut t = Table::new();
-                t.set_header(["NAME", "REPLICAS", "HOSTS", "SELECTOR", "DIGEST"]);
+                t.set_header([
+                    "NAME",
+                    "REPLICAS",
+                    "HOSTS",
+                    "SELECTOR",
+                    "DURABILITY",
+                    "DIGEST",
+                ]);
                 for w in ws {
                     t.add_row([
                         w.spec.name,
                         format!("{}/{}", w.hosts.len(), w.spec.replicas),
                         w.hosts.join(","),
                         w.spec.selector,
+                        w.spec.durability.to_string(),
                         w.spec.digest.chars().take(19).collect(),
                     ]);
                 }
@@ -487,9 +529,23 @@ pub fn get(kind: Kind, output: Output) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::SUCCESS);
                 }
                 let mut t = Table::new();
-                t.set_header(["WORKLOAD", "HOST", "READY"]);
+                t.set_header([
+                    "WORKLOAD",
+                    "HOST",
+                    "READY",
+                    "ROLLED BACK",
+                    "RESTARTED",
+                    "LAST FAILURE",
+                ]);
                 for i in is {
-                    t.add_row([i.workload, i.host, i.ready.to_string()]);
+                    t.add_row([
+                        i.workload,
+                        i.host,
+                        i.ready.to_string(),
+                        i.rolled_back.to_string(),
+                        i.restarted.to_string(),
+                        i.last_failure.unwrap_or_default(),
+                    ]);
                 }
                 println!("{t}");
             }
@@ -522,6 +578,10 @@ pub fn describe(name: &str, output: Output) -> anyhow::Result<ExitCode> {
             }
         );
         println!("Memory:    {} MiB", w.spec.memory >> 20);
+        match (w.spec.durability, w.spec.checkpoint_interval_ms) {
+            (d, Some(ms)) => println!("Durability: {d} (checkpoint at least every {ms} ms)"),
+            (d, None) => println!("Durability: {d}"),
+        }
         println!(
             "Runs on:   {}",
             if w.hosts.is_empty() {

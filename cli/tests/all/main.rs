@@ -9,6 +9,7 @@
 mod access;
 mod arch;
 mod cluster;
+mod failover;
 mod layout;
 mod migrate;
 mod relay;

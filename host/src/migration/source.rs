@@ -274,6 +274,11 @@ async fn precopy(
     progress: &mpsc::Sender<MigrationProgress>,
     report: &mut MigrationProgress,
 ) -> Result<(), SendError> {
+    if !options.stop_and_copy && crate::fault::fail_precopy() {
+        return Err(SendError::Workload(
+            "live migration failed on purpose (ROAM_FAULT_FAIL_PRECOPY)".into(),
+        ));
+    }
     let mut last_capture = Instant::now();
     // Round 0 reads the pages from the live memory while the workload runs
     // (the kernel tracks what it writes meanwhile). Where it cannot, and for

@@ -708,15 +708,12 @@ pub(super) async fn activate_incoming(
             return Err(ActivateError::Resume(e));
         }
     };
-    host.run_workload(
-        entry.module,
-        config,
-        workload,
-        entry.spec.digest,
-        entry.spec.memory,
+    let spec = StartInstance {
         generation,
-    )
-    .await;
+        ..entry.spec
+    };
+    host.run_workload(entry.module, config, workload, spec)
+        .await;
     tracing::info!(migration = %id, workload = %entry.workload, generation, "migration committed: serving here");
     Ok(CommitOutcome::default())
 }

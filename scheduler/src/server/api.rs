@@ -13,8 +13,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use roam_proto::reply::error;
 use roam_proto::{
-    InstanceInfo, ModuleRef, StartInstance, TokenInfo, TokenRequest, TokenResponse, TokenRole,
-    WorkloadInfo, WorkloadSpec,
+    InstanceInfo, ModuleRef, TokenInfo, TokenRequest, TokenResponse, TokenRole, WorkloadInfo,
+    WorkloadSpec,
 };
 
 use super::{Scheduler, parse};
@@ -252,6 +252,27 @@ pub(super) async fn deploy(State(s): State<Arc<Scheduler>>, body: Bytes) -> Resp
     if spec.replicas > 1000 {
         return error(StatusCode::BAD_REQUEST, "at most 1000 replicas");
     }
+    if let Some(ms) = spec.checkpoint_interval_ms {
+        if spec.durability != roam_proto::Durability::Async {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "a checkpoint interval is for `async` durability (this workload's is `{}`)",
+                    spec.durability
+                ),
+            );
+        }
+        if !roam_proto::CHECKPOINT_INTERVAL_MS.contains(&ms) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "checkpoint interval of {ms} ms: it must be {} ms to {} ms",
+                    roam_proto::CHECKPOINT_INTERVAL_MS.start(),
+                    roam_proto::CHECKPOINT_INTERVAL_MS.end()
+                ),
+            );
+        }
+    }
     match s.put_spec(&spec) {
         Ok(()) => {
             s.event(
@@ -402,13 +423,7 @@ pub(super) async fn restore_workload(
     let Some(to) = s.endpoint(&q.host) else {
         return error(StatusCode::NOT_FOUND, format!("no host `{}`", q.host));
     };
-    let instance = StartInstance {
-        digest: spec.digest.clone(),
-        memory: spec.memory,
-        env: spec.env.clone(),
-        grants: spec.grants.clone(),
-        generation: s.generation(&name),
-    };
+    let instance = spec.instance(s.generation(&name));
     // The reconciler leaves the workload alone until its placement says
     // where the restored copy runs.
     let _busy = s.busy(&name);
@@ -457,10 +472,20 @@ pub(super) async fn instances(State(s): State<Arc<Scheduler>>) -> Response {
         .into_iter()
         .flat_map(|(w, hosts)| {
             let s = &s;
-            hosts.into_iter().map(move |h| InstanceInfo {
-                ready: s.hosts.get(&h).is_some_and(|e| s.alive(&e)),
-                workload: w.clone(),
-                host: h,
+            hosts.into_iter().map(move |h| {
+                let entry = s.hosts.get(&h);
+                let reported = entry
+                    .as_ref()
+                    .and_then(|e| e.instances.iter().find(|i| i.workload == w).cloned())
+                    .unwrap_or_default();
+                InstanceInfo {
+                    ready: entry.is_some_and(|e| s.alive(&e)),
+                    workload: w.clone(),
+                    host: h,
+                    rolled_back: reported.rolled_back,
+                    restarted: reported.restarted,
+                    last_failure: reported.last_failure,
+                }
             })
         })
         .collect();

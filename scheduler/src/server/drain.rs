@@ -1,8 +1,11 @@
 //! `roam drain HOST`: cordon the host, then move every workload off it
-//! live (through placement, within its rules); a workload whose live
-//! migration fails is stopped there and restarted elsewhere by the
-//! reconciler. The reconciler moves a replica whose host no longer meets
-//! its workload's rules the same way ([`Scheduler::move_off`]).
+//! live (through placement, within its rules). A workload whose live
+//! migration fails is moved by stop-and-copy (paused for the whole copy,
+//! its state kept); only when its host is unreachable is it stopped there
+//! (if it can be) and restarted elsewhere by the reconciler, without its
+//! state — the outcome says which. The reconciler moves a replica whose
+//! host no longer meets its workload's rules the same way
+//! ([`Scheduler::move_off`]).
 
 use std::sync::Arc;
 
@@ -10,7 +13,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use roam_proto::reply::error;
-use roam_proto::{DrainOutcome, DrainResult, MigrateRequest, MigrationPhase};
+use roam_proto::{DrainOutcome, DrainResult, MigrateRequest, MigrationOptions, MigrationPhase};
 
 use super::Scheduler;
 use super::migrations::MigrateError;
@@ -35,75 +38,127 @@ impl Scheduler {
     }
 
     /// Move `workload`'s replica off `host` live, through placement (within
-    /// its rules); if that fails, stop it there and let the reconciler start
-    /// it on a host that meets its rules. When no host can take it, it stays
-    /// unless it `must_leave` (it breaks its rules where it is).
+    /// its rules); if that fails, by stop-and-copy; if `host` is down, stop
+    /// it there and let the reconciler start it on a host that meets its
+    /// rules. When no host can take it, it stays unless it `must_leave` (it
+    /// breaks its rules where it is).
     pub(super) async fn move_off(
         self: &Arc<Self>,
         workload: String,
         host: &str,
         must_leave: bool,
     ) -> DrainOutcome {
-        let request = MigrateRequest {
+        let outcome = |outcome, migration, detail| DrainOutcome {
             workload: workload.clone(),
+            outcome,
+            migration,
+            detail,
+        };
+        let (migration, detail) = match self.move_by(&workload, host, false).await {
+            Ok((id, target)) => {
+                return outcome(DrainResult::Migrated, Some(id), format!("to {target}"));
+            }
+            Err((_, e @ Moved::Refused(MigrateError::AlreadyMigrating(_)))) => {
+                return outcome(DrainResult::Failed, None, e.to_string());
+            }
+            Err((_, e @ Moved::Refused(MigrateError::NoHostCanTake { .. }))) if !must_leave => {
+                return outcome(DrainResult::Failed, None, e.to_string());
+            }
+            Err((id, e)) => (id, e.to_string()),
+        };
+        let reachable = self.hosts.get(host).is_some_and(|e| self.alive(&e));
+        let (migration, why) = if reachable {
+            // The source answers: move it with its state, paused for the
+            // copy, rather than lose it.
+            match self.move_by(&workload, host, true).await {
+                Ok((id, target)) => {
+                    return outcome(
+                        DrainResult::Copied,
+                        Some(id),
+                        format!(
+                            "live migration failed ({detail}); moved to {target} by stop-and-copy"
+                        ),
+                    );
+                }
+                Err((id, e)) if !must_leave => {
+                    return outcome(
+                        DrainResult::Failed,
+                        id.or(migration),
+                        format!(
+                            "live migration failed ({detail}) and stop-and-copy failed ({e}); it still runs on {host}"
+                        ),
+                    );
+                }
+                // It breaks its rules there: it must stop, state or not.
+                Err((id, e)) => (
+                    id.or(migration),
+                    format!(
+                        "live migration failed ({detail}), stop-and-copy failed ({e}) and it may not stay on {host}"
+                    ),
+                ),
+            }
+        } else {
+            (
+                migration,
+                format!("live migration failed ({detail}) and {host} is down"),
+            )
+        };
+        // Its state is out of reach (or it may not stay). Stop it there (in
+        // case it comes back), the reconciler places it on a host that meets
+        // its rules (this one is cordoned, or does not meet them).
+        let stopped = self.stop_on(host, &workload).await;
+        if let Err(e) = self.assign(&workload, host, false) {
+            tracing::error!(%workload, %host, error = %e, "cannot record the placement");
+        }
+        self.touch();
+        outcome(
+            DrainResult::Restarted,
+            migration,
+            match stopped {
+                Ok(()) => format!("{why}; restarted elsewhere without its state (no standby)"),
+                Err(e) => format!(
+                    "{why} (stopping it there: {e}); restarted elsewhere without its state (no standby)"
+                ),
+            },
+        )
+    }
+
+    /// One migration of `workload` off `host` (live, or stop-and-copy),
+    /// waited for: its id and target, or why it failed.
+    async fn move_by(
+        self: &Arc<Self>,
+        workload: &str,
+        host: &str,
+        stop_and_copy: bool,
+    ) -> Result<(String, String), (Option<String>, Moved)> {
+        let request = MigrateRequest {
+            workload: workload.to_string(),
             from: Some(host.to_string()),
+            options: MigrationOptions {
+                stop_and_copy,
+                ..MigrationOptions::default()
+            },
             ..MigrateRequest::default()
         };
-        let (migration, detail) = match self.start_migration(request).await {
-            Ok(m) => match self.wait(&m.id).await {
-                Some(done) if done.phase == MigrationPhase::Done => {
-                    return DrainOutcome {
-                        workload,
-                        outcome: DrainResult::Migrated,
-                        migration: Some(m.id),
-                        detail: format!("to {}", done.target),
-                    };
-                }
-                Some(failed) => (Some(m.id), failed.error.unwrap_or_default()),
-                None => (Some(m.id), "migration vanished".into()),
-            },
-            Err(e @ MigrateError::AlreadyMigrating(_)) => {
-                return DrainOutcome {
-                    workload,
-                    outcome: DrainResult::Failed,
-                    migration: None,
-                    detail: e.to_string(),
-                };
-            }
-            Err(e @ MigrateError::NoHostCanTake { .. }) if !must_leave => {
-                return DrainOutcome {
-                    workload,
-                    outcome: DrainResult::Failed,
-                    migration: None,
-                    detail: e.to_string(),
-                };
-            }
-            Err(e) => (None, e.to_string()),
-        };
-        // Fall back to a restart elsewhere: stop it here, the reconciler
-        // places it on a host that meets its rules (this one is cordoned,
-        // or does not meet them).
-        match self.stop_on(host, &workload).await {
-            Ok(()) => {
-                if let Err(e) = self.assign(&workload, host, false) {
-                    tracing::error!(%workload, %host, error = %e, "cannot record the placement");
-                }
-                self.touch();
-                DrainOutcome {
-                    workload,
-                    outcome: DrainResult::Restarted,
-                    migration,
-                    detail: format!("live migration failed ({detail}); restarted elsewhere"),
-                }
-            }
-            Err(e) => DrainOutcome {
-                workload,
-                outcome: DrainResult::Failed,
-                migration,
-                detail: format!("live migration failed ({detail}) and stopping failed: {e}"),
-            },
+        let m = self
+            .start_migration(request)
+            .await
+            .map_err(|e| (None, Moved::Refused(e)))?;
+        match self.wait(&m.id).await {
+            Some(done) if done.phase == MigrationPhase::Done => Ok((m.id, done.target)),
+            Some(failed) => Err((Some(m.id), Moved::Failed(failed.error.unwrap_or_default()))),
+            None => Err((Some(m.id), Moved::Failed("migration vanished".into()))),
         }
     }
+}
+
+/// Why [`Scheduler::move_by`] did not move a workload.
+#[derive(Debug, thiserror::Error)]
+enum Moved {
+    #[error(transparent)]
+    Refused(MigrateError),
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// `POST /v1/nodes/{name}/drain`.

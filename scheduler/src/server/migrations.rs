@@ -32,7 +32,7 @@ use roam_proto::reply::error;
 use roam_proto::{
     MigrateRequest, MigrationDecision, MigrationInfo, MigrationOptions, MigrationPhase,
     MigrationProgress, MigrationStatusQuery, Place, PrepareMigration, ProgressPhase, SendMigration,
-    StartInstance, WorkloadSpec,
+    WorkloadSpec,
 };
 
 use super::host_client::{Decision, HostError};
@@ -469,13 +469,7 @@ impl Scheduler {
         let prepare = PrepareMigration {
             protocol: roam_proto::PROTOCOL_VERSION,
             workload: m.workload.clone(),
-            instance: StartInstance {
-                digest: spec.digest.clone(),
-                memory: spec.memory,
-                env: spec.env.clone(),
-                grants: spec.grants.clone(),
-                generation: m.generation,
-            },
+            instance: spec.instance(m.generation),
             key: key.to_string(),
             source: Place {
                 host: m.source.clone(),

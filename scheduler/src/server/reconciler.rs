@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use roam_proto::{StartInstance, WorkloadSpec};
+use roam_proto::WorkloadSpec;
 
 use super::Scheduler;
 use super::host_client::{HostError, Stop};
@@ -367,13 +367,7 @@ impl Scheduler {
         let to = self
             .endpoint(host)
             .ok_or_else(|| HostError::Unknown(host.to_string()))?;
-        let start = StartInstance {
-            digest: spec.digest.clone(),
-            memory: spec.memory,
-            env: spec.env.clone(),
-            grants: spec.grants.clone(),
-            generation: self.generation(&spec.name),
-        };
+        let start = spec.instance(self.generation(&spec.name));
         self.client.start(&to, &spec.name, &start).await
     }
 

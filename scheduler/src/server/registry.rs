@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use roam_proto::paths::NodeAction;
 use roam_proto::reply::error;
-use roam_proto::{Heartbeat, JoinRequest, JoinResponse, NodeInfo, NodeStatus};
+use roam_proto::{Heartbeat, InstanceStatus, JoinRequest, JoinResponse, NodeInfo, NodeStatus};
 
 use roam_tls::Peer;
 
@@ -268,7 +268,7 @@ pub(super) async fn heartbeat(
             None => return error(StatusCode::UNAUTHORIZED, "a join token is required"),
         }
     };
-    let beat: Heartbeat = match parse(&body) {
+    let mut beat: Heartbeat = match parse(&body) {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
@@ -296,13 +296,55 @@ pub(super) async fn heartbeat(
             entry.engine = beat.engine;
         }
     }
+    for i in &mut beat.instances {
+        if let Some(text) = &mut i.last_failure {
+            text.truncate(text.floor_char_boundary(roam_proto::MAX_FAILURE_TEXT));
+        }
+    }
     if entry.memory_used != beat.memory_used || entry.instances != beat.instances {
+        let failed = new_failures(&entry.instances, &beat.instances);
         entry.memory_used = beat.memory_used;
         entry.instances = beat.instances;
         drop(entry);
+        for f in failed {
+            s.event(
+                "workload_failed",
+                serde_json::json!({
+                    "workload": f.workload,
+                    "host": name,
+                    "rollbacks": f.rolled_back,
+                    "restarts": f.restarted,
+                    "outcome": if f.restarted > 0 {
+                        "restarted from its initial state"
+                    } else {
+                        "rolled back to its last good state"
+                    },
+                    "reason": f.last_failure,
+                }),
+            );
+        }
         s.touch();
     }
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// The instances whose guest failed since the last report: each with how
+/// many more failures were rolled back or restarted.
+fn new_failures(before: &[InstanceStatus], now: &[InstanceStatus]) -> Vec<InstanceStatus> {
+    now.iter()
+        .filter_map(|i| {
+            let (rolled_back, restarted) = before
+                .iter()
+                .find(|b| b.workload == i.workload && b.generation == i.generation)
+                .map_or((0, 0), |b| (b.rolled_back, b.restarted));
+            let more = InstanceStatus {
+                rolled_back: i.rolled_back.saturating_sub(rolled_back),
+                restarted: i.restarted.saturating_sub(restarted),
+                ..i.clone()
+            };
+            (more.rolled_back > 0 || more.restarted > 0).then_some(more)
+        })
+        .collect()
 }
 
 pub(super) async fn nodes(State(s): State<Arc<Scheduler>>) -> Response {

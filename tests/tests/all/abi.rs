@@ -408,8 +408,9 @@ async fn unknown_abi_version_and_missing_exports_are_refused_by_name() {
     );
 }
 
-/// The abuser driven by a driver, its first instance trapping on every
-/// request (mode 1); instances that replace it serve (mode 0).
+/// The abuser driven by a driver without checkpoints, its first instance
+/// trapping on every request (mode 1); instances that replace it serve
+/// (mode 0). (With checkpoints, it would be rolled back to mode 1.)
 async fn trapping_driver() -> driver::WorkloadHandle {
     let rt = runtime();
     let module = abuser(&rt);
@@ -425,7 +426,10 @@ async fn trapping_driver() -> driver::WorkloadHandle {
         module,
         config("abuser"),
         w,
-        DriverOptions::default(),
+        DriverOptions {
+            checkpoints: driver::Checkpoints::Off,
+            ..DriverOptions::default()
+        },
     )
 }
 

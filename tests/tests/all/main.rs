@@ -8,4 +8,5 @@
 )]
 
 mod abi;
+mod rollback;
 mod rust_guests;

@@ -1,0 +1,170 @@
+//! Unplanned events keep a workload's state (issue 18): a guest that traps
+//! or runs out of CPU in the middle of a stream of requests is rolled back
+//! to its state before that request, on any host, durable or not, and the
+//! operator sees it happen.
+
+use std::time::Duration;
+
+use roam_tests::artifacts;
+
+use crate::cluster::{Cluster, PATIENT, eu_cluster, poll, subscribe, wait_event};
+use crate::migrate::{deploy, host_of, migrate};
+
+/// Deploy the `faulty` test workload as `name` with `durability`; return
+/// once it serves.
+fn deploy_faulty(c: &Cluster, name: &str, durability: &str) {
+    deploy(
+        c,
+        &[
+            artifacts::FAULTY,
+            "--name",
+            name,
+            "--grant",
+            "kv,timers,send",
+            "--selector",
+            "jurisdiction=EU",
+            "--durability",
+            durability,
+        ],
+    );
+    poll(Duration::from_secs(60), "faulty to serve", || {
+        c.get(name, "/count/a").0 == 200
+    });
+}
+
+#[test]
+fn a_trap_and_a_cpu_budget_stop_in_a_stream_of_requests_keep_the_state_before_them() {
+    let c = eu_cluster();
+    let events = subscribe(&c);
+    for (name, durability) in [("sync-app", "sync"), ("plain-app", "none")] {
+        deploy_faulty(&c, name, durability);
+        for n in 1..=20 {
+            assert_eq!(c.invoke(name, "/count/a"), (200, format!("a={n}/{n}")));
+        }
+        // `none` keeps a last good state at most a second old, taken when
+        // the workload is idle: give it that second.
+        if durability == "none" {
+            std::thread::sleep(Duration::from_millis(1100));
+            assert_eq!(c.get(name, "/count/a"), (200, "a=20/20".into()));
+        }
+        let (status, body) = c.invoke(name, "/trap/a");
+        assert!(status >= 500, "{status} {body}");
+        assert_eq!(c.get(name, "/count/a"), (200, "a=20/20".into()), "{name}");
+        let (status, body) = c.invoke(name, "/spin/a");
+        assert!(
+            status >= 500 && body.contains("CPU budget"),
+            "{status} {body}"
+        );
+        assert_eq!(
+            c.invoke(name, "/count/a"),
+            (200, "a=21/21".into()),
+            "{name}"
+        );
+        let event = loop {
+            let event = wait_event(&events, "\"type\":\"workload_failed\"");
+            if event.contains(&format!("\"workload\":\"{name}\"")) {
+                break event;
+            }
+        };
+        assert!(
+            event.contains("rolled back to its last good state"),
+            "{event}"
+        );
+    }
+    // Both failures reach the scheduler with the next heartbeat.
+    poll(Duration::from_secs(10), "both failures reported", || {
+        let (ok, out, _) = c.roam(&["get", "instances", "-o", "json"]);
+        assert!(ok);
+        let all: serde_json::Value = serde_json::from_str(&out).unwrap();
+        all.as_array().unwrap().iter().any(|i| {
+            i["workload"] == "sync-app"
+                && i["rolled_back"] == 2
+                && i["last_failure"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("CPU budget")
+        })
+    });
+    let (ok, out, _) = c.roam(&["describe", "workload", "sync-app"]);
+    assert!(ok && out.contains("Durability: sync"), "{out}");
+}
+
+#[test]
+fn a_durable_workload_moves_live_and_rolls_back_on_its_new_host() {
+    let c = eu_cluster();
+    deploy_faulty(&c, "moving", "sync");
+    for n in 1..=10 {
+        assert_eq!(c.invoke("moving", "/count/m"), (200, format!("m={n}/{n}")));
+    }
+    let from = host_of(&c, "moving");
+    let to = if from == "eu-1" { "eu-2" } else { "eu-1" };
+    migrate(&c, "moving", to);
+    assert_eq!(host_of(&c, "moving"), to);
+    assert_eq!(c.get("moving", "/count/m"), (200, "m=10/10".into()));
+    assert!(c.invoke("moving", "/trap/m").0 >= 500);
+    assert_eq!(c.invoke("moving", "/count/m"), (200, "m=11/11".into()));
+    // And back, after the rollback restarted its write tracking.
+    migrate(&c, "moving", &from);
+    assert_eq!(c.get("moving", "/count/m"), (200, "m=11/11".into()));
+}
+
+#[test]
+fn a_checkpoint_interval_is_checked_when_deployed() {
+    let c = eu_cluster();
+    for (args, says) in [
+        (
+            vec!["--durability", "sync", "--checkpoint-interval", "50ms"],
+            "is for `async` durability",
+        ),
+        (
+            vec!["--durability", "async", "--checkpoint-interval", "1ms"],
+            "it must be 5 ms to 60000 ms",
+        ),
+    ] {
+        let mut all = vec!["deploy", artifacts::FAULTY, "--name", "bad"];
+        all.extend(args);
+        let (ok, _, err) = c.roam(&all);
+        assert!(!ok && err.contains(says), "{err}");
+    }
+    let (ok, _, err) = c.roam(&[
+        "deploy",
+        artifacts::FAULTY,
+        "--name",
+        "x",
+        "--durability",
+        "maybe",
+    ]);
+    assert!(!ok && err.contains("use none, async or sync"), "{err}");
+    let (ok, _, err) = c.roam(&["describe", "workload", "bad"]);
+    assert!(
+        !ok && err.contains("no workload `bad`"),
+        "nothing was deployed: {err}"
+    );
+}
+
+#[test]
+fn a_drain_whose_live_migration_fails_moves_the_workload_by_stop_and_copy() {
+    let mut c = Cluster::start_with(&[("HEARTBEAT_TIMEOUT", PATIENT)]);
+    let fail = [("ROAM_FAULT_FAIL_PRECOPY", "1")];
+    c.add_host_with("eu-1", "eu-west-1", "EU", &[], &fail);
+    c.add_host_with("eu-2", "eu-central-1", "EU", &[], &fail);
+    c.wait_ready(2);
+    deploy_faulty(&c, "copied", "none");
+    for n in 1..=5 {
+        assert_eq!(c.invoke("copied", "/count/c"), (200, format!("c={n}/{n}")));
+    }
+    let from = host_of(&c, "copied");
+    let (ok, out, err) = c.roam(&["drain", &from, "-o", "json"]);
+    assert!(ok, "{out}{err}");
+    let outcomes: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(outcomes[0]["outcome"], "copied", "{out}");
+    assert!(
+        outcomes[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ROAM_FAULT_FAIL_PRECOPY"),
+        "the live failure is named: {out}"
+    );
+    assert_ne!(host_of(&c, "copied"), from);
+    assert_eq!(c.get("copied", "/count/c"), (200, "c=5/5".into()));
+}

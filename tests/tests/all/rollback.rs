@@ -1,0 +1,168 @@
+//! What a failed event leaves behind: nothing. A trap, a CPU-budget stop,
+//! a failing timer or message handler fails that one event; the workload
+//! is rolled back to its state before it (memory and key-value data) and
+//! serves on, and the event that failed is not run again.
+
+use std::time::{Duration, Instant};
+
+use roam_runtime::abi::codec::Request;
+use roam_runtime::abi::{Grants, Place};
+use roam_runtime::driver::{self, Checkpoints, DriverOptions, LocalBus, WorkloadHandle};
+use roam_runtime::snapshot::codec::{self, DecodeLimits};
+use roam_runtime::{InstanceConfig, Runtime, RuntimeConfig, Workload};
+use roam_tests::artifacts;
+
+fn config() -> InstanceConfig {
+    let mut c = InstanceConfig::new("faulty");
+    c.grants = Grants::all();
+    c.cpu_budget = Some(Duration::from_millis(200));
+    c.info = Place {
+        host: "h1".into(),
+        site: "s1".into(),
+    };
+    c
+}
+
+async fn faulty(checkpoints: Checkpoints) -> WorkloadHandle {
+    let rt = Runtime::new(RuntimeConfig {
+        slots: 8,
+        max_instance_memory: 64 << 20,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let module = rt
+        .load_blocking(&std::fs::read(artifacts::FAULTY).unwrap())
+        .unwrap();
+    let w = Workload::start(&rt, &module, config()).await.unwrap();
+    let bus = LocalBus::new();
+    let h = driver::spawn(
+        rt,
+        module,
+        config(),
+        w,
+        DriverOptions {
+            checkpoints,
+            router: Some(bus.router()),
+            ..DriverOptions::default()
+        },
+    );
+    bus.register(h.clone());
+    h
+}
+
+fn req(method: &str, target: &str) -> Request {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    Request {
+        method: method.into(),
+        path: path.into(),
+        query: query.into(),
+        ..Request::default()
+    }
+}
+
+async fn text(h: &WorkloadHandle, method: &str, target: &str) -> String {
+    let r = h.http(req(method, target)).await.unwrap();
+    String::from_utf8(r.body).unwrap()
+}
+
+/// Poll `f` until it holds or 10 s have passed.
+async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_trap_or_a_cpu_budget_stop_fails_that_request_and_keeps_the_state_before_it() {
+    for checkpoints in [Checkpoints::EachEvent, Checkpoints::Every(Duration::ZERO)] {
+        let h = faulty(checkpoints).await;
+        for n in 1..=3 {
+            assert_eq!(text(&h, "POST", "/count/a").await, format!("a={n}/{n}"));
+        }
+        let err = h.http(req("POST", "/trap/a")).await.unwrap_err();
+        assert!(err.to_string().contains("unreachable"), "{err}");
+        assert_eq!(
+            text(&h, "GET", "/count/a").await,
+            "a=3/3",
+            "{checkpoints:?}: the trapping request's own count (in memory and kv) is undone, the rest kept"
+        );
+        let err = h.http(req("POST", "/spin/a")).await.unwrap_err();
+        assert!(err.to_string().contains("CPU"), "{err}");
+        assert_eq!(
+            text(&h, "POST", "/count/a").await,
+            "a=4/4",
+            "{checkpoints:?}"
+        );
+        let failures = h.failures();
+        assert_eq!((failures.rolled_back, failures.restarted), (2, 0));
+        assert!(failures.last.unwrap().contains("CPU"));
+    }
+}
+
+#[tokio::test]
+async fn without_checkpoints_a_failure_restarts_from_the_initial_state() {
+    let h = faulty(Checkpoints::Off).await;
+    assert_eq!(text(&h, "POST", "/count/a").await, "a=1/1");
+    assert!(h.http(req("POST", "/trap/a")).await.is_err());
+    assert_eq!(text(&h, "GET", "/count/a").await, "a=0/0");
+    assert_eq!(h.failures().restarted, 1);
+}
+
+#[tokio::test]
+async fn a_failing_timer_is_rolled_back_and_not_fired_again() {
+    let h = faulty(Checkpoints::EachEvent).await;
+    assert_eq!(text(&h, "POST", "/count/t").await, "t=1/1");
+    assert_eq!(text(&h, "POST", "/timer-trap/t?ms=0").await, "set");
+    until("the timer to fail", async || h.failures().rolled_back == 1).await;
+    // A later timer fires: had the failed one been kept, it would have
+    // fired (and failed) again first.
+    assert_eq!(text(&h, "POST", "/timer/u?ms=20").await, "set");
+    until("the next timer", async || {
+        text(&h, "GET", "/count/u").await == "u=1/1"
+    })
+    .await;
+    assert_eq!(text(&h, "GET", "/count/t").await, "t=1/1");
+    assert_eq!(h.failures().rolled_back, 1);
+}
+
+#[tokio::test]
+async fn a_failing_message_is_left_out_and_the_messages_around_it_are_handled_once() {
+    let h = faulty(Checkpoints::EachEvent).await;
+    for target in ["/send/faulty/x", "/send/faulty/trap:m", "/send/faulty/y"] {
+        assert_eq!(text(&h, "POST", target).await, "sent");
+    }
+    until("the messages", async || {
+        text(&h, "GET", "/count/y").await == "y=1/1"
+    })
+    .await;
+    assert_eq!(text(&h, "GET", "/count/x").await, "x=1/1");
+    assert_eq!(text(&h, "GET", "/count/m").await, "m=0/0");
+    assert_eq!(text(&h, "GET", "/handled").await, "faulty:x\nfaulty:y");
+    assert_eq!(h.failures().rolled_back, 1);
+}
+
+#[tokio::test]
+async fn a_snapshot_of_a_checkpointed_workload_is_its_current_state() {
+    let h = faulty(Checkpoints::EachEvent).await;
+    for _ in 0..5 {
+        text(&h, "POST", "/count/s").await;
+    }
+    let bytes = h.snapshot().await.unwrap();
+    let rt = Runtime::new(RuntimeConfig {
+        slots: 2,
+        max_instance_memory: 64 << 20,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let module = rt
+        .load_blocking(&std::fs::read(artifacts::FAULTY).unwrap())
+        .unwrap();
+    let snapshot = codec::decode(&bytes, Some(&module.digest()), &DecodeLimits::default()).unwrap();
+    let mut w = Workload::restore(&rt, &module, config(), &snapshot, None)
+        .await
+        .unwrap();
+    let r = w.http(&req("GET", "/count/s")).await.unwrap();
+    assert_eq!(r.body, b"s=5/5");
+}
