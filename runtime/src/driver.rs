@@ -680,7 +680,7 @@ impl Driver {
             for message in self.workload.take_outbox() {
                 self.route(message);
             }
-            loop {
+            while !self.workload.instance().abi().inbox.is_empty() {
                 // A state with the next message still queued: if its
                 // handler fails, the rollback leaves just that one out.
                 self.keep(true);
