@@ -62,6 +62,34 @@ const MAX_REPORTED: usize = 64;
 
 /// What a host reports about itself, bounded before it is kept, logged or
 /// shown: its URL (an `http` or `https` URL), architecture and engine key.
+/// The most instances a host may report (well above what one host runs).
+const MAX_INSTANCES: usize = 100_000;
+
+/// What a host reports of its instances, checked before it is kept: how
+/// many, and names and digests of bounded size (a failure text is cut to
+/// [`roam_proto::MAX_FAILURE_TEXT`]).
+fn reported_instances(instances: &mut [InstanceStatus]) -> Result<(), String> {
+    if instances.len() > MAX_INSTANCES {
+        return Err(format!(
+            "{} instances reported, at most {MAX_INSTANCES}",
+            instances.len()
+        ));
+    }
+    for i in instances {
+        roam_proto::names::workload(&i.workload).map_err(|e| e.to_string())?;
+        if i.digest.len() > MAX_REPORTED {
+            return Err(format!(
+                "instance `{}`: a digest is at most {MAX_REPORTED} bytes",
+                i.workload
+            ));
+        }
+        if let Some(text) = &mut i.last_failure {
+            text.truncate(text.floor_char_boundary(roam_proto::MAX_FAILURE_TEXT));
+        }
+    }
+    Ok(())
+}
+
 fn reported_fields(url: &str, arch: &str, engine: &str) -> Result<(), String> {
     if url.len() > MAX_URL || !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(format!(
@@ -101,7 +129,7 @@ pub(super) async fn join(
             },
         );
     }
-    let req: JoinRequest = match parse(&body) {
+    let mut req: JoinRequest = match parse(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
@@ -113,6 +141,9 @@ pub(super) async fn join(
         return error(StatusCode::BAD_REQUEST, e);
     }
     if let Err(e) = reported_fields(&req.url, &req.arch, &req.engine) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    if let Err(e) = reported_instances(&mut req.instances) {
         return error(StatusCode::BAD_REQUEST, e);
     }
     let record = match s.host_record(&req.name) {
@@ -272,6 +303,9 @@ pub(super) async fn heartbeat(
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
+    if let Err(e) = reported_instances(&mut beat.instances) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
     let Some(mut entry) = s.hosts.get_mut(&name) else {
         return error(
             StatusCode::NOT_FOUND,
@@ -294,11 +328,6 @@ pub(super) async fn heartbeat(
         }
         if !beat.engine.is_empty() {
             entry.engine = beat.engine;
-        }
-    }
-    for i in &mut beat.instances {
-        if let Some(text) = &mut i.last_failure {
-            text.truncate(text.floor_char_boundary(roam_proto::MAX_FAILURE_TEXT));
         }
     }
     if entry.memory_used != beat.memory_used || entry.instances != beat.instances {
@@ -418,5 +447,48 @@ pub(super) async fn node_action(
     match s.set_cordoned(&name, on) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(workload: &str) -> InstanceStatus {
+        InstanceStatus {
+            workload: workload.into(),
+            digest: "sha256:00".into(),
+            ..InstanceStatus::default()
+        }
+    }
+
+    #[test]
+    fn reported_instances_are_bounded_before_they_are_kept() {
+        let mut ok = vec![instance("app")];
+        ok[0].last_failure = Some("é".repeat(roam_proto::MAX_FAILURE_TEXT));
+        assert!(reported_instances(&mut ok).is_ok());
+        let text = ok[0].last_failure.as_ref().unwrap();
+        assert!(text.len() <= roam_proto::MAX_FAILURE_TEXT && text.starts_with('é'));
+
+        assert!(reported_instances(&mut [instance("../x")]).is_err());
+        let mut long_digest = instance("app");
+        long_digest.digest = "x".repeat(MAX_REPORTED + 1);
+        assert!(reported_instances(&mut [long_digest]).is_err());
+        let mut many = vec![instance("app"); MAX_INSTANCES + 1];
+        assert!(reported_instances(&mut many).is_err());
+    }
+
+    #[test]
+    fn only_failures_since_the_last_report_are_raised() {
+        let mut before = instance("app");
+        before.rolled_back = 2;
+        let mut now = before.clone();
+        assert!(new_failures(&[before.clone()], &[now.clone()]).is_empty());
+        now.rolled_back = 3;
+        let raised = new_failures(&[before.clone()], &[now.clone()]);
+        assert_eq!((raised[0].rolled_back, raised[0].restarted), (1, 0));
+        // A copy at a new generation (it moved back here) counts from zero.
+        now.generation = 1;
+        assert_eq!(new_failures(&[before], &[now])[0].rolled_back, 3);
     }
 }
