@@ -384,6 +384,10 @@ struct Driver {
     failures: Arc<FailureCount>,
     /// When this driver began (the age of "no checkpoint yet").
     started: Instant,
+    /// When a full checkpoint last failed: the next try waits
+    /// [`RETRY_CHECKPOINT`], so a workload that cannot be captured does not
+    /// pay for a failed capture on every event.
+    failed_at: Option<Instant>,
     /// The handles' queue, to see whether events wait.
     queue: mpsc::WeakSender<Command>,
     /// One permit, held by a [`LiveMemory`] while the memory is lent.
@@ -393,6 +397,9 @@ struct Driver {
 /// A [`Checkpoints::Every`] checkpoint waits for a moment with no events
 /// queued, up to this many intervals.
 const OVERDUE: u32 = 5;
+
+/// How long after a failed full checkpoint the next is tried.
+const RETRY_CHECKPOINT: Duration = Duration::from_secs(1);
 
 enum Local {
     None,
@@ -422,6 +429,7 @@ pub fn spawn(
         migrating: false,
         failures: failures.clone(),
         started: Instant::now(),
+        failed_at: None,
         queue: tx.downgrade(),
         lent: Arc::new(tokio::sync::Semaphore::new(1)),
     };
@@ -762,7 +770,12 @@ impl Driver {
     /// Take a full checkpoint (and, for [`Checkpoints::EachEvent`], restart
     /// write tracking from it).
     fn rebase(&mut self) {
-        if self.options.roundtrip_snapshots || self.migrating {
+        if self.options.roundtrip_snapshots
+            || self.migrating
+            || self
+                .failed_at
+                .is_some_and(|at| at.elapsed() < RETRY_CHECKPOINT)
+        {
             return;
         }
         let instance = self.workload.instance_mut();
@@ -788,10 +801,19 @@ impl Driver {
                     .map(Local::Flat)
             }
         };
-        self.local = local.unwrap_or_else(|e| {
-            tracing::warn!(workload = %self.config.name, error = %e, "cannot checkpoint the workload");
-            Local::None
-        });
+        match local {
+            Ok(local) => {
+                self.local = local;
+                self.failed_at = None;
+            }
+            Err(e) => {
+                // A failed capture may have spent the old buffers or moved
+                // the write tracking under the old checkpoint: drop it.
+                tracing::warn!(workload = %self.config.name, error = %e, "cannot checkpoint the workload; a failure now would restart it");
+                self.local = Local::None;
+                self.failed_at = Some(Instant::now());
+            }
+        }
     }
 
     fn logs(&self) -> String {
