@@ -66,7 +66,7 @@ const MAX_REPORTED: usize = 64;
 const MAX_INSTANCES: usize = 100_000;
 
 /// What a host reports of its instances, checked before it is kept: how
-/// many, and names and digests of bounded size (a failure text is cut to
+/// many, valid names and digests (a failure text is cut to
 /// [`roam_proto::MAX_FAILURE_TEXT`]).
 fn reported_instances(instances: &mut [InstanceStatus]) -> Result<(), String> {
     if instances.len() > MAX_INSTANCES {
@@ -77,9 +77,9 @@ fn reported_instances(instances: &mut [InstanceStatus]) -> Result<(), String> {
     }
     for i in instances {
         roam_proto::names::workload(&i.workload).map_err(|e| e.to_string())?;
-        if i.digest.len() > MAX_REPORTED {
+        if roam_proto::Digest::parse(&i.digest).is_none() {
             return Err(format!(
-                "instance `{}`: a digest is at most {MAX_REPORTED} bytes",
+                "instance `{}`: the digest must be `sha256:` and 64 hex digits",
                 i.workload
             ));
         }
@@ -457,7 +457,7 @@ mod tests {
     fn instance(workload: &str) -> InstanceStatus {
         InstanceStatus {
             workload: workload.into(),
-            digest: "sha256:00".into(),
+            digest: format!("sha256:{}", "ab".repeat(32)),
             ..InstanceStatus::default()
         }
     }
@@ -471,9 +471,9 @@ mod tests {
         assert!(text.len() <= roam_proto::MAX_FAILURE_TEXT && text.starts_with('é'));
 
         assert!(reported_instances(&mut [instance("../x")]).is_err());
-        let mut long_digest = instance("app");
-        long_digest.digest = "x".repeat(MAX_REPORTED + 1);
-        assert!(reported_instances(&mut [long_digest]).is_err());
+        let mut bad_digest = instance("app");
+        bad_digest.digest = format!("sha256:{}", "x".repeat(64));
+        assert!(reported_instances(&mut [bad_digest]).is_err());
         let mut many = vec![instance("app"); MAX_INSTANCES + 1];
         assert!(reported_instances(&mut many).is_err());
     }
