@@ -9,7 +9,7 @@ use roam_runtime::abi::codec::Request;
 use roam_runtime::abi::{Grants, Place};
 use roam_runtime::driver::{self, Checkpoints, DriverOptions, LocalBus, WorkloadHandle};
 use roam_runtime::snapshot::codec::{self, DecodeLimits};
-use roam_runtime::{InstanceConfig, Runtime, RuntimeConfig, Workload};
+use roam_runtime::{InstanceConfig, Module, Runtime, RuntimeConfig, Workload};
 use roam_tests::artifacts;
 
 fn config() -> InstanceConfig {
@@ -23,7 +23,8 @@ fn config() -> InstanceConfig {
     c
 }
 
-async fn faulty(checkpoints: Checkpoints) -> WorkloadHandle {
+/// A runtime with the `faulty` module loaded.
+fn load_faulty() -> (Runtime, Module) {
     let rt = Runtime::new(RuntimeConfig {
         slots: 8,
         max_instance_memory: 64 << 20,
@@ -33,6 +34,11 @@ async fn faulty(checkpoints: Checkpoints) -> WorkloadHandle {
     let module = rt
         .load_blocking(&std::fs::read(artifacts::FAULTY).unwrap())
         .unwrap();
+    (rt, module)
+}
+
+async fn faulty(checkpoints: Checkpoints) -> WorkloadHandle {
+    let (rt, module) = load_faulty();
     let w = Workload::start(&rt, &module, config()).await.unwrap();
     let bus = LocalBus::new();
     let h = driver::spawn(
@@ -150,15 +156,7 @@ async fn a_snapshot_of_a_checkpointed_workload_is_its_current_state() {
         text(&h, "POST", "/count/s").await;
     }
     let bytes = h.snapshot().await.unwrap();
-    let rt = Runtime::new(RuntimeConfig {
-        slots: 2,
-        max_instance_memory: 64 << 20,
-        ..RuntimeConfig::default()
-    })
-    .unwrap();
-    let module = rt
-        .load_blocking(&std::fs::read(artifacts::FAULTY).unwrap())
-        .unwrap();
+    let (rt, module) = load_faulty();
     let snapshot = codec::decode(&bytes, Some(&module.digest()), &DecodeLimits::default()).unwrap();
     let mut w = Workload::restore(&rt, &module, config(), &snapshot, None)
         .await
