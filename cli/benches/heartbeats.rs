@@ -315,6 +315,7 @@ fn spawn_beats(
                 engine: "bench".into(),
                 memory_used: 0,
                 instances: Vec::new(),
+                standbys: Vec::new(),
             };
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;

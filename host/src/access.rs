@@ -17,7 +17,7 @@ use roam_proto::reply::error;
 use roam_tls::Peer;
 
 use crate::daemon::Host;
-use crate::{control, ingress, migration};
+use crate::{control, ingress, migration, standby};
 
 /// What a host's route asks of its caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +28,9 @@ pub enum HostAccess {
     /// The source of a migration this host receives: the certificate of the
     /// host the scheduler named, and the migration's key.
     Source,
+    /// The primary host a standby here was placed for: its certificate
+    /// (the host the scheduler named), and the standby's key.
+    Primary,
     /// Anyone (the ingress).
     Public,
 }
@@ -38,6 +41,7 @@ impl HostAccess {
         match self {
             HostAccess::Scheduler => "scheduler",
             HostAccess::Source => "source host",
+            HostAccess::Primary => "primary host",
             HostAccess::Public => "public",
         }
     }
@@ -92,6 +96,7 @@ fn routes() -> Vec<Route> {
     let mut all = control::routes();
     all.extend(migration::control_routes());
     all.extend(migration::stream_routes());
+    all.extend(standby::routes());
     all.extend([
         rule("*", w::ROOT, Public, INGRESS, any(ingress::ingress)),
         rule("*", w::ROOT_SLASH, Public, INGRESS, any(ingress::ingress)),
@@ -119,6 +124,10 @@ pub(crate) fn router(host: &Arc<Host>) -> Router<Arc<Host>> {
             HostAccess::Source => handler.route_layer(axum::middleware::from_fn_with_state(
                 host.clone(),
                 migration::require_source,
+            )),
+            HostAccess::Primary => handler.route_layer(axum::middleware::from_fn_with_state(
+                host.clone(),
+                standby::require_primary,
             )),
             HostAccess::Public => handler,
         };

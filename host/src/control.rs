@@ -139,21 +139,16 @@ async fn launch(
         {
             return StatusCode::OK.into_response();
         }
-        // Hold to the capacity this host advertises, whatever the caller
-        // believes (its view may lag).
-        let (used, count) = workloads
-            .iter()
-            .filter(|(name, _)| **name != workload)
-            .fold((0u64, 0u32), |(m, n), (_, r)| (m + r.status.memory, n + 1));
-        let (capacity, slots) = (host.config.capacity_memory, host.config.slots);
-        if count >= slots || used.saturating_add(spec.memory) > capacity {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "host `{}` is full: {count} of {slots} slots and {used} of {capacity} bytes in use, `{workload}` needs {} bytes",
-                    host.config.name, spec.memory
-                ),
-            );
+        // Hold to the capacity this host advertises (standbys count),
+        // whatever the caller believes (its view may lag).
+        // A copy that runs here replaces a standby kept here (the scheduler
+        // places the standby elsewhere once it sees the primary here).
+        let mut standbys = host.standbys.lock().await;
+        if standbys.remove(&workload).is_some() {
+            tracing::info!(%workload, "a primary starts here; dropping the standby kept here");
+        }
+        if let Err(full) = host.room_for(&workloads, &standbys, &workload, spec.memory) {
+            return full.into_response();
         }
     }
     let module = match host.module(&digest).await {

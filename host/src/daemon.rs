@@ -62,6 +62,10 @@ pub(crate) struct Host {
     /// The URL this host's API is reached at.
     pub(crate) url: String,
     pub(crate) migrations: Migrations,
+    /// Standbys kept here, by workload.
+    pub(crate) standbys: tokio::sync::Mutex<HashMap<String, crate::standby::Standby>>,
+    /// Checkpoint streams of workloads running here to their standbys.
+    pub(crate) links: Mutex<HashMap<String, Arc<crate::standby::Link>>>,
     /// Modules being fetched and compiled, one gate each (`modules.rs`).
     pub(crate) loading: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -143,6 +147,8 @@ pub async fn run(config: HostConfig) -> anyhow::Result<()> {
         labels: Mutex::new(Labels::new()),
         workloads: tokio::sync::Mutex::new(HashMap::new()),
         migrations: Migrations::default(),
+        standbys: tokio::sync::Mutex::default(),
+        links: Mutex::default(),
         loading: Mutex::default(),
         config,
     });
@@ -184,9 +190,19 @@ impl Host {
     /// Memory in use and what runs here, as reported to the scheduler.
     pub(crate) async fn statuses(&self) -> (u64, Vec<InstanceStatus>) {
         let workloads = self.workloads.lock().await;
+        let standby_memory: u64 = self
+            .standbys
+            .lock()
+            .await
+            .values()
+            .map(crate::standby::Standby::memory)
+            .sum();
         let status = |r: &Running| {
             let failures = r.handle.failures();
+            let (standby, checkpoint_age_ms) = self.link_of(&r.status.workload);
             InstanceStatus {
+                standby,
+                checkpoint_age_ms,
                 rolled_back: failures.rolled_back,
                 restarted: failures.restarted,
                 last_failure: failures.last.map(|mut text| {
@@ -197,7 +213,7 @@ impl Host {
             }
         };
         (
-            workloads.values().map(|r| r.status.memory).sum(),
+            workloads.values().map(|r| r.status.memory).sum::<u64>() + standby_memory,
             workloads.values().map(status).collect(),
         )
     }

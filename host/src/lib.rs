@@ -29,6 +29,7 @@ pub mod ingress;
 mod migration;
 mod modules;
 mod scheduler_client;
+mod standby;
 
 pub use config::HostConfig;
 pub use daemon::run;

@@ -238,6 +238,7 @@ impl Host {
                 engine: self.runtime.engine_key(),
                 memory_used,
                 instances,
+                standbys: self.standby_statuses().await,
             };
             match self.scheduler.heartbeat(&self.config.name, &beat).await {
                 Answer::Ok(()) => {}

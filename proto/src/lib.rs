@@ -174,6 +174,9 @@ pub struct Heartbeat {
     pub memory_used: u64,
     /// Running workloads.
     pub instances: Vec<InstanceStatus>,
+    /// Standbys kept here (their memory is in `memory_used`).
+    #[serde(default)]
+    pub standbys: Vec<StandbyStatus>,
 }
 
 /// One workload instance on a host.
@@ -200,6 +203,77 @@ pub struct InstanceStatus {
     /// The last failure, as text (at most [`MAX_FAILURE_TEXT`] bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<String>,
+    /// The host its checkpoints stream to, if it has a standby.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<String>,
+    /// Milliseconds since the standby acknowledged the last checkpoint
+    /// (the state a failover would lose is at most that old); `None`
+    /// until it acknowledged one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_age_ms: Option<u64>,
+}
+
+/// A standby a host keeps: a copy of a workload's state that is not
+/// running, brought up to date by its primary's checkpoints.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandbyStatus {
+    /// Workload name.
+    pub workload: String,
+    /// The host whose checkpoints it accepts.
+    pub primary: String,
+    /// Generation it stands by for.
+    pub generation: u64,
+    /// Memory it holds (the workload's cap), bytes.
+    pub memory: u64,
+    /// The sequence of the last checkpoint applied (0: none yet).
+    pub sequence: u64,
+}
+
+/// `PUT /v1/standbys/{workload}` on a host (scheduler): keep a standby of
+/// the workload for its primary on host `primary`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartStandby {
+    /// How the workload runs once promoted (its generation is the one the
+    /// standby stands by for).
+    pub instance: StartInstance,
+    /// The only host whose checkpoints it accepts.
+    pub primary: String,
+    /// That host's site (the promoted workload's `roam_restored` hook is
+    /// told it came from there).
+    #[serde(default)]
+    pub primary_site: String,
+    /// A secret the primary presents with each checkpoint (as its bearer
+    /// token), besides its certificate.
+    pub key: String,
+}
+
+/// `PUT /v1/instances/{workload}/standby` on a host (scheduler): stream
+/// the workload's checkpoints to this standby.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandbyTarget {
+    /// The standby's host.
+    pub host: String,
+    /// Its registered address.
+    pub url: String,
+    /// The key the standby expects ([`StartStandby::key`]).
+    pub key: String,
+    /// A checkpoint at least this often, milliseconds.
+    pub interval_ms: u64,
+}
+
+/// `POST /v1/standbys/{workload}/promote` on a host (scheduler): the
+/// primary is gone; serve from the last checkpoint at `generation`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promote {
+    /// The generation the promoted copy runs at (above the primary's).
+    pub generation: u64,
+}
+
+/// The answer to a checkpoint (`POST /v1/standbys/{workload}/checkpoint`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointAck {
+    /// The sequence the standby now holds.
+    pub sequence: u64,
 }
 
 /// The longest failure text a host reports per instance.
@@ -441,6 +515,34 @@ pub struct WorkloadInfo {
     pub hosts: Vec<String>,
     /// Why each other host was not chosen (from the last placement).
     pub rejected: BTreeMap<String, String>,
+    /// Durable workloads: each replica's standby, by the replica's host.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub protection: BTreeMap<String, Protection>,
+}
+
+/// How well a replica of a durable workload is protected.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Protection {
+    /// The host keeping its standby, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<String>,
+    /// Milliseconds since the standby last held the whole state, as the
+    /// primary's host last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_age_ms: Option<u64>,
+    /// Whether a failover now would bring it back with its state: it has a
+    /// standby whose last checkpoint is recent
+    /// ([`Protection::is_recent`]).
+    pub protected: bool,
+}
+
+impl Protection {
+    /// Whether a checkpoint `age_ms` old is recent for a workload
+    /// checkpointed every `interval_ms`: within five intervals and a
+    /// second (the report itself is up to a heartbeat old).
+    pub fn is_recent(age_ms: u64, interval_ms: u64) -> bool {
+        age_ms <= interval_ms.saturating_mul(5).saturating_add(1000)
+    }
 }
 
 /// An error body.
@@ -559,6 +661,13 @@ pub struct InstanceInfo {
     /// The last failure, as text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<String>,
+    /// Where its standby is (durable workloads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<String>,
+    /// Milliseconds since the standby acknowledged the last checkpoint, as
+    /// the host last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_age_ms: Option<u64>,
 }
 
 /// Query of `POST /v1/messages/{workload}` (scheduler and host) and of a

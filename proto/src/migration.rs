@@ -402,6 +402,19 @@ impl fmt::Display for DrainResult {
     }
 }
 
+/// What a failover did with a replica whose host was declared dead (the
+/// `failover` event's `outcome`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailoverOutcome {
+    /// Its standby was promoted: it serves with the state of the last
+    /// checkpoint the standby acknowledged.
+    Promoted,
+    /// The standby could not be promoted: it starts elsewhere without its
+    /// state.
+    Restarted,
+}
+
 /// `POST /v1/nodes/{host}/drain` (admin): what happened to each workload.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DrainOutcome {

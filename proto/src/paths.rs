@@ -177,6 +177,15 @@ pub mod host {
     /// `PUT` (host secret): the revoked certificates, replacing the list
     /// the host had.
     pub const REVOKED: &str = "/v1/revoked";
+    /// `PUT` stream checkpoints to a standby, `DELETE` stop (host secret).
+    pub const INSTANCE_STANDBY: &str = "/v1/instances/{workload}/standby";
+    /// `PUT` keep a standby, `DELETE` drop it (host secret).
+    pub const STANDBY: &str = "/v1/standbys/{workload}";
+    /// `POST` (the recorded primary's certificate and the standby key): a
+    /// checkpoint.
+    pub const STANDBY_CHECKPOINT: &str = "/v1/standbys/{workload}/checkpoint";
+    /// `POST` (host secret): promote the standby.
+    pub const STANDBY_PROMOTE: &str = "/v1/standbys/{workload}/promote";
 }
 
 /// Route patterns of the ingress, on the scheduler and on every host.
@@ -342,6 +351,37 @@ pub fn instance_restore(workload: &str) -> Result<ApiPath, BadSegment> {
         Fixed("instances"),
         Segment(workload),
         Fixed("restore"),
+    ])
+}
+/// `/v1/instances/{workload}/standby` on a host.
+pub fn instance_standby(workload: &str) -> Result<ApiPath, BadSegment> {
+    build(&[
+        Fixed("v1"),
+        Fixed("instances"),
+        Segment(workload),
+        Fixed("standby"),
+    ])
+}
+/// `/v1/standbys/{workload}` on a host.
+pub fn standby(workload: &str) -> Result<ApiPath, BadSegment> {
+    build(&[Fixed("v1"), Fixed("standbys"), Segment(workload)])
+}
+/// `/v1/standbys/{workload}/checkpoint` on a host.
+pub fn standby_checkpoint(workload: &str) -> Result<ApiPath, BadSegment> {
+    build(&[
+        Fixed("v1"),
+        Fixed("standbys"),
+        Segment(workload),
+        Fixed("checkpoint"),
+    ])
+}
+/// `/v1/standbys/{workload}/promote` on a host.
+pub fn standby_promote(workload: &str) -> Result<ApiPath, BadSegment> {
+    build(&[
+        Fixed("v1"),
+        Fixed("standbys"),
+        Segment(workload),
+        Fixed("promote"),
     ])
 }
 /// `/v1/migrations/{id}` (the scheduler's record; on a host, the source's

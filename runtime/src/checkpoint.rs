@@ -51,6 +51,8 @@ struct FlatMemory {
     data: Vec<u8>,
     /// Pages a capture carried (others are known zero).
     present: Vec<bool>,
+    /// Pages written since the last [`Checkpoint::export`].
+    unsent: Vec<bool>,
 }
 
 /// The last good state of one workload.
@@ -65,6 +67,9 @@ pub struct Checkpoint {
     host: Vec<HostSection>,
     memories: Vec<FlatMemory>,
     max_memory: u64,
+    /// The sequence of the last export (what a copy kept elsewhere holds);
+    /// `None`: the next export is the whole checkpoint.
+    exported: Option<u64>,
 }
 
 impl Checkpoint {
@@ -89,6 +94,7 @@ impl Checkpoint {
             host: Vec::new(),
             memories: Vec::new(),
             max_memory,
+            exported: None,
         };
         checkpoint.check(full, true)?;
         checkpoint.write(full);
@@ -118,6 +124,75 @@ impl Checkpoint {
         self.memories.iter().map(|m| m.data.len() as u64).sum()
     }
 
+    /// What a copy kept elsewhere (a standby) needs to reach this state:
+    /// the whole checkpoint the first time and after
+    /// [`Checkpoint::resend_full`], then a delta on the previous export of
+    /// the pages written since (a page written back to zero included), with
+    /// the latest globals, tables and host sections. `None` when nothing
+    /// changed since the last export.
+    pub fn export(&mut self) -> Option<Snapshot> {
+        let snapshot = match self.exported {
+            Some(base) if base == self.sequence => return None,
+            None => self.to_snapshot(),
+            Some(base) => {
+                let memories = self
+                    .memories
+                    .iter()
+                    .enumerate()
+                    .map(|(index, m)| {
+                        let mut image = MemoryImage {
+                            index: index as u32,
+                            byte_len: m.data.len() as u64,
+                            ..MemoryImage::default()
+                        };
+                        for (p, page) in m.data.chunks(PAGE_SIZE).enumerate() {
+                            if m.unsent[p] {
+                                image.pages.push(p as u64);
+                                image.data.extend_from_slice(page);
+                            }
+                        }
+                        image
+                    })
+                    .collect();
+                Snapshot {
+                    base: Some(base),
+                    memories,
+                    ..self.without_memories()
+                }
+            }
+        };
+        for m in &mut self.memories {
+            m.unsent.fill(false);
+        }
+        self.exported = Some(self.sequence);
+        Some(snapshot)
+    }
+
+    /// The next [`Checkpoint::export`] is the whole checkpoint (the copy
+    /// elsewhere was lost or refused a delta).
+    pub fn resend_full(&mut self) {
+        self.exported = None;
+    }
+
+    /// Whether the state changed since the last export.
+    pub fn unexported(&self) -> bool {
+        self.exported != Some(self.sequence)
+    }
+
+    fn without_memories(&self) -> Snapshot {
+        Snapshot {
+            module: self.module,
+            lineage: self.lineage,
+            sequence: self.sequence,
+            base: None,
+            generation: self.generation,
+            globals: self.globals.clone(),
+            memories: Vec::new(),
+            tables: self.tables.clone(),
+            host: self.host.clone(),
+        }
+    }
+
     /// The checkpoint as a full snapshot (every carried non-zero page), to
     /// restore an instance from or to send.
     pub fn to_snapshot(&self) -> Snapshot {
@@ -141,15 +216,8 @@ impl Checkpoint {
             })
             .collect();
         Snapshot {
-            module: self.module,
-            lineage: self.lineage,
-            sequence: self.sequence,
-            base: None,
-            generation: self.generation,
-            globals: self.globals.clone(),
             memories,
-            tables: self.tables.clone(),
-            host: self.host.clone(),
+            ..self.without_memories()
         }
     }
 
@@ -221,6 +289,7 @@ impl Checkpoint {
                 self.memories.push(FlatMemory {
                     data: Vec::new(),
                     present: Vec::new(),
+                    unsent: Vec::new(),
                 });
             }
             let memory = &mut self.memories[i];
@@ -228,11 +297,13 @@ impl Checkpoint {
             if memory.data.len() < len {
                 memory.data.resize(len, 0);
                 memory.present.resize(len / PAGE_SIZE, false);
+                memory.unsent.resize(len / PAGE_SIZE, false);
             }
             for (k, &p) in image.pages.iter().enumerate() {
                 let at = p as usize * PAGE_SIZE;
                 memory.data[at..at + PAGE_SIZE].copy_from_slice(image.page(k));
                 memory.present[p as usize] = true;
+                memory.unsent[p as usize] = true;
             }
         }
         self.sequence = s.sequence;
@@ -310,5 +381,35 @@ mod tests {
         other.lineage = 8;
         assert!(c.apply(&other).is_err());
         assert_eq!(c.to_snapshot(), before);
+    }
+
+    #[test]
+    fn exports_bring_a_copy_elsewhere_to_the_same_state() {
+        let mut c =
+            Checkpoint::new(&snapshot(None, 1, 4 * 4096, &[(0, 1), (2, 2)]), 1 << 20).unwrap();
+        let first = c.export().unwrap();
+        assert!(first.is_full());
+        let mut copy = Checkpoint::new(&first, 1 << 20).unwrap();
+        assert!(c.export().is_none(), "nothing changed");
+        c.apply(&snapshot(Some(1), 2, 8 * 4096, &[(2, 0), (5, 4)]))
+            .unwrap();
+        c.apply(&snapshot(Some(2), 3, 8 * 4096, &[(6, 7)])).unwrap();
+        let delta = c.export().unwrap();
+        assert_eq!(delta.base, Some(1));
+        assert_eq!(
+            delta.memories[0].pages,
+            vec![2, 5, 6],
+            "the zeroed page too"
+        );
+        copy.apply(&delta).unwrap();
+        assert_eq!(copy.to_snapshot(), c.to_snapshot());
+        c.resend_full();
+        assert!(c.unexported());
+        let again = c.export().unwrap();
+        assert!(again.is_full());
+        assert_eq!(
+            Checkpoint::new(&again, 1 << 20).unwrap().to_snapshot(),
+            c.to_snapshot()
+        );
     }
 }

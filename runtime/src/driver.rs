@@ -192,6 +192,9 @@ enum Command {
     Freeze(oneshot::Sender<Result<Capture, String>>),
     /// Linear memory size in bytes.
     MemorySize(oneshot::Sender<Result<u64, String>>),
+    /// Standby stream: the checkpoint's change since the last export (all
+    /// of it with `true`).
+    Export(bool, oneshot::Sender<Result<Option<Snapshot>, String>>),
     /// Migration aborted: serve again, held events first.
     Resume,
     /// Migration committed: forward held and later events, drop the instance.
@@ -354,6 +357,16 @@ impl WorkloadHandle {
     /// The workload's linear memory size in bytes.
     pub async fn memory_size(&self) -> Result<u64, String> {
         self.ask(Command::MemorySize).await
+    }
+
+    /// For the workload's standby: what changed in its last good state
+    /// since the previous export, as a delta on it (`None`: nothing did),
+    /// or, the first time and with `full`, the whole state. Only for
+    /// workloads checkpointed after every event
+    /// ([`Checkpoints::EachEvent`]); refused while a migration owns the
+    /// write tracking.
+    pub async fn export(&self, full: bool) -> Result<Option<Snapshot>, String> {
+        self.ask(|tx| Command::Export(full, tx)).await
     }
 
     /// Migration aborted: serve again, the held events first, in order.
@@ -532,6 +545,13 @@ impl Driver {
                     Some(Command::MemorySize(reply)) => {
                         let _ = reply.send(Ok(self.workload.instance_mut().memory_size()));
                     }
+                    Some(Command::Export(full, reply)) => {
+                        let result = match mode {
+                            Mode::Held(_) => Err("the workload is frozen".to_string()),
+                            Mode::Serving => self.export(full),
+                        };
+                        let _ = reply.send(result);
+                    }
                     Some(Command::Freeze(reply)) => {
                         let result = match mode {
                             Mode::Held(_) => Err("the workload is already frozen".to_string()),
@@ -609,6 +629,9 @@ impl Driver {
                     let _ = reply.send(Err(format!("workload `{name}` moved to another host")));
                 }
                 Command::MemorySize(reply) => {
+                    let _ = reply.send(Err(format!("workload `{name}` moved to another host")));
+                }
+                Command::Export(_, reply) => {
                     let _ = reply.send(Err(format!("workload `{name}` moved to another host")));
                 }
                 Command::Resume | Command::Handoff(_) => {}
@@ -813,6 +836,29 @@ impl Driver {
                 self.local = Local::None;
                 self.failed_at = Some(Instant::now());
             }
+        }
+    }
+
+    /// The standby's next checkpoint (see [`WorkloadHandle::export`]).
+    fn export(&mut self, full: bool) -> Result<Option<Snapshot>, String> {
+        if self.options.checkpoints != Checkpoints::EachEvent {
+            return Err("the workload is not checkpointed after every event".to_string());
+        }
+        if self.migrating {
+            return Err("the workload is migrating".to_string());
+        }
+        if !matches!(self.local, Local::Flat(_)) {
+            self.failed_at = None;
+            self.rebase();
+        }
+        match &mut self.local {
+            Local::Flat(c) => {
+                if full {
+                    c.resend_full();
+                }
+                Ok(c.export())
+            }
+            _ => Err("the workload cannot be checkpointed".to_string()),
         }
     }
 

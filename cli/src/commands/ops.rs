@@ -441,10 +441,9 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
             "workload `{}` deployed ({}, {} replica(s))",
             spec.name, spec.digest, spec.replicas
         );
-        if spec.durability != Durability::None {
+        if spec.durability == Durability::Sync {
             println!(
-                "note: `{}` durability keeps a good state after every event, so a failed request is rolled back on its host; standby replicas on another host (failover when that host dies) are not built yet",
-                spec.durability
+                "note: `sync` streams checkpoints to a standby like `async` for now: answers are not yet held until the standby has the state that produced them"
             );
         }
         println!("try: roam invoke {} /", spec.name);
@@ -507,15 +506,26 @@ pub fn get(kind: Kind, output: Output) -> anyhow::Result<ExitCode> {
                     "HOSTS",
                     "SELECTOR",
                     "DURABILITY",
+                    "PROTECTED",
                     "DIGEST",
                 ]);
                 for w in ws {
+                    let protected = if w.protection.is_empty() {
+                        "-".to_string()
+                    } else {
+                        format!(
+                            "{}/{}",
+                            w.protection.values().filter(|p| p.protected).count(),
+                            w.hosts.len()
+                        )
+                    };
                     t.add_row([
                         w.spec.name,
                         format!("{}/{}", w.hosts.len(), w.spec.replicas),
                         w.hosts.join(","),
                         w.spec.selector,
                         w.spec.durability.to_string(),
+                        protected,
                         w.spec.digest.chars().take(19).collect(),
                     ]);
                 }
@@ -536,6 +546,8 @@ pub fn get(kind: Kind, output: Output) -> anyhow::Result<ExitCode> {
                     "ROLLED BACK",
                     "RESTARTED",
                     "LAST FAILURE",
+                    "STANDBY",
+                    "CHECKPOINT AGE",
                 ]);
                 for i in is {
                     t.add_row([
@@ -545,6 +557,9 @@ pub fn get(kind: Kind, output: Output) -> anyhow::Result<ExitCode> {
                         i.rolled_back.to_string(),
                         i.restarted.to_string(),
                         i.last_failure.unwrap_or_default(),
+                        i.standby.unwrap_or_else(|| "-".into()),
+                        i.checkpoint_age_ms
+                            .map_or_else(|| "-".into(), |ms| format!("{ms} ms")),
                     ]);
                 }
                 println!("{t}");
@@ -590,6 +605,26 @@ pub fn describe(name: &str, output: Output) -> anyhow::Result<ExitCode> {
                 w.hosts.join(", ")
             }
         );
+        if !w.protection.is_empty() {
+            println!("Standbys:");
+            for (primary, p) in &w.protection {
+                let age = p.checkpoint_age_ms.map_or_else(
+                    || "no checkpoint yet".to_string(),
+                    |ms| format!("last checkpoint {ms} ms ago"),
+                );
+                match &p.standby {
+                    Some(standby) => println!(
+                        "  {primary}: standby on {standby}, {age} ({})",
+                        if p.protected {
+                            "protected"
+                        } else {
+                            "unprotected"
+                        }
+                    ),
+                    None => println!("  {primary}: no standby (unprotected)"),
+                }
+            }
+        }
         if !w.rejected.is_empty() {
             println!("Other hosts:");
             for (host, reason) in &w.rejected {

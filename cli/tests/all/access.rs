@@ -353,6 +353,8 @@ fn host_expected(access: HostAccess, caller: &str) -> &'static str {
         // No migration with that id: nobody is its source, and nobody has
         // its key.
         (HostAccess::Source, _) => "401",
+        // No standby of that workload: nobody is its primary.
+        (HostAccess::Primary, _) => "401",
     }
 }
 

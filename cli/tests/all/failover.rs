@@ -3,7 +3,9 @@
 //! to its state before that request, on any host, durable or not, and the
 //! operator sees it happen.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use roam_tests::artifacts;
 
@@ -167,4 +169,141 @@ fn a_drain_whose_live_migration_fails_moves_the_workload_by_stop_and_copy() {
     );
     assert_ne!(host_of(&c, "copied"), from);
     assert_eq!(c.get("copied", "/count/c"), (200, "c=5/5".into()));
+}
+
+/// What the client saw: each acknowledged count, and when.
+struct Acked {
+    at: Instant,
+    count: u64,
+}
+
+/// Parse `a=N/N` (memory count / kv count), which must agree.
+fn count(body: &str) -> u64 {
+    let (_, counts) = body.split_once('=').unwrap();
+    let (memory, kv) = counts.split_once('/').unwrap();
+    assert_eq!(memory, kv, "memory and kv agree: {body}");
+    memory.parse().unwrap()
+}
+
+#[test]
+fn an_async_workload_fails_over_to_its_standby_with_its_state_when_its_host_is_killed() {
+    let mut c = Cluster::start_with(&[("HEARTBEAT_TIMEOUT", "2s")]);
+    c.add_host("eu-1", "eu-west-1", "EU");
+    c.add_host("eu-2", "eu-central-1", "EU");
+    c.add_host("us-1", "us-east-1", "US");
+    c.wait_ready(3);
+    let events = subscribe(&c);
+    deploy(
+        &c,
+        &[
+            artifacts::FAULTY,
+            "--name",
+            "durable",
+            "--grant",
+            "kv,timers,send",
+            "--selector",
+            "jurisdiction=EU",
+            "--durability",
+            "async",
+            "--checkpoint-interval",
+            "20ms",
+        ],
+    );
+    poll(Duration::from_secs(60), "durable to serve", || {
+        c.get("durable", "/count/a").0 == 200
+    });
+    let primary = host_of(&c, "durable");
+    let standby = if primary == "eu-1" { "eu-2" } else { "eu-1" };
+    // The standby goes to the only other host its rules allow, never to
+    // the primary's nor to us-1, and the replica shows as protected.
+    poll(
+        Duration::from_secs(30),
+        "the replica to be protected",
+        || {
+            let (ok, out, _) = c.roam(&["describe", "workload", "durable"]);
+            ok && out.contains(&format!("{primary}: standby on {standby}"))
+                && out.contains("(protected)")
+        },
+    );
+    let (ok, out, _) = c.roam(&["get", "workloads"]);
+    assert!(ok && out.contains("1/1"), "protected 1/1: {out}");
+
+    // A client sends requests one after another, through the ingress, and
+    // never resends one that was acknowledged.
+    let url = format!("{}/w/durable/count/a", c.url);
+    let agent = c.agent.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut acked: Vec<Acked> = Vec::new();
+            let mut failed = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                match agent.post(&url).send("") {
+                    Ok(mut r) if r.status() == 200 => {
+                        let body = r.body_mut().read_to_string().unwrap();
+                        acked.push(Acked {
+                            at: Instant::now(),
+                            count: count(&body),
+                        });
+                    }
+                    _ => failed += 1,
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (acked, failed)
+        })
+    };
+    poll(Duration::from_secs(60), "300 requests answered", || {
+        count(&c.get("durable", "/count/a").1) >= 300
+    });
+    c.kill_host(&primary);
+    let killed = Instant::now();
+    let event = loop {
+        let event = wait_event(&events, "\"type\":\"failover\"");
+        if event.contains("\"workload\":\"durable\"") {
+            break event;
+        }
+    };
+    assert!(event.contains("\"outcome\":\"promoted\""), "{event}");
+    assert!(event.contains(&format!("\"to\":\"{standby}\"")), "{event}");
+    // Serving again from the standby, then the client stops.
+    poll(
+        Duration::from_secs(30),
+        "answers after the failover",
+        || c.get("durable", "/count/a").0 == 200,
+    );
+    let served_again = killed.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let (acked, failed) = client.join().unwrap();
+    let before: Vec<&Acked> = acked.iter().filter(|a| a.at < killed).collect();
+    let after: Vec<&Acked> = acked.iter().filter(|a| a.at >= killed).collect();
+    let last = before.last().expect("requests before the kill").count;
+    let first_after = after
+        .first()
+        .map_or_else(|| count(&c.get("durable", "/count/a").1) + 1, |a| a.count);
+    // The promoted copy went on from the standby's last checkpoint: what it
+    // lost are the requests acknowledged after that checkpoint, at most an
+    // interval's worth (and the time to send it), never everything.
+    let lost = last.saturating_sub(first_after - 1);
+    let window = Duration::from_millis(20 + 250);
+    let in_window = before
+        .iter()
+        .filter(|a| killed.duration_since(a.at) <= window)
+        .count() as u64;
+    eprintln!(
+        "async failover: {last} acknowledged before the kill, {lost} lost (at most {in_window} acknowledged in the last {window:?}), {failed} requests failed meanwhile, serving again {served_again:?} after the kill"
+    );
+    assert!(first_after > 1, "the state survived: {first_after}");
+    assert!(
+        lost <= in_window,
+        "lost {lost}, more than the {in_window} of the last interval"
+    );
+    assert_eq!(host_of(&c, "durable"), standby);
+    // No other EU host is left to keep a standby: the replica serves on,
+    // shown as unprotected.
+    poll(Duration::from_secs(10), "shown unprotected", || {
+        let (ok, out, _) = c.roam(&["describe", "workload", "durable"]);
+        ok && out.contains(&format!("{standby}: no standby (unprotected)"))
+    });
 }

@@ -2,7 +2,7 @@
 //! workloads and their logs, snapshot and restore of a replica, replicas,
 //! events. Hosts download modules by digest with their certificate.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -302,10 +302,19 @@ fn info(s: &Scheduler, spec: WorkloadSpec) -> WorkloadInfo {
         .filter(|(h, _)| !hosts.contains(h))
         .map(|(h, r)| (h, r.to_string()))
         .collect();
+    let protection = if spec.durability == roam_proto::Durability::None {
+        BTreeMap::new()
+    } else {
+        hosts
+            .iter()
+            .map(|h| (h.clone(), s.protection(&spec, h)))
+            .collect()
+    };
     WorkloadInfo {
         spec,
         hosts,
         rejected,
+        protection,
     }
 }
 
@@ -478,6 +487,11 @@ pub(super) async fn instances(State(s): State<Arc<Scheduler>>) -> Response {
                     .as_ref()
                     .and_then(|e| e.instances.iter().find(|i| i.workload == w).cloned())
                     .unwrap_or_default();
+                let standby = s.standby_of(&w, &h);
+                // The age only of checkpoints the recorded standby took.
+                let checkpoint_age_ms = reported
+                    .checkpoint_age_ms
+                    .filter(|_| standby.is_some() && reported.standby == standby);
                 InstanceInfo {
                     ready: entry.is_some_and(|e| s.alive(&e)),
                     workload: w.clone(),
@@ -485,6 +499,8 @@ pub(super) async fn instances(State(s): State<Arc<Scheduler>>) -> Response {
                     rolled_back: reported.rolled_back,
                     restarted: reported.restarted,
                     last_failure: reported.last_failure,
+                    standby,
+                    checkpoint_age_ms,
                 }
             })
         })

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use roam_proto::paths::{self, BadSegment, MigrationStep};
 use roam_proto::{
     CommitOutcome, MigrationDecision, MigrationStatus, MigrationStatusQuery, PrepareMigration,
-    SendMigration, StartInstance, StopQuery, headers,
+    Promote, SendMigration, StandbyTarget, StartInstance, StartStandby, StopQuery, headers,
 };
 
 use roam_tls::Transport;
@@ -182,6 +182,65 @@ impl HostClient {
         };
         match self.send(to, self.http.delete(url).query(&query)).await {
             Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    /// `PUT /v1/standbys/{workload}`: keep a standby there.
+    pub(super) async fn keep_standby(
+        &self,
+        to: &Endpoint,
+        workload: &str,
+        standby: &StartStandby,
+    ) -> Result<(), HostError> {
+        let url = paths::standby(workload)?.on(&to.base);
+        self.send(to, self.http.put(url).json(standby))
+            .await
+            .map(drop)
+    }
+
+    /// `DELETE /v1/standbys/{workload}`; a host without it counts as done.
+    pub(super) async fn drop_standby(
+        &self,
+        to: &Endpoint,
+        workload: &str,
+    ) -> Result<(), HostError> {
+        let url = paths::standby(workload)?.on(&to.base);
+        let request = self.http.delete(url).timeout(STATUS_TIMEOUT);
+        match self.send(to, request).await {
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    /// `POST /v1/standbys/{workload}/promote`.
+    pub(super) async fn promote(
+        &self,
+        to: &Endpoint,
+        workload: &str,
+        promote: &Promote,
+    ) -> Result<(), HostError> {
+        let url = paths::standby_promote(workload)?.on(&to.base);
+        self.send(to, self.http.post(url).json(promote))
+            .await
+            .map(drop)
+    }
+
+    /// `PUT /v1/instances/{workload}/standby` (or `DELETE` with `None`):
+    /// where the primary streams its checkpoints.
+    pub(super) async fn stream_to(
+        &self,
+        to: &Endpoint,
+        workload: &str,
+        target: Option<&StandbyTarget>,
+    ) -> Result<(), HostError> {
+        let url = paths::instance_standby(workload)?.on(&to.base);
+        let request = match target {
+            Some(t) => self.http.put(url).json(t),
+            None => self.http.delete(url),
+        };
+        match self.send(to, request.timeout(STATUS_TIMEOUT)).await {
+            Err(e) if target.is_none() && e.status() == Some(StatusCode::NOT_FOUND) => Ok(()),
             other => other.map(drop),
         }
     }

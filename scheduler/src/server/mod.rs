@@ -52,6 +52,7 @@ mod migrations;
 mod reconciler;
 mod recovery;
 mod registry;
+mod standby;
 
 use host_client::{Endpoint, HostClient};
 
@@ -117,6 +118,8 @@ struct HostEntry {
     last_seen: Instant,
     memory_used: u64,
     instances: Vec<InstanceStatus>,
+    /// Standbys it keeps, as it last reported.
+    standbys: Vec<roam_proto::StandbyStatus>,
     /// The [`Scheduler::revocations`] count this host has the list of.
     revocations_seen: u64,
 }
@@ -184,18 +187,62 @@ struct Scheduler {
     /// reconcile round or a lookup reads no file: every change goes to the
     /// store first, then here.
     desired: RwLock<Desired>,
+    /// Standbys by workload, then by primary host (recorded in the store
+    /// with the placement, role `standby`).
+    standbys: Mutex<BTreeMap<String, BTreeMap<String, StandbyPair>>>,
+    /// When each (workload, primary) pair was last sent to its hosts.
+    standby_sent: Mutex<HashMap<(String, String), Instant>>,
 }
 
-/// What a replica is to its workload. The failover issue adds `standby`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// What a replica is to its workload.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum ReplicaRole {
     /// Serves the workload.
     Primary,
+    /// Keeps the state of the primary on host `of`, from the checkpoints
+    /// only that host may send (with `key`).
+    Standby {
+        /// The primary's host.
+        of: String,
+        /// The secret the primary presents with each checkpoint.
+        key: String,
+    },
+}
+
+/// A primary's standby, as the scheduler records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct StandbyPair {
+    /// The standby's host.
+    host: String,
+    /// The secret the primary presents with each checkpoint.
+    key: String,
 }
 
 /// Where a workload is placed, as the store keeps it: host → role.
 type Placement = BTreeMap<String, ReplicaRole>;
+
+/// The store's record of a workload's placement: its primaries and the
+/// standbys of those that have one.
+fn placement_record(
+    primaries: impl IntoIterator<Item = String>,
+    standbys: Option<&BTreeMap<String, StandbyPair>>,
+) -> Placement {
+    let mut placement: Placement = primaries
+        .into_iter()
+        .map(|h| (h, ReplicaRole::Primary))
+        .collect();
+    for (primary, pair) in standbys.into_iter().flatten() {
+        placement.insert(
+            pair.host.clone(),
+            ReplicaRole::Standby {
+                of: primary.clone(),
+                key: pair.key.clone(),
+            },
+        );
+    }
+    placement
+}
 
 #[derive(Default)]
 struct Desired {
@@ -264,11 +311,26 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     }
     // Exactly the recorded placements: what hosts report is checked
     // against them, never taken as they say.
-    let assignments: BTreeMap<String, BTreeSet<String>> = store
-        .assignments::<Placement>()?
-        .into_iter()
-        .map(|(w, p)| (w, p.into_keys().collect()))
-        .collect();
+    let mut assignments: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut standbys: BTreeMap<String, BTreeMap<String, StandbyPair>> = BTreeMap::new();
+    for (workload, placement) in store.assignments::<Placement>()? {
+        for (host, role) in placement {
+            match role {
+                ReplicaRole::Primary => {
+                    assignments
+                        .entry(workload.clone())
+                        .or_default()
+                        .insert(host);
+                }
+                ReplicaRole::Standby { of, key } => {
+                    standbys
+                        .entry(workload.clone())
+                        .or_default()
+                        .insert(of, StandbyPair { host, key });
+                }
+            }
+        }
+    }
     let desired = Desired {
         workloads: store.workloads::<WorkloadSpec>()?.into_iter().collect(),
         cordoned: store.cordoned()?.into_iter().collect(),
@@ -315,6 +377,8 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         changed: std::sync::atomic::AtomicBool::new(true),
         wake: tokio::sync::Notify::new(),
         desired: RwLock::new(desired),
+        standbys: Mutex::new(standbys),
+        standby_sent: Mutex::new(HashMap::new()),
         config,
     });
     scheduler.load_migrations();
@@ -514,20 +578,17 @@ impl Scheduler {
         workload: &str,
         hosts: &BTreeSet<String>,
     ) -> Result<(), crate::store::StoreError> {
-        let placement: Placement = hosts
-            .iter()
-            .map(|h| (h.clone(), ReplicaRole::Primary))
-            .collect();
+        let standbys = self.standbys.lock().unwrap_or_else(|e| e.into_inner());
+        let placement = placement_record(hosts.iter().cloned(), standbys.get(workload));
         self.store
             .put_assignment(workload, (!placement.is_empty()).then_some(&placement))
     }
 
     /// Where `workload` is placed now, as the store keeps it.
     fn placement(&self, workload: &str) -> Placement {
-        self.placed_on(workload)
-            .into_iter()
-            .map(|h| (h, ReplicaRole::Primary))
-            .collect()
+        let primaries = self.placed_on(workload);
+        let standbys = self.standbys.lock().unwrap_or_else(|e| e.into_inner());
+        placement_record(primaries, standbys.get(workload))
     }
 
     /// The hosts `workload` is placed on (starts in flight included).

@@ -73,6 +73,9 @@ impl Scheduler {
                 }
             }
         }
+        // Standbys of primaries on hosts that just went down take over
+        // before those replicas count as lost.
+        self.failover(&alive).await;
         let specs = self.specs();
         let mut desired = Vec::new();
         for s in specs.iter().filter(|s| !frozen.contains(&s.name)) {
@@ -160,6 +163,7 @@ impl Scheduler {
                 .for_each_concurrent(COMMANDS_IN_FLIGHT, |command| self.perform(command, &specs))
                 .await;
         }
+        self.maintain_standbys(&specs).await;
     }
 
     async fn perform(self: &Arc<Self>, command: Command, specs: &[WorkloadSpec]) {

@@ -38,7 +38,7 @@ impl Scheduler {
                 memory_total: e.capacity.memory,
                 memory_used: e.memory_used,
                 slots_total: e.capacity.slots,
-                slots_used: e.instances.len() as u32,
+                slots_used: (e.instances.len() + e.standbys.len()) as u32,
             })
             .collect();
         views.sort_by(|a, b| a.id.cmp(&b.id));
@@ -86,6 +86,30 @@ fn reported_instances(instances: &mut [InstanceStatus]) -> Result<(), String> {
         if let Some(text) = &mut i.last_failure {
             text.truncate(text.floor_char_boundary(roam_proto::MAX_FAILURE_TEXT));
         }
+        if i.standby
+            .as_deref()
+            .is_some_and(|h| roam_proto::names::host(h).is_err())
+        {
+            return Err(format!(
+                "instance `{}`: its standby is not a host name",
+                i.workload
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What a host reports of the standbys it keeps, checked likewise.
+fn reported_standbys(standbys: &[roam_proto::StandbyStatus]) -> Result<(), String> {
+    if standbys.len() > MAX_INSTANCES {
+        return Err(format!(
+            "{} standbys reported, at most {MAX_INSTANCES}",
+            standbys.len()
+        ));
+    }
+    for s in standbys {
+        roam_proto::names::workload(&s.workload).map_err(|e| e.to_string())?;
+        roam_proto::names::host(&s.primary).map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -266,6 +290,7 @@ pub(super) async fn join(
             last_seen: Instant::now(),
             memory_used: req.instances.iter().map(|i| i.memory).sum(),
             instances: req.instances,
+            standbys: Vec::new(),
             revocations_seen: s.revocations.load(std::sync::atomic::Ordering::Acquire),
         },
     );
@@ -303,7 +328,9 @@ pub(super) async fn heartbeat(
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    if let Err(e) = reported_instances(&mut beat.instances) {
+    if let Err(e) =
+        reported_instances(&mut beat.instances).and_then(|()| reported_standbys(&beat.standbys))
+    {
         return error(StatusCode::BAD_REQUEST, e);
     }
     let Some(mut entry) = s.hosts.get_mut(&name) else {
@@ -330,10 +357,26 @@ pub(super) async fn heartbeat(
             entry.engine = beat.engine;
         }
     }
-    if entry.memory_used != beat.memory_used || entry.instances != beat.instances {
+    // A checkpoint's age changes with every report; alone it is no change
+    // for the reconciler.
+    let ageless = |list: &[InstanceStatus]| -> Vec<InstanceStatus> {
+        list.iter()
+            .map(|i| InstanceStatus {
+                checkpoint_age_ms: None,
+                ..i.clone()
+            })
+            .collect()
+    };
+    let changed = entry.memory_used != beat.memory_used
+        || entry.standbys != beat.standbys
+        || ageless(&entry.instances) != ageless(&beat.instances);
+    if !changed {
+        entry.instances = beat.instances;
+    } else {
         let failed = new_failures(&entry.instances, &beat.instances);
         entry.memory_used = beat.memory_used;
         entry.instances = beat.instances;
+        entry.standbys = beat.standbys;
         drop(entry);
         for f in failed {
             s.event(

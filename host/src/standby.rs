@@ -1,0 +1,589 @@
+//! Standbys, both roles.
+//!
+//! A durable workload (`durability = async` or `sync`) has a **standby** on
+//! another host: a copy of its state that does not run. The scheduler tells
+//! the standby's host which primary it stands by for
+//! (`PUT /v1/standbys/{workload}`), then tells the primary's host where its
+//! standby is (`PUT /v1/instances/{workload}/standby`). From then on the
+//! primary's host streams the workload's checkpoints to it: every interval,
+//! the driver's export of its last good state (the whole of it first, then
+//! only the pages written since, with globals, tables and host state: kv,
+//! timers, inbox, outbox), which the standby checks and applies into its
+//! flat [`Checkpoint`] and acknowledges. Only the recorded primary may send
+//! them: its certificate, and the key the scheduler gave both.
+//!
+//! When the primary's host is declared dead the scheduler promotes the
+//! standby (`POST /v1/standbys/{workload}/promote`) at a higher generation:
+//! it is restored from its checkpoint and serves, and its `roam_restored`
+//! hook is told it came from the primary's host.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, post, put};
+use roam_proto::reply::error;
+use roam_proto::{
+    CHECKPOINT_INTERVAL_MS, CheckpointAck, Promote, StandbyStatus, StandbyTarget, StartStandby,
+    paths,
+};
+use roam_runtime::abi::Place;
+use roam_runtime::checkpoint::Checkpoint;
+use roam_runtime::snapshot::codec::{self, DecodeLimits};
+use roam_runtime::{Digest, Module, Workload};
+
+use crate::access::HostAccess::{Primary, Scheduler};
+use crate::access::{Route, SMALL, SPEC, rule};
+use crate::daemon::Host;
+
+/// Largest checkpoint accepted (a full one of the largest memory).
+pub(crate) const MAX_CHECKPOINT: usize = 1 << 30;
+
+/// After a checkpoint the standby did not take, the next try waits at
+/// least this long (it will be a full one).
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+/// A standby kept here.
+pub(crate) struct Standby {
+    start: StartStandby,
+    digest: Digest,
+    /// Compiled and held, so promotion does not wait for a fetch.
+    module: Module,
+    checkpoint: Option<Checkpoint>,
+}
+
+impl Standby {
+    /// Memory it holds against this host's capacity.
+    pub(crate) fn memory(&self) -> u64 {
+        self.start.instance.memory
+    }
+}
+
+/// A primary's stream to its standby, as this host reports it.
+#[derive(Default)]
+pub(crate) struct Link {
+    /// The standby's host.
+    pub(crate) host: String,
+    /// When the standby last held everything the workload had done (it
+    /// acknowledged the latest export, or nothing changed since).
+    synced_at: Mutex<Option<Instant>>,
+    task: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Link {
+    /// Milliseconds since the standby was last known to hold the whole
+    /// state.
+    pub(crate) fn age_ms(&self) -> Option<u64> {
+        self.synced_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|at| at.elapsed().as_millis().try_into().unwrap_or(u64::MAX))
+    }
+
+    fn synced(&self) {
+        *self.synced_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    pub(crate) fn stop(&self) {
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+/// The standby routes. The checkpoint route is the primary's; the others
+/// the scheduler's.
+pub(crate) fn routes() -> Vec<Route> {
+    use paths::host as h;
+    vec![
+        rule("PUT", h::STANDBY, Scheduler, SPEC, put(keep)),
+        rule("DELETE", h::STANDBY, Scheduler, SMALL, delete(drop_standby)),
+        rule("POST", h::STANDBY_PROMOTE, Scheduler, SMALL, post(promote)),
+        rule(
+            "POST",
+            h::STANDBY_CHECKPOINT,
+            Primary,
+            MAX_CHECKPOINT,
+            post(checkpoint),
+        ),
+        rule("PUT", h::INSTANCE_STANDBY, Scheduler, SMALL, put(stream_to)),
+        rule(
+            "DELETE",
+            h::INSTANCE_STANDBY,
+            Scheduler,
+            SMALL,
+            delete(stop_stream),
+        ),
+    ]
+}
+
+/// Refuse a checkpoint from anyone but the recorded primary: over TLS its
+/// certificate, and always the standby's key.
+pub(crate) async fn require_primary(
+    State(host): State<Arc<Host>>,
+    Path(workload): Path<String>,
+    peer: roam_tls::Peer,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let expected = {
+        let standbys = host.standbys.lock().await;
+        standbys
+            .get(&workload)
+            .map(|s| (s.start.primary.clone(), s.start.key.clone()))
+    };
+    let Some((primary, key)) = expected else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            format!("no standby of `{workload}` here; only its primary may call this"),
+        );
+    };
+    if host.tls.is_some() && peer.host() != Some(primary.as_str()) {
+        return error(
+            if peer.host().is_some() {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::UNAUTHORIZED
+            },
+            format!("the standby of `{workload}` takes checkpoints from host `{primary}` only"),
+        );
+    }
+    if !roam_proto::reply::presents(request.headers(), &key) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong standby key");
+    }
+    next.run(request).await
+}
+
+/// `PUT /v1/standbys/{workload}`: keep a standby (its module fetched and
+/// compiled now). The same standby again changes nothing; another primary,
+/// generation or module starts it over, empty.
+async fn keep(
+    State(host): State<Arc<Host>>,
+    Path(workload): Path<String>,
+    Json(start): Json<StartStandby>,
+) -> Response {
+    let Some(digest) = Digest::parse(&start.instance.digest) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("`{}` is not a sha256 digest", start.instance.digest),
+        );
+    };
+    if roam_proto::names::host(&start.primary).is_err() || start.key.len() < 16 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a standby needs its primary's host name and a key",
+        );
+    }
+    if start.primary == host.config.name {
+        return error(
+            StatusCode::CONFLICT,
+            "a standby is never on its primary's host",
+        );
+    }
+    {
+        let workloads = host.workloads.lock().await;
+        if workloads.contains_key(&workload) {
+            return error(
+                StatusCode::CONFLICT,
+                format!("`{workload}` runs here; its standby must be elsewhere"),
+            );
+        }
+        let standbys = host.standbys.lock().await;
+        if standbys.get(&workload).is_some_and(|s| s.start == start) {
+            return StatusCode::OK.into_response();
+        }
+        if let Err(full) = host.room_for(&workloads, &standbys, &workload, start.instance.memory) {
+            return full.into_response();
+        }
+    }
+    let module = match host.module(&digest).await {
+        Ok(m) => m,
+        Err(e) => return e.reply(),
+    };
+    tracing::info!(%workload, primary = %start.primary, generation = start.instance.generation, "keeping a standby");
+    host.standbys.lock().await.insert(
+        workload,
+        Standby {
+            start,
+            digest,
+            module,
+            checkpoint: None,
+        },
+    );
+    StatusCode::CREATED.into_response()
+}
+
+async fn drop_standby(State(host): State<Arc<Host>>, Path(workload): Path<String>) -> Response {
+    match host.standbys.lock().await.remove(&workload) {
+        Some(_) => StatusCode::OK.into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no standby of `{workload}` on this host"),
+        ),
+    }
+}
+
+/// `POST /v1/standbys/{workload}/checkpoint`: the primary's checkpoint,
+/// checked (module, memory bound, lineage and base) and applied; a delta
+/// that does not follow what the standby holds is refused (409) and
+/// changes nothing, and the primary sends a full one next.
+async fn checkpoint(
+    State(host): State<Arc<Host>>,
+    Path(workload): Path<String>,
+    body: Bytes,
+) -> Response {
+    let (digest, memory) = {
+        let standbys = host.standbys.lock().await;
+        match standbys.get(&workload) {
+            Some(s) => (s.digest, s.start.instance.memory),
+            None => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("no standby of `{workload}` on this host"),
+                );
+            }
+        }
+    };
+    let limits = DecodeLimits {
+        max_memory_bytes: memory,
+        ..Default::default()
+    };
+    let decoded =
+        match tokio::task::spawn_blocking(move || codec::decode(&body, Some(&digest), &limits))
+            .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+    let mut standbys = host.standbys.lock().await;
+    let Some(standby) = standbys.get_mut(&workload) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no standby of `{workload}` on this host"),
+        );
+    };
+    let applied = if decoded.is_full() {
+        Checkpoint::new(&decoded, memory).map(|c| {
+            standby.checkpoint = Some(c);
+        })
+    } else {
+        match &mut standby.checkpoint {
+            Some(c) => c.apply(&decoded),
+            None => {
+                return error(
+                    StatusCode::CONFLICT,
+                    "the standby holds no checkpoint yet; send a full one",
+                );
+            }
+        }
+    };
+    match (applied, &standby.checkpoint) {
+        (Ok(()), Some(c)) => Json(CheckpointAck {
+            sequence: c.sequence(),
+        })
+        .into_response(),
+        (Ok(()), None) => error(StatusCode::INTERNAL_SERVER_ERROR, "no checkpoint"),
+        (Err(e), _) => error(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+/// `POST /v1/standbys/{workload}/promote`: serve from the last checkpoint
+/// at the given generation. Refused (and the standby kept) when it holds
+/// no checkpoint or the generation is below the one it stood by for.
+async fn promote(
+    State(host): State<Arc<Host>>,
+    Path(workload): Path<String>,
+    Json(promote): Json<Promote>,
+) -> Response {
+    let taken = {
+        let mut standbys = host.standbys.lock().await;
+        match standbys.get(&workload) {
+            None => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("no standby of `{workload}` on this host"),
+                );
+            }
+            Some(s) if s.checkpoint.is_none() => {
+                return error(
+                    StatusCode::CONFLICT,
+                    format!("the standby of `{workload}` has no checkpoint yet"),
+                );
+            }
+            Some(s) if promote.generation < s.start.instance.generation => {
+                return error(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "promotion at generation {} is below the primary's {}",
+                        promote.generation, s.start.instance.generation
+                    ),
+                );
+            }
+            Some(_) => standbys.remove(&workload),
+        }
+    };
+    let Some(Standby {
+        start,
+        module,
+        checkpoint: Some(checkpoint),
+        ..
+    }) = taken
+    else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "standby vanished");
+    };
+    let began = Instant::now();
+    let mut spec = start.instance;
+    spec.generation = promote.generation;
+    let config = host.instance_config(&workload, &spec);
+    let from = Place {
+        host: start.primary.clone(),
+        site: start.primary_site.clone(),
+    };
+    let snapshot = checkpoint.to_snapshot();
+    let mut instance = match Workload::restore(
+        &host.runtime,
+        &module,
+        config.clone(),
+        &snapshot,
+        Some(&from),
+    )
+    .await
+    {
+        Ok(w) => w,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    };
+    instance.instance_mut().set_generation(spec.generation);
+    host.run_workload(module, config, instance, spec).await;
+    tracing::info!(
+        %workload,
+        primary = %start.primary,
+        generation = promote.generation,
+        sequence = snapshot.sequence,
+        took_ms = began.elapsed().as_secs_f64() * 1e3,
+        "standby promoted"
+    );
+    StatusCode::CREATED.into_response()
+}
+
+/// `PUT /v1/instances/{workload}/standby`: stream the workload's
+/// checkpoints to this standby (replacing any earlier one).
+async fn stream_to(
+    State(host): State<Arc<Host>>,
+    Path(workload): Path<String>,
+    Json(target): Json<StandbyTarget>,
+) -> Response {
+    if roam_proto::names::host(&target.host).is_err() || target.host == host.config.name {
+        return error(StatusCode::BAD_REQUEST, "a standby on another, named host");
+    }
+    if !CHECKPOINT_INTERVAL_MS.contains(&target.interval_ms) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the checkpoint interval must be {} to {} ms",
+                CHECKPOINT_INTERVAL_MS.start(),
+                CHECKPOINT_INTERVAL_MS.end()
+            ),
+        );
+    }
+    let base = match host.peer_base(&target.host, &target.url) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let url = match paths::standby_checkpoint(&workload) {
+        Ok(p) => p.on(&base),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    if !host.workloads.lock().await.contains_key(&workload) {
+        return crate::control::not_here(&workload);
+    }
+    let mut links = host.links.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(old) = links.get(&workload) {
+        if old.host == target.host && old.task.lock().is_ok_and(|t| t.is_some()) {
+            return StatusCode::OK.into_response();
+        }
+        old.stop();
+    }
+    let link = Arc::new(Link {
+        host: target.host.clone(),
+        ..Link::default()
+    });
+    let task = tokio::spawn(stream(
+        host.clone(),
+        workload.clone(),
+        url,
+        target,
+        link.clone(),
+    ));
+    *link.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
+    links.insert(workload, link);
+    StatusCode::CREATED.into_response()
+}
+
+async fn stop_stream(State(host): State<Arc<Host>>, Path(workload): Path<String>) -> Response {
+    match host
+        .links
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&workload)
+    {
+        Some(link) => {
+            link.stop();
+            StatusCode::OK.into_response()
+        }
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// The primary's side: every interval, export what changed and send it;
+/// after a refusal or a failure, a full checkpoint next. Ends when the
+/// workload no longer runs here.
+async fn stream(
+    host: Arc<Host>,
+    workload: String,
+    url: String,
+    target: StandbyTarget,
+    link: Arc<Link>,
+) {
+    let every = Duration::from_millis(target.interval_ms);
+    let mut full = true;
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(if failing {
+            every.max(RETRY_AFTER_FAILURE)
+        } else {
+            every
+        })
+        .await;
+        let running = host
+            .workloads
+            .lock()
+            .await
+            .get(&workload)
+            .map(|r| r.handle.clone());
+        let Some(handle) = running else {
+            tracing::info!(%workload, "the workload left this host; its checkpoint stream ends");
+            break;
+        };
+        let export = match handle.export(full).await {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                if !full && !failing {
+                    link.synced();
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(%workload, error = %e, "no checkpoint this interval");
+                continue;
+            }
+        };
+        let was_full = export.is_full();
+        let bytes = match tokio::task::spawn_blocking(move || codec::encode(&export)).await {
+            Ok(b) => b,
+            Err(_) => continue,
+        };
+        let sent = host
+            .http
+            .post(&url)
+            .bearer_auth(&target.key)
+            .body(bytes)
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => {
+                full = false;
+                failing = false;
+                link.synced();
+            }
+            Ok(r) => {
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                tracing::warn!(%workload, standby = %target.host, %status, %body, was_full, "the standby refused a checkpoint; sending a full one next");
+                full = true;
+                failing = true;
+            }
+            Err(e) => {
+                tracing::warn!(%workload, standby = %target.host, error = %e, "checkpoint not delivered; sending a full one next");
+                full = true;
+                failing = true;
+            }
+        }
+    }
+    host.links
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|w, l| !(w == &workload && Arc::ptr_eq(l, &link)));
+}
+
+/// A host without room for one more instance or standby.
+pub(crate) struct FullHost(String);
+
+impl IntoResponse for FullHost {
+    fn into_response(self) -> Response {
+        error(StatusCode::SERVICE_UNAVAILABLE, self.0)
+    }
+}
+
+impl Host {
+    /// The standbys kept here, as reported to the scheduler.
+    pub(crate) async fn standby_statuses(&self) -> Vec<StandbyStatus> {
+        self.standbys
+            .lock()
+            .await
+            .iter()
+            .map(|(workload, s)| StandbyStatus {
+                workload: workload.clone(),
+                primary: s.start.primary.clone(),
+                generation: s.start.instance.generation,
+                memory: s.start.instance.memory,
+                sequence: s.checkpoint.as_ref().map_or(0, Checkpoint::sequence),
+            })
+            .collect()
+    }
+
+    /// The standby and checkpoint age of a workload running here.
+    pub(crate) fn link_of(&self, workload: &str) -> (Option<String>, Option<u64>) {
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        match links.get(workload) {
+            Some(l) => (Some(l.host.clone()), l.age_ms()),
+            None => (None, None),
+        }
+    }
+
+    /// Whether `memory` more bytes and one more slot fit, counting
+    /// running workloads and standbys other than `workload`'s; else the
+    /// refusal (503).
+    pub(crate) fn room_for(
+        &self,
+        workloads: &HashMap<String, crate::daemon::Running>,
+        standbys: &HashMap<String, Standby>,
+        workload: &str,
+        memory: u64,
+    ) -> Result<(), FullHost> {
+        let (used, count) = workloads
+            .iter()
+            .filter(|(name, _)| *name != workload)
+            .map(|(_, r)| r.status.memory)
+            .chain(
+                standbys
+                    .iter()
+                    .filter(|(name, _)| *name != workload)
+                    .map(|(_, s)| s.start.instance.memory),
+            )
+            .fold((0u64, 0u32), |(m, n), mem| (m.saturating_add(mem), n + 1));
+        let (capacity, slots) = (self.config.capacity_memory, self.config.slots);
+        if count >= slots || used.saturating_add(memory) > capacity {
+            return Err(FullHost(format!(
+                "host `{}` is full: {count} of {slots} slots and {used} of {capacity} bytes in use, `{workload}` needs {memory} bytes",
+                self.config.name
+            )));
+        }
+        Ok(())
+    }
+}
