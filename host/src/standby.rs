@@ -8,14 +8,14 @@
 //! primary's host streams the workload's checkpoints to it: every interval,
 //! the driver's export of its last good state (the whole of it first, then
 //! only the pages written since, with globals, tables and host state: kv,
-//! timers, inbox, outbox), which the standby checks and applies into its
-//! flat [`Checkpoint`] and acknowledges. Only the recorded primary may send
+//! timers, inbox, outbox), which the standby checks and applies into an
+//! instance that does not run, and acknowledges. Only the recorded primary may send
 //! them: its certificate, and the key the scheduler gave both.
 //!
 //! When the primary's host is declared dead the scheduler promotes the
-//! standby (`POST /v1/standbys/{workload}/promote`) at a higher generation:
-//! it is restored from its checkpoint and serves, and its `roam_restored`
-//! hook is told it came from the primary's host.
+//! standby (`POST /v1/standbys/{workload}/promote`): the instance already
+//! holds the last checkpoint, so it starts serving without a restore, and
+//! its `roam_restored` hook is told it came from the primary's host.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,9 +33,8 @@ use roam_proto::{
     paths,
 };
 use roam_runtime::abi::Place;
-use roam_runtime::checkpoint::Checkpoint;
 use roam_runtime::snapshot::codec::{self, DecodeLimits};
-use roam_runtime::{Digest, Module, Workload};
+use roam_runtime::{Digest, Instance, Module, Workload};
 
 use crate::access::HostAccess::{Primary, Scheduler};
 use crate::access::{Route, SMALL, SPEC, rule};
@@ -54,7 +53,10 @@ pub(crate) struct Standby {
     digest: Digest,
     /// Compiled and held, so promotion does not wait for a fetch.
     module: Module,
-    checkpoint: Option<Checkpoint>,
+    /// An instance that never runs while it is a standby: the first full
+    /// checkpoint restored into it, every later delta applied (a slot and
+    /// the workload's memory held here, as a running copy would).
+    state: Option<Instance>,
 }
 
 impl Standby {
@@ -212,7 +214,7 @@ async fn keep(
             start,
             digest,
             module,
-            checkpoint: None,
+            state: None,
         },
     );
     StatusCode::CREATED.into_response()
@@ -268,33 +270,49 @@ async fn checkpoint(
             format!("no standby of `{workload}` on this host"),
         );
     };
-    let applied = if decoded.is_full() {
-        Checkpoint::new(&decoded, memory).map(|c| {
-            standby.checkpoint = Some(c);
-        })
-    } else {
-        match &mut standby.checkpoint {
-            Some(c) => c.apply(&decoded),
-            None => {
-                return error(
-                    StatusCode::CONFLICT,
-                    "the standby holds no checkpoint yet; send a full one",
-                );
-            }
+    if decoded.is_full() {
+        // A fresh instance, not booted: the full checkpoint is its state.
+        standby.state = None;
+        let config = host.instance_config(&workload, &standby.start.instance);
+        match host
+            .runtime
+            .restore(&standby.module, config, &decoded)
+            .await
+        {
+            Ok(instance) => standby.state = Some(instance),
+            Err(e) => return error(StatusCode::CONFLICT, e.to_string()),
         }
-    };
-    match (applied, &standby.checkpoint) {
-        (Ok(()), Some(c)) => Json(CheckpointAck {
-            sequence: c.sequence(),
+    } else {
+        let Some(instance) = &mut standby.state else {
+            return error(
+                StatusCode::CONFLICT,
+                "the standby holds no checkpoint yet; send a full one",
+            );
+        };
+        // Checked against the instance's lineage and sequence first; a
+        // delta that fails part-way poisons it, so it is dropped and the
+        // primary sends a full one.
+        if let Err(e) = instance.apply(&decoded) {
+            if instance.is_poisoned() {
+                standby.state = None;
+            }
+            return error(StatusCode::CONFLICT, e.to_string());
+        }
+    }
+    match &standby.state {
+        Some(instance) => Json(CheckpointAck {
+            sequence: instance.sequence(),
         })
         .into_response(),
-        (Ok(()), None) => error(StatusCode::INTERNAL_SERVER_ERROR, "no checkpoint"),
-        (Err(e), _) => error(StatusCode::CONFLICT, e.to_string()),
+        None => error(StatusCode::INTERNAL_SERVER_ERROR, "no checkpoint"),
     }
 }
 
 /// `POST /v1/standbys/{workload}/promote`: serve from the last checkpoint
-/// at the given generation. Refused (and the standby kept) when it holds
+/// at the given generation. The instance holds that state already (every
+/// checkpoint was applied into it as it came), so promotion restores
+/// nothing: it checks the ABI version, calls the `roam_restored` hook and
+/// starts the driver. Refused (and the standby kept) when it holds
 /// no checkpoint or the generation is below the one it stood by for.
 async fn promote(
     State(host): State<Arc<Host>>,
@@ -310,7 +328,7 @@ async fn promote(
                     format!("no standby of `{workload}` on this host"),
                 );
             }
-            Some(s) if s.checkpoint.is_none() => {
+            Some(s) if s.state.is_none() => {
                 return error(
                     StatusCode::CONFLICT,
                     format!("the standby of `{workload}` has no checkpoint yet"),
@@ -331,7 +349,7 @@ async fn promote(
     let Some(Standby {
         start,
         module,
-        checkpoint: Some(checkpoint),
+        state: Some(state),
         ..
     }) = taken
     else {
@@ -345,16 +363,8 @@ async fn promote(
         host: start.primary.clone(),
         site: start.primary_site.clone(),
     };
-    let snapshot = checkpoint.to_snapshot();
-    let mut instance = match Workload::restore(
-        &host.runtime,
-        &module,
-        config.clone(),
-        &snapshot,
-        Some(&from),
-    )
-    .await
-    {
+    let sequence = state.sequence();
+    let mut instance = match Workload::resume(state, Some(&from)).await {
         Ok(w) => w,
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
     };
@@ -364,7 +374,7 @@ async fn promote(
         %workload,
         primary = %start.primary,
         generation = promote.generation,
-        sequence = snapshot.sequence,
+        sequence,
         took_ms = began.elapsed().as_secs_f64() * 1e3,
         "standby promoted"
     );
@@ -542,7 +552,7 @@ impl Host {
                 primary: s.start.primary.clone(),
                 generation: s.start.instance.generation,
                 memory: s.start.instance.memory,
-                sequence: s.checkpoint.as_ref().map_or(0, Checkpoint::sequence),
+                sequence: s.state.as_ref().map_or(0, Instance::sequence),
             })
             .collect()
     }

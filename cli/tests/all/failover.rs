@@ -307,3 +307,133 @@ fn an_async_workload_fails_over_to_its_standby_with_its_state_when_its_host_is_k
         ok && out.contains(&format!("{standby}: no standby (unprotected)"))
     });
 }
+
+/// Wait until the standby of `workload` (one replica) acknowledged a
+/// checkpoint taken after now: the age the primary's host reports must
+/// change twice (the second report was made at least one 200 ms heartbeat
+/// after one that arrived after now) and be under 150 ms.
+fn checkpointed_since_now(c: &Cluster, workload: &str) {
+    let mut seen: Option<u64> = None;
+    let mut changes = 0;
+    poll(Duration::from_secs(10), "a checkpoint after the last request", || {
+        let (status, body) = c.api("GET", "/v1/instances", Some(&c.admin));
+        assert_eq!(status, 200, "{body}");
+        let all: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let age = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["workload"] == workload)
+            .and_then(|i| i["checkpoint_age_ms"].as_u64());
+        if let Some(age) = age
+            && seen != Some(age)
+        {
+            seen = Some(age);
+            changes += 1;
+        }
+        changes >= 3 && seen.is_some_and(|a| a < 150)
+    });
+}
+
+/// The replica of `workload` on `primary`: its standby once it is
+/// protected.
+fn protected_standby(c: &Cluster, workload: &str, primary: &str) -> String {
+    let mut standby = String::new();
+    poll(Duration::from_secs(30), "the replica to be protected", || {
+        let (ok, out, _) = c.roam(&["get", "workloads", "-o", "json"]);
+        assert!(ok);
+        let all: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let Some(w) = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["spec"]["name"] == workload)
+        else {
+            return false;
+        };
+        let p = &w["protection"][primary];
+        if p["protected"] == true {
+            standby = p["standby"].as_str().unwrap().to_string();
+            true
+        } else {
+            false
+        }
+    });
+    standby
+}
+
+#[test]
+fn losing_the_standby_never_stops_the_primary_and_a_new_standby_takes_over_protection() {
+    let mut c = Cluster::start_with(&[("HEARTBEAT_TIMEOUT", "2s")]);
+    c.add_host("eu-1", "eu-west-1", "EU");
+    c.add_host("eu-2", "eu-central-1", "EU");
+    c.add_host("eu-3", "eu-north-1", "EU");
+    c.wait_ready(3);
+    deploy(
+        &c,
+        &[
+            artifacts::FAULTY,
+            "--name",
+            "kept",
+            "--grant",
+            "kv,timers,send",
+            "--durability",
+            "async",
+            "--checkpoint-interval",
+            "20ms",
+        ],
+    );
+    poll(Duration::from_secs(60), "kept to serve", || {
+        c.get("kept", "/count/k").0 == 200
+    });
+    let primary = host_of(&c, "kept");
+    let first = protected_standby(&c, "kept", &primary);
+    assert_ne!(first, primary);
+    // Requests all along; none may fail while the standby's host dies.
+    let mut n = 0;
+    let mut step = |c: &Cluster| {
+        n += 1;
+        assert_eq!(c.invoke("kept", "/count/k"), (200, format!("k={n}/{n}")));
+    };
+    for _ in 0..20 {
+        step(&c);
+    }
+    c.kill_host(&first);
+    let second = {
+        let mut second = String::new();
+        poll(Duration::from_secs(30), "a new standby", || {
+            step(&c);
+            let (ok, out, _) = c.roam(&["describe", "workload", "kept"]);
+            if !ok {
+                return false;
+            }
+            let last = ["eu-1", "eu-2", "eu-3"]
+                .into_iter()
+                .find(|h| *h != primary && *h != first)
+                .unwrap();
+            if out.contains(&format!("{primary}: standby on {last}")) && out.contains("(protected)")
+            {
+                second = last.to_string();
+                true
+            } else {
+                false
+            }
+        });
+        second
+    };
+    for _ in 0..10 {
+        step(&c);
+    }
+    assert_eq!(host_of(&c, "kept"), primary, "the primary never moved");
+    // The new standby was seeded with the whole state: a failover to it
+    // now keeps every request (the client waits for a checkpoint after
+    // its last one).
+    let acked = c.get("kept", "/count/k").1;
+    checkpointed_since_now(&c, "kept");
+    c.kill_host(&primary);
+    poll(Duration::from_secs(30), "served by the promoted standby", || {
+        c.get("kept", "/count/k").0 == 200 && host_of(&c, "kept") == second
+    });
+    let now = c.get("kept", "/count/k").1;
+    assert_eq!(now, acked, "nothing acknowledged was lost");
+}
