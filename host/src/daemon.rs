@@ -39,6 +39,8 @@ use crate::scheduler_client::SchedulerClient;
 pub(crate) struct Running {
     pub(crate) handle: WorkloadHandle,
     pub(crate) status: InstanceStatus,
+    /// Its durability (`sync`: answers wait for the standby).
+    pub(crate) durability: Durability,
 }
 
 /// The daemon's shared state.
@@ -281,6 +283,7 @@ impl Host {
             workload.clone(),
             Running {
                 handle,
+                durability: spec.durability,
                 status: InstanceStatus {
                     workload,
                     digest: spec.digest,

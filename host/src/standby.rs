@@ -29,10 +29,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post, put};
 use roam_proto::reply::error;
 use roam_proto::{
-    CHECKPOINT_INTERVAL_MS, CheckpointAck, Promote, StandbyStatus, StandbyTarget, StartStandby,
-    paths,
+    CHECKPOINT_INTERVAL_MS, CheckpointAck, Durability, Promote, StandbyStatus, StandbyTarget,
+    StartStandby, paths,
 };
+use roam_runtime::Snapshot;
 use roam_runtime::abi::Place;
+use roam_runtime::driver::{CommitRefused, CommitRequest};
 use roam_runtime::snapshot::codec::{self, DecodeLimits};
 use roam_runtime::{Digest, Instance, Module, Workload};
 
@@ -46,6 +48,10 @@ pub(crate) const MAX_CHECKPOINT: usize = 1 << 30;
 /// After a checkpoint the standby did not take, the next try waits at
 /// least this long (it will be a full one).
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+/// A `sync` commit the standby did not take is tried again (in full) after
+/// this pause; the answers wait meanwhile.
+const COMMIT_RETRY: Duration = Duration::from_millis(100);
 
 /// A standby kept here.
 pub(crate) struct Standby {
@@ -409,30 +415,77 @@ async fn stream_to(
         Ok(p) => p.on(&base),
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    if !host.workloads.lock().await.contains_key(&workload) {
+    let running = host
+        .workloads
+        .lock()
+        .await
+        .get(&workload)
+        .map(|r| (r.handle.clone(), r.durability));
+    let Some((handle, durability)) = running else {
         return crate::control::not_here(&workload);
-    }
-    let mut links = host.links.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(old) = links.get(&workload) {
-        if old.host == target.host && old.task.lock().is_ok_and(|t| t.is_some()) {
-            return StatusCode::OK.into_response();
+    };
+    let link = {
+        let mut links = host.links.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = links.get(&workload) {
+            if old.host == target.host && old.task.lock().is_ok_and(|t| t.is_some()) {
+                return StatusCode::OK.into_response();
+            }
+            // A `sync` workload's held answers are released when the old
+            // link goes: the scheduler gave it up.
+            old.stop();
         }
-        old.stop();
-    }
-    let link = Arc::new(Link {
-        host: target.host.clone(),
-        ..Link::default()
-    });
+        let link = Arc::new(Link {
+            host: target.host.clone(),
+            ..Link::default()
+        });
+        links.insert(workload.clone(), link.clone());
+        link
+    };
+    let (committer, requests) = if durability == Durability::Sync {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
     let task = tokio::spawn(stream(
         host.clone(),
         workload.clone(),
         url,
         target,
         link.clone(),
+        requests,
     ));
+    if committer.is_some() {
+        handle.commit_to(committer).await;
+    }
     *link.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
-    links.insert(workload, link);
     StatusCode::CREATED.into_response()
+}
+
+/// Send one checkpoint to the standby; the error says why it did not take
+/// it.
+async fn send_checkpoint(
+    host: &Host,
+    url: &str,
+    key: &str,
+    snapshot: Snapshot,
+) -> Result<(), String> {
+    let bytes = tokio::task::spawn_blocking(move || codec::encode(&snapshot))
+        .await
+        .map_err(|e| e.to_string())?;
+    let r = host
+        .http
+        .post(url)
+        .bearer_auth(key)
+        .body(bytes)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if r.status().is_success() {
+        return Ok(());
+    }
+    let status = r.status();
+    Err(format!("{status}: {}", r.text().await.unwrap_or_default()))
 }
 
 async fn stop_stream(State(host): State<Arc<Host>>, Path(workload): Path<String>) -> Response {
@@ -450,26 +503,58 @@ async fn stop_stream(State(host): State<Arc<Host>>, Path(workload): Path<String>
     }
 }
 
-/// The primary's side: every interval, export what changed and send it;
-/// after a refusal or a failure, a full checkpoint next. Ends when the
-/// workload no longer runs here.
+/// The primary's side. Every interval, export what changed and send it;
+/// after a refusal or a failure, a full checkpoint next. For a `sync`
+/// workload it also carries the driver's output commits (`requests`),
+/// serving them even while it waits for an export (the driver commits
+/// before it exports): each is sent and acknowledged once the standby took
+/// it, or refused after a short pause so the driver sends a full one,
+/// its answers held meanwhile. Ends when the workload no longer runs here.
 async fn stream(
     host: Arc<Host>,
     workload: String,
     url: String,
     target: StandbyTarget,
     link: Arc<Link>,
+    mut requests: Option<tokio::sync::mpsc::Receiver<CommitRequest>>,
 ) {
     let every = Duration::from_millis(target.interval_ms);
     let mut full = true;
     let mut failing = false;
+    // Serve commit requests until `until` is ready.
+    macro_rules! serving {
+        ($until:expr) => {{
+            let until = $until;
+            tokio::pin!(until);
+            loop {
+                tokio::select! {
+                    out = &mut until => break out,
+                    request = next(&mut requests) => match request {
+                        Some((snapshot, ack)) => {
+                            match send_checkpoint(&host, &url, &target.key, snapshot).await {
+                                Ok(()) => {
+                                    link.synced();
+                                    let _ = ack.send(Ok(()));
+                                }
+                                Err(e) => {
+                                    tracing::warn!(%workload, standby = %target.host, error = %e, "the standby did not take a commit; its answers wait");
+                                    tokio::time::sleep(COMMIT_RETRY).await;
+                                    let _ = ack.send(Err(CommitRefused));
+                                }
+                            }
+                        }
+                        None => requests = None,
+                    },
+                }
+            }
+        }};
+    }
     loop {
-        tokio::time::sleep(if failing {
+        serving!(tokio::time::sleep(if failing {
             every.max(RETRY_AFTER_FAILURE)
         } else {
             every
-        })
-        .await;
+        }));
         let running = host
             .workloads
             .lock()
@@ -480,7 +565,7 @@ async fn stream(
             tracing::info!(%workload, "the workload left this host; its checkpoint stream ends");
             break;
         };
-        let export = match handle.export(full).await {
+        let export = match serving!(handle.export(full)) {
             Ok(Some(s)) => s,
             Ok(None) => {
                 if !full && !failing {
@@ -494,32 +579,14 @@ async fn stream(
             }
         };
         let was_full = export.is_full();
-        let bytes = match tokio::task::spawn_blocking(move || codec::encode(&export)).await {
-            Ok(b) => b,
-            Err(_) => continue,
-        };
-        let sent = host
-            .http
-            .post(&url)
-            .bearer_auth(&target.key)
-            .body(bytes)
-            .send()
-            .await;
-        match sent {
-            Ok(r) if r.status().is_success() => {
+        match serving!(send_checkpoint(&host, &url, &target.key, export)) {
+            Ok(()) => {
                 full = false;
                 failing = false;
                 link.synced();
             }
-            Ok(r) => {
-                let status = r.status();
-                let body = r.text().await.unwrap_or_default();
-                tracing::warn!(%workload, standby = %target.host, %status, %body, was_full, "the standby refused a checkpoint; sending a full one next");
-                full = true;
-                failing = true;
-            }
             Err(e) => {
-                tracing::warn!(%workload, standby = %target.host, error = %e, "checkpoint not delivered; sending a full one next");
+                tracing::warn!(%workload, standby = %target.host, error = %e, was_full, "checkpoint not taken; sending a full one next");
                 full = true;
                 failing = true;
             }
@@ -529,6 +596,16 @@ async fn stream(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .retain(|w, l| !(w == &workload && Arc::ptr_eq(l, &link)));
+}
+
+/// The next commit request, or never without a driver that commits.
+async fn next(
+    requests: &mut Option<tokio::sync::mpsc::Receiver<CommitRequest>>,
+) -> Option<CommitRequest> {
+    match requests {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A host without room for one more instance or standby.

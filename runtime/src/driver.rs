@@ -103,6 +103,33 @@ pub enum Forwarded {
 /// the new host and answers its caller with what that host answered.
 pub type Forwarder = Arc<dyn Fn(Forwarded) + Send + Sync>;
 
+/// Output commit (`durability = sync`): a checkpoint for the standby and
+/// where its acknowledgement goes. The host's link sends it and answers
+/// `Ok` once the standby acknowledged it, or [`CommitRefused`] after a
+/// failure (the driver then sends a full checkpoint). A link that is gone
+/// (the scheduler said the workload is unprotected, or gave it another
+/// standby) drops the request: the driver releases what it held.
+pub type CommitRequest = (Snapshot, oneshot::Sender<Result<(), CommitRefused>>);
+
+/// Where a driver sends its output-commit checkpoints.
+pub type Committer = mpsc::Sender<CommitRequest>;
+
+/// The standby did not take a checkpoint; send a full one.
+#[derive(Debug)]
+pub struct CommitRefused;
+
+/// Events handled before one output commit at most (the group's answers
+/// wait for it).
+const GROUP_MAX: usize = 64;
+
+/// An answer or a sent message held until the standby acknowledged the
+/// state that produced it.
+enum Output {
+    Http(HttpReply, Result<Response, DriverError>),
+    Message(MessageReply, Result<(), DriverError>),
+    Send(OutboundMessage),
+}
+
 /// One capture taken for a migration.
 #[derive(Debug)]
 pub struct Capture {
@@ -195,6 +222,9 @@ enum Command {
     /// Standby stream: the checkpoint's change since the last export (all
     /// of it with `true`).
     Export(bool, oneshot::Sender<Result<Option<Snapshot>, String>>),
+    /// Output commit through this link from now on (`None`: release
+    /// outputs at once).
+    CommitTo(Option<Committer>),
     /// Migration aborted: serve again, held events first.
     Resume,
     /// Migration committed: forward held and later events, drop the instance.
@@ -369,6 +399,14 @@ impl WorkloadHandle {
         self.ask(|tx| Command::Export(full, tx)).await
     }
 
+    /// Output commit (`durability = sync`): from now on hold every answer
+    /// and sent message until `committer`'s standby acknowledged the state
+    /// that produced them, one checkpoint per group of events; `None`:
+    /// release them at once (no standby: unprotected).
+    pub async fn commit_to(&self, committer: Option<Committer>) {
+        let _ = self.tx.send(Command::CommitTo(committer)).await;
+    }
+
     /// Migration aborted: serve again, the held events first, in order.
     pub async fn resume(&self) {
         let _ = self.tx.send(Command::Resume).await;
@@ -405,6 +443,10 @@ struct Driver {
     queue: mpsc::WeakSender<Command>,
     /// One permit, held by a [`LiveMemory`] while the memory is lent.
     lent: Arc<tokio::sync::Semaphore>,
+    /// Output commit's link to the standby, if any.
+    committer: Option<Committer>,
+    /// Outputs waiting for the standby's acknowledgement.
+    outputs: Vec<Output>,
 }
 
 /// A [`Checkpoints::Every`] checkpoint waits for a moment with no events
@@ -445,6 +487,8 @@ pub fn spawn(
         failed_at: None,
         queue: tx.downgrade(),
         lent: Arc::new(tokio::sync::Semaphore::new(1)),
+        committer: None,
+        outputs: Vec::new(),
     };
     // The first checkpoint is taken after the first event, never before the
     // first request (a workload that just arrived serves at once).
@@ -475,8 +519,25 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                cmd = rx.recv() => match cmd {
+            // Output commit: one checkpoint for the group of events run
+            // since the last, once nothing more waits (or the group is
+            // full); never make a caller wait for an event that is not
+            // coming.
+            if !self.outputs.is_empty() && (self.idle() || self.outputs.len() >= GROUP_MAX) {
+                self.commit().await;
+            }
+            let cmd = tokio::select! {
+                cmd = rx.recv() => Some(cmd),
+                () = timer => None,
+            };
+            if let Some(Some(cmd)) = &cmd
+                && !matches!(cmd, Command::Http(..) | Command::Message(..))
+            {
+                // Anything else sees (or moves) only committed state.
+                self.commit().await;
+            }
+            match cmd {
+                Some(cmd) => match cmd {
                     None | Some(Command::Stop) => {
                         self.memory_back().await;
                         return;
@@ -490,7 +551,8 @@ impl Driver {
                         Mode::Serving => self.message(from, body, reply).await,
                     },
                     Some(Command::Snapshot(reply)) => {
-                        let result = if let (false, Local::Flat(c)) = (self.migrating, &self.local) {
+                        let result = if let (false, Local::Flat(c)) = (self.migrating, &self.local)
+                        {
                             // Current after every event; capturing anew would
                             // restart the write tracking it follows.
                             Ok(codec::encode(&c.to_snapshot()))
@@ -552,6 +614,9 @@ impl Driver {
                         };
                         let _ = reply.send(result);
                     }
+                    Some(Command::CommitTo(committer)) => {
+                        self.committer = committer;
+                    }
                     Some(Command::Freeze(reply)) => {
                         let result = match mode {
                             Mode::Held(_) => Err("the workload is already frozen".to_string()),
@@ -589,7 +654,7 @@ impl Driver {
                         tracing::error!(workload = %self.config.name, "handoff of a workload that is not frozen; ignored");
                     }
                 },
-                () = timer => {
+                None => {
                     let failed = match self.workload.fire_due_timers().await {
                         Ok(_) => false,
                         Err(e) => {
@@ -634,6 +699,7 @@ impl Driver {
                 Command::Export(_, reply) => {
                     let _ = reply.send(Err(format!("workload `{name}` moved to another host")));
                 }
+                Command::CommitTo(_) => {}
                 Command::Resume | Command::Handoff(_) => {}
                 Command::Stop => break,
             }
@@ -646,7 +712,13 @@ impl Driver {
         if let Err(e) = &result {
             self.note_failure(&e.to_string());
         }
-        let _ = reply.send(result);
+        // A failure's answer tells nothing of the state (it is rolled
+        // back): only answers of events that ran wait for the commit.
+        if failed {
+            let _ = reply.send(result);
+        } else {
+            self.output(Output::Http(reply, result));
+        }
         self.after_event(failed).await;
     }
 
@@ -657,8 +729,87 @@ impl Driver {
                 format!("inbox refused the message (code {code})"),
             )
         });
-        let _ = reply.send(result);
+        // The sender hears "queued" once the standby has the message too.
+        if result.is_err() {
+            let _ = reply.send(result);
+        } else {
+            self.output(Output::Message(reply, result));
+        }
         self.after_event(false).await;
+    }
+
+    /// Release an output now, or hold it for the next commit when a
+    /// standby takes this workload's checkpoints (output commit).
+    fn output(&mut self, output: Output) {
+        // A message to itself is state, not output: it goes in the inbox
+        // (and so in the checkpoint) at once.
+        let own = matches!(&output, Output::Send(m) if m.to == self.config.name);
+        if self.committer.is_some() && !self.migrating && !own {
+            self.outputs.push(output);
+        } else {
+            self.release(output);
+        }
+    }
+
+    fn release(&mut self, output: Output) {
+        match output {
+            Output::Http(reply, result) => {
+                let _ = reply.send(result);
+            }
+            Output::Message(reply, result) => {
+                let _ = reply.send(result);
+            }
+            Output::Send(message) => self.route(message),
+        }
+    }
+
+    /// Whether no command waits in the handles' queue.
+    fn idle(&self) -> bool {
+        self.queue
+            .upgrade()
+            .is_none_or(|tx| tx.capacity() == tx.max_capacity())
+    }
+
+    /// Output commit: send one checkpoint of everything run since the last
+    /// to the standby, and release the held outputs once it acknowledged
+    /// it. While the standby does not answer, they stay held (the link
+    /// retries, with a full checkpoint); when the link is gone — the
+    /// scheduler declared the standby lost (the workload is unprotected)
+    /// or gave it another one — they are released.
+    async fn commit(&mut self) {
+        if self.outputs.is_empty() {
+            return;
+        }
+        let mut full = false;
+        while let Some(committer) = self.committer.clone() {
+            if self.migrating {
+                break;
+            }
+            let snapshot = match self.export(full) {
+                Ok(Some(s)) => s,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(workload = %self.config.name, error = %e, "no checkpoint to commit; releasing the answers unprotected");
+                    break;
+                }
+            };
+            let (tx, rx) = oneshot::channel();
+            if committer.send((snapshot, tx)).await.is_err() {
+                self.committer = None;
+                break;
+            }
+            match rx.await {
+                Ok(Ok(())) => break,
+                Ok(Err(CommitRefused)) => full = true,
+                Err(_) => {
+                    self.committer = None;
+                    break;
+                }
+            }
+        }
+        for output in std::mem::take(&mut self.outputs) {
+            self.release(output);
+        }
     }
 
     /// Switch tracking on, capture all but the pages, lend the memory.
@@ -709,7 +860,7 @@ impl Driver {
     async fn after_event(&mut self, mut failed: bool) {
         if !failed {
             for message in self.workload.take_outbox() {
-                self.route(message);
+                self.output(Output::Send(message));
             }
             while !self.workload.instance().abi().inbox.is_empty() {
                 // A state with the next message still queued: if its
@@ -718,7 +869,7 @@ impl Driver {
                 match self.workload.deliver_one().await {
                     Ok(true) => {
                         for message in self.workload.take_outbox() {
-                            self.route(message);
+                            self.output(Output::Send(message));
                         }
                     }
                     Ok(false) => break,
@@ -778,10 +929,7 @@ impl Driver {
                     // None yet: the first is due at once.
                     _ => every.saturating_add(self.started.elapsed()),
                 };
-                let idle = self
-                    .queue
-                    .upgrade()
-                    .is_none_or(|tx| tx.capacity() == tx.max_capacity());
+                let idle = self.idle();
                 if age >= every.saturating_mul(OVERDUE) || (idle && age >= every) {
                     self.rebase();
                 }
