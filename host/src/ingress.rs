@@ -57,8 +57,23 @@ pub(crate) async fn ingress(
             }
         }
     };
+    // A copy with a standby answers only while its standby grants it a
+    // lease: once the standby is told to take over, this one stops.
+    if !host.may_serve(workload).await {
+        return not_dispatched(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("`{workload}` here holds no lease from its standby; it may have failed over"),
+        );
+    }
     let request = from_http(&method, path.to_string(), &uri, &headers, &body);
     match handle.http(request).await {
+        // The standby may be taking over now: withhold the answer.
+        Ok(_) if !host.still_leased(workload) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "`{workload}` here lost its lease while the request ran; its answer is withheld"
+            ),
+        ),
         Ok(r) => into_http(r),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

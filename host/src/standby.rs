@@ -63,6 +63,11 @@ pub(crate) struct Standby {
     /// checkpoint restored into it, every later delta applied (a slot and
     /// the workload's memory held here, as a running copy would).
     state: Option<Instance>,
+    /// When it last granted the primary a lease (took a checkpoint or a
+    /// lease request).
+    granted: Option<Instant>,
+    /// Told to promote: it grants nothing more.
+    promoting: bool,
 }
 
 impl Standby {
@@ -81,6 +86,12 @@ pub(crate) struct Link {
     /// acknowledged the latest export, or nothing changed since).
     synced_at: Mutex<Option<Instant>>,
     task: Mutex<Option<tokio::task::AbortHandle>>,
+    /// How long a grant lasts (zero: no leases).
+    lease: Duration,
+    /// Until when the primary may serve: the send time of the last
+    /// request the standby granted, plus the lease (at first, the link's
+    /// creation plus the lease).
+    lease_until: Mutex<Option<Instant>>,
 }
 
 impl Link {
@@ -95,6 +106,25 @@ impl Link {
 
     fn synced(&self) {
         *self.synced_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    /// The standby granted a request sent at `sent`.
+    fn renewed(&self, sent: Instant) {
+        let mut until = self.lease_until.lock().unwrap_or_else(|e| e.into_inner());
+        let new = sent + self.lease;
+        if until.is_none_or(|u| u < new) {
+            *until = Some(new);
+        }
+    }
+
+    /// Whether the primary holds a lease for at least `margin` more.
+    pub(crate) fn leased(&self, margin: Duration) -> bool {
+        self.lease.is_zero()
+            || self
+                .lease_until
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some_and(|u| Instant::now() + margin < u)
     }
 
     pub(crate) fn stop(&self) {
@@ -119,6 +149,7 @@ pub(crate) fn routes() -> Vec<Route> {
             MAX_CHECKPOINT,
             post(checkpoint),
         ),
+        rule("POST", h::STANDBY_LEASE, Primary, SMALL, post(lease)),
         rule("PUT", h::INSTANCE_STANDBY, Scheduler, SMALL, put(stream_to)),
         rule(
             "DELETE",
@@ -221,6 +252,8 @@ async fn keep(
             digest,
             module,
             state: None,
+            granted: None,
+            promoting: false,
         },
     );
     StatusCode::CREATED.into_response()
@@ -276,6 +309,9 @@ async fn checkpoint(
             format!("no standby of `{workload}` on this host"),
         );
     };
+    if standby.promoting {
+        return promoting(&workload);
+    }
     if decoded.is_full() {
         // A fresh instance, not booted: the full checkpoint is its state.
         standby.state = None;
@@ -306,11 +342,38 @@ async fn checkpoint(
         }
     }
     match &standby.state {
-        Some(instance) => Json(CheckpointAck {
-            sequence: instance.sequence(),
-        })
-        .into_response(),
+        Some(instance) => {
+            standby.granted = Some(Instant::now());
+            Json(CheckpointAck {
+                sequence: instance.sequence(),
+            })
+            .into_response()
+        }
         None => error(StatusCode::INTERNAL_SERVER_ERROR, "no checkpoint"),
+    }
+}
+
+fn promoting(workload: &str) -> Response {
+    error(
+        StatusCode::CONFLICT,
+        format!("the standby of `{workload}` is being promoted; it grants nothing more"),
+    )
+}
+
+/// `POST /v1/standbys/{workload}/lease`: a lease for a primary with no
+/// checkpoint to send; refused once the standby is told to promote.
+async fn lease(State(host): State<Arc<Host>>, Path(workload): Path<String>) -> Response {
+    let mut standbys = host.standbys.lock().await;
+    match standbys.get_mut(&workload) {
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no standby of `{workload}` on this host"),
+        ),
+        Some(s) if s.promoting => promoting(&workload),
+        Some(s) => {
+            s.granted = Some(Instant::now());
+            StatusCode::NO_CONTENT.into_response()
+        }
     }
 }
 
@@ -325,6 +388,25 @@ async fn promote(
     Path(workload): Path<String>,
     Json(promote): Json<Promote>,
 ) -> Response {
+    let wait = {
+        let mut standbys = host.standbys.lock().await;
+        match standbys.get_mut(&workload) {
+            Some(s) if s.state.is_some() && promote.generation >= s.start.instance.generation => {
+                s.promoting = true;
+                let lease = Duration::from_millis(s.start.lease_ms);
+                s.granted
+                    .map(|at| (at + lease).saturating_duration_since(Instant::now()))
+                    .unwrap_or_default()
+            }
+            _ => Duration::ZERO,
+        }
+    };
+    // The primary may serve until the last lease granted runs out (on its
+    // clock from before the grant): only then may this copy answer.
+    if !wait.is_zero() {
+        tracing::info!(%workload, wait_ms = wait.as_millis(), "waiting for the primary's last lease to run out");
+        tokio::time::sleep(wait).await;
+    }
     let taken = {
         let mut standbys = host.standbys.lock().await;
         match standbys.get(&workload) {
@@ -411,9 +493,12 @@ async fn stream_to(
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let url = match paths::standby_checkpoint(&workload) {
-        Ok(p) => p.on(&base),
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    let urls = match (
+        paths::standby_checkpoint(&workload),
+        paths::standby_lease(&workload),
+    ) {
+        (Ok(c), Ok(l)) => (c.on(&base), l.on(&base)),
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let running = host
         .workloads
@@ -434,8 +519,11 @@ async fn stream_to(
             // link goes: the scheduler gave it up.
             old.stop();
         }
+        let lease = Duration::from_millis(target.lease_ms);
         let link = Arc::new(Link {
             host: target.host.clone(),
+            lease,
+            lease_until: Mutex::new(Some(Instant::now() + lease)),
             ..Link::default()
         });
         links.insert(workload.clone(), link.clone());
@@ -450,7 +538,7 @@ async fn stream_to(
     let task = tokio::spawn(stream(
         host.clone(),
         workload.clone(),
-        url,
+        urls,
         target,
         link.clone(),
         requests,
@@ -513,12 +601,16 @@ async fn stop_stream(State(host): State<Arc<Host>>, Path(workload): Path<String>
 async fn stream(
     host: Arc<Host>,
     workload: String,
-    url: String,
+    (url, lease_url): (String, String),
     target: StandbyTarget,
     link: Arc<Link>,
     mut requests: Option<tokio::sync::mpsc::Receiver<CommitRequest>>,
 ) {
-    let every = Duration::from_millis(target.interval_ms);
+    // Often enough to renew the lease well before it runs out.
+    let mut every = Duration::from_millis(target.interval_ms);
+    if target.lease_ms > 0 {
+        every = every.min(Duration::from_millis(target.lease_ms) / 4);
+    }
     let mut full = true;
     let mut failing = false;
     // Serve commit requests until `until` is ready.
@@ -531,8 +623,10 @@ async fn stream(
                     out = &mut until => break out,
                     request = next(&mut requests) => match request {
                         Some((snapshot, ack)) => {
+                            let sent = Instant::now();
                             match send_checkpoint(&host, &url, &target.key, snapshot).await {
                                 Ok(()) => {
+                                    link.renewed(sent);
                                     link.synced();
                                     let _ = ack.send(Ok(()));
                                 }
@@ -568,8 +662,24 @@ async fn stream(
         let export = match serving!(handle.export(full)) {
             Ok(Some(s)) => s,
             Ok(None) => {
-                if !full && !failing {
-                    link.synced();
+                // Nothing to send: ask for the lease alone.
+                let sent = Instant::now();
+                let granted = serving!(host.http.post(&lease_url).bearer_auth(&target.key).send());
+                match granted {
+                    Ok(r) if r.status().is_success() => {
+                        link.renewed(sent);
+                        if !full && !failing {
+                            link.synced();
+                        }
+                    }
+                    Ok(r) => {
+                        tracing::warn!(%workload, standby = %target.host, status = %r.status(), "the standby refused a lease");
+                        failing = true;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%workload, standby = %target.host, error = %e, "no lease from the standby");
+                        failing = true;
+                    }
                 }
                 continue;
             }
@@ -579,10 +689,12 @@ async fn stream(
             }
         };
         let was_full = export.is_full();
+        let sent = Instant::now();
         match serving!(send_checkpoint(&host, &url, &target.key, export)) {
             Ok(()) => {
                 full = false;
                 failing = false;
+                link.renewed(sent);
                 link.synced();
             }
             Err(e) => {
@@ -617,7 +729,45 @@ impl IntoResponse for FullHost {
     }
 }
 
+/// How long a request to a workload whose lease ran out waits for it to
+/// come back (or for the scheduler to say it serves unprotected) before
+/// it is refused.
+const LEASE_HOLD: Duration = Duration::from_secs(5);
+
 impl Host {
+    /// Whether the copy of `workload` here may take a request: it has no
+    /// standby, or holds a lease from it for a fifth of a lease more (time
+    /// for the request to run). A request waits up to [`LEASE_HOLD`] for
+    /// one.
+    pub(crate) async fn may_serve(&self, workload: &str) -> bool {
+        let deadline = Instant::now() + LEASE_HOLD;
+        loop {
+            let leased = self
+                .links
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(workload)
+                .is_none_or(|l| l.leased(l.lease / 5));
+            if leased {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Whether the copy of `workload` here still holds its lease (or has
+    /// no standby): an answer is given only then.
+    pub(crate) fn still_leased(&self, workload: &str) -> bool {
+        self.links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(workload)
+            .is_none_or(|l| l.leased(Duration::ZERO))
+    }
+
     /// The standbys kept here, as reported to the scheduler.
     pub(crate) async fn standby_statuses(&self) -> Vec<StandbyStatus> {
         self.standbys

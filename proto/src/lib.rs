@@ -245,6 +245,11 @@ pub struct StartStandby {
     /// A secret the primary presents with each checkpoint (as its bearer
     /// token), besides its certificate.
     pub key: String,
+    /// How long each grant of a lease to the primary lasts (every
+    /// checkpoint it takes, and every lease request, is one), milliseconds;
+    /// promotion waits until the last one has run out. 0: no leases.
+    #[serde(default)]
+    pub lease_ms: u64,
 }
 
 /// `PUT /v1/instances/{workload}/standby` on a host (scheduler): stream
@@ -259,6 +264,11 @@ pub struct StandbyTarget {
     pub key: String,
     /// A checkpoint at least this often, milliseconds.
     pub interval_ms: u64,
+    /// The primary serves only while it holds a lease from its standby,
+    /// this long from when it sent the request the standby granted,
+    /// milliseconds (0: no leases).
+    #[serde(default)]
+    pub lease_ms: u64,
 }
 
 /// `POST /v1/standbys/{workload}/promote` on a host (scheduler): the

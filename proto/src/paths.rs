@@ -186,6 +186,9 @@ pub mod host {
     pub const STANDBY_CHECKPOINT: &str = "/v1/standbys/{workload}/checkpoint";
     /// `POST` (host secret): promote the standby.
     pub const STANDBY_PROMOTE: &str = "/v1/standbys/{workload}/promote";
+    /// `POST` (the recorded primary's certificate and the standby key): a
+    /// lease, when there is no checkpoint to send.
+    pub const STANDBY_LEASE: &str = "/v1/standbys/{workload}/lease";
 }
 
 /// Route patterns of the ingress, on the scheduler and on every host.
@@ -373,6 +376,15 @@ pub fn standby_checkpoint(workload: &str) -> Result<ApiPath, BadSegment> {
         Fixed("standbys"),
         Segment(workload),
         Fixed("checkpoint"),
+    ])
+}
+/// `/v1/standbys/{workload}/lease` on a host.
+pub fn standby_lease(workload: &str) -> Result<ApiPath, BadSegment> {
+    build(&[
+        Fixed("v1"),
+        Fixed("standbys"),
+        Segment(workload),
+        Fixed("lease"),
     ])
 }
 /// `/v1/standbys/{workload}/promote` on a host.

@@ -3,6 +3,7 @@
 //! to its state before that request, on any host, durable or not, and the
 //! operator sees it happen.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use roam_tests::artifacts;
 
 use crate::cluster::{Cluster, PATIENT, eu_cluster, poll, subscribe, wait_event};
 use crate::migrate::{deploy, host_of, migrate};
+use crate::relay::{BLACKHOLE, PASS, Relay, free_port};
 
 /// Deploy the `faulty` test workload as `name` with `durability`; return
 /// once it serves.
@@ -464,4 +466,160 @@ fn losing_the_standby_never_stops_the_primary_and_a_new_standby_takes_over_prote
     );
     let now = c.get("kept", "/count/k").1;
     assert_eq!(now, acked, "nothing acknowledged was lost");
+}
+
+/// One answer a client got straight from a host.
+struct Seen {
+    at: Instant,
+    host: &'static str,
+    status: u16,
+}
+
+#[test]
+fn a_primary_cut_off_from_the_scheduler_stops_answering_before_its_standby_takes_over() {
+    let mut c = Cluster::start_with(&[("HEARTBEAT_TIMEOUT", "2s")]);
+    // eu-1 is reached through `inbound` and reaches the scheduler through
+    // `outbound`; clients also reach it straight at its own port.
+    let port = free_port();
+    let inbound = Relay::start(port, "https");
+    let scheduler: SocketAddr = c.url.trim_start_matches("https://").parse().unwrap();
+    let outbound = Relay::start(scheduler, "https");
+    c.add_host_with(
+        "eu-1",
+        "eu-west-1",
+        "EU",
+        &[
+            "--listen",
+            &port.to_string(),
+            "--advertise",
+            &inbound.addr,
+            "--join",
+            &outbound.addr,
+        ],
+        &[],
+    );
+    c.wait_ready(1);
+    deploy(
+        &c,
+        &[
+            artifacts::FAULTY,
+            "--name",
+            "solo",
+            "--grant",
+            "kv,timers,send",
+            "--selector",
+            "jurisdiction=EU",
+            "--durability",
+            "async",
+            "--checkpoint-interval",
+            "20ms",
+        ],
+    );
+    poll(Duration::from_secs(60), "solo to serve", || {
+        c.get("solo", "/count/a").0 == 200
+    });
+    c.add_host("eu-2", "eu-central-1", "EU");
+    c.wait_ready(2);
+    assert_eq!(protected_standby(&c, "solo", "eu-1"), "eu-2");
+    let eu2 = c
+        .nodes()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "eu-2")
+        .unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A client asks both hosts straight, one after the other, all along.
+    let direct: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .disable_verification(true)
+                .build(),
+        )
+        .build()
+        .into();
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let stop = stop.clone();
+        let targets = [("eu-1", format!("https://{port}")), ("eu-2", eu2)];
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                for (host, base) in &targets {
+                    let status = direct
+                        .post(format!("{base}/w/solo/count/a"))
+                        .send("")
+                        .map_or(0, |r| r.status().as_u16());
+                    seen.push(Seen {
+                        at: Instant::now(),
+                        host,
+                        status,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            seen
+        })
+    };
+    poll(Duration::from_secs(10), "requests to eu-1", || {
+        c.get("solo", "/count/a").1.starts_with("a=2")
+    });
+    inbound.mode.store(BLACKHOLE, Ordering::Relaxed);
+    outbound.mode.store(BLACKHOLE, Ordering::Relaxed);
+    let cut = Instant::now();
+    poll(Duration::from_secs(30), "eu-2 to take over", || {
+        host_of(&c, "solo") == "eu-2" && c.get("solo", "/count/a").0 == 200
+    });
+    let took_over = cut.elapsed();
+    inbound.mode.store(PASS, Ordering::Relaxed);
+    outbound.mode.store(PASS, Ordering::Relaxed);
+    // Back on the network, eu-1 is told its copy is stale and drops it.
+    let url = format!("https://{port}/w/solo/count/a");
+    let probe: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .disable_verification(true)
+                .build(),
+        )
+        .build()
+        .into();
+    poll(Duration::from_secs(30), "the stale copy dropped", || {
+        probe.get(&url).call().is_ok_and(|r| r.status() == 404)
+    });
+    stop.store(true, Ordering::Relaxed);
+    let seen = client.join().unwrap();
+    let ok = |host: &str| -> Vec<Instant> {
+        seen.iter()
+            .filter(|s| s.host == host && s.status == 200)
+            .map(|s| s.at)
+            .collect()
+    };
+    let (old, new) = (ok("eu-1"), ok("eu-2"));
+    let last_old = *old.last().expect("eu-1 answered before the cut");
+    let first_new = *new.first().expect("eu-2 answered after the take-over");
+    eprintln!(
+        "partition: eu-1 answered {} times (the last {:?} after the cut), eu-2 {} times (the first {:?} after the cut); take-over seen after {took_over:?}",
+        old.len(),
+        last_old.saturating_duration_since(cut),
+        new.len(),
+        first_new.saturating_duration_since(cut),
+    );
+    assert!(
+        last_old < first_new,
+        "both copies answered: eu-1 last at {:?}, eu-2 first at {:?} after the cut",
+        last_old.saturating_duration_since(cut),
+        first_new.saturating_duration_since(cut)
+    );
+    assert!(
+        seen.iter()
+            .filter(|s| s.host == "eu-1" && s.at > first_new)
+            .all(|s| s.status != 200),
+        "the old copy never answered again"
+    );
 }

@@ -36,6 +36,16 @@ use crate::selector::Selector;
 const RESEND_AFTER: Duration = Duration::from_secs(5);
 
 impl Scheduler {
+    /// How long a standby's lease to its primary lasts: half the time
+    /// after which a silent host is declared dead, so by then the last
+    /// lease a dead primary could hold has (nearly always) run out and
+    /// promotion waits for nothing more; the standby checks it anyway.
+    fn lease_ms(&self) -> u64 {
+        u64::try_from(self.config.heartbeat_timeout.as_millis() / 2)
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
     /// The standbys of `workload`, by primary host.
     fn standbys_of(&self, workload: &str) -> BTreeMap<String, StandbyPair> {
         self.standbys
@@ -401,6 +411,7 @@ impl Scheduler {
             primary: primary.to_string(),
             primary_site: site,
             key: pair.key.clone(),
+            lease_ms: self.lease_ms(),
         };
         if let Err(e) = self.client.keep_standby(&standby, &spec.name, &keep).await {
             tracing::warn!(workload = %spec.name, standby = %pair.host, error = %e, "the standby's host did not take it");
@@ -413,6 +424,7 @@ impl Scheduler {
             interval_ms: spec
                 .checkpoint_interval_ms
                 .unwrap_or(DEFAULT_CHECKPOINT_INTERVAL_MS),
+            lease_ms: self.lease_ms(),
         };
         if let Err(e) = self
             .client
