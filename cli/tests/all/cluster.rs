@@ -172,7 +172,17 @@ impl Cluster {
     }
 
     pub(crate) fn restart_scheduler(&mut self) {
+        self.stop_scheduler();
+        self.start_scheduler();
+    }
+
+    /// Kill the scheduler (SIGKILL).
+    pub(crate) fn stop_scheduler(&mut self) {
         drop(self.scheduler.take());
+    }
+
+    /// Start the scheduler again, on its address and data directory.
+    pub(crate) fn start_scheduler(&mut self) {
         let listen = self.url.split("://").nth(1).unwrap().to_string();
         let (p, url) = Self::scheduler_proc(
             self.dir.path(),

@@ -285,6 +285,12 @@ fn kill_the_primary_under_load(durability: &[&str]) -> (u64, u64) {
         }
     };
     assert!(event.contains("\"outcome\":\"promoted\""), "{event}");
+    let promoted_in = event
+        .split("\"took_ms\":")
+        .nth(1)
+        .and_then(|t| t.split([',', '}']).next())
+        .unwrap_or("?")
+        .to_string();
     assert!(event.contains(&format!("\"to\":\"{standby}\"")), "{event}");
     // Serving again from the standby, then the client stops.
     poll(
@@ -311,7 +317,7 @@ fn kill_the_primary_under_load(durability: &[&str]) -> (u64, u64) {
         .filter(|a| killed.duration_since(a.at) <= window)
         .count() as u64;
     eprintln!(
-        "{durability:?} failover: {last} acknowledged before the kill, {lost} lost (at most {in_window} acknowledged in the last {window:?}), {failed} requests failed meanwhile, serving again {served_again:?} after the kill"
+        "{durability:?} failover: {last} acknowledged before the kill, {lost} lost (at most {in_window} acknowledged in the last {window:?}), {failed} requests failed meanwhile, serving again {served_again:?} after the kill (the promotion itself {promoted_in} ms)"
     );
     assert!(first_after > 1, "the state survived: {first_after}");
     assert_eq!(host_of(&c, "durable"), standby);
@@ -621,5 +627,85 @@ fn a_primary_cut_off_from_the_scheduler_stops_answering_before_its_standby_takes
             .filter(|s| s.host == "eu-1" && s.at > first_new)
             .all(|s| s.status != 200),
         "the old copy never answered again"
+    );
+}
+
+#[test]
+fn workloads_serve_on_while_the_scheduler_is_down_for_longer_than_a_lease() {
+    let mut c = Cluster::start_with(&[("HEARTBEAT_TIMEOUT", "2s")]);
+    c.add_host("eu-1", "eu-west-1", "EU");
+    c.add_host("eu-2", "eu-central-1", "EU");
+    c.wait_ready(2);
+    for (name, durability) in [("guarded", "async"), ("loose", "none")] {
+        deploy(
+            &c,
+            &[
+                artifacts::FAULTY,
+                "--name",
+                name,
+                "--grant",
+                "kv,timers,send",
+                "--durability",
+                durability,
+            ],
+        );
+        poll(Duration::from_secs(60), "the workload to serve", || {
+            c.get(name, "/count/a").0 == 200
+        });
+    }
+    let primary = host_of(&c, "guarded");
+    protected_standby(&c, "guarded", &primary);
+    let at = |host: &str| -> String {
+        c.nodes()
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == host)
+            .unwrap()["url"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let urls = [
+        ("guarded", at(&primary)),
+        ("loose", at(&host_of(&c, "loose"))),
+    ];
+    let direct: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .disable_verification(true)
+                .build(),
+        )
+        .build()
+        .into();
+    c.stop_scheduler();
+    // Twice the lease (a second) and more than the time after which the
+    // scheduler would call a host dead: every request is answered.
+    let down = Instant::now();
+    let mut answered = [0u64; 2];
+    while down.elapsed() < Duration::from_secs(3) {
+        for (k, (name, base)) in urls.iter().enumerate() {
+            let r = direct.post(format!("{base}/w/{name}/count/a")).send("");
+            let status = r.map_or(0, |r| r.status().as_u16());
+            assert_eq!(status, 200, "{name} with the scheduler down");
+            answered[k] += 1;
+        }
+    }
+    c.start_scheduler();
+    eprintln!("scheduler down 3 s: {answered:?} requests answered straight by the hosts");
+    // The scheduler comes back to the same placement: no failover.
+    poll(Duration::from_secs(20), "hosts back", || {
+        c.nodes()
+            .as_array()
+            .is_some_and(|n| n.iter().filter(|n| n["status"] == "ready").count() == 2)
+    });
+    assert!(!protected_standby(&c, "guarded", &primary).is_empty());
+    assert_eq!(host_of(&c, "guarded"), primary);
+    let n = answered[0];
+    assert_eq!(
+        c.get("guarded", "/count/a").1,
+        format!("a={}/{}", n, n),
+        "every request counted once"
     );
 }
