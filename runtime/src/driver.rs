@@ -238,6 +238,9 @@ pub struct WorkloadHandle {
     name: String,
     tx: mpsc::Sender<Command>,
     failures: Arc<FailureCount>,
+    /// Set by [`WorkloadHandle::stop`]: answers still held for a commit
+    /// are dropped, never released, from then on.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug, Default)]
@@ -331,8 +334,10 @@ impl WorkloadHandle {
         self.tx.same_channel(&other.tx)
     }
 
-    /// Stop the workload's task.
+    /// Stop the workload's task. Answers it holds for an output commit are
+    /// dropped (their callers hear it stopped): this copy may be stale.
     pub async fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
         let _ = self.tx.send(Command::Stop).await;
     }
 
@@ -447,6 +452,8 @@ struct Driver {
     committer: Option<Committer>,
     /// Outputs waiting for the standby's acknowledgement.
     outputs: Vec<Output>,
+    /// Shared with the handles: the workload is being stopped.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A [`Checkpoints::Every`] checkpoint waits for a moment with no events
@@ -489,11 +496,18 @@ pub fn spawn(
         lent: Arc::new(tokio::sync::Semaphore::new(1)),
         committer: None,
         outputs: Vec::new(),
+        stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
+    let stopping = driver.stopping.clone();
     // The first checkpoint is taken after the first event, never before the
     // first request (a workload that just arrived serves at once).
     tokio::spawn(driver.run(rx));
-    WorkloadHandle { name, tx, failures }
+    WorkloadHandle {
+        name,
+        tx,
+        failures,
+        stopping,
+    }
 }
 
 /// Whether the driver dispatches events or holds them (frozen for the last
@@ -782,6 +796,12 @@ impl Driver {
         }
         let mut full = false;
         while let Some(committer) = self.committer.clone() {
+            if self.stopping.load(Ordering::Acquire) {
+                // A copy being stopped may be stale: what it held is never
+                // released (its callers hear it stopped).
+                self.outputs.clear();
+                return;
+            }
             if self.migrating {
                 break;
             }
@@ -803,6 +823,10 @@ impl Driver {
                 Ok(Err(CommitRefused)) => full = true,
                 Err(_) => {
                     self.committer = None;
+                    if self.stopping.load(Ordering::Acquire) {
+                        self.outputs.clear();
+                        return;
+                    }
                     break;
                 }
             }

@@ -179,6 +179,11 @@ struct Acked {
     count: u64,
 }
 
+/// The ingress path of `workload`'s `rest`.
+fn ingress(workload: &str, rest: &str) -> roam_proto::paths::ApiPath {
+    roam_proto::paths::ingress(workload, rest).unwrap()
+}
+
 /// Parse `a=N/N` (memory count / kv count), which must agree.
 fn count(body: &str) -> u64 {
     let (_, counts) = body.split_once('=').unwrap();
@@ -249,7 +254,7 @@ fn kill_the_primary_under_load(durability: &[&str]) -> (u64, u64) {
 
     // A client sends requests one after another, through the ingress, and
     // never resends one that was acknowledged.
-    let url = format!("{}/w/durable/count/a", c.url);
+    let url = ingress("durable", "/count/a").on(&c.url);
     let agent = c.agent.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let client = {
@@ -558,7 +563,7 @@ fn a_primary_cut_off_from_the_scheduler_stops_answering_before_its_standby_takes
             while !stop.load(Ordering::Relaxed) {
                 for (host, base) in &targets {
                     let status = direct
-                        .post(format!("{base}/w/solo/count/a"))
+                        .post(ingress("solo", "/count/a").on(base))
                         .send("")
                         .map_or(0, |r| r.status().as_u16());
                     seen.push(Seen {
@@ -585,7 +590,7 @@ fn a_primary_cut_off_from_the_scheduler_stops_answering_before_its_standby_takes
     inbound.mode.store(PASS, Ordering::Relaxed);
     outbound.mode.store(PASS, Ordering::Relaxed);
     // Back on the network, eu-1 is told its copy is stale and drops it.
-    let url = format!("https://{port}/w/solo/count/a");
+    let url = ingress("solo", "/count/a").on(&format!("https://{port}"));
     let probe: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .tls_config(
@@ -686,7 +691,7 @@ fn workloads_serve_on_while_the_scheduler_is_down_for_longer_than_a_lease() {
     let mut answered = [0u64; 2];
     while down.elapsed() < Duration::from_secs(3) {
         for (k, (name, base)) in urls.iter().enumerate() {
-            let r = direct.post(format!("{base}/w/{name}/count/a")).send("");
+            let r = direct.post(ingress(name, "/count/a").on(base)).send("");
             let status = r.map_or(0, |r| r.status().as_u16());
             assert_eq!(status, 200, "{name} with the scheduler down");
             answered[k] += 1;
@@ -695,11 +700,7 @@ fn workloads_serve_on_while_the_scheduler_is_down_for_longer_than_a_lease() {
     c.start_scheduler();
     eprintln!("scheduler down 3 s: {answered:?} requests answered straight by the hosts");
     // The scheduler comes back to the same placement: no failover.
-    poll(Duration::from_secs(20), "hosts back", || {
-        c.nodes()
-            .as_array()
-            .is_some_and(|n| n.iter().filter(|n| n["status"] == "ready").count() == 2)
-    });
+    c.wait_ready(2);
     assert!(!protected_standby(&c, "guarded", &primary).is_empty());
     assert_eq!(host_of(&c, "guarded"), primary);
     let n = answered[0];
