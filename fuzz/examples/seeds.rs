@@ -211,6 +211,17 @@ fn main() {
         ),
         (11, "from", r#"{"from":"counter"}"#),
         (12, "stop", r#"{"below_generation":3}"#),
+        (
+            13,
+            "standby",
+            r#"{"instance":{"digest":"sha256:00","memory":1048576,"generation":1,"env":{},"grants":{},"durability":"sync"},"primary":"eu-1","primary_site":"eu-west-1","key":"0123456789abcdef0123","lease_ms":1500}"#,
+        ),
+        (
+            14,
+            "stream",
+            r#"{"host":"eu-2","url":"https://10.0.0.2:7801","key":"0123456789abcdef0123","interval_ms":100,"lease_ms":1500}"#,
+        ),
+        (15, "promote", r#"{"generation":4}"#),
     ] {
         write(
             "json",

@@ -143,7 +143,7 @@ pub fn selector(data: &[u8]) -> bool {
     true
 }
 
-/// Every JSON body the daemons accept: the first byte picks the type, the
+/// Every JSON body the daemons accept (16 types): the first byte picks the type, the
 /// rest is the body. What parses is checked as the daemon checks it, and
 /// must serialise to JSON that parses back to the same value.
 pub fn json(data: &[u8]) -> bool {
@@ -151,7 +151,7 @@ pub fn json(data: &[u8]) -> bool {
     let Some((&which, body)) = data.split_first() else {
         return false;
     };
-    match which % 13 {
+    match which % 16 {
         0 => body_of::<JoinRequest>(body).is_some_and(|r| {
             names::host(&r.name).is_ok() && roam_scheduler::auth::check_labels(&r.labels).is_ok()
         }),
@@ -168,7 +168,10 @@ pub fn json(data: &[u8]) -> bool {
         9 => body_of::<MigrationDecision>(body).is_some(),
         10 => body_of::<Revocations>(body).is_some(),
         11 => body_of::<FromQuery>(body).is_some(),
-        _ => body_of::<StopQuery>(body).is_some(),
+        12 => body_of::<StopQuery>(body).is_some(),
+        13 => body_of::<StartStandby>(body).is_some(),
+        14 => body_of::<StandbyTarget>(body).is_some(),
+        _ => body_of::<Promote>(body).is_some(),
     }
 }
 
