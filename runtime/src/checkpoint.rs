@@ -134,32 +134,12 @@ impl Checkpoint {
         let snapshot = match self.exported {
             Some(base) if base == self.sequence => return None,
             None => self.to_snapshot(),
-            Some(base) => {
-                let memories = self
-                    .memories
-                    .iter()
-                    .enumerate()
-                    .map(|(index, m)| {
-                        let mut image = MemoryImage {
-                            index: index as u32,
-                            byte_len: m.data.len() as u64,
-                            ..MemoryImage::default()
-                        };
-                        for (p, page) in m.data.chunks(PAGE_SIZE).enumerate() {
-                            if m.unsent[p] {
-                                image.pages.push(p as u64);
-                                image.data.extend_from_slice(page);
-                            }
-                        }
-                        image
-                    })
-                    .collect();
-                Snapshot {
-                    base: Some(base),
-                    memories,
-                    ..self.without_memories()
-                }
-            }
+            Some(base) => Snapshot {
+                base: Some(base),
+                // Written since the last export, zero or not.
+                memories: self.images(|m, p, _| m.unsent[p]),
+                ..self.without_memories()
+            },
         };
         for m in &mut self.memories {
             m.unsent.fill(false);
@@ -196,8 +176,16 @@ impl Checkpoint {
     /// The checkpoint as a full snapshot (every carried non-zero page), to
     /// restore an instance from or to send.
     pub fn to_snapshot(&self) -> Snapshot {
-        let memories = self
-            .memories
+        Snapshot {
+            memories: self.images(|m, p, page| m.present[p] && !is_zero(page)),
+            ..self.without_memories()
+        }
+    }
+
+    /// Each memory as an image of the pages `carry` picks (given the
+    /// memory, the page's index and its bytes).
+    fn images(&self, carry: impl Fn(&FlatMemory, usize, &[u8]) -> bool) -> Vec<MemoryImage> {
+        self.memories
             .iter()
             .enumerate()
             .map(|(index, m)| {
@@ -207,18 +195,14 @@ impl Checkpoint {
                     ..MemoryImage::default()
                 };
                 for (p, page) in m.data.chunks(PAGE_SIZE).enumerate() {
-                    if m.present[p] && !is_zero(page) {
+                    if carry(m, p, page) {
                         image.pages.push(p as u64);
                         image.data.extend_from_slice(page);
                     }
                 }
                 image
             })
-            .collect();
-        Snapshot {
-            memories,
-            ..self.without_memories()
-        }
+            .collect()
     }
 
     fn check(&self, s: &Snapshot, full: bool) -> Result<(), CheckpointError> {

@@ -413,15 +413,7 @@ fn every_host_route_answers_every_caller_as_the_matrix_says() {
     // The host's certificate names `eu-1.host.roam`, not the address
     // dialled: these clients skip the name check (the routes are what is
     // tested here; the name check is `wire.rs`'s).
-    let anonymous: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .tls_config(
-            ureq::tls::TlsConfig::builder()
-                .disable_verification(true)
-                .build(),
-        )
-        .build()
-        .into();
+    let anonymous = crate::cluster::unverified_agent(None);
     let as_other = c.agent_as(&other.chain, &other.key, false);
     let as_scheduler = c.agent_as(&scheduler.chain_pem, &scheduler.key_pem, false);
     let mut wrong = Vec::new();

@@ -405,6 +405,23 @@ impl Cluster {
     }
 }
 
+/// A client of a host's own address, as any client reaches it: no client
+/// certificate, and no check of the host's (it names `NAME.host.roam`,
+/// not the address dialled; `wire.rs` tests the name check). Error
+/// statuses are answers, not errors; `timeout` bounds each call.
+pub(crate) fn unverified_agent(timeout: Option<Duration>) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(timeout)
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .disable_verification(true)
+                .build(),
+        )
+        .build()
+        .into()
+}
+
 pub(crate) fn poll(deadline: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {

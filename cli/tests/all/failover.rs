@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use roam_tests::artifacts;
 
-use crate::cluster::{Cluster, PATIENT, eu_cluster, poll, subscribe, wait_event};
+use crate::cluster::{Cluster, PATIENT, eu_cluster, poll, subscribe, unverified_agent, wait_event};
 use crate::migrate::{deploy, host_of, migrate};
 use crate::relay::{BLACKHOLE, PASS, Relay, free_port};
 
@@ -544,16 +544,7 @@ fn a_primary_cut_off_from_the_scheduler_stops_answering_before_its_standby_takes
         .to_string();
 
     // A client asks both hosts straight, one after the other, all along.
-    let direct: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .tls_config(
-            ureq::tls::TlsConfig::builder()
-                .disable_verification(true)
-                .build(),
-        )
-        .build()
-        .into();
+    let direct = unverified_agent(Some(Duration::from_secs(10)));
     let stop = Arc::new(AtomicBool::new(false));
     let client = {
         let stop = stop.clone();
@@ -591,15 +582,7 @@ fn a_primary_cut_off_from_the_scheduler_stops_answering_before_its_standby_takes
     outbound.mode.store(PASS, Ordering::Relaxed);
     // Back on the network, eu-1 is told its copy is stale and drops it.
     let url = ingress("solo", "/count/a").on(&format!("https://{port}"));
-    let probe: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .tls_config(
-            ureq::tls::TlsConfig::builder()
-                .disable_verification(true)
-                .build(),
-        )
-        .build()
-        .into();
+    let probe = unverified_agent(None);
     poll(Duration::from_secs(30), "the stale copy dropped", || {
         probe.get(&url).call().is_ok_and(|r| r.status() == 404)
     });
@@ -675,15 +658,7 @@ fn workloads_serve_on_while_the_scheduler_is_down_for_longer_than_a_lease() {
         ("guarded", at(&primary)),
         ("loose", at(&host_of(&c, "loose"))),
     ];
-    let direct: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .tls_config(
-            ureq::tls::TlsConfig::builder()
-                .disable_verification(true)
-                .build(),
-        )
-        .build()
-        .into();
+    let direct = unverified_agent(None);
     c.stop_scheduler();
     // Twice the lease (a second) and more than the time after which the
     // scheduler would call a host dead: every request is answered.

@@ -422,15 +422,7 @@ fn a_revoked_host_is_refused_everywhere_and_its_workload_moves() {
     assert!(!c.nodes().to_string().contains(&format!("\"{victim}\"")));
     // (Its ingress as any client sees it: no certificate, and the
     // address dialled is not a name its certificate carries.)
-    let ingress: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .tls_config(
-            ureq::tls::TlsConfig::builder()
-                .disable_verification(true)
-                .build(),
-        )
-        .build()
-        .into();
+    let ingress = crate::cluster::unverified_agent(None);
     poll(Duration::from_secs(20), "the revoked host to stop", || {
         ingress
             .get(format!("{victim_url}/w/counter/apples"))
