@@ -29,8 +29,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post, put};
 use roam_proto::reply::error;
 use roam_proto::{
-    CHECKPOINT_INTERVAL_MS, CheckpointAck, Durability, Promote, StandbyStatus, StandbyTarget,
-    StartStandby, paths,
+    CHECKPOINT_INTERVAL_MS, CheckpointAck, Durability, MAX_LEASE_MS, Promote, StandbyStatus,
+    StandbyTarget, StartStandby, paths,
 };
 use roam_runtime::Snapshot;
 use roam_runtime::abi::Place;
@@ -218,6 +218,9 @@ async fn keep(
             "a standby needs its primary's host name and a key",
         );
     }
+    if start.lease_ms > MAX_LEASE_MS {
+        return lease_too_long(start.lease_ms);
+    }
     if start.primary == host.config.name {
         return error(
             StatusCode::CONFLICT,
@@ -353,6 +356,15 @@ async fn checkpoint(
     }
 }
 
+/// A lease this long would overflow the clock arithmetic (and promote
+/// never): refused.
+fn lease_too_long(ms: u64) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        format!("a lease of {ms} ms; at most {MAX_LEASE_MS} ms"),
+    )
+}
+
 fn promoting(workload: &str) -> Response {
     error(
         StatusCode::CONFLICT,
@@ -478,6 +490,9 @@ async fn stream_to(
 ) -> Response {
     if roam_proto::names::host(&target.host).is_err() || target.host == host.config.name {
         return error(StatusCode::BAD_REQUEST, "a standby on another, named host");
+    }
+    if target.lease_ms > MAX_LEASE_MS {
+        return lease_too_long(target.lease_ms);
     }
     if !CHECKPOINT_INTERVAL_MS.contains(&target.interval_ms) {
         return error(

@@ -271,6 +271,10 @@ pub struct StandbyTarget {
     pub lease_ms: u64,
 }
 
+/// The longest lease a host accepts, milliseconds (leases are a fraction
+/// of the failure-detection time).
+pub const MAX_LEASE_MS: u64 = 10 * 60 * 1000;
+
 /// `POST /v1/standbys/{workload}/promote` on a host (scheduler): the
 /// primary is gone; serve from the last checkpoint at `generation`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -347,6 +347,19 @@ impl Cluster {
         serde_json::from_str(&body).unwrap()
     }
 
+    /// The URL host `name` registered.
+    pub(crate) fn url_of(&self, name: &str) -> String {
+        self.nodes()
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .unwrap()["url"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     pub(crate) fn wait_ready(&self, n: usize) {
         poll(Duration::from_secs(60), "hosts ready", || {
             self.nodes()

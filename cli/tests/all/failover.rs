@@ -532,16 +532,7 @@ fn a_primary_cut_off_from_the_scheduler_stops_answering_before_its_standby_takes
     c.add_host("eu-2", "eu-central-1", "EU");
     c.wait_ready(2);
     assert_eq!(protected_standby(&c, "solo", "eu-1"), "eu-2");
-    let eu2 = c
-        .nodes()
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == "eu-2")
-        .unwrap()["url"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let eu2 = c.url_of("eu-2");
 
     // A client asks both hosts straight, one after the other, all along.
     let direct = unverified_agent(Some(Duration::from_secs(10)));
@@ -643,20 +634,9 @@ fn workloads_serve_on_while_the_scheduler_is_down_for_longer_than_a_lease() {
     }
     let primary = host_of(&c, "guarded");
     protected_standby(&c, "guarded", &primary);
-    let at = |host: &str| -> String {
-        c.nodes()
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["name"] == host)
-            .unwrap()["url"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
     let urls = [
-        ("guarded", at(&primary)),
-        ("loose", at(&host_of(&c, "loose"))),
+        ("guarded", c.url_of(&primary)),
+        ("loose", c.url_of(&host_of(&c, "loose"))),
     ];
     let direct = unverified_agent(None);
     c.stop_scheduler();

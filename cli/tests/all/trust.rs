@@ -365,19 +365,8 @@ fn a_revoked_host_is_refused_everywhere_and_its_workload_moves() {
     let tls = c.dir.path().join(&victim).join("tls");
     let chain = std::fs::read_to_string(tls.join("host.crt")).unwrap();
     let key = std::fs::read_to_string(tls.join("host.key")).unwrap();
-    let url_of = |host: &str| {
-        c.nodes()
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["name"] == host)
-            .unwrap()["url"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    let victim_url = url_of(&victim);
-    let survivor_url = url_of(survivor);
+    let victim_url = c.url_of(&victim);
+    let survivor_url = c.url_of(survivor);
     // The victim's certificate, before: the scheduler takes its heartbeat,
     // the survivor answers its migration stream call (with a refusal of
     // the migration, not of the certificate).

@@ -43,7 +43,7 @@ impl Scheduler {
     fn lease_ms(&self) -> u64 {
         u64::try_from(self.config.heartbeat_timeout.as_millis() / 2)
             .unwrap_or(u64::MAX)
-            .max(1)
+            .clamp(1, roam_proto::MAX_LEASE_MS)
     }
 
     /// The standbys of `workload`, by primary host.
