@@ -33,10 +33,13 @@ fn main() {
         },
     );
     abi.next_timer = 2;
+    let id = abi.next_message_id();
     abi.outbox.push_back(OutboundMessage {
         to: "counter".into(),
         body: b"hi".to_vec(),
+        id,
     });
+    abi.take_message("probe", roam_runtime::abi::MessageId { stream: 5, seq: 2 });
     abi.inbox.push_back(InboundMessage {
         from: "probe".into(),
         body: b"42".to_vec(),

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use roam_proto::reply::{error, not_dispatched};
 use roam_proto::{StartInstance, headers, paths};
+use roam_runtime::abi::MessageId;
 use roam_runtime::snapshot::codec::{self, DecodeLimits};
 use roam_runtime::{Digest, Workload};
 
@@ -228,16 +229,25 @@ async fn message(
     Query(q): Query<roam_proto::FromQuery>,
     body: Bytes,
 ) -> Response {
-    deliver(&host, &workload, &q.from, body).await
+    deliver(&host, &workload, &q, body).await
 }
 
 /// Hand a message to `workload` here: 202 once it is queued, answered as
 /// not dispatched when the workload does not run here.
-pub(crate) async fn deliver(host: &Host, workload: &str, from: &str, body: Bytes) -> Response {
+pub(crate) async fn deliver(
+    host: &Host,
+    workload: &str,
+    from: &roam_proto::FromQuery,
+    body: Bytes,
+) -> Response {
     let Some(handle) = host.bus.get(workload) else {
         return not_here(workload);
     };
-    match handle.message(from, body.to_vec()).await {
+    let id = MessageId {
+        stream: from.stream,
+        seq: from.seq,
+    };
+    match handle.message(&from.from, id, body.to_vec()).await {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }

@@ -6,12 +6,19 @@ use std::time::Duration;
 
 use roam_proto::{
     Capacity, Heartbeat, JoinRequest, JoinResponse, PROTOCOL_VERSION, RenewCertificate,
-    RenewedCertificate, paths,
+    RenewedCertificate, headers, paths,
 };
 use roam_runtime::Digest;
 use roam_runtime::abi::OutboundMessage;
+use roam_runtime::driver::Delivery;
 
 use crate::daemon::Host;
+
+/// How long one relayed message may take (the scheduler waits up to 10 s
+/// for a destination that is on its way, and the receiver may wait for its
+/// standby); past it, it is sent again (and dropped as a resend if the
+/// first arrived).
+const RELAY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Largest module the host downloads.
 const MAX_MODULE_DOWNLOAD: usize = 64 << 20;
@@ -152,22 +159,34 @@ impl SchedulerClient {
     }
 
     /// Hand a message to the scheduler, which forwards it to a host that
-    /// runs `to`. `to` is the guest's choice: it only ever becomes one
-    /// encoded path segment.
-    async fn relay(&self, from: &str, to: &str, body: Vec<u8>) -> Result<(), String> {
-        let path = paths::message(to).map_err(|e| e.to_string())?;
+    /// runs `message.to` and answers once that host took it. `to` is the
+    /// guest's choice: it only ever becomes one encoded path segment.
+    async fn relay(&self, from: &str, message: OutboundMessage) -> Delivery {
+        let path = match paths::message(&message.to) {
+            Ok(p) => p,
+            // No workload can have that name.
+            Err(e) => return Delivery::Unknown(e.to_string()),
+        };
         match self
             .http
             .post(path.on(&self.base))
-            .query(&roam_proto::FromQuery { from: from.into() })
+            .query(&roam_proto::FromQuery {
+                from: from.into(),
+                stream: message.id.stream,
+                seq: message.id.seq,
+            })
             .bearer_auth(&self.token)
-            .body(body)
+            .timeout(RELAY_TIMEOUT)
+            .body(message.body)
             .send()
             .await
         {
-            Ok(r) if r.status().is_success() => Ok(()),
-            Ok(r) => Err(format!("refused by the scheduler: {}", r.status())),
-            Err(e) => Err(format!("not delivered: {e}")),
+            Ok(r) if r.status().is_success() => Delivery::Delivered,
+            Ok(r) if r.headers().contains_key(headers::UNKNOWN_WORKLOAD) => {
+                Delivery::Unknown(r.text().await.unwrap_or_default())
+            }
+            Ok(r) => Delivery::Retry(format!("refused by the scheduler: {}", r.status())),
+            Err(e) => Delivery::Retry(format!("not delivered: {e}")),
         }
     }
 }
@@ -272,12 +291,7 @@ impl Host {
             }
             let scheduler = scheduler.clone();
             let from = from.to_string();
-            tokio::spawn(async move {
-                if let Err(e) = scheduler.relay(&from, &message.to, message.body).await {
-                    tracing::warn!(to = %message.to, error = %e, "message not delivered");
-                }
-            });
-            Ok(())
+            Box::pin(async move { scheduler.relay(&from, message).await })
         })
     }
 }

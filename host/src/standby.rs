@@ -34,7 +34,7 @@ use roam_proto::{
 };
 use roam_runtime::Snapshot;
 use roam_runtime::abi::Place;
-use roam_runtime::driver::{CommitRefused, CommitRequest};
+use roam_runtime::driver::{CommitRefused, CommitRequest, CommitScope};
 use roam_runtime::snapshot::codec::{self, DecodeLimits};
 use roam_runtime::{Digest, Instance, Module, Workload};
 
@@ -464,6 +464,10 @@ async fn promote(
         site: start.primary_site.clone(),
     };
     let sequence = state.sequence();
+    let mut state = state;
+    // The checkpoint may be older than messages the primary sent (async):
+    // new messages take a new stream, never an id those had.
+    state.abi_mut().new_stream();
     let mut instance = match Workload::resume(state, Some(&from)).await {
         Ok(w) => w,
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
@@ -544,11 +548,17 @@ async fn stream_to(
         links.insert(workload.clone(), link.clone());
         link
     };
-    let (committer, requests) = if durability == Durability::Sync {
+    // `sync` commits its answers, acknowledgements and sent messages;
+    // `async` only the acknowledgements of messages it received, so a
+    // sender forgets a message only once the standby has it.
+    let scope = if durability == Durability::Sync {
+        CommitScope::All
+    } else {
+        CommitScope::Messages
+    };
+    let (committer, requests) = {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         (Some(tx), Some(rx))
-    } else {
-        (None, None)
     };
     let task = tokio::spawn(stream(
         host.clone(),
@@ -558,9 +568,7 @@ async fn stream_to(
         link.clone(),
         requests,
     ));
-    if committer.is_some() {
-        handle.commit_to(committer).await;
-    }
+    handle.commit_to(committer, scope).await;
     *link.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
     StatusCode::CREATED.into_response()
 }

@@ -19,6 +19,12 @@ pub const GENERATION: &str = "x-roam-generation";
 /// always `1`.
 pub const NOT_DISPATCHED: &str = "x-roam-not-dispatched";
 
+/// Set by the scheduler's message relay on its refusal of a message to a
+/// workload that does not exist (not one that is not running yet): the
+/// sender's host gives the message back to its sender instead of sending
+/// it again. Its value is always `1`.
+pub const UNKNOWN_WORKLOAD: &str = "x-roam-unknown-workload";
+
 /// `PUT /v1/instances/{workload}/restore`: the instance spec
 /// ([`crate::StartInstance`]) as JSON; the body is the snapshot.
 pub const INSTANCE: &str = "x-roam-instance";

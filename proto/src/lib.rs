@@ -685,11 +685,23 @@ pub struct InstanceInfo {
 }
 
 /// Query of `POST /v1/messages/{workload}` (scheduler and host) and of a
-/// message a migration's source forwards: the sending workload.
+/// message a migration's source forwards: the sending workload, and the
+/// message's id in the sender's stream (`stream` 0: no id; such a message
+/// is never recognised as a resend).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FromQuery {
     /// The workload that sent the message.
     pub from: String,
+    /// The sender's stream.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stream: u64,
+    /// The message's place in the stream.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub seq: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Query of `DELETE /v1/instances/{workload}` on a host.

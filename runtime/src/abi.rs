@@ -30,7 +30,10 @@ use wasmtime::Linker;
 
 use crate::instance::InstanceState;
 
-pub use state::{AbiState, Grants, InboundMessage, LogRecord, OutboundMessage, Place, Quotas};
+pub use messages::{UNDELIVERABLE, undeliverable};
+pub use state::{
+    AbiState, Grants, InboundMessage, LogRecord, MessageId, OutboundMessage, Place, Quotas,
+};
 
 /// The ABI version this host implements.
 pub const ABI_VERSION: i32 = 1;

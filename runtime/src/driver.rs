@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::abi::OutboundMessage;
 use crate::abi::codec::{Request, Response};
+use crate::abi::{MessageId, OutboundMessage};
 use crate::checkpoint::Checkpoint;
 use crate::instance::InstanceConfig;
 use crate::module::Module;
@@ -32,9 +32,34 @@ use crate::snapshot::codec::{self, DecodeLimits};
 use crate::snapshot::{MemoryImage, Snapshot};
 use crate::workload::{HandleError, Workload};
 
-/// Delivers a message a workload sent: `(from, message)`. Returns an error
-/// text when the destination does not exist or refuses it.
-pub type Router = Arc<dyn Fn(&str, OutboundMessage) -> Result<(), String> + Send + Sync>;
+/// Delivers a message a workload sent, `(from, message)`, once: what became
+/// of it. The driver keeps the message in the outbox until it is
+/// [`Delivery::Delivered`], sends a destination its messages one at a time
+/// in order, and tries again after a pause on [`Delivery::Retry`].
+pub type Router = Arc<
+    dyn Fn(&str, OutboundMessage) -> std::pin::Pin<Box<dyn Future<Output = Delivery> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// What became of one attempt to deliver a sent message.
+#[derive(Debug)]
+pub enum Delivery {
+    /// The receiver's host has it in the receiver's inbox (checkpointed
+    /// on the receiver's standby when it has one), or had it before.
+    Delivered,
+    /// No workload of that name exists: the message goes back to its
+    /// sender (see [`crate::abi::UNDELIVERABLE`]).
+    Unknown(String),
+    /// Not now (unreachable, not running anywhere yet, inbox full).
+    Retry(String),
+}
+
+/// The first pause before a message is sent again; it doubles per failed
+/// attempt to [`RESEND_MAX`].
+const RESEND_FIRST: Duration = Duration::from_millis(50);
+/// The longest pause between two attempts to deliver a message.
+const RESEND_MAX: Duration = Duration::from_secs(2);
 
 /// How often the driver brings the workload's last good state up to date.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,14 +114,16 @@ pub enum DriverError {
 }
 
 type HttpReply = oneshot::Sender<Result<Response, DriverError>>;
+/// `(destination, message id, outcome)` of one delivery attempt.
+type Outcome = (String, MessageId, Delivery);
 type MessageReply = oneshot::Sender<Result<(), DriverError>>;
 
 /// A request or message a frozen workload holds, or hands to its new host.
 pub enum Forwarded {
     /// An HTTP request and where its response goes.
     Http(Request, HttpReply),
-    /// A message `(from, body)` and where its acknowledgement goes.
-    Message(String, Vec<u8>, MessageReply),
+    /// A message `(from, id, body)` and where its acknowledgement goes.
+    Message(String, MessageId, Vec<u8>, MessageReply),
 }
 
 /// Takes the requests and messages of a workload that moved: sends each to
@@ -118,6 +145,18 @@ pub type Committer = mpsc::Sender<CommitRequest>;
 #[derive(Debug)]
 pub struct CommitRefused;
 
+/// What output commit holds until the standby has the state behind it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitScope {
+    /// Everything: answers, acknowledgements of messages received, and
+    /// messages sent (`durability = sync`).
+    All,
+    /// Only the acknowledgements of messages received, so a sender forgets
+    /// a message only once the receiver's standby has it (`durability =
+    /// async`: its answers go out at once).
+    Messages,
+}
+
 /// Events handled before one output commit at most (the group's answers
 /// wait for it).
 const GROUP_MAX: usize = 64;
@@ -127,7 +166,8 @@ const GROUP_MAX: usize = 64;
 enum Output {
     Http(HttpReply, Result<Response, DriverError>),
     Message(MessageReply, Result<(), DriverError>),
-    Send(OutboundMessage),
+    /// Messages were sent: they leave the outbox only once committed.
+    Sent,
 }
 
 /// One capture taken for a migration.
@@ -198,7 +238,7 @@ impl LiveMemory {
 
 enum Command {
     Http(Request, HttpReply),
-    Message(String, Vec<u8>, MessageReply),
+    Message(String, MessageId, Vec<u8>, MessageReply),
     Logs(oneshot::Sender<String>),
     Snapshot(oneshot::Sender<Result<Vec<u8>, String>>),
     /// Migration: a delta since the last migration capture.
@@ -224,7 +264,7 @@ enum Command {
     Export(bool, oneshot::Sender<Result<Option<Snapshot>, String>>),
     /// Output commit through this link from now on (`None`: release
     /// outputs at once).
-    CommitTo(Option<Committer>),
+    CommitTo(Option<Committer>, CommitScope),
     /// Migration aborted: serve again, held events first.
     Resume,
     /// Migration committed: forward held and later events, drop the instance.
@@ -281,11 +321,18 @@ impl WorkloadHandle {
     }
 
     /// Queue a message; resolves once it is in the workload's inbox (and so
-    /// in its next snapshot).
-    pub async fn message(&self, from: &str, body: Vec<u8>) -> Result<(), DriverError> {
+    /// in its next snapshot; with output commit, in a checkpoint its
+    /// standby acknowledged), or was before: a message whose `id` the
+    /// workload took already is acknowledged and dropped.
+    pub async fn message(
+        &self,
+        from: &str,
+        id: MessageId,
+        body: Vec<u8>,
+    ) -> Result<(), DriverError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Command::Message(from.to_string(), body, tx))
+            .send(Command::Message(from.to_string(), id, body, tx))
             .await
             .map_err(|_| DriverError::Unavailable(self.name.clone(), "stopped".into()))?;
         rx.await
@@ -404,12 +451,12 @@ impl WorkloadHandle {
         self.ask(|tx| Command::Export(full, tx)).await
     }
 
-    /// Output commit (`durability = sync`): from now on hold every answer
-    /// and sent message until `committer`'s standby acknowledged the state
-    /// that produced them, one checkpoint per group of events; `None`:
-    /// release them at once (no standby: unprotected).
-    pub async fn commit_to(&self, committer: Option<Committer>) {
-        let _ = self.tx.send(Command::CommitTo(committer)).await;
+    /// Output commit: from now on hold what `scope` says until
+    /// `committer`'s standby acknowledged the state that produced it, one
+    /// checkpoint per group of events; `None`: release everything at once
+    /// (no standby: unprotected).
+    pub async fn commit_to(&self, committer: Option<Committer>, scope: CommitScope) {
+        let _ = self.tx.send(Command::CommitTo(committer, scope)).await;
     }
 
     /// Migration aborted: serve again, the held events first, in order.
@@ -450,6 +497,15 @@ struct Driver {
     lent: Arc<tokio::sync::Semaphore>,
     /// Output commit's link to the standby, if any.
     committer: Option<Committer>,
+    /// What output commit holds.
+    scope: CommitScope,
+    /// Destinations with a delivery attempt out (one at a time each, so
+    /// each gets its messages in order).
+    sending: std::collections::HashSet<String>,
+    /// The pause before the next attempt, per destination that failed.
+    resend: std::collections::HashMap<String, Duration>,
+    /// Where delivery attempts report.
+    outcomes: mpsc::UnboundedSender<Outcome>,
     /// Outputs waiting for the standby's acknowledgement.
     outputs: Vec<Output>,
     /// Shared with the handles: the workload is being stopped.
@@ -478,6 +534,7 @@ pub fn spawn(
     options: DriverOptions,
 ) -> WorkloadHandle {
     let (tx, rx) = mpsc::channel(options.queue.max(1));
+    let (outcomes, outcomes_rx) = mpsc::unbounded_channel();
     let name = config.name.clone();
     let failures = Arc::new(FailureCount::default());
     let driver = Driver {
@@ -495,13 +552,17 @@ pub fn spawn(
         queue: tx.downgrade(),
         lent: Arc::new(tokio::sync::Semaphore::new(1)),
         committer: None,
+        scope: CommitScope::All,
+        sending: Default::default(),
+        resend: Default::default(),
+        outcomes,
         outputs: Vec::new(),
         stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
     let stopping = driver.stopping.clone();
     // The first checkpoint is taken after the first event, never before the
     // first request (a workload that just arrived serves at once).
-    tokio::spawn(driver.run(rx));
+    tokio::spawn(driver.run(rx, outcomes_rx));
     WorkloadHandle {
         name,
         tx,
@@ -519,8 +580,15 @@ enum Mode {
 }
 
 impl Driver {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        mut outcomes: mpsc::UnboundedReceiver<Outcome>,
+    ) {
         let mut mode = Mode::Serving;
+        // A restored workload may hold messages that were never
+        // acknowledged: they go out again.
+        self.dispatch();
         let forwarder = loop {
             let next = match mode {
                 Mode::Serving => self.workload.next_timer_in(),
@@ -543,6 +611,10 @@ impl Driver {
             let cmd = tokio::select! {
                 cmd = rx.recv() => Some(cmd),
                 () = timer => None,
+                Some(outcome) = outcomes.recv() => {
+                    self.delivered(outcome, matches!(mode, Mode::Held(_))).await;
+                    continue;
+                }
             };
             if let Some(Some(cmd)) = &cmd
                 && !matches!(cmd, Command::Http(..) | Command::Message(..))
@@ -560,9 +632,9 @@ impl Driver {
                         Mode::Held(held) => held.push(Forwarded::Http(req, reply)),
                         Mode::Serving => self.http(req, reply).await,
                     },
-                    Some(Command::Message(from, body, reply)) => match &mut mode {
-                        Mode::Held(held) => held.push(Forwarded::Message(from, body, reply)),
-                        Mode::Serving => self.message(from, body, reply).await,
+                    Some(Command::Message(from, id, body, reply)) => match &mut mode {
+                        Mode::Held(held) => held.push(Forwarded::Message(from, id, body, reply)),
+                        Mode::Serving => self.message(from, id, body, reply).await,
                     },
                     Some(Command::Snapshot(reply)) => {
                         let result = if let (false, Local::Flat(c)) = (self.migrating, &self.local)
@@ -628,8 +700,9 @@ impl Driver {
                         };
                         let _ = reply.send(result);
                     }
-                    Some(Command::CommitTo(committer)) => {
+                    Some(Command::CommitTo(committer, scope)) => {
                         self.committer = committer;
+                        self.scope = scope;
                     }
                     Some(Command::Freeze(reply)) => {
                         let result = match mode {
@@ -651,12 +724,14 @@ impl Driver {
                             for event in held {
                                 match event {
                                     Forwarded::Http(req, reply) => self.http(req, reply).await,
-                                    Forwarded::Message(from, body, reply) => {
-                                        self.message(from, body, reply).await
+                                    Forwarded::Message(from, id, body, reply) => {
+                                        self.message(from, id, body, reply).await
                                     }
                                 }
                             }
                         }
+                        // Outcomes that came while frozen were not recorded.
+                        self.dispatch();
                     }
                     Some(Command::Handoff(forwarder)) => {
                         if let Mode::Held(held) = std::mem::replace(&mut mode, Mode::Serving) {
@@ -689,8 +764,8 @@ impl Driver {
         while let Some(cmd) = rx.recv().await {
             match cmd {
                 Command::Http(req, reply) => forwarder(Forwarded::Http(req, reply)),
-                Command::Message(from, body, reply) => {
-                    forwarder(Forwarded::Message(from, body, reply))
+                Command::Message(from, id, body, reply) => {
+                    forwarder(Forwarded::Message(from, id, body, reply))
                 }
                 Command::Logs(reply) => {
                     let _ = reply.send(String::new());
@@ -713,7 +788,7 @@ impl Driver {
                 Command::Export(_, reply) => {
                     let _ = reply.send(Err(format!("workload `{name}` moved to another host")));
                 }
-                Command::CommitTo(_) => {}
+                Command::CommitTo(..) => {}
                 Command::Resume | Command::Handoff(_) => {}
                 Command::Stop => break,
             }
@@ -736,18 +811,26 @@ impl Driver {
         self.after_event(failed).await;
     }
 
-    async fn message(&mut self, from: String, body: Vec<u8>, reply: MessageReply) {
-        let result = self.workload.enqueue(&from, body).map_err(|code| {
+    async fn message(&mut self, from: String, id: MessageId, body: Vec<u8>, reply: MessageReply) {
+        let result = self.workload.take(&from, id, body).map_err(|code| {
             DriverError::Unavailable(
                 self.config.name.clone(),
                 format!("inbox refused the message (code {code})"),
             )
         });
-        // The sender hears "queued" once the standby has the message too.
-        if result.is_err() {
-            let _ = reply.send(result);
-        } else {
-            self.output(Output::Message(reply, result));
+        // The sender hears "queued" once the standby has the message too (a
+        // resend too: the state that took the first may not be committed).
+        match result {
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+            Ok(taken) => {
+                self.output(Output::Message(reply, Ok(())));
+                if !taken {
+                    // Nothing ran: no event, no checkpoint.
+                    return;
+                }
+            }
         }
         self.after_event(false).await;
     }
@@ -755,10 +838,11 @@ impl Driver {
     /// Release an output now, or hold it for the next commit when a
     /// standby takes this workload's checkpoints (output commit).
     fn output(&mut self, output: Output) {
-        // A message to itself is state, not output: it goes in the inbox
-        // (and so in the checkpoint) at once.
-        let own = matches!(&output, Output::Send(m) if m.to == self.config.name);
-        if self.committer.is_some() && !self.migrating && !own {
+        let held = match output {
+            Output::Message(..) => true,
+            Output::Http(..) | Output::Sent => self.scope == CommitScope::All,
+        };
+        if self.committer.is_some() && !self.migrating && held {
             self.outputs.push(output);
         } else {
             self.release(output);
@@ -773,7 +857,7 @@ impl Driver {
             Output::Message(reply, result) => {
                 let _ = reply.send(result);
             }
-            Output::Send(message) => self.route(message),
+            Output::Sent => {}
         }
     }
 
@@ -834,6 +918,8 @@ impl Driver {
         for output in std::mem::take(&mut self.outputs) {
             self.release(output);
         }
+        // What was sent is committed now.
+        self.dispatch();
     }
 
     /// Switch tracking on, capture all but the pages, lend the memory.
@@ -883,19 +969,13 @@ impl Driver {
     /// then keep the state as the last good one, or roll back.
     async fn after_event(&mut self, mut failed: bool) {
         if !failed {
-            for message in self.workload.take_outbox() {
-                self.output(Output::Send(message));
-            }
+            self.sent();
             while !self.workload.instance().abi().inbox.is_empty() {
                 // A state with the next message still queued: if its
                 // handler fails, the rollback leaves just that one out.
                 self.keep(true);
                 match self.workload.deliver_one().await {
-                    Ok(true) => {
-                        for message in self.workload.take_outbox() {
-                            self.output(Output::Send(message));
-                        }
-                    }
+                    Ok(true) => self.sent(),
                     Ok(false) => break,
                     Err(e) => {
                         tracing::warn!(workload = %self.config.name, error = %e, "message handler failed");
@@ -916,6 +996,7 @@ impl Driver {
         } else {
             self.keep(false);
         }
+        self.dispatch();
     }
 
     /// Record why the guest failed, for [`WorkloadHandle::failures`].
@@ -1049,22 +1130,154 @@ impl Driver {
         out
     }
 
-    fn route(&mut self, message: OutboundMessage) {
-        if message.to == self.config.name {
-            if let Err(code) = self
-                .workload
-                .enqueue(&self.config.name.clone(), message.body)
-            {
-                tracing::warn!(workload = %self.config.name, code, "own inbox refused a message");
+    /// After an event: messages the workload sent to itself go straight
+    /// into its inbox (state, not output); the others wait in the outbox,
+    /// marked as output to commit.
+    fn sent(&mut self) {
+        let name = self.config.name.clone();
+        let abi = self.workload.instance_mut().abi_mut();
+        let mut own = Vec::new();
+        let mut others = false;
+        abi.outbox.retain(|m| {
+            if m.to == name {
+                own.push(m.clone());
+                false
+            } else {
+                others = true;
+                true
             }
+        });
+        for m in own {
+            if let Err(code) = self.workload.take(&name, m.id, m.body.clone()) {
+                // Full: it waits in the outbox, sent through the router.
+                tracing::debug!(workload = %name, code, "own inbox is full; the message waits");
+                self.workload.instance_mut().abi_mut().outbox.push_back(m);
+                others = true;
+            }
+        }
+        if others {
+            self.output(Output::Sent);
+        }
+    }
+
+    /// Start one delivery attempt for every destination that has messages
+    /// waiting and none out: its oldest message. Nothing goes while
+    /// outputs wait for a commit (what was sent may not be on the standby).
+    fn dispatch(&mut self) {
+        if !self.outputs.is_empty() || self.stopping.load(Ordering::Acquire) {
             return;
         }
-        let result = match &self.options.router {
-            Some(router) => router(&self.config.name, message.clone()),
-            None => Err("no other workloads on this host".to_string()),
-        };
-        if let Err(e) = result {
-            tracing::warn!(workload = %self.config.name, to = %message.to, error = %e, "message not delivered");
+        let from = self.config.name.clone();
+        let mut first = std::collections::HashSet::new();
+        let mut due = Vec::new();
+        for m in &self.workload.instance().abi().outbox {
+            if first.insert(m.to.as_str()) && !self.sending.contains(&m.to) {
+                due.push(m.clone());
+            }
+        }
+        for message in due {
+            self.sending.insert(message.to.clone());
+            let pause = self
+                .resend
+                .get(&message.to)
+                .map_or(RESEND_FIRST, |p| (*p * 2).min(RESEND_MAX));
+            let (to, id) = (message.to.clone(), message.id);
+            let outcomes = self.outcomes.clone();
+            let attempt = match &self.options.router {
+                Some(router) => router(&from, message),
+                None => {
+                    let why = format!("no workload named `{to}` here");
+                    Box::pin(async move { Delivery::Unknown(why) })
+                }
+            };
+            tokio::spawn(async move {
+                let outcome = attempt.await;
+                if let Delivery::Retry(_) = &outcome {
+                    tokio::time::sleep(pause).await;
+                }
+                let _ = outcomes.send((to, id, outcome));
+            });
+        }
+    }
+
+    /// One delivery attempt's outcome: the message leaves the outbox once
+    /// delivered; an unknown destination sends it back to the workload;
+    /// otherwise it goes again after a pause. A frozen workload records
+    /// nothing (its state is on its way to another host, which sends
+    /// again what is still in it).
+    async fn delivered(&mut self, (to, id, outcome): Outcome, frozen: bool) {
+        self.sending.remove(&to);
+        if frozen {
+            return;
+        }
+        let name = self.config.name.clone();
+        match outcome {
+            Delivery::Retry(why) => {
+                let pause = self
+                    .resend
+                    .get(&to)
+                    .map_or(RESEND_FIRST, |p| (*p * 2).min(RESEND_MAX));
+                tracing::debug!(workload = %name, %to, %why, ?pause, "message not delivered yet; sending it again");
+                self.resend.insert(to, pause);
+                self.dispatch();
+            }
+            Delivery::Delivered => {
+                self.resend.remove(&to);
+                let outbox = &mut self.workload.instance_mut().abi_mut().outbox;
+                if let Some(at) = outbox.iter().position(|m| m.id == id && m.to == to) {
+                    outbox.remove(at);
+                    self.keep(false);
+                }
+                self.dispatch();
+            }
+            Delivery::Unknown(why) => {
+                self.resend.remove(&to);
+                tracing::warn!(workload = %name, %to, %why, "message sent to an unknown workload; it goes back to its sender");
+                let outbox = &mut self.workload.instance_mut().abi_mut().outbox;
+                let Some(at) = outbox.iter().position(|m| m.id == id && m.to == to) else {
+                    self.dispatch();
+                    return;
+                };
+                let Some(message) = outbox.remove(at) else {
+                    return;
+                };
+                if !self
+                    .workload
+                    .instance()
+                    .module()
+                    .exports_function(crate::abi::EXPORT_MESSAGE)
+                {
+                    self.keep(false);
+                    self.dispatch();
+                    return;
+                }
+                // Cut to the inbox's quota: the code and the name matter most.
+                let room = self
+                    .workload
+                    .instance()
+                    .abi()
+                    .quotas
+                    .max_message
+                    .saturating_sub(8 + to.len());
+                let kept = &message.body[..message.body.len().min(room)];
+                let body = crate::abi::undeliverable(crate::abi::codes::NOT_FOUND, &to, kept);
+                if let Err(code) =
+                    self.workload
+                        .take(crate::abi::UNDELIVERABLE, MessageId::default(), body)
+                {
+                    // No room to say so now: it stays, and goes again later.
+                    tracing::debug!(workload = %name, code, "inbox full; the bounce waits");
+                    self.workload
+                        .instance_mut()
+                        .abi_mut()
+                        .outbox
+                        .insert(at, message);
+                    self.resend.insert(to, RESEND_MAX);
+                    self.dispatch();
+                    return;
+                }
+                self.after_event(false).await;
+            }
         }
     }
 
@@ -1119,6 +1332,9 @@ impl Driver {
                     if let Some(event) = &failed {
                         w.forget(event);
                     }
+                    // Messages sent since that state got ids it still
+                    // holds as unused: new messages take a new stream.
+                    w.instance_mut().abi_mut().new_stream();
                     tracing::warn!(workload = %name, sequence = snapshot.sequence, left_out = ?failed, "instance failed; rolled back to its last good state");
                     self.failures.rolled_back.fetch_add(1, Ordering::Relaxed);
                     self.workload = w;
@@ -1202,15 +1418,20 @@ impl LocalBus {
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .get(&message.to)
-                .cloned()
-                .ok_or_else(|| format!("no workload named `{}` on this host", message.to))?;
+                .cloned();
             let from = from.to_string();
-            tokio::spawn(async move {
-                if let Err(e) = handle.message(&from, message.body).await {
-                    tracing::warn!(%from, to = %message.to, error = %e, "message not delivered");
+            Box::pin(async move {
+                let Some(handle) = handle else {
+                    return Delivery::Unknown(format!(
+                        "no workload named `{}` on this host",
+                        message.to
+                    ));
+                };
+                match handle.message(&from, message.id, message.body).await {
+                    Ok(()) => Delivery::Delivered,
+                    Err(e) => Delivery::Retry(e.to_string()),
                 }
-            });
-            Ok(())
+            })
         })
     }
 }

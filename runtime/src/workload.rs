@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::Val;
 use crate::abi::codec::{self, Request, Response};
-use crate::abi::{self, InboundMessage, OutboundMessage, Place, codes};
+use crate::abi::{self, InboundMessage, MessageId, OutboundMessage, Place, codes};
 use crate::error::{CallError, InstantiateError};
 use crate::instance::{Instance, InstanceConfig};
 use crate::module::Module;
@@ -238,20 +238,37 @@ impl Workload {
         })
     }
 
-    /// Queue a message for this workload. `Err(LIMIT)` when its inbox is full.
+    /// Queue a message for this workload (without an id: never
+    /// deduplicated). `Err(LIMIT)` when its inbox is full.
     pub fn enqueue(&mut self, from: &str, body: Vec<u8>) -> Result<(), i32> {
+        self.take(from, MessageId::default(), body).map(|_| ())
+    }
+
+    /// Queue message `id` from `from` unless this workload took it before
+    /// (`Ok(false)`: a resend, dropped; acknowledge it all the same).
+    /// `Err(LIMIT)` when its inbox is full, `Err(TOO_LARGE)` over the quota.
+    pub fn take(&mut self, from: &str, id: MessageId, body: Vec<u8>) -> Result<bool, i32> {
         let abi = self.instance.abi_mut();
+        if body.len() > abi.quotas.max_message || from.len() > 256 {
+            return Err(codes::TOO_LARGE);
+        }
+        if id.stream != 0
+            && abi
+                .received
+                .get(&(from.to_string(), id.stream))
+                .is_some_and(|(last, _)| id.seq <= *last)
+        {
+            return Ok(false);
+        }
         if abi.inbox.len() >= abi.quotas.max_queued_messages {
             return Err(codes::LIMIT);
         }
-        if body.len() > abi.quotas.max_message {
-            return Err(codes::TOO_LARGE);
-        }
+        abi.take_message(from, id);
         abi.inbox.push_back(InboundMessage {
             from: from.to_string(),
             body,
         });
-        Ok(())
+        Ok(true)
     }
 
     /// Deliver queued messages, oldest first. A message leaves the queue only
@@ -343,7 +360,11 @@ impl Workload {
         Ok(fired)
     }
 
-    /// Messages the workload sent since the last call, for the host to route.
+    /// Messages the workload sent since the last call, for the host to
+    /// route, taken out of its outbox (a host that keeps them until they
+    /// are acknowledged reads [`AbiState::outbox`] instead).
+    ///
+    /// [`AbiState::outbox`]: crate::abi::AbiState::outbox
     pub fn take_outbox(&mut self) -> Vec<OutboundMessage> {
         self.instance.abi_mut().outbox.drain(..).collect()
     }

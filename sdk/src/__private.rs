@@ -46,11 +46,22 @@ pub fn http(ptr: i32, len: i32, handle: impl FnOnce(Request) -> Response) -> i64
     })
 }
 
-/// `roam_message`.
-pub fn message(ptr: i32, len: i32, handle: impl FnOnce(&str, &[u8])) {
+/// `roam_message`: a message, or one of ours that came back.
+pub fn message(
+    ptr: i32,
+    len: i32,
+    handle: impl FnOnce(&str, &[u8]),
+    undeliverable: impl FnOnce(crate::messages::Undeliverable),
+) {
     let bytes = take(ptr, len);
     let mut r = crate::http::Reader(&bytes);
     if let (Some(from), Some(body)) = (r.string(), r.bytes()) {
+        if from == crate::messages::UNDELIVERABLE {
+            if let Some(message) = crate::messages::Undeliverable::parse(body) {
+                undeliverable(message);
+            }
+            return;
+        }
         handle(&from, body);
     }
 }

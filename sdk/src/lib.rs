@@ -158,9 +158,21 @@ pub trait Workload: Default + 'static {
     /// Handle an HTTP-shaped request.
     fn handle(&mut self, req: Request) -> Response;
 
-    /// A message from another workload (delivered at least once).
+    /// A message from another workload. The host keeps each message the
+    /// sender sent until the receiver's host took it, and the receiver
+    /// drops a resend, so it is handled once.
     fn on_message(&mut self, from: &str, body: &[u8]) {
         let _ = (from, body);
+    }
+
+    /// A message this workload sent came back: its destination does not
+    /// exist ([`Error::NotFound`]). The default logs it.
+    fn on_undeliverable(&mut self, message: messages::Undeliverable) {
+        log::warn!(
+            "message to `{}` not delivered: {}",
+            message.to,
+            message.error
+        );
     }
 
     /// A timer set with [`timers::set`] fired.
@@ -230,9 +242,12 @@ macro_rules! export {
 
             #[unsafe(no_mangle)]
             extern "C" fn roam_message(ptr: i32, len: i32) {
-                $crate::__private::message(ptr, len, |from, body| {
-                    with(|w| $crate::Workload::on_message(w, from, body))
-                })
+                $crate::__private::message(
+                    ptr,
+                    len,
+                    |from, body| with(|w| $crate::Workload::on_message(w, from, body)),
+                    |message| with(|w| $crate::Workload::on_undeliverable(w, message)),
+                )
             }
 
             #[unsafe(no_mangle)]

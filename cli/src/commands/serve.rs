@@ -117,7 +117,10 @@ async fn forward(
             .query()
             .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("from=")))
             .unwrap_or("local");
-        return match handle.message(from, body.to_vec()).await {
+        return match handle
+            .message(from, Default::default(), body.to_vec())
+            .await
+        {
             Ok(()) => (StatusCode::ACCEPTED, "queued\n").into_response(),
             Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
         };

@@ -683,12 +683,16 @@ fn forwarder(
                         .map_err(|e| DriverError::Unavailable(workload.clone(), e));
                     let _ = reply.send(result);
                 }
-                Forwarded::Message(from, body, reply) => {
+                Forwarded::Message(from, id, body, reply) => {
                     let result = match messages {
                         None => Err("the migration id cannot name a path".to_string()),
                         Some(url) => match http
                             .post(url)
-                            .query(&roam_proto::FromQuery { from })
+                            .query(&roam_proto::FromQuery {
+                                from,
+                                stream: id.stream,
+                                seq: id.seq,
+                            })
                             .bearer_auth(&key)
                             .body(body)
                             .send()

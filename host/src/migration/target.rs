@@ -652,7 +652,7 @@ pub(super) async fn forwarded_message(
         Ok(workload) => workload,
         Err(e) => return error(e.status(), e.to_string()),
     };
-    crate::control::deliver(&host, &workload, &q.from, body).await
+    crate::control::deliver(&host, &workload, &q, body).await
 }
 
 /// Activate the received migration `id`: the workload serves here from now

@@ -12,7 +12,13 @@ use std::collections::{BTreeMap, VecDeque};
 
 /// Name of the snapshot host section.
 pub const SECTION: &str = "roam.abi";
-const SECTION_VERSION: u32 = 1;
+/// Version 2 added message ids and the record of messages received.
+const SECTION_VERSION: u32 = 2;
+
+/// Sender streams whose last message id a receiver remembers; the least
+/// recently used is forgotten first (a resend on a forgotten stream would
+/// be handled again).
+pub const MAX_SENDER_STREAMS: usize = 1024;
 
 pub use roam_proto::Grants;
 
@@ -69,13 +75,32 @@ impl Default for Quotas {
 /// it came from).
 pub use roam_proto::Place;
 
-/// A message sent by this workload, waiting to be routed.
+/// Names one sent message: the sender's stream and its place in it.
+///
+/// A stream is one timeline of a sender's state: it begins at the first
+/// message sent after a start, a rollback or a failover, so a message id
+/// is never reused for another message even when the state that assigned
+/// it was lost. Within a stream, ids rise by one per message, and each
+/// destination gets its messages in id order, one at a time, so a
+/// receiver needs only the last id it took per stream to drop resends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId {
+    /// The sender's stream (random; 0: no id, never deduplicated).
+    pub stream: u64,
+    /// Its place in the stream, from 1.
+    pub seq: u64,
+}
+
+/// A message sent by this workload, kept until the receiver's host
+/// acknowledged it (or said the destination does not exist).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutboundMessage {
     /// Destination workload.
     pub to: String,
     /// Body.
     pub body: Vec<u8>,
+    /// Its id.
+    pub id: MessageId,
 }
 
 /// A message received by this workload, waiting to be handled.
@@ -122,10 +147,20 @@ pub struct AbiState {
     pub timers: BTreeMap<u64, Timer>,
     /// Next timer id.
     pub next_timer: u64,
-    /// Sent, not yet routed.
+    /// Sent, not yet acknowledged by the receiver's host.
     pub outbox: VecDeque<OutboundMessage>,
+    /// The stream new messages get (0: a new one at the next send).
+    pub stream: u64,
+    /// The last id given in `stream`.
+    pub last_seq: u64,
     /// Received, not yet handled.
     pub inbox: VecDeque<InboundMessage>,
+    /// The last message id taken per sender stream, `(from, stream)` →
+    /// `(seq, used)`, `used` from `received_clock` (the least recently
+    /// used is forgotten beyond [`MAX_SENDER_STREAMS`]).
+    pub received: BTreeMap<(String, u64), (u64, u64)>,
+    /// Ticks once per message taken.
+    pub received_clock: u64,
     /// Recent log records (not part of snapshots: logs leave the host as they are written).
     pub logs: VecDeque<LogRecord>,
     /// Log records ever written (the log cursor; moves with the workload).
@@ -208,6 +243,21 @@ impl AbiState {
             put_bytes(&mut out, &m.body);
         }
         out.extend_from_slice(&self.log_cursor.to_le_bytes());
+        // Version 2.
+        for m in &self.outbox {
+            out.extend_from_slice(&m.id.stream.to_le_bytes());
+            out.extend_from_slice(&m.id.seq.to_le_bytes());
+        }
+        out.extend_from_slice(&self.stream.to_le_bytes());
+        out.extend_from_slice(&self.last_seq.to_le_bytes());
+        out.extend_from_slice(&self.received_clock.to_le_bytes());
+        out.extend_from_slice(&(self.received.len() as u64).to_le_bytes());
+        for ((from, stream), (seq, used)) in &self.received {
+            put_bytes(&mut out, from.as_bytes());
+            out.extend_from_slice(&stream.to_le_bytes());
+            out.extend_from_slice(&seq.to_le_bytes());
+            out.extend_from_slice(&used.to_le_bytes());
+        }
         out
     }
 
@@ -217,7 +267,7 @@ impl AbiState {
         let q = &self.quotas;
         let mut r = Reader(data);
         let version = r.u32()?;
-        if version != SECTION_VERSION {
+        if version != SECTION_VERSION && version != 1 {
             return Err(format!("unsupported version {version}"));
         }
         let mut kv = BTreeMap::new();
@@ -259,11 +309,39 @@ impl AbiState {
             .into_iter()
             .map(|(from, body)| InboundMessage { from, body })
             .collect();
-        let outbox = read_messages(&mut r)?
+        let mut outbox: VecDeque<OutboundMessage> = read_messages(&mut r)?
             .into_iter()
-            .map(|(to, body)| OutboundMessage { to, body })
+            .map(|(to, body)| OutboundMessage {
+                to,
+                body,
+                id: MessageId::default(),
+            })
             .collect();
         let log_cursor = r.u64()?;
+        let (mut stream, mut last_seq, mut received_clock) = (0, 0, 0);
+        let mut received = BTreeMap::new();
+        if version >= 2 {
+            for m in &mut outbox {
+                m.id = MessageId {
+                    stream: r.u64()?,
+                    seq: r.u64()?,
+                };
+            }
+            stream = r.u64()?;
+            last_seq = r.u64()?;
+            received_clock = r.u64()?;
+            let n = r.count(32)?;
+            if n > MAX_SENDER_STREAMS {
+                return Err(format!(
+                    "{n} sender streams is over the limit of {MAX_SENDER_STREAMS}"
+                ));
+            }
+            for _ in 0..n {
+                let from = r.string(MAX_NAME)?;
+                let key = (from, r.u64()?);
+                received.insert(key, (r.u64()?, r.u64()?));
+            }
+        }
         if !r.0.is_empty() {
             return Err("trailing bytes".into());
         }
@@ -274,7 +352,70 @@ impl AbiState {
         self.inbox = inbox;
         self.outbox = outbox;
         self.log_cursor = log_cursor;
+        self.stream = stream;
+        self.last_seq = last_seq;
+        self.received = received;
+        self.received_clock = received_clock;
         Ok(())
+    }
+
+    /// The id of a message sent now: the next in this timeline's stream.
+    pub fn next_message_id(&mut self) -> MessageId {
+        while self.stream == 0 {
+            let mut b = [0u8; 8];
+            // Without randomness, a clock-derived stream still differs from
+            // the previous timeline's in practice.
+            if getrandom::fill(&mut b).is_err() {
+                b = (std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1))
+                .to_le_bytes();
+            }
+            self.stream = u64::from_le_bytes(b);
+            self.last_seq = 0;
+        }
+        self.last_seq += 1;
+        MessageId {
+            stream: self.stream,
+            seq: self.last_seq,
+        }
+    }
+
+    /// Begin a new timeline: this state may be older than messages already
+    /// sent from it (a rollback, a standby's promotion), so its next
+    /// messages get a new stream, never ids another message had.
+    pub fn new_stream(&mut self) {
+        self.stream = 0;
+    }
+
+    /// Record that message `id` from `from` is taken (in the inbox, in the
+    /// same state as this record). `false`: taken before — a resend, to be
+    /// acknowledged and dropped. Messages without an id (stream 0) are
+    /// always taken.
+    pub fn take_message(&mut self, from: &str, id: MessageId) -> bool {
+        if id.stream == 0 {
+            return true;
+        }
+        let key = (from.to_string(), id.stream);
+        if let Some((last, _)) = self.received.get(&key)
+            && id.seq <= *last
+        {
+            return false;
+        }
+        if !self.received.contains_key(&key) && self.received.len() >= MAX_SENDER_STREAMS {
+            let oldest = self
+                .received
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                self.received.remove(&oldest);
+            }
+        }
+        self.received_clock += 1;
+        self.received.insert(key, (id.seq, self.received_clock));
+        true
     }
 
     /// The earliest pending timer: (id, due ns).
@@ -316,10 +457,13 @@ mod tests {
             from: "a".into(),
             body: b"hi".to_vec(),
         });
+        let id = s.next_message_id();
         s.outbox.push_back(OutboundMessage {
             to: "b".into(),
             body: b"yo".to_vec(),
+            id,
         });
+        assert!(s.take_message("a", MessageId { stream: 9, seq: 3 }));
         s.log_cursor = 7;
         let bytes = s.encode();
         let mut t = AbiState::default();
@@ -330,5 +474,37 @@ mod tests {
             assert!(u.decode_into(&bytes[..len]).is_err());
             assert!(u.kv.is_empty());
         }
+    }
+
+    #[test]
+    fn a_resend_is_dropped_and_the_record_stays_bounded() {
+        let mut s = AbiState::default();
+        let a = |seq| MessageId { stream: 7, seq };
+        assert!(s.take_message("a", a(1)));
+        assert!(s.take_message("a", a(2)));
+        assert!(!s.take_message("a", a(2)));
+        assert!(!s.take_message("a", a(1)));
+        // Another sender, or another stream of the same one, is its own.
+        assert!(s.take_message("b", a(1)));
+        assert!(s.take_message("a", MessageId { stream: 8, seq: 1 }));
+        // Without an id, never deduplicated.
+        assert!(s.take_message("a", MessageId::default()));
+        assert!(s.take_message("a", MessageId::default()));
+        for i in 0..(MAX_SENDER_STREAMS as u64 + 10) {
+            s.take_message(
+                "c",
+                MessageId {
+                    stream: 100 + i,
+                    seq: 1,
+                },
+            );
+        }
+        assert_eq!(s.received.len(), MAX_SENDER_STREAMS);
+        // A new stream after a rollback never reuses an id.
+        let first = s.next_message_id();
+        s.new_stream();
+        let second = s.next_message_id();
+        assert_ne!(first.stream, second.stream);
+        assert_eq!(second.seq, 1);
     }
 }

@@ -306,13 +306,13 @@ impl HostClient {
         &self,
         to: &Endpoint,
         workload: &str,
-        from: &str,
+        from: &roam_proto::FromQuery,
         body: axum::body::Bytes,
     ) -> Result<reqwest::RequestBuilder, BadSegment> {
         Ok(self
             .http
             .post(paths::message(workload)?.on(&to.base))
-            .query(&roam_proto::FromQuery { from: from.into() })
+            .query(from)
             .bearer_auth(&to.secret)
             .body(body))
     }

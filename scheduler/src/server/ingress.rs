@@ -99,7 +99,9 @@ impl Scheduler {
 }
 
 /// `POST /v1/messages/{workload}` (join token): a message from a workload
-/// on one host to a workload on another.
+/// on one host to a workload on another. Answered once the receiver's host
+/// took it (the sender's host then forgets it); 404 with
+/// [`headers::UNKNOWN_WORKLOAD`] when no such workload exists.
 pub(super) async fn relay_message(
     State(s): State<Arc<Scheduler>>,
     Path(workload): Path<String>,
@@ -124,9 +126,25 @@ pub(super) async fn relay_message(
             ),
         );
     }
+    if !s.has_workload(&workload) {
+        // Said apart from "not running yet": the sender's host gives the
+        // message back to its sender rather than sending it again.
+        let mut refusal = error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no workload named `{}`",
+                workload.chars().take(64).collect::<String>()
+            ),
+        );
+        refusal.headers_mut().insert(
+            headers::UNKNOWN_WORKLOAD,
+            axum::http::HeaderValue::from_static("1"),
+        );
+        return refusal;
+    }
     let sent = s
         .send_to_serving(&workload, |to, _| {
-            s.client.message(to, &workload, &q.from, body.clone())
+            s.client.message(to, &workload, &q, body.clone())
         })
         .await;
     match sent {

@@ -518,6 +518,15 @@ impl Scheduler {
             .cloned()
     }
 
+    /// Whether the desired state has a workload called `name`.
+    fn has_workload(&self, name: &str) -> bool {
+        self.desired
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .workloads
+            .contains_key(name)
+    }
+
     fn cordoned(&self) -> BTreeSet<String> {
         self.desired
             .read()

@@ -189,17 +189,21 @@ async fn messages_are_routed_between_workloads_on_one_host() {
         assert!(Instant::now() < deadline, "messages never arrived: {body}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // An unknown destination is refused by the bus, not lost silently.
+    // An unknown destination is said so by the bus, not lost silently.
     let router = bus.router();
-    let err = router(
+    let outcome = router(
         "x",
         roam_runtime::abi::OutboundMessage {
             to: "nobody".into(),
             body: vec![],
+            id: Default::default(),
         },
     )
-    .unwrap_err();
-    assert!(err.contains("no workload named `nobody`"));
+    .await;
+    assert!(
+        matches!(&outcome, roam_runtime::driver::Delivery::Unknown(why) if why.contains("no workload named `nobody`")),
+        "{outcome:?}"
+    );
 }
 
 /// A minimal workload in WAT whose exports misuse the ABI on purpose.
