@@ -441,11 +441,6 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
             "workload `{}` deployed ({}, {} replica(s))",
             spec.name, spec.digest, spec.replicas
         );
-        if spec.durability == Durability::Sync {
-            println!(
-                "note: `sync` streams checkpoints to a standby like `async` for now: answers are not yet held until the standby has the state that produced them"
-            );
-        }
         println!("try: roam invoke {} /", spec.name);
         Ok(ExitCode::SUCCESS)
     })

@@ -11,7 +11,8 @@
 //!   `POST /timer-trap/KEY?ms=N`: one that counts KEY, then traps.
 //! - `POST /send/TO/KEY`: send a message to workload TO asking it to count
 //!   KEY; a message `trap:KEY` counts KEY, then traps.
-//! - `GET /handled`: every message handled, as `FROM:BODY` lines.
+//! - `GET /handled`: every message handled, as `FROM:BODY` lines, and
+//!   every message of ours that came back, as `undeliverable:TO:BODY:WHY`.
 
 #![allow(
     clippy::panic,
@@ -113,6 +114,15 @@ impl Workload for Faulty {
             }
             _ => {}
         }
+    }
+
+    fn on_undeliverable(&mut self, message: messages::Undeliverable) {
+        self.handled.push(format!(
+            "undeliverable:{}:{}:{}",
+            message.to,
+            String::from_utf8_lossy(&message.body),
+            message.error
+        ));
     }
 
     fn on_message(&mut self, from: &str, body: &[u8]) {

@@ -206,6 +206,49 @@ async fn messages_are_routed_between_workloads_on_one_host() {
     );
 }
 
+#[tokio::test]
+async fn a_resent_message_is_acknowledged_and_handled_once() {
+    let rt = runtime();
+    let module = load(&rt, artifacts::SENSOR_AGGREGATOR);
+    let name = "sensor-aggregator";
+    let w = Workload::start(&rt, &module, config(name)).await.unwrap();
+    let h = driver::spawn(
+        rt.clone(),
+        module,
+        config(name),
+        w,
+        DriverOptions::default(),
+    );
+    let reading = |seq| roam_runtime::abi::MessageId { stream: 42, seq };
+    for (seq, body) in [
+        (1, "t1 10"),
+        (2, "t1 20"),
+        (2, "t1 20"),
+        (1, "t1 10"),
+        (3, "t1 30"),
+    ] {
+        // Every copy is acknowledged: the sender may forget it.
+        h.message("probe", reading(seq), body.as_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    let body = String::from_utf8(h.http(get("/sensors/t1")).await.unwrap().body).unwrap();
+    assert!(
+        body.contains("\"n\":3") && body.contains("\"mean\":20.000"),
+        "{body}"
+    );
+    // Another stream of the same sender (after its rollback) is new.
+    h.message(
+        "probe",
+        roam_runtime::abi::MessageId { stream: 43, seq: 1 },
+        b"t1 40".to_vec(),
+    )
+    .await
+    .unwrap();
+    let body = String::from_utf8(h.http(get("/sensors/t1")).await.unwrap().body).unwrap();
+    assert!(body.contains("\"n\":4"), "{body}");
+}
+
 /// A minimal workload in WAT whose exports misuse the ABI on purpose.
 const ABUSER: &str = r#"(module
   (import "roam" "log" (func $log (param i32 i32 i32)))
