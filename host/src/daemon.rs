@@ -67,7 +67,7 @@ pub(crate) struct Host {
     /// Standbys kept here, by workload.
     pub(crate) standbys: tokio::sync::Mutex<HashMap<String, crate::standby::Standby>>,
     /// Checkpoint streams of workloads running here to their standbys.
-    pub(crate) links: Mutex<HashMap<String, Arc<crate::standby::Link>>>,
+    pub(crate) links: Arc<Mutex<HashMap<String, Arc<crate::standby::Link>>>>,
     /// Modules being fetched and compiled, one gate each (`modules.rs`).
     pub(crate) loading: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -150,7 +150,7 @@ pub async fn run(config: HostConfig) -> anyhow::Result<()> {
         workloads: tokio::sync::Mutex::new(HashMap::new()),
         migrations: Migrations::default(),
         standbys: tokio::sync::Mutex::default(),
-        links: Mutex::default(),
+        links: Arc::default(),
         loading: Mutex::default(),
         config,
     });
@@ -201,10 +201,11 @@ impl Host {
             .sum();
         let status = |r: &Running| {
             let failures = r.handle.failures();
-            let (standby, checkpoint_age_ms) = self.link_of(&r.status.workload);
+            let (standby, checkpoint_age_ms, checkpoint_bytes) = self.link_of(&r.status.workload);
             InstanceStatus {
                 standby,
                 checkpoint_age_ms,
+                checkpoint_bytes,
                 rolled_back: failures.rolled_back,
                 restarted: failures.restarted,
                 last_failure: failures.last.map(|mut text| {

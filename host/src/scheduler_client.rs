@@ -285,7 +285,20 @@ impl Host {
             &self.scheduler.base,
             &self.scheduler.token,
         ));
+        let links = self.links.clone();
         Arc::new(move |from: &str, message: OutboundMessage| {
+            // A copy whose lease from its standby ran out may be stale (its
+            // standby may be serving already): what it sends waits.
+            let leased = links
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(from)
+                .is_none_or(|l| l.leased(Duration::ZERO));
+            if !leased {
+                return Box::pin(async {
+                    Delivery::Retry("this copy's lease from its standby ran out".into())
+                });
+            }
             if bus.contains(&message.to) {
                 return local(from, message);
             }

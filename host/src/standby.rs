@@ -92,6 +92,8 @@ pub(crate) struct Link {
     /// request the standby granted, plus the lease (at first, the link's
     /// creation plus the lease).
     lease_until: Mutex<Option<Instant>>,
+    /// Bytes of checkpoints the standby acknowledged on this link.
+    bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Link {
@@ -577,6 +579,7 @@ async fn stream_to(
 /// it.
 async fn send_checkpoint(
     host: &Host,
+    link: &Link,
     url: &str,
     key: &str,
     snapshot: Snapshot,
@@ -584,6 +587,7 @@ async fn send_checkpoint(
     let bytes = tokio::task::spawn_blocking(move || codec::encode(&snapshot))
         .await
         .map_err(|e| e.to_string())?;
+    let len = bytes.len() as u64;
     let r = host
         .http
         .post(url)
@@ -593,6 +597,8 @@ async fn send_checkpoint(
         .await
         .map_err(|e| e.to_string())?;
     if r.status().is_success() {
+        link.bytes
+            .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
         return Ok(());
     }
     let status = r.status();
@@ -647,7 +653,7 @@ async fn stream(
                     request = next(&mut requests) => match request {
                         Some((snapshot, ack)) => {
                             let sent = Instant::now();
-                            match send_checkpoint(&host, &url, &target.key, snapshot).await {
+                            match send_checkpoint(&host, &link, &url, &target.key, snapshot).await {
                                 Ok(()) => {
                                     link.renewed(sent);
                                     link.synced();
@@ -713,7 +719,7 @@ async fn stream(
         };
         let was_full = export.is_full();
         let sent = Instant::now();
-        match serving!(send_checkpoint(&host, &url, &target.key, export)) {
+        match serving!(send_checkpoint(&host, &link, &url, &target.key, export)) {
             Ok(()) => {
                 full = false;
                 failing = false;
@@ -808,11 +814,15 @@ impl Host {
     }
 
     /// The standby and checkpoint age of a workload running here.
-    pub(crate) fn link_of(&self, workload: &str) -> (Option<String>, Option<u64>) {
+    pub(crate) fn link_of(&self, workload: &str) -> (Option<String>, Option<u64>, u64) {
         let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         match links.get(workload) {
-            Some(l) => (Some(l.host.clone()), l.age_ms()),
-            None => (None, None),
+            Some(l) => (
+                Some(l.host.clone()),
+                l.age_ms(),
+                l.bytes.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            None => (None, None, 0),
         }
     }
 

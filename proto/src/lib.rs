@@ -211,6 +211,10 @@ pub struct InstanceStatus {
     /// until it acknowledged one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_age_ms: Option<u64>,
+    /// Bytes of checkpoints the standby acknowledged since the stream to
+    /// it began (encoded, before TLS).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub checkpoint_bytes: u64,
 }
 
 /// A standby a host keeps: a copy of a workload's state that is not
@@ -682,6 +686,10 @@ pub struct InstanceInfo {
     /// the host last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_age_ms: Option<u64>,
+    /// Bytes of checkpoints its standby acknowledged, as the host last
+    /// reported.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub checkpoint_bytes: u64,
 }
 
 /// Query of `POST /v1/messages/{workload}` (scheduler and host) and of a

@@ -170,6 +170,14 @@ enum Output {
     Sent,
 }
 
+/// An event of a group, kept to be run again if a later one fails.
+enum Ran {
+    /// A request and the place of its held answer in `outputs`.
+    Http(Request, usize),
+    /// A message taken into the inbox: `(from, id, body)`.
+    Message(String, MessageId, Vec<u8>),
+}
+
 /// One capture taken for a migration.
 #[derive(Debug)]
 pub struct Capture {
@@ -508,6 +516,15 @@ struct Driver {
     outcomes: mpsc::UnboundedSender<Outcome>,
     /// Outputs waiting for the standby's acknowledgement.
     outputs: Vec<Output>,
+    /// Output commit of everything (`sync`): the events run since the last
+    /// checkpoint, whose answers are all held; the checkpoint is brought up
+    /// to date once per group ([`Driver::settle`]), and a failure in the
+    /// group rolls back to it and runs these again ([`Driver::replay`]).
+    group: Vec<Ran>,
+    /// Events ran since the last checkpoint (in a group).
+    unsettled: bool,
+    /// Running a group again after a failure: one checkpoint per event.
+    replaying: bool,
     /// Shared with the handles: the workload is being stopped.
     stopping: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -557,6 +574,9 @@ pub fn spawn(
         resend: Default::default(),
         outcomes,
         outputs: Vec::new(),
+        group: Vec::new(),
+        unsettled: false,
+        replaying: false,
         stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
     let stopping = driver.stopping.clone();
@@ -607,6 +627,8 @@ impl Driver {
             // coming.
             if !self.outputs.is_empty() && (self.idle() || self.outputs.len() >= GROUP_MAX) {
                 self.commit().await;
+            } else if self.unsettled && self.idle() {
+                self.settle();
             }
             let cmd = tokio::select! {
                 cmd = rx.recv() => Some(cmd),
@@ -620,6 +642,7 @@ impl Driver {
                 && !matches!(cmd, Command::Http(..) | Command::Message(..))
             {
                 // Anything else sees (or moves) only committed state.
+                self.settle();
                 self.commit().await;
             }
             match cmd {
@@ -806,12 +829,22 @@ impl Driver {
         if failed {
             let _ = reply.send(result);
         } else {
+            let grouped = self.grouping();
             self.output(Output::Http(reply, result));
+            if grouped {
+                self.group.push(Ran::Http(req, self.outputs.len() - 1));
+            }
         }
         self.after_event(failed).await;
     }
 
     async fn message(&mut self, from: String, id: MessageId, body: Vec<u8>, reply: MessageReply) {
+        // Kept to take it again if the group it joins is run again.
+        let kept = if self.grouping() {
+            body.clone()
+        } else {
+            Vec::new()
+        };
         let result = self.workload.take(&from, id, body).map_err(|code| {
             DriverError::Unavailable(
                 self.config.name.clone(),
@@ -829,6 +862,9 @@ impl Driver {
                 if !taken {
                     // Nothing ran: no event, no checkpoint.
                     return;
+                }
+                if self.grouping() {
+                    self.group.push(Ran::Message(from, id, kept));
                 }
             }
         }
@@ -875,6 +911,7 @@ impl Driver {
     /// scheduler declared the standby lost (the workload is unprotected)
     /// or gave it another one — they are released.
     async fn commit(&mut self) {
+        self.settle();
         if self.outputs.is_empty() {
             return;
         }
@@ -1012,19 +1049,13 @@ impl Driver {
         if self.migrating || self.options.roundtrip_snapshots {
             return;
         }
+        if self.grouping() {
+            // Once per group, in `settle`.
+            self.unsettled = true;
+            return;
+        }
         match (&mut self.local, self.options.checkpoints) {
-            (Local::Flat(c), Checkpoints::EachEvent) => {
-                let applied = self
-                    .workload
-                    .instance_mut()
-                    .capture_delta()
-                    .map_err(|e| e.to_string())
-                    .and_then(|d| c.apply(&d).map_err(|e| e.to_string()));
-                if let Err(e) = applied {
-                    tracing::warn!(workload = %self.config.name, error = %e, "checkpoint failed; taking a full one");
-                    self.rebase();
-                }
-            }
+            (Local::Flat(_), Checkpoints::EachEvent) => self.capture_into_checkpoint(),
             (Local::None, Checkpoints::EachEvent) => self.rebase(),
             (local, Checkpoints::Every(every)) if !between => {
                 // A full capture pauses the workload for a copy of its
@@ -1041,6 +1072,73 @@ impl Driver {
             }
             _ => {}
         }
+    }
+
+    /// Whether events are checkpointed per group rather than one by one:
+    /// every answer and sent message is held for the next commit (`sync`
+    /// with a standby), so a failure can roll back to the group's start and
+    /// run the group's other events again, none of them seen outside yet.
+    fn grouping(&self) -> bool {
+        self.committer.is_some()
+            && self.scope == CommitScope::All
+            && !self.migrating
+            && !self.replaying
+            && !self.options.roundtrip_snapshots
+            && self.options.checkpoints == Checkpoints::EachEvent
+            && matches!(self.local, Local::Flat(_))
+    }
+
+    /// Bring the checkpoint up to date with the group run since the last.
+    fn settle(&mut self) {
+        if std::mem::take(&mut self.unsettled) {
+            self.group.clear();
+            self.capture_into_checkpoint();
+        }
+    }
+
+    /// One write-tracked delta since the last, applied to the flat
+    /// checkpoint (a full one if that fails).
+    fn capture_into_checkpoint(&mut self) {
+        let Local::Flat(c) = &mut self.local else {
+            return;
+        };
+        let applied = self
+            .workload
+            .instance_mut()
+            .capture_delta()
+            .map_err(|e| e.to_string())
+            .and_then(|d| c.apply(&d).map_err(|e| e.to_string()));
+        if let Err(e) = applied {
+            tracing::warn!(workload = %self.config.name, error = %e, "checkpoint failed; taking a full one");
+            self.rebase();
+        }
+    }
+
+    /// Run again, one checkpoint each, the events of a group that a failure
+    /// rolled back: each held answer is replaced by its new one (none was
+    /// released), each message taken again.
+    async fn replay(&mut self, group: Vec<Ran>) {
+        self.replaying = true;
+        for ran in group {
+            match ran {
+                Ran::Http(req, at) => {
+                    let result = self.workload.http(&req).await.map_err(DriverError::from);
+                    let failed = result.is_err();
+                    if let Err(e) = &result {
+                        self.note_failure(&e.to_string());
+                    }
+                    if let Some(Output::Http(_, held)) = self.outputs.get_mut(at) {
+                        *held = result;
+                    }
+                    Box::pin(self.after_event(failed)).await;
+                }
+                Ran::Message(from, id, body) => {
+                    let _ = self.workload.take(&from, id, body);
+                    Box::pin(self.after_event(false)).await;
+                }
+            }
+        }
+        self.replaying = false;
     }
 
     /// Take a full checkpoint (and, for [`Checkpoints::EachEvent`], restart
@@ -1341,6 +1439,12 @@ impl Driver {
                     if matches!(self.local, Local::Flat(_)) || failed.is_some() {
                         self.rebase();
                     }
+                    // The group's other events, rolled back with it.
+                    self.unsettled = false;
+                    let group = std::mem::take(&mut self.group);
+                    if !group.is_empty() {
+                        self.replay(group).await;
+                    }
                     return;
                 }
                 Err(e) => {
@@ -1351,6 +1455,9 @@ impl Driver {
         match Workload::start(&self.rt, &self.module, self.config.clone()).await {
             Ok(w) => {
                 tracing::warn!(workload = %name, "instance failed; restarted from its initial state");
+                // Nothing of the group's state is left to run it again on.
+                self.group.clear();
+                self.unsettled = false;
                 self.failures.restarted.fetch_add(1, Ordering::Relaxed);
                 self.workload = w;
                 self.local = Local::None;

@@ -501,6 +501,7 @@ pub(super) async fn instances(State(s): State<Arc<Scheduler>>) -> Response {
                     last_failure: reported.last_failure,
                     standby,
                     checkpoint_age_ms,
+                    checkpoint_bytes: reported.checkpoint_bytes,
                 }
             })
         })

@@ -363,6 +363,7 @@ pub(super) async fn heartbeat(
         list.iter()
             .map(|i| InstanceStatus {
                 checkpoint_age_ms: None,
+                checkpoint_bytes: 0,
                 ..i.clone()
             })
             .collect()

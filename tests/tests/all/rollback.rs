@@ -164,3 +164,64 @@ async fn a_snapshot_of_a_checkpointed_workload_is_its_current_state() {
     let r = w.http(&req("GET", "/count/s")).await.unwrap();
     assert_eq!(r.body, b"s=5/5");
 }
+
+/// `sync`'s output commit checkpoints once per group of events. A trap in
+/// the middle of a group rolls back to the group's start and runs the
+/// group's other events again (none of their answers was out yet): every
+/// request but the trapping one is applied exactly once, and each caller
+/// hears the count its request made.
+#[tokio::test]
+async fn a_trap_in_a_group_of_held_answers_fails_only_that_request() {
+    let h = faulty(Checkpoints::EachEvent).await;
+    // The first event takes the first checkpoint; groups begin after it.
+    assert_eq!(text(&h, "POST", "/count/a").await, "a=1/1");
+    // A standby that takes a few milliseconds per commit, so events queue
+    // up behind each one and form groups.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<driver::CommitRequest>(1);
+    let commits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let commits = commits.clone();
+        tokio::spawn(async move {
+            while let Some((_, ack)) = rx.recv().await {
+                tokio::time::sleep(Duration::from_millis(3)).await;
+                commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = ack.send(Ok(()));
+            }
+        });
+    }
+    h.commit_to(Some(tx), driver::CommitScope::All).await;
+    let mut calls = Vec::new();
+    for i in 0..61 {
+        let h = h.clone();
+        let target = if i == 30 { "/trap/a" } else { "/count/a" };
+        calls.push(tokio::spawn(
+            async move { h.http(req("POST", target)).await },
+        ));
+    }
+    let mut counts = Vec::new();
+    let mut failed = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(r) => {
+                let body = String::from_utf8(r.body).unwrap();
+                let (memory, kv) = body
+                    .strip_prefix("a=")
+                    .and_then(|b| b.split_once('/'))
+                    .unwrap();
+                assert_eq!(memory, kv, "{body}");
+                counts.push(memory.parse::<u32>().unwrap());
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("unreachable"), "{e}");
+                failed += 1;
+            }
+        }
+    }
+    assert_eq!(failed, 1);
+    counts.sort_unstable();
+    assert_eq!(counts, (2..=61).collect::<Vec<_>>(), "each applied once");
+    assert_eq!(text(&h, "GET", "/count/a").await, "a=61/61");
+    assert_eq!(h.failures().rolled_back, 1);
+    let commits = commits.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(commits < 30, "{commits} commits for 61 events: no groups");
+}
