@@ -128,6 +128,7 @@ const SPEAK_THE_WIRE: &[&str] = &[
     "cli/benches/common/mod.rs",
     "cli/benches/coldstart.rs",
     "cli/benches/density.rs",
+    "cli/benches/failover.rs",
     "cli/benches/heartbeats.rs",
     "cli/benches/migration.rs",
     "cli/benches/requests.rs",
