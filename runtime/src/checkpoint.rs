@@ -67,6 +67,9 @@ pub struct Checkpoint {
     host: Vec<HostSection>,
     memories: Vec<FlatMemory>,
     max_memory: u64,
+    /// Whether the last export carried the tables as they are now (a delta
+    /// then leaves them out).
+    tables_sent: bool,
     /// The sequence of the last export (what a copy kept elsewhere holds);
     /// `None`: the next export is the whole checkpoint.
     exported: Option<u64>,
@@ -94,6 +97,7 @@ impl Checkpoint {
             host: Vec::new(),
             memories: Vec::new(),
             max_memory,
+            tables_sent: false,
             exported: None,
         };
         checkpoint.check(full, true)?;
@@ -138,9 +142,15 @@ impl Checkpoint {
                 base: Some(base),
                 // Written since the last export, zero or not.
                 memories: self.images(|m, p, _| m.unsent[p]),
+                tables: if self.tables_sent {
+                    Vec::new()
+                } else {
+                    self.tables.clone()
+                },
                 ..self.without_memories()
             },
         };
+        self.tables_sent = true;
         for m in &mut self.memories {
             m.unsent.fill(false);
         }
@@ -293,7 +303,11 @@ impl Checkpoint {
         self.sequence = s.sequence;
         self.generation = s.generation;
         self.globals.clone_from(&s.globals);
-        self.tables.clone_from(&s.tables);
+        // A delta without tables leaves them as they were.
+        if s.base.is_none() || !s.tables.is_empty() {
+            self.tables.clone_from(&s.tables);
+            self.tables_sent = false;
+        }
         self.host.clone_from(&s.host);
     }
 }

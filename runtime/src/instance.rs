@@ -158,6 +158,10 @@ pub struct Instance {
     pub(crate) generation: u64,
     /// Per memory, the hash of every page at the last capture.
     pub(crate) page_hashes: Option<Vec<Vec<u64>>>,
+    /// Raw function reference → function index, for every function that
+    /// can sit in a table or a global: fixed for the instance's life, so
+    /// built once, at its first capture.
+    pub(crate) func_map: Option<std::sync::Arc<std::collections::HashMap<usize, u32>>>,
 }
 
 impl std::fmt::Debug for Instance {

@@ -100,6 +100,11 @@ pub struct StateLayout {
     pub mutable_globals: Vec<(u32, GlobalKind)>,
     /// Number of tables (all hold funcref).
     pub tables: u32,
+    /// Whether anything can change a table after instantiation: an
+    /// imported table, or a `table.set`, `table.grow`, `table.fill`,
+    /// `table.copy` or `table.init` in the code. When not, a delta leaves
+    /// the tables out (they are as the full capture had them).
+    pub tables_mutable: bool,
     /// Functions exported as `roam-state:func:N`, in ascending order.
     pub referenced_funcs: Vec<u32>,
     /// Whether the module had a `start` function (now exported as [`START_EXPORT`]).
@@ -272,6 +277,7 @@ pub fn rewrite(wasm: &[u8]) -> Result<Rewritten, LoadError> {
                                 )));
                             }
                             layout.tables += 1;
+                            layout.tables_mutable = true;
                         }
                         TypeRef::Global(ty) => {
                             if ty.mutable {
@@ -352,6 +358,22 @@ pub fn rewrite(wasm: &[u8]) -> Result<Rewritten, LoadError> {
                                 collect_ref_funcs(&expr.map_err(malformed)?, &mut referenced)?;
                             }
                         }
+                    }
+                }
+            }
+            Payload::CodeSectionEntry(body) if !layout.tables_mutable => {
+                let mut ops = body.get_operators_reader().map_err(malformed)?;
+                while !ops.eof() {
+                    if matches!(
+                        ops.read().map_err(malformed)?,
+                        Operator::TableSet { .. }
+                            | Operator::TableGrow { .. }
+                            | Operator::TableFill { .. }
+                            | Operator::TableCopy { .. }
+                            | Operator::TableInit { .. }
+                    ) {
+                        layout.tables_mutable = true;
+                        break;
                     }
                 }
             }
@@ -515,6 +537,29 @@ mod tests {
             .parse_all(&out.bytes)
             .any(|p| matches!(p, Ok(Payload::StartSection { .. })));
         assert!(!has_start);
+    }
+
+    #[test]
+    fn only_a_table_changing_instruction_or_import_makes_tables_mutable() {
+        let fixed = "(module (table 2 funcref) (func $f) (elem (i32.const 0) $f)
+            (func (result i32) (call_indirect (result i32) (i32.const 0))))";
+        let layout = rewrite(&wat::parse_str(fixed).unwrap()).unwrap().layout;
+        assert!(!layout.tables_mutable);
+        for changer in [
+            "(table.set (i32.const 1) (ref.null func))",
+            "(drop (table.grow (ref.null func) (i32.const 1)))",
+            "(table.fill (i32.const 0) (ref.null func) (i32.const 1))",
+            "(table.copy (i32.const 0) (i32.const 1) (i32.const 1))",
+            "(table.init 0 (i32.const 0) (i32.const 0) (i32.const 1))",
+        ] {
+            let wat =
+                format!("(module (table 2 funcref) (func $f) (elem func $f) (func {changer}))");
+            let layout = rewrite(&wat::parse_str(&wat).unwrap()).unwrap().layout;
+            assert!(layout.tables_mutable, "{changer}");
+        }
+        let imported = r#"(module (import "m" "t" (table 1 funcref)))"#;
+        let layout = rewrite(&wat::parse_str(imported).unwrap()).unwrap().layout;
+        assert!(layout.tables_mutable);
     }
 
     #[test]

@@ -462,6 +462,7 @@ impl Runtime {
                 .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed),
             sequence: 0,
             generation: 0,
+            func_map: None,
             page_hashes: None,
             tracker: None,
             huge_pages: None,

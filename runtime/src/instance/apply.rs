@@ -186,7 +186,10 @@ impl Instance {
                 .map_err(|e| mismatch(format!("global {index}: {e}")))?;
         }
 
-        if snapshot.tables.len() != self.module.inner.exports.tables.len() {
+        // A delta without tables leaves them as they are (its module
+        // cannot change them).
+        let unchanged = snapshot.base.is_some() && snapshot.tables.is_empty();
+        if !unchanged && snapshot.tables.len() != self.module.inner.exports.tables.len() {
             return Err(mismatch(format!(
                 "snapshot has {} tables, module has {}",
                 snapshot.tables.len(),

@@ -160,7 +160,13 @@ impl Instance {
         }
 
         let mut tables = Vec::new();
+        // A delta leaves out tables that nothing can change since the full
+        // capture it builds on.
+        let tables_fixed = delta && !self.module.inner.layout.tables_mutable;
         for index in 0..self.module.inner.exports.tables.len() {
+            if tables_fixed {
+                break;
+            }
             let export = &self.module.inner.exports.tables[index];
             let table = self
                 .instance
@@ -240,7 +246,10 @@ impl Instance {
     }
 
     /// Map from a funcref's raw pointer to its function index.
-    fn func_map(&mut self) -> std::collections::HashMap<usize, u32> {
+    fn func_map(&mut self) -> std::sync::Arc<std::collections::HashMap<usize, u32>> {
+        if let Some(map) = &self.func_map {
+            return map.clone();
+        }
         let funcs: Vec<_> = self
             .module
             .inner
@@ -256,6 +265,8 @@ impl Instance {
                     .or_insert(index);
             }
         }
+        let map = std::sync::Arc::new(map);
+        self.func_map = Some(map.clone());
         map
     }
 

@@ -521,3 +521,33 @@ async fn the_driver_replaces_a_failed_instance_only_after_its_memory_is_given_ba
     drop(memory);
     assert_eq!(h.http(get("/")).await.unwrap().body, b"ok");
 }
+
+#[tokio::test]
+async fn a_delta_of_a_module_that_cannot_change_its_tables_leaves_them_out_and_applies() {
+    let rt = runtime();
+    let module = load(&rt, artifacts::COUNTER);
+    let mut a = Workload::start(&rt, &module, config("counter"))
+        .await
+        .unwrap();
+    let post = Request {
+        method: "POST".into(),
+        path: "/a".into(),
+        ..Request::default()
+    };
+    a.http(&post).await.unwrap();
+    a.instance_mut().set_track_dirty(true);
+    let full = a.instance_mut().capture().unwrap();
+    assert!(!full.tables.is_empty(), "a full capture has every table");
+    let mut b = Workload::restore(&rt, &module, config("counter"), &full, None)
+        .await
+        .unwrap();
+    a.http(&post).await.unwrap();
+    let delta = a.instance_mut().capture_delta().unwrap();
+    assert!(
+        delta.tables.is_empty(),
+        "the counter never changes its table"
+    );
+    b.instance_mut().apply(&delta).unwrap();
+    let body = String::from_utf8(b.http(&get("/a")).await.unwrap().body).unwrap();
+    assert!(body.contains("\"count\":2"), "{body}");
+}
