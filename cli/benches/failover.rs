@@ -29,74 +29,15 @@
 )]
 
 use std::io::{BufRead, BufReader};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Proc, Scheduler};
+use common::{Proc, Run, Scheduler, wrk};
 
 const DURABILITIES: [&str; 3] = ["none", "async", "sync"];
-
-/// What one `wrk` run measured.
-#[derive(Clone, Copy, Default)]
-struct Run {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-}
-
-/// `1.23ms`, `456.00us`, `1.2s` → milliseconds.
-fn millis(text: &str) -> f64 {
-    let (num, unit) = text
-        .find(|c: char| c.is_ascii_alphabetic())
-        .map(|i| text.split_at(i))
-        .unwrap();
-    let v: f64 = num.parse().unwrap();
-    match unit {
-        "us" => v / 1000.0,
-        "ms" => v,
-        "s" => v * 1000.0,
-        other => panic!("unknown unit {other}"),
-    }
-}
-
-/// `wrk` POSTing to `url`.
-fn wrk(url: &str, script: &std::path::Path, connections: usize, seconds: u64) -> Run {
-    let out = Command::new("wrk")
-        .args([
-            &format!("-t{}", connections.min(2)),
-            &format!("-c{connections}"),
-            &format!("-d{seconds}s"),
-            "--latency",
-            "-s",
-            script.to_str().unwrap(),
-            url,
-        ])
-        .output()
-        .expect("`wrk` must be installed (scripts/bench installs it)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        !text.contains("Non-2xx") && !text.contains("Socket errors"),
-        "{url}: {text}"
-    );
-    let field = |prefix: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix))
-            .unwrap_or_else(|| panic!("no `{prefix}` in wrk output: {text}"))
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string()
-    };
-    Run {
-        rps: field("Requests/sec:").parse().unwrap(),
-        p50_ms: millis(&field("50%")),
-        p99_ms: millis(&field("99%")),
-    }
-}
 
 /// Poll `done` every 20 ms until it holds, for at most `secs`.
 fn wait(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
@@ -268,7 +209,7 @@ fn cost(quick: bool) -> Vec<Cost> {
                 // The host reports with its next heartbeat.
                 std::thread::sleep(Duration::from_millis(600));
                 let (before, written, began) = (bytes(), writes(), Instant::now());
-                let run = wrk(&format!("{url}{path}"), &script, connections, seconds);
+                let run = wrk(&format!("{url}{path}"), Some(&script), connections, seconds);
                 std::thread::sleep(Duration::from_millis(600));
                 let after = bytes();
                 let dirtied_mb_s =

@@ -18,63 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Proc, Scheduler};
-
-/// What one `wrk` run measured.
-#[derive(Clone, Copy, Default)]
-struct Run {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-}
-
-/// `1.23ms`, `456.00us`, `1.2s` → milliseconds.
-fn millis(text: &str) -> f64 {
-    let (num, unit) = text
-        .find(|c: char| c.is_ascii_alphabetic())
-        .map(|i| text.split_at(i))
-        .unwrap();
-    let v: f64 = num.parse().unwrap();
-    match unit {
-        "us" => v / 1000.0,
-        "ms" => v,
-        "s" => v * 1000.0,
-        "m" => v * 60_000.0,
-        other => panic!("unknown unit {other}"),
-    }
-}
-
-fn wrk(url: &str, connections: usize, seconds: u64) -> Run {
-    let out = Command::new("wrk")
-        .args([
-            &format!("-t{}", connections.min(2)),
-            &format!("-c{connections}"),
-            &format!("-d{seconds}s"),
-            "--latency",
-            url,
-        ])
-        .output()
-        .expect("`wrk` must be installed (scripts/bench installs it)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        !text.contains("Non-2xx") && !text.contains("Socket errors"),
-        "{url}: {text}"
-    );
-    let field = |prefix: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix))
-            .unwrap_or_else(|| panic!("no `{prefix}` in wrk output: {text}"))
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string()
-    };
-    Run {
-        rps: field("Requests/sec:").parse().unwrap(),
-        p50_ms: millis(&field("50%")),
-        p99_ms: millis(&field("99%")),
-    }
-}
+use common::{Proc, Run, Scheduler, wrk};
 
 /// Wait until `url` answers 200 (whoever's certificate it shows: `wrk`
 /// does not check them either).
@@ -178,7 +122,7 @@ fn main() {
         let mut runs = vec![Vec::new(); targets.len()];
         for _ in 0..3 {
             for (i, (_, url)) in targets.iter().enumerate() {
-                runs[i].push(wrk(url, connections, seconds));
+                runs[i].push(wrk(url, None, connections, seconds));
             }
         }
         let base = median(&runs[0], |r| r.rps);

@@ -213,3 +213,67 @@ pub fn percentile(values: &mut [f64], p: f64) -> f64 {
 pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
+
+/// What one `wrk` run measured.
+#[derive(Clone, Copy, Default)]
+pub struct Run {
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// `1.23ms`, `456.00us`, `1.2s` → milliseconds.
+#[allow(clippy::panic, reason = "a benchmark reports failure by panicking")]
+pub fn millis(text: &str) -> f64 {
+    let (num, unit) = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map(|i| text.split_at(i))
+        .unwrap();
+    let v: f64 = num.parse().unwrap();
+    match unit {
+        "us" => v / 1000.0,
+        "ms" => v,
+        "s" => v * 1000.0,
+        "m" => v * 60_000.0,
+        other => panic!("unknown unit {other}"),
+    }
+}
+
+/// `wrk` against `url` (with a Lua `script`, e.g. one that sets the
+/// method); panics on any non-2xx answer or socket error.
+#[allow(clippy::panic, reason = "a benchmark reports failure by panicking")]
+pub fn wrk(url: &str, script: Option<&std::path::Path>, connections: usize, seconds: u64) -> Run {
+    let mut args = vec![
+        format!("-t{}", connections.min(2)),
+        format!("-c{connections}"),
+        format!("-d{seconds}s"),
+        "--latency".to_string(),
+    ];
+    if let Some(script) = script {
+        args.extend(["-s".to_string(), script.to_str().unwrap().to_string()]);
+    }
+    args.push(url.to_string());
+    let out = Command::new("wrk")
+        .args(&args)
+        .output()
+        .expect("`wrk` must be installed (scripts/bench installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("Non-2xx") && !text.contains("Socket errors"),
+        "{url}: {text}"
+    );
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` in wrk output: {text}"))
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    Run {
+        rps: field("Requests/sec:").parse().unwrap(),
+        p50_ms: millis(&field("50%")),
+        p99_ms: millis(&field("99%")),
+    }
+}
