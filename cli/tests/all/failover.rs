@@ -14,6 +14,16 @@ use crate::cluster::{Cluster, PATIENT, eu_cluster, poll, subscribe, unverified_a
 use crate::migrate::{deploy, host_of, migrate};
 use crate::relay::{BLACKHOLE, PASS, Relay, free_port};
 
+/// The next event of type `kind` about `workload`.
+fn event_of(events: &std::sync::mpsc::Receiver<String>, kind: &str, workload: &str) -> String {
+    loop {
+        let event = wait_event(events, &format!("\"type\":\"{kind}\""));
+        if event.contains(&format!("\"workload\":\"{workload}\"")) {
+            return event;
+        }
+    }
+}
+
 /// Deploy the `faulty` test workload as `name` with `durability`; return
 /// once it serves.
 fn deploy_faulty(c: &Cluster, name: &str, durability: &str) {
@@ -64,12 +74,7 @@ fn a_trap_and_a_cpu_budget_stop_in_a_stream_of_requests_keep_the_state_before_th
             (200, "a=21/21".into()),
             "{name}"
         );
-        let event = loop {
-            let event = wait_event(&events, "\"type\":\"workload_failed\"");
-            if event.contains(&format!("\"workload\":\"{name}\"")) {
-                break event;
-            }
-        };
+        let event = event_of(&events, "workload_failed", name);
         assert!(
             event.contains("rolled back to its last good state"),
             "{event}"
@@ -283,12 +288,7 @@ fn kill_the_primary_under_load(durability: &[&str]) -> (u64, u64) {
     });
     c.kill_host(&primary);
     let killed = Instant::now();
-    let event = loop {
-        let event = wait_event(&events, "\"type\":\"failover\"");
-        if event.contains("\"workload\":\"durable\"") {
-            break event;
-        }
-    };
+    let event = event_of(&events, "failover", "durable");
     assert!(event.contains("\"outcome\":\"promoted\""), "{event}");
     let promoted_in = event
         .split("\"took_ms\":")
@@ -741,12 +741,7 @@ fn messages_acknowledged_to_the_sender_are_handled_once_when_the_receivers_host_
     });
     c.kill_host(&primary);
     let killed = Instant::now();
-    let event = loop {
-        let event = wait_event(&events, "\"type\":\"failover\"");
-        if event.contains("\"workload\":\"inbox\"") {
-            break event;
-        }
-    };
+    let event = event_of(&events, "failover", "inbox");
     assert!(event.contains("\"outcome\":\"promoted\""), "{event}");
     assert_eq!(host_of(&c, "inbox"), standby);
     // Messages keep coming for a while after the promotion.
