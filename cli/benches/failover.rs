@@ -171,12 +171,13 @@ fn cost(quick: bool) -> Vec<Cost> {
         ),
     ];
     // `ROAM_BENCH_CASE=membench/async`: only the cost rows whose workload
-    // and durability contain those words (and no kills).
+    // contains the first word and whose durability is the second (and no
+    // kills).
     let only = std::env::var("ROAM_BENCH_CASE").ok();
     for (workload, module, memory, path, dirty_mb_s) in cases {
         for durability in DURABILITIES {
             if let Some((w, d)) = only.as_deref().and_then(|o| o.split_once('/'))
-                && !(workload.contains(w) && durability.contains(d))
+                && !(workload.contains(w) && durability == d)
             {
                 continue;
             }

@@ -278,6 +278,12 @@ async fn drop_standby(State(host): State<Arc<Host>>, Path(workload): Path<String
 /// checked (module, memory bound, lineage and base) and applied; a delta
 /// that does not follow what the standby holds is refused (409) and
 /// changes nothing, and the primary sends a full one next.
+/// Checkpoints up to this size are encoded and decoded on the task that
+/// has them (a few microseconds; a `sync` workload sends one per group, and
+/// a hand-off to the blocking pool would cost more than the work); larger
+/// ones on the blocking pool, off the runtime's threads.
+const INLINE_CODEC: usize = 256 << 10;
+
 async fn checkpoint(
     State(host): State<Arc<Host>>,
     Path(workload): Path<String>,
@@ -299,14 +305,16 @@ async fn checkpoint(
         max_memory_bytes: memory,
         ..Default::default()
     };
-    let decoded =
-        match tokio::task::spawn_blocking(move || codec::decode(&body, Some(&digest), &limits))
-            .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        };
+    let decoded = if body.len() <= INLINE_CODEC {
+        Ok(codec::decode(&body, Some(&digest), &limits))
+    } else {
+        tokio::task::spawn_blocking(move || codec::decode(&body, Some(&digest), &limits)).await
+    };
+    let decoded = match decoded {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
     let mut standbys = host.standbys.lock().await;
     let Some(standby) = standbys.get_mut(&workload) else {
         return error(
@@ -584,9 +592,14 @@ async fn send_checkpoint(
     key: &str,
     snapshot: Snapshot,
 ) -> Result<(), String> {
-    let bytes = tokio::task::spawn_blocking(move || codec::encode(&snapshot))
-        .await
-        .map_err(|e| e.to_string())?;
+    let pages: usize = snapshot.memories.iter().map(|m| m.pages.len()).sum();
+    let bytes = if pages * 4096 <= INLINE_CODEC {
+        codec::encode(&snapshot)
+    } else {
+        tokio::task::spawn_blocking(move || codec::encode(&snapshot))
+            .await
+            .map_err(|e| e.to_string())?
+    };
     let len = bytes.len() as u64;
     let r = host
         .http

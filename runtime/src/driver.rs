@@ -161,6 +161,13 @@ pub enum CommitScope {
 /// wait for it).
 const GROUP_MAX: usize = 64;
 
+/// How long a group waits, at most, for as many events as the last group
+/// had before its commit starts (a busy workload's callers come back once
+/// their answers are out; waiting for them makes fewer, larger commits —
+/// PostgreSQL's `commit_delay`). A caller alone never waits: its group
+/// had one event.
+const GROUP_LINGER: Duration = Duration::from_micros(500);
+
 /// An answer or a sent message held until the standby acknowledged the
 /// state that produced it.
 enum Output {
@@ -168,6 +175,32 @@ enum Output {
     Message(MessageReply, Result<(), DriverError>),
     /// Messages were sent: they leave the outbox only once committed.
     Sent,
+}
+
+/// A commit sent to the standby: what it releases once acknowledged.
+struct Inflight {
+    ack: oneshot::Receiver<Result<(), CommitRefused>>,
+    outputs: Vec<Output>,
+    /// The ids of the outbox's messages in the state it carries.
+    outbox: std::collections::HashSet<MessageId>,
+}
+
+/// What woke the driver's loop.
+enum Woke {
+    /// A command, or `None` once every handle is gone.
+    Command(Option<Command>),
+    Timer,
+    /// The group waited long enough for its commit.
+    Linger,
+    Outcome(Outcome),
+    Acked(Result<Result<(), CommitRefused>, oneshot::error::RecvError>),
+}
+
+impl Output {
+    /// Whether a caller waits for it.
+    fn answers(&self) -> bool {
+        !matches!(self, Output::Sent)
+    }
 }
 
 /// An event of a group, kept to be run again if a later one fails.
@@ -514,8 +547,19 @@ struct Driver {
     resend: std::collections::HashMap<String, Duration>,
     /// Where delivery attempts report.
     outcomes: mpsc::UnboundedSender<Outcome>,
-    /// Outputs waiting for the standby's acknowledgement.
+    /// Outputs held for the next commit (not sent to the standby yet).
     outputs: Vec<Output>,
+    /// The commit the standby has not acknowledged yet: at most one, while
+    /// the next group runs (a pipeline).
+    inflight: Option<Inflight>,
+    /// Messages of the outbox the standby acknowledged: while outputs are
+    /// held, only these may go.
+    committed: std::collections::HashSet<MessageId>,
+    /// Answers the last acknowledged commit released: the next group
+    /// waits for as many, up to [`GROUP_LINGER`].
+    expect: usize,
+    /// When the first output of the group was held.
+    held_since: Option<Instant>,
     /// Output commit of everything (`sync`): the events run since the last
     /// checkpoint, whose answers are all held; the checkpoint is brought up
     /// to date once per group ([`Driver::settle`]), and a failure in the
@@ -574,6 +618,10 @@ pub fn spawn(
         resend: Default::default(),
         outcomes,
         outputs: Vec::new(),
+        inflight: None,
+        committed: Default::default(),
+        expect: 0,
+        held_since: None,
         group: Vec::new(),
         unsettled: false,
         replaying: false,
@@ -624,17 +672,64 @@ impl Driver {
             // Output commit: one checkpoint for the group of events run
             // since the last, once nothing more waits (or the group is
             // full); never make a caller wait for an event that is not
-            // coming.
-            if !self.outputs.is_empty() && (self.idle() || self.outputs.len() >= GROUP_MAX) {
-                self.commit().await;
+            // coming. The next group runs while the standby takes it.
+            let mut linger = None;
+            if self.inflight.is_none() && !self.outputs.is_empty() {
+                let waited = self.held_since.map_or(GROUP_LINGER, |t| t.elapsed());
+                let answers = self.outputs.iter().filter(|o| o.answers()).count();
+                if self.outputs.len() >= GROUP_MAX
+                    || (self.idle() && (answers >= self.expect || waited >= GROUP_LINGER))
+                {
+                    self.start_commit(false, Vec::new()).await;
+                } else if self.idle() {
+                    linger = Some(GROUP_LINGER - waited);
+                }
+            } else if self.inflight.is_some() && self.outputs.len() >= GROUP_MAX {
+                self.finish_commit().await;
+                continue;
             } else if self.unsettled && self.idle() {
                 self.settle();
             }
-            let cmd = tokio::select! {
-                cmd = rx.recv() => Some(cmd),
-                () = timer => None,
-                Some(outcome) = outcomes.recv() => {
+            let mut inflight = self.inflight.take();
+            let woke = tokio::select! {
+                cmd = rx.recv() => Woke::Command(cmd),
+                () = timer => Woke::Timer,
+                () = async {
+                    match linger {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => std::future::pending().await,
+                    }
+                } => Woke::Linger,
+                Some(outcome) = outcomes.recv() => Woke::Outcome(outcome),
+                ack = async {
+                    match inflight.as_mut() {
+                        Some(i) => (&mut i.ack).await,
+                        None => std::future::pending().await,
+                    }
+                } => Woke::Acked(ack),
+            };
+            let cmd = match woke {
+                Woke::Command(cmd) => {
+                    self.inflight = inflight;
+                    Some(cmd)
+                }
+                Woke::Timer => {
+                    self.inflight = inflight;
+                    None
+                }
+                Woke::Linger => {
+                    self.inflight = inflight;
+                    continue;
+                }
+                Woke::Outcome(outcome) => {
+                    self.inflight = inflight;
                     self.delivered(outcome, matches!(mode, Mode::Held(_))).await;
+                    continue;
+                }
+                Woke::Acked(ack) => {
+                    if let Some(done) = inflight {
+                        self.acked(done, ack).await;
+                    }
                     continue;
                 }
             };
@@ -879,6 +974,9 @@ impl Driver {
             Output::Http(..) | Output::Sent => self.scope == CommitScope::All,
         };
         if self.committer.is_some() && !self.migrating && held {
+            if self.outputs.is_empty() {
+                self.held_since = Some(Instant::now());
+            }
             self.outputs.push(output);
         } else {
             self.release(output);
@@ -904,59 +1002,128 @@ impl Driver {
             .is_none_or(|tx| tx.capacity() == tx.max_capacity())
     }
 
-    /// Output commit: send one checkpoint of everything run since the last
-    /// to the standby, and release the held outputs once it acknowledged
-    /// it. While the standby does not answer, they stay held (the link
-    /// retries, with a full checkpoint); when the link is gone — the
-    /// scheduler declared the standby lost (the workload is unprotected)
-    /// or gave it another one — they are released.
+    /// Output commit of everything held, waited for: the commit in flight
+    /// first, then the outputs held since.
     async fn commit(&mut self) {
-        self.settle();
-        if self.outputs.is_empty() {
-            return;
-        }
-        let mut full = false;
-        while let Some(committer) = self.committer.clone() {
-            if self.stopping.load(Ordering::Acquire) {
-                // A copy being stopped may be stale: what it held is never
-                // released (its callers hear it stopped).
-                self.outputs.clear();
+        loop {
+            if self.inflight.is_some() {
+                self.finish_commit().await;
+            } else if !self.outputs.is_empty() || self.unsettled {
+                self.start_commit(false, Vec::new()).await;
+                if self.inflight.is_none() {
+                    return;
+                }
+            } else {
                 return;
             }
-            if self.migrating {
-                break;
-            }
-            let snapshot = match self.export(full) {
-                Ok(Some(s)) => s,
-                Ok(None) => break,
+        }
+    }
+
+    /// Wait for the commit in flight and act on its answer.
+    async fn finish_commit(&mut self) {
+        if let Some(mut inflight) = self.inflight.take() {
+            let ack = (&mut inflight.ack).await;
+            self.acked(inflight, ack).await;
+        }
+    }
+
+    /// Output commit: send one checkpoint of everything run since the last
+    /// to the standby; the held outputs (`carried`, from a commit to send
+    /// again, and those held now) go out once it acknowledged it
+    /// ([`Driver::acked`]). When the link is gone — the scheduler declared
+    /// the standby lost (the workload is unprotected) or gave it another
+    /// one — they are released.
+    async fn start_commit(&mut self, full: bool, mut outputs: Vec<Output>) {
+        self.settle();
+        outputs.append(&mut self.outputs);
+        if outputs.is_empty() {
+            return;
+        }
+        if self.stopping.load(Ordering::Acquire) {
+            // A copy being stopped may be stale: what it held is never
+            // released (its callers hear it stopped).
+            return;
+        }
+        let sent = match self.committer.clone() {
+            Some(committer) if !self.migrating => match self.export(full) {
+                Ok(Some(snapshot)) => {
+                    let (tx, ack) = oneshot::channel();
+                    if committer.send((snapshot, tx)).await.is_ok() {
+                        Some(ack)
+                    } else {
+                        self.committer = None;
+                        None
+                    }
+                }
+                // The standby has this state already.
+                Ok(None) => None,
                 Err(e) => {
                     tracing::warn!(workload = %self.config.name, error = %e, "no checkpoint to commit; releasing the answers unprotected");
-                    break;
+                    None
                 }
-            };
-            let (tx, rx) = oneshot::channel();
-            if committer.send((snapshot, tx)).await.is_err() {
+            },
+            _ => None,
+        };
+        match sent {
+            Some(ack) => {
+                let outbox = self
+                    .workload
+                    .instance()
+                    .abi()
+                    .outbox
+                    .iter()
+                    .map(|m| m.id)
+                    .collect();
+                self.inflight = Some(Inflight {
+                    ack,
+                    outputs,
+                    outbox,
+                });
+            }
+            None => {
+                for output in outputs {
+                    self.release(output);
+                }
+                self.dispatch();
+            }
+        }
+    }
+
+    /// The standby's answer to a commit: release its outputs (and start
+    /// the next group's commit), or send it again in full with the outputs
+    /// held since.
+    async fn acked(
+        &mut self,
+        inflight: Inflight,
+        ack: Result<Result<(), CommitRefused>, oneshot::error::RecvError>,
+    ) {
+        match ack {
+            Ok(Ok(())) => {
+                self.expect = inflight.outputs.iter().filter(|o| o.answers()).count();
+                for output in inflight.outputs {
+                    self.release(output);
+                }
+                // What was sent is committed now.
+                self.committed = inflight.outbox;
+                self.dispatch();
+            }
+            Ok(Err(CommitRefused)) => self.start_commit(true, inflight.outputs).await,
+            Err(_) => {
+                // The link is gone.
                 self.committer = None;
-                break;
-            }
-            match rx.await {
-                Ok(Ok(())) => break,
-                Ok(Err(CommitRefused)) => full = true,
-                Err(_) => {
-                    self.committer = None;
-                    if self.stopping.load(Ordering::Acquire) {
-                        self.outputs.clear();
-                        return;
-                    }
-                    break;
+                if self.stopping.load(Ordering::Acquire) {
+                    self.outputs.clear();
+                    return;
                 }
+                for output in inflight.outputs {
+                    self.release(output);
+                }
+                for output in std::mem::take(&mut self.outputs) {
+                    self.release(output);
+                }
+                self.dispatch();
             }
         }
-        for output in std::mem::take(&mut self.outputs) {
-            self.release(output);
-        }
-        // What was sent is committed now.
-        self.dispatch();
     }
 
     /// Switch tracking on, capture all but the pages, lend the memory.
@@ -1259,17 +1426,22 @@ impl Driver {
     }
 
     /// Start one delivery attempt for every destination that has messages
-    /// waiting and none out: its oldest message. Nothing goes while
-    /// outputs wait for a commit (what was sent may not be on the standby).
+    /// waiting and none out: its oldest message. While outputs wait for a
+    /// commit, only messages of a state the standby acknowledged go (the
+    /// others may not be on the standby).
     fn dispatch(&mut self) {
-        if !self.outputs.is_empty() || self.stopping.load(Ordering::Acquire) {
+        if self.stopping.load(Ordering::Acquire) {
             return;
         }
+        let held = !self.outputs.is_empty() || self.inflight.is_some();
         let from = self.config.name.clone();
         let mut first = std::collections::HashSet::new();
         let mut due = Vec::new();
         for m in &self.workload.instance().abi().outbox {
-            if first.insert(m.to.as_str()) && !self.sending.contains(&m.to) {
+            if first.insert(m.to.as_str())
+                && !self.sending.contains(&m.to)
+                && (!held || self.committed.contains(&m.id))
+            {
                 due.push(m.clone());
             }
         }

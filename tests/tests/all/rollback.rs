@@ -225,3 +225,112 @@ async fn a_trap_in_a_group_of_held_answers_fails_only_that_request() {
     let commits = commits.load(std::sync::atomic::Ordering::Relaxed);
     assert!(commits < 30, "{commits} commits for 61 events: no groups");
 }
+
+/// Output commit is a pipeline: the workload runs on while the standby
+/// takes a commit (here, held as long as the test likes), and each answer
+/// goes out once the commit of its own state is acknowledged. A request
+/// that fails meanwhile rolls back to the state being committed, not to
+/// the one before it.
+#[tokio::test]
+async fn the_next_group_runs_while_the_standby_takes_a_commit() {
+    let h = faulty(Checkpoints::EachEvent).await;
+    assert_eq!(text(&h, "POST", "/count/a").await, "a=1/1");
+    let (tx, mut commits) = tokio::sync::mpsc::channel::<driver::CommitRequest>(1);
+    h.commit_to(Some(tx), driver::CommitScope::All).await;
+    let call = |target: &'static str| {
+        let h = h.clone();
+        tokio::spawn(async move { h.http(req("POST", target)).await })
+    };
+    let a = call("/count/a");
+    let (_, ack_a) = commits
+        .recv()
+        .await
+        .expect("a commit for the first request");
+    // The standby has not answered: a failure's answer (it tells nothing of
+    // the state) still comes back, so the workload is not waiting for it.
+    let e = tokio::time::timeout(Duration::from_secs(10), call("/trap/a"))
+        .await
+        .expect("the workload waited for the standby")
+        .unwrap()
+        .unwrap_err();
+    assert!(e.to_string().contains("unreachable"), "{e}");
+    let b = call("/count/a");
+    assert!(!a.is_finished(), "an answer went out before its commit");
+    ack_a.send(Ok(())).unwrap();
+    let answer = a.await.unwrap().unwrap();
+    assert_eq!(String::from_utf8(answer.body).unwrap(), "a=2/2");
+    let (_, ack_b) = commits
+        .recv()
+        .await
+        .expect("a commit for the second request");
+    assert!(!b.is_finished(), "an answer went out before its commit");
+    ack_b.send(Ok(())).unwrap();
+    let answer = b.await.unwrap().unwrap();
+    assert_eq!(String::from_utf8(answer.body).unwrap(), "a=3/3");
+}
+
+/// A message leaves a `sync` sender once the standby acknowledged the
+/// state that sent it, even while the next group's answers (and the
+/// messages it sent) still wait for theirs.
+#[tokio::test]
+async fn a_committed_message_goes_while_the_next_group_waits() {
+    let (rt, module) = load_faulty();
+    let bus = LocalBus::new();
+    let spawn = async |name: &str| {
+        let mut config = config();
+        config.name = name.into();
+        let w = Workload::start(&rt, &module, config.clone()).await.unwrap();
+        let h = driver::spawn(
+            rt.clone(),
+            module.clone(),
+            config,
+            w,
+            DriverOptions {
+                checkpoints: Checkpoints::EachEvent,
+                router: Some(bus.router()),
+                ..DriverOptions::default()
+            },
+        );
+        bus.register(h.clone());
+        h
+    };
+    let sender = spawn("faulty").await;
+    let peer = spawn("peer").await;
+    assert_eq!(text(&sender, "POST", "/count/a").await, "a=1/1");
+    let (tx, mut commits) = tokio::sync::mpsc::channel::<driver::CommitRequest>(1);
+    sender.commit_to(Some(tx), driver::CommitScope::All).await;
+    let call = |target: &'static str| {
+        let h = sender.clone();
+        tokio::spawn(async move { h.http(req("POST", target)).await })
+    };
+    let x = call("/send/peer/x");
+    let (_, ack_x) = commits.recv().await.expect("a commit for the first send");
+    let y = call("/send/peer/y");
+    // Answered at once, after `y` ran: `y` is held in the next group.
+    let e = tokio::time::timeout(Duration::from_secs(10), call("/trap/a"))
+        .await
+        .expect("the workload waited for the standby")
+        .unwrap()
+        .unwrap_err();
+    assert!(e.to_string().contains("unreachable"), "{e}");
+    assert_eq!(
+        text(&peer, "GET", "/handled").await,
+        "",
+        "sent before its commit"
+    );
+    ack_x.send(Ok(())).unwrap();
+    x.await.unwrap().unwrap();
+    until("the committed message", async || {
+        text(&peer, "GET", "/handled").await == "faulty:x"
+    })
+    .await;
+    let (_, ack_y) = commits.recv().await.expect("a commit for the second send");
+    assert_eq!(text(&peer, "GET", "/handled").await, "faulty:x");
+    assert!(!y.is_finished(), "an answer went out before its commit");
+    ack_y.send(Ok(())).unwrap();
+    y.await.unwrap().unwrap();
+    until("the second message", async || {
+        text(&peer, "GET", "/handled").await == "faulty:x\nfaulty:y"
+    })
+    .await;
+}
