@@ -44,6 +44,13 @@ pub(crate) fn routes() -> Vec<Route> {
             MAX_SNAPSHOT,
             put(restore),
         ),
+        rule(
+            "POST",
+            h::INSTANCE_GENERATION,
+            Scheduler,
+            SMALL,
+            post(raise_generation),
+        ),
         rule("POST", h::MESSAGE, Scheduler, MESSAGE, post(message)),
         rule("PUT", h::REVOKED, Scheduler, MAX_REVOCATIONS, put(revoked)),
     ]
@@ -210,6 +217,33 @@ async fn stop(
             StatusCode::NOT_FOUND,
             format!("no workload `{workload}` on this host"),
         ),
+    }
+}
+
+/// `POST /v1/instances/{workload}/generation`: the copy here runs at the
+/// workload's newer generation (never lowered).
+async fn raise_generation(
+    State(host): State<Arc<Host>>,
+    Path(workload): Path<String>,
+    Json(raise): Json<roam_proto::RaiseGeneration>,
+) -> Response {
+    let mut workloads = host.workloads.lock().await;
+    match workloads.get_mut(&workload) {
+        Some(r) if r.status.generation > raise.generation => error(
+            StatusCode::CONFLICT,
+            format!(
+                "`{workload}` runs here at generation {}, above {}",
+                r.status.generation, raise.generation
+            ),
+        ),
+        Some(r) => {
+            if r.status.generation < raise.generation {
+                tracing::info!(%workload, from = r.status.generation, to = raise.generation, "raised to the workload's generation");
+            }
+            r.status.generation = raise.generation;
+            StatusCode::OK.into_response()
+        }
+        None => not_here(&workload),
     }
 }
 

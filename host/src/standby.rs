@@ -34,6 +34,7 @@ use roam_proto::{
 };
 use roam_runtime::Snapshot;
 use roam_runtime::abi::Place;
+use roam_runtime::abi::codec::MoveKind;
 use roam_runtime::driver::{CommitRefused, CommitRequest, CommitScope};
 use roam_runtime::snapshot::codec::{self, DecodeLimits};
 use roam_runtime::{Digest, Instance, Module, Workload};
@@ -478,7 +479,7 @@ async fn promote(
     // The checkpoint may be older than messages the primary sent (async):
     // new messages take a new stream, never an id those had.
     state.abi_mut().new_stream();
-    let mut instance = match Workload::resume(state, Some(&from)).await {
+    let mut instance = match Workload::resume(state, Some((&from, MoveKind::FailedOver))).await {
         Ok(w) => w,
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
     };

@@ -287,6 +287,15 @@ pub struct Promote {
     pub generation: u64,
 }
 
+/// `POST /v1/instances/{workload}/generation` on a host (host secret): the
+/// copy there is a current replica of a workload whose generation rose
+/// (another replica failed over or moved); it runs at this one from now on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaiseGeneration {
+    /// The workload's generation.
+    pub generation: u64,
+}
+
 /// The answer to a checkpoint (`POST /v1/standbys/{workload}/checkpoint`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointAck {
@@ -690,6 +699,9 @@ pub struct InstanceInfo {
     /// reported.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub checkpoint_bytes: u64,
+    /// The generation the copy runs at, as the host last reported.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// Query of `POST /v1/messages/{workload}` (scheduler and host) and of a

@@ -152,6 +152,9 @@ pub mod host {
     pub const INSTANCE_SNAPSHOT: &str = "/v1/instances/{workload}/snapshot";
     /// `PUT` (host secret): start from a snapshot.
     pub const INSTANCE_RESTORE: &str = "/v1/instances/{workload}/restore";
+    /// `POST` (host secret): the copy here runs at a newer generation now
+    /// (another replica of its workload failed over or moved).
+    pub const INSTANCE_GENERATION: &str = "/v1/instances/{workload}/generation";
     /// `POST ?from=W` (host secret): a message for a workload here.
     pub const MESSAGE: &str = "/v1/messages/{workload}";
     /// `POST` (host secret), scheduler → target: get ready to receive.
@@ -354,6 +357,15 @@ pub fn instance_restore(workload: &str) -> Result<ApiPath, BadSegment> {
         Fixed("instances"),
         Segment(workload),
         Fixed("restore"),
+    ])
+}
+/// `/v1/instances/{workload}/generation` on a host.
+pub fn instance_generation(workload: &str) -> Result<ApiPath, BadSegment> {
+    build(&[
+        Fixed("v1"),
+        Fixed("instances"),
+        Segment(workload),
+        Fixed("generation"),
     ])
 }
 /// `/v1/instances/{workload}/standby` on a host.

@@ -1571,7 +1571,7 @@ impl Driver {
             &self.module,
             self.config.clone(),
             &decoded,
-            Some(&here),
+            Some((&here, crate::abi::codec::MoveKind::Restored)),
         )
         .await
         .map_err(|e| e.to_string())?;

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use crate::Val;
-use crate::abi::codec::{self, Request, Response};
+use crate::abi::codec::{self, MoveKind, Request, Response};
 use crate::abi::{self, InboundMessage, MessageId, OutboundMessage, Place, codes};
 use crate::error::{CallError, InstantiateError};
 use crate::instance::{Instance, InstanceConfig};
@@ -92,7 +92,7 @@ impl Workload {
         module: &Module,
         config: InstanceConfig,
         snapshot: &Snapshot,
-        moved_from: Option<&Place>,
+        moved_from: Option<(&Place, MoveKind)>,
     ) -> Result<Workload, InstantiateError> {
         check_exports(module, &config.name)?;
         let instance = rt.restore(module, config, snapshot).await?;
@@ -105,7 +105,7 @@ impl Workload {
     /// `roam_restored` hook.
     pub async fn resume(
         instance: Instance,
-        moved_from: Option<&Place>,
+        moved_from: Option<(&Place, MoveKind)>,
     ) -> Result<Workload, InstantiateError> {
         check_exports(instance.module(), &instance.config().name)?;
         let here = instance.config().info.clone();
@@ -114,13 +114,13 @@ impl Workload {
             current: None,
         };
         workload.check_version().await?;
-        if let Some(from) = moved_from
+        if let Some((from, how)) = moved_from
             && workload
                 .instance
                 .module()
                 .exports_function(abi::EXPORT_RESTORED)
         {
-            let info = codec::encode_restored(&from.host, &from.site, &here.host, &here.site);
+            let info = codec::encode_restored(&from.host, &from.site, &here.host, &here.site, how);
             workload
                 .call_with_bytes(abi::EXPORT_RESTORED, &info, &[])
                 .await

@@ -319,6 +319,27 @@ impl Store {
         tx.commit().map_err(err)
     }
 
+    /// Record where `workload` is placed and its generation, in one
+    /// transaction: a failover promotes a standby at a higher generation.
+    pub fn put_placement_at<P: Serialize>(
+        &self,
+        workload: &str,
+        placement: &P,
+        generation: u64,
+    ) -> Result<(), StoreError> {
+        let placed = serde_json::to_vec(placement).map_err(err)?;
+        let tx = self.db.begin_write().map_err(err)?;
+        tx.open_table(ASSIGNMENTS)
+            .map_err(err)?
+            .insert(workload, placed.as_slice())
+            .map_err(err)?;
+        tx.open_table(GENERATIONS)
+            .map_err(err)?
+            .insert(workload, generation)
+            .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
     /// Every workload's generation.
     pub fn generations(&self) -> Result<Vec<(String, u64)>, StoreError> {
         let tx = self.db.begin_read().map_err(err)?;

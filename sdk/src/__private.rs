@@ -82,6 +82,7 @@ pub fn restored(ptr: i32, len: i32, handle: impl FnOnce(Moved)) {
         from_site: s(),
         host: s(),
         site: s(),
+        how: crate::How::parse(&s()),
     };
     handle(moved);
 }

@@ -124,6 +124,35 @@ pub struct Moved {
     pub host: String,
     /// Site it runs on now.
     pub site: String,
+    /// How it got here.
+    pub how: How,
+}
+
+/// How a workload came to run where [`Workload::on_restore`] is called.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum How {
+    /// Moved by a live or stop-and-copy migration, with its whole state
+    /// (also what hosts that do not say report).
+    #[default]
+    Migrated,
+    /// Its host died and its standby took over, with the last state the
+    /// standby acknowledged (`durability = async` may have lost the
+    /// events after it; `sync` lost none whose answer was sent).
+    FailedOver,
+    /// Captured and restored in place (`roam run --roundtrip-snapshots`).
+    Restored,
+}
+
+impl How {
+    /// The word restore info carries (`docs/abi.md`).
+    pub fn parse(word: &str) -> How {
+        match word {
+            "failover" => How::FailedOver,
+            "restore" => How::Restored,
+            _ => How::Migrated,
+        }
+    }
 }
 
 /// A workload: its fields are its state, its methods its entry points.

@@ -297,6 +297,8 @@ fn kill_the_primary_under_load(durability: &[&str]) -> (u64, u64) {
         .unwrap_or("?")
         .to_string();
     assert!(event.contains(&format!("\"to\":\"{standby}\"")), "{event}");
+    // Promoted at a higher generation: the dead host's copy is fenced off.
+    assert!(event.contains("\"generation\":1"), "{event}");
     // Serving again from the standby, then the client stops.
     poll(
         Duration::from_secs(30),
@@ -326,6 +328,12 @@ fn kill_the_primary_under_load(durability: &[&str]) -> (u64, u64) {
     );
     assert!(first_after > 1, "the state survived: {first_after}");
     assert_eq!(host_of(&c, "durable"), standby);
+    // The workload's restore hook was told it failed over, and from where.
+    let handled = c.get("durable", "/handled").1;
+    assert!(
+        handled.contains(&format!("moved:FailedOver:{primary}:{standby}")),
+        "{handled}"
+    );
     // No other EU host is left to keep a standby: the replica serves on,
     // shown as unprotected.
     poll(Duration::from_secs(10), "shown unprotected", || {
@@ -783,4 +791,142 @@ fn messages_acknowledged_to_the_sender_are_handled_once_when_the_receivers_host_
         acked.len(),
         got.len()
     );
+}
+
+/// Two replicas of a `sync` workload, each with its own standby: when one
+/// replica's host is killed, its standby is promoted at a higher
+/// generation with its state, and the other replica answers every request
+/// throughout (straight at its host) and is raised to that generation, not
+/// stopped as a stale copy.
+#[test]
+fn the_other_replica_serves_on_when_one_replica_fails_over() {
+    let mut c = Cluster::start_with(&[("HEARTBEAT_TIMEOUT", "2s")]);
+    for (host, site) in [
+        ("eu-1", "eu-west-1"),
+        ("eu-2", "eu-central-1"),
+        ("eu-3", "eu-north-1"),
+        ("eu-4", "eu-south-1"),
+    ] {
+        c.add_host(host, site, "EU");
+    }
+    c.wait_ready(4);
+    let events = subscribe(&c);
+    deploy(
+        &c,
+        &[
+            artifacts::FAULTY,
+            "--name",
+            "pair",
+            "--grant",
+            "kv,timers,send",
+            "--replicas",
+            "2",
+            "--durability",
+            "sync",
+        ],
+    );
+    // Both replicas run, each protected by a standby of its own.
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    poll(Duration::from_secs(60), "two protected replicas", || {
+        let (ok, out, _) = c.roam(&["get", "workloads", "-o", "json"]);
+        assert!(ok);
+        let all: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let Some(w) = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["spec"]["name"] == "pair")
+        else {
+            return false;
+        };
+        let Some(protection) = w["protection"].as_object() else {
+            return false;
+        };
+        pairs = protection
+            .iter()
+            .filter(|(_, p)| p["protected"] == true)
+            .map(|(primary, p)| (primary.clone(), p["standby"].as_str().unwrap().to_string()))
+            .collect();
+        pairs.len() == 2
+    });
+    let (victim, standby) = pairs[0].clone();
+    let survivor = pairs[1].0.clone();
+    let direct = unverified_agent(None);
+    let urls: std::collections::HashMap<String, String> = [&victim, &standby, &survivor]
+        .into_iter()
+        .map(|h| (h.clone(), c.url_of(h)))
+        .collect();
+    let post = |host: &str| {
+        direct
+            .post(ingress("pair", "/count/a").on(&urls[host]))
+            .send("")
+            .map(|mut r| (r.status().as_u16(), r.body_mut().read_to_string().unwrap()))
+    };
+    for _ in 0..20 {
+        assert_eq!(post(&victim).unwrap().0, 200);
+    }
+    let mut survivor_count = 0;
+    for _ in 0..20 {
+        let (status, body) = post(&survivor).unwrap();
+        assert_eq!(status, 200, "{body}");
+        survivor_count = count(&body);
+    }
+    c.kill_host(&victim);
+    // The survivor answers every request while its sibling fails over, and
+    // keeps its own count.
+    let mut promoted = false;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !promoted {
+        assert!(Instant::now() < deadline, "no failover");
+        let (status, body) = post(&survivor).expect("the survivor answers");
+        assert_eq!(status, 200, "the survivor during the failover: {body}");
+        assert_eq!(count(&body), survivor_count + 1);
+        survivor_count += 1;
+        promoted = matches!(post(&standby), Ok((200, _)));
+    }
+    let event = event_of(&events, "failover", "pair");
+    assert!(event.contains("\"outcome\":\"promoted\""), "{event}");
+    assert!(event.contains("\"generation\":1"), "{event}");
+    // The promoted replica went on from its state; the survivor runs at
+    // the new generation and still serves through the scheduler too.
+    let (status, body) = post(&standby).unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        count(&body) > 20,
+        "the failed-over replica kept its state: {body}"
+    );
+    poll(
+        Duration::from_secs(10),
+        "both replicas at generation 1",
+        || {
+            let (status, body) = c.api(
+                "GET",
+                roam_proto::paths::instances().as_str(),
+                Some(&c.admin),
+            );
+            assert_eq!(status, 200, "{body}");
+            let all: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let at: Vec<(String, u64)> = all
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|i| i["workload"] == "pair")
+                .map(|i| {
+                    (
+                        i["host"].as_str().unwrap().to_string(),
+                        i["generation"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect();
+            at.len() == 2
+                && at.iter().all(|(_, g)| *g == 1)
+                && at.iter().any(|(h, _)| *h == survivor)
+                && at.iter().any(|(h, _)| *h == standby)
+        },
+    );
+    for _ in 0..10 {
+        assert_eq!(c.get("pair", "/count/a").0, 200);
+    }
+    let (status, body) = post(&survivor).unwrap();
+    assert_eq!((status, count(&body)), (200, survivor_count + 1), "{body}");
 }

@@ -49,7 +49,8 @@ impl Workload for Counter {
 
     fn on_restore(&mut self, moved: Moved) {
         log::info!(
-            "moved from {}/{} to {}/{}",
+            "{:?} from {}/{} to {}/{}",
+            moved.how,
             moved.from_site,
             moved.from_host,
             moved.site,

@@ -30,6 +30,7 @@ use roam_proto::headers::{self, Index};
 use roam_proto::pages::{PAGE_SIZE, Verdict};
 use roam_proto::reply::error;
 use roam_proto::{CommitOutcome, FromQuery, PrepareMigration, StartInstance, TargetPhase};
+use roam_runtime::abi::codec::MoveKind;
 use roam_runtime::snapshot::codec::{self, DecodeLimits};
 use roam_runtime::{Digest, Instance, Module, Workload};
 
@@ -701,7 +702,8 @@ pub(super) async fn activate_incoming(
     let mut instance = entry.instance;
     instance.set_generation(generation);
     let config = instance.config().clone();
-    let workload = match Workload::resume(instance, Some(&entry.source)).await {
+    let workload = match Workload::resume(instance, Some((&entry.source, MoveKind::Migrated))).await
+    {
         Ok(w) => w,
         Err(e) => {
             host.migrations.forget_activated(id);

@@ -9,7 +9,9 @@
 //!   value) headers, body (bytes).
 //! - Message (host → `roam_message`): from (string), body (bytes).
 //! - Restore info (host → `roam_restored`): previous host, previous site,
-//!   host, site (strings).
+//!   host, site, how it got here (strings; the last is `migration`,
+//!   `failover` or `restore`, and may be missing: hosts before it called
+//!   the hook only for moves).
 //!
 //! The host decodes responses as untrusted input: every length is bounded by
 //! the bytes that remain and by the body quota.
@@ -74,10 +76,39 @@ pub fn encode_message(from: &str, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// How a workload came to run where `roam_restored` is called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoveKind {
+    /// A live or stop-and-copy migration moved it.
+    Migrated,
+    /// Its primary's host died and its standby took over, with the last
+    /// state the standby acknowledged.
+    FailedOver,
+    /// It was captured and restored in place (`--roundtrip-snapshots`).
+    Restored,
+}
+
+impl MoveKind {
+    /// The word restore info carries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MoveKind::Migrated => "migration",
+            MoveKind::FailedOver => "failover",
+            MoveKind::Restored => "restore",
+        }
+    }
+}
+
 /// Encode restore info for `roam_restored`.
-pub fn encode_restored(prev_host: &str, prev_site: &str, host: &str, site: &str) -> Vec<u8> {
+pub fn encode_restored(
+    prev_host: &str,
+    prev_site: &str,
+    host: &str,
+    site: &str,
+    how: MoveKind,
+) -> Vec<u8> {
     let mut out = Vec::new();
-    for s in [prev_host, prev_site, host, site] {
+    for s in [prev_host, prev_site, host, site, how.as_str()] {
         put_str(&mut out, s);
     }
     out

@@ -502,6 +502,7 @@ pub(super) async fn instances(State(s): State<Arc<Scheduler>>) -> Response {
                     standby,
                     checkpoint_age_ms,
                     checkpoint_bytes: reported.checkpoint_bytes,
+                    generation: reported.generation,
                 }
             })
         })

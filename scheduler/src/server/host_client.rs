@@ -186,6 +186,25 @@ impl HostClient {
         }
     }
 
+    /// `POST /v1/instances/{workload}/generation`: the copy there runs at
+    /// `generation` from now on.
+    pub(super) async fn raise_generation(
+        &self,
+        to: &Endpoint,
+        workload: &str,
+        generation: u64,
+    ) -> Result<(), HostError> {
+        let url = paths::instance_generation(workload)?.on(&to.base);
+        self.send(
+            to,
+            self.http
+                .post(url)
+                .json(&roam_proto::RaiseGeneration { generation }),
+        )
+        .await
+        .map(drop)
+    }
+
     /// `PUT /v1/standbys/{workload}`: keep a standby there.
     pub(super) async fn keep_standby(
         &self,

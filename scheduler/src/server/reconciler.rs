@@ -299,7 +299,10 @@ impl Scheduler {
     }
 
     /// Stop copies that hosts report at a generation below the workload's:
-    /// left behind by a migration whose source missed the hand-off.
+    /// left behind by a migration whose source missed the hand-off, or by a
+    /// failover (the dead host's copy). A copy on a host the workload is
+    /// still placed on is a current replica whose sibling moved or failed
+    /// over: it is raised to the generation instead.
     async fn stop_stale(&self) {
         let frozen = self.frozen();
         let stale: Vec<(String, String)> = self
@@ -322,6 +325,26 @@ impl Scheduler {
             let Some(to) = self.endpoint(&host) else {
                 continue;
             };
+            if self.placed_on(&workload).contains(&host) {
+                match self
+                    .client
+                    .raise_generation(&to, &workload, generation)
+                    .await
+                {
+                    Ok(()) => {
+                        tracing::info!(%workload, %host, generation, "raised a current replica to the workload's generation");
+                        if let Some(mut e) = self.hosts.get_mut(&host) {
+                            for i in e.instances.iter_mut().filter(|i| i.workload == workload) {
+                                i.generation = i.generation.max(generation);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(%workload, %host, generation, error = %e, "cannot raise a replica to the workload's generation")
+                    }
+                }
+                continue;
+            }
             let stopped = self
                 .client
                 .stop(&to, &workload, Stop::Below(generation))

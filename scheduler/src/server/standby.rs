@@ -139,8 +139,10 @@ impl Scheduler {
             }
             let began = Instant::now();
             // Recorded first: the standby's host is the primary from now
-            // on, the dead host no longer (it is told to drop its copy if
-            // it comes back), and the pair is gone.
+            // on, at a higher generation; the dead host no longer (it is
+            // told to drop its copy if it comes back, and its copy is
+            // fenced off by generation), and the pair is gone.
+            let generation = self.generation(&workload) + 1;
             let recorded = {
                 let mut assignments = self.assignments.lock().unwrap_or_else(|e| e.into_inner());
                 let mut hosts = assignments.get(&workload).cloned().unwrap_or_default();
@@ -149,8 +151,14 @@ impl Scheduler {
                 let mut pairs = self.standbys_of(&workload);
                 pairs.remove(&primary);
                 let placement = super::placement_record(hosts.iter().cloned(), Some(&pairs));
-                let stored = self.store.put_assignment(&workload, Some(&placement));
+                let stored = self
+                    .store
+                    .put_placement_at(&workload, &placement, generation);
                 if stored.is_ok() {
+                    self.generations
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(workload.clone(), generation);
                     assignments.insert(workload.clone(), hosts);
                     let mut standbys = self.standbys.lock().unwrap_or_else(|e| e.into_inner());
                     if pairs.is_empty() {
@@ -169,9 +177,7 @@ impl Scheduler {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&(workload.clone(), primary.clone()));
-            let promote = Promote {
-                generation: self.generation(&workload),
-            };
+            let promote = Promote { generation };
             let result = match self.endpoint(&pair.host) {
                 Some(to) => self
                     .client
@@ -193,6 +199,7 @@ impl Scheduler {
                         serde_json::json!({
                             "workload": workload, "from": primary, "to": pair.host,
                             "outcome": FailoverOutcome::Promoted, "took_ms": took_ms,
+                            "generation": generation,
                         }),
                     );
                 }
@@ -206,8 +213,24 @@ impl Scheduler {
                         serde_json::json!({
                             "workload": workload, "from": primary, "to": pair.host,
                             "outcome": FailoverOutcome::Restarted, "detail": e,
+                            "generation": generation,
                         }),
                     );
+                }
+            }
+            // The workload's other replicas run on at the new generation
+            // (the reconciler raises any it misses here).
+            for sibling in self.placed_on(&workload) {
+                if sibling == pair.host {
+                    continue;
+                }
+                if let Some(to) = self.endpoint(&sibling)
+                    && let Err(e) = self
+                        .client
+                        .raise_generation(&to, &workload, generation)
+                        .await
+                {
+                    tracing::warn!(%workload, host = %sibling, generation, error = %e, "cannot raise a replica to the new generation yet");
                 }
             }
         }

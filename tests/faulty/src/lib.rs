@@ -11,8 +11,9 @@
 //!   `POST /timer-trap/KEY?ms=N`: one that counts KEY, then traps.
 //! - `POST /send/TO/KEY`: send a message to workload TO asking it to count
 //!   KEY; a message `trap:KEY` counts KEY, then traps.
-//! - `GET /handled`: every message handled, as `FROM:BODY` lines, and
-//!   every message of ours that came back, as `undeliverable:TO:BODY:WHY`.
+//! - `GET /handled`: every message handled, as `FROM:BODY` lines, every
+//!   message of ours that came back, as `undeliverable:TO:BODY:WHY`, and
+//!   every move, as `moved:HOW:FROM_HOST:HOST`.
 
 #![allow(
     clippy::panic,
@@ -114,6 +115,13 @@ impl Workload for Faulty {
             }
             _ => {}
         }
+    }
+
+    fn on_restore(&mut self, moved: roam_sdk::Moved) {
+        self.handled.push(format!(
+            "moved:{:?}:{}:{}",
+            moved.how, moved.from_host, moved.host
+        ));
     }
 
     fn on_undeliverable(&mut self, message: messages::Undeliverable) {

@@ -69,10 +69,13 @@ async fn move_workload(rt: &Runtime, module: &Module, w: &mut Workload, name: &s
         module,
         there,
         &snapshot,
-        Some(&Place {
-            host: "h1".into(),
-            site: "s1".into(),
-        }),
+        Some((
+            &Place {
+                host: "h1".into(),
+                site: "s1".into(),
+            },
+            roam_runtime::abi::codec::MoveKind::Migrated,
+        )),
     )
     .await
     .unwrap()
@@ -147,7 +150,7 @@ async fn restore_hook_is_told_where_the_workload_moved() {
         .iter()
         .map(|r| r.message.clone())
         .collect();
-    assert_eq!(logs, vec!["moved from s1/h1 to s2/h2".to_string()]);
+    assert_eq!(logs, vec!["Migrated from s1/h1 to s2/h2".to_string()]);
 }
 
 #[tokio::test]
