@@ -41,6 +41,25 @@ fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError(e.to_string())
 }
 
+/// Write where `workload` is placed and its generation in `tx`.
+fn place_at<P: Serialize>(
+    tx: &redb::WriteTransaction,
+    workload: &str,
+    placement: &P,
+    generation: u64,
+) -> Result<(), StoreError> {
+    let placed = serde_json::to_vec(placement).map_err(err)?;
+    tx.open_table(ASSIGNMENTS)
+        .map_err(err)?
+        .insert(workload, placed.as_slice())
+        .map_err(err)?;
+    tx.open_table(GENERATIONS)
+        .map_err(err)?
+        .insert(workload, generation)
+        .map_err(err)?;
+    Ok(())
+}
+
 /// The scheduler's durable state.
 pub struct Store {
     db: Database,
@@ -302,20 +321,12 @@ impl Store {
         placement: &P,
     ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(record).map_err(err)?;
-        let placed = serde_json::to_vec(placement).map_err(err)?;
         let tx = self.db.begin_write().map_err(err)?;
         tx.open_table(MIGRATIONS)
             .map_err(err)?
             .insert(id, bytes.as_slice())
             .map_err(err)?;
-        tx.open_table(ASSIGNMENTS)
-            .map_err(err)?
-            .insert(workload, placed.as_slice())
-            .map_err(err)?;
-        tx.open_table(GENERATIONS)
-            .map_err(err)?
-            .insert(workload, generation)
-            .map_err(err)?;
+        place_at(&tx, workload, placement, generation)?;
         tx.commit().map_err(err)
     }
 
@@ -327,16 +338,8 @@ impl Store {
         placement: &P,
         generation: u64,
     ) -> Result<(), StoreError> {
-        let placed = serde_json::to_vec(placement).map_err(err)?;
         let tx = self.db.begin_write().map_err(err)?;
-        tx.open_table(ASSIGNMENTS)
-            .map_err(err)?
-            .insert(workload, placed.as_slice())
-            .map_err(err)?;
-        tx.open_table(GENERATIONS)
-            .map_err(err)?
-            .insert(workload, generation)
-            .map_err(err)?;
+        place_at(&tx, workload, placement, generation)?;
         tx.commit().map_err(err)
     }
 

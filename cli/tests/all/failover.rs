@@ -343,6 +343,17 @@ fn kill_the_primary_under_load(durability: &[&str]) -> (u64, u64) {
     (lost, in_window)
 }
 
+/// Every replica, as `GET /v1/instances` shows it.
+fn instances(c: &Cluster) -> Vec<serde_json::Value> {
+    let (status, body) = c.api(
+        "GET",
+        roam_proto::paths::instances().as_str(),
+        Some(&c.admin),
+    );
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
 /// Wait until the standby of `workload` (one replica) acknowledged a
 /// checkpoint taken after now: the age the primary's host reports must
 /// change twice (the second report was made at least one 200 ms heartbeat
@@ -354,17 +365,8 @@ fn checkpointed_since_now(c: &Cluster, workload: &str) {
         Duration::from_secs(10),
         "a checkpoint after the last request",
         || {
-            let (status, body) = c.api(
-                "GET",
-                roam_proto::paths::instances().as_str(),
-                Some(&c.admin),
-            );
-            assert_eq!(status, 200, "{body}");
-            let all: serde_json::Value = serde_json::from_str(&body).unwrap();
-            let age = all
-                .as_array()
-                .unwrap()
-                .iter()
+            let age = instances(c)
+                .into_iter()
                 .find(|i| i["workload"] == workload)
                 .and_then(|i| i["checkpoint_age_ms"].as_u64());
             if let Some(age) = age
@@ -899,16 +901,7 @@ fn the_other_replica_serves_on_when_one_replica_fails_over() {
         Duration::from_secs(10),
         "both replicas at generation 1",
         || {
-            let (status, body) = c.api(
-                "GET",
-                roam_proto::paths::instances().as_str(),
-                Some(&c.admin),
-            );
-            assert_eq!(status, 200, "{body}");
-            let all: serde_json::Value = serde_json::from_str(&body).unwrap();
-            let at: Vec<(String, u64)> = all
-                .as_array()
-                .unwrap()
+            let at: Vec<(String, u64)> = instances(&c)
                 .iter()
                 .filter(|i| i["workload"] == "pair")
                 .map(|i| {

@@ -39,12 +39,24 @@ fn load_faulty() -> (Runtime, Module) {
 
 async fn faulty(checkpoints: Checkpoints) -> WorkloadHandle {
     let (rt, module) = load_faulty();
-    let w = Workload::start(&rt, &module, config()).await.unwrap();
-    let bus = LocalBus::new();
+    faulty_on(&rt, &module, &LocalBus::new(), "faulty", checkpoints).await
+}
+
+/// A `faulty` workload named `name`, driven on `bus`.
+async fn faulty_on(
+    rt: &Runtime,
+    module: &Module,
+    bus: &LocalBus,
+    name: &str,
+    checkpoints: Checkpoints,
+) -> WorkloadHandle {
+    let mut config = config();
+    config.name = name.into();
+    let w = Workload::start(rt, module, config.clone()).await.unwrap();
     let h = driver::spawn(
-        rt,
-        module,
-        config(),
+        rt.clone(),
+        module.clone(),
+        config,
         w,
         DriverOptions {
             checkpoints,
@@ -54,6 +66,22 @@ async fn faulty(checkpoints: Checkpoints) -> WorkloadHandle {
     );
     bus.register(h.clone());
     h
+}
+
+/// A standby the test answers by hand: `h`'s output commits arrive here.
+async fn hand_standby(h: &WorkloadHandle) -> tokio::sync::mpsc::Receiver<driver::CommitRequest> {
+    let (tx, commits) = tokio::sync::mpsc::channel(1);
+    h.commit_to(Some(tx), driver::CommitScope::All).await;
+    commits
+}
+
+/// `POST target` to `h`, in a task of its own.
+fn spawn_post(
+    h: &WorkloadHandle,
+    target: &'static str,
+) -> tokio::task::JoinHandle<Result<roam_runtime::abi::codec::Response, driver::DriverError>> {
+    let h = h.clone();
+    tokio::spawn(async move { h.http(req("POST", target)).await })
 }
 
 fn req(method: &str, target: &str) -> Request {
@@ -235,12 +263,8 @@ async fn a_trap_in_a_group_of_held_answers_fails_only_that_request() {
 async fn the_next_group_runs_while_the_standby_takes_a_commit() {
     let h = faulty(Checkpoints::EachEvent).await;
     assert_eq!(text(&h, "POST", "/count/a").await, "a=1/1");
-    let (tx, mut commits) = tokio::sync::mpsc::channel::<driver::CommitRequest>(1);
-    h.commit_to(Some(tx), driver::CommitScope::All).await;
-    let call = |target: &'static str| {
-        let h = h.clone();
-        tokio::spawn(async move { h.http(req("POST", target)).await })
-    };
+    let mut commits = hand_standby(&h).await;
+    let call = |target| spawn_post(&h, target);
     let a = call("/count/a");
     let (_, ack_a) = commits
         .recv()
@@ -276,33 +300,11 @@ async fn the_next_group_runs_while_the_standby_takes_a_commit() {
 async fn a_committed_message_goes_while_the_next_group_waits() {
     let (rt, module) = load_faulty();
     let bus = LocalBus::new();
-    let spawn = async |name: &str| {
-        let mut config = config();
-        config.name = name.into();
-        let w = Workload::start(&rt, &module, config.clone()).await.unwrap();
-        let h = driver::spawn(
-            rt.clone(),
-            module.clone(),
-            config,
-            w,
-            DriverOptions {
-                checkpoints: Checkpoints::EachEvent,
-                router: Some(bus.router()),
-                ..DriverOptions::default()
-            },
-        );
-        bus.register(h.clone());
-        h
-    };
-    let sender = spawn("faulty").await;
-    let peer = spawn("peer").await;
+    let sender = faulty_on(&rt, &module, &bus, "faulty", Checkpoints::EachEvent).await;
+    let peer = faulty_on(&rt, &module, &bus, "peer", Checkpoints::EachEvent).await;
     assert_eq!(text(&sender, "POST", "/count/a").await, "a=1/1");
-    let (tx, mut commits) = tokio::sync::mpsc::channel::<driver::CommitRequest>(1);
-    sender.commit_to(Some(tx), driver::CommitScope::All).await;
-    let call = |target: &'static str| {
-        let h = sender.clone();
-        tokio::spawn(async move { h.http(req("POST", target)).await })
-    };
+    let mut commits = hand_standby(&sender).await;
+    let call = |target| spawn_post(&sender, target);
     let x = call("/send/peer/x");
     let (_, ack_x) = commits.recv().await.expect("a commit for the first send");
     let y = call("/send/peer/y");
