@@ -1028,8 +1028,8 @@ impl Driver {
     }
 
     /// Output commit: send one checkpoint of everything run since the last
-    /// to the standby; the held outputs (`carried`, from a commit to send
-    /// again, and those held now) go out once it acknowledged it
+    /// to the standby; the held outputs (`outputs`, of a commit sent again,
+    /// and those held now) go out once it acknowledged it
     /// ([`Driver::acked`]). When the link is gone — the scheduler declared
     /// the standby lost (the workload is unprotected) or gave it another
     /// one — they are released.
@@ -1089,9 +1089,9 @@ impl Driver {
         }
     }
 
-    /// The standby's answer to a commit: release its outputs (and start
-    /// the next group's commit), or send it again in full with the outputs
-    /// held since.
+    /// The standby's answer to a commit: release its outputs (the loop then
+    /// starts the next group's commit when it is due), or send it again in
+    /// full with the outputs held since.
     async fn acked(
         &mut self,
         inflight: Inflight,
