@@ -343,6 +343,14 @@ fn kill_the_primary_under_load(durability: &[&str]) -> (u64, u64) {
     (lost, in_window)
 }
 
+/// `workload` as `roam get workloads -o json` shows it, if it exists.
+fn workload_json(c: &Cluster, workload: &str) -> Option<serde_json::Value> {
+    let (ok, out, _) = c.roam(&["get", "workloads", "-o", "json"]);
+    assert!(ok, "{out}");
+    let all: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    all.into_iter().find(|w| w["spec"]["name"] == workload)
+}
+
 /// Every replica, as `GET /v1/instances` shows it.
 fn instances(c: &Cluster) -> Vec<serde_json::Value> {
     let (status, body) = c.api(
@@ -388,15 +396,7 @@ fn protected_standby(c: &Cluster, workload: &str, primary: &str) -> String {
         Duration::from_secs(30),
         "the replica to be protected",
         || {
-            let (ok, out, _) = c.roam(&["get", "workloads", "-o", "json"]);
-            assert!(ok);
-            let all: serde_json::Value = serde_json::from_str(&out).unwrap();
-            let Some(w) = all
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|w| w["spec"]["name"] == workload)
-            else {
+            let Some(w) = workload_json(c, workload) else {
                 return false;
             };
             let p = &w["protection"][primary];
@@ -830,15 +830,7 @@ fn the_other_replica_serves_on_when_one_replica_fails_over() {
     // Both replicas run, each protected by a standby of its own.
     let mut pairs: Vec<(String, String)> = Vec::new();
     poll(Duration::from_secs(60), "two protected replicas", || {
-        let (ok, out, _) = c.roam(&["get", "workloads", "-o", "json"]);
-        assert!(ok);
-        let all: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let Some(w) = all
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|w| w["spec"]["name"] == "pair")
-        else {
+        let Some(w) = workload_json(&c, "pair") else {
             return false;
         };
         let Some(protection) = w["protection"].as_object() else {

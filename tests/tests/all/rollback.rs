@@ -75,6 +75,19 @@ async fn hand_standby(h: &WorkloadHandle) -> tokio::sync::mpsc::Receiver<driver:
     commits
 }
 
+/// A trapping request's answer comes back without waiting for a commit
+/// (a failure tells nothing of the state).
+async fn fails_at_once(
+    call: tokio::task::JoinHandle<Result<roam_runtime::abi::codec::Response, driver::DriverError>>,
+) {
+    let e = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("the workload waited for the standby")
+        .unwrap()
+        .unwrap_err();
+    assert!(e.to_string().contains("unreachable"), "{e}");
+}
+
 /// `POST target` to `h`, in a task of its own.
 fn spawn_post(
     h: &WorkloadHandle,
@@ -272,12 +285,7 @@ async fn the_next_group_runs_while_the_standby_takes_a_commit() {
         .expect("a commit for the first request");
     // The standby has not answered: a failure's answer (it tells nothing of
     // the state) still comes back, so the workload is not waiting for it.
-    let e = tokio::time::timeout(Duration::from_secs(10), call("/trap/a"))
-        .await
-        .expect("the workload waited for the standby")
-        .unwrap()
-        .unwrap_err();
-    assert!(e.to_string().contains("unreachable"), "{e}");
+    fails_at_once(call("/trap/a")).await;
     let b = call("/count/a");
     assert!(!a.is_finished(), "an answer went out before its commit");
     ack_a.send(Ok(())).unwrap();
@@ -309,12 +317,7 @@ async fn a_committed_message_goes_while_the_next_group_waits() {
     let (_, ack_x) = commits.recv().await.expect("a commit for the first send");
     let y = call("/send/peer/y");
     // Answered at once, after `y` ran: `y` is held in the next group.
-    let e = tokio::time::timeout(Duration::from_secs(10), call("/trap/a"))
-        .await
-        .expect("the workload waited for the standby")
-        .unwrap()
-        .unwrap_err();
-    assert!(e.to_string().contains("unreachable"), "{e}");
+    fails_at_once(call("/trap/a")).await;
     assert_eq!(
         text(&peer, "GET", "/handled").await,
         "",
