@@ -184,7 +184,9 @@ async fn launch(
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
     };
     instance.instance_mut().set_generation(spec.generation);
-    host.run_workload(module, config, instance, spec).await;
+    let fresh = snapshot.is_none();
+    host.run_workload(module, config, instance, spec, fresh)
+        .await;
     StatusCode::CREATED.into_response()
 }
 

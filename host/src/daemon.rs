@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use roam_proto::{Durability, InstanceStatus, Labels, StartInstance};
 use roam_runtime::abi::Place;
-use roam_runtime::driver::{self, Checkpoints, DriverOptions, LocalBus, WorkloadHandle};
+use roam_runtime::driver::{
+    self, Checkpoints, CommitScope, DriverOptions, LocalBus, WorkloadHandle,
+};
 use roam_runtime::{Digest, InstanceConfig, Module, Runtime, RuntimeConfig, Workload};
 
 use roam_proto::auth::JoinToken;
@@ -206,6 +208,7 @@ impl Host {
                 standby,
                 checkpoint_age_ms,
                 checkpoint_bytes,
+                waiting_for_standby: r.handle.waiting_for_standby(),
                 rolled_back: failures.rolled_back,
                 restarted: failures.restarted,
                 last_failure: failures.last.map(|mut text| {
@@ -254,13 +257,18 @@ impl Host {
     }
 
     /// Drive `instance` as `workload` (run as `spec` says) and route
-    /// requests to it; a copy already running here is replaced.
+    /// requests to it; a copy already running here is replaced. `fresh`: it
+    /// starts from nothing, not moved here by the scheduler; a `sync` one
+    /// then holds its answers until a standby has its state or the
+    /// scheduler grants "unprotected" (a moved one serves under the
+    /// scheduler's grant until its new standby is seeded).
     pub(crate) async fn run_workload(
         &self,
         module: Module,
         config: InstanceConfig,
         instance: Workload,
         spec: StartInstance,
+        fresh: bool,
     ) {
         let workload = config.name.clone();
         let checkpoints = match spec.durability {
@@ -275,6 +283,7 @@ impl Host {
             DriverOptions {
                 router: Some(self.router()),
                 checkpoints,
+                hold: (fresh && spec.durability == Durability::Sync).then_some(CommitScope::All),
                 ..DriverOptions::default()
             },
         );

@@ -484,7 +484,8 @@ async fn promote(
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
     };
     instance.instance_mut().set_generation(spec.generation);
-    host.run_workload(module, config, instance, spec).await;
+    host.run_workload(module, config, instance, spec, false)
+        .await;
     tracing::info!(
         %workload,
         primary = %start.primary,
@@ -559,14 +560,7 @@ async fn stream_to(
         links.insert(workload.clone(), link.clone());
         link
     };
-    // `sync` commits its answers, acknowledgements and sent messages;
-    // `async` only the acknowledgements of messages it received, so a
-    // sender forgets a message only once the standby has it.
-    let scope = if durability == Durability::Sync {
-        CommitScope::All
-    } else {
-        CommitScope::Messages
-    };
+    let scope = commit_scope(durability);
     let (committer, requests) = {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         (Some(tx), Some(rx))
@@ -619,18 +613,42 @@ async fn send_checkpoint(
     Err(format!("{status}: {}", r.text().await.unwrap_or_default()))
 }
 
+/// What output commit holds: `sync` its answers, acknowledgements and
+/// sent messages; `async` only the acknowledgements of messages it
+/// received, so a sender forgets a message only once the standby has it.
+fn commit_scope(durability: Durability) -> CommitScope {
+    if durability == Durability::Sync {
+        CommitScope::All
+    } else {
+        CommitScope::Messages
+    }
+}
+
+/// `DELETE /v1/instances/{workload}/standby`: the scheduler's grant to
+/// serve unprotected (it dropped the standby, or has none to give): the
+/// stream stops, and what output commit holds goes out.
 async fn stop_stream(State(host): State<Arc<Host>>, Path(workload): Path<String>) -> Response {
-    match host
+    let link = host
         .links
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .remove(&workload)
-    {
-        Some(link) => {
-            link.stop();
+        .remove(&workload);
+    if let Some(link) = &link {
+        link.stop();
+    }
+    let running = host
+        .workloads
+        .lock()
+        .await
+        .get(&workload)
+        .map(|r| (r.handle.clone(), r.durability));
+    match (running, link) {
+        (Some((handle, durability)), _) => {
+            handle.commit_to(None, commit_scope(durability)).await;
             StatusCode::OK.into_response()
         }
-        None => StatusCode::NOT_FOUND.into_response(),
+        (None, Some(_)) => StatusCode::OK.into_response(),
+        (None, None) => StatusCode::NOT_FOUND.into_response(),
     }
 }
 

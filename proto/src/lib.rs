@@ -215,6 +215,10 @@ pub struct InstanceStatus {
     /// it began (encoded, before TLS).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub checkpoint_bytes: u64,
+    /// Its answers (`sync`) are held with no standby to commit them to:
+    /// it waits for one, or for the scheduler to grant "unprotected".
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub waiting_for_standby: bool,
 }
 
 /// A standby a host keeps: a copy of a workload's state that is not

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::abi::codec::{Request, Response};
 use crate::abi::{MessageId, OutboundMessage};
 use crate::checkpoint::Checkpoint;
-use crate::instance::InstanceConfig;
+use crate::instance::{Chain, InstanceConfig};
 use crate::module::Module;
 use crate::runtime::Runtime;
 use crate::snapshot::codec::{self, DecodeLimits};
@@ -89,6 +89,12 @@ pub struct DriverOptions {
     pub router: Option<Router>,
     /// Queue length of the handle.
     pub queue: usize,
+    /// Output commit from the start: hold what the scope says until a
+    /// standby's link comes ([`WorkloadHandle::commit_to`]) and
+    /// acknowledges, or the scheduler grants "unprotected"
+    /// (`commit_to(None, ..)`). A `sync` workload that has never been
+    /// protected thus never answers from state that exists nowhere else.
+    pub hold: Option<CommitScope>,
 }
 
 impl Default for DriverOptions {
@@ -98,6 +104,7 @@ impl Default for DriverOptions {
             checkpoints: Checkpoints::Every(Duration::from_secs(1)),
             router: None,
             queue: 1024,
+            hold: None,
         }
     }
 }
@@ -180,6 +187,8 @@ enum Output {
 /// A commit sent to the standby: what it releases once acknowledged.
 struct Inflight {
     ack: oneshot::Receiver<Result<(), CommitRefused>>,
+    /// The link it went through.
+    via: Committer,
     outputs: Vec<Output>,
     /// The ids of the outbox's messages in the state it carries.
     outbox: std::collections::HashSet<MessageId>,
@@ -303,8 +312,8 @@ enum Command {
     /// Standby stream: the checkpoint's change since the last export (all
     /// of it with `true`).
     Export(bool, oneshot::Sender<Result<Option<Snapshot>, String>>),
-    /// Output commit through this link from now on (`None`: release
-    /// outputs at once).
+    /// Output commit through this link from now on (`None`: the workload
+    /// is unprotected; release outputs at once).
     CommitTo(Option<Committer>, CommitScope),
     /// Migration aborted: serve again, held events first.
     Resume,
@@ -322,6 +331,9 @@ pub struct WorkloadHandle {
     /// Set by [`WorkloadHandle::stop`]: answers still held for a commit
     /// are dropped, never released, from then on.
     stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by the driver while output commit holds outputs with no standby
+    /// to commit them to (see [`WorkloadHandle::waiting_for_standby`]).
+    waiting: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug, Default)]
@@ -417,6 +429,13 @@ impl WorkloadHandle {
         }
     }
 
+    /// Whether output commit holds this workload's outputs with no link to
+    /// a standby: it waits for one, or for the scheduler to grant
+    /// "unprotected" (`commit_to(None, ..)`).
+    pub fn waiting_for_standby(&self) -> bool {
+        self.waiting.load(Ordering::Acquire)
+    }
+
     /// Whether both handles drive the same task.
     pub fn same(&self, other: &WorkloadHandle) -> bool {
         self.tx.same_channel(&other.tx)
@@ -493,7 +512,8 @@ impl WorkloadHandle {
     }
 
     /// Output commit: from now on hold what `scope` says until
-    /// `committer`'s standby acknowledged the state that produced it, one
+    /// `committer`'s standby acknowledged the state that produced it (and,
+    /// should the link go, until the next link or `None`), one
     /// checkpoint per group of events; `None`: release everything at once
     /// (no standby: unprotected).
     pub async fn commit_to(&self, committer: Option<Committer>, scope: CommitScope) {
@@ -522,8 +542,11 @@ struct Driver {
     checkpoint: Option<Snapshot>,
     /// The last good state, per `options.checkpoints`.
     local: Local,
-    /// A migration owns dirty tracking: no local checkpoints meanwhile (a
-    /// rollback then goes to the state the migration began with).
+    /// A migration is under way. Its rounds and the local checkpoints are
+    /// two delta chains over the kernel's write tracking; where the kernel
+    /// cannot track writes the migration owns the page hashes, and no
+    /// local checkpoint is taken meanwhile (see
+    /// [`Driver::checkpoints_paused`]).
     migrating: bool,
     failures: Arc<FailureCount>,
     /// When this driver began (the age of "no checkpoint yet").
@@ -538,6 +561,13 @@ struct Driver {
     lent: Arc<tokio::sync::Semaphore>,
     /// Output commit's link to the standby, if any.
     committer: Option<Committer>,
+    /// Output commit holds outputs even without a link (a `sync` workload
+    /// not granted "unprotected"): they wait for the next link.
+    hold: bool,
+    /// The next commit carries the whole checkpoint (a new link).
+    full_next: bool,
+    /// Shared with the handles: outputs are held with no link.
+    waiting: Arc<std::sync::atomic::AtomicBool>,
     /// What output commit holds.
     scope: CommitScope,
     /// Destinations with a delivery attempt out (one at a time each, so
@@ -598,6 +628,7 @@ pub fn spawn(
     let (outcomes, outcomes_rx) = mpsc::unbounded_channel();
     let name = config.name.clone();
     let failures = Arc::new(FailureCount::default());
+    let hold = options.hold;
     let driver = Driver {
         rt,
         module,
@@ -613,7 +644,10 @@ pub fn spawn(
         queue: tx.downgrade(),
         lent: Arc::new(tokio::sync::Semaphore::new(1)),
         committer: None,
-        scope: CommitScope::All,
+        hold: hold.is_some(),
+        full_next: false,
+        waiting: Arc::new(std::sync::atomic::AtomicBool::new(hold.is_some())),
+        scope: hold.unwrap_or(CommitScope::All),
         sending: Default::default(),
         resend: Default::default(),
         outcomes,
@@ -628,6 +662,7 @@ pub fn spawn(
         stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
     let stopping = driver.stopping.clone();
+    let waiting = driver.waiting.clone();
     // The first checkpoint is taken after the first event, never before the
     // first request (a workload that just arrived serves at once).
     tokio::spawn(driver.run(rx, outcomes_rx));
@@ -636,6 +671,7 @@ pub fn spawn(
         tx,
         failures,
         stopping,
+        waiting,
     }
 }
 
@@ -674,7 +710,10 @@ impl Driver {
             // full); never make a caller wait for an event that is not
             // coming. The next group runs while the standby takes it.
             let mut linger = None;
-            if self.inflight.is_none() && !self.outputs.is_empty() {
+            if self.inflight.is_none()
+                && !self.outputs.is_empty()
+                && (self.committer.is_some() || !self.hold)
+            {
                 let waited = self.held_since.map_or(GROUP_LINGER, |t| t.elapsed());
                 let answers = self.outputs.iter().filter(|o| o.answers()).count();
                 if self.outputs.len() >= GROUP_MAX
@@ -755,14 +794,14 @@ impl Driver {
                         Mode::Serving => self.message(from, id, body, reply).await,
                     },
                     Some(Command::Snapshot(reply)) => {
-                        let result = if let (false, Local::Flat(c)) = (self.migrating, &self.local)
-                        {
+                        let paused = self.checkpoints_paused();
+                        let result = if let (false, Local::Flat(c)) = (paused, &self.local) {
                             // Current after every event; capturing anew would
                             // restart the write tracking it follows.
                             Ok(codec::encode(&c.to_snapshot()))
-                        } else if self.workload.instance().config().track_dirty {
-                            // A capture would move the dirty-page baseline under
-                            // the migration's feet.
+                        } else if paused {
+                            // A capture would move the page hashes under the
+                            // migration's feet.
                             Err("the workload is migrating; try again when it is done".to_string())
                         } else {
                             self.workload
@@ -790,7 +829,9 @@ impl Driver {
                                 self.migrating = true;
                                 let instance = self.workload.instance_mut();
                                 instance.set_track_dirty(true);
-                                instance.capture_with(buffers).map_err(|e| e.to_string())
+                                instance
+                                    .capture_with(buffers, Chain::Migration)
+                                    .map_err(|e| e.to_string())
                             }
                         };
                         if freeze && result.is_ok() {
@@ -818,10 +859,7 @@ impl Driver {
                         };
                         let _ = reply.send(result);
                     }
-                    Some(Command::CommitTo(committer, scope)) => {
-                        self.committer = committer;
-                        self.scope = scope;
-                    }
+                    Some(Command::CommitTo(committer, scope)) => self.link(committer, scope),
                     Some(Command::Freeze(reply)) => {
                         let result = match mode {
                             Mode::Held(_) => Err("the workload is already frozen".to_string()),
@@ -833,9 +871,12 @@ impl Driver {
                         let _ = reply.send(result);
                     }
                     Some(Command::Resume) => {
-                        self.workload.instance_mut().set_track_dirty(false);
+                        let paused = self.checkpoints_paused();
                         self.migrating = false;
-                        if matches!(self.local, Local::Flat(_)) {
+                        if !matches!(self.local, Local::Flat(_)) {
+                            self.workload.instance_mut().set_track_dirty(false);
+                        } else if paused {
+                            // The migration moved the page hashes.
                             self.rebase();
                         }
                         if let Mode::Held(held) = std::mem::replace(&mut mode, Mode::Serving) {
@@ -853,6 +894,11 @@ impl Driver {
                     }
                     Some(Command::Handoff(forwarder)) => {
                         if let Mode::Held(held) = std::mem::replace(&mut mode, Mode::Serving) {
+                            // The new host acknowledged the state behind
+                            // what is still held (no standby took it).
+                            for output in std::mem::take(&mut self.outputs) {
+                                self.release(output);
+                            }
                             for event in held {
                                 forwarder(event);
                             }
@@ -973,7 +1019,7 @@ impl Driver {
             Output::Message(..) => true,
             Output::Http(..) | Output::Sent => self.scope == CommitScope::All,
         };
-        if self.committer.is_some() && !self.migrating && held {
+        if (self.committer.is_some() || self.hold) && !self.checkpoints_paused() && held {
             if self.outputs.is_empty() {
                 self.held_since = Some(Instant::now());
             }
@@ -1030,9 +1076,9 @@ impl Driver {
     /// Output commit: send one checkpoint of everything run since the last
     /// to the standby; the held outputs (`outputs`, of a commit sent again,
     /// and those held now) go out once it acknowledged it
-    /// ([`Driver::acked`]). When the link is gone — the scheduler declared
-    /// the standby lost (the workload is unprotected) or gave it another
-    /// one — they are released.
+    /// ([`Driver::acked`]). Without a link they wait for the next one if
+    /// the workload holds them ([`Driver::hold`]), and are released if it
+    /// is unprotected.
     async fn start_commit(&mut self, full: bool, mut outputs: Vec<Output>) {
         self.settle();
         outputs.append(&mut self.outputs);
@@ -1044,28 +1090,37 @@ impl Driver {
             // released (its callers hear it stopped).
             return;
         }
-        let sent = match self.committer.clone() {
-            Some(committer) if !self.migrating => match self.export(full) {
-                Ok(Some(snapshot)) => {
-                    let (tx, ack) = oneshot::channel();
-                    if committer.send((snapshot, tx)).await.is_ok() {
-                        Some(ack)
-                    } else {
-                        self.committer = None;
+        let link = self
+            .committer
+            .clone()
+            .filter(|_| !self.checkpoints_paused());
+        let sent = match link {
+            Some(committer) => {
+                let full = full || std::mem::take(&mut self.full_next);
+                match self.export(full) {
+                    Ok(Some(snapshot)) => {
+                        let (tx, ack) = oneshot::channel();
+                        if committer.send((snapshot, tx)).await.is_ok() {
+                            Some((ack, committer))
+                        } else {
+                            self.committer = None;
+                            self.full_next = true;
+                            self.note_waiting();
+                            None
+                        }
+                    }
+                    // The standby has this state already.
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::warn!(workload = %self.config.name, error = %e, "no checkpoint to commit; releasing the answers unprotected");
                         None
                     }
                 }
-                // The standby has this state already.
-                Ok(None) => None,
-                Err(e) => {
-                    tracing::warn!(workload = %self.config.name, error = %e, "no checkpoint to commit; releasing the answers unprotected");
-                    None
-                }
-            },
-            _ => None,
+            }
+            None => None,
         };
         match sent {
-            Some(ack) => {
+            Some((ack, via)) => {
                 let outbox = self
                     .workload
                     .instance()
@@ -1076,9 +1131,15 @@ impl Driver {
                     .collect();
                 self.inflight = Some(Inflight {
                     ack,
+                    via,
                     outputs,
                     outbox,
                 });
+            }
+            None if self.committer.is_none() && self.hold && !self.checkpoints_paused() => {
+                // No link: they wait for the next one, or for the grant.
+                self.outputs = outputs;
+                self.held_since.get_or_insert_with(Instant::now);
             }
             None => {
                 for output in outputs {
@@ -1109,21 +1170,63 @@ impl Driver {
             }
             Ok(Err(CommitRefused)) => self.start_commit(true, inflight.outputs).await,
             Err(_) => {
-                // The link is gone.
-                self.committer = None;
+                // The link is gone (unless another replaced it already).
+                if self
+                    .committer
+                    .as_ref()
+                    .is_some_and(|c| c.same_channel(&inflight.via))
+                {
+                    self.committer = None;
+                    self.full_next = true;
+                    self.note_waiting();
+                }
                 if self.stopping.load(Ordering::Acquire) {
                     self.outputs.clear();
                     return;
                 }
-                for output in inflight.outputs {
-                    self.release(output);
+                // Held again, before the later ones, for the next link (or
+                // released, if the workload is unprotected by now).
+                let mut outputs = inflight.outputs;
+                outputs.append(&mut self.outputs);
+                self.outputs = outputs;
+                if self.committer.is_none() && !self.hold {
+                    for output in std::mem::take(&mut self.outputs) {
+                        self.release(output);
+                    }
+                    self.dispatch();
                 }
-                for output in std::mem::take(&mut self.outputs) {
-                    self.release(output);
-                }
-                self.dispatch();
             }
         }
+    }
+
+    /// A new link to a standby (`Some`), or the scheduler's grant to serve
+    /// unprotected (`None`): what was held goes out now.
+    fn link(&mut self, committer: Option<Committer>, scope: CommitScope) {
+        self.hold = committer.is_some();
+        self.full_next = committer.is_some();
+        self.committer = committer;
+        self.scope = scope;
+        self.note_waiting();
+        if !self.hold {
+            for output in std::mem::take(&mut self.outputs) {
+                self.release(output);
+            }
+            self.held_since = None;
+            self.dispatch();
+        }
+    }
+
+    /// Publish whether outputs wait with no link.
+    fn note_waiting(&self) {
+        self.waiting
+            .store(self.hold && self.committer.is_none(), Ordering::Release);
+    }
+
+    /// Whether local checkpoints (and output commit) wait for a migration
+    /// to end: only where the kernel cannot track writes, since the page
+    /// hashes serve one delta chain.
+    fn checkpoints_paused(&self) -> bool {
+        self.migrating && !self.workload.instance().write_tracking()
     }
 
     /// Switch tracking on, capture all but the pages, lend the memory.
@@ -1160,7 +1263,7 @@ impl Driver {
         let snapshot = self
             .workload
             .instance_mut()
-            .capture_delta()
+            .capture_delta_of(Chain::Migration)
             .map_err(|e| e.to_string())?;
         let pages = snapshot.memories.iter().map(|m| m.pages.len() as u64).sum();
         Ok(Capture {
@@ -1213,7 +1316,7 @@ impl Driver {
     /// `between`: between two messages of one event, where only
     /// [`Checkpoints::EachEvent`] keeps one.
     fn keep(&mut self, between: bool) {
-        if self.migrating || self.options.roundtrip_snapshots {
+        if self.checkpoints_paused() || self.options.roundtrip_snapshots {
             return;
         }
         if self.grouping() {
@@ -1248,7 +1351,7 @@ impl Driver {
     fn grouping(&self) -> bool {
         self.committer.is_some()
             && self.scope == CommitScope::All
-            && !self.migrating
+            && !self.checkpoints_paused()
             && !self.replaying
             && !self.options.roundtrip_snapshots
             && self.options.checkpoints == Checkpoints::EachEvent
@@ -1312,7 +1415,7 @@ impl Driver {
     /// write tracking from it).
     fn rebase(&mut self) {
         if self.options.roundtrip_snapshots
-            || self.migrating
+            || self.checkpoints_paused()
             || self
                 .failed_at
                 .is_some_and(|at| at.elapsed() < RETRY_CHECKPOINT)
@@ -1362,7 +1465,7 @@ impl Driver {
         if self.options.checkpoints != Checkpoints::EachEvent {
             return Err("the workload is not checkpointed after every event".to_string());
         }
-        if self.migrating {
+        if self.checkpoints_paused() {
             return Err("the workload is migrating".to_string());
         }
         if !matches!(self.local, Local::Flat(_)) {

@@ -16,6 +16,12 @@
 //! else found by comparing per-page xxh3 hashes;
 //! [`Runtime::restore`](crate::Runtime::restore) and [`Instance::apply`] put
 //! it back.
+//!
+//! Deltas form two independent [`Chain`]s over one write tracker: local
+//! checkpoints (and the standby's commits built from them) and a live
+//! migration's rounds. Each kernel scan gives its pages to the chain that
+//! asked and records them for the other, so a migration does not stop
+//! output commit and a checkpoint does not move a migration's baseline.
 
 mod apply;
 mod capture;
@@ -134,6 +140,58 @@ pub struct InstanceState {
     pub(crate) log_sink: Option<LogSink>,
 }
 
+/// One of an instance's two delta chains: each delta holds every page
+/// written since the previous capture *of its chain*, and names that
+/// capture as its base.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chain {
+    /// Local checkpoints and the standby's commits.
+    Checkpoint = 0,
+    /// A live migration's rounds.
+    Migration = 1,
+}
+
+impl Chain {
+    fn other(self) -> Chain {
+        match self {
+            Chain::Checkpoint => Chain::Migration,
+            Chain::Migration => Chain::Checkpoint,
+        }
+    }
+}
+
+/// A set of page numbers, one bit each.
+#[derive(Default)]
+pub(crate) struct PageBits(Vec<u64>);
+
+impl PageBits {
+    pub(crate) fn insert_all(&mut self, pages: &[u64]) {
+        for &p in pages {
+            let (word, bit) = ((p / 64) as usize, p % 64);
+            if word >= self.0.len() {
+                self.0.resize(word + 1, 0);
+            }
+            self.0[word] |= 1 << bit;
+        }
+    }
+
+    /// Append every page to `out` and empty the set.
+    pub(crate) fn drain_into(&mut self, out: &mut Vec<u64>) {
+        for (i, word) in self.0.iter().enumerate() {
+            let mut w = *word;
+            while w != 0 {
+                out.push(i as u64 * 64 + u64::from(w.trailing_zeros()));
+                w &= w - 1;
+            }
+        }
+        self.0.clear();
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
 /// A running instance of a module.
 pub struct Instance {
     /// Kernel write tracking of memory 0, when dirty tracking is on and the
@@ -158,6 +216,14 @@ pub struct Instance {
     pub(crate) generation: u64,
     /// Per memory, the hash of every page at the last capture.
     pub(crate) page_hashes: Option<Vec<Vec<u64>>>,
+    /// Per [`Chain`], the sequence of its last capture (the base of its
+    /// next delta); `None` until a capture starts the chain, or since the
+    /// other chain's capture moved what it builds on (hashing serves one
+    /// chain only).
+    pub(crate) chain_base: [Option<u64>; 2],
+    /// Per [`Chain`], pages of memory 0 the other chain's kernel scans took
+    /// since this chain's last capture.
+    pub(crate) chain_pages: [PageBits; 2],
     /// Raw function reference → function index, for every function that
     /// can sit in a table or a global: fixed for the instance's life, so
     /// built once, at its first capture.

@@ -35,7 +35,7 @@ pub use config::{EngineKind, RuntimeConfig};
 pub use error::{
     CallError, CaptureError, InstantiateError, LoadError, RestoreError, SnapshotError,
 };
-pub use instance::{DirGrant, Instance, InstanceConfig};
+pub use instance::{Chain, DirGrant, Instance, InstanceConfig};
 pub use logs::{LogBuffer, Passthrough};
 pub use module::{Digest, Module};
 pub use runtime::Runtime;

@@ -464,6 +464,8 @@ impl Runtime {
             generation: 0,
             func_map: None,
             page_hashes: None,
+            chain_base: [None; 2],
+            chain_pages: Default::default(),
             tracker: None,
             huge_pages: None,
         })

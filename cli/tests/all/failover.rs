@@ -411,27 +411,65 @@ fn protected_standby(c: &Cluster, workload: &str, primary: &str) -> String {
     standby
 }
 
+/// A `sync` workload whose rules leave no other host for a standby holds
+/// its answers until the scheduler grants it to serve unprotected, then
+/// serves on, shown as unprotected, with the reason in the events.
 #[test]
-fn losing_the_standby_never_stops_the_primary_and_a_new_standby_takes_over_protection() {
-    let mut c = Cluster::start_with(&[("HEARTBEAT_TIMEOUT", "2s")]);
-    c.add_host("eu-1", "eu-west-1", "EU");
-    c.add_host("eu-2", "eu-central-1", "EU");
-    c.add_host("eu-3", "eu-north-1", "EU");
-    c.wait_ready(3);
+fn a_sync_workload_with_no_host_for_its_standby_serves_once_granted_unprotected() {
+    let c = eu_cluster();
+    let events = subscribe(&c);
     deploy(
         &c,
         &[
             artifacts::FAULTY,
             "--name",
-            "kept",
+            "lone",
             "--grant",
             "kv,timers,send",
+            "--selector",
+            "jurisdiction=US",
             "--durability",
-            "async",
-            "--checkpoint-interval",
-            "20ms",
+            "sync",
         ],
     );
+    let event = event_of(&events, "unprotected", "lone");
+    assert!(event.contains("\"primary\":\"us-1\""), "{event}");
+    assert!(event.contains("no host meets"), "{event}");
+    poll(Duration::from_secs(30), "lone to serve", || {
+        c.get("lone", "/count/a").0 == 200
+    });
+    for n in 1..=3 {
+        assert_eq!(c.invoke("lone", "/count/a"), (200, format!("a={n}/{n}")));
+    }
+    let (ok, out, err) = c.roam(&["describe", "workload", "lone"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("us-1: no standby (unprotected)"), "{out}");
+}
+
+/// With `async`, and with `sync` too: its answers wait while the
+/// standby's host is silent, until the scheduler declares it dead and
+/// grants "unprotected"; none fails.
+#[test]
+fn losing_the_standby_never_stops_the_primary_and_a_new_standby_takes_over_protection() {
+    lose_the_standby(&["--durability", "async", "--checkpoint-interval", "20ms"]);
+    lose_the_standby(&["--durability", "sync"]);
+}
+
+fn lose_the_standby(durability: &[&str]) {
+    let mut c = Cluster::start_with(&[("HEARTBEAT_TIMEOUT", "2s")]);
+    c.add_host("eu-1", "eu-west-1", "EU");
+    c.add_host("eu-2", "eu-central-1", "EU");
+    c.add_host("eu-3", "eu-north-1", "EU");
+    c.wait_ready(3);
+    let mut args = vec![
+        artifacts::FAULTY,
+        "--name",
+        "kept",
+        "--grant",
+        "kv,timers,send",
+    ];
+    args.extend(durability);
+    deploy(&c, &args);
     poll(Duration::from_secs(60), "kept to serve", || {
         c.get("kept", "/count/k").0 == 200
     });

@@ -714,7 +714,7 @@ pub(super) async fn activate_incoming(
         generation,
         ..entry.spec
     };
-    host.run_workload(entry.module, config, workload, spec)
+    host.run_workload(entry.module, config, workload, spec, false)
         .await;
     tracing::info!(migration = %id, workload = %entry.workload, generation, "migration committed: serving here");
     Ok(CommitOutcome::default())

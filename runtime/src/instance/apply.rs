@@ -259,6 +259,9 @@ impl Instance {
         self.lineage = snapshot.lineage;
         self.sequence = snapshot.sequence;
         self.generation = snapshot.generation;
+        // The hashes serve the checkpoint chain; a migration starts its own.
+        self.chain_base = [self.config.track_dirty.then_some(snapshot.sequence), None];
+        self.chain_pages = Default::default();
         self.poisoned = false;
         Ok(())
     }

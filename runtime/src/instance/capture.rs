@@ -7,9 +7,10 @@
 use super::*;
 
 impl Instance {
-    /// Capture the whole state at this safe point.
+    /// Capture the whole state at this safe point (starting the checkpoint
+    /// [`Chain`] anew).
     pub fn capture(&mut self) -> Result<Snapshot, CaptureError> {
-        self.capture_inner(false, None, false)
+        self.capture_inner(Chain::Checkpoint, false, None, false)
     }
 
     /// Like [`Instance::capture`], but reuses the buffers of `into` (a
@@ -18,39 +19,52 @@ impl Instance {
     /// host that captures repeatedly keeps one snapshot around.
     pub fn capture_into(&mut self, into: &mut Snapshot) -> Result<(), CaptureError> {
         let reuse = std::mem::take(&mut into.memories);
-        *into = self.capture_inner(false, Some(reuse), false)?;
+        *into = self.capture_inner(Chain::Checkpoint, false, Some(reuse), false)?;
         Ok(())
     }
 
     /// Capture the whole state into `buffers` (memory images whose capacity
     /// is already faulted in, so the copy costs a memcpy and the guest is
-    /// paused no longer).
-    pub fn capture_with(&mut self, buffers: Vec<MemoryImage>) -> Result<Snapshot, CaptureError> {
-        self.capture_inner(false, Some(buffers), false)
+    /// paused no longer), starting `chain` anew.
+    pub fn capture_with(
+        &mut self,
+        buffers: Vec<MemoryImage>,
+        chain: Chain,
+    ) -> Result<Snapshot, CaptureError> {
+        self.capture_inner(chain, false, Some(buffers), false)
     }
 
     /// A full capture without memory 0's pages (its size only), which
-    /// (re)starts kernel write tracking: every page written from now on is
-    /// in the next [`Instance::capture_delta`], so pages read from the live
-    /// memory afterwards plus that delta make a consistent state. Fails
-    /// where the kernel cannot track writes (hashing needs every page now).
+    /// starts the migration [`Chain`]: every page written from now on is
+    /// in its next delta, so pages read from the live memory afterwards
+    /// plus that delta make a consistent state. Turns kernel write
+    /// tracking on; fails where the kernel cannot track writes (hashing
+    /// needs every page now).
     pub fn capture_without_pages(&mut self) -> Result<Snapshot, CaptureError> {
         self.config.track_dirty = true;
-        self.capture_inner(false, None, true)
+        self.capture_inner(Chain::Migration, false, None, true)
     }
 
-    /// Capture the pages changed since the previous capture (or restore),
-    /// plus globals, tables and host state. Apply it with [`Instance::apply`]
-    /// on an instance restored from that previous capture.
+    /// Capture the pages changed since the checkpoint chain's previous
+    /// capture (or restore), plus globals, tables and host state. Apply it
+    /// with [`Instance::apply`] on an instance restored from that capture.
     pub fn capture_delta(&mut self) -> Result<Snapshot, CaptureError> {
-        if (self.page_hashes.is_none() && self.tracker.is_none()) || self.sequence == 0 {
+        self.capture_delta_of(Chain::Checkpoint)
+    }
+
+    /// Like [`Instance::capture_delta`], on `chain`.
+    pub fn capture_delta_of(&mut self, chain: Chain) -> Result<Snapshot, CaptureError> {
+        if (self.page_hashes.is_none() && self.tracker.is_none())
+            || self.chain_base[chain as usize].is_none()
+        {
             return Err(CaptureError::NoBase);
         }
-        self.capture_inner(true, None, false)
+        self.capture_inner(chain, true, None, false)
     }
 
     fn capture_inner(
         &mut self,
+        chain: Chain,
         delta: bool,
         mut reuse: Option<Vec<MemoryImage>>,
         without_pages: bool,
@@ -58,13 +72,39 @@ impl Instance {
         if self.poisoned {
             return Err(CaptureError::Poisoned);
         }
+        let (mine, other) = (chain as usize, chain.other() as usize);
         let track = self.config.track_dirty;
-        // With tracking on, a full capture (re)starts kernel write tracking
-        // where it works; a delta asks it which pages were written. Pages
-        // are hashed only where it does not work.
+        // With tracking on, kernel write tracking starts at the first full
+        // capture where it works; later captures ask it which pages were
+        // written, keep them for the other chain too, and a delta adds
+        // those the other chain's scans took since this chain's last
+        // capture. Pages are hashed only where it does not work.
         let mut written: Option<Vec<u64>> = None;
-        if track && !delta {
-            self.tracker = None;
+        if track && let Some(mut tracker) = self.tracker.take() {
+            let result = self.written_pages(&mut tracker);
+            self.tracker = Some(tracker);
+            match result {
+                Ok(mut pages) => {
+                    self.chain_pages[other].insert_all(&pages);
+                    if delta {
+                        self.chain_pages[mine].drain_into(&mut pages);
+                        pages.sort_unstable();
+                        pages.dedup();
+                        written = Some(pages);
+                    } else {
+                        self.chain_pages[mine].clear();
+                    }
+                }
+                Err(e) => {
+                    // The other chain lost these pages: it starts anew.
+                    self.chain_base[other] = None;
+                    if delta {
+                        return Err(CaptureError::DirtyTracking(e.to_string()));
+                    }
+                    self.chain_pages[mine].clear();
+                }
+            }
+        } else if track && !delta {
             if let Some(memory) = self.memory(0) {
                 let (ptr, len) = (memory.data_ptr(&self.store), memory.data_size(&self.store));
                 match crate::dirty::WriteTracker::new(ptr, len) {
@@ -74,10 +114,9 @@ impl Instance {
                     }
                 }
             }
-        } else if track && let Some(mut tracker) = self.tracker.take() {
-            let result = self.written_pages(&mut tracker);
-            self.tracker = Some(tracker);
-            written = Some(result.map_err(|e| CaptureError::DirtyTracking(e.to_string()))?);
+            // Tracking starts here: the other chain has no base in it.
+            self.chain_base[other] = None;
+            self.chain_pages = Default::default();
         }
         let hashing = track && self.tracker.is_none();
         if without_pages && self.tracker.is_none() && self.memory(0).is_some() {
@@ -203,10 +242,13 @@ impl Instance {
                 data: self.store.data().abi.encode(),
             },
         ];
-        let base = delta.then_some(self.sequence);
+        let base = if delta { self.chain_base[mine] } else { None };
         self.sequence += 1;
+        self.chain_base[mine] = Some(self.sequence);
         if hashing {
             self.page_hashes = Some(new_hashes);
+            // The hashes now describe this capture only.
+            self.chain_base[other] = None;
         }
         Ok(Snapshot {
             module: self.module.digest(),

@@ -1,7 +1,7 @@
 //! Each kind of state survives capture, encoding and restore.
 
 use roam_runtime::snapshot::codec::{self, DecodeLimits};
-use roam_runtime::{Instance, Runtime, Snapshot, Val};
+use roam_runtime::{Chain, Instance, Runtime, Snapshot, Val};
 
 use super::*;
 
@@ -303,7 +303,7 @@ async fn pages_read_after_a_capture_without_them_plus_the_delta_rebuild_the_stat
         .await
         .unwrap();
     a.call("step", &[Val::I32(4)]).await.unwrap();
-    let delta = a.capture_delta().unwrap();
+    let delta = a.capture_delta_of(Chain::Migration).unwrap();
     assert_eq!(delta.base, Some(state.sequence));
     assert_eq!(delta.memories[0].pages, vec![0, 16, 32]);
 
@@ -356,4 +356,72 @@ fn keep_resident_runtime(slots: u32) -> Runtime {
         ..RuntimeConfig::default()
     })
     .unwrap()
+}
+
+/// A live migration and the checkpoints kept during it (a `sync`
+/// workload's commits to its standby) are two delta chains over one write
+/// tracker: each chain's deltas, applied in order on its own full capture,
+/// rebuild the source's state exactly, however their captures interleave.
+#[tokio::test]
+async fn checkpoint_and_migration_deltas_interleave_and_each_chain_rebuilds_the_state() {
+    let rt = runtime();
+    let module = load_wat(&rt, STATE_WAT);
+    let mut a = rt.instantiate(&module, config()).await.unwrap();
+    for _ in 0..10 {
+        a.call("grow", &[Val::I32(3)]).await.unwrap();
+    }
+    a.set_track_dirty(true);
+    let checkpoint = a.capture().unwrap();
+    let mut standby = rt.restore(&module, config(), &checkpoint).await.unwrap();
+    a.call("write", &[Val::I32(65536 + 8), Val::I64(3)])
+        .await
+        .unwrap();
+    let migration = a.capture_with(Vec::new(), Chain::Migration).unwrap();
+    let mut target = rt.restore(&module, config(), &migration).await.unwrap();
+    // Writes between the captures of either chain, to pages both chains
+    // and only one of them see, and memory grown in between.
+    let mut x = 0;
+    for round in 0..4i64 {
+        for (at, chain) in [
+            (2 * 65536, Chain::Checkpoint),
+            (4 * 65536 + 16, Chain::Migration),
+        ] {
+            x += 1;
+            a.call(
+                "write",
+                &[Val::I32(at + round as i32 * 4096), Val::I64(round * 10 + x)],
+            )
+            .await
+            .unwrap();
+            a.call("step", &[Val::I32(x as i32)]).await.unwrap();
+            if round == 2 {
+                a.call("grow", &[Val::I32(1)]).await.unwrap();
+                a.call("write", &[Val::I32(9 * 65536 + 4), Val::I64(x)])
+                    .await
+                    .unwrap();
+            }
+            let delta = a.capture_delta_of(chain).unwrap();
+            let delta =
+                codec::decode(&codec::encode(&delta), None, &DecodeLimits::default()).unwrap();
+            match chain {
+                Chain::Checkpoint => standby.apply(&delta).unwrap(),
+                Chain::Migration => target.apply(&delta).unwrap(),
+            }
+        }
+    }
+    a.call("write", &[Val::I32(65536 + 8), Val::I64(99)])
+        .await
+        .unwrap();
+    for chain in [Chain::Checkpoint, Chain::Migration] {
+        let delta = a.capture_delta_of(chain).unwrap();
+        match chain {
+            Chain::Checkpoint => standby.apply(&delta).unwrap(),
+            Chain::Migration => target.apply(&delta).unwrap(),
+        }
+    }
+    let want = call_i64(&mut a, "digest", &[]).await;
+    for (name, copy) in [("standby", &mut standby), ("target", &mut target)] {
+        assert_eq!(call_i64(copy, "digest", &[]).await, want, "{name}");
+        assert_eq!(copy.memory_data_mut(), a.memory_data_mut(), "{name}");
+    }
 }

@@ -340,22 +340,21 @@ impl Scheduler {
                     );
                 }
             }
+            // A primary with no standby to be had, whose answers wait for
+            // one: it serves unprotected, by the scheduler's grant.
+            for primary in &primaries {
+                if !pairs.contains_key(primary)
+                    && self.waits_for_standby(&spec.name, primary)
+                    && self.due(&spec.name, primary)
+                {
+                    self.grant_unprotected(&spec.name, primary).await;
+                }
+            }
             for (primary, pair) in &pairs {
                 if self.pair_reported(&spec.name, primary, pair) {
                     continue;
                 }
-                let key = (spec.name.clone(), primary.clone());
-                let due = self
-                    .standby_sent
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&key)
-                    .is_none_or(|at| at.elapsed() >= RESEND_AFTER);
-                if due {
-                    self.standby_sent
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(key, Instant::now());
+                if self.due(&spec.name, primary) {
                     self.send_pair(spec, primary, pair).await;
                 }
             }
@@ -402,6 +401,49 @@ impl Scheduler {
                 {
                     e.standbys.retain(|s| s.workload != workload);
                 }
+            }
+        }
+    }
+
+    /// Whether a call about the standby of `workload`'s replica on
+    /// `primary` is due (none made in the last [`RESEND_AFTER`]); if so,
+    /// it counts as made now.
+    fn due(&self, workload: &str, primary: &str) -> bool {
+        let mut sent = self.standby_sent.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (workload.to_string(), primary.to_string());
+        let due = sent.get(&key).is_none_or(|at| at.elapsed() >= RESEND_AFTER);
+        if due {
+            sent.insert(key, Instant::now());
+        }
+        due
+    }
+
+    /// Whether `primary` reports `workload`'s answers held with no standby
+    /// to commit them to.
+    fn waits_for_standby(&self, workload: &str, primary: &str) -> bool {
+        self.hosts.get(primary).is_some_and(|e| {
+            e.instances
+                .iter()
+                .any(|i| i.workload == workload && i.waiting_for_standby)
+        })
+    }
+
+    /// Tell `primary` to serve `workload` unprotected: no standby of it
+    /// runs anywhere, so it need not wait for one.
+    async fn grant_unprotected(&self, workload: &str, primary: &str) {
+        let Some(to) = self.endpoint(primary) else {
+            return;
+        };
+        match self.client.stream_to(&to, workload, None).await {
+            Ok(()) => {
+                tracing::info!(%workload, %primary, "no host can keep a standby: serving unprotected");
+                self.event(
+                    "unprotected",
+                    serde_json::json!({ "workload": workload, "primary": primary, "reason": "no host meets the workload's rules with room for its standby" }),
+                );
+            }
+            Err(e) => {
+                tracing::warn!(%workload, %primary, error = %e, "cannot grant unprotected service yet")
             }
         }
     }

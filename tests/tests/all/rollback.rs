@@ -50,22 +50,36 @@ async fn faulty_on(
     name: &str,
     checkpoints: Checkpoints,
 ) -> WorkloadHandle {
+    let options = DriverOptions {
+        checkpoints,
+        router: Some(bus.router()),
+        ..DriverOptions::default()
+    };
+    faulty_with(rt, module, bus, name, options).await
+}
+
+/// A `faulty` workload named `name`, driven on `bus` as `options` say.
+async fn faulty_with(
+    rt: &Runtime,
+    module: &Module,
+    bus: &LocalBus,
+    name: &str,
+    options: DriverOptions,
+) -> WorkloadHandle {
     let mut config = config();
     config.name = name.into();
     let w = Workload::start(rt, module, config.clone()).await.unwrap();
-    let h = driver::spawn(
-        rt.clone(),
-        module.clone(),
-        config,
-        w,
-        DriverOptions {
-            checkpoints,
-            router: Some(bus.router()),
-            ..DriverOptions::default()
-        },
-    );
+    let h = driver::spawn(rt.clone(), module.clone(), config, w, options);
     bus.register(h.clone());
     h
+}
+
+/// Whether `f` is still pending after one more poll.
+async fn pending<F: std::future::Future + Unpin>(f: &mut F) -> bool {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::pin::Pin::new(&mut *f).poll(cx).is_pending())
+    })
+    .await
 }
 
 /// A standby the test answers by hand: `h`'s output commits arrive here.
@@ -338,4 +352,101 @@ async fn a_committed_message_goes_while_the_next_group_waits() {
         text(&peer, "GET", "/handled").await == "faulty:x\nfaulty:y"
     })
     .await;
+}
+
+/// A `sync` workload that has never had a standby holds its answers (its
+/// state exists nowhere else): they go out once a standby acknowledged the
+/// state behind them, or once the scheduler grants it to serve
+/// unprotected (no host can keep a standby).
+#[tokio::test]
+async fn a_sync_workload_without_a_standby_holds_its_answers_until_one_or_the_grant() {
+    let (rt, module) = load_faulty();
+    for grant in [false, true] {
+        let options = DriverOptions {
+            checkpoints: Checkpoints::EachEvent,
+            hold: Some(driver::CommitScope::All),
+            ..DriverOptions::default()
+        };
+        let h = faulty_with(&rt, &module, &LocalBus::new(), "faulty", options).await;
+        assert!(h.waiting_for_standby());
+        let mut a = Box::pin(h.http(req("POST", "/count/a")));
+        assert!(pending(&mut a).await);
+        // Queued after it, answered at once (a failure tells nothing of
+        // the state): `a` has run by then, and its answer is held.
+        let e = h.http(req("POST", "/trap/a")).await.unwrap_err();
+        assert!(e.to_string().contains("unreachable"), "{e}");
+        assert!(pending(&mut a).await, "answered with no standby");
+        if grant {
+            h.commit_to(None, driver::CommitScope::All).await;
+        } else {
+            let mut commits = hand_standby(&h).await;
+            let (snapshot, ack) = commits.recv().await.expect("a commit");
+            assert!(!h.waiting_for_standby());
+            assert!(snapshot.is_full(), "a new standby gets the whole state");
+            assert!(pending(&mut a).await, "answered before its commit");
+            ack.send(Ok(())).unwrap();
+        }
+        let answer = a.await.unwrap();
+        assert_eq!(String::from_utf8(answer.body).unwrap(), "a=1/1");
+        assert!(!h.waiting_for_standby());
+    }
+}
+
+/// A live migration does not stop output commit: while its rounds are
+/// captured, the workload's answers still wait for the standby's
+/// acknowledgement, and the migration's own deltas still rebuild the state.
+#[tokio::test]
+async fn answers_wait_for_the_standby_during_a_live_migration() {
+    let (rt, module) = load_faulty();
+    let h = faulty_on(
+        &rt,
+        &module,
+        &LocalBus::new(),
+        "faulty",
+        Checkpoints::EachEvent,
+    )
+    .await;
+    assert_eq!(text(&h, "POST", "/count/a").await, "a=1/1");
+    let mut commits = hand_standby(&h).await;
+    let b = spawn_post(&h, "/count/a");
+    let (_, ack) = commits.recv().await.expect("a commit");
+    ack.send(Ok(())).unwrap();
+    assert_eq!(
+        String::from_utf8(b.await.unwrap().unwrap().body).unwrap(),
+        "a=2/2"
+    );
+
+    // The migration's first round.
+    let full = h.capture_full(Vec::new()).await.unwrap();
+    let c = spawn_post(&h, "/count/a");
+    let (_, ack) = tokio::time::timeout(Duration::from_secs(10), commits.recv())
+        .await
+        .expect("no commit during the migration: the answer went out unprotected")
+        .expect("a commit");
+    assert!(!c.is_finished(), "answered before its commit");
+    ack.send(Ok(())).unwrap();
+    assert_eq!(
+        String::from_utf8(c.await.unwrap().unwrap().body).unwrap(),
+        "a=3/3"
+    );
+
+    // The migration's next round: the checkpoints did not move its base.
+    let delta = h.capture_delta().await.unwrap();
+    let delta = codec::decode(&delta.bytes, None, &DecodeLimits::default()).unwrap();
+    let mut target = Workload::restore(&rt, &module, config(), &full, None)
+        .await
+        .unwrap();
+    target.instance_mut().apply(&delta).unwrap();
+    let answer = target.http(&req("GET", "/count/a")).await.unwrap();
+    assert_eq!(String::from_utf8(answer.body).unwrap(), "a=3/3");
+
+    // Aborted: it serves on, committing as before.
+    h.resume().await;
+    let d = spawn_post(&h, "/count/a");
+    let (_, ack) = commits.recv().await.expect("a commit after the migration");
+    ack.send(Ok(())).unwrap();
+    assert_eq!(
+        String::from_utf8(d.await.unwrap().unwrap().body).unwrap(),
+        "a=4/4"
+    );
 }
