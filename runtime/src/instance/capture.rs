@@ -85,7 +85,9 @@ impl Instance {
             self.tracker = Some(tracker);
             match result {
                 Ok(mut pages) => {
-                    self.chain_pages[other].insert_all(&pages);
+                    if self.chain_base[other].is_some() {
+                        self.chain_pages[other].insert_all(&pages);
+                    }
                     if delta {
                         self.chain_pages[mine].drain_into(&mut pages);
                         pages.sort_unstable();

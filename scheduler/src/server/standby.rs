@@ -350,12 +350,27 @@ impl Scheduler {
                     self.grant_unprotected(&spec.name, primary).await;
                 }
             }
+            let mut refused = Vec::new();
             for (primary, pair) in &pairs {
                 if self.pair_reported(&spec.name, primary, pair) {
                     continue;
                 }
-                if self.due(&spec.name, primary) {
-                    self.send_pair(spec, primary, pair).await;
+                if self.due(&spec.name, primary) && !self.send_pair(spec, primary, pair).await {
+                    refused.push(primary.clone());
+                }
+            }
+            // A standby its host would not keep is dropped, so its primary
+            // does not wait on it: the next round places another (or
+            // grants "unprotected").
+            if !refused.is_empty() {
+                let mut kept = pairs.clone();
+                kept.retain(|primary, _| !refused.contains(primary));
+                if self.set_standbys(&spec.name, kept).is_ok() {
+                    for primary in refused {
+                        if let Some(pair) = pairs.get(&primary) {
+                            self.release_standby(&spec.name, &primary, &pair.host).await;
+                        }
+                    }
                 }
             }
         }
@@ -466,11 +481,12 @@ impl Scheduler {
 
     /// Tell the standby's host to keep it, then the primary's host where to
     /// stream. Both calls are idempotent; a failure is tried again later.
-    async fn send_pair(&self, spec: &WorkloadSpec, primary: &str, pair: &StandbyPair) {
+    /// `false`: the standby's host did not take it.
+    async fn send_pair(&self, spec: &WorkloadSpec, primary: &str, pair: &StandbyPair) -> bool {
         let (Some(standby), Some(primary_end)) =
             (self.endpoint(&pair.host), self.endpoint(primary))
         else {
-            return;
+            return true;
         };
         let site = self
             .hosts
@@ -485,8 +501,8 @@ impl Scheduler {
             lease_ms: self.lease_ms(),
         };
         if let Err(e) = self.client.keep_standby(&standby, &spec.name, &keep).await {
-            tracing::warn!(workload = %spec.name, standby = %pair.host, error = %e, "the standby's host did not take it");
-            return;
+            tracing::warn!(workload = %spec.name, standby = %pair.host, error = %e, "the standby's host did not take it; placing another");
+            return false;
         }
         let target = StandbyTarget {
             host: pair.host.clone(),
@@ -504,6 +520,7 @@ impl Scheduler {
         {
             tracing::warn!(workload = %spec.name, %primary, error = %e, "the primary's host did not take its standby");
         }
+        true
     }
 
     /// A pair no longer recorded: its standby dropped, its stream stopped
