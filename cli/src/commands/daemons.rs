@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use roam_scheduler::store::StoreLocation;
+
 use crate::size::parse_size;
 
 /// Arguments of `roam scheduler`.
@@ -16,9 +18,18 @@ pub struct SchedulerArgs {
     /// API address.
     #[arg(long, default_value = "127.0.0.1:7700")]
     pub listen: SocketAddr,
-    /// Data directory: state store, modules, admin token.
+    /// Data directory: state store (unless `--store` says otherwise),
+    /// modules, CA, admin token.
     #[arg(long, default_value = "roam-data/scheduler")]
     pub data_dir: PathBuf,
+    /// Where desired and recorded state lives: `redb=PATH` (an embedded
+    /// file; the default is `state.redb` in the data directory) or
+    /// `etcd=URL[,URL...]` (an etcd v3 cluster, any of its members).
+    #[arg(long, value_parser = parse_store)]
+    pub store: Option<StoreArg>,
+    /// With an etcd store: the prefix of every key Roam writes.
+    #[arg(long, default_value = "/roam")]
+    pub etcd_prefix: String,
     /// A host that misses heartbeats this long is down and its workloads move.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
     pub heartbeat_timeout: Duration,
@@ -134,11 +145,44 @@ fn tokio(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// `--store`: `redb=PATH` or `etcd=URL[,URL...]`.
+#[derive(Clone, Debug)]
+pub enum StoreArg {
+    Redb(PathBuf),
+    Etcd(Vec<String>),
+}
+
+fn parse_store(s: &str) -> Result<StoreArg, String> {
+    match s.split_once('=') {
+        Some(("redb", path)) if !path.is_empty() => Ok(StoreArg::Redb(PathBuf::from(path))),
+        Some(("etcd", urls)) => {
+            let urls: Vec<String> = urls.split(',').map(str::to_string).collect();
+            for url in &urls {
+                let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}`: {e}"))?;
+                if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+                    return Err(format!(
+                        "`{url}` is not an http:// or https:// URL of an etcd member"
+                    ));
+                }
+            }
+            Ok(StoreArg::Etcd(urls))
+        }
+        _ => Err("use redb=PATH or etcd=URL[,URL...]".to_string()),
+    }
+}
+
 /// Run `roam scheduler`.
 pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
     tokio(args.workers)?.block_on(roam_scheduler::server::run(
         roam_scheduler::server::ServerConfig {
             listen: args.listen,
+            store: args.store.map(|s| match s {
+                StoreArg::Redb(path) => StoreLocation::Redb(path),
+                StoreArg::Etcd(endpoints) => StoreLocation::Etcd {
+                    endpoints,
+                    prefix: args.etcd_prefix.clone(),
+                },
+            }),
             data_dir: args.data_dir,
             heartbeat_timeout: args.heartbeat_timeout,
             heartbeat: args.heartbeat,

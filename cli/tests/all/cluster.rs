@@ -100,7 +100,8 @@ pub(crate) fn agent_trusting(ca: Option<&Path>) -> ureq::Agent {
 
 impl Cluster {
     /// A cluster (over TLS) whose scheduler runs with extra environment
-    /// variables.
+    /// variables (two are flags: `HEARTBEAT_TIMEOUT` sets
+    /// `--heartbeat-timeout`, `STORE` sets `--store`).
     pub(crate) fn start_with(envs: &[(&str, &str)]) -> Cluster {
         Self::start(envs, false)
     }
@@ -148,9 +149,13 @@ impl Cluster {
             .iter()
             .find(|(k, _)| k == "HEARTBEAT_TIMEOUT")
             .map_or("1s".to_string(), |(_, v)| v.clone());
+        let store = envs
+            .iter()
+            .find(|(k, _)| k == "STORE")
+            .map(|(_, v)| v.clone());
         let envs: Vec<(&str, &str)> = envs
             .iter()
-            .filter(|(k, _)| k != "HEARTBEAT_TIMEOUT")
+            .filter(|(k, _)| k != "HEARTBEAT_TIMEOUT" && k != "STORE")
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let data = dir.join("scheduler");
@@ -167,6 +172,9 @@ impl Cluster {
         ];
         if plaintext {
             args.push("--insecure-plaintext");
+        }
+        if let Some(store) = &store {
+            args.extend(["--store", store]);
         }
         spawn(&args, &envs)
     }

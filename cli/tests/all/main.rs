@@ -9,6 +9,7 @@
 mod access;
 mod arch;
 mod cluster;
+mod control_plane;
 mod failover;
 mod layout;
 mod migrate;

@@ -61,8 +61,12 @@ use host_client::{Endpoint, HostClient};
 pub struct ServerConfig {
     /// API address.
     pub listen: SocketAddr,
-    /// Data directory (state store, modules, admin token).
+    /// Data directory (state store unless `store` says otherwise,
+    /// modules, CA, admin token).
     pub data_dir: PathBuf,
+    /// Where desired and recorded state lives (`None`: `state.redb` in
+    /// the data directory).
+    pub store: Option<crate::store::StoreLocation>,
     /// A host missing heartbeats this long is down.
     pub heartbeat_timeout: Duration,
     /// Heartbeat period asked of hosts.
@@ -91,6 +95,7 @@ impl ServerConfig {
         ServerConfig {
             listen,
             data_dir,
+            store: None,
             heartbeat_timeout: Duration::from_secs(3),
             heartbeat: Duration::from_millis(500),
             insecure_plaintext: false,
@@ -287,7 +292,10 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     } else {
         Some(identity::ClusterTls::load(&config)?)
     };
-    let store = Store::open(&config.data_dir.join("state.redb"))?;
+    let store = match &config.store {
+        Some(location) => Store::at(location)?,
+        None => Store::open(&config.data_dir.join("state.redb"))?,
+    };
     let mut tokens: HashMap<String, TokenRecord> =
         store.tokens::<TokenRecord>()?.into_iter().collect();
     let token_file = config.data_dir.join("admin.token");
