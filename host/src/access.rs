@@ -6,14 +6,15 @@
 //! running host.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{MethodRouter, any};
-use roam_proto::paths;
 use roam_proto::reply::error;
+use roam_proto::{headers, paths};
 use roam_tls::Peer;
 
 use crate::daemon::Host;
@@ -150,9 +151,65 @@ async fn require_scheduler(
             "control routes are the scheduler's; its certificate is required",
         );
     }
-    if host.authorized(request.headers()) {
-        next.run(request).await
-    } else {
-        error(StatusCode::UNAUTHORIZED, "missing or wrong host secret")
+    if !host.authorized(request.headers()) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong host secret");
+    }
+    // A leader deposed while paused may still call: its term is older than
+    // one this host has seen, and it is not obeyed.
+    if let Err((status, message)) = check_term(&host.term, request.headers().get(headers::TERM)) {
+        return error(status, message);
+    }
+    next.run(request).await
+}
+
+/// Admit a control call of scheduler term `header` (none: 0) only if no
+/// newer term was seen, and remember it as the newest if it is.
+fn check_term(
+    newest: &AtomicU64,
+    header: Option<&axum::http::HeaderValue>,
+) -> Result<(), (StatusCode, String)> {
+    let term = match header {
+        None => 0,
+        Some(v) => v.to_str().ok().and_then(|v| v.parse::<u64>().ok()).ok_or((
+            StatusCode::BAD_REQUEST,
+            "a term is a decimal number".to_string(),
+        ))?,
+    };
+    let seen = newest.fetch_max(term, Ordering::AcqRel).max(term);
+    if term < seen {
+        return Err((
+            StatusCode::CONFLICT,
+            format!(
+                "refused: this call comes from scheduler term {term}, and a leader of term {seen} exists"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_of_a_term_older_than_one_seen_are_refused() {
+        let newest = AtomicU64::new(0);
+        let term = |t: &str| axum::http::HeaderValue::from_str(t).unwrap();
+        assert!(check_term(&newest, None).is_ok());
+        assert!(check_term(&newest, Some(&term("7"))).is_ok());
+        assert!(check_term(&newest, Some(&term("7"))).is_ok());
+        let (status, message) = check_term(&newest, Some(&term("5"))).unwrap_err();
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(
+            message.contains("term 5") && message.contains("term 7"),
+            "{message}"
+        );
+        assert!(check_term(&newest, None).is_err(), "no term is term 0");
+        assert_eq!(
+            check_term(&newest, Some(&term("x"))).unwrap_err().0,
+            StatusCode::BAD_REQUEST
+        );
+        assert!(check_term(&newest, Some(&term("9"))).is_ok());
+        assert_eq!(newest.load(Ordering::Acquire), 9);
     }
 }

@@ -16,7 +16,8 @@ pub struct HostConfig {
     pub listen: SocketAddr,
     /// URL others reach the API at, if not `https://{listen}`.
     pub advertise: Option<String>,
-    /// Scheduler base URL.
+    /// Scheduler replicas' URLs, comma-separated (any one will do; the
+    /// host finds the leader).
     pub join: String,
     /// Join token (`SECRET.CA-HASH` as `roam token create` prints it).
     pub token: String,
@@ -49,4 +50,15 @@ pub struct HostConfig {
     /// On SIGTERM or Ctrl-C, how long the host gives the scheduler to move
     /// its workloads away before it exits.
     pub shutdown_timeout: Duration,
+}
+
+impl HostConfig {
+    /// Every scheduler URL `join` lists.
+    pub fn schedulers(&self) -> Vec<String> {
+        self.join
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
 }

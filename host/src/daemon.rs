@@ -34,7 +34,7 @@ use crate::config::HostConfig;
 const LAST_GOOD_STATE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 use crate::identity::HostTls;
 use crate::migration::Migrations;
-use crate::scheduler_client::SchedulerClient;
+use crate::scheduler_client::{SchedulerClient, Targets};
 
 /// A workload running here: its driver, and the record reported to the
 /// scheduler (module digest, memory, the generation this copy runs at).
@@ -60,6 +60,9 @@ pub(crate) struct Host {
     pub(crate) scheduler: SchedulerClient,
     /// The secret the scheduler presents; set at (re)join.
     pub(crate) secret: Mutex<String>,
+    /// The newest scheduler leadership term seen: control calls of older
+    /// terms come from a deposed leader and are refused.
+    pub(crate) term: std::sync::atomic::AtomicU64,
     /// Labels the scheduler gave this host at join.
     pub(crate) labels: Mutex<Labels>,
     pub(crate) workloads: tokio::sync::Mutex<HashMap<String, Running>>,
@@ -131,9 +134,14 @@ pub async fn run(config: HostConfig) -> anyhow::Result<()> {
     let http =
         transport.client(reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)))?;
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let urls = config.schedulers();
+    let bases = urls
+        .iter()
+        .map(|u| transport.base(&Identity::Scheduler, u))
+        .collect::<Result<Vec<_>, _>>()?;
     let scheduler = SchedulerClient::new(
         http.clone(),
-        &transport.base(&Identity::Scheduler, &config.join)?,
+        Targets::new(urls, bases),
         JoinToken::parse(&config.token).secret,
     );
     let host = Arc::new(Host {
@@ -148,6 +156,7 @@ pub async fn run(config: HostConfig) -> anyhow::Result<()> {
         tls,
         transport,
         secret: Mutex::new(String::new()),
+        term: std::sync::atomic::AtomicU64::new(0),
         labels: Mutex::new(Labels::new()),
         workloads: tokio::sync::Mutex::new(HashMap::new()),
         migrations: Migrations::default(),

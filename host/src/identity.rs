@@ -79,7 +79,7 @@ impl HostTls {
                 let pin = CaHash::parse(pin).context(
                     "the join token's CA hash is not 64 hex digits; copy the whole token `roam token create` printed",
                 )?;
-                let trust = fetch_ca(&config.join, pin).await?;
+                let trust = fetch_ca(&config.schedulers(), pin).await?;
                 std::fs::write(dir.join("ca.crt"), trust.pem())
                     .with_context(|| format!("cannot write `{}`", dir.display()))?;
                 trust
@@ -213,29 +213,35 @@ impl HostTls {
     }
 }
 
-/// The CA certificate of the scheduler at `join`, over a connection pinned
-/// to `pin`; its hash checked again.
-async fn fetch_ca(join: &str, pin: CaHash) -> anyhow::Result<Trust> {
-    let (client, base) = roam_tls::transport::pinned_client(
-        pin.clone(),
-        join,
-        reqwest::Client::builder().timeout(Duration::from_secs(30)),
-    )?;
+/// The CA certificate of the schedulers at `join` (any replica answers),
+/// over a connection pinned to `pin`; its hash checked again.
+async fn fetch_ca(join: &[String], pin: CaHash) -> anyhow::Result<Trust> {
+    anyhow::ensure!(!join.is_empty(), "no scheduler URL to join");
     let mut delay = Duration::from_millis(100);
+    let mut attempt = 0usize;
     let pem = loop {
+        let url = &join[attempt % join.len()];
+        attempt += 1;
+        let (client, base) = roam_tls::transport::pinned_client(
+            pin.clone(),
+            url,
+            reqwest::Client::builder().timeout(Duration::from_secs(30)),
+        )?;
         match client.get(paths::ca().on(&base)).send().await {
             Ok(r) if r.status().is_success() => break r.text().await?,
             Ok(r) => anyhow::bail!("the scheduler answered {} for its CA", r.status()),
             Err(e) if unreachable(&e) => {
-                tracing::warn!(error = %e, "scheduler unreachable; retrying");
+                tracing::warn!(error = %e, %url, "scheduler unreachable; retrying");
             }
             Err(e) => anyhow::bail!(
-                "cannot reach a scheduler at {join} holding the CA the join token pins: {}",
+                "cannot reach a scheduler at {url} holding the CA the join token pins: {}",
                 chain(&e)
             ),
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(2));
+        if attempt.is_multiple_of(join.len()) {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
     };
     let trust = Trust::from_pem(&pem)?;
     anyhow::ensure!(

@@ -1,7 +1,12 @@
 //! Every call this host makes to the scheduler — join, heartbeat, module
 //! fetch, message relay — with the join token, through one client.
+//!
+//! The host knows every scheduler replica (`--join URL[,URL...]`) and
+//! talks to one at a time: when it does not answer it tries the next, and
+//! when a follower answers `421` it goes to the leader the answer names.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use roam_proto::{
@@ -20,14 +25,68 @@ use crate::daemon::Host;
 /// first arrived).
 const RELAY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a join may take before the host tries another replica.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Largest module the host downloads.
 const MAX_MODULE_DOWNLOAD: usize = 64 << 20;
 
 /// The scheduler's API, as a host calls it.
+#[derive(Clone)]
 pub(crate) struct SchedulerClient {
     http: reqwest::Client,
-    base: String,
+    targets: Arc<Targets>,
     token: String,
+}
+
+/// The scheduler replicas, and the one calls go to now.
+pub(crate) struct Targets {
+    /// As configured (what a `421` names the leader by).
+    urls: Vec<String>,
+    /// What is dialled for each.
+    bases: Vec<String>,
+    current: AtomicUsize,
+}
+
+impl Targets {
+    /// `urls[i]` is reached at `bases[i]`; neither is empty.
+    pub(crate) fn new(urls: Vec<String>, bases: Vec<String>) -> Targets {
+        Targets {
+            urls,
+            bases,
+            current: AtomicUsize::new(0),
+        }
+    }
+
+    fn pick(&self) -> (usize, &str) {
+        let i = self.current.load(Ordering::Acquire) % self.bases.len().max(1);
+        (i, self.bases.get(i).map_or("", String::as_str))
+    }
+
+    /// Replica `i` did not answer: the next one, unless another call
+    /// moved on already.
+    fn failed(&self, i: usize) {
+        let next = (i + 1) % self.bases.len().max(1);
+        let _ = self
+            .current
+            .compare_exchange(i, next, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Replica `i` does not lead and says `leader` does (if it knows).
+    fn redirected(&self, i: usize, leader: Option<&str>) {
+        let known = leader.and_then(|l| {
+            let l = l.trim_end_matches('/');
+            self.urls.iter().position(|u| u.trim_end_matches('/') == l)
+        });
+        match known {
+            Some(j) => self.current.store(j, Ordering::Release),
+            None => self.failed(i),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.bases.len()
+    }
 }
 
 /// How a call to the scheduler went.
@@ -41,25 +100,57 @@ pub(crate) enum Answer<T> {
 }
 
 impl SchedulerClient {
-    pub(crate) fn new(http: reqwest::Client, base: &str, token: &str) -> SchedulerClient {
+    pub(crate) fn new(http: reqwest::Client, targets: Targets, token: &str) -> SchedulerClient {
         SchedulerClient {
             http,
-            base: base.to_string(),
+            targets: Arc::new(targets),
             token: token.to_string(),
+        }
+    }
+
+    /// Send what `build` makes for a replica's base URL to the replica
+    /// that leads: past replicas that refuse the connection (nothing was
+    /// sent) and followers (`421`, nothing done), at most once around.
+    async fn call(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> reqwest::Result<reqwest::Response> {
+        let mut tries = self.targets.len() + 1;
+        loop {
+            tries -= 1;
+            let (i, base) = self.targets.pick();
+            match build(base).send().await {
+                Err(e) if e.is_connect() && tries > 0 => self.targets.failed(i),
+                Ok(r) if r.status() == reqwest::StatusCode::MISDIRECTED_REQUEST && tries > 0 => {
+                    let leader = r
+                        .headers()
+                        .get(headers::LEADER)
+                        .and_then(|v| v.to_str().ok());
+                    self.targets.redirected(i, leader);
+                }
+                Err(e) => {
+                    // Timed out or cut: the next call tries another replica.
+                    self.targets.failed(i);
+                    return Err(e);
+                }
+                other => return other,
+            }
         }
     }
 
     async fn join(&self, request: &JoinRequest) -> Answer<JoinResponse> {
         let sent = self
-            .http
-            .post(paths::join().on(&self.base))
-            .bearer_auth(&self.token)
-            // A first join's connection carries no client certificate; the
-            // calls after it must present the one the join brings, so they
-            // must not reuse it.
-            .header(reqwest::header::CONNECTION, "close")
-            .json(request)
-            .send()
+            .call(|base| {
+                self.http
+                    .post(paths::join().on(base))
+                    .bearer_auth(&self.token)
+                    // A first join's connection carries no client
+                    // certificate; the calls after it must present the one
+                    // the join brings, so they must not reuse it.
+                    .header(reqwest::header::CONNECTION, "close")
+                    .timeout(JOIN_TIMEOUT)
+                    .json(request)
+            })
             .await;
         match sent {
             Ok(r) if r.status().is_success() => match r.json().await {
@@ -75,17 +166,23 @@ impl SchedulerClient {
         }
     }
 
-    async fn heartbeat(&self, host: &str, beat: &Heartbeat) -> Answer<()> {
+    async fn heartbeat(&self, host: &str, beat: &Heartbeat, period: Duration) -> Answer<()> {
+        // A replica that takes longer is given up for the next (a paused
+        // leader accepts connections and answers nothing): the host must
+        // reach the new leader before it counts this host as dead.
+        let timeout = period + Duration::from_secs(1);
         let path = match paths::heartbeat(host) {
             Ok(p) => p,
             Err(e) => return Answer::Refused(reqwest::StatusCode::BAD_REQUEST, e.to_string()),
         };
         match self
-            .http
-            .post(path.on(&self.base))
-            .bearer_auth(&self.token)
-            .json(beat)
-            .send()
+            .call(|base| {
+                self.http
+                    .post(path.on(base))
+                    .bearer_auth(&self.token)
+                    .timeout(timeout)
+                    .json(beat)
+            })
             .await
         {
             Ok(r) if r.status().is_success() => Answer::Ok(()),
@@ -102,12 +199,14 @@ impl SchedulerClient {
         host: &str,
         timeout: Duration,
     ) -> anyhow::Result<Vec<roam_proto::DrainOutcome>> {
+        let path = paths::host_drain(host)?;
         let r = self
-            .http
-            .post(paths::host_drain(host)?.on(&self.base))
-            .bearer_auth(&self.token)
-            .timeout(timeout)
-            .send()
+            .call(|base| {
+                self.http
+                    .post(path.on(base))
+                    .bearer_auth(&self.token)
+                    .timeout(timeout)
+            })
             .await?;
         json_answer(r).await
     }
@@ -118,22 +217,18 @@ impl SchedulerClient {
         host: &str,
         request: &RenewCertificate,
     ) -> anyhow::Result<RenewedCertificate> {
+        let path = paths::host_certificate(host)?;
         let r = self
-            .http
-            .post(paths::host_certificate(host)?.on(&self.base))
-            .json(request)
-            .send()
+            .call(|base| self.http.post(path.on(base)).json(request))
             .await?;
         json_answer(r).await
     }
 
     /// The module with `digest`, its size bounded and its sha256 checked.
     pub(crate) async fn fetch_module(&self, digest: &Digest) -> anyhow::Result<Vec<u8>> {
+        let path = paths::module(&digest.to_string())?;
         let r = self
-            .http
-            .get(paths::module(&digest.to_string())?.on(&self.base))
-            .bearer_auth(&self.token)
-            .send()
+            .call(|base| self.http.get(path.on(base)).bearer_auth(&self.token))
             .await?;
         anyhow::ensure!(
             r.status().is_success(),
@@ -167,18 +262,21 @@ impl SchedulerClient {
             // No workload can have that name.
             Err(e) => return Delivery::Unknown(e.to_string()),
         };
+        let body = axum::body::Bytes::from(message.body);
+        let query = roam_proto::FromQuery {
+            from: from.into(),
+            stream: message.id.stream,
+            seq: message.id.seq,
+        };
         match self
-            .http
-            .post(path.on(&self.base))
-            .query(&roam_proto::FromQuery {
-                from: from.into(),
-                stream: message.id.stream,
-                seq: message.id.seq,
+            .call(|base| {
+                self.http
+                    .post(path.on(base))
+                    .query(&query)
+                    .bearer_auth(&self.token)
+                    .timeout(RELAY_TIMEOUT)
+                    .body(body.clone())
             })
-            .bearer_auth(&self.token)
-            .timeout(RELAY_TIMEOUT)
-            .body(message.body)
-            .send()
             .await
         {
             Ok(r) if r.status().is_success() => Delivery::Delivered,
@@ -227,6 +325,8 @@ impl Host {
                         tls.set_revoked(&joined.revoked)?;
                     }
                     *self.secret.lock().unwrap_or_else(|e| e.into_inner()) = joined.host_secret;
+                    self.term
+                        .fetch_max(joined.term, std::sync::atomic::Ordering::AcqRel);
                     *self.labels.lock().unwrap_or_else(|e| e.into_inner()) = joined.labels;
                     return Ok(Duration::from_millis(joined.heartbeat_ms.max(50)));
                 }
@@ -259,7 +359,11 @@ impl Host {
                 instances,
                 standbys: self.standby_statuses().await,
             };
-            match self.scheduler.heartbeat(&self.config.name, &beat).await {
+            match self
+                .scheduler
+                .heartbeat(&self.config.name, &beat, period)
+                .await
+            {
                 Answer::Ok(()) => {}
                 Answer::Refused(reqwest::StatusCode::NOT_FOUND, _) => {
                     tracing::info!("scheduler does not know this host; rejoining");
@@ -280,11 +384,7 @@ impl Host {
     pub(crate) fn router(&self) -> roam_runtime::driver::Router {
         let bus = self.bus.clone();
         let local = bus.router();
-        let scheduler = Arc::new(SchedulerClient::new(
-            self.scheduler.http.clone(),
-            &self.scheduler.base,
-            &self.scheduler.token,
-        ));
+        let scheduler = Arc::new(self.scheduler.clone());
         let links = self.links.clone();
         Arc::new(move |from: &str, message: OutboundMessage| {
             // A copy whose lease from its standby ran out may be stale (its

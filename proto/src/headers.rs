@@ -25,6 +25,16 @@ pub const NOT_DISPATCHED: &str = "x-roam-not-dispatched";
 /// it again. Its value is always `1`.
 pub const UNKNOWN_WORKLOAD: &str = "x-roam-unknown-workload";
 
+/// The leadership term of the scheduler making a control call to a host
+/// (decimal). A host refuses (409) a call whose term is older than the
+/// newest it has seen, so a deposed leader's calls are not obeyed.
+pub const TERM: &str = "x-roam-term";
+
+/// On a scheduler replica's `421 Misdirected Request`: the URL of the
+/// replica that leads, where hosts and the CLI send the call instead
+/// (absent while no replica leads).
+pub const LEADER: &str = "x-roam-leader";
+
 /// `PUT /v1/instances/{workload}/restore`: the instance spec
 /// ([`crate::StartInstance`]) as JSON; the body is the snapshot.
 pub const INSTANCE: &str = "x-roam-instance";

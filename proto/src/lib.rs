@@ -109,6 +109,10 @@ pub struct JoinResponse {
     /// which the host refuses from then on.
     #[serde(default)]
     pub revoked: Vec<String>,
+    /// The leadership term of the scheduler that let it in: the host
+    /// refuses control calls of older terms from then on.
+    #[serde(default)]
+    pub term: u64,
 }
 
 /// `PUT /v1/revoked` on a host: the revoked certificates, replacing the
@@ -486,6 +490,52 @@ fn one() -> u32 {
 
 fn default_memory() -> u64 {
     64 << 20
+}
+
+/// A scheduler replica, as it records itself in the shared store.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedulerMember {
+    /// Its name (unique among the replicas).
+    pub id: String,
+    /// Where hosts and clients reach it.
+    pub url: String,
+    /// When it started, Unix milliseconds.
+    pub started_unix_ms: u64,
+    /// In the leader key: when it took the lead, Unix milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leading_since_unix_ms: Option<u64>,
+}
+
+/// `GET /v1/schedulers`: the replicas, as the answering one sees them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedulersInfo {
+    /// The replica that answered.
+    pub answered_by: String,
+    /// Every live replica (one, with the embedded store).
+    pub replicas: Vec<SchedulerInfo>,
+    /// The store: `redb PATH` or `etcd ...`.
+    pub store: String,
+    /// The store's health, or why it is unhealthy.
+    pub store_health: String,
+    /// Whether the store answered.
+    pub store_healthy: bool,
+}
+
+/// One replica in [`SchedulersInfo`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedulerInfo {
+    /// Its record.
+    #[serde(flatten)]
+    pub member: SchedulerMember,
+    /// Whether it leads.
+    pub leader: bool,
+    /// Its term, if it leads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
+    /// Since when it leads (Unix milliseconds), as far as the answering
+    /// replica knows (exact when the leader answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_since_unix_ms: Option<u64>,
 }
 
 /// A host as `GET /v1/nodes` shows it.

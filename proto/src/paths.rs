@@ -97,6 +97,9 @@ pub mod scheduler {
     pub const TOKEN: &str = "/v1/tokens/{id}";
     /// `GET` (admin): the hosts.
     pub const NODES: &str = "/v1/nodes";
+    /// `GET` (viewer): the scheduler replicas, which one leads, and the
+    /// store's health; any replica answers itself.
+    pub const SCHEDULERS: &str = "/v1/schedulers";
     /// `POST` (admin): `cordon`, `uncordon` or `drain` a host.
     pub const NODE_ACTION: &str = "/v1/nodes/{name}/{action}";
     /// `POST` (admin): end a host's identity (`roam node revoke`).
@@ -209,6 +212,10 @@ pub mod ingress {
 /// `/v1/tokens`.
 pub fn tokens() -> ApiPath {
     ApiPath(scheduler::TOKENS.into())
+}
+/// `/v1/schedulers`.
+pub fn schedulers() -> ApiPath {
+    ApiPath(scheduler::SCHEDULERS.into())
 }
 /// `/v1/nodes`.
 pub fn nodes() -> ApiPath {

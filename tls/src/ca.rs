@@ -134,6 +134,18 @@ impl Ca {
                 .map_err(io("cannot read the CA key", &key_path))?;
             return Ca::from_pem(&cert_pem, &key_pem);
         }
+        let (cert_pem, key_pem) = Ca::generate()?;
+        // Key first: a crash between the two writes leaves no certificate
+        // without its key.
+        write_private(&key_path, &key_pem).map_err(io("cannot write the CA key", &key_path))?;
+        std::fs::write(&cert_path, &cert_pem)
+            .map_err(io("cannot write the CA certificate", &cert_path))?;
+        Ca::from_pem(&cert_pem, &key_pem)
+    }
+
+    /// A new CA: its certificate and key, PEM (kept by the caller: the
+    /// data directory, or a store several schedulers share).
+    pub fn generate() -> Result<(String, String), TlsError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         params
@@ -150,13 +162,7 @@ impl Ca {
         params.not_after = (now + CA_LIFETIME).into();
         params.serial_number = Some(serial()?);
         let cert = params.self_signed(&key)?;
-        // Key first: a crash between the two writes leaves no certificate
-        // without its key.
-        write_private(&key_path, &key.serialize_pem())
-            .map_err(io("cannot write the CA key", &key_path))?;
-        std::fs::write(&cert_path, cert.pem())
-            .map_err(io("cannot write the CA certificate", &cert_path))?;
-        Ca::from_pem(&cert.pem(), &key.serialize_pem())
+        Ok((cert.pem(), key.serialize_pem()))
     }
 
     /// A CA from its certificate and key.

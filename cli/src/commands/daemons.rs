@@ -51,6 +51,20 @@ pub struct SchedulerArgs {
     /// How long a host certificate is valid; hosts renew at half-life.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
     pub host_cert_lifetime: Duration,
+    /// The URL hosts and clients reach this replica at, when it is not the
+    /// listen address (a follower points callers at the leader's).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// This replica's name among those sharing an etcd store (default: the
+    /// advertised host and port).
+    #[arg(long)]
+    pub replica: Option<String>,
+    /// With an etcd store: the time to live of each replica's lease. A
+    /// leader that stops renewing it (dead, paused, cut off) is replaced
+    /// within this plus a campaign round; whole seconds, 2 s at least
+    /// (etcd's minimum with its default election timeout).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+    pub leader_ttl: Duration,
 }
 
 /// TLS flags both daemons take.
@@ -191,6 +205,9 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
             tls_key: args.tls.tls_key,
             tls_san: args.tls_san,
             host_cert_lifetime: args.host_cert_lifetime,
+            advertise: args.advertise,
+            replica: args.replica,
+            leader_ttl: args.leader_ttl,
         },
     ))?;
     Ok(ExitCode::SUCCESS)

@@ -163,6 +163,9 @@ pub enum Kind {
     Instances,
     /// Live migrations, newest first.
     Migrations,
+    /// Scheduler replicas: which one leads, since when, and the store's
+    /// health.
+    Schedulers,
 }
 
 /// The manifest: `workload.toml`.
@@ -560,6 +563,46 @@ pub fn get(kind: Kind, output: Output) -> anyhow::Result<ExitCode> {
                 println!("{t}");
             }
             Kind::Migrations => {}
+            Kind::Schedulers => {
+                let info: roam_proto::SchedulersInfo =
+                    c.json(c.request(Method::GET, &paths::schedulers())).await?;
+                if let Output::Json = output {
+                    println!("{}", serde_json::to_string_pretty(&info)?);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                let ago = |ms: u64| {
+                    humantime::format_duration(std::time::Duration::from_secs(
+                        now.saturating_sub(ms) / 1000,
+                    ))
+                    .to_string()
+                };
+                let mut t = Table::new();
+                t.set_header(["REPLICA", "ROLE", "TERM", "LEADING FOR", "UP FOR", "URL"]);
+                for r in info.replicas {
+                    t.add_row([
+                        r.member.id,
+                        if r.leader { "leader" } else { "follower" }.to_string(),
+                        r.term.map(|t| t.to_string()).unwrap_or_default(),
+                        r.leader_since_unix_ms.map(ago).unwrap_or_default(),
+                        ago(r.member.started_unix_ms),
+                        r.member.url,
+                    ]);
+                }
+                println!("{t}");
+                println!(
+                    "store: {} — {}{}",
+                    info.store,
+                    if info.store_healthy {
+                        ""
+                    } else {
+                        "UNHEALTHY: "
+                    },
+                    info.store_health
+                );
+            }
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -675,10 +718,7 @@ pub fn invoke(
         if let Some(d) = data {
             rb = rb.body(d);
         }
-        let r = rb
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the scheduler at {}", c.addr()))?;
+        let r = c.dispatch(rb).await?;
         let status = r.status();
         let body = r.text().await.unwrap_or_default();
         print!("{body}");

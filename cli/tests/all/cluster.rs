@@ -75,6 +75,9 @@ pub(crate) struct Cluster {
     pub(crate) plaintext: bool,
     /// How hosts are started: the `roam` under test unless a test says.
     pub(crate) program: Vec<String>,
+    /// Every scheduler replica's URL, comma-separated, as hosts and the
+    /// CLI are given them (`None`: `url` alone).
+    pub(crate) replicas: Option<String>,
 }
 
 /// A host silent this long counts as down in a migration test: long enough
@@ -136,6 +139,7 @@ impl Cluster {
             ca,
             plaintext,
             program: vec![env!("CARGO_BIN_EXE_roam").to_string()],
+            replicas: None,
         }
     }
 
@@ -200,6 +204,16 @@ impl Cluster {
         );
         assert_eq!(url, self.url);
         self.scheduler = Some(p);
+        // With a shared store, the restarted scheduler leads once the lease
+        // of its previous run has run out.
+        poll(Duration::from_secs(30), "the scheduler to lead", || {
+            self.api(
+                "GET",
+                roam_proto::paths::nodes().as_str(),
+                Some(&self.admin),
+            )
+            .0 != 421
+        });
     }
 
     pub(crate) fn join_token(&self, labels: &[(&str, &str)]) -> String {
@@ -288,7 +302,7 @@ impl Cluster {
         let join = if args.contains(&"--join") {
             vec![]
         } else {
-            vec!["--join", self.url.as_str()]
+            vec!["--join", self.replicas.as_deref().unwrap_or(&self.url)]
         };
         let mut all = vec!["host"];
         all.extend(join);
@@ -382,7 +396,7 @@ impl Cluster {
 
     /// Run the CLI against this cluster.
     pub(crate) fn roam(&self, args: &[&str]) -> (bool, String, String) {
-        self.roam_at(&self.url, args)
+        self.roam_at(self.replicas.as_deref().unwrap_or(&self.url), args)
     }
 
     /// Run the CLI against this cluster's scheduler as reached at `addr`

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use roam_proto::paths;
 use roam_scheduler::store::testing::Etcd;
 use roam_tests::artifacts;
 
@@ -49,5 +50,257 @@ fn a_scheduler_on_etcd_keeps_its_state_there_across_a_restart() {
     assert!(ok && out.contains("counter"), "{out}{err}");
     poll(Duration::from_secs(30), "counter to serve again", || {
         c.invoke("counter", "/apples").0 == 200
+    });
+}
+
+/// Schedulers sharing one etcd, their hosts and a client that lists them
+/// all.
+struct Replicas {
+    /// Each replica's URL and process (`None` once killed).
+    schedulers: Vec<(String, Option<crate::cluster::Proc>)>,
+    c: Cluster,
+    _etcd: Etcd,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Replicas {
+    /// `n` schedulers on one etcd (lease TTL 2 s), the first started first
+    /// (it creates the CA and the admin token).
+    fn start(n: usize) -> Replicas {
+        let etcd = Etcd::start();
+        let dir = tempfile::tempdir().unwrap();
+        let store = format!("etcd={}", etcd.url());
+        let mut schedulers = Vec::new();
+        for i in 0..n {
+            let listen = format!("127.0.0.1:{}", free_port());
+            let data = dir.path().join(format!("scheduler-{i}"));
+            let (p, url) = crate::cluster::spawn(
+                &[
+                    "scheduler",
+                    "--listen",
+                    &listen,
+                    "--data-dir",
+                    data.to_str().unwrap(),
+                    "--heartbeat-timeout",
+                    "3s",
+                    "--heartbeat",
+                    "200ms",
+                    "--store",
+                    &store,
+                    "--leader-ttl",
+                    "2s",
+                ],
+                &[],
+            );
+            schedulers.push((url, Some(p)));
+        }
+        let first = dir.path().join("scheduler-0");
+        let admin = std::fs::read_to_string(first.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let ca = first.join("ca.crt");
+        let all: Vec<&str> = schedulers.iter().map(|(u, _)| u.as_str()).collect();
+        let c = Cluster {
+            agent: crate::cluster::agent_trusting(Some(&ca)),
+            url: schedulers[0].0.clone(),
+            replicas: Some(all.join(",")),
+            dir,
+            scheduler: None,
+            admin,
+            hosts: Vec::new(),
+            scheduler_env: Vec::new(),
+            ca: Some(ca),
+            plaintext: false,
+            program: vec![env!("CARGO_BIN_EXE_roam").to_string()],
+        };
+        let mut r = Replicas {
+            schedulers,
+            c,
+            _etcd: etcd,
+        };
+        r.point_at_leader();
+        r
+    }
+
+    /// `GET /v1/schedulers` from replica `i`.
+    fn view(&self, i: usize) -> Option<serde_json::Value> {
+        let mut r = self
+            .c
+            .agent
+            .get(paths::schedulers().on(&self.schedulers[i].0))
+            .header("authorization", format!("Bearer {}", self.c.admin))
+            // A paused replica accepts connections and answers nothing.
+            .config()
+            .timeout_global(Some(Duration::from_secs(2)))
+            .build()
+            .call()
+            .ok()?;
+        if r.status() != 200 {
+            return None;
+        }
+        serde_json::from_str(&r.body_mut().read_to_string().ok()?).ok()
+    }
+
+    /// The leader's URL as a live replica sees it, once one leads.
+    fn leader(&self) -> Option<String> {
+        (0..self.schedulers.len())
+            .filter(|i| self.schedulers[*i].1.is_some())
+            .find_map(|i| {
+                let v = self.view(i)?;
+                v["replicas"]
+                    .as_array()?
+                    .iter()
+                    .find(|r| r["leader"] == true)
+                    .and_then(|r| r["url"].as_str().map(str::to_string))
+            })
+    }
+
+    /// Wait for a leader and send the test's own API calls to it.
+    fn point_at_leader(&mut self) {
+        let mut leader = None;
+        poll(Duration::from_secs(30), "a scheduler to lead", || {
+            leader = self.leader();
+            leader.is_some()
+        });
+        self.c.url = leader.unwrap();
+    }
+
+    fn index_of(&self, url: &str) -> usize {
+        self.schedulers.iter().position(|(u, _)| u == url).unwrap()
+    }
+}
+
+#[test]
+fn three_schedulers_one_leads_and_another_takes_over_when_it_is_killed() {
+    let mut r = Replicas::start(3);
+    // One leader, two followers, all listed, the store healthy.
+    let view = r.view(0).unwrap();
+    let replicas = view["replicas"].as_array().unwrap();
+    assert_eq!(replicas.len(), 3, "{view}");
+    assert_eq!(
+        replicas.iter().filter(|x| x["leader"] == true).count(),
+        1,
+        "{view}"
+    );
+    assert_eq!(view["store_healthy"], true, "{view}");
+    let (ok, out, err) = r.c.roam(&["get", "schedulers"]);
+    assert!(
+        ok && out.contains("leader") && out.contains("follower"),
+        "{out}{err}"
+    );
+
+    // A follower sends callers to the leader.
+    let follower = r
+        .schedulers
+        .iter()
+        .map(|(u, _)| u.clone())
+        .find(|u| *u != r.c.url)
+        .unwrap();
+    let mut answer =
+        r.c.agent
+            .get(paths::nodes().on(&follower))
+            .header("authorization", format!("Bearer {}", r.c.admin))
+            .call()
+            .unwrap();
+    assert_eq!(answer.status(), 421);
+    assert_eq!(
+        answer
+            .headers()
+            .get(roam_proto::headers::LEADER)
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        r.c.url
+    );
+    let _ = answer.body_mut().read_to_string();
+
+    r.c.add_host("eu-1", "eu-west-1", "EU");
+    r.c.add_host("eu-2", "eu-west-2", "EU");
+    r.c.wait_ready(2);
+    deploy(&r.c, &[artifacts::COUNTER, "--name", "counter"]);
+    poll(Duration::from_secs(30), "counter to serve", || {
+        r.c.invoke("counter", "/apples").0 == 200
+    });
+    let (_, before) = r.c.invoke("counter", "/apples");
+    let hosts_before = r.c.roam(&["get", "instances"]).1;
+
+    // Kill the leader (SIGKILL: no resignation; its lease runs out).
+    let old = r.c.url.clone();
+    let i = r.index_of(&old);
+    drop(r.schedulers[i].1.take());
+    poll(Duration::from_secs(30), "another scheduler to lead", || {
+        r.leader().is_some_and(|l| l != old)
+    });
+    r.point_at_leader();
+    assert_ne!(r.c.url, old);
+    // The hosts find the new leader, and nothing moved: the counter kept
+    // its count on the host it ran on (no failover after the election).
+    r.c.wait_ready(2);
+    let (status, after) = r.c.invoke("counter", "/apples");
+    assert_eq!(status, 200, "{after}");
+    let n = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap()["count"].as_u64();
+    assert_eq!(
+        n(&after),
+        n(&before).map(|b| b + 1),
+        "before {before}, after {after}"
+    );
+    assert_eq!(r.c.roam(&["get", "instances"]).1, hosts_before);
+
+    // The CLI, given every replica (the dead one first), reaches the
+    // leader; a deploy through it is placed and served.
+    deploy(&r.c, &[artifacts::COUNTER, "--name", "second"]);
+    poll(
+        Duration::from_secs(30),
+        "the second workload to serve",
+        || r.c.invoke("second", "/apples").0 == 200,
+    );
+}
+
+#[test]
+fn a_leader_paused_past_its_lease_is_deposed_and_follows_when_it_resumes() {
+    let mut r = Replicas::start(2);
+    r.c.add_host("eu-1", "eu-west-1", "EU");
+    r.c.wait_ready(1);
+    let old = r.c.url.clone();
+    let i = r.index_of(&old);
+    let pid = r.schedulers[i].1.as_ref().unwrap().child.id() as i32;
+    // SAFETY: signals to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    poll(
+        Duration::from_secs(30),
+        "the other scheduler to lead",
+        || r.leader().is_some_and(|l| l != old),
+    );
+    r.point_at_leader();
+    r.c.wait_ready(1);
+    deploy(&r.c, &[artifacts::COUNTER, "--name", "counter"]);
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    // Resumed, it sees its lease gone and follows: it answers 421 naming
+    // the new leader, and says so itself.
+    poll(Duration::from_secs(30), "the old leader to follow", || {
+        r.view(i).is_some_and(|v| {
+            v["replicas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["leader"] == true && x["url"] == r.c.url.as_str())
+        }) && r
+            .c
+            .agent
+            .get(paths::workloads().on(&old))
+            .header("authorization", format!("Bearer {}", r.c.admin))
+            .call()
+            .is_ok_and(|a| a.status() == 421)
+    });
+    poll(Duration::from_secs(30), "counter to serve", || {
+        r.c.invoke("counter", "/apples").0 == 200
     });
 }

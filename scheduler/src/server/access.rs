@@ -19,7 +19,7 @@ use axum::routing::{MethodRouter, any, delete, get, post, put};
 use roam_proto::paths::scheduler as r;
 use roam_proto::reply::error;
 
-use super::{Scheduler, api, identity, ingress, metrics, migrations, registry};
+use super::{Scheduler, api, identity, ingress, leadership, metrics, migrations, registry};
 use crate::auth::Role;
 
 /// What a route asks of its caller.
@@ -105,6 +105,13 @@ fn routes() -> Vec<(RouteRule, Handler)> {
         on("GET", r::TOKENS, Admin, SMALL, get(api::list_tokens)),
         on("DELETE", r::TOKEN, Admin, SMALL, delete(api::revoke_token)),
         on("GET", r::NODES, Viewer, SMALL, get(registry::nodes)),
+        on(
+            "GET",
+            r::SCHEDULERS,
+            Viewer,
+            SMALL,
+            get(leadership::schedulers),
+        ),
         on(
             "POST",
             r::NODE_ACTION,

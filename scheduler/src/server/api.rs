@@ -32,7 +32,45 @@ impl Scheduler {
                 .join(format!("{}.wasm", digest.hex())),
         )
     }
+
+    /// A module's bytes: from the data directory, else (several replicas
+    /// sharing etcd) from the store, checked against the digest and kept
+    /// in the data directory from then on. `None`: no such module.
+    pub(super) async fn module_bytes(
+        self: &Arc<Self>,
+        digest: &str,
+    ) -> Result<Option<Vec<u8>>, String> {
+        let Some(path) = self.module_path(digest) else {
+            return Err(format!("`{digest}` is not a sha256 digest"));
+        };
+        if let Ok(bytes) = tokio::fs::read(&path).await {
+            return Ok(Some(bytes));
+        }
+        if !self.store.shared() {
+            return Ok(None);
+        }
+        let s = self.clone();
+        let key = digest.to_string();
+        let stored = tokio::task::spawn_blocking(move || s.store.module(&key, MAX_MODULE))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let Some(bytes) = stored else {
+            return Ok(None);
+        };
+        if roam_proto::Digest::of(&bytes).to_string() != digest {
+            return Err(format!("the store's copy of module {digest} is corrupt"));
+        }
+        let tmp = path.with_extension("tmp");
+        if let Err(e) = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path)) {
+            tracing::warn!(error = %e, "cannot keep a module in the data directory");
+        }
+        Ok(Some(bytes))
+    }
 }
+
+/// Largest module kept (the upload route's body limit).
+const MAX_MODULE: u64 = 64 << 20;
 
 /// Join tokens live this long unless asked otherwise.
 const JOIN_TOKEN_TTL: u64 = 24 * 3600;
@@ -195,6 +233,17 @@ pub(super) async fn upload_module(State(s): State<Arc<Scheduler>>, body: Bytes) 
     if let Err(e) = std::fs::write(&tmp, &body).and_then(|()| std::fs::rename(&tmp, &path)) {
         return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     }
+    if s.store.shared() {
+        // Every replica must be able to serve it once it is acknowledged.
+        let (store_of, key, bytes) = (s.clone(), digest.clone(), body.clone());
+        let stored =
+            tokio::task::spawn_blocking(move || store_of.store.put_module(&key, &bytes)).await;
+        match stored {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
     (
         StatusCode::CREATED,
         Json(ModuleRef {
@@ -216,15 +265,16 @@ pub(super) async fn download_module(
     {
         return r.into_response();
     }
-    let Some(path) = s.module_path(&digest) else {
+    if roam_proto::Digest::parse(&digest).is_none() {
         return error(
             StatusCode::BAD_REQUEST,
             format!("`{digest}` is not a sha256 digest"),
         );
-    };
-    match tokio::fs::read(&path).await {
-        Ok(bytes) => bytes.into_response(),
-        Err(_) => error(StatusCode::NOT_FOUND, format!("no module {digest}")),
+    }
+    match s.module_bytes(&digest).await {
+        Ok(Some(bytes)) => bytes.into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no module {digest}")),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
 
@@ -239,7 +289,8 @@ pub(super) async fn deploy(State(s): State<Arc<Scheduler>>, body: Bytes) -> Resp
     if let Err(e) = Selector::parse(&spec.selector) {
         return error(StatusCode::BAD_REQUEST, e.to_string());
     }
-    if s.module_path(&spec.digest).is_none_or(|p| !p.exists()) {
+    let here = s.module_path(&spec.digest).is_some_and(|p| p.exists());
+    if !here && !matches!(s.module_bytes(&spec.digest).await, Ok(Some(_))) {
         return error(
             StatusCode::BAD_REQUEST,
             format!(

@@ -3,6 +3,7 @@
 //! (which say whether the host answered, refused the connection, or was
 //! silent — the verdict in `crate::verdict` depends on the difference).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -58,6 +59,9 @@ pub(super) enum HostError {
         status: StatusCode,
         body: String,
     },
+    /// This replica does not lead (any more): it calls no host.
+    #[error("not calling host `{0}`: this scheduler replica does not lead")]
+    NotLeader(String),
     /// The host's answer could not be read.
     #[error("host `{host}` gave a bad answer: {error}")]
     BadAnswer { host: String, error: reqwest::Error },
@@ -101,11 +105,18 @@ pub(super) struct HostClient {
     http: reqwest::Client,
     /// Without an overall timeout, for a migration's progress stream.
     stream: reqwest::Client,
+    /// The term control calls carry; none is made while this replica does
+    /// not lead.
+    leadership: Arc<super::leadership::Leadership>,
 }
 
 impl HostClient {
-    pub(super) fn new(transport: &Transport) -> Result<HostClient, roam_tls::TlsError> {
+    pub(super) fn new(
+        transport: &Transport,
+        leadership: Arc<super::leadership::Leadership>,
+    ) -> Result<HostClient, roam_tls::TlsError> {
         Ok(HostClient {
+            leadership,
             http: transport.client(reqwest::Client::builder().timeout(Duration::from_secs(30)))?,
             stream: transport
                 .client(reqwest::Client::builder().connect_timeout(Duration::from_secs(10)))?,
@@ -119,8 +130,12 @@ impl HostClient {
         to: &Endpoint,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, HostError> {
+        let Some(term) = self.leadership.term() else {
+            return Err(HostError::NotLeader(to.name.clone()));
+        };
         let r = request
             .bearer_auth(&to.secret)
+            .header(headers::TERM, term.to_string())
             .send()
             .await
             .map_err(|error| HostError::Unreachable {

@@ -26,6 +26,36 @@ use serde::{Deserialize, Serialize};
 
 use super::{Refusal, Scheduler, ServerConfig, parse};
 
+/// The CA every replica sharing the store uses: the store's, or, if the
+/// cluster has none yet, a new one that this replica offers (the first
+/// offer wins; the others take it). Its certificate is also written to the
+/// data directory (`ca.crt`), for clients.
+fn shared_ca(config: &ServerConfig, store: &crate::store::Store) -> anyhow::Result<Ca> {
+    let stored = |store: &crate::store::Store| -> anyhow::Result<Option<(String, String)>> {
+        match (
+            store.cluster_value("ca.crt")?,
+            store.cluster_value("ca.key")?,
+        ) {
+            (Some(c), Some(k)) => Ok(Some((String::from_utf8(c)?, String::from_utf8(k)?))),
+            _ => Ok(None),
+        }
+    };
+    let (cert, key) = match stored(store)? {
+        Some(pair) => pair,
+        None => {
+            let (cert, key) = Ca::generate()?;
+            store.bootstrap_cluster(&[
+                ("ca.crt", cert.clone().into_bytes()),
+                ("ca.key", key.into_bytes()),
+            ])?;
+            stored(store)?.context("the cluster's CA vanished from the store")?
+        }
+    };
+    let path = config.data_dir.join("ca.crt");
+    std::fs::write(&path, &cert).with_context(|| format!("cannot write `{}`", path.display()))?;
+    Ok(Ca::from_pem(&cert, &key)?)
+}
+
 /// How long the scheduler's own certificate lives; it issues itself a new
 /// one at half-life.
 const OWN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -80,8 +110,15 @@ pub(super) struct ClusterTls {
 
 impl ClusterTls {
     /// Load (or create) the CA and issue the scheduler's certificate.
-    pub(super) fn load(config: &ServerConfig) -> anyhow::Result<ClusterTls> {
-        let ca = Ca::load_or_create(&config.data_dir)?;
+    pub(super) fn load(
+        config: &ServerConfig,
+        store: &crate::store::Store,
+    ) -> anyhow::Result<ClusterTls> {
+        let ca = if store.shared() {
+            shared_ca(config, store)?
+        } else {
+            Ca::load_or_create(&config.data_dir)?
+        };
         let mut sans = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
         if !config.listen.ip().is_unspecified() {
             sans.push(config.listen.ip().to_string());

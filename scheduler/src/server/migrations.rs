@@ -258,13 +258,8 @@ impl Scheduler {
 
     /// Load migrations from the store; those a restart interrupted are
     /// resolved once their hosts are back.
-    pub(super) fn load_migrations(&self) {
-        let records: Vec<(String, MigrationInfo)> = self.store.migrations().unwrap_or_default();
-        let generations = self.store.generations().unwrap_or_default();
-        self.generations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(generations);
+    pub(super) fn load_migrations(&self) -> Result<(), crate::store::StoreError> {
+        let records: Vec<(String, MigrationInfo)> = self.store.migrations()?;
         // Lock order everywhere: migrations, then pending.
         let mut all = self.migrations.lock().unwrap_or_else(|e| e.into_inner());
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -277,6 +272,7 @@ impl Scheduler {
             }
             all.insert(id, info);
         }
+        Ok(())
     }
 
     /// Check a migration request and start it.

@@ -12,6 +12,7 @@
 //! | `migrations.rs` | live migrations: start, pre-copy progress, the commit, its completion |
 //! | `recovery.rs` | migrations the scheduler is unsure of: ask the hosts, decide with `crate::verdict` |
 //! | `drain.rs` | `roam drain`: cordon, migrate everything off, fall back to a restart |
+//! | `leadership.rs` | several replicas on etcd: the election, the term that fences writes and host calls, followers' `421` |
 //!
 //! Desired state (workloads, tokens, cordons) lives in the [`Store`] and is
 //! committed before a change is acknowledged; workloads and cordons are also
@@ -47,6 +48,7 @@ mod drain;
 mod host_client;
 mod identity;
 mod ingress;
+mod leadership;
 mod metrics;
 mod migrations;
 mod reconciler;
@@ -86,6 +88,15 @@ pub struct ServerConfig {
     pub tls_san: Vec<String>,
     /// How long a host certificate is valid; hosts renew at half-life.
     pub host_cert_lifetime: Duration,
+    /// The URL hosts and clients reach this replica at (default: the
+    /// listen address); a follower points callers at the leader's.
+    pub advertise: Option<String>,
+    /// This replica's name among the replicas sharing an etcd store
+    /// (default: the advertised URL's host and port).
+    pub replica: Option<String>,
+    /// The time to live of a replica's etcd lease: a leader that stops
+    /// renewing it is replaced this long after its last renewal.
+    pub leader_ttl: Duration,
 }
 
 impl ServerConfig {
@@ -103,6 +114,9 @@ impl ServerConfig {
             tls_key: None,
             tls_san: Vec::new(),
             host_cert_lifetime: Duration::from_secs(24 * 3600),
+            advertise: None,
+            replica: None,
+            leader_ttl: Duration::from_secs(3),
         }
     }
 }
@@ -157,7 +171,11 @@ struct Scheduler {
     assignments: Mutex<BTreeMap<String, BTreeSet<String>>>,
     /// Every call to a host.
     client: HostClient,
-    started: Instant,
+    /// Who leads (see `leadership.rs`).
+    leadership: Arc<leadership::Leadership>,
+    /// When this replica last started to lead (or started): hosts get
+    /// until `heartbeat_timeout` after it to report.
+    started: Mutex<Instant>,
     placements: AtomicU64,
     host_losses: AtomicU64,
     events: tokio::sync::broadcast::Sender<String>,
@@ -282,6 +300,17 @@ fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, String> {
 pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(config.data_dir.join("modules"))
         .with_context(|| format!("cannot create `{}`", config.data_dir.display()))?;
+    if matches!(config.store, Some(crate::store::StoreLocation::Etcd { .. }))
+        && (config.leader_ttl < Duration::from_secs(2) || config.leader_ttl.subsec_nanos() != 0)
+    {
+        anyhow::bail!(
+            "--leader-ttl must be whole seconds, 2 s at least (etcd leases count whole seconds, and etcd's minimum is 2 s with its default election timeout)"
+        );
+    }
+    let store = match &config.store {
+        Some(location) => Store::at(location)?,
+        None => Store::open(&config.data_dir.join("state.redb"))?,
+    };
     // The CA first: `roam up` and the tests wait for the admin token, and
     // the CA is there by then.
     let tls = if config.insecure_plaintext {
@@ -290,63 +319,35 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         );
         None
     } else {
-        Some(identity::ClusterTls::load(&config)?)
+        Some(identity::ClusterTls::load(&config, &store)?)
     };
-    let store = match &config.store {
-        Some(location) => Store::at(location)?,
-        None => Store::open(&config.data_dir.join("state.redb"))?,
-    };
-    let mut tokens: HashMap<String, TokenRecord> =
-        store.tokens::<TokenRecord>()?.into_iter().collect();
-    let token_file = config.data_dir.join("admin.token");
-    if !tokens.values().any(|r| r.role == Role::Admin) {
-        let token = auth::new_token()?;
-        let hash = auth::hash_token(&token);
-        let record = TokenRecord {
-            hash: hash.clone(),
-            role: Role::Admin,
-            created: auth::now_unix(),
-            expires: None,
-            uses_left: None,
-        };
-        store.put_token(&hash, &record)?;
-        tokens.insert(hash, record);
-        write_private(&token_file, &token)?;
-        eprintln!(
-            "roam scheduler: admin token written to {}",
-            token_file.display()
-        );
-    }
-    // Exactly the recorded placements: what hosts report is checked
-    // against them, never taken as they say.
-    let mut assignments: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut standbys: BTreeMap<String, BTreeMap<String, StandbyPair>> = BTreeMap::new();
-    for (workload, placement) in store.assignments::<Placement>()? {
-        for (host, role) in placement {
-            match role {
-                ReplicaRole::Primary => {
-                    assignments
-                        .entry(workload.clone())
-                        .or_default()
-                        .insert(host);
-                }
-                ReplicaRole::Standby { of, key } => {
-                    standbys
-                        .entry(workload.clone())
-                        .or_default()
-                        .insert(of, StandbyPair { host, key });
-                }
-            }
-        }
-    }
-    let desired = Desired {
-        workloads: store.workloads::<WorkloadSpec>()?.into_iter().collect(),
-        cordoned: store.cordoned()?.into_iter().collect(),
-    };
+    bootstrap_admin(&config, &store)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on `{}`", config.listen))?;
     let local = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("{scheme}://{local}"));
+    let me = roam_proto::SchedulerMember {
+        id: config.replica.clone().unwrap_or_else(|| {
+            url.split("://")
+                .nth(1)
+                .unwrap_or(&url)
+                .trim_end_matches('/')
+                .to_string()
+        }),
+        url,
+        started_unix_ms: migrations::now_ms(),
+        leading_since_unix_ms: None,
+    };
+    let leadership = Arc::new(leadership::Leadership::new(
+        store.election(),
+        me,
+        config.leader_ttl,
+    ));
     let transport = match &tls {
         Some(t) => t.transport()?,
         None => roam_tls::Transport::Plain,
@@ -362,13 +363,14 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let scheduler = Arc::new(Scheduler {
         tls,
         store,
-        tokens: RwLock::new(tokens),
+        tokens: RwLock::new(HashMap::new()),
         access: access::rules(),
         hosts: DashMap::new(),
-        assignments: Mutex::new(assignments),
-        client: HostClient::new(&transport)?,
+        assignments: Mutex::new(BTreeMap::new()),
+        client: HostClient::new(&transport, leadership.clone())?,
+        leadership,
         transport,
-        started: Instant::now(),
+        started: Mutex::new(Instant::now()),
         placements: AtomicU64::new(0),
         host_losses: AtomicU64::new(0),
         revocations: AtomicU64::new(0),
@@ -384,35 +386,181 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         migration_metrics: Mutex::new(metrics::MigrationMetrics::default()),
         changed: std::sync::atomic::AtomicBool::new(true),
         wake: tokio::sync::Notify::new(),
-        desired: RwLock::new(desired),
-        standbys: Mutex::new(standbys),
+        desired: RwLock::new(Desired::default()),
+        standbys: Mutex::new(BTreeMap::new()),
         standby_sent: Mutex::new(HashMap::new()),
         config,
     });
-    scheduler.load_migrations();
-    scheduler.load_revoked()?;
+    if scheduler.leadership.leads() {
+        // The embedded store: this scheduler alone, leading from the start.
+        scheduler.reload()?;
+    } else {
+        // A first campaign before serving: the first replica of a cluster
+        // leads as soon as it listens.
+        let s = scheduler.clone();
+        tokio::task::spawn_blocking(move || s.first_campaign()).await?;
+    }
+    tokio::spawn(scheduler.clone().leadership_loop());
     tokio::spawn(scheduler.clone().reconcile_loop());
     tokio::spawn(scheduler.clone().renew_own_loop());
     tokio::spawn(scheduler.clone().revocations_loop());
     // Every route from the access table, its rule checked before any body
-    // is read.
-    let app = access::router(&scheduler).with_state(scheduler);
-    let scheme = if serve_options.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    // is read; a follower sends callers to the leader first.
+    let app = access::router(&scheduler)
+        .layer(axum::middleware::from_fn_with_state(
+            scheduler.clone(),
+            leadership::leader_only,
+        ))
+        .with_state(scheduler.clone());
     eprintln!("roam scheduler: listening on {scheme}://{local}");
-    roam_tls::serve(listener, app, serve_options, async {
+    let served = roam_tls::serve(listener, app, serve_options, async {
         let _ = tokio::signal::ctrl_c().await;
     })
-    .await
-    .context("scheduler API server failed")
+    .await;
+    // Hand the lead over now rather than after the lease's TTL.
+    let s = scheduler.clone();
+    let _ = tokio::task::spawn_blocking(move || s.resign()).await;
+    served.context("scheduler API server failed")
+}
+
+/// Create the first admin token, once for the cluster, and write it to the
+/// data directory (`admin.token`) of the scheduler that created it.
+fn bootstrap_admin(config: &ServerConfig, store: &Store) -> anyhow::Result<()> {
+    let token_file = config.data_dir.join("admin.token");
+    let has_admin = |store: &Store| -> anyhow::Result<bool> {
+        Ok(store
+            .tokens::<TokenRecord>()?
+            .iter()
+            .any(|(_, r)| r.role == Role::Admin))
+    };
+    if has_admin(store)? {
+        return Ok(());
+    }
+    let token = auth::new_token()?;
+    let hash = auth::hash_token(&token);
+    let record = TokenRecord {
+        hash: hash.clone(),
+        role: Role::Admin,
+        created: auth::now_unix(),
+        expires: None,
+        uses_left: None,
+    };
+    // The file first: a token recorded but written nowhere would admit
+    // nobody.
+    write_private(&token_file, &token)?;
+    let created = if store.shared() {
+        store.bootstrap_admin(&hash, &record)?
+    } else {
+        store.put_token(&hash, &record)?;
+        true
+    };
+    if created {
+        eprintln!(
+            "roam scheduler: admin token written to {}",
+            token_file.display()
+        );
+    } else {
+        // Another replica created the cluster's first one.
+        let _ = std::fs::remove_file(&token_file);
+    }
+    Ok(())
 }
 
 pub use roam_tls::write_private;
 
 impl Scheduler {
+    /// Load every record from the store into memory, as at start or when
+    /// this replica takes the lead, and forget the hosts (they report
+    /// again).
+    fn reload(&self) -> anyhow::Result<()> {
+        let tokens: HashMap<String, TokenRecord> =
+            self.store.tokens::<TokenRecord>()?.into_iter().collect();
+        // Exactly the recorded placements: what hosts report is checked
+        // against them, never taken as they say.
+        let mut assignments: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut standbys: BTreeMap<String, BTreeMap<String, StandbyPair>> = BTreeMap::new();
+        for (workload, placement) in self.store.assignments::<Placement>()? {
+            for (host, role) in placement {
+                match role {
+                    ReplicaRole::Primary => {
+                        assignments
+                            .entry(workload.clone())
+                            .or_default()
+                            .insert(host);
+                    }
+                    ReplicaRole::Standby { of, key } => {
+                        standbys
+                            .entry(workload.clone())
+                            .or_default()
+                            .insert(of, StandbyPair { host, key });
+                    }
+                }
+            }
+        }
+        let desired = Desired {
+            workloads: self
+                .store
+                .workloads::<WorkloadSpec>()?
+                .into_iter()
+                .collect(),
+            cordoned: self.store.cordoned()?.into_iter().collect(),
+        };
+        let generations = self.store.generations()?;
+        *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = tokens;
+        *self.assignments.lock().unwrap_or_else(|e| e.into_inner()) = assignments;
+        *self.standbys.lock().unwrap_or_else(|e| e.into_inner()) = standbys;
+        *self.desired.write().unwrap_or_else(|e| e.into_inner()) = desired;
+        *self.generations.lock().unwrap_or_else(|e| e.into_inner()) =
+            generations.into_iter().collect();
+        self.hosts.clear();
+        for set in [&self.down, &self.busy] {
+            set.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+        self.confirmed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.moving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.standby_sent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.migrations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.load_migrations()?;
+        self.load_revoked()?;
+        *self.started.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        Ok(())
+    }
+
+    /// How long ago this replica started, or last took the lead.
+    fn leading_for(&self) -> Duration {
+        self.started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+    }
+
+    /// Where the store is, for `roam get schedulers`.
+    fn store_description(&self) -> String {
+        match &self.config.store {
+            Some(crate::store::StoreLocation::Etcd { endpoints, prefix }) => {
+                format!("etcd {} (prefix {prefix})", endpoints.join(","))
+            }
+            Some(crate::store::StoreLocation::Redb(path)) => format!("redb {}", path.display()),
+            None => format!("redb {}", self.config.data_dir.join("state.redb").display()),
+        }
+    }
+
     /// Publish an event to `/v1/events` subscribers (and the log).
     fn event(&self, kind: &str, fields: serde_json::Value) {
         let mut value = fields;

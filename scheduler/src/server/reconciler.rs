@@ -21,8 +21,10 @@ const COMMANDS_IN_FLIGHT: usize = 64;
 
 impl Scheduler {
     pub(super) async fn reconcile_loop(self: Arc<Self>) {
-        // Give hosts of a restarted scheduler time to rejoin and report what they run.
-        let grace = self.config.heartbeat * 2;
+        // Give hosts of a restarted scheduler, or of one that just took the
+        // lead, time to report what they run: none is declared dead before
+        // it could have missed its heartbeats.
+        let grace = self.config.heartbeat_timeout.max(self.config.heartbeat * 2);
         // Rounds run when something changed, and at least this often anyway.
         let every = Duration::from_secs(2);
         let mut last = Instant::now();
@@ -33,7 +35,7 @@ impl Scheduler {
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
-            if self.started.elapsed() < grace {
+            if self.leading_for() < grace || !self.leadership.leads() {
                 continue;
             }
             let pending = !self

@@ -76,7 +76,7 @@ impl Scheduler {
             .collect();
         // Hosts rejoin a restarted scheduler within a heartbeat or two;
         // until both are back (or have had time to be), wait.
-        let patient = self.started.elapsed() < self.config.heartbeat_timeout * 2;
+        let patient = self.leading_for() < self.config.heartbeat_timeout * 2;
         for id in pending {
             let Some(m) = self.migration(&id) else {
                 continue;

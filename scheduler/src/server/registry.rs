@@ -302,6 +302,7 @@ pub(super) async fn join(
         heartbeat_ms: s.config.heartbeat.as_millis() as u64,
         certificate,
         revoked: s.revocation_list(),
+        term: s.leadership.term().unwrap_or(0),
     })
     .into_response()
 }

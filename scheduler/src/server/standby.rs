@@ -130,7 +130,7 @@ impl Scheduler {
         // A scheduler that just started knows only the hosts that rejoined
         // so far: one it has not heard from yet is not dead until it has
         // had a whole heartbeat timeout to come back.
-        let settled = self.started.elapsed() >= self.config.heartbeat_timeout;
+        let settled = self.leading_for() >= self.config.heartbeat_timeout;
         for (workload, primary, pair) in due {
             if !self.placed_on(&workload).contains(&primary)
                 || (!settled && !self.hosts.contains_key(&primary))

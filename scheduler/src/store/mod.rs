@@ -41,10 +41,17 @@ pub(crate) enum Table {
     Hosts,
     /// Revoked host certificates by fingerprint (JSON).
     Revoked,
+    /// What the whole cluster shares, written once by whichever scheduler
+    /// starts first: the CA.
+    Cluster,
+    /// Module bytes in chunks (`{digest}/{n}`) and their manifests
+    /// (`{digest}`), with the shared (etcd) store only: each chunk fits one
+    /// etcd request.
+    Modules,
 }
 
 impl Table {
-    const ALL: [Table; 8] = [
+    const ALL: [Table; 10] = [
         Table::Workloads,
         Table::Tokens,
         Table::Cordoned,
@@ -53,6 +60,8 @@ impl Table {
         Table::Assignments,
         Table::Hosts,
         Table::Revoked,
+        Table::Cluster,
+        Table::Modules,
     ];
 
     fn name(self) -> &'static str {
@@ -65,6 +74,8 @@ impl Table {
             Table::Assignments => "assignments",
             Table::Hosts => "hosts",
             Table::Revoked => "revoked",
+            Table::Cluster => "cluster",
+            Table::Modules => "modules",
         }
     }
 }
@@ -82,27 +93,87 @@ pub(crate) enum Write {
     Delete(Table, String),
 }
 
+/// The condition that none of `writes`' keys exists.
+fn absent(writes: &[Write]) -> Vec<Expect> {
+    writes
+        .iter()
+        .map(|w| {
+            let (table, key) = match w {
+                Write::Put(t, k, _) | Write::Delete(t, k) => (*t, k.clone()),
+            };
+            Expect {
+                table,
+                key,
+                value: None,
+            }
+        })
+        .collect()
+}
+
 /// Where a [`Store`] keeps its tables.
 pub(crate) trait Backend: Send + Sync {
     fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Every entry of `table`, by key.
     fn scan(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Apply `writes` in one transaction if every `expect` holds; `false`
-    /// (and nothing written) if one does not.
+    /// (and nothing written) if one does not. A shared backend commits only
+    /// while this replica leads, in the term it was given
+    /// ([`Backend::set_fence`]).
     fn commit(&self, expect: &[Expect], writes: &[Write]) -> Result<bool, StoreError>;
+    /// Apply `writes` if none of their keys exists yet, whether or not this
+    /// replica leads: the cluster's first bootstrap, which any replica may
+    /// win and no replica may overwrite.
+    fn bootstrap(&self, writes: &[Write]) -> Result<bool, StoreError> {
+        self.commit(&absent(writes), writes)
+    }
+    /// Condition every later commit on leading in `term` (`None`: refuse
+    /// every commit). The embedded store has one writer and ignores it.
+    fn set_fence(&self, _term: Option<u64>) {}
 }
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
-#[error("state store: {0}")]
-pub struct StoreError(String);
+#[error("state store: {message}")]
+pub struct StoreError {
+    message: String,
+    not_leader: bool,
+}
+
+impl StoreError {
+    fn not_leader(message: impl Into<String>) -> StoreError {
+        StoreError {
+            message: message.into(),
+            not_leader: true,
+        }
+    }
+
+    /// The write was refused because this scheduler no longer leads (or
+    /// never did): a newer leader exists, or none.
+    pub fn is_not_leader(&self) -> bool {
+        self.not_leader
+    }
+}
 
 fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
+    StoreError {
+        message: e.to_string(),
+        not_leader: false,
+    }
 }
 
 fn json<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(err)
+}
+
+/// Bytes per module chunk: under etcd's default request limit (1.5 MiB)
+/// with room for the key and the transaction.
+const MODULE_CHUNK: usize = 1 << 20;
+
+/// How a module's chunks are recorded.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ModuleManifest {
+    size: u64,
+    chunks: u64,
 }
 
 /// How many times a read-modify-write is tried against concurrent writers
@@ -125,7 +196,84 @@ pub enum StoreLocation {
 
 /// The scheduler's durable state.
 pub struct Store {
-    backend: Box<dyn Backend>,
+    backend: std::sync::Arc<dyn Backend>,
+    /// The same backend when it is shared by several schedulers (etcd).
+    shared: Option<std::sync::Arc<etcd::Etcd>>,
+}
+
+/// Leadership among the schedulers that share an etcd store: a lease per
+/// replica, a leader key on the leader's lease, and the key's create
+/// revision as the term every write of the leader is conditioned on.
+#[derive(Clone)]
+pub struct Election {
+    etcd: std::sync::Arc<etcd::Etcd>,
+}
+
+pub use etcd::Session;
+
+/// Who leads: what the leader wrote in the leader key, and its term.
+pub struct Holder {
+    /// The leader's own description of itself.
+    pub value: Vec<u8>,
+    /// Its term.
+    pub term: u64,
+}
+
+impl From<etcd::Holder> for Holder {
+    fn from(h: etcd::Holder) -> Holder {
+        Holder {
+            value: h.value,
+            term: u64::try_from(h.term).unwrap_or(0),
+        }
+    }
+}
+
+impl Election {
+    /// Take a lease of `ttl` (whole seconds, at least etcd's minimum) and
+    /// keep it alive until it is lost.
+    pub fn start_session(
+        &self,
+        ttl: std::time::Duration,
+    ) -> Result<std::sync::Arc<Session>, StoreError> {
+        self.etcd.start_session(ttl)
+    }
+
+    /// Record this replica (`value`) under `id` while its session lives.
+    pub fn register(&self, session: &Session, id: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        self.etcd.register(session, id, value)
+    }
+
+    /// Every live replica's record.
+    pub fn members(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.etcd.members()
+    }
+
+    /// Lead if nobody does: `Ok(term)`, or who leads.
+    pub fn campaign(
+        &self,
+        session: &Session,
+        value: Vec<u8>,
+    ) -> Result<Result<u64, Option<Holder>>, StoreError> {
+        Ok(match self.etcd.campaign(session, value)? {
+            Ok(term) => Ok(u64::try_from(term).unwrap_or(0)),
+            Err(holder) => Err(holder.map(Holder::from)),
+        })
+    }
+
+    /// Who leads now.
+    pub fn leader(&self) -> Result<Option<Holder>, StoreError> {
+        Ok(self.etcd.leader()?.map(Holder::from))
+    }
+
+    /// Give up the session (and the lead, if held) at once.
+    pub fn resign(&self) {
+        self.etcd.resign();
+    }
+
+    /// A line on the store's health, or why it is not healthy.
+    pub fn health(&self) -> Result<String, StoreError> {
+        self.etcd.health()
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -138,16 +286,133 @@ impl Store {
     /// Open (or create) the embedded store at `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         Ok(Store {
-            backend: Box::new(redb::Redb::open(path)?),
+            backend: std::sync::Arc::new(redb::Redb::open(path)?),
+            shared: None,
         })
     }
 
     /// Connect to the etcd cluster at `endpoints`, every key under
-    /// `prefix`.
+    /// `prefix`. It writes nothing until [`Store::fence`] gives it the term
+    /// this replica leads in.
     pub fn etcd(endpoints: &[String], prefix: &str) -> Result<Store, StoreError> {
+        let etcd = std::sync::Arc::new(etcd::Etcd::connect(endpoints, prefix)?);
         Ok(Store {
-            backend: Box::new(etcd::Etcd::connect(endpoints, prefix)?),
+            backend: etcd.clone(),
+            shared: Some(etcd),
         })
+    }
+
+    /// The election among the schedulers sharing this store (`None`: the
+    /// embedded store, which one scheduler owns).
+    pub fn election(&self) -> Option<Election> {
+        self.shared.clone().map(|etcd| Election { etcd })
+    }
+
+    /// Condition every later write on leading in `term` (`None`: write
+    /// nothing). No effect on the embedded store.
+    pub fn fence(&self, term: Option<u64>) {
+        self.backend.set_fence(term);
+    }
+
+    /// Write the cluster's shared values if none of them exists yet
+    /// (whoever starts first wins; nobody overwrites). `false`: some
+    /// already existed, and nothing was written.
+    pub fn bootstrap_cluster(&self, values: &[(&str, Vec<u8>)]) -> Result<bool, StoreError> {
+        let writes: Vec<Write> = values
+            .iter()
+            .map(|(k, v)| Write::Put(Table::Cluster, k.to_string(), v.clone()))
+            .collect();
+        self.backend.bootstrap(&writes)
+    }
+
+    /// A shared value of the cluster.
+    pub fn cluster_value(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.backend.get(Table::Cluster, key)
+    }
+
+    /// Create the first admin token, once for the whole cluster: `false`
+    /// if one was created already (by this or another scheduler).
+    pub fn bootstrap_admin<T: Serialize>(
+        &self,
+        hash: &str,
+        record: &T,
+    ) -> Result<bool, StoreError> {
+        self.backend.bootstrap(&[
+            Write::Put(
+                Table::Cluster,
+                "admin-token".into(),
+                hash.as_bytes().to_vec(),
+            ),
+            Write::Put(Table::Tokens, hash.to_string(), json(record)?),
+        ])
+    }
+
+    /// Whether several schedulers share this store.
+    pub fn shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Keep a module's bytes in the store, in chunks each small enough for
+    /// one etcd request, the manifest last (so a module is there whole or
+    /// not at all). Only a shared store keeps modules; the embedded one's
+    /// scheduler keeps them in its data directory.
+    pub fn put_module(&self, digest: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        if !self.shared() {
+            return Ok(());
+        }
+        if self.backend.get(Table::Modules, digest)?.is_some() {
+            return Ok(());
+        }
+        let chunks: Vec<&[u8]> = bytes.chunks(MODULE_CHUNK).collect();
+        for (n, chunk) in chunks.iter().enumerate() {
+            self.write(&[Write::Put(
+                Table::Modules,
+                format!("{digest}/{n:06}"),
+                chunk.to_vec(),
+            )])?;
+        }
+        let manifest = ModuleManifest {
+            size: bytes.len() as u64,
+            chunks: chunks.len() as u64,
+        };
+        self.write(&[Write::Put(
+            Table::Modules,
+            digest.to_string(),
+            json(&manifest)?,
+        )])
+    }
+
+    /// A module's bytes from the store, if it keeps them whole; at most
+    /// `max` bytes (a bigger manifest is refused before anything is read).
+    /// The caller checks them against the digest.
+    pub fn module(&self, digest: &str, max: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        if !self.shared() {
+            return Ok(None);
+        }
+        let Some(manifest) = self.backend.get(Table::Modules, digest)? else {
+            return Ok(None);
+        };
+        let manifest: ModuleManifest = serde_json::from_slice(&manifest).map_err(err)?;
+        if manifest.size > max || manifest.chunks != manifest.size.div_ceil(MODULE_CHUNK as u64) {
+            return Err(err(format!(
+                "module {digest}: a manifest of {} bytes in {} chunks is refused",
+                manifest.size, manifest.chunks
+            )));
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(manifest.size).unwrap_or(0));
+        for n in 0..manifest.chunks {
+            let Some(chunk) = self
+                .backend
+                .get(Table::Modules, &format!("{digest}/{n:06}"))?
+            else {
+                return Err(err(format!("module {digest}: chunk {n} is missing")));
+            };
+            if bytes.len() + chunk.len() > usize::try_from(manifest.size).unwrap_or(0) {
+                return Err(err(format!("module {digest}: chunks exceed the manifest")));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(Some(bytes))
     }
 
     /// Open the store at `location`.
@@ -512,11 +777,111 @@ mod tests {
     fn the_etcd_store_keeps_what_the_suite_writes() {
         let etcd = testing::Etcd::start();
         let store = Store::etcd(&[etcd.url()], "/roam-test").unwrap();
+        let e = store.put_workload("w", &json!({})).unwrap_err();
+        assert!(
+            e.is_not_leader(),
+            "a replica that does not lead writes: {e}"
+        );
+        lead(&store);
         suite(&store);
         concurrent_updates(std::sync::Arc::new(store));
         // Another prefix is another store.
         let other = Store::etcd(&[etcd.url()], "/other").unwrap();
         assert!(other.workloads::<Value>().unwrap().is_empty());
+    }
+
+    /// Make `store`'s replica the leader (nobody else campaigns).
+    fn lead(store: &Store) -> u64 {
+        let election = store.election().unwrap();
+        let session = election
+            .start_session(std::time::Duration::from_secs(5))
+            .unwrap();
+        let term = election
+            .campaign(&session, b"me".to_vec())
+            .unwrap()
+            .ok()
+            .unwrap();
+        store.fence(Some(term));
+        term
+    }
+
+    #[test]
+    fn a_deposed_leader_cannot_write_once_another_leads() {
+        let etcd = testing::Etcd::start();
+        let old = Store::etcd(&[etcd.url()], "/roam").unwrap();
+        let new = Store::etcd(&[etcd.url()], "/roam").unwrap();
+        let first = lead(&old);
+        old.put_workload("w", &json!({"by": "old"})).unwrap();
+        // While the first leads, nobody else can.
+        let (elect, session) = {
+            let e = new.election().unwrap();
+            let s = e.start_session(std::time::Duration::from_secs(5)).unwrap();
+            (e, s)
+        };
+        let holder = elect
+            .campaign(&session, b"new".to_vec())
+            .unwrap()
+            .err()
+            .unwrap()
+            .unwrap();
+        assert_eq!((holder.value, holder.term), (b"me".to_vec(), first));
+        // The first's lease ends (as if it paused past its TTL); the other
+        // takes over with a newer term.
+        old.election().unwrap().etcd.revoke_lease_for_test();
+        let second = elect
+            .campaign(&session, b"new".to_vec())
+            .unwrap()
+            .ok()
+            .unwrap();
+        assert!(second > first);
+        new.fence(Some(second));
+        // The deposed leader still believes it leads in `first`: every kind
+        // of write it makes is refused, and none lands.
+        let e = old.put_workload("w", &json!({"by": "stale"})).unwrap_err();
+        assert!(e.is_not_leader(), "{e}");
+        assert!(e.to_string().contains(&format!("term {first}")), "{e}");
+        assert!(old.delete_workload("w").unwrap_err().is_not_leader());
+        assert!(
+            old.update_host("h", |_: Option<Value>| Some(json!({})))
+                .unwrap_err()
+                .is_not_leader()
+        );
+        new.put_workload("v", &json!({"by": "new"})).unwrap();
+        let all: Vec<(String, Value)> = new.workloads().unwrap();
+        assert_eq!(
+            all,
+            vec![
+                ("v".into(), json!({"by": "new"})),
+                ("w".into(), json!({"by": "old"}))
+            ]
+        );
+        assert_eq!(new.host::<Value>("h").unwrap(), None);
+    }
+
+    #[test]
+    fn modules_bigger_than_an_etcd_request_are_kept_in_chunks() {
+        let etcd = testing::Etcd::start();
+        let store = Store::etcd(&[etcd.url()], "/roam").unwrap();
+        lead(&store);
+        let bytes: Vec<u8> = (0..(5 << 19) + 7).map(|i| (i % 251) as u8).collect();
+        store.put_module("sha256:ab", &bytes).unwrap();
+        assert_eq!(store.module("sha256:ab", 64 << 20).unwrap(), Some(bytes));
+        assert_eq!(store.module("sha256:cd", 64 << 20).unwrap(), None);
+        let e = store.module("sha256:ab", 1 << 20).unwrap_err();
+        assert!(e.to_string().contains("refused"), "{e}");
+    }
+
+    #[test]
+    fn the_first_bootstrap_wins_and_nobody_overwrites_it() {
+        let etcd = testing::Etcd::start();
+        let a = Store::etcd(&[etcd.url()], "/roam").unwrap();
+        let b = Store::etcd(&[etcd.url()], "/roam").unwrap();
+        assert!(a.bootstrap_cluster(&[("ca.crt", b"A".to_vec())]).unwrap());
+        assert!(!b.bootstrap_cluster(&[("ca.crt", b"B".to_vec())]).unwrap());
+        assert_eq!(b.cluster_value("ca.crt").unwrap(), Some(b"A".to_vec()));
+        assert!(a.bootstrap_admin("h1", &json!({"role": "admin"})).unwrap());
+        assert!(!b.bootstrap_admin("h2", &json!({"role": "admin"})).unwrap());
+        assert_eq!(b.tokens::<Value>().unwrap().len(), 1);
     }
 
     #[test]
