@@ -74,6 +74,10 @@ pub(super) struct HostRecord {
     /// again.
     #[serde(default)]
     pub(super) revoked_unix: Option<u64>,
+    /// The URL it registered at its last join: every scheduler replica
+    /// routes the ingress with it, followers included.
+    #[serde(default)]
+    pub(super) url: Option<String>,
 }
 
 /// A certificate issued to a host.

@@ -4,6 +4,7 @@
 //! the host refused them before dispatch, so requests that race a
 //! migration's commit are neither lost nor applied twice.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,15 @@ use roam_proto::{FromQuery, headers};
 use super::Scheduler;
 use super::host_client::Endpoint;
 
+/// How often every replica reads the routes from a shared store.
+const ROUTES_EVERY: Duration = Duration::from_millis(500);
+
+/// Where a workload runs, as the store records it.
+pub(super) struct StoredRoute {
+    hosts: Vec<Endpoint>,
+    generation: u64,
+}
+
 impl Scheduler {
     /// Send a request built by `build(host, generation)` to the host that
     /// serves `workload`. A host's refusal before dispatch (wrong
@@ -30,10 +40,16 @@ impl Scheduler {
     ) -> Result<reqwest::Response, Response> {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut pause = Duration::from_millis(1);
+        let mut attempt = 0usize;
         loop {
-            let retry = match self.serving(workload) {
-                Some(to) => {
-                    let request = build(&to, self.generation(workload))
+            attempt += 1;
+            let target = match self.serving(workload) {
+                Some(to) => Some((to, self.generation(workload))),
+                None => self.stored_route(workload, attempt),
+            };
+            let retry = match target {
+                Some((to, generation)) => {
+                    let request = build(&to, generation)
                         .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
                     match request.send().await {
                         Ok(r) if r.headers().contains_key(headers::NOT_DISPATCHED) => {
@@ -69,7 +85,8 @@ impl Scheduler {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .get(workload)
-                        .is_some_and(|hosts| !hosts.is_empty());
+                        .is_some_and(|hosts| !hosts.is_empty())
+                        || !self.leadership.leads();
                     if !placed && !self.frozen().contains(workload) {
                         return Err(refusal);
                     }
@@ -82,6 +99,83 @@ impl Scheduler {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(50));
         }
+    }
+
+    /// Where `workload` runs as the store records it (for a follower, which
+    /// hears no heartbeats, or a leader whose hosts have not reported yet):
+    /// its hosts in turn, `attempt` picking one, at the recorded
+    /// generation. A stale record only costs a retry: a host refuses,
+    /// before dispatch, a generation that is not its copy's.
+    fn stored_route(&self, workload: &str, attempt: usize) -> Option<(Endpoint, u64)> {
+        let routes = self.stored_routes.read().unwrap_or_else(|e| e.into_inner());
+        let route = routes.get(workload)?;
+        let n = route.hosts.len();
+        (n > 0).then(|| (route.hosts[attempt % n].clone(), route.generation))
+    }
+
+    /// Read placements, generations and host addresses from the store
+    /// into [`Scheduler::stored_routes`] (every replica, while the store is
+    /// shared).
+    pub(super) async fn routes_loop(self: Arc<Self>) {
+        if !self.store.shared() {
+            return;
+        }
+        loop {
+            let s = self.clone();
+            match tokio::task::spawn_blocking(move || s.read_routes()).await {
+                Ok(Ok(routes)) => {
+                    *self
+                        .stored_routes
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner()) = routes;
+                }
+                Ok(Err(e)) => {
+                    // Keep routing from the last known state.
+                    tracing::warn!(error = %e, "cannot read routes from the store");
+                }
+                Err(e) => tracing::error!(error = %e, "route refresh failed"),
+            }
+            tokio::time::sleep(ROUTES_EVERY).await;
+        }
+    }
+
+    fn read_routes(&self) -> anyhow::Result<HashMap<String, StoredRoute>> {
+        let hosts: HashMap<String, super::identity::HostRecord> =
+            self.store.hosts()?.into_iter().collect();
+        let generations: HashMap<String, u64> = self.store.generations()?.into_iter().collect();
+        let mut routes = HashMap::new();
+        for (workload, placement) in self.store.assignments::<super::Placement>()? {
+            let mut endpoints = Vec::new();
+            for (host, role) in placement {
+                if role != super::ReplicaRole::Primary {
+                    continue;
+                }
+                let Some(url) = hosts.get(&host).and_then(|r| r.url.clone()) else {
+                    continue;
+                };
+                let Ok(identity) = roam_tls::Identity::host(&host) else {
+                    continue;
+                };
+                let Ok(base) = self.transport.base(&identity, &url) else {
+                    continue;
+                };
+                endpoints.push(Endpoint {
+                    name: host,
+                    url,
+                    base,
+                    secret: String::new(),
+                });
+            }
+            let generation = generations.get(&workload).copied().unwrap_or(0);
+            routes.insert(
+                workload,
+                StoredRoute {
+                    hosts: endpoints,
+                    generation,
+                },
+            );
+        }
+        Ok(routes)
     }
 
     /// A live host where `workload` is known to run: its start was

@@ -7,7 +7,9 @@
 //! control call to a host carries it (`x-roam-term`), so a leader deposed
 //! while paused can neither write nor be obeyed. Followers answer `421`
 //! with the leader's URL (hosts and the CLI go there), and serve the
-//! ingress by forwarding to the leader.
+//! ingress themselves, routing from placements, generations and host
+//! addresses they read from the store (`ingress.rs`), so clients of the
+//! ingress do not notice the leader's loss.
 //!
 //! A leader stops leading the moment its lease may have ended, by its own
 //! clock, before etcd lets anyone else in. A replica that becomes leader
@@ -288,7 +290,8 @@ pub(super) async fn schedulers(State(s): State<Arc<Scheduler>>) -> Response {
 
 /// Routes a follower answers itself; everything else is the leader's.
 fn local_route(path: &str) -> bool {
-    path == paths::scheduler::SCHEDULERS
+    paths::ingress_target(path).is_some()
+        || path == paths::scheduler::SCHEDULERS
         || path == paths::scheduler::CA
         || path == paths::scheduler::METRICS
 }

@@ -215,6 +215,9 @@ struct Scheduler {
     standbys: Mutex<BTreeMap<String, BTreeMap<String, StandbyPair>>>,
     /// When each (workload, primary) pair was last sent to its hosts.
     standby_sent: Mutex<HashMap<(String, String), Instant>>,
+    /// Routes read from a shared store, by workload: how a follower (and a
+    /// leader whose hosts have not reported yet) serves the ingress.
+    stored_routes: RwLock<HashMap<String, ingress::StoredRoute>>,
 }
 
 /// What a replica is to its workload.
@@ -389,6 +392,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         desired: RwLock::new(Desired::default()),
         standbys: Mutex::new(BTreeMap::new()),
         standby_sent: Mutex::new(HashMap::new()),
+        stored_routes: RwLock::new(HashMap::new()),
         config,
     });
     if scheduler.leadership.leads() {
@@ -401,6 +405,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || s.first_campaign()).await?;
     }
     tokio::spawn(scheduler.clone().leadership_loop());
+    tokio::spawn(scheduler.clone().routes_loop());
     tokio::spawn(scheduler.clone().reconcile_loop());
     tokio::spawn(scheduler.clone().renew_own_loop());
     tokio::spawn(scheduler.clone().revocations_loop());

@@ -273,6 +273,20 @@ pub(super) async fn join(
         Ok(t) => t,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
+    // Where it is reached, for every replica's ingress (only for a host with
+    // an identity record: over TLS, every host).
+    let url = req.url.clone();
+    let recorded = s
+        .store
+        .update_host(&req.name, |r: Option<super::identity::HostRecord>| {
+            r.map(|mut r| {
+                r.url = Some(url.clone());
+                r
+            })
+        });
+    if let Err(e) = recorded {
+        return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    }
     // What the host reports is not taken as it says: the reconciler keeps
     // what the records place here at the workload's generation and stops
     // the rest (`stop_unplaced`, `stop_stale`).

@@ -504,6 +504,11 @@ impl Store {
         self.get_json(Table::Hosts, name)
     }
 
+    /// Every host's identity record.
+    pub fn hosts<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>, StoreError> {
+        self.all_json(Table::Hosts)
+    }
+
     /// Change a host's identity record in one transaction: `change` gets
     /// the record (or `None`) and returns what to keep (or `None` to keep
     /// nothing). Concurrent updates of one record are serialised, so none
