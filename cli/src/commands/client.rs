@@ -62,6 +62,9 @@ impl ClientConfig {
     }
 }
 
+/// How long the CLI waits for a replica to lead when none does.
+const LEADERLESS_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// How long a replica may take to answer the CLI's probe.
 const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -116,40 +119,30 @@ impl Client {
             .bearer_auth(&self.config.token)
     }
 
-    /// Send `rb` to the replica that leads: past replicas that refuse the
-    /// connection (nothing was sent) and followers (`421`, nothing done),
-    /// once around the list at most. A request that cannot be sent again
-    /// (a streamed body) goes once.
+    /// Send `rb` to the replica that leads (found by [`Client::leader`]).
+    /// While none does (one just died, and the others wait for its lease
+    /// to end), or the one found stopped answering before the request
+    /// went out, it is sent again to the next leader found, for a while:
+    /// a `421` or a refused connection means nothing was done. A request
+    /// that cannot be sent again (a streamed body) goes once.
     pub async fn dispatch(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
         let mut request = rb.build()?;
-        if let Some(base) = self.responsive().await {
-            rebase(request.url_mut(), &base)?;
-        }
-        let mut tries = self.addrs.len() + 1;
-        let mut next = Some(request);
+        let wait_until = std::time::Instant::now() + LEADERLESS_WAIT;
         loop {
-            let Some(request) = next.take() else {
-                bail!("no scheduler replica could take the request");
-            };
-            tries -= 1;
-            let again = if tries > 0 { request.try_clone() } else { None };
+            if let Some(base) = self.leader().await {
+                rebase(request.url_mut(), &base)?;
+            }
+            let again = request.try_clone();
             let tried = request.url().clone();
             let sent = self.http.execute(request).await;
-            let moved = match &sent {
-                Err(e) if e.is_connect() => Some(None),
-                Ok(r) if r.status() == reqwest::StatusCode::MISDIRECTED_REQUEST => Some(
-                    r.headers()
-                        .get(roam_proto::headers::LEADER)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string),
-                ),
-                _ => None,
+            let nothing_done = match &sent {
+                Err(e) => e.is_connect(),
+                Ok(r) => r.status() == reqwest::StatusCode::MISDIRECTED_REQUEST,
             };
-            match (moved, again) {
-                (Some(leader), Some(mut request)) => {
-                    let base = self.move_on(&tried, leader.as_deref());
-                    rebase(request.url_mut(), &base)?;
-                    next = Some(request);
+            match again {
+                Some(again) if nothing_done && std::time::Instant::now() < wait_until => {
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    request = again;
                 }
                 _ => {
                     return sent.with_context(|| format!("cannot reach the scheduler at {tried}"));
@@ -158,49 +151,55 @@ impl Client {
         }
     }
 
-    /// With several replicas: the first, from the current one on, that
-    /// answers at all within a short while (a paused or cut-off replica
-    /// accepts connections and answers nothing, and a request sent there
-    /// would wait for ever). `None`: one replica, or none answers (the
-    /// request then goes to the current one and fails there).
-    async fn responsive(&self) -> Option<String> {
-        if self.addrs.len() < 2 {
-            return None;
-        }
+    /// The replica that leads, from the current one on: each is asked
+    /// `GET /v1/nodes` without a token, which a follower answers `421`
+    /// naming the leader and the leader `401`. A replica that does not
+    /// answer within a short while (dead, paused, cut off) is passed over.
+    /// `None`: none leads or answers now.
+    async fn leader(&self) -> Option<String> {
+        let n = self.addrs.len();
         let start = self.current.load(std::sync::atomic::Ordering::Relaxed);
-        for k in 0..self.addrs.len() {
-            let i = (start + k) % self.addrs.len();
+        for k in 0..n {
+            let i = (start + k) % n;
             let probe = self
                 .http
-                .get(roam_proto::paths::ca().on(&self.addrs[i]))
+                .get(roam_proto::paths::nodes().on(&self.addrs[i]))
                 .timeout(PROBE_TIMEOUT)
                 .send()
                 .await;
-            if probe.is_ok() {
+            let Ok(answer) = probe else { continue };
+            if answer.status() != reqwest::StatusCode::MISDIRECTED_REQUEST {
                 self.current.store(i, std::sync::atomic::Ordering::Relaxed);
                 return Some(self.addrs[i].clone());
             }
+            let named = answer
+                .headers()
+                .get(roam_proto::headers::LEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(|l| l.trim_end_matches('/').to_string());
+            match named {
+                // One of ours: asked next (it may have just died).
+                Some(l) if self.addrs.contains(&l) && l != self.addrs[i] => {
+                    let j = self.addrs.iter().position(|a| *a == l).unwrap_or(i);
+                    self.current.store(j, std::sync::atomic::Ordering::Relaxed);
+                    let confirmed = self
+                        .http
+                        .get(roam_proto::paths::nodes().on(&l))
+                        .timeout(PROBE_TIMEOUT)
+                        .send()
+                        .await
+                        .is_ok_and(|a| a.status() != reqwest::StatusCode::MISDIRECTED_REQUEST);
+                    if confirmed {
+                        return Some(l);
+                    }
+                }
+                // A leader this client was not given: trusted as the
+                // follower named it (the cluster CA vouches for both).
+                Some(l) if !self.addrs.contains(&l) => return Some(l),
+                _ => {}
+            }
         }
         None
-    }
-
-    /// After `tried` failed: the leader it named if it is one of ours,
-    /// else the next replica.
-    fn move_on(&self, tried: &reqwest::Url, leader: Option<&str>) -> String {
-        let n = self.addrs.len();
-        let at = self
-            .addrs
-            .iter()
-            .position(|a| tried.as_str().starts_with(a.as_str()))
-            .unwrap_or(0);
-        let to = leader
-            .and_then(|l| {
-                let l = l.trim_end_matches('/');
-                self.addrs.iter().position(|a| a == l)
-            })
-            .unwrap_or((at + 1) % n);
-        self.current.store(to, std::sync::atomic::Ordering::Relaxed);
-        self.addrs[to].clone()
     }
 
     /// Send and decode JSON, turning an error status into its message.

@@ -348,8 +348,45 @@ impl Cluster {
         self.hosts.retain(|(n, _)| n != name);
     }
 
+    /// A call to the scheduler API; a follower's `421` is followed to the
+    /// leader it names (waited for while none leads).
     pub(crate) fn api(&self, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-        let url = format!("{}{path}", self.url);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut base = self.url.clone();
+        loop {
+            let answer = self.api_at(&base, method, path, token);
+            let leader = match answer {
+                Ok((status, body, leader)) => {
+                    if status != 421 || Instant::now() > deadline {
+                        return (status, body);
+                    }
+                    leader
+                }
+                // The leader a follower named just died.
+                Err(e) if base != self.url && Instant::now() < deadline => {
+                    eprintln!("{base}: {e}");
+                    None
+                }
+                Err(e) => panic!("{base}: {e}"),
+            };
+            match leader {
+                Some(l) => base = l,
+                None => {
+                    base = self.url.clone();
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    fn api_at(
+        &self,
+        base: &str,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+    ) -> Result<(u16, String, Option<String>), ureq::Error> {
+        let url = format!("{base}{path}");
         let mut rb = match method {
             "GET" => self.agent.get(&url).force_send_body(),
             "POST" => self.agent.post(&url),
@@ -359,8 +396,17 @@ impl Cluster {
         if let Some(t) = token {
             rb = rb.header("authorization", format!("Bearer {t}"));
         }
-        let mut r = rb.send("").unwrap();
-        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+        let mut r = rb.send("")?;
+        let leader = r
+            .headers()
+            .get(roam_proto::headers::LEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        Ok((
+            r.status().as_u16(),
+            r.body_mut().read_to_string().unwrap(),
+            leader,
+        ))
     }
 
     pub(crate) fn nodes(&self) -> serde_json::Value {

@@ -349,3 +349,126 @@ fn a_leader_paused_past_its_lease_is_deposed_and_follows_when_it_resumes() {
         r.c.invoke("counter", "/apples").0 == 200
     });
 }
+
+#[test]
+fn killing_the_leader_mid_transfer_under_load_aborts_the_migration_cleanly() {
+    let m = kill_the_leader_mid_migration(&[], "precopy");
+    assert_eq!(m["phase"], "aborted", "{m}");
+}
+
+#[test]
+fn killing_the_leader_after_the_source_froze_completes_the_migration() {
+    let m = kill_the_leader_mid_migration(&[("ROAM_FAULT_COMMIT_DELAY_MS", "1500")], "prepared");
+    assert_eq!(m["phase"], "done", "{m}");
+}
+
+/// A counter migrating between two slowed-down hosts (more host hooks in
+/// `host_env`) under load through a follower; the leader killed once the
+/// migration reached `phase`. Checks that it ended, with nothing
+/// acknowledged lost or doubled and one copy where it says; returns it.
+fn kill_the_leader_mid_migration(host_env: &[(&str, &str)], phase: &str) -> serde_json::Value {
+    let mut r = Replicas::start(3);
+    let mut slow = vec![("ROAM_FAULT_ROUND_DELAY_MS", "400")];
+    slow.extend_from_slice(host_env);
+    r.c.add_host_with("eu-1", "eu-west-1", "EU", &[], &slow);
+    r.c.add_host_with("eu-2", "eu-central-1", "EU", &[], &slow);
+    r.c.wait_ready(2);
+    crate::migrate::deploy_eu_counter(&r.c);
+    let leader = r.c.url.clone();
+    // The test's load and its own calls go through a follower.
+    r.c.url = r
+        .schedulers
+        .iter()
+        .map(|(u, _)| u.clone())
+        .find(|u| *u != leader)
+        .unwrap();
+    let source = crate::migrate::host_of(&r.c, "counter");
+    let target = crate::migrate::other_eu(&source);
+    let load = crate::migrate::Load::start(&r.c, "counter", 2);
+    let id = crate::migrate::start_migration(&r.c, "counter", target);
+    crate::migrate::wait_phase(&r.c, &id, &[phase]);
+    let i = r.index_of(&leader);
+    drop(r.schedulers[i].1.take());
+    // The new leader asks the hosts where the migration got to and ends it
+    // one way or the other.
+    let m = crate::migrate::wait_phase(&r.c, &id, &["done", "failed", "aborted"]);
+    eprintln!("the migration ended {}: {m}", m["phase"]);
+    load.check(&r.c, "counter");
+    poll(Duration::from_secs(30), "one copy", || {
+        crate::migrate::copies(&r.c, "counter").len() == 1
+    });
+    let expected = if m["phase"] == "done" {
+        target.to_string()
+    } else {
+        source
+    };
+    assert_eq!(crate::migrate::host_of(&r.c, "counter"), expected);
+    m
+}
+
+#[test]
+fn every_deploy_acknowledged_while_the_leader_is_killed_exists() {
+    let mut r = Replicas::start(2);
+    r.c.add_host("eu-1", "eu-west-1", "EU");
+    r.c.wait_ready(1);
+    let leader = r.c.url.clone();
+    let replicas = r.c.replicas.clone().unwrap();
+    let (admin, ca) = (r.c.admin.clone(), r.c.ca.clone().unwrap());
+    let examples = std::path::Path::new(artifacts::COUNTER)
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    // Deploys one after another from the CLI (given both replicas); the
+    // leader is killed in the middle of them.
+    let burst = std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        for n in 0..30 {
+            let name = format!("w{n}");
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_roam"))
+                .args(["deploy", artifacts::COUNTER, "--name", &name])
+                .env("ROAM_EXAMPLES_DIR", &examples)
+                .env("ROAM_ADDR", &replicas)
+                .env("ROAM_TOKEN", &admin)
+                .env("ROAM_CA", &ca)
+                .output()
+                .unwrap();
+            if out.status.success() {
+                acked.push(name);
+            } else {
+                eprintln!("deploy {name}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        acked
+    });
+    poll(Duration::from_secs(60), "a few deploys", || {
+        let (status, body) =
+            r.c.api("GET", paths::workloads().as_str(), Some(&r.c.admin));
+        status == 200 && body.matches("\"name\"").count() >= 5
+    });
+    let i = r.index_of(&leader);
+    drop(r.schedulers[i].1.take());
+    let acked = burst.join().unwrap();
+    r.point_at_leader();
+    let (status, body) =
+        r.c.api("GET", paths::workloads().as_str(), Some(&r.c.admin));
+    assert_eq!(status, 200, "{body}");
+    let all: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let names: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["spec"]["name"].as_str().unwrap())
+        .collect();
+    for name in &acked {
+        assert_eq!(
+            names.iter().filter(|n| *n == name).count(),
+            1,
+            "acknowledged deploy {name} is not there once: {names:?}"
+        );
+    }
+    eprintln!(
+        "{} of 30 deploys acknowledged, every one there once",
+        acked.len()
+    );
+    assert!(acked.len() >= 5);
+}

@@ -36,7 +36,7 @@ pub(crate) fn migrate(c: &Cluster, workload: &str, to: &str) -> serde_json::Valu
 }
 
 /// Deploy `counter` allowed on any EU host; return once it serves.
-fn deploy_eu_counter(c: &Cluster) {
+pub(crate) fn deploy_eu_counter(c: &Cluster) {
     deploy_counter(c, "jurisdiction=EU");
 }
 
@@ -99,7 +99,7 @@ pub(crate) fn copies(c: &Cluster, workload: &str) -> Vec<String> {
         .collect()
 }
 
-fn other_eu(host: &str) -> &'static str {
+pub(crate) fn other_eu(host: &str) -> &'static str {
     if host == "eu-1" { "eu-2" } else { "eu-1" }
 }
 
