@@ -229,7 +229,6 @@ fn three_schedulers_one_leads_and_another_takes_over_when_it_is_killed() {
     poll(Duration::from_secs(30), "counter to serve", || {
         r.c.invoke("counter", "/apples").0 == 200
     });
-    let (_, before) = r.c.invoke("counter", "/apples");
     let hosts_before = r.c.roam(&["get", "instances"]).1;
 
     // A client of the ingress through a follower, one request after
@@ -466,9 +465,7 @@ fn every_deploy_acknowledged_while_the_leader_is_killed_exists() {
             "acknowledged deploy {name} is not there once: {names:?}"
         );
     }
-    eprintln!(
-        "{} of 30 deploys acknowledged, every one there once",
-        acked.len()
-    );
-    assert!(acked.len() >= 5);
+    // The CLI waits out the election (a follower's 421 names no leader
+    // until the dead one's lease ends): every deploy went through.
+    assert_eq!(acked.len(), 30, "{acked:?}");
 }
