@@ -379,7 +379,9 @@ impl Cluster {
         }
     }
 
-    fn api_at(
+    /// One call to the API at `base`: status, body and the leader a
+    /// follower names.
+    pub(crate) fn api_at(
         &self,
         base: &str,
         method: &str,

@@ -6,8 +6,14 @@
 //! commit returns once it is durable); this backend runs the etcd client on
 //! a runtime of its own and waits for each call, so a caller on any tokio
 //! runtime, or none, can use it.
+//!
+//! Each member is reached through a client of its own, one at a time:
+//! when the current one fails, the next is tried — at once for a read or
+//! a lease call, and for a transaction only when its request never left
+//! (the connection was refused), since one that left may have been
+//! applied. So losing a member of three changes nothing for the caller.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -31,7 +37,7 @@ pub(super) const MAX_TXN_OPS: usize = 128;
 
 /// A connection to an etcd cluster.
 pub(super) struct Etcd {
-    client: Client,
+    members: Arc<Members>,
     prefix: String,
     /// Taken only when dropped.
     runtime: Option<tokio::runtime::Runtime>,
@@ -42,6 +48,53 @@ pub(super) struct Etcd {
     fence: RwLock<Option<i64>>,
     /// This replica's lease, kept alive while it runs.
     session: Mutex<Option<Arc<Session>>>,
+}
+
+/// A client per member, and the one calls go to now.
+struct Members {
+    clients: Vec<Client>,
+    current: AtomicUsize,
+}
+
+impl Members {
+    /// Run `op` on the current member; on failure move to the next and
+    /// try again (a few times around), on any failure when `idempotent`,
+    /// else only when the request never left.
+    async fn call<T, F, Fut>(&self, idempotent: bool, op: F) -> Result<T, etcd_client::Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let n = self.clients.len().max(1);
+        let mut pause = Duration::from_millis(20);
+        let mut attempt = 0;
+        loop {
+            let i = self.current.load(Ordering::Acquire) % n;
+            let Some(client) = self.clients.get(i) else {
+                return Err(etcd_client::Error::InvalidArgs("no etcd member".into()));
+            };
+            match op(client.clone()).await {
+                Err(e) if (idempotent || never_sent(&e)) && attempt < 3 * n => {
+                    tracing::debug!(error = %e, member = i, "etcd call failed; trying the next member");
+                    self.failed(i);
+                    attempt += 1;
+                    if attempt % n == 0 {
+                        tokio::time::sleep(pause).await;
+                        pause *= 4;
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Member `i` failed: the next one, unless another call moved on.
+    fn failed(&self, i: usize) {
+        let next = (i + 1) % self.clients.len().max(1);
+        let _ = self
+            .current
+            .compare_exchange(i, next, Ordering::AcqRel, Ordering::Acquire);
+    }
 }
 
 /// A lease this replica keeps alive: its membership and, while it leads,
@@ -84,6 +137,18 @@ pub(crate) struct Holder {
     pub(crate) value: Vec<u8>,
     /// The key's create revision: the leader's term.
     pub(crate) term: i64,
+    /// The lease the key hangs on.
+    lease: i64,
+}
+
+impl Holder {
+    fn of(kv: &etcd_client::KeyValue) -> Holder {
+        Holder {
+            value: kv.value().to_vec(),
+            term: kv.create_revision(),
+            lease: kv.lease(),
+        }
+    }
 }
 
 impl Etcd {
@@ -111,25 +176,34 @@ impl Etcd {
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
         let endpoints = endpoints.to_vec();
         let connected = block(&runtime, async move {
-            let mut client = Client::connect(endpoints, Some(options))
-                .await
-                .map_err(|e| err(format!("cannot reach etcd: {e}")))?;
+            let mut clients = Vec::new();
+            for endpoint in endpoints {
+                // Lazy: a member down now is tried when its turn comes.
+                let client = Client::connect([endpoint.as_str()], Some(options.clone()))
+                    .await
+                    .map_err(|e| err(format!("cannot reach etcd at {endpoint}: {e}")))?;
+                clients.push(client);
+            }
+            let members = Arc::new(Members {
+                clients,
+                current: AtomicUsize::new(0),
+            });
             // Fail now, not on the first request, if no member answers.
-            client
-                .status()
+            members
+                .call(true, |mut c| async move { c.status().await })
                 .await
                 .map_err(|e| err(format!("etcd does not answer: {e}")))?;
-            Ok(client)
+            Ok(members)
         });
-        let client = match connected {
-            Ok(c) => c,
+        let members = match connected {
+            Ok(m) => m,
             Err(e) => {
                 runtime.shutdown_background();
                 return Err(e);
             }
         };
         Ok(Etcd {
-            client,
+            members,
             prefix,
             runtime: Some(runtime),
             fence: RwLock::new(None),
@@ -145,14 +219,37 @@ impl Etcd {
         format!("{}/schedulers/", self.prefix)
     }
 
+    fn table_prefix(&self, table: Table) -> String {
+        format!("{}/{}/", self.prefix, table.name())
+    }
+
+    fn key(&self, table: Table, key: &str) -> String {
+        format!("{}{key}", self.table_prefix(table))
+    }
+
+    /// Run `op` on a member (see [`Members::call`]) and wait for it.
+    fn call<T, F, Fut>(&self, idempotent: bool, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(Client) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        let members = self.members.clone();
+        let Some(runtime) = &self.runtime else {
+            return Err(err("the etcd client stopped"));
+        };
+        block(runtime, async move {
+            members.call(idempotent, op).await.map_err(etcd_err)
+        })
+    }
+
     /// Take a lease of `ttl` and keep it alive until it is lost (then
     /// [`Session::alive`] is false for good and a new session is needed).
     pub(super) fn start_session(&self, ttl: Duration) -> Result<Arc<Session>, StoreError> {
         let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let mut lease = self.client.lease_client();
         let sent = Instant::now();
-        let granted = self.run(async move {
-            let r = lease.grant(secs, None).await.map_err(etcd_err)?;
+        let granted = self.call(true, move |c| async move {
+            let r = c.lease_client().grant(secs, None).await?;
             Ok((r.id(), r.ttl()))
         })?;
         let session = Arc::new(Session {
@@ -165,7 +262,7 @@ impl Etcd {
             return Err(err("the etcd client stopped"));
         };
         runtime.spawn(keep_alive(
-            self.client.lease_client(),
+            self.members.clone(),
             session.clone(),
             Duration::from_secs(u64::try_from(granted.1.max(1)).unwrap_or(1)),
         ));
@@ -181,74 +278,80 @@ impl Etcd {
         id: &str,
         value: Vec<u8>,
     ) -> Result<(), StoreError> {
-        let mut kv = self.client.kv_client();
         let key = format!("{}{id}", self.member_prefix());
         let lease = session.id;
-        self.run(async move {
-            kv.put(key, value, Some(PutOptions::new().with_lease(lease)))
-                .await
-                .map_err(etcd_err)?;
-            Ok(())
+        self.call(true, move |c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                c.kv_client()
+                    .put(key, value, Some(PutOptions::new().with_lease(lease)))
+                    .await?;
+                Ok(())
+            }
         })
     }
 
     /// Every member's value.
     pub(super) fn members(&self) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut kv = self.client.kv_client();
         let prefix = self.member_prefix();
-        self.run(async move {
-            let r = kv
-                .get(prefix, Some(GetOptions::new().with_prefix()))
-                .await
-                .map_err(etcd_err)?;
-            Ok(r.kvs().iter().map(|kv| kv.value().to_vec()).collect())
+        self.call(true, move |c| {
+            let prefix = prefix.clone();
+            async move {
+                let r = c
+                    .kv_client()
+                    .get(prefix, Some(GetOptions::new().with_prefix()))
+                    .await?;
+                Ok(r.kvs().iter().map(|kv| kv.value().to_vec()).collect())
+            }
         })
     }
 
     /// Become leader if nobody is: the leader key is created with `value`
     /// on the session's lease only if it does not exist. `Ok(term)` if
-    /// this replica now leads, else who does (`None`: the key vanished
-    /// between the two looks; try again).
+    /// this replica now leads (also when an earlier try it could not see
+    /// the answer of made it leader), else who does (`None`: the key
+    /// vanished between the two looks; try again).
     pub(super) fn campaign(
         &self,
         session: &Session,
         value: Vec<u8>,
     ) -> Result<Result<i64, Option<Holder>>, StoreError> {
-        let mut kv = self.client.kv_client();
         let key = self.leader_key();
         let lease = session.id;
-        self.run(async move {
+        let r = self.call(false, move |c| {
             let txn = Txn::new()
                 .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(
                     key.clone(),
-                    value,
+                    value.clone(),
                     Some(PutOptions::new().with_lease(lease)),
                 )])
-                .or_else([TxnOp::get(key, None)]);
-            let r = kv.txn(txn).await.map_err(etcd_err)?;
-            if r.succeeded() {
-                let revision = r.header().map(|h| h.revision()).unwrap_or(0);
-                return if revision > 0 {
-                    Ok(Ok(revision))
-                } else {
-                    Err(err("etcd answered a transaction without its revision"))
-                };
-            }
-            Ok(Err(holder(&r.op_responses())))
-        })
+                .or_else([TxnOp::get(key.clone(), None)]);
+            async move { c.kv_client().txn(txn).await }
+        })?;
+        if r.succeeded() {
+            let revision = r.header().map(|h| h.revision()).unwrap_or(0);
+            return if revision > 0 {
+                Ok(Ok(revision))
+            } else {
+                Err(err("etcd answered a transaction without its revision"))
+            };
+        }
+        match holder(&r.op_responses()) {
+            Some(h) if h.lease == lease => Ok(Ok(h.term)),
+            other => Ok(Err(other)),
+        }
     }
 
     /// Who leads now, if anyone.
     pub(super) fn leader(&self) -> Result<Option<Holder>, StoreError> {
-        let mut kv = self.client.kv_client();
         let key = self.leader_key();
-        self.run(async move {
-            let r = kv.get(key, None).await.map_err(etcd_err)?;
-            Ok(r.kvs().first().map(|kv| Holder {
-                value: kv.value().to_vec(),
-                term: kv.create_revision(),
-            }))
+        self.call(true, move |c| {
+            let key = key.clone();
+            async move {
+                let r = c.kv_client().get(key, None).await?;
+                Ok(r.kvs().first().map(Holder::of))
+            }
         })
     }
 
@@ -271,10 +374,9 @@ impl Etcd {
             return;
         };
         session.lose();
-        let mut lease = self.client.lease_client();
         let id = session.id;
-        let _ = self.run(async move {
-            lease.revoke(id).await.map_err(etcd_err)?;
+        let _ = self.call(true, move |c| async move {
+            c.lease_client().revoke(id).await?;
             Ok(())
         });
     }
@@ -292,9 +394,8 @@ impl Etcd {
         else {
             return;
         };
-        let mut lease = self.client.lease_client();
-        let _ = self.run(async move {
-            lease.revoke(id).await.map_err(etcd_err)?;
+        let _ = self.call(true, move |c| async move {
+            c.lease_client().revoke(id).await?;
             Ok(())
         });
     }
@@ -302,37 +403,81 @@ impl Etcd {
     /// How the cluster is: the answering member's version, database size
     /// and whether it sees a leader.
     pub(super) fn health(&self) -> Result<String, StoreError> {
-        let mut maintenance = self.client.maintenance_client();
-        self.run(async move {
-            let r = maintenance.status().await.map_err(etcd_err)?;
-            if r.leader() == 0 {
-                return Err(err("etcd has no leader"));
-            }
-            Ok(format!(
-                "etcd {}, {} KiB, raft term {}",
-                r.version(),
-                r.db_size() / 1024,
-                r.raft_term()
-            ))
-        })
-    }
-
-    fn table_prefix(&self, table: Table) -> String {
-        format!("{}/{}/", self.prefix, table.name())
-    }
-
-    fn key(&self, table: Table, key: &str) -> String {
-        format!("{}{key}", self.table_prefix(table))
-    }
-
-    fn run<T: Send + 'static>(
-        &self,
-        call: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        match &self.runtime {
-            Some(runtime) => block(runtime, call),
-            None => Err(err("the etcd client stopped")),
+        let r = self.call(true, |mut c| async move { c.status().await })?;
+        if r.leader() == 0 {
+            return Err(err("etcd has no leader"));
         }
+        Ok(format!(
+            "etcd {}, {} KiB, raft term {}",
+            r.version(),
+            r.db_size() / 1024,
+            r.raft_term()
+        ))
+    }
+
+    /// One transaction: `writes` if every `expect` holds and, with a
+    /// `fence`, this replica still leads in that term.
+    fn transact(
+        &self,
+        expect: &[Expect],
+        writes: &[Write],
+        fence: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        if expect.len() > MAX_TXN_OPS || writes.len() > MAX_TXN_OPS {
+            return Err(err(format!(
+                "{} checks and {} writes do not fit one etcd transaction ({MAX_TXN_OPS} at most)",
+                expect.len(),
+                writes.len()
+            )));
+        }
+        let mut compares: Vec<Compare> = expect
+            .iter()
+            .map(|e| {
+                let key = self.key(e.table, &e.key);
+                match &e.value {
+                    Some(v) => Compare::value(key, CompareOp::Equal, v.clone()),
+                    None => Compare::version(key, CompareOp::Equal, 0),
+                }
+            })
+            .collect();
+        let ops: Vec<TxnOp> = writes
+            .iter()
+            .map(|w| match w {
+                Write::Put(table, key, value) => {
+                    TxnOp::put(self.key(*table, key), value.clone(), None)
+                }
+                Write::Delete(table, key) => TxnOp::delete(self.key(*table, key), None),
+            })
+            .collect();
+        let leader_key = self.leader_key();
+        if let Some(term) = fence {
+            compares.push(Compare::create_revision(
+                leader_key.clone(),
+                CompareOp::Equal,
+                term,
+            ));
+        }
+        let txn = Txn::new()
+            .when(compares)
+            .and_then(ops)
+            .or_else([TxnOp::get(leader_key, None)]);
+        let r = self.call(false, move |c| {
+            let txn = txn.clone();
+            async move { c.kv_client().txn(txn).await }
+        })?;
+        if r.succeeded() {
+            return Ok(true);
+        }
+        if let Some(term) = fence {
+            let now = holder(&r.op_responses()).map(|h| h.term);
+            if now != Some(term) {
+                return Err(StoreError::not_leader(format!(
+                    "refused: this scheduler's term {term} has ended (the leader's term is now {})",
+                    now.map_or_else(|| "none".to_string(), |t| t.to_string())
+                )));
+            }
+        }
+        Ok(false)
     }
 }
 
@@ -357,25 +502,33 @@ fn block<T: Send + 'static>(
     rx.recv().map_err(|_| err("the etcd client stopped"))?
 }
 
-/// Renew `session`'s lease every third of its TTL until it is lost.
-async fn keep_alive(mut lease: etcd_client::LeaseClient, session: Arc<Session>, ttl: Duration) {
+/// Renew `session`'s lease every third of its TTL until it is lost, on
+/// the next member when one fails.
+async fn keep_alive(members: Arc<Members>, session: Arc<Session>, ttl: Duration) {
     let every = ttl / 3;
+    let n = members.clients.len().max(1);
     'stream: loop {
         if !session.alive() {
             session.lose();
             return;
         }
-        let (mut keeper, mut answers) = match lease.keep_alive(session.id).await {
+        let i = members.current.load(Ordering::Acquire) % n;
+        let Some(client) = members.clients.get(i) else {
+            return;
+        };
+        let (mut keeper, mut answers) = match client.lease_client().keep_alive(session.id).await {
             Ok(pair) => pair,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot renew the scheduler's etcd lease; trying again");
-                tokio::time::sleep(every / 2).await;
+                tracing::warn!(error = %e, "cannot renew the scheduler's etcd lease; trying the next member");
+                members.failed(i);
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue 'stream;
             }
         };
         loop {
             let sent = Instant::now();
             if keeper.keep_alive().await.is_err() {
+                members.failed(i);
                 continue 'stream;
             }
             match tokio::time::timeout(every, answers.message()).await {
@@ -385,7 +538,10 @@ async fn keep_alive(mut lease: etcd_client::LeaseClient, session: Arc<Session>, 
                     session.lose();
                     return;
                 }
-                _ => continue 'stream,
+                _ => {
+                    members.failed(i);
+                    continue 'stream;
+                }
             }
             tokio::time::sleep(every.saturating_sub(sent.elapsed())).await;
             if session.lost.load(Ordering::Acquire) {
@@ -398,12 +554,19 @@ async fn keep_alive(mut lease: etcd_client::LeaseClient, session: Arc<Session>, 
 /// The leader key from the else branch of a campaign or fenced commit.
 fn holder(responses: &[TxnOpResponse]) -> Option<Holder> {
     responses.iter().find_map(|r| match r {
-        TxnOpResponse::Get(g) => g.kvs().first().map(|kv| Holder {
-            value: kv.value().to_vec(),
-            term: kv.create_revision(),
-        }),
+        TxnOpResponse::Get(g) => g.kvs().first().map(Holder::of),
         _ => None,
     })
+}
+
+/// Whether a call failed before its request reached any etcd member.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            status.code() == tonic::Code::Unavailable && status.message().contains("connect")
+        }
+        _ => false,
+    }
 }
 
 fn etcd_err(e: etcd_client::Error) -> StoreError {
@@ -430,43 +593,53 @@ impl Drop for Etcd {
 
 impl Backend for Etcd {
     fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut kv = self.client.kv_client();
         let key = self.key(table, key);
-        self.run(async move {
-            let r = kv.get(key, None).await.map_err(etcd_err)?;
-            Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
+        self.call(true, move |c| {
+            let key = key.clone();
+            async move {
+                let r = c.kv_client().get(key, None).await?;
+                Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
+            }
         })
     }
 
     fn scan(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let mut kv = self.client.kv_client();
         let prefix = self.table_prefix(table);
-        self.run(async move {
-            let mut end = prefix.clone().into_bytes();
-            // The first key after every key that starts with `prefix`
-            // (its last byte is `/`, so adding one cannot overflow).
-            if let Some(last) = end.last_mut() {
-                *last += 1;
-            }
-            let mut start = prefix.clone().into_bytes();
-            let mut out = Vec::new();
-            loop {
-                let options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
-                let r = kv
-                    .get(start.clone(), Some(options))
-                    .await
-                    .map_err(etcd_err)?;
-                for item in r.kvs() {
-                    let key = item.key_str().map_err(etcd_err)?;
-                    let name = key.strip_prefix(prefix.as_str()).unwrap_or(key);
-                    out.push((name.to_string(), item.value().to_vec()));
+        self.call(true, move |c| {
+            let prefix = prefix.clone();
+            async move {
+                let mut kv = c.kv_client();
+                let mut end = prefix.clone().into_bytes();
+                // The first key after every key that starts with `prefix`
+                // (its last byte is `/`, so adding one cannot overflow).
+                if let Some(last) = end.last_mut() {
+                    *last += 1;
                 }
-                match r.kvs().last() {
-                    Some(last) if r.more() => {
-                        start = last.key().to_vec();
-                        start.push(0);
+                let mut start = prefix.clone().into_bytes();
+                let mut out = Vec::new();
+                // Every page at the first page's revision: one snapshot.
+                let mut revision = 0;
+                loop {
+                    let options = GetOptions::new()
+                        .with_range(end.clone())
+                        .with_limit(PAGE)
+                        .with_revision(revision);
+                    let r = kv.get(start.clone(), Some(options)).await?;
+                    if revision == 0 {
+                        revision = r.header().map_or(0, |h| h.revision());
                     }
-                    _ => return Ok(out),
+                    for item in r.kvs() {
+                        let key = item.key_str()?;
+                        let name = key.strip_prefix(prefix.as_str()).unwrap_or(key);
+                        out.push((name.to_string(), item.value().to_vec()));
+                    }
+                    match r.kvs().last() {
+                        Some(last) if r.more() => {
+                            start = last.key().to_vec();
+                            start.push(0);
+                        }
+                        _ => return Ok(out),
+                    }
                 }
             }
         })
@@ -488,73 +661,5 @@ impl Backend for Etcd {
 
     fn set_fence(&self, term: Option<u64>) {
         Etcd::set_fence(self, term.and_then(|t| i64::try_from(t).ok()));
-    }
-}
-
-impl Etcd {
-    /// One transaction: `writes` if every `expect` holds and, with a
-    /// `fence`, this replica still leads in that term.
-    fn transact(
-        &self,
-        expect: &[Expect],
-        writes: &[Write],
-        fence: Option<i64>,
-    ) -> Result<bool, StoreError> {
-        if expect.len() > MAX_TXN_OPS || writes.len() > MAX_TXN_OPS {
-            return Err(err(format!(
-                "{} checks and {} writes do not fit one etcd transaction ({MAX_TXN_OPS} at most)",
-                expect.len(),
-                writes.len()
-            )));
-        }
-        let compares: Vec<Compare> = expect
-            .iter()
-            .map(|e| {
-                let key = self.key(e.table, &e.key);
-                match &e.value {
-                    Some(v) => Compare::value(key, CompareOp::Equal, v.clone()),
-                    None => Compare::version(key, CompareOp::Equal, 0),
-                }
-            })
-            .collect();
-        let ops: Vec<TxnOp> = writes
-            .iter()
-            .map(|w| match w {
-                Write::Put(table, key, value) => {
-                    TxnOp::put(self.key(*table, key), value.clone(), None)
-                }
-                Write::Delete(table, key) => TxnOp::delete(self.key(*table, key), None),
-            })
-            .collect();
-        let mut compares = compares;
-        let leader_key = self.leader_key();
-        if let Some(term) = fence {
-            compares.push(Compare::create_revision(
-                leader_key.clone(),
-                CompareOp::Equal,
-                term,
-            ));
-        }
-        let mut kv = self.client.kv_client();
-        self.run(async move {
-            let txn = Txn::new()
-                .when(compares)
-                .and_then(ops)
-                .or_else([TxnOp::get(leader_key, None)]);
-            let r = kv.txn(txn).await.map_err(etcd_err)?;
-            if r.succeeded() {
-                return Ok(true);
-            }
-            if let Some(term) = fence {
-                let now = holder(&r.op_responses()).map(|h| h.term);
-                if now != Some(term) {
-                    return Err(StoreError::not_leader(format!(
-                        "refused: this scheduler's term {term} has ended (the leader's term is now {})",
-                        now.map_or_else(|| "none".to_string(), |t| t.to_string())
-                    )));
-                }
-            }
-            Ok(false)
-        })
     }
 }

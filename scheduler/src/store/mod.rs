@@ -1059,38 +1059,86 @@ pub mod testing {
     impl Etcd {
         /// Start one, and wait until it listens.
         pub fn start() -> Etcd {
-            let dir = tempfile::tempdir().unwrap();
-            let (client, peer) = (free_port(), free_port());
-            let client_url = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
-            let child = Command::new("etcd")
-                .args(["--name", "t", "--data-dir"])
-                .arg(dir.path())
-                .args(["--listen-client-urls", &client_url])
-                .args(["--advertise-client-urls", &client_url])
-                .args(["--listen-peer-urls", &peer_url])
-                .args(["--initial-advertise-peer-urls", &peer_url])
-                .args(["--initial-cluster", &format!("t={peer_url}")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("etcd (Debian `etcd-server`; scripts/setup installs it)");
-            let etcd = Etcd {
-                child,
-                client,
-                _dir: dir,
-            };
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
-                assert!(Instant::now() < deadline, "etcd did not start listening");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            etcd
+            EtcdCluster::start(1)
+                .members
+                .pop()
+                .flatten()
+                .expect("one member")
         }
 
         /// Its client URL.
         pub fn url(&self) -> String {
             format!("http://127.0.0.1:{}", self.client)
+        }
+
+        /// Kill it (SIGKILL).
+        pub fn kill(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// A real etcd cluster of several members on loopback ports.
+    pub struct EtcdCluster {
+        /// Its members (`None` once killed).
+        pub members: Vec<Option<Etcd>>,
+    }
+
+    impl EtcdCluster {
+        /// Start `n` members, and wait until each listens.
+        pub fn start(n: usize) -> EtcdCluster {
+            let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+            let initial: Vec<String> = ports
+                .iter()
+                .enumerate()
+                .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+                .collect();
+            let initial = initial.join(",");
+            let members = ports
+                .iter()
+                .enumerate()
+                .map(|(i, (client, peer))| {
+                    let dir = tempfile::tempdir().unwrap();
+                    let client_url = format!("http://127.0.0.1:{client}");
+                    let peer_url = format!("http://127.0.0.1:{peer}");
+                    let child = Command::new("etcd")
+                        .args(["--name", &format!("m{i}"), "--data-dir"])
+                        .arg(dir.path())
+                        .args(["--listen-client-urls", &client_url])
+                        .args(["--advertise-client-urls", &client_url])
+                        .args(["--listen-peer-urls", &peer_url])
+                        .args(["--initial-advertise-peer-urls", &peer_url])
+                        .args(["--initial-cluster", &initial])
+                        .args(["--initial-cluster-state", "new"])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("etcd (Debian `etcd-server`; scripts/setup installs it)");
+                    Some(Etcd {
+                        child,
+                        client: *client,
+                        _dir: dir,
+                    })
+                })
+                .collect::<Vec<_>>();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            for (client, _) in &ports {
+                while std::net::TcpStream::connect(("127.0.0.1", *client)).is_err() {
+                    assert!(Instant::now() < deadline, "etcd did not start listening");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            EtcdCluster { members }
+        }
+
+        /// Every member's client URL, comma-separated (`--store etcd=...`).
+        pub fn urls(&self) -> String {
+            self.members
+                .iter()
+                .flatten()
+                .map(Etcd::url)
+                .collect::<Vec<_>>()
+                .join(",")
         }
     }
 
