@@ -531,13 +531,7 @@ async fn stream_to(
         (Ok(c), Ok(l)) => (c.on(&base), l.on(&base)),
         (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let running = host
-        .workloads
-        .lock()
-        .await
-        .get(&workload)
-        .map(|r| (r.handle.clone(), r.durability));
-    let Some((handle, durability)) = running else {
+    let Some((handle, durability)) = host.durable_handle(&workload).await else {
         return crate::control::not_here(&workload);
     };
     let link = {
@@ -616,6 +610,21 @@ async fn send_checkpoint(
 /// What output commit holds: `sync` its answers, acknowledgements and
 /// sent messages; `async` only the acknowledgements of messages it
 /// received, so a sender forgets a message only once the standby has it.
+impl Host {
+    /// The handle of `workload`'s copy here and its durability, if it runs
+    /// here.
+    async fn durable_handle(
+        &self,
+        workload: &str,
+    ) -> Option<(roam_runtime::driver::WorkloadHandle, Durability)> {
+        self.workloads
+            .lock()
+            .await
+            .get(workload)
+            .map(|r| (r.handle.clone(), r.durability))
+    }
+}
+
 fn commit_scope(durability: Durability) -> CommitScope {
     if durability == Durability::Sync {
         CommitScope::All
@@ -636,13 +645,7 @@ async fn stop_stream(State(host): State<Arc<Host>>, Path(workload): Path<String>
     if let Some(link) = &link {
         link.stop();
     }
-    let running = host
-        .workloads
-        .lock()
-        .await
-        .get(&workload)
-        .map(|r| (r.handle.clone(), r.durability));
-    match (running, link) {
+    match (host.durable_handle(&workload).await, link) {
         (Some((handle, durability)), _) => {
             handle.commit_to(None, commit_scope(durability)).await;
             StatusCode::OK.into_response()

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use roam_proto::MigrationPhase as Phase;
 use roam_proto::paths;
 use roam_scheduler::store::testing::{Etcd, EtcdCluster};
 use roam_tests::artifacts;
@@ -355,21 +356,22 @@ fn a_leader_paused_past_its_lease_is_deposed_and_follows_when_it_resumes() {
 
 #[test]
 fn killing_the_leader_mid_transfer_under_load_aborts_the_migration_cleanly() {
-    let m = kill_the_leader_mid_migration(&[], "precopy");
-    assert_eq!(m["phase"], "aborted", "{m}");
+    let m = kill_the_leader_mid_migration(&[], Phase::Precopy);
+    assert_eq!(m["phase"], Phase::Aborted.as_str(), "{m}");
 }
 
 #[test]
 fn killing_the_leader_after_the_source_froze_completes_the_migration() {
-    let m = kill_the_leader_mid_migration(&[("ROAM_FAULT_COMMIT_DELAY_MS", "1500")], "prepared");
-    assert_eq!(m["phase"], "done", "{m}");
+    let m =
+        kill_the_leader_mid_migration(&[("ROAM_FAULT_COMMIT_DELAY_MS", "1500")], Phase::Prepared);
+    assert_eq!(m["phase"], Phase::Done.as_str(), "{m}");
 }
 
 /// A counter migrating between two slowed-down hosts (more host hooks in
 /// `host_env`) under load through a follower; the leader killed once the
 /// migration reached `phase`. Checks that it ended, with nothing
 /// acknowledged lost or doubled and one copy where it says; returns it.
-fn kill_the_leader_mid_migration(host_env: &[(&str, &str)], phase: &str) -> serde_json::Value {
+fn kill_the_leader_mid_migration(host_env: &[(&str, &str)], phase: Phase) -> serde_json::Value {
     let mut r = Replicas::start(3);
     let mut slow = vec![("ROAM_FAULT_ROUND_DELAY_MS", "400")];
     slow.extend_from_slice(host_env);
@@ -389,18 +391,22 @@ fn kill_the_leader_mid_migration(host_env: &[(&str, &str)], phase: &str) -> serd
     let target = crate::migrate::other_eu(&source);
     let load = crate::migrate::Load::start(&r.c, "counter", 2);
     let id = crate::migrate::start_migration(&r.c, "counter", target);
-    crate::migrate::wait_phase(&r.c, &id, &[phase]);
+    crate::migrate::wait_phase(&r.c, &id, &[phase.as_str()]);
     let i = r.index_of(&leader);
     drop(r.schedulers[i].1.take());
     // The new leader asks the hosts where the migration got to and ends it
     // one way or the other.
-    let m = crate::migrate::wait_phase(&r.c, &id, &["done", "failed", "aborted"]);
+    let m = crate::migrate::wait_phase(
+        &r.c,
+        &id,
+        &[Phase::Done, Phase::Failed, Phase::Aborted].map(Phase::as_str),
+    );
     eprintln!("the migration ended {}: {m}", m["phase"]);
     load.check(&r.c, "counter");
     poll(Duration::from_secs(30), "one copy", || {
         crate::migrate::copies(&r.c, "counter").len() == 1
     });
-    let expected = if m["phase"] == "done" {
+    let expected = if m["phase"] == Phase::Done.as_str() {
         target.to_string()
     } else {
         source
