@@ -545,3 +545,42 @@ fn losing_one_etcd_member_of_three_changes_nothing_and_losing_etcd_keeps_workloa
         assert_eq!(through(&leader), 200);
     }
 }
+
+#[test]
+fn a_leader_whose_key_is_deleted_steps_down_and_a_new_term_begins() {
+    let r = Replicas::start(2);
+    let term = |r: &Replicas| {
+        (0..2).find_map(|i| {
+            let v = r.view(i)?;
+            v["replicas"]
+                .as_array()?
+                .iter()
+                .find_map(|x| x["term"].as_u64())
+        })
+    };
+    let first = term(&r).unwrap();
+    let etcd = r.etcd.urls();
+    let out = std::process::Command::new("etcdctl")
+        .args(["--endpoints", &etcd, "del", "/roam/leader"])
+        .env("ETCDCTL_API", "3")
+        .output()
+        .expect("etcdctl (Debian `etcd-client`)");
+    assert!(out.status.success(), "{out:?}");
+    // Whoever leads next does so in a newer term, and writes go through.
+    poll(Duration::from_secs(30), "a newer term", || {
+        term(&r).is_some_and(|t| t > first)
+    });
+    // Until the deposed replica's next leadership round (a sixth of the
+    // TTL) it may still take a call: its write is refused by etcd, never
+    // applied. Then writes go to the new leader.
+    let mut last = String::new();
+    poll(Duration::from_secs(10), "a write to go through", || {
+        let (ok, _, err) = r.c.roam(&["token", "create", "--role", "viewer"]);
+        if !ok {
+            assert!(err.contains("has ended"), "{err}");
+            last = err;
+        }
+        ok
+    });
+    eprintln!("refused meanwhile: {last}");
+}

@@ -150,8 +150,16 @@ impl Scheduler {
     fn leadership_round(&self, election: &Election) {
         let l = &self.leadership;
         if l.leading.load(Ordering::Acquire) {
-            if l.term().is_none() {
-                self.step_down("its etcd lease may have ended");
+            match l.term() {
+                None => self.step_down("its etcd lease may have ended"),
+                // The leader key is still this replica's (someone may have
+                // deleted it; then every write is refused anyway).
+                Some(term) => match election.leader() {
+                    Ok(Some(h)) if h.term == term => {}
+                    Ok(_) => self.step_down("the leader key is no longer this replica's"),
+                    // etcd unreachable: the lease decides.
+                    Err(_) => {}
+                },
             }
             return;
         }
