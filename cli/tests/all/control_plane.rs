@@ -178,6 +178,15 @@ impl Replicas {
         self.c.url = leader.unwrap();
     }
 
+    /// A replica that does not lead (as the test last saw).
+    fn follower(&self) -> String {
+        self.schedulers
+            .iter()
+            .map(|(u, _)| u.clone())
+            .find(|u| *u != self.c.url)
+            .unwrap()
+    }
+
     fn index_of(&self, url: &str) -> usize {
         self.schedulers.iter().position(|(u, _)| u == url).unwrap()
     }
@@ -203,12 +212,7 @@ fn three_schedulers_one_leads_and_another_takes_over_when_it_is_killed() {
     );
 
     // A follower sends callers to the leader.
-    let follower = r
-        .schedulers
-        .iter()
-        .map(|(u, _)| u.clone())
-        .find(|u| *u != r.c.url)
-        .unwrap();
+    let follower = r.follower();
     let mut answer =
         r.c.agent
             .get(paths::nodes().on(&follower))
@@ -381,12 +385,7 @@ fn kill_the_leader_mid_migration(host_env: &[(&str, &str)], phase: Phase) -> ser
     crate::migrate::deploy_eu_counter(&r.c);
     let leader = r.c.url.clone();
     // The test's load and its own calls go through a follower.
-    r.c.url = r
-        .schedulers
-        .iter()
-        .map(|(u, _)| u.clone())
-        .find(|u| *u != leader)
-        .unwrap();
+    r.c.url = r.follower();
     let source = crate::migrate::host_of(&r.c, "counter");
     let target = crate::migrate::other_eu(&source);
     let load = crate::migrate::Load::start(&r.c, "counter", 2);
@@ -488,12 +487,7 @@ fn losing_one_etcd_member_of_three_changes_nothing_and_losing_etcd_keeps_workloa
     r.c.add_host("eu-1", "eu-west-1", "EU");
     r.c.wait_ready(1);
     deploy(&r.c, &[artifacts::COUNTER, "--name", "counter"]);
-    let follower = r
-        .schedulers
-        .iter()
-        .map(|(u, _)| u.clone())
-        .find(|u| *u != r.c.url)
-        .unwrap();
+    let follower = r.follower();
     let through = |base: &str| {
         r.c.agent
             .post(paths::ingress("counter", "a").unwrap().on(base))
