@@ -311,7 +311,8 @@ pub(super) async fn leader_only(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if s.leadership.leads() || local_route(request.uri().path()) {
+    // The cheap check first: the ingress passes on every request.
+    if local_route(request.uri().path()) || s.leadership.leads() {
         return next.run(request).await;
     }
     let leader = s.leadership.leader_url();
