@@ -146,11 +146,15 @@ impl Ca {
     /// A new CA: its certificate and key, PEM (kept by the caller: the
     /// data directory, or a store several schedulers share).
     pub fn generate() -> Result<(String, String), TlsError> {
+        Ca::generate_named("Roam cluster CA")
+    }
+
+    /// A new CA called `name` (another trust domain than the cluster's,
+    /// such as the one `roam up --ha` makes for its etcd).
+    pub fn generate_named(name: &str) -> Result<(String, String), TlsError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "Roam cluster CA");
+        params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -202,9 +206,24 @@ impl Ca {
         extra: &[String],
         lifetime: Duration,
     ) -> Result<Credentials, TlsError> {
+        let mut names = vec![identity.dns_name()];
+        names.extend(extra.iter().cloned());
+        self.issue_named(&identity.dns_name(), &names, lifetime)
+    }
+
+    /// A certificate and fresh key whose common name is `common_name` (what
+    /// etcd takes as the user of a client certificate), for `names` (DNS
+    /// names or IP addresses), valid for `lifetime`: for servers and
+    /// clients alike.
+    pub fn issue_named(
+        &self,
+        common_name: &str,
+        names: &[String],
+        lifetime: Duration,
+    ) -> Result<Credentials, TlsError> {
         let key = KeyPair::generate()?;
         let cert = self
-            .leaf(identity, extra, lifetime)?
+            .leaf(common_name, names, lifetime)?
             .signed_by(&key, &self.issuer)?;
         let not_after = SystemTime::now() + lifetime;
         Ok(Credentials {
@@ -229,7 +248,7 @@ impl Ca {
         }
         let mut request = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| TlsError::Certificate(format!("bad certificate signing request: {e}")))?;
-        request.params = self.leaf(identity, &[], lifetime)?;
+        request.params = self.leaf(&identity.dns_name(), &[identity.dns_name()], lifetime)?;
         let cert = request.signed_by(&self.issuer)?;
         Ok(Issued {
             chain_pem: format!("{}{}", cert.pem(), self.cert_pem),
@@ -240,16 +259,14 @@ impl Ca {
 
     fn leaf(
         &self,
-        identity: &Identity,
-        extra: &[String],
+        common_name: &str,
+        names: &[String],
         lifetime: Duration,
     ) -> Result<CertificateParams, TlsError> {
-        let mut names = vec![identity.dns_name()];
-        names.extend(extra.iter().cloned());
-        let mut params = CertificateParams::new(names)?;
+        let mut params = CertificateParams::new(names.to_vec())?;
         params
             .distinguished_name
-            .push(DnType::CommonName, identity.dns_name());
+            .push(DnType::CommonName, common_name);
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![

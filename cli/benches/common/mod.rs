@@ -2,6 +2,8 @@
 //! the arithmetic of their reports.
 #![allow(dead_code, reason = "each bench uses a different part")]
 
+pub mod fleet;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -108,6 +110,31 @@ impl Scheduler {
             proc,
             url,
             admin,
+            http: agent(ca.as_deref()),
+            ca,
+        }
+    }
+
+    /// Another replica on the same store as one started with `extra`
+    /// (an etcd store): it follows, and has no admin token of its own.
+    pub fn follower(extra: &[&str]) -> Scheduler {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("scheduler");
+        let mut args = vec![
+            "scheduler",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let (proc, url) = spawn(&args, &[]);
+        let ca = url.starts_with("https://").then(|| data.join("ca.crt"));
+        Scheduler {
+            dir,
+            proc,
+            url,
+            admin: String::new(),
             http: agent(ca.as_deref()),
             ca,
         }

@@ -126,8 +126,19 @@ impl Client {
     /// a `421` or a refused connection means nothing was done. A request
     /// that cannot be sent again (a streamed body) goes once.
     pub async fn dispatch(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        self.dispatch_as(rb, false).await
+    }
+
+    /// [`Client::dispatch`]; with `idempotent`, also sent again when the
+    /// connection was lost after the request went out (the leader died
+    /// while answering): doing it twice does what doing it once does.
+    async fn dispatch_as(
+        &self,
+        rb: reqwest::RequestBuilder,
+        idempotent: bool,
+    ) -> anyhow::Result<reqwest::Response> {
         let mut request = rb.build()?;
-        let wait_until = std::time::Instant::now() + LEADERLESS_WAIT;
+        let mut wait_until = std::time::Instant::now() + LEADERLESS_WAIT;
         loop {
             if let Some(base) = self.leader().await {
                 rebase(request.url_mut(), &base)?;
@@ -136,6 +147,11 @@ impl Client {
             let tried = request.url().clone();
             let sent = self.http.execute(request).await;
             let nothing_done = match &sent {
+                Err(e) if idempotent && !e.is_connect() && !e.is_builder() => {
+                    // It may have run for long: wait for a leader afresh.
+                    wait_until = std::time::Instant::now() + LEADERLESS_WAIT;
+                    true
+                }
                 Err(e) => e.is_connect(),
                 Ok(r) => r.status() == reqwest::StatusCode::MISDIRECTED_REQUEST,
             };
@@ -211,9 +227,27 @@ impl Client {
         r.json().await.context("bad response from the scheduler")
     }
 
+    /// [`Client::json`] for a request that may be sent twice
+    /// ([`Client::dispatch_as`]).
+    pub async fn json_idempotent<T: DeserializeOwned>(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> anyhow::Result<T> {
+        let r = self.send_as(rb, true).await?;
+        r.json().await.context("bad response from the scheduler")
+    }
+
     /// Send, turning an error status into its message.
     pub async fn send(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        let r = self.dispatch(rb).await?;
+        self.send_as(rb, false).await
+    }
+
+    async fn send_as(
+        &self,
+        rb: reqwest::RequestBuilder,
+        idempotent: bool,
+    ) -> anyhow::Result<reqwest::Response> {
+        let r = self.dispatch_as(rb, idempotent).await?;
         if r.status().is_success() {
             return Ok(r);
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use roam_scheduler::store::StoreLocation;
+use roam_scheduler::store::{EtcdTls, StoreLocation};
 
 use crate::size::parse_size;
 
@@ -30,6 +30,18 @@ pub struct SchedulerArgs {
     /// With an etcd store: the prefix of every key Roam writes.
     #[arg(long, default_value = "/roam")]
     pub etcd_prefix: String,
+    /// With an etcd store over TLS (`https://` endpoints): the CA
+    /// certificate etcd's serving certificates chain to (PEM).
+    #[arg(long, requires_all = ["etcd_cert", "etcd_key"])]
+    pub etcd_ca: Option<PathBuf>,
+    /// This scheduler's client certificate for etcd (PEM). With etcd's
+    /// `--client-cert-auth` and auth enabled, its common name is the etcd
+    /// user the scheduler acts as.
+    #[arg(long, requires_all = ["etcd_ca", "etcd_key"])]
+    pub etcd_cert: Option<PathBuf>,
+    /// The key of `--etcd-cert` (PEM).
+    #[arg(long, requires_all = ["etcd_ca", "etcd_cert"])]
+    pub etcd_key: Option<PathBuf>,
     /// A host that misses heartbeats this long is down and its workloads move.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
     pub heartbeat_timeout: Duration,
@@ -187,16 +199,26 @@ fn parse_store(s: &str) -> Result<StoreArg, String> {
 
 /// Run `roam scheduler`.
 pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
+    let etcd_tls = match (&args.etcd_ca, &args.etcd_cert, &args.etcd_key) {
+        (Some(ca), Some(cert), Some(key)) => Some(EtcdTls::read(ca, cert, key)?),
+        _ => None,
+    };
+    let store = match args.store {
+        Some(StoreArg::Redb(_)) | None if etcd_tls.is_some() => {
+            anyhow::bail!("--etcd-ca, --etcd-cert and --etcd-key go with --store etcd=URL")
+        }
+        Some(StoreArg::Redb(path)) => Some(StoreLocation::Redb(path)),
+        Some(StoreArg::Etcd(endpoints)) => Some(StoreLocation::Etcd {
+            endpoints,
+            prefix: args.etcd_prefix.clone(),
+            tls: etcd_tls,
+        }),
+        None => None,
+    };
     tokio(args.workers)?.block_on(roam_scheduler::server::run(
         roam_scheduler::server::ServerConfig {
             listen: args.listen,
-            store: args.store.map(|s| match s {
-                StoreArg::Redb(path) => StoreLocation::Redb(path),
-                StoreArg::Etcd(endpoints) => StoreLocation::Etcd {
-                    endpoints,
-                    prefix: args.etcd_prefix.clone(),
-                },
-            }),
+            store,
             data_dir: args.data_dir,
             heartbeat_timeout: args.heartbeat_timeout,
             heartbeat: args.heartbeat,

@@ -220,8 +220,10 @@ pub fn drain(host: &str, output: Output) -> anyhow::Result<ExitCode> {
     block_on(async move {
         let c = client()?;
         eprintln!("draining `{host}`: cordoned; moving its workloads off it");
+        // Asking again joins the drain under way (or the one a new leader
+        // goes on with): safe to send again if the leader dies meanwhile.
         let outcomes: Vec<DrainOutcome> = c
-            .json(c.request(Method::POST, &paths::node_action(host, NodeAction::Drain)?))
+            .json_idempotent(c.request(Method::POST, &paths::node_action(host, NodeAction::Drain)?))
             .await?;
         if let Output::Json = output {
             println!("{}", serde_json::to_string_pretty(&outcomes)?);

@@ -2,6 +2,12 @@
 //! hosts on loopback, labelled as three sites (two in jurisdiction EU, one
 //! outside it). Writes the client config every other verb reads, prints the
 //! next commands, and stops everything on Ctrl-C.
+//!
+//! `roam up --ha`: the same with a control plane that survives losing any
+//! one machine: an etcd of three members (`local_etcd`: TLS, client
+//! certificates, auth on), three scheduler replicas on it (on the listen
+//! port and the two after it), hosts and a client config that list all
+//! three.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,7 +31,15 @@ pub struct UpArgs {
     /// Where the cluster keeps its state.
     #[arg(long, default_value = "roam-data/up")]
     pub data_dir: PathBuf,
+    /// Three schedulers on an etcd of three members (TLS, client
+    /// certificates, auth on), listening on `--listen`'s port and the two
+    /// after it.
+    #[arg(long)]
+    pub ha: bool,
 }
+
+/// Scheduler replicas with `--ha`.
+const REPLICAS: u16 = 3;
 
 /// The simulated sites: (site, jurisdiction, provider).
 const SITES: [(&str, &str, &str); 3] = [
@@ -61,28 +75,69 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find the roam binary")?;
     let data = &args.data_dir;
     std::fs::create_dir_all(data).with_context(|| format!("cannot create `{}`", data.display()))?;
-    let addr = format!("https://{}", args.listen);
     let mut children = Children(Vec::new());
-    children.0.push(
-        Command::new(&exe)
-            .args([
-                "scheduler",
-                "--listen",
-                &args.listen.to_string(),
-                "--data-dir",
-            ])
-            .arg(data.join("scheduler"))
-            .stdin(Stdio::null())
-            .spawn()
-            .context("cannot start the scheduler")?,
-    );
-    let token_file = data.join("scheduler").join("admin.token");
-    wait_for("the scheduler", Duration::from_secs(30), || {
-        token_file.exists()
-    })?;
+    let first = if args.ha {
+        data.join("scheduler-0")
+    } else {
+        data.join("scheduler")
+    };
+    let listens: Vec<SocketAddr> = if args.ha {
+        (0..REPLICAS)
+            .map(|i| {
+                let port = args.listen.port().checked_add(i).with_context(|| {
+                    format!("--listen {}: no room for {REPLICAS} ports", args.listen)
+                })?;
+                Ok(SocketAddr::new(args.listen.ip(), port))
+            })
+            .collect::<anyhow::Result<_>>()?
+    } else {
+        vec![args.listen]
+    };
+    let etcd = if args.ha {
+        Some(super::local_etcd::start(
+            &data.join("etcd"),
+            &mut children.0,
+        )?)
+    } else {
+        None
+    };
+    let token_file = first.join("admin.token");
+    for (i, listen) in listens.iter().enumerate() {
+        let mut scheduler = Command::new(&exe);
+        scheduler.args(["scheduler", "--listen", &listen.to_string(), "--data-dir"]);
+        match &etcd {
+            Some(etcd) => {
+                scheduler
+                    .arg(data.join(format!("scheduler-{i}")))
+                    .arg("--store")
+                    .arg(format!("etcd={}", etcd.endpoints.join(",")))
+                    .args(["--etcd-prefix", super::local_etcd::PREFIX])
+                    .args(etcd.scheduler_flags())
+                    .args(["--replica", &format!("scheduler-{i}")]);
+            }
+            None => {
+                scheduler.arg(&first);
+            }
+        }
+        children.0.push(
+            scheduler
+                .stdin(Stdio::null())
+                .spawn()
+                .context("cannot start the scheduler")?,
+        );
+        // The first creates the cluster (its CA and admin token) before
+        // the others start.
+        if i == 0 {
+            wait_for("the scheduler", Duration::from_secs(30), || {
+                token_file.exists()
+            })?;
+        }
+    }
+    let addrs: Vec<String> = listens.iter().map(|l| format!("https://{l}")).collect();
+    let addr = addrs.join(",");
     let token = std::fs::read_to_string(&token_file)?.trim().to_string();
     // The scheduler writes its CA before the admin token.
-    let ca = std::path::absolute(data.join("scheduler").join("ca.crt"))?;
+    let ca = std::path::absolute(first.join("ca.crt"))?;
     let config = ClientConfig {
         addr: addr.clone(),
         token,
@@ -176,9 +231,17 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     println!();
-    println!(
-        "Roam is up: scheduler {addr}, 3 hosts (eu-west-1 EU, eu-central-1 EU, us-east-1 US)."
-    );
+    match &etcd {
+        Some(etcd) => println!(
+            "Roam is up: schedulers {}, one leading, on etcd {} (TLS, client certificates, auth on; {}), 3 hosts (eu-west-1 EU, eu-central-1 EU, us-east-1 US).",
+            addrs.join(" "),
+            etcd.endpoints.join(" "),
+            etcd.pki.display()
+        ),
+        None => println!(
+            "Roam is up: scheduler {addr}, 3 hosts (eu-west-1 EU, eu-central-1 EU, us-east-1 US)."
+        ),
+    }
     println!(
         "Client config (admin token) written to {} (readable only by you).",
         written.display()
@@ -199,18 +262,34 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
     println!("  {roam} invoke counter /apples --data ''");
     println!("  {roam} describe workload counter");
     println!(
-        "  curl --cacert {} -X POST {addr}/w/counter/apples",
-        ca.display()
+        "  curl --cacert {} -X POST {}/w/counter/apples",
+        ca.display(),
+        addrs[0]
     );
     println!(
         "  {roam} migrate counter --selector 'jurisdiction=EU'   # live, to the other EU site"
     );
     println!("  {roam} get migrations");
     println!("  {roam} drain host-eu-west-1");
+    if etcd.is_some() {
+        println!("  {roam} get schedulers   # which replica leads; stop it and another takes over");
+    }
     println!();
     println!("Press Ctrl-C to stop the cluster.");
+    // Ctrl-C, or a service manager's (or `timeout`'s) SIGTERM: either way
+    // nothing it started is left running.
     tokio.block_on(async {
-        let _ = tokio::signal::ctrl_c().await;
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
     });
     drop(children);
     println!("stopped");

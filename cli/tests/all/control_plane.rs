@@ -63,7 +63,7 @@ struct Replicas {
     etcd: EtcdCluster,
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -577,4 +577,69 @@ fn a_leader_whose_key_is_deleted_steps_down_and_a_new_term_begins() {
         ok
     });
     eprintln!("refused meanwhile: {last}");
+}
+
+#[test]
+fn a_drain_the_leader_dies_in_goes_on_under_the_next_leader() {
+    let mut r = Replicas::start(2);
+    let slow = [("ROAM_FAULT_ROUND_DELAY_MS", "300")];
+    r.c.add_host_with("eu-1", "eu-west-1", "EU", &[], &slow);
+    r.c.wait_ready(1);
+    let names = ["a", "b", "c"];
+    for name in names {
+        deploy(
+            &r.c,
+            &[
+                artifacts::COUNTER,
+                "--name",
+                name,
+                "--selector",
+                "jurisdiction=EU",
+            ],
+        );
+    }
+    poll(Duration::from_secs(60), "the counters to serve", || {
+        names.iter().all(|n| r.c.get(n, "/").0 == 200)
+    });
+    for name in names {
+        assert_eq!(r.c.invoke(name, "/x").1, r#"{"path":"/x","count":1}"#);
+    }
+    r.c.add_host_with("eu-2", "eu-central-1", "EU", &[], &slow);
+    r.c.wait_ready(2);
+    let leader = r.c.url.clone();
+    let i = r.index_of(&leader);
+    let (c, schedulers) = (&r.c, &mut r.schedulers);
+    let (ok, out, err) = std::thread::scope(|scope| {
+        // `roam drain` from the CLI, given both replicas; the leader is
+        // killed once it has moved one workload.
+        let drain = scope.spawn(|| c.roam(&["drain", "eu-1", "-o", "json"]));
+        poll(Duration::from_secs(60), "a first move", || {
+            let done = format!("\"{}\"", Phase::Done.as_str());
+            c.api_at(&leader, "GET", paths::migrations().as_str(), Some(&c.admin))
+                .is_ok_and(|(status, body, _)| status == 200 && body.contains(&done))
+        });
+        drop(schedulers[i].1.take());
+        drain.join().unwrap()
+    });
+    // The CLI's request died with the leader; asked again, the new leader
+    // answers with the drain it went on with.
+    assert!(ok, "{out}{err}");
+    r.point_at_leader();
+    poll(Duration::from_secs(60), "eu-1 to be empty", || {
+        names
+            .iter()
+            .all(|n| crate::migrate::copies(&r.c, n) == ["eu-2"])
+    });
+    // Live moves: every counter kept its count.
+    for name in names {
+        assert_eq!(r.c.invoke(name, "/x").1, r#"{"path":"/x","count":2}"#);
+    }
+    let nodes = r.c.nodes();
+    let eu1 = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "eu-1")
+        .unwrap();
+    assert_eq!(eu1["status"], "cordoned", "{eu1}");
 }

@@ -126,6 +126,8 @@ const SPEAK_THE_WIRE: &[&str] = &[
     "cli/tests/all/access.rs",
     "cli/tests/all/layout.rs",
     "cli/benches/common/mod.rs",
+    "cli/benches/common/fleet.rs",
+    "cli/benches/control_plane.rs",
     "cli/benches/coldstart.rs",
     "cli/benches/density.rs",
     "cli/benches/failover.rs",

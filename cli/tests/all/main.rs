@@ -17,4 +17,5 @@ mod relay;
 mod run;
 mod serve;
 mod trust;
+mod up;
 mod wire;

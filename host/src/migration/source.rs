@@ -156,6 +156,10 @@ impl Outgoing {
     }
 }
 
+/// How long a new migration waits for a cancelled one of the same workload
+/// to stop.
+const CANCELLED_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// `POST /v1/migrations/{id}/send` (scheduler): stream the workload to the
 /// target; the answer is the progress lines.
 pub(super) async fn send(
@@ -181,20 +185,33 @@ pub(super) async fn send(
         state: Mutex::new(SourceState::Sending { frozen_at: None }),
         settled: tokio::sync::Notify::new(),
     });
-    {
-        let mut outgoing = host
-            .migrations
-            .outgoing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        outgoing.retain(|_, o| o.workload != req.workload || o.active());
-        if outgoing.values().any(|o| o.workload == req.workload) {
+    // A migration of it that the scheduler aborted while it was sending
+    // stops at its next check: a new one waits for that (a scheduler that
+    // restarted aborts the old one and may start another at once).
+    let waiting_until = std::time::Instant::now() + CANCELLED_WAIT;
+    loop {
+        let cancelled = {
+            let mut outgoing = host
+                .migrations
+                .outgoing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            outgoing.retain(|_, o| o.workload != req.workload || o.active());
+            match outgoing.values().find(|o| o.workload == req.workload) {
+                None => {
+                    outgoing.insert(id.clone(), out.clone());
+                    break;
+                }
+                Some(o) => matches!(o.state(), SourceState::Cancelled),
+            }
+        };
+        if !cancelled || std::time::Instant::now() >= waiting_until {
             return error(
                 StatusCode::CONFLICT,
                 format!("`{}` is already migrating", req.workload),
             );
         }
-        outgoing.insert(id.clone(), out.clone());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let (tx, rx) = mpsc::channel::<MigrationProgress>(64);
     tokio::spawn(run_source(host, id, out, req, tx));

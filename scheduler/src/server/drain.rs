@@ -18,7 +18,117 @@ use roam_proto::{DrainOutcome, DrainResult, MigrateRequest, MigrationOptions, Mi
 use super::Scheduler;
 use super::migrations::MigrateError;
 
+/// How long a drain waits for a migration off its host that a previous
+/// leader left to be resolved.
+const RESOLVE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A drain under way: its outcomes once it ends.
+pub(super) type Draining = tokio::sync::watch::Receiver<Option<Arc<Vec<DrainOutcome>>>>;
+
+/// The outcomes of `draining` once it ends (none if its task failed).
+async fn ended(mut draining: Draining) -> Arc<Vec<DrainOutcome>> {
+    match draining.wait_for(Option::is_some).await {
+        Ok(outcomes) => outcomes.clone().unwrap_or_default(),
+        Err(_) => Arc::default(),
+    }
+}
+
 impl Scheduler {
+    /// The drain of `host` under way, or a new one: the host is marked as
+    /// being drained in the store first, so a replica that takes over
+    /// goes on with it ([`Scheduler::resume_drains`]). It runs in its own
+    /// task, to the end, whether or not anyone waits for it.
+    fn drain_task(self: &Arc<Self>, host: &str) -> Result<Draining, crate::store::StoreError> {
+        let mut drains = self.drains.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = drains.get(host) {
+            return Ok(d.clone());
+        }
+        self.set_draining(host, true)?;
+        self.event("host_draining", serde_json::json!({ "host": host }));
+        let s = self.clone();
+        let name = host.to_string();
+        let (done, draining) = tokio::sync::watch::channel(None);
+        // The task takes the lock to remove itself: it cannot before it
+        // is inserted, as the lock is held until then.
+        tokio::spawn(async move {
+            s.ready_to_drain(&name).await;
+            let outcomes = s.drain(&name).await;
+            // Ended: cordoned, no longer being drained; unless this replica
+            // lost the lead meanwhile, and the next leader goes on with it.
+            if s.leadership.leads() {
+                match s.set_draining(&name, false) {
+                    Ok(()) => s.event(
+                        "host_drained",
+                        serde_json::json!({ "host": name, "outcomes": outcomes }),
+                    ),
+                    Err(e) => {
+                        tracing::warn!(host = %name, error = %e, "cannot record the end of a drain")
+                    }
+                }
+            }
+            s.drains
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&name);
+            done.send_replace(Some(Arc::new(outcomes)));
+        });
+        drains.insert(host.to_string(), draining.clone());
+        Ok(draining)
+    }
+
+    /// Go on with the drains the store marks that no task here runs: a
+    /// leader that was killed or deposed in the middle of one left them.
+    /// Once settled, so that hosts have reported where things run.
+    pub(super) fn resume_drains(self: &Arc<Self>) {
+        let marked: Vec<String> = self
+            .desired
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .draining
+            .iter()
+            .cloned()
+            .collect();
+        for host in marked {
+            let running = self
+                .drains
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&host);
+            if running || self.unresolved_off(&host) {
+                continue;
+            }
+            tracing::info!(%host, "going on with a drain a previous leader began");
+            self.event("host_drain_resumed", serde_json::json!({ "host": host }));
+            if let Err(e) = self.drain_task(&host) {
+                tracing::warn!(%host, error = %e, "cannot go on with a drain");
+            }
+        }
+    }
+
+    /// Whether a migration off `host` that a previous leader left is not
+    /// resolved yet (by asking the hosts): a drain would find its
+    /// workload busy.
+    fn unresolved_off(&self, host: &str) -> bool {
+        self.migrations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .any(|m| m.source == host && (!m.finished() || self.is_pending(&m.id)))
+    }
+
+    /// Wait until a drain of `host` can see where things run: hosts have
+    /// reported since this replica took the lead, and the migrations off
+    /// it a previous leader left are resolved (for a while; after that
+    /// the drain reports those workloads as busy).
+    async fn ready_to_drain(&self, host: &str) {
+        let patience = tokio::time::Instant::now() + RESOLVE_PATIENCE;
+        while !self.settled()
+            || (self.unresolved_off(host) && tokio::time::Instant::now() < patience)
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
     /// Move every workload off `host`: live if possible, else restarted
     /// elsewhere.
     async fn drain(self: &Arc<Self>, host: &str) -> Vec<DrainOutcome> {
@@ -161,14 +271,20 @@ enum Moved {
     Failed(String),
 }
 
-/// `POST /v1/nodes/{name}/drain`.
+/// `POST /v1/nodes/{name}/drain`: the outcomes of the host's drain, this
+/// one or the one already under way (asking again joins it).
 pub(super) async fn drain(s: Arc<Scheduler>, name: String) -> Response {
-    if !s.hosts.contains_key(&name) {
+    let marked = s
+        .desired
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .draining
+        .contains(&name);
+    if !s.hosts.contains_key(&name) && !marked {
         return error(StatusCode::NOT_FOUND, format!("no host `{name}`"));
     }
-    if let Err(e) = s.set_cordoned(&name, true) {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    match s.drain_task(&name) {
+        Ok(draining) => Json(ended(draining).await.as_ref()).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
-    s.event("host_draining", serde_json::json!({ "host": name }));
-    Json(s.drain(&name).await).into_response()
 }

@@ -74,13 +74,18 @@ impl Leadership {
         if !self.leading.load(Ordering::Acquire) {
             return None;
         }
-        if self.election.is_some() {
+        let term = self.term.load(Ordering::Acquire);
+        if let Some(election) = &self.election {
             let session = self.session.lock().unwrap_or_else(|e| e.into_inner());
             if !session.as_ref().is_some_and(|s| s.alive()) {
                 return None;
             }
+            // A write refused because another term began.
+            if !election.fenced_in(term) {
+                return None;
+            }
         }
-        Some(self.term.load(Ordering::Acquire))
+        Some(term)
     }
 
     /// Whether this replica leads now.
@@ -151,6 +156,9 @@ impl Scheduler {
         let l = &self.leadership;
         if l.leading.load(Ordering::Acquire) {
             match l.term() {
+                None if !election.fenced_in(l.term.load(Ordering::Acquire)) => {
+                    self.step_down("etcd refused a write: another term began")
+                }
                 None => self.step_down("its etcd lease may have ended"),
                 // The leader key is still this replica's (someone may have
                 // deleted it; then every write is refused anyway).
@@ -312,9 +320,24 @@ pub(super) async fn leader_only(
     next: axum::middleware::Next,
 ) -> Response {
     // The cheap check first: the ingress passes on every request.
-    if local_route(request.uri().path()) || s.leadership.leads() {
+    if local_route(request.uri().path()) {
         return next.run(request).await;
     }
+    if s.leadership.leads() {
+        let answer = next.run(request).await;
+        // Deposed while answering (etcd refused its write, or its lease
+        // ran out): the caller goes to the new leader, as if it had come
+        // a moment later. Only a failure is turned around: what succeeded
+        // was done in this replica's term.
+        if !answer.status().is_server_error() || s.leadership.leads() {
+            return answer;
+        }
+    }
+    misdirected(&s)
+}
+
+/// `421`, naming the leader if this replica knows it.
+fn misdirected(s: &Scheduler) -> Response {
     let leader = s.leadership.leader_url();
     let mut answer = error(
         StatusCode::MISDIRECTED_REQUEST,

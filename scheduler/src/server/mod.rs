@@ -190,6 +190,10 @@ struct Scheduler {
     /// Replicas (workload, host) the reconciler is moving off a host that
     /// no longer meets their rules.
     moving: Mutex<BTreeSet<(String, String)>>,
+    /// Drains under way, by host: whoever asks for a host's drain again
+    /// (the CLI after losing its connection, the host on SIGTERM) waits
+    /// for the same one.
+    drains: Mutex<HashMap<String, drain::Draining>>,
     /// Migrations the scheduler is unsure of (a restart interrupted them,
     /// an abort did not arrive, a target did not answer after the commit
     /// point), whose hosts are still to be asked where they got to.
@@ -274,6 +278,8 @@ fn placement_record(
 struct Desired {
     workloads: BTreeMap<String, WorkloadSpec>,
     cordoned: BTreeSet<String>,
+    /// Cordoned hosts whose drain has not ended.
+    draining: BTreeSet<String>,
 }
 
 /// A refusal: the status and message of an error answer (small, unlike a
@@ -385,6 +391,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         pending: Mutex::new(BTreeSet::new()),
         busy: Mutex::new(BTreeSet::new()),
         moving: Mutex::new(BTreeSet::new()),
+        drains: Mutex::new(HashMap::new()),
         generations: Mutex::new(HashMap::new()),
         migration_metrics: Mutex::new(metrics::MigrationMetrics::default()),
         changed: std::sync::atomic::AtomicBool::new(true),
@@ -509,6 +516,7 @@ impl Scheduler {
                 .into_iter()
                 .collect(),
             cordoned: self.store.cordoned()?.into_iter().collect(),
+            draining: self.store.draining()?.into_iter().collect(),
         };
         let generations = self.store.generations()?;
         *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = tokens;
@@ -558,9 +566,19 @@ impl Scheduler {
     /// Where the store is, for `roam get schedulers`.
     fn store_description(&self) -> String {
         match &self.config.store {
-            Some(crate::store::StoreLocation::Etcd { endpoints, prefix }) => {
-                format!("etcd {} (prefix {prefix})", endpoints.join(","))
-            }
+            Some(crate::store::StoreLocation::Etcd {
+                endpoints,
+                prefix,
+                tls,
+            }) => format!(
+                "etcd {} (prefix {prefix}{})",
+                endpoints.join(","),
+                if tls.is_some() {
+                    ", TLS with a client certificate"
+                } else {
+                    ", plaintext"
+                }
+            ),
             Some(crate::store::StoreLocation::Redb(path)) => format!("redb {}", path.display()),
             None => format!("redb {}", self.config.data_dir.join("state.redb").display()),
         }
@@ -728,6 +746,23 @@ impl Scheduler {
             desired.cordoned.insert(host.to_string());
         } else {
             desired.cordoned.remove(host);
+            desired.draining.remove(host);
+        }
+        drop(desired);
+        self.touch();
+        Ok(())
+    }
+
+    /// Cordon `host` and mark it as being drained (`true`), or as drained
+    /// (`false`: still cordoned).
+    fn set_draining(&self, host: &str, draining: bool) -> Result<(), crate::store::StoreError> {
+        self.store.set_draining(host, draining)?;
+        let mut desired = self.desired.write().unwrap_or_else(|e| e.into_inner());
+        desired.cordoned.insert(host.to_string());
+        if draining {
+            desired.draining.insert(host.to_string());
+        } else {
+            desired.draining.remove(host);
         }
         drop(desired);
         self.touch();
@@ -748,10 +783,51 @@ impl Scheduler {
         workload: &str,
         hosts: &BTreeSet<String>,
     ) -> Result<(), crate::store::StoreError> {
+        self.store
+            .put_assignment(workload, self.placement_of(workload, hosts).as_ref())
+    }
+
+    /// What the store keeps of `workload` placed on `hosts` (with its
+    /// standbys); `None`: placed nowhere.
+    fn placement_of(&self, workload: &str, hosts: &BTreeSet<String>) -> Option<Placement> {
         let standbys = self.standbys.lock().unwrap_or_else(|e| e.into_inner());
         let placement = placement_record(hosts.iter().cloned(), standbys.get(workload));
-        self.store
-            .put_assignment(workload, (!placement.is_empty()).then_some(&placement))
+        (!placement.is_empty()).then_some(placement)
+    }
+
+    /// [`Scheduler::assign`] for many placements at once, in as few store
+    /// commits as it allows: the reconciler places thousands of replicas
+    /// in one round when many hosts die. The ones recorded, which are then
+    /// counted as placed (and may be started).
+    fn assign_many(&self, adds: &[(String, String)]) -> BTreeSet<(String, String)> {
+        let mut assignments = self.assignments.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (workload, host) in adds {
+            next.entry(workload.clone())
+                .or_insert_with(|| assignments.get(workload).cloned().unwrap_or_default())
+                .insert(host.clone());
+        }
+        let records: Vec<(String, Option<Placement>)> = next
+            .iter()
+            .map(|(w, hosts)| (w.clone(), self.placement_of(w, hosts)))
+            .collect();
+        let results = self.store.put_assignments(&records);
+        let mut recorded = BTreeSet::new();
+        for ((workload, hosts), result) in next.into_iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    recorded.extend(hosts.iter().map(|h| (workload.clone(), h.clone())));
+                    assignments.insert(workload, hosts);
+                }
+                Err(e) => {
+                    tracing::error!(%workload, error = %e, "cannot record the placement; not starting")
+                }
+            }
+        }
+        adds.iter()
+            .filter(|a| recorded.contains(*a))
+            .cloned()
+            .collect()
     }
 
     /// Where `workload` is placed now, as the store keeps it.

@@ -20,11 +20,71 @@ use crate::selector::Selector;
 const COMMANDS_IN_FLIGHT: usize = 64;
 
 impl Scheduler {
+    /// Whether every host has had time to report to this replica since it
+    /// started or took the lead: until then a host it has not heard from
+    /// is not dead (it may be on its way), and the workloads placed on it
+    /// are left as they are.
+    pub(super) fn settled(&self) -> bool {
+        self.leading_for() >= self.config.heartbeat_timeout.max(self.config.heartbeat * 2)
+    }
+
+    /// While not [`settled`](Self::settled): the hosts that placements and
+    /// standbys name and that have not reported yet.
+    fn unreported(&self) -> BTreeSet<String> {
+        if self.settled() {
+            return BTreeSet::new();
+        }
+        let mut named: BTreeSet<String> = self
+            .assignments
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .flatten()
+            .cloned()
+            .collect();
+        named.extend(
+            self.standbys
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .flat_map(|pairs| pairs.values().map(|p| p.host.clone())),
+        );
+        named.retain(|h| !self.hosts.contains_key(h));
+        named
+    }
+
+    /// Workloads the reconciler leaves alone this round: those in a
+    /// migration, and those with a replica or standby on a host that has
+    /// not reported yet (`unreported`).
+    fn held(&self, unreported: &BTreeSet<String>) -> BTreeSet<String> {
+        let mut held = self.frozen();
+        if unreported.is_empty() {
+            return held;
+        }
+        held.extend(
+            self.assignments
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|(_, hosts)| hosts.iter().any(|h| unreported.contains(h)))
+                .map(|(w, _)| w.clone()),
+        );
+        held.extend(
+            self.standbys
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|(_, pairs)| pairs.values().any(|p| unreported.contains(&p.host)))
+                .map(|(w, _)| w.clone()),
+        );
+        held
+    }
+
     pub(super) async fn reconcile_loop(self: Arc<Self>) {
-        // Give hosts of a restarted scheduler, or of one that just took the
-        // lead, time to report what they run: none is declared dead before
-        // it could have missed its heartbeats.
-        let grace = self.config.heartbeat_timeout.max(self.config.heartbeat * 2);
+        // A restarted scheduler, or one that just took the lead, reconciles
+        // at once, but leaves the workloads of hosts it has not heard from
+        // yet alone until they could have reported (`settled`): none is
+        // declared dead before it could have missed its heartbeats.
         // Rounds run when something changed, and at least this often anyway.
         let every = Duration::from_secs(2);
         let mut last = Instant::now();
@@ -35,7 +95,7 @@ impl Scheduler {
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
-            if self.leading_for() < grace || !self.leadership.leads() {
+            if !self.leadership.leads() {
                 continue;
             }
             let pending = !self
@@ -45,6 +105,8 @@ impl Scheduler {
                 .is_empty();
             let due = self.changed.swap(false, Ordering::Relaxed)
                 || pending
+                // Hosts report one after another meanwhile.
+                || !self.settled()
                 || self.liveness_changed()
                 || last.elapsed() >= every;
             if due {
@@ -58,12 +120,14 @@ impl Scheduler {
         self.resolve_pending().await;
         self.stop_stale().await;
         self.stop_unplaced().await;
-        let frozen = self.frozen();
+        let unreported = self.unreported();
+        let frozen = self.held(&unreported);
         let views = self.host_views();
         let alive: BTreeSet<&str> = views
             .iter()
             .filter(|v| v.alive)
             .map(|v| v.id.as_str())
+            .chain(unreported.iter().map(String::as_str))
             .collect();
         {
             let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
@@ -97,20 +161,29 @@ impl Scheduler {
         let running: Vec<Replica> = {
             let mut assignments = self.assignments.lock().unwrap_or_else(|e| e.into_inner());
             // Replicas on hosts that are down are lost (recorded so: a host
-            // that comes back does not get them back by reporting them).
-            for (workload, hosts) in assignments.iter_mut() {
-                let before = hosts.len();
-                let mut kept = hosts.clone();
-                kept.retain(|h| alive.contains(h.as_str()));
-                if kept.len() < before {
-                    if let Err(e) = self.record_placement(workload, &kept) {
-                        tracing::error!(%workload, error = %e, "cannot record the placement");
-                        continue;
-                    }
-                    *hosts = kept;
-                    self.host_losses
-                        .fetch_add((before - hosts.len()) as u64, Ordering::Relaxed);
+            // that comes back does not get them back by reporting them), in
+            // as few store commits as it allows.
+            let lost: Vec<(String, BTreeSet<String>, usize)> = assignments
+                .iter()
+                .filter_map(|(workload, hosts)| {
+                    let mut kept = hosts.clone();
+                    kept.retain(|h| alive.contains(h.as_str()));
+                    (kept.len() < hosts.len()).then(|| (workload.clone(), kept, hosts.len()))
+                })
+                .collect();
+            let records: Vec<(String, Option<super::Placement>)> = lost
+                .iter()
+                .map(|(w, kept, _)| (w.clone(), self.placement_of(w, kept)))
+                .collect();
+            let results = self.store.put_assignments(&records);
+            for ((workload, kept, before), result) in lost.into_iter().zip(results) {
+                if let Err(e) = result {
+                    tracing::error!(%workload, error = %e, "cannot record the placement");
+                    continue;
                 }
+                self.host_losses
+                    .fetch_add((before - kept.len()) as u64, Ordering::Relaxed);
+                assignments.insert(workload, kept);
             }
             assignments.retain(|_, hosts| !hosts.is_empty());
             assignments
@@ -160,26 +233,44 @@ impl Scheduler {
             .commands
             .into_iter()
             .partition(|c| matches!(c, Command::Stop { .. }));
+        // Every start's placement is recorded before any start is sent
+        // (and counted as placed while it is in flight, so the next round
+        // does not place it twice); in as few commits as the store allows.
+        let placing: Vec<(String, String)> = starts
+            .iter()
+            .filter_map(|c| match c {
+                Command::Start { workload, host } => Some((workload.clone(), host.clone())),
+                _ => None,
+            })
+            .collect();
+        let recorded = self.assign_many(&placing);
+        let starts: Vec<Command> = starts
+            .into_iter()
+            .filter(|c| match c {
+                Command::Start { workload, host } => {
+                    recorded.contains(&(workload.clone(), host.clone()))
+                }
+                _ => true,
+            })
+            .collect();
         for group in [stops, starts] {
             futures_util::stream::iter(group)
                 .for_each_concurrent(COMMANDS_IN_FLIGHT, |command| self.perform(command, &specs))
                 .await;
         }
-        self.maintain_standbys(&specs).await;
+        self.maintain_standbys(&specs, &frozen).await;
+        if self.settled() {
+            self.resume_drains();
+        }
     }
 
     async fn perform(self: &Arc<Self>, command: Command, specs: &[WorkloadSpec]) {
         match command {
             Command::Start { workload, host } => {
+                // Its placement is recorded already (`assign_many`).
                 let Some(spec) = specs.iter().find(|s| s.name == workload) else {
                     return;
                 };
-                // Count it as placed while the start is in flight, so
-                // the next round does not place it twice; recorded first.
-                if let Err(e) = self.assign(&workload, &host, true) {
-                    tracing::error!(%workload, %host, error = %e, "cannot record the placement; not starting");
-                    return;
-                }
                 if let Err(e) = self.start_on(&host, spec).await {
                     tracing::warn!(%workload, %host, error = %e, "start failed");
                     if let Err(e) = self.assign(&workload, &host, false) {

@@ -130,7 +130,7 @@ impl Scheduler {
         // A scheduler that just started knows only the hosts that rejoined
         // so far: one it has not heard from yet is not dead until it has
         // had a whole heartbeat timeout to come back.
-        let settled = self.leading_for() >= self.config.heartbeat_timeout;
+        let settled = self.settled();
         for (workload, primary, pair) in due {
             if !self.placed_on(&workload).contains(&primary)
                 || (!settled && !self.hosts.contains_key(&primary))
@@ -239,9 +239,14 @@ impl Scheduler {
     /// Give every primary of a durable workload a standby, drop the pairs
     /// that no longer hold (the primary moved or stopped, the standby's
     /// host is down or cordoned), and send a pair again to hosts whose
-    /// reports do not show it.
-    pub(super) async fn maintain_standbys(self: &Arc<Self>, specs: &[WorkloadSpec]) {
-        let frozen = self.frozen();
+    /// reports do not show it. Workloads in `frozen` (in a migration, or
+    /// with a host that has not reported since this replica took the lead)
+    /// are left as they are.
+    pub(super) async fn maintain_standbys(
+        self: &Arc<Self>,
+        specs: &[WorkloadSpec],
+        frozen: &BTreeSet<String>,
+    ) {
         let mut views = self.host_views();
         let usable = |views: &[HostView], host: &str| {
             views.iter().any(|v| v.id == host && v.alive && !v.cordoned)

@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, Permission,
+    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, UserAddOptions,
 };
 
 use super::{Backend, Expect, StoreError, Table, Write, err};
@@ -154,7 +155,11 @@ impl Holder {
 impl Etcd {
     /// Connect to `endpoints` (`http://host:port`, any member of the
     /// cluster), keeping every key under `prefix`.
-    pub(super) fn connect(endpoints: &[String], prefix: &str) -> Result<Etcd, StoreError> {
+    pub(super) fn connect(
+        endpoints: &[String],
+        prefix: &str,
+        tls: Option<&super::EtcdTls>,
+    ) -> Result<Etcd, StoreError> {
         if endpoints.is_empty() {
             return Err(err("no etcd endpoint given"));
         }
@@ -170,10 +175,22 @@ impl Etcd {
             .enable_all()
             .build()
             .map_err(err)?;
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(CALL_TIMEOUT)
             .with_timeout(CALL_TIMEOUT)
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        if let Some(tls) = tls {
+            if let Some(plain) = endpoints.iter().find(|e| !e.starts_with("https://")) {
+                return Err(err(format!(
+                    "`{plain}`: with TLS for etcd every endpoint is an https:// URL"
+                )));
+            }
+            options = options.with_tls(
+                TlsOptions::new()
+                    .ca_certificate(Certificate::from_pem(&tls.ca))
+                    .identity(Identity::from_pem(&tls.cert, &tls.key)),
+            );
+        }
         let endpoints = endpoints.to_vec();
         let connected = block(&runtime, async move {
             let mut clients = Vec::new();
@@ -240,6 +257,38 @@ impl Etcd {
         };
         block(runtime, async move {
             members.call(idempotent, op).await.map_err(etcd_err)
+        })
+    }
+
+    /// Turn on etcd's own auth (as a client whose certificate names the
+    /// `root` user): a `root` user, and a `user` whose role may read and
+    /// write only the keys under this connection's prefix; both without a
+    /// password, so they are who their client certificates name (etcd's
+    /// `--client-cert-auth`). What exists already is left as it is.
+    pub(super) fn enable_auth(&self, user: &str) -> Result<(), StoreError> {
+        let user = user.to_string();
+        let scope = format!("{}/", self.prefix);
+        let done = |r: Result<(), etcd_client::Error>| match r {
+            Err(e) if e.to_string().contains("already") => Ok(()),
+            other => other,
+        };
+        self.call(false, move |mut c| {
+            let (user, scope) = (user.clone(), scope.clone());
+            async move {
+                let no_password = || Some(UserAddOptions::new().with_no_pwd());
+                done(c.user_add("root", "", no_password()).await.map(drop))?;
+                done(c.user_grant_role("root", "root").await.map(drop))?;
+                done(c.role_add(user.as_str()).await.map(drop))?;
+                c.role_grant_permission(user.as_str(), Permission::read_write(scope).with_prefix())
+                    .await?;
+                done(c.user_add(user.as_str(), "", no_password()).await.map(drop))?;
+                done(
+                    c.user_grant_role(user.as_str(), user.as_str())
+                        .await
+                        .map(drop),
+                )?;
+                done(c.auth_enable().await.map(drop))
+            }
         })
     }
 
@@ -361,6 +410,12 @@ impl Etcd {
         *self.fence.write().unwrap_or_else(|e| e.into_inner()) = term;
     }
 
+    /// Whether commits are still conditioned on `term` (a refused commit
+    /// ends it).
+    pub(super) fn fenced_in(&self, term: i64) -> bool {
+        *self.fence.read().unwrap_or_else(|e| e.into_inner()) == Some(term)
+    }
+
     /// End the session: its lease is revoked, so the keys on it (the
     /// membership, and the leader key if this replica leads) go at once.
     pub(super) fn resign(&self) {
@@ -471,6 +526,13 @@ impl Etcd {
         if let Some(term) = fence {
             let now = holder(&r.op_responses()).map(|h| h.term);
             if now != Some(term) {
+                // Deposed: nothing more is written in this term, and the
+                // replica sees at once that it no longer leads.
+                let mut fence = self.fence.write().unwrap_or_else(|e| e.into_inner());
+                if *fence == Some(term) {
+                    *fence = None;
+                }
+                drop(fence);
                 return Err(StoreError::not_leader(format!(
                     "refused: this scheduler's term {term} has ended (the leader's term is now {})",
                     now.map_or_else(|| "none".to_string(), |t| t.to_string())

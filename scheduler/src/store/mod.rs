@@ -28,6 +28,9 @@ pub(crate) enum Table {
     Tokens,
     /// Cordoned host ids (keys only).
     Cordoned,
+    /// Cordoned hosts whose drain has not ended (keys only): a scheduler
+    /// that takes over goes on with them.
+    Draining,
     /// Live migrations by id (JSON).
     Migrations,
     /// Workload generation (fencing token), raised by every committed
@@ -51,10 +54,11 @@ pub(crate) enum Table {
 }
 
 impl Table {
-    const ALL: [Table; 10] = [
+    const ALL: [Table; 11] = [
         Table::Workloads,
         Table::Tokens,
         Table::Cordoned,
+        Table::Draining,
         Table::Migrations,
         Table::Generations,
         Table::Assignments,
@@ -69,6 +73,7 @@ impl Table {
             Table::Workloads => "workloads",
             Table::Tokens => "tokens",
             Table::Cordoned => "cordoned",
+            Table::Draining => "draining",
             Table::Migrations => "migrations",
             Table::Generations => "generations",
             Table::Assignments => "assignments",
@@ -132,7 +137,7 @@ pub(crate) trait Backend: Send + Sync {
 }
 
 /// A store operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("state store: {message}")]
 pub struct StoreError {
     message: String,
@@ -191,7 +196,66 @@ pub enum StoreLocation {
         endpoints: Vec<String>,
         /// Every key Roam writes starts with this.
         prefix: String,
+        /// How to reach it over TLS (`https://` endpoints).
+        tls: Option<EtcdTls>,
     },
+}
+
+/// How a scheduler reaches etcd over TLS: the CA that signed etcd's
+/// serving certificates, and its own client certificate and key (PEM).
+/// With etcd's `--client-cert-auth` and its auth enabled, the client
+/// certificate's common name is the etcd user the scheduler acts as.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// The CA certificate etcd's serving certificates chain to.
+    pub ca: String,
+    /// This client's certificate.
+    pub cert: String,
+    /// Its private key.
+    pub key: String,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls").finish_non_exhaustive()
+    }
+}
+
+/// The most a TLS file for etcd may hold.
+const MAX_PEM: u64 = 1 << 20;
+
+impl EtcdTls {
+    /// Read the three files.
+    pub fn read(
+        ca: &std::path::Path,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Result<EtcdTls, StoreError> {
+        let read = |what: &str, path: &std::path::Path| -> Result<String, StoreError> {
+            use std::io::Read;
+            let mut text = String::new();
+            std::fs::File::open(path)
+                .and_then(|f| f.take(MAX_PEM).read_to_string(&mut text))
+                .map_err(|e| {
+                    err(format!(
+                        "cannot read the etcd {what} `{}`: {e}",
+                        path.display()
+                    ))
+                })?;
+            if !text.contains("-----BEGIN ") {
+                return Err(err(format!(
+                    "the etcd {what} `{}` is not PEM",
+                    path.display()
+                )));
+            }
+            Ok(text)
+        };
+        Ok(EtcdTls {
+            ca: read("CA certificate", ca)?,
+            cert: read("client certificate", cert)?,
+            key: read("client key", key)?,
+        })
+    }
 }
 
 /// The scheduler's durable state.
@@ -236,6 +300,12 @@ impl Election {
         ttl: std::time::Duration,
     ) -> Result<std::sync::Arc<Session>, StoreError> {
         self.etcd.start_session(ttl)
+    }
+
+    /// Whether the store still writes in `term`: not once a write was
+    /// refused because another term began.
+    pub fn fenced_in(&self, term: u64) -> bool {
+        i64::try_from(term).is_ok_and(|t| self.etcd.fenced_in(t))
     }
 
     /// Record this replica (`value`) under `id` while its session lives.
@@ -295,11 +365,34 @@ impl Store {
     /// `prefix`. It writes nothing until [`Store::fence`] gives it the term
     /// this replica leads in.
     pub fn etcd(endpoints: &[String], prefix: &str) -> Result<Store, StoreError> {
-        let etcd = std::sync::Arc::new(etcd::Etcd::connect(endpoints, prefix)?);
+        Store::etcd_over(endpoints, prefix, None)
+    }
+
+    /// [`Store::etcd`], over TLS with a client certificate when `tls` is
+    /// given.
+    pub fn etcd_over(
+        endpoints: &[String],
+        prefix: &str,
+        tls: Option<&EtcdTls>,
+    ) -> Result<Store, StoreError> {
+        let etcd = std::sync::Arc::new(etcd::Etcd::connect(endpoints, prefix, tls)?);
         Ok(Store {
             backend: etcd.clone(),
             shared: Some(etcd),
         })
+    }
+
+    /// Turn on the auth of the etcd at `endpoints`, reached over `tls` as
+    /// its `root` user: `user` may then read and write only the keys
+    /// under `prefix` ([`EtcdTls`] says how certificates name users).
+    /// Repeating it changes nothing.
+    pub fn enable_etcd_auth(
+        endpoints: &[String],
+        prefix: &str,
+        tls: &EtcdTls,
+        user: &str,
+    ) -> Result<(), StoreError> {
+        etcd::Etcd::connect(endpoints, prefix, Some(tls))?.enable_auth(user)
     }
 
     /// The election among the schedulers sharing this store (`None`: the
@@ -419,7 +512,11 @@ impl Store {
     pub fn at(location: &StoreLocation) -> Result<Store, StoreError> {
         match location {
             StoreLocation::Redb(path) => Store::open(path),
-            StoreLocation::Etcd { endpoints, prefix } => Store::etcd(endpoints, prefix),
+            StoreLocation::Etcd {
+                endpoints,
+                prefix,
+                tls,
+            } => Store::etcd_over(endpoints, prefix, tls.as_ref()),
         }
     }
 
@@ -487,6 +584,31 @@ impl Store {
             Some(p) => self.put_json(Table::Assignments, workload, p),
             None => self.write(&[Write::Delete(Table::Assignments, workload.to_string())]),
         }
+    }
+
+    /// Record many placements ([`Store::put_assignment`] each), in as few
+    /// commits as the backend allows (etcd: 128 writes per transaction).
+    /// Each commit is all or nothing; the answer says, per placement in
+    /// order, whether it was recorded.
+    pub fn put_assignments<T: Serialize>(
+        &self,
+        placements: &[(String, Option<T>)],
+    ) -> Vec<Result<(), StoreError>> {
+        let mut out = Vec::with_capacity(placements.len());
+        for chunk in placements.chunks(etcd::MAX_TXN_OPS) {
+            let writes: Result<Vec<Write>, StoreError> = chunk
+                .iter()
+                .map(|(workload, placement)| {
+                    Ok(match placement {
+                        Some(p) => Write::Put(Table::Assignments, workload.clone(), json(p)?),
+                        None => Write::Delete(Table::Assignments, workload.clone()),
+                    })
+                })
+                .collect();
+            let done = writes.and_then(|w| self.write(&w));
+            out.extend(chunk.iter().map(|_| done.clone()));
+        }
+        out
     }
 
     /// Every workload's placement.
@@ -701,17 +823,46 @@ impl Store {
         self.all_json(Table::Generations)
     }
 
-    /// Cordon or uncordon a host.
+    /// Cordon or uncordon a host (uncordoning ends its drain, if any).
     pub fn set_cordoned(&self, host: &str, cordoned: bool) -> Result<(), StoreError> {
-        let write = if cordoned {
-            Write::Put(Table::Cordoned, host.to_string(), b"true".to_vec())
+        if cordoned {
+            self.write(&[Write::Put(
+                Table::Cordoned,
+                host.to_string(),
+                b"true".to_vec(),
+            )])
         } else {
-            Write::Delete(Table::Cordoned, host.to_string())
-        };
-        self.write(&[write])
+            self.write(&[
+                Write::Delete(Table::Cordoned, host.to_string()),
+                Write::Delete(Table::Draining, host.to_string()),
+            ])
+        }
     }
 
-    /// Cordoned hosts.
+    /// Cordon a host and mark it as being drained (`true`), or only
+    /// cordoned (`false`, once its drain has ended): a scheduler that
+    /// takes over goes on with the drains it finds marked.
+    pub fn set_draining(&self, host: &str, draining: bool) -> Result<(), StoreError> {
+        let cordon = Write::Put(Table::Cordoned, host.to_string(), b"true".to_vec());
+        let mark = if draining {
+            Write::Put(Table::Draining, host.to_string(), b"true".to_vec())
+        } else {
+            Write::Delete(Table::Draining, host.to_string())
+        };
+        self.write(&[cordon, mark])
+    }
+
+    /// Hosts being drained.
+    pub fn draining(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .backend
+            .scan(Table::Draining)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    /// Cordoned hosts (drained or not).
     pub fn cordoned(&self) -> Result<Vec<String>, StoreError> {
         Ok(self
             .backend
@@ -845,7 +996,16 @@ mod tests {
         let e = old.put_workload("w", &json!({"by": "stale"})).unwrap_err();
         assert!(e.is_not_leader(), "{e}");
         assert!(e.to_string().contains(&format!("term {first}")), "{e}");
+        // The refusal ends its fence: it knows at once that it does not
+        // lead, and sends nothing more ...
+        assert!(!old.election().unwrap().fenced_in(first));
+        let e = old.delete_workload("w").unwrap_err();
+        assert!(e.to_string().contains("does not lead"), "{e}");
+        // ... and were it to send with the stale term again, etcd refuses
+        // each kind of write.
+        old.fence(Some(first));
         assert!(old.delete_workload("w").unwrap_err().is_not_leader());
+        old.fence(Some(first));
         assert!(
             old.update_host("h", |_: Option<Value>| Some(json!({})))
                 .unwrap_err()
@@ -930,6 +1090,23 @@ mod tests {
         store.set_cordoned("h2", false).unwrap();
         store.set_cordoned("h3", false).unwrap();
         assert_eq!(store.cordoned().unwrap(), vec!["h1".to_string()]);
+        // A drain marks its host until it ends; the host stays cordoned.
+        store.set_draining("h2", true).unwrap();
+        assert_eq!(store.draining().unwrap(), vec!["h2".to_string()]);
+        assert_eq!(
+            store.cordoned().unwrap(),
+            vec!["h1".to_string(), "h2".to_string()]
+        );
+        store.set_draining("h2", false).unwrap();
+        assert!(store.draining().unwrap().is_empty());
+        // Uncordoning ends a drain.
+        store.set_draining("h3", true).unwrap();
+        store.set_cordoned("h3", false).unwrap();
+        assert!(store.draining().unwrap().is_empty());
+        assert_eq!(
+            store.cordoned().unwrap(),
+            vec!["h1".to_string(), "h2".to_string()]
+        );
 
         // Placements and generations, alone and with a migration record.
         store

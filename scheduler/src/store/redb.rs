@@ -36,7 +36,7 @@ enum Kind {
 fn kind(table: Table) -> Kind {
     match table {
         Table::Generations => Kind::Number,
-        Table::Cordoned => Kind::Keys,
+        Table::Cordoned | Table::Draining => Kind::Keys,
         _ => Kind::Json,
     }
 }

@@ -1,0 +1,367 @@
+//! A simulated fleet against a real `roam scheduler`: N hosts in this
+//! process join over loopback (300 sites, one join token per site) and
+//! heartbeat once a second with the real protocol; the scheduler's CPU is
+//! read from `/proc/PID/stat`. With workloads, it deploys them on 200 of
+//! the hosts, stops the heartbeats of 100 of those at once and times the
+//! restarts of what they held. Used by the `heartbeats` and
+//! `control_plane` benches.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use roam_proto::{Capacity, Heartbeat, JoinRequest, TokenRequest, TokenResponse};
+
+use super::{Scheduler, cpu_seconds};
+
+/// Start and stop calls the scheduler made on the simulated hosts:
+/// (host index, workload, when).
+type Calls = Arc<std::sync::Mutex<Vec<(usize, String, Instant)>>>;
+
+/// One HTTP server for every simulated host: `/h/{host}/v1/instances/{w}`.
+async fn fake_hosts() -> (String, Calls) {
+    use axum::extract::{Path, State};
+    let calls: Calls = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/h/{host}/v1/instances/{workload}",
+            axum::routing::put(
+                |State(calls): State<Calls>, Path((host, workload)): Path<(usize, String)>| async move {
+                    calls.lock().unwrap().push((host, workload, Instant::now()));
+                    axum::http::StatusCode::CREATED
+                },
+            )
+            .delete(|| async { axum::http::StatusCode::OK }),
+        )
+        .with_state(calls.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, calls)
+}
+
+/// Pool label of simulated host `i`: the first 200 hosts take the
+/// re-placement scenario's workloads.
+fn pool(i: usize) -> &'static str {
+    match i {
+        0..100 => "p0",
+        100..200 => "p1",
+        _ => "none",
+    }
+}
+
+pub struct Figures {
+    pub joins: f64,
+    pub beats: f64,
+    /// The scheduler's (the leader's) share of one core.
+    pub cpu: f64,
+    /// The followers' shares of one core, with several replicas.
+    pub follower_cpu: Vec<f64>,
+    /// Workloads placed per second, from the first deploy to the last
+    /// start call.
+    pub placements: Option<f64>,
+    /// (workloads lost with 100 hosts, seconds from the first restart to the
+    /// last, seconds from the heartbeat timeout to the last restart).
+    pub replaced: Option<(usize, f64, f64)>,
+}
+
+/// Measure `n` hosts (and `workloads` deployed and re-placed) against a
+/// scheduler started with `extra` arguments; with `followers`, that many
+/// more replicas on the same (etcd) store, started after it (so it leads).
+pub async fn measure(n: usize, workloads: usize, extra: &[&str], followers: usize) -> Figures {
+    let (hosts_url, calls) = fake_hosts().await;
+    // Plaintext: the fake hosts heartbeat with join tokens, not with ten
+    // thousand host certificates.
+    let mut args = vec![
+        "--heartbeat",
+        "1s",
+        "--heartbeat-timeout",
+        "10s",
+        "--insecure-plaintext",
+    ];
+    args.extend_from_slice(extra);
+    let scheduler = Scheduler::start(&args);
+    let followers: Vec<Scheduler> = (0..followers).map(|_| Scheduler::follower(&args)).collect();
+    let (url, admin, pid) = (
+        scheduler.url.clone(),
+        scheduler.admin.clone(),
+        scheduler.proc.pid(),
+    );
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(512)
+        .build()
+        .unwrap();
+    let mut tokens = Vec::new();
+    for site in 0..300 {
+        let labels = [
+            ("site".to_string(), format!("site-{site:03}")),
+            ("provider".to_string(), format!("p{}", site % 20)),
+            (
+                "jurisdiction".to_string(),
+                ["EU", "US", "APAC"][site % 3].to_string(),
+            ),
+        ]
+        .into();
+        let t: TokenResponse = http
+            .post(format!("{url}/v1/tokens"))
+            .bearer_auth(&admin)
+            .json(&TokenRequest {
+                labels,
+                ..TokenRequest::default()
+            })
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        tokens.push(t.token);
+    }
+    let tokens = Arc::new(tokens);
+    // Join everyone, 64 at a time.
+    let joined = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (http, url, tokens, sem, hosts_url) = (
+            http.clone(),
+            url.clone(),
+            tokens.clone(),
+            sem.clone(),
+            hosts_url.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire().await.unwrap();
+            let r = http
+                .post(format!("{url}/v1/hosts/join"))
+                .bearer_auth(&tokens[i % 300])
+                .json(&JoinRequest {
+                    engine_kind: String::new(),
+                    name: format!("host-{i:05}"),
+                    url: format!("{hosts_url}/h/{i}"),
+                    labels: [("pool".to_string(), pool(i).to_string())].into(),
+                    capacity: Capacity {
+                        memory: 64 << 30,
+                        slots: 1000,
+                    },
+                    arch: "x86_64".into(),
+                    engine: "bench".into(),
+                    protocol: roam_proto::PROTOCOL_VERSION,
+                    ..JoinRequest::default()
+                })
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            assert!(
+                status.is_success(),
+                "join: {status}: {}",
+                r.text().await.unwrap_or_default()
+            );
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let join_rate = n as f64 / joined.elapsed().as_secs_f64();
+    let (beats, stop) = spawn_beats(&http, &url, &tokens, n);
+    eprintln!("heartbeats: measuring {n} hosts for 10 s (scheduler pid {pid})");
+    let follower_pids: Vec<u32> = followers.iter().map(|f| f.proc.pid()).collect();
+    let before: Vec<f64> = follower_pids.iter().map(|p| cpu_seconds(*p)).collect();
+    let measured = Instant::now();
+    let (cpu, rate) = window(&beats, || cpu_seconds(pid)).await;
+    let follower_cpu = follower_pids
+        .iter()
+        .zip(before)
+        .map(|(p, b)| (cpu_seconds(*p) - b) / measured.elapsed().as_secs_f64())
+        .collect();
+    let mut placements = None;
+    let beats = beats.tasks;
+    let mut replaced = None;
+    if workloads > 0 {
+        // Deploy workloads that may run on the 200 pool hosts, wait until all
+        // run, stop the heartbeats of the 100 `p0` hosts at once, and time the
+        // restarts of everything they held.
+        let module = std::fs::read(roam_tests::artifacts::COUNTER).unwrap();
+        let m: roam_proto::ModuleRef = http
+            .put(format!("{url}/v1/modules"))
+            .bearer_auth(&admin)
+            .body(module)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let sem = Arc::new(tokio::sync::Semaphore::new(32));
+        let deploying = Instant::now();
+        let mut deploys = Vec::new();
+        for w in 0..workloads {
+            let (http, url, admin, digest, sem) = (
+                http.clone(),
+                url.clone(),
+                admin.clone(),
+                m.digest.clone(),
+                sem.clone(),
+            );
+            deploys.push(tokio::spawn(async move {
+                let _permit = sem.acquire().await.unwrap();
+                let spec = roam_proto::WorkloadSpec {
+                    name: format!("w-{w:05}"),
+                    digest,
+                    replicas: 1,
+                    selector: "pool in (p0,p1)".into(),
+                    memory: 1 << 20,
+                    ..roam_proto::WorkloadSpec::default()
+                };
+                let r = http
+                    .post(format!("{url}/v1/workloads"))
+                    .bearer_auth(&admin)
+                    .json(&spec)
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success(), "deploy: {}", r.status());
+            }));
+        }
+        for d in deploys {
+            d.await.unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while calls.lock().unwrap().len() < workloads {
+            assert!(Instant::now() < deadline, "workloads were not all placed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let last = calls.lock().unwrap().iter().map(|(_, _, t)| *t).max();
+        placements = last.map(|l| workloads as f64 / l.duration_since(deploying).as_secs_f64());
+        let lost: std::collections::BTreeSet<String> = calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(h, _, _)| *h < 100)
+            .map(|(_, w, _)| w.clone())
+            .collect();
+        let killed_at = Instant::now();
+        for b in beats.iter().take(100) {
+            b.abort();
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let times: Vec<Instant> = calls
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(h, w, t)| *h >= 100 && *t > killed_at && lost.contains(w))
+                .map(|(_, _, t)| *t)
+                .collect();
+            if times.len() >= lost.len() {
+                let first = times.iter().min().copied().unwrap_or(killed_at);
+                let last = times.iter().max().copied().unwrap_or(killed_at);
+                // The scheduler declares a host down 10 s (the timeout)
+                // after its last heartbeat, which came at most 1 s before
+                // the kill: detection is at kill + 9..10 s.
+                let detected = killed_at + Duration::from_secs(10);
+                replaced = Some((
+                    lost.len(),
+                    last.duration_since(first).as_secs_f64(),
+                    last.saturating_duration_since(detected).as_secs_f64(),
+                ));
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lost workloads were not re-placed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for b in beats {
+        b.abort();
+    }
+    drop(followers);
+    drop(scheduler);
+    Figures {
+        joins: join_rate,
+        beats: rate,
+        cpu,
+        follower_cpu,
+        placements,
+        replaced,
+    }
+}
+
+/// The simulated hosts' heartbeat tasks and how many beats were answered
+/// with a success.
+pub struct Beats {
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+    pub sent: Arc<AtomicU64>,
+}
+
+/// Every host heartbeats once a second, spread evenly over the second, with
+/// the real request (path, join token, JSON body). Setting the flag returned
+/// stops them.
+pub fn spawn_beats(
+    http: &reqwest::Client,
+    url: &str,
+    tokens: &Arc<Vec<String>>,
+    n: usize,
+) -> (Beats, Arc<std::sync::atomic::AtomicBool>) {
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (http, url, tokens, sent, stop) = (
+            http.clone(),
+            url.to_string(),
+            tokens.clone(),
+            sent.clone(),
+            stop.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let offset = Duration::from_micros((i as u64 * 1_000_000) / n as u64);
+            let mut tick = tokio::time::interval_at(
+                tokio::time::Instant::now() + offset,
+                Duration::from_secs(1),
+            );
+            let beat = Heartbeat {
+                capacity: Capacity {
+                    memory: 64 << 30,
+                    slots: 1000,
+                },
+                arch: "x86_64".into(),
+                engine: "bench".into(),
+                memory_used: 0,
+                instances: Vec::new(),
+                standbys: Vec::new(),
+            };
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                if let Ok(r) = http
+                    .post(format!("{url}/v1/hosts/host-{i:05}/heartbeat"))
+                    .bearer_auth(&tokens[i % tokens.len()])
+                    .json(&beat)
+                    .send()
+                    .await
+                    && r.status().is_success()
+                {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    (Beats { tasks, sent }, stop)
+}
+
+/// Let the rate settle for 3 s, then measure 10 s: (share of one core that
+/// `cpu` grew by, heartbeats answered per second).
+pub async fn window(beats: &Beats, cpu: impl Fn() -> f64) -> (f64, f64) {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (cpu0, beats0, t0) = (cpu(), beats.sent.load(Ordering::Relaxed), Instant::now());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let elapsed = t0.elapsed().as_secs_f64();
+    (
+        (cpu() - cpu0) / elapsed,
+        (beats.sent.load(Ordering::Relaxed) - beats0) as f64 / elapsed,
+    )
+}
