@@ -58,12 +58,7 @@ async fn bare_server(n: usize) -> (f64, f64) {
         .build()
         .unwrap();
     let tokens = Arc::new(vec!["bench".to_string()]);
-    let (beats, stop) = spawn_beats(
-        std::slice::from_ref(&http),
-        &format!("http://{addr}"),
-        &tokens,
-        n,
-    );
+    let (beats, stop) = spawn_beats(&http, &format!("http://{addr}"), &tokens, n);
     eprintln!("heartbeats: measuring a bare HTTP server with {n} hosts for 10 s");
     let figures = window(&beats, || thread_cpu_seconds(tid)).await;
     stop.store(true, Ordering::Relaxed);

@@ -14,9 +14,6 @@ use roam_proto::{Capacity, Heartbeat, JoinRequest, TokenRequest, TokenResponse};
 
 use super::{Scheduler, cpu_seconds};
 
-/// Loopback addresses the simulated hosts connect from.
-const SOURCE_ADDRESSES: usize = 64;
-
 /// Start and stop calls the scheduler made on the simulated hosts:
 /// (host index, workload, when).
 type Calls = Arc<std::sync::Mutex<Vec<(usize, String, Instant)>>>;
@@ -121,30 +118,13 @@ pub async fn measure(n: usize, workloads: usize, extra: &[&str], followers: usiz
         tokens.push(t.token);
     }
     let tokens = Arc::new(tokens);
-    // The simulated hosts come from many loopback addresses, as real ones
-    // come from many machines: the scheduler holds at most 512 connections
-    // per client address.
-    let hosts_http: Vec<reqwest::Client> = (0..SOURCE_ADDRESSES)
-        .map(|k| {
-            reqwest::Client::builder()
-                .pool_max_idle_per_host(512)
-                .local_address(std::net::IpAddr::V4(std::net::Ipv4Addr::new(
-                    127,
-                    1,
-                    (k / 250) as u8,
-                    (1 + k % 250) as u8,
-                )))
-                .build()
-                .unwrap()
-        })
-        .collect();
     // Join everyone, 64 at a time.
     let joined = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(64));
     let mut tasks = Vec::new();
     for i in 0..n {
         let (http, url, tokens, sem, hosts_url) = (
-            hosts_http[i % SOURCE_ADDRESSES].clone(),
+            http.clone(),
             url.clone(),
             tokens.clone(),
             sem.clone(),
@@ -184,7 +164,7 @@ pub async fn measure(n: usize, workloads: usize, extra: &[&str], followers: usiz
         t.await.unwrap();
     }
     let join_rate = n as f64 / joined.elapsed().as_secs_f64();
-    let (beats, stop) = spawn_beats(&hosts_http, &url, &tokens, n);
+    let (beats, stop) = spawn_beats(&http, &url, &tokens, n);
     eprintln!("heartbeats: measuring {n} hosts for 10 s (scheduler pid {pid})");
     let follower_pids: Vec<u32> = followers.iter().map(|f| f.proc.pid()).collect();
     let before: Vec<f64> = follower_pids.iter().map(|p| cpu_seconds(*p)).collect();
@@ -322,7 +302,7 @@ pub struct Beats {
 /// the real request (path, join token, JSON body). Setting the flag returned
 /// stops them.
 pub fn spawn_beats(
-    clients: &[reqwest::Client],
+    http: &reqwest::Client,
     url: &str,
     tokens: &Arc<Vec<String>>,
     n: usize,
@@ -332,7 +312,7 @@ pub fn spawn_beats(
     let mut tasks = Vec::new();
     for i in 0..n {
         let (http, url, tokens, sent, stop) = (
-            clients[i % clients.len()].clone(),
+            http.clone(),
             url.to_string(),
             tokens.clone(),
             sent.clone(),
