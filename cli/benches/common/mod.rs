@@ -89,35 +89,21 @@ impl Scheduler {
     /// Start a scheduler on `127.0.0.1:0` with `extra` arguments (with
     /// `--insecure-plaintext` among them, its hosts run so too).
     pub fn start(extra: &[&str]) -> Scheduler {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("scheduler");
-        let mut args = vec![
-            "scheduler",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let (proc, url) = spawn(&args, &[]);
-        let admin = std::fs::read_to_string(data.join("admin.token"))
+        let mut s = Scheduler::launch(extra);
+        s.admin = std::fs::read_to_string(s.dir.path().join("scheduler/admin.token"))
             .unwrap()
             .trim()
             .to_string();
-        let ca = url.starts_with("https://").then(|| data.join("ca.crt"));
-        Scheduler {
-            dir,
-            proc,
-            url,
-            admin,
-            http: agent(ca.as_deref()),
-            ca,
-        }
+        s
     }
 
     /// Another replica on the same store as one started with `extra`
     /// (an etcd store): it follows, and has no admin token of its own.
     pub fn follower(extra: &[&str]) -> Scheduler {
+        Scheduler::launch(extra)
+    }
+
+    fn launch(extra: &[&str]) -> Scheduler {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("scheduler");
         let mut args = vec![
