@@ -35,6 +35,17 @@ pub const TERM: &str = "x-roam-term";
 /// (absent while no replica leads).
 pub const LEADER: &str = "x-roam-leader";
 
+/// On a call a scheduler follower forwards to the leader: the follower's
+/// replica id. A replica that gets a forwarded call and does not lead
+/// answers `421` rather than forward it again.
+pub const FORWARDED_BY: &str = "x-roam-forwarded-by";
+
+/// On an answer a scheduler follower gave from its own copy of the stored
+/// state (kept current by an etcd watch) because no leader answered: the
+/// follower's replica id. What only the leader knows (host liveness,
+/// rejected hosts, checkpoint ages) is missing from such an answer.
+pub const FROM_CACHE: &str = "x-roam-from-cache";
+
 /// `PUT /v1/instances/{workload}/restore`: the instance spec
 /// ([`crate::StartInstance`]) as JSON; the body is the snapshot.
 pub const INSTANCE: &str = "x-roam-instance";

@@ -153,7 +153,12 @@ impl Client {
                     true
                 }
                 Err(e) => e.is_connect(),
-                Ok(r) => r.status() == reqwest::StatusCode::MISDIRECTED_REQUEST,
+                Ok(r) => {
+                    r.status() == reqwest::StatusCode::MISDIRECTED_REQUEST
+                        // A follower lost the leader while forwarding: a
+                        // call that may be repeated is sent again.
+                        || (idempotent && r.status() == reqwest::StatusCode::BAD_GATEWAY)
+                }
             };
             match again {
                 Some(again) if nothing_done && std::time::Instant::now() < wait_until => {
@@ -168,8 +173,9 @@ impl Client {
     }
 
     /// The replica that leads, from the current one on: each is asked
-    /// `GET /v1/nodes` without a token, which a follower answers `421`
-    /// naming the leader and the leader `401`. A replica that does not
+    /// `POST /v1/hosts/join` without a token or a body, which a follower
+    /// answers `421` naming the leader (it sends hosts there, where it
+    /// would forward an operator call) and the leader `401`. A replica that does not
     /// answer within a short while (dead, paused, cut off) is passed over.
     /// `None`: none leads or answers now.
     async fn leader(&self) -> Option<String> {
@@ -179,7 +185,7 @@ impl Client {
             let i = (start + k) % n;
             let probe = self
                 .http
-                .get(roam_proto::paths::nodes().on(&self.addrs[i]))
+                .post(roam_proto::paths::join().on(&self.addrs[i]))
                 .timeout(PROBE_TIMEOUT)
                 .send()
                 .await;
@@ -200,7 +206,7 @@ impl Client {
                     self.current.store(j, std::sync::atomic::Ordering::Relaxed);
                     let confirmed = self
                         .http
-                        .get(roam_proto::paths::nodes().on(&l))
+                        .post(roam_proto::paths::join().on(&l))
                         .timeout(PROBE_TIMEOUT)
                         .send()
                         .await

@@ -77,6 +77,11 @@ pub struct SchedulerArgs {
     /// (etcd's minimum with its default election timeout).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
     pub leader_ttl: Duration,
+    /// Connections one client address may hold open at once; more are
+    /// closed as they arrive. Raise it when many hosts reach the scheduler
+    /// from one address (behind a NAT or a TCP load balancer).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections_per_address: u32,
 }
 
 /// TLS flags both daemons take.
@@ -230,6 +235,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
             advertise: args.advertise,
             replica: args.replica,
             leader_ttl: args.leader_ttl,
+            max_connections_per_address: args.max_connections_per_address as usize,
         },
     ))?;
     Ok(ExitCode::SUCCESS)

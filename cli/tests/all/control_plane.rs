@@ -211,25 +211,50 @@ fn three_schedulers_one_leads_and_another_takes_over_when_it_is_killed() {
         "{out}{err}"
     );
 
-    // A follower sends callers to the leader.
+    // A follower forwards operator calls to the leader: a write (a viewer
+    // token made through it), a read of what only the leader knows (the
+    // hosts), answered as the leader answers.
     let follower = r.follower();
-    let mut answer =
+    let mut made =
         r.c.agent
-            .get(paths::nodes().on(&follower))
+            .post(paths::tokens().on(&follower))
             .header("authorization", format!("Bearer {}", r.c.admin))
-            .call()
+            .header("content-type", "application/json")
+            .send(r#"{"role":"viewer"}"#)
             .unwrap();
-    assert_eq!(answer.status(), 421);
-    assert_eq!(
-        answer
-            .headers()
-            .get(roam_proto::headers::LEADER)
-            .unwrap()
-            .to_str()
-            .unwrap(),
-        r.c.url
+    assert_eq!(made.status(), 201);
+    let made: serde_json::Value =
+        serde_json::from_str(&made.body_mut().read_to_string().unwrap()).unwrap();
+    let viewer = made["token"].as_str().unwrap().to_string();
+    let nodes = |base: &str| {
+        r.c.api_at(base, "GET", paths::nodes().as_str(), Some(&viewer))
+    };
+    let (status, via_follower, _) = nodes(&follower).unwrap();
+    assert_eq!(status, 200, "{via_follower}");
+    assert_eq!(via_follower, nodes(&r.c.url).unwrap().1);
+    // The follower's copy of the tokens (an etcd watch) knows the new one:
+    // it answers `GET /v1/schedulers` itself (never forwarded).
+    poll(
+        Duration::from_secs(10),
+        "the follower to know the new token",
+        || {
+            r.c.api_at(
+                &follower,
+                "GET",
+                paths::schedulers().as_str(),
+                Some(&viewer),
+            )
+            .is_ok_and(|(status, _, _)| status == 200)
+        },
     );
-    let _ = answer.body_mut().read_to_string();
+    // Hosts are sent to the leader: they present their own certificates,
+    // which no proxy could.
+    let heartbeat = paths::heartbeat("eu-1").unwrap();
+    let (status, body, leader) =
+        r.c.api_at(&follower, "POST", heartbeat.as_str(), None)
+            .unwrap();
+    assert_eq!(status, 421, "{body}");
+    assert_eq!(leader.as_deref(), Some(r.c.url.as_str()));
 
     r.c.add_host("eu-1", "eu-west-1", "EU");
     r.c.add_host("eu-2", "eu-west-2", "EU");
@@ -335,9 +360,27 @@ fn a_leader_paused_past_its_lease_is_deposed_and_follows_when_it_resumes() {
     r.point_at_leader();
     r.c.wait_ready(1);
     deploy(&r.c, &[artifacts::COUNTER, "--name", "counter"]);
+    poll(Duration::from_secs(30), "counter to serve", || {
+        r.c.invoke("counter", "/apples").0 == 200
+    });
+    // etcd's revision before the old leader resumes: its history from
+    // there on is what the old leader could have written.
+    let etcd = r.etcd.urls();
+    let etcdctl = |args: &[&str]| {
+        std::process::Command::new("etcdctl")
+            .args(["--endpoints", &etcd])
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .expect("etcdctl (Debian `etcd-client`)")
+    };
+    let status = etcdctl(&["get", "/roam/leader", "-w", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let resumed_at = status["header"]["revision"].as_i64().unwrap();
     assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
-    // Resumed, it sees its lease gone and follows: it answers 421 naming
-    // the new leader, and says so itself.
+    // Resumed, it sees its lease gone and follows: it says the other
+    // leads, sends hosts there, and forwards operator calls there (the
+    // workload deployed while it was paused is listed).
     poll(Duration::from_secs(30), "the old leader to follow", || {
         r.view(i).is_some_and(|v| {
             v["replicas"]
@@ -347,15 +390,47 @@ fn a_leader_paused_past_its_lease_is_deposed_and_follows_when_it_resumes() {
                 .any(|x| x["leader"] == true && x["url"] == r.c.url.as_str())
         }) && r
             .c
-            .agent
-            .get(paths::workloads().on(&old))
-            .header("authorization", format!("Bearer {}", r.c.admin))
-            .call()
-            .is_ok_and(|a| a.status() == 421)
+            .api_at(&old, "POST", paths::join().as_str(), None)
+            .is_ok_and(|(status, _, leader)| {
+                status == 421 && leader.as_deref() == Some(r.c.url.as_str())
+            })
+            && r.c
+                .api_at(&old, "GET", paths::workloads().as_str(), Some(&r.c.admin))
+                .is_ok_and(|(status, body, _)| status == 200 && body.contains("counter"))
     });
     poll(Duration::from_secs(30), "counter to serve", || {
         r.c.invoke("counter", "/apples").0 == 200
     });
+    // None of its writes landed: since it resumed, etcd's history holds
+    // nothing but replicas' membership records (on their leases, no
+    // leader's write). Every event from that revision on, read with a
+    // watch that `timeout` ends.
+    let history = std::process::Command::new("timeout")
+        .args([
+            "3",
+            "etcdctl",
+            "--endpoints",
+            &etcd,
+            "watch",
+            "--prefix",
+            "/roam/",
+        ])
+        .arg(format!("--rev={}", resumed_at + 1))
+        .env("ETCDCTL_API", "3")
+        .output()
+        .unwrap();
+    let history = String::from_utf8_lossy(&history.stdout);
+    let lines: Vec<&str> = history.lines().collect();
+    let written: Vec<&str> = lines
+        .windows(2)
+        .filter(|w| w[0] == "PUT" || w[0] == "DELETE")
+        .map(|w| w[1])
+        .filter(|key| !key.starts_with("/roam/schedulers/"))
+        .collect();
+    assert!(
+        written.is_empty(),
+        "written after the old leader resumed: {written:?}\n{history}"
+    );
 }
 
 #[test]
@@ -488,13 +563,14 @@ fn losing_one_etcd_member_of_three_changes_nothing_and_losing_etcd_keeps_workloa
     r.c.wait_ready(1);
     deploy(&r.c, &[artifacts::COUNTER, "--name", "counter"]);
     let follower = r.follower();
-    let through = |base: &str| {
+    let through_to = |base: &str, workload: &str| {
         r.c.agent
-            .post(paths::ingress("counter", "a").unwrap().on(base))
+            .post(paths::ingress(workload, "a").unwrap().on(base))
             .send("")
             .map(|a| a.status().as_u16())
             .unwrap_or(0)
     };
+    let through = |base: &str| through_to(base, "counter");
     poll(Duration::from_secs(30), "counter to serve", || {
         through(&follower) == 200
     });
@@ -504,36 +580,48 @@ fn losing_one_etcd_member_of_three_changes_nothing_and_losing_etcd_keeps_workloa
     // store still healthy.
     r.etcd.members[0].as_mut().unwrap().kill();
     deploy(&r.c, &[artifacts::COUNTER, "--name", "second"]);
+    // Through the follower's ingress: its copy of the store has `second`.
     poll(Duration::from_secs(30), "second to serve", || {
-        through(&follower) == 200 && r.c.invoke("second", "/a").0 == 200
+        through_to(&follower, "second") == 200 && r.c.invoke("second", "/a").0 == 200
     });
     poll(Duration::from_secs(10), "the same leader", || {
         r.leader().as_deref() == Some(leader.as_str())
     });
 
-    // Quorum lost: nobody can lead (the API says so, and writes nothing),
-    // but the hosts serve on and every replica's ingress keeps routing
-    // from the last state it read.
+    // Quorum lost: nobody can lead. The API refuses writes and says why,
+    // every replica still answers reads of the stored state from its copy
+    // (and says so), the hosts serve on, and every replica's ingress keeps
+    // routing from the last state it read.
     r.etcd.members[1].as_mut().unwrap().kill();
+    let cordon = paths::node_action("eu-1", paths::NodeAction::Cordon).unwrap();
     let mut answer = (0, String::new());
     poll(Duration::from_secs(30), "the leader to step down", || {
         let a =
-            r.c.api_at(
-                &leader,
-                "GET",
-                paths::workloads().as_str(),
-                Some(&r.c.admin),
-            )
-            .unwrap();
+            r.c.api_at(&leader, "POST", cordon.as_str(), Some(&r.c.admin))
+                .unwrap();
         answer = (a.0, a.1);
-        answer.0 != 200
+        answer.0 == 421
     });
-    assert_eq!(answer.0, 421, "{}", answer.1);
     assert!(
         answer.1.contains("no scheduler replica leads"),
         "{}",
         answer.1
     );
+    for base in [&leader, &follower] {
+        let mut a =
+            r.c.agent
+                .get(paths::workloads().on(base))
+                .header("authorization", format!("Bearer {}", r.c.admin))
+                .call()
+                .unwrap();
+        assert_eq!(a.status(), 200);
+        assert!(a.headers().contains_key(roam_proto::headers::FROM_CACHE));
+        let body = a.body_mut().read_to_string().unwrap();
+        assert!(
+            body.contains("counter") && body.contains("second"),
+            "{base}: {body}"
+        );
+    }
     for _ in 0..20 {
         assert_eq!(through(&follower), 200);
         assert_eq!(through(&leader), 200);

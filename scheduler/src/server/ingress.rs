@@ -19,9 +19,6 @@ use roam_proto::{FromQuery, headers};
 use super::Scheduler;
 use super::host_client::Endpoint;
 
-/// How often every replica reads the routes from a shared store.
-const ROUTES_EVERY: Duration = Duration::from_millis(500);
-
 /// Where a workload runs, as the store records it.
 pub(super) struct StoredRoute {
     hosts: Vec<Endpoint>,
@@ -113,62 +110,38 @@ impl Scheduler {
         (n > 0).then(|| (route.hosts[attempt % n].clone(), route.generation))
     }
 
-    /// Read placements, generations and host addresses from the store
-    /// into [`Scheduler::stored_routes`] (every replica, while the store is
-    /// shared).
-    pub(super) async fn routes_loop(self: Arc<Self>) {
-        if !self.store.shared() {
-            return;
-        }
-        loop {
-            let s = self.clone();
-            match tokio::task::spawn_blocking(move || s.read_routes()).await {
-                Ok(Ok(routes)) => {
-                    *self
-                        .stored_routes
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner()) = routes;
-                }
-                Ok(Err(e)) => {
-                    // Keep routing from the last known state.
-                    tracing::warn!(error = %e, "cannot read routes from the store");
-                }
-                Err(e) => tracing::error!(error = %e, "route refresh failed"),
-            }
-            tokio::time::sleep(ROUTES_EVERY).await;
-        }
-    }
-
-    fn read_routes(&self) -> anyhow::Result<HashMap<String, StoredRoute>> {
+    /// Where every workload runs as the store records it (a follower's
+    /// copy, see `follower.rs`).
+    pub(super) fn read_routes(
+        &self,
+        assignments: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        generations: &HashMap<String, u64>,
+    ) -> anyhow::Result<HashMap<String, StoredRoute>> {
         let hosts: HashMap<String, super::identity::HostRecord> =
             self.store.hosts()?.into_iter().collect();
-        let generations: HashMap<String, u64> = self.store.generations()?.into_iter().collect();
         let mut routes = HashMap::new();
-        for (workload, placement) in self.store.assignments::<super::Placement>()? {
+        for (workload, placed) in assignments {
             let mut endpoints = Vec::new();
-            for (host, role) in placement {
-                if role != super::ReplicaRole::Primary {
-                    continue;
-                }
-                let Some(url) = hosts.get(&host).and_then(|r| r.url.clone()) else {
+            for host in placed {
+                let Some(url) = hosts.get(host).and_then(|r| r.url.clone()) else {
                     continue;
                 };
-                let Ok(identity) = roam_tls::Identity::host(&host) else {
+                let Ok(identity) = roam_tls::Identity::host(host) else {
                     continue;
                 };
                 let Ok(base) = self.transport.base(&identity, &url) else {
                     continue;
                 };
                 endpoints.push(Endpoint {
-                    name: host,
+                    name: host.clone(),
                     url,
                     base,
                     secret: String::new(),
                 });
             }
-            let generation = generations.get(&workload).copied().unwrap_or(0);
+            let generation = generations.get(workload).copied().unwrap_or(0);
             routes.insert(
-                workload,
+                workload.clone(),
                 StoredRoute {
                     hosts: endpoints,
                     generation,
@@ -176,6 +149,28 @@ impl Scheduler {
             );
         }
         Ok(routes)
+    }
+
+    /// Where every workload runs as this replica's memory has it (its
+    /// placements, the hosts that joined it, its generations): what a
+    /// leader that steps down routes with until it reads the store again.
+    pub(super) fn routes_from_memory(&self) -> HashMap<String, StoredRoute> {
+        let assignments = self
+            .assignments
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        assignments
+            .into_iter()
+            .map(|(workload, placed)| {
+                let hosts = placed
+                    .iter()
+                    .filter_map(|h| self.hosts.get(h).map(|e| e.endpoint(h)))
+                    .collect();
+                let generation = self.generation(&workload);
+                (workload, StoredRoute { hosts, generation })
+            })
+            .collect()
     }
 
     /// A live host where `workload` is known to run: its start was

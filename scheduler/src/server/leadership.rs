@@ -30,6 +30,8 @@ use roam_proto::reply::error;
 use roam_proto::{SchedulerInfo, SchedulerMember, SchedulersInfo, headers, paths};
 
 use super::Scheduler;
+use super::access::Access;
+use super::follower::Follow;
 use crate::store::{Election, Session};
 
 /// Leadership as this replica sees it.
@@ -86,6 +88,13 @@ impl Leadership {
             }
         }
         Some(term)
+    }
+
+    /// Whether this replica took the lead and has not stepped down (its
+    /// memory, not the store, is then the truth), whether or not its lease
+    /// still surely lives.
+    pub(super) fn leading_flag(&self) -> bool {
+        self.leading.load(Ordering::Acquire)
     }
 
     /// Whether this replica leads now.
@@ -195,6 +204,9 @@ impl Scheduler {
     /// declared dead before `heartbeat_timeout` after this), then open.
     fn take_over(&self, term: u64) {
         let l = &self.leadership;
+        // Not while a follower's read of the store is being applied: it
+        // would overwrite what this reload reads.
+        let _view = self.view_lock.lock().unwrap_or_else(|e| e.into_inner());
         self.store.fence(Some(term));
         if let Err(e) = self.reload() {
             tracing::error!(error = %e, "cannot load the cluster's state; giving the lead back");
@@ -224,6 +236,13 @@ impl Scheduler {
         let l = &self.leadership;
         l.leading.store(false, Ordering::Release);
         self.store.fence(None);
+        // The ingress routes on with what this replica knew as leader (its
+        // hosts no longer report here) until it reads the store again.
+        let routes = self.routes_from_memory();
+        *self
+            .stored_routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = routes;
         *l.leader.write().unwrap_or_else(|e| e.into_inner()) = None;
         let term = l.term.load(Ordering::Acquire);
         tracing::warn!(term, why, "this scheduler no longer leads");
@@ -312,10 +331,14 @@ fn local_route(path: &str) -> bool {
         || path == paths::scheduler::METRICS
 }
 
-/// In front of every route: a follower sends callers to the leader (`421`
-/// with its URL), except for the routes it answers itself.
+/// In front of every route (after routing): the leader answers; a
+/// follower answers its own routes, forwards operator calls to the leader
+/// (or answers reads of stored state from its copy when no leader
+/// answers) and sends hosts to the leader (`421` with its URL): see
+/// `follower.rs`.
 pub(super) async fn leader_only(
     State(s): State<Arc<Scheduler>>,
+    matched: Option<axum::extract::MatchedPath>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -332,12 +355,38 @@ pub(super) async fn leader_only(
         if !answer.status().is_server_error() || s.leadership.leads() {
             return answer;
         }
+        return misdirected(&s);
     }
-    misdirected(&s)
+    let Some(pattern) = matched.as_ref().map(|m| m.as_str()) else {
+        return misdirected(&s);
+    };
+    let method = request.method().clone();
+    let token_route = matches!(
+        s.access
+            .get(&(method.as_str().to_string(), pattern))
+            .or_else(|| s.access.get(&("*".to_string(), pattern))),
+        Some(Access::Viewer | Access::Operator | Access::Admin)
+    );
+    if !token_route {
+        return misdirected(&s);
+    }
+    let forwarded = request.headers().contains_key(headers::FORWARDED_BY);
+    let request = match s.follow(&method, pattern, forwarded) {
+        Follow::Misdirect => return misdirected(&s),
+        Follow::FromCache => request,
+        Follow::Forward(leader) => match s.forward(&leader, request).await {
+            Ok(answer) => return answer,
+            // The leader died a moment ago: a read of stored state is
+            // answered from this replica's copy.
+            Err(request) if super::follower::cached(&method, pattern) => request,
+            Err(_) => return misdirected(&s),
+        },
+    };
+    super::follower::from_cache(&s, next.run(request).await)
 }
 
 /// `421`, naming the leader if this replica knows it.
-fn misdirected(s: &Scheduler) -> Response {
+pub(super) fn misdirected(s: &Scheduler) -> Response {
     let leader = s.leadership.leader_url();
     let mut answer = error(
         StatusCode::MISDIRECTED_REQUEST,

@@ -12,7 +12,8 @@
 //! | `migrations.rs` | live migrations: start, pre-copy progress, the commit, its completion |
 //! | `recovery.rs` | migrations the scheduler is unsure of: ask the hosts, decide with `crate::verdict` |
 //! | `drain.rs` | `roam drain`: cordon, migrate everything off, fall back to a restart |
-//! | `leadership.rs` | several replicas on etcd: the election, the term that fences writes and host calls, followers' `421` |
+//! | `leadership.rs` | several replicas on etcd: the election, the term that fences writes and host calls |
+//! | `follower.rs` | a follower: its copy of the stored state (an etcd watch), calls forwarded to the leader, hosts sent there (`421`) |
 //!
 //! Desired state (workloads, tokens, cordons) lives in the [`Store`] and is
 //! committed before a change is acknowledged; workloads and cordons are also
@@ -45,6 +46,7 @@ use crate::store::Store;
 pub mod access;
 mod api;
 mod drain;
+mod follower;
 mod host_client;
 mod identity;
 mod ingress;
@@ -97,6 +99,8 @@ pub struct ServerConfig {
     /// The time to live of a replica's etcd lease: a leader that stops
     /// renewing it is replaced this long after its last renewal.
     pub leader_ttl: Duration,
+    /// Connections one client address may hold open at once.
+    pub max_connections_per_address: usize,
 }
 
 impl ServerConfig {
@@ -117,6 +121,7 @@ impl ServerConfig {
             advertise: None,
             replica: None,
             leader_ttl: Duration::from_secs(3),
+            max_connections_per_address: 512,
         }
     }
 }
@@ -222,6 +227,11 @@ struct Scheduler {
     /// Routes read from a shared store, by workload: how a follower (and a
     /// leader whose hosts have not reported yet) serves the ingress.
     stored_routes: RwLock<HashMap<String, ingress::StoredRoute>>,
+    /// Held while a follower applies what it read from the store, and
+    /// while a replica takes the lead (`follower.rs`).
+    view_lock: Mutex<()>,
+    /// How a follower reaches the leader (`follower.rs`).
+    leader_http: reqwest::Client,
 }
 
 /// What a replica is to its workload.
@@ -272,6 +282,15 @@ fn placement_record(
         );
     }
     placement
+}
+
+/// The stored state every replica keeps in memory.
+struct View {
+    tokens: HashMap<String, TokenRecord>,
+    assignments: BTreeMap<String, BTreeSet<String>>,
+    standbys: BTreeMap<String, BTreeMap<String, StandbyPair>>,
+    desired: Desired,
+    generations: HashMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -366,9 +385,13 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         None => None,
     };
     let mut serve_options = roam_tls::ServeOptions::new(server_tls);
+    serve_options.max_connections_per_ip = config.max_connections_per_address.max(1);
     if let Some(t) = &tls {
         serve_options.revoked = t.revoked.clone();
     }
+    // No overall timeout: the event stream a follower passes on is long.
+    let leader_http =
+        transport.client(reqwest::Client::builder().connect_timeout(follower::CONNECT_TIMEOUT))?;
     let scheduler = Arc::new(Scheduler {
         tls,
         store,
@@ -400,6 +423,8 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         standbys: Mutex::new(BTreeMap::new()),
         standby_sent: Mutex::new(HashMap::new()),
         stored_routes: RwLock::new(HashMap::new()),
+        view_lock: Mutex::new(()),
+        leader_http,
         config,
     });
     if scheduler.leadership.leads() {
@@ -412,14 +437,14 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || s.first_campaign()).await?;
     }
     tokio::spawn(scheduler.clone().leadership_loop());
-    tokio::spawn(scheduler.clone().routes_loop());
+    tokio::spawn(scheduler.clone().view_loop());
     tokio::spawn(scheduler.clone().reconcile_loop());
     tokio::spawn(scheduler.clone().renew_own_loop());
     tokio::spawn(scheduler.clone().revocations_loop());
     // Every route from the access table, its rule checked before any body
     // is read; a follower sends callers to the leader first.
     let app = access::router(&scheduler)
-        .layer(axum::middleware::from_fn_with_state(
+        .route_layer(axum::middleware::from_fn_with_state(
             scheduler.clone(),
             leadership::leader_only,
         ))
@@ -485,6 +510,40 @@ impl Scheduler {
     /// this replica takes the lead, and forget the hosts (they report
     /// again).
     fn reload(&self) -> anyhow::Result<()> {
+        let view = self.read_view()?;
+        self.apply_view(view);
+        self.hosts.clear();
+        for set in [&self.down, &self.busy] {
+            set.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+        self.confirmed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.moving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.standby_sent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.migrations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.load_migrations()?;
+        self.load_revoked()?;
+        *self.started.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        Ok(())
+    }
+
+    /// The stored state a follower keeps a copy of, read from the store.
+    fn read_view(&self) -> anyhow::Result<View> {
         let tokens: HashMap<String, TokenRecord> =
             self.store.tokens::<TokenRecord>()?.into_iter().collect();
         // Exactly the recorded placements: what hosts report is checked
@@ -518,41 +577,23 @@ impl Scheduler {
             cordoned: self.store.cordoned()?.into_iter().collect(),
             draining: self.store.draining()?.into_iter().collect(),
         };
-        let generations = self.store.generations()?;
-        *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = tokens;
-        *self.assignments.lock().unwrap_or_else(|e| e.into_inner()) = assignments;
-        *self.standbys.lock().unwrap_or_else(|e| e.into_inner()) = standbys;
-        *self.desired.write().unwrap_or_else(|e| e.into_inner()) = desired;
-        *self.generations.lock().unwrap_or_else(|e| e.into_inner()) =
-            generations.into_iter().collect();
-        self.hosts.clear();
-        for set in [&self.down, &self.busy] {
-            set.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        }
-        self.confirmed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        self.moving
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        self.standby_sent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        self.migrations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        self.load_migrations()?;
-        self.load_revoked()?;
-        *self.started.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-        Ok(())
+        let generations = self.store.generations()?.into_iter().collect();
+        Ok(View {
+            tokens,
+            assignments,
+            standbys,
+            desired,
+            generations,
+        })
+    }
+
+    /// Put what [`Scheduler::read_view`] read in memory.
+    fn apply_view(&self, view: View) {
+        *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = view.tokens;
+        *self.assignments.lock().unwrap_or_else(|e| e.into_inner()) = view.assignments;
+        *self.standbys.lock().unwrap_or_else(|e| e.into_inner()) = view.standbys;
+        *self.desired.write().unwrap_or_else(|e| e.into_inner()) = view.desired;
+        *self.generations.lock().unwrap_or_else(|e| e.into_inner()) = view.generations;
     }
 
     /// How long ago this replica started, or last took the lead.

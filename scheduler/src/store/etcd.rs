@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, Permission,
-    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, UserAddOptions,
+    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, UserAddOptions, WatchOptions,
 };
 
 use super::{Backend, Expect, StoreError, Table, Write, err};
@@ -258,6 +258,19 @@ impl Etcd {
         block(runtime, async move {
             members.call(idempotent, op).await.map_err(etcd_err)
         })
+    }
+
+    /// A counter raised whenever a key of `tables` changes (and once each
+    /// time the watch is (re)established, since changes may have been
+    /// missed meanwhile): an etcd watch on each table's prefix, on this
+    /// store's runtime, moving to another member when its stream breaks.
+    /// It ends when every receiver is gone.
+    pub(super) fn watch(&self, tables: &[Table]) -> Option<tokio::sync::watch::Receiver<u64>> {
+        let runtime = self.runtime.as_ref()?;
+        let (tx, rx) = tokio::sync::watch::channel(0u64);
+        let prefixes: Vec<String> = tables.iter().map(|t| self.table_prefix(*t)).collect();
+        runtime.spawn(watch_loop(self.members.clone(), prefixes, tx));
+        Some(rx)
     }
 
     /// Turn on etcd's own auth (as a client whose certificate names the
@@ -614,6 +627,67 @@ async fn keep_alive(members: Arc<Members>, session: Arc<Session>, ttl: Duration)
 }
 
 /// The leader key from the else branch of a campaign or fenced commit.
+/// See [`Etcd::watch`].
+async fn watch_loop(
+    members: Arc<Members>,
+    prefixes: Vec<String>,
+    changed: tokio::sync::watch::Sender<u64>,
+) {
+    let mut pause = Duration::from_millis(100);
+    while !changed.is_closed() {
+        let opened = members
+            .call(true, |mut c| {
+                let prefixes = prefixes.clone();
+                async move {
+                    let options = || Some(WatchOptions::new().with_prefix());
+                    let mut prefixes = prefixes.into_iter();
+                    let first = prefixes.next().unwrap_or_default();
+                    let mut stream = c.watch(first, options()).await?;
+                    for p in prefixes {
+                        stream.watch(p, options()).await?;
+                    }
+                    Ok(stream)
+                }
+            })
+            .await;
+        match opened {
+            Ok(mut stream) => {
+                pause = Duration::from_millis(100);
+                // Whatever changed before the watch began.
+                changed.send_modify(|n| *n += 1);
+                loop {
+                    let message = tokio::select! {
+                        m = stream.message() => m,
+                        () = changed.closed() => return,
+                    };
+                    match message {
+                        Ok(Some(r)) if r.canceled() => {
+                            tracing::debug!(reason = r.cancel_reason(), "etcd watch cancelled");
+                            break;
+                        }
+                        Ok(Some(r)) => {
+                            if !r.events().is_empty() {
+                                changed.send_modify(|n| *n += 1);
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "etcd watch broke");
+                            break;
+                        }
+                    }
+                }
+                // Another member next time.
+                members
+                    .failed(members.current.load(Ordering::Acquire) % members.clients.len().max(1));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot watch etcd; trying again"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
 fn holder(responses: &[TxnOpResponse]) -> Option<Holder> {
     responses.iter().find_map(|r| match r {
         TxnOpResponse::Get(g) => g.kvs().first().map(Holder::of),

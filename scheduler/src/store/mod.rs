@@ -440,6 +440,19 @@ impl Store {
         ])
     }
 
+    /// With a shared store: a counter raised whenever another replica may
+    /// have changed what a follower shows (workloads, tokens, cordons,
+    /// drains, migrations, generations, placements, host records,
+    /// revocations), from an etcd watch. `None` with the embedded store,
+    /// where this scheduler is the only writer.
+    pub fn watch(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        let tables: Vec<Table> = Table::ALL
+            .into_iter()
+            .filter(|t| !matches!(t, Table::Modules | Table::Cluster))
+            .collect();
+        self.shared.as_ref()?.watch(&tables)
+    }
+
     /// Whether several schedulers share this store.
     pub fn shared(&self) -> bool {
         self.shared.is_some()
