@@ -324,7 +324,14 @@ pub(super) async fn deploy(State(s): State<Arc<Scheduler>>, body: Bytes) -> Resp
             );
         }
     }
-    match s.put_spec(&spec) {
+    // The store's commit off the async workers (an etcd transaction
+    // waits for a quorum's fsync): deploys commit side by side.
+    let put = {
+        let (s, spec) = (s.clone(), spec.clone());
+        tokio::task::spawn_blocking(move || s.put_spec(&spec)).await
+    };
+    let put = put.unwrap_or_else(|e| Err(crate::store::StoreError::from_join(e)));
+    match put {
         Ok(()) => {
             s.event(
                 "workload_deployed",
@@ -407,7 +414,11 @@ pub(super) async fn delete_workload(
     State(s): State<Arc<Scheduler>>,
     Path(name): Path<String>,
 ) -> Response {
-    match s.delete_spec(&name) {
+    let deleted = {
+        let (s, name) = (s.clone(), name.clone());
+        tokio::task::spawn_blocking(move || s.delete_spec(&name)).await
+    };
+    match deleted.unwrap_or_else(|e| Err(crate::store::StoreError::from_join(e))) {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => error(StatusCode::NOT_FOUND, format!("no workload `{name}`")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

@@ -232,7 +232,12 @@ struct Scheduler {
     view_lock: Mutex<()>,
     /// How a follower reaches the leader (`follower.rs`).
     leader_http: reqwest::Client,
+    /// See [`Scheduler::spec_lock`].
+    spec_locks: [Mutex<()>; SPEC_LOCKS],
 }
+
+/// Locks spec changes take, by workload name.
+const SPEC_LOCKS: usize = 64;
 
 /// What a replica is to its workload.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -425,6 +430,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         stored_routes: RwLock::new(HashMap::new()),
         view_lock: Mutex::new(()),
         leader_http,
+        spec_locks: std::array::from_fn(|_| Mutex::new(())),
         config,
     });
     if scheduler.leadership.leads() {
@@ -757,6 +763,9 @@ impl Scheduler {
 
     /// Create or replace a workload: in the store, then in memory.
     fn put_spec(&self, spec: &WorkloadSpec) -> Result<(), crate::store::StoreError> {
+        // Two changes of one workload one after the other, so memory ends
+        // as the store does; changes of different workloads side by side.
+        let _one = self.spec_lock(&spec.name);
         self.store.put_workload(&spec.name, spec)?;
         self.desired
             .write()
@@ -769,6 +778,7 @@ impl Scheduler {
 
     /// Delete a workload; `true` if it existed.
     fn delete_spec(&self, name: &str) -> Result<bool, crate::store::StoreError> {
+        let _one = self.spec_lock(name);
         let existed = self.store.delete_workload(name)?;
         self.desired
             .write()
@@ -777,6 +787,16 @@ impl Scheduler {
             .remove(name);
         self.touch();
         Ok(existed)
+    }
+
+    /// The lock changes of workload `name`'s spec take (one of
+    /// [`SPEC_LOCKS`], by the name's hash).
+    fn spec_lock(&self, name: &str) -> std::sync::MutexGuard<'_, ()> {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(name);
+        let i = (hash % SPEC_LOCKS as u64) as usize;
+        self.spec_locks[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Cordon or uncordon a host: in the store, then in memory.

@@ -253,9 +253,14 @@ impl Scheduler {
                 _ => true,
             })
             .collect();
+        // By name: a start looks its spec up among tens of thousands.
+        let by_name: HashMap<&str, &WorkloadSpec> =
+            specs.iter().map(|s| (s.name.as_str(), s)).collect();
         for group in [stops, starts] {
             futures_util::stream::iter(group)
-                .for_each_concurrent(COMMANDS_IN_FLIGHT, |command| self.perform(command, &specs))
+                .for_each_concurrent(COMMANDS_IN_FLIGHT, |command| {
+                    self.perform(command, &by_name)
+                })
                 .await;
         }
         self.maintain_standbys(&specs, &frozen).await;
@@ -264,11 +269,11 @@ impl Scheduler {
         }
     }
 
-    async fn perform(self: &Arc<Self>, command: Command, specs: &[WorkloadSpec]) {
+    async fn perform(self: &Arc<Self>, command: Command, specs: &HashMap<&str, &WorkloadSpec>) {
         match command {
             Command::Start { workload, host } => {
                 // Its placement is recorded already (`assign_many`).
-                let Some(spec) = specs.iter().find(|s| s.name == workload) else {
+                let Some(spec) = specs.get(workload.as_str()).copied() else {
                     return;
                 };
                 if let Err(e) = self.start_on(&host, spec).await {

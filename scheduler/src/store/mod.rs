@@ -136,6 +136,9 @@ pub(crate) trait Backend: Send + Sync {
     fn set_fence(&self, _term: Option<u64>) {}
 }
 
+/// Transactions [`Store::put_assignments`] keeps in flight at once.
+const COMMITS_IN_FLIGHT: usize = 8;
+
 /// A store operation failed.
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("state store: {message}")]
@@ -150,6 +153,11 @@ impl StoreError {
             message: message.into(),
             not_leader: true,
         }
+    }
+
+    /// A store call that could not finish (its task failed).
+    pub fn from_join(e: tokio::task::JoinError) -> StoreError {
+        err(format!("the store call failed: {e}"))
     }
 
     /// The write was refused because this scheduler no longer leads (or
@@ -600,16 +608,22 @@ impl Store {
     }
 
     /// Record many placements ([`Store::put_assignment`] each), in as few
-    /// commits as the backend allows (etcd: 128 writes per transaction).
-    /// Each commit is all or nothing; the answer says, per placement in
-    /// order, whether it was recorded.
-    pub fn put_assignments<T: Serialize>(
+    /// commits as the backend allows: one with the embedded store; with
+    /// etcd, transactions of 128 writes (its limit), several in flight at
+    /// once. Each commit is all or nothing; the answer says, per placement
+    /// in order, whether it was recorded.
+    pub fn put_assignments<T: Serialize + Sync>(
         &self,
         placements: &[(String, Option<T>)],
     ) -> Vec<Result<(), StoreError>> {
-        let mut out = Vec::with_capacity(placements.len());
-        for chunk in placements.chunks(etcd::MAX_TXN_OPS) {
-            let writes: Result<Vec<Write>, StoreError> = chunk
+        let size = if self.shared() {
+            etcd::MAX_TXN_OPS
+        } else {
+            placements.len().max(1)
+        };
+        let chunks: Vec<&[(String, Option<T>)]> = placements.chunks(size).collect();
+        let commit = |chunk: &[(String, Option<T>)]| -> Result<(), StoreError> {
+            let writes = chunk
                 .iter()
                 .map(|(workload, placement)| {
                     Ok(match placement {
@@ -617,9 +631,43 @@ impl Store {
                         None => Write::Delete(Table::Assignments, workload.clone()),
                     })
                 })
-                .collect();
-            let done = writes.and_then(|w| self.write(&w));
-            out.extend(chunk.iter().map(|_| done.clone()));
+                .collect::<Result<Vec<Write>, StoreError>>()?;
+            self.write(&writes)
+        };
+        let done: Vec<Result<(), StoreError>> = if chunks.len() > 1 {
+            // etcd commits transactions in flight together (one fsync for
+            // several): a few threads, each taking the next chunk.
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let slots: Vec<std::sync::Mutex<Option<Result<(), StoreError>>>> =
+                chunks.iter().map(|_| std::sync::Mutex::new(None)).collect();
+            std::thread::scope(|scope| {
+                for _ in 0..COMMITS_IN_FLIGHT.min(chunks.len()) {
+                    scope.spawn(|| {
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(chunk) = chunks.get(i) else { break };
+                            let result = commit(chunk);
+                            if let Some(slot) = slots.get(i) {
+                                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+                            }
+                        }
+                    });
+                }
+            });
+            slots
+                .into_iter()
+                .map(|s| {
+                    s.into_inner()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .unwrap_or_else(|| Err(err("a commit did not run")))
+                })
+                .collect()
+        } else {
+            chunks.iter().map(|c| commit(c)).collect()
+        };
+        let mut out = Vec::with_capacity(placements.len());
+        for (chunk, result) in chunks.iter().zip(done) {
+            out.extend(chunk.iter().map(|_| result.clone()));
         }
         out
     }
@@ -1138,6 +1186,18 @@ mod tests {
         let placed: Vec<(String, Value)> = store.assignments().unwrap();
         assert_eq!(placed, vec![("w".into(), json!({"h2": "primary"}))]);
         store.put_assignment::<Value>("w", None).unwrap();
+        assert!(store.assignments::<Value>().unwrap().is_empty());
+        // Many placements at once (more than etcd takes in one
+        // transaction): every one recorded, then every one removed.
+        let many: Vec<(String, Option<Value>)> = (0..300)
+            .map(|i| (format!("w{i:03}"), Some(json!({ "h": i }))))
+            .collect();
+        assert!(store.put_assignments(&many).iter().all(Result::is_ok));
+        let placed: Vec<(String, Value)> = store.assignments().unwrap();
+        assert_eq!(placed.len(), 300);
+        assert_eq!(placed[299], ("w299".to_string(), json!({ "h": 299 })));
+        let none: Vec<(String, Option<Value>)> = many.into_iter().map(|(w, _)| (w, None)).collect();
+        assert!(store.put_assignments(&none).iter().all(Result::is_ok));
         assert!(store.assignments::<Value>().unwrap().is_empty());
         assert_eq!(store.migrations::<Value>().unwrap().len(), 1);
         assert!(store.delete_migration("m1").unwrap());
