@@ -28,18 +28,7 @@ fn a_scheduler_on_etcd_keeps_its_state_there_across_a_restart() {
         "no embedded store beside etcd"
     );
     // What etcd itself holds, as its own client lists it.
-    let out = std::process::Command::new("etcdctl")
-        .args([
-            "--endpoints",
-            &etcd.url(),
-            "get",
-            "--prefix",
-            "--keys-only",
-            "/roam/",
-        ])
-        .env("ETCDCTL_API", "3")
-        .output()
-        .expect("etcdctl (Debian `etcd-client`)");
+    let out = etcdctl(&etcd.url(), &["get", "--prefix", "--keys-only", "/roam/"]);
     let keys = String::from_utf8_lossy(&out.stdout);
     for key in ["/roam/workloads/counter", "/roam/assignments/counter"] {
         assert!(keys.lines().any(|k| k == key), "{key} not in etcd: {keys}");
@@ -366,15 +355,7 @@ fn a_leader_paused_past_its_lease_is_deposed_and_follows_when_it_resumes() {
     // etcd's revision before the old leader resumes: its history from
     // there on is what the old leader could have written.
     let etcd = r.etcd.urls();
-    let etcdctl = |args: &[&str]| {
-        std::process::Command::new("etcdctl")
-            .args(["--endpoints", &etcd])
-            .args(args)
-            .env("ETCDCTL_API", "3")
-            .output()
-            .expect("etcdctl (Debian `etcd-client`)")
-    };
-    let status = etcdctl(&["get", "/roam/leader", "-w", "json"]);
+    let status = etcdctl(&etcd, &["get", "/roam/leader", "-w", "json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     let resumed_at = status["header"]["revision"].as_i64().unwrap();
     assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
@@ -404,21 +385,9 @@ fn a_leader_paused_past_its_lease_is_deposed_and_follows_when_it_resumes() {
     // None of its writes landed: since it resumed, etcd's history holds
     // nothing but replicas' membership records (on their leases, no
     // leader's write). Every event from that revision on, read with a
-    // watch that `timeout` ends.
-    let history = std::process::Command::new("timeout")
-        .args([
-            "3",
-            "etcdctl",
-            "--endpoints",
-            &etcd,
-            "watch",
-            "--prefix",
-            "/roam/",
-        ])
-        .arg(format!("--rev={}", resumed_at + 1))
-        .env("ETCDCTL_API", "3")
-        .output()
-        .unwrap();
+    // watch (which `etcdctl` ends after a while).
+    let from = format!("--rev={}", resumed_at + 1);
+    let history = etcdctl(&etcd, &["watch", "--prefix", "/roam/", &from]);
     let history = String::from_utf8_lossy(&history.stdout);
     let lines: Vec<&str> = history.lines().collect();
     let written: Vec<&str> = lines
@@ -642,11 +611,7 @@ fn a_leader_whose_key_is_deleted_steps_down_and_a_new_term_begins() {
     };
     let first = term(&r).unwrap();
     let etcd = r.etcd.urls();
-    let out = std::process::Command::new("etcdctl")
-        .args(["--endpoints", &etcd, "del", "/roam/leader"])
-        .env("ETCDCTL_API", "3")
-        .output()
-        .expect("etcdctl (Debian `etcd-client`)");
+    let out = etcdctl(&etcd, &["del", "/roam/leader"]);
     assert!(out.status.success(), "{out:?}");
     // Whoever leads next does so in a newer term, and writes go through.
     poll(Duration::from_secs(30), "a newer term", || {
@@ -730,4 +695,16 @@ fn a_drain_the_leader_dies_in_goes_on_under_the_next_leader() {
         .find(|n| n["name"] == "eu-1")
         .unwrap();
     assert_eq!(eu1["status"], "cordoned", "{eu1}");
+}
+
+/// `etcdctl` (Debian `etcd-client`) against `endpoints`, run to its end;
+/// under `timeout 3`, which ends a `watch` once it has printed the
+/// history asked for.
+fn etcdctl(endpoints: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("timeout")
+        .args(["3", "etcdctl", "--endpoints", endpoints])
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .output()
+        .expect("etcdctl (Debian `etcd-client`)")
 }

@@ -245,13 +245,7 @@ async fn authorize(
     let Some(matched) = matched else {
         return next.run(request).await;
     };
-    let method = request.method().as_str().to_string();
-    let access = s
-        .access
-        .get(&(method, matched.as_str()))
-        .or_else(|| s.access.get(&("*".to_string(), matched.as_str())))
-        .copied();
-    let needed = match access {
+    let needed = match s.rule(request.method(), matched.as_str()) {
         None => {
             return error(
                 StatusCode::FORBIDDEN,
@@ -312,6 +306,15 @@ async fn authorize(
 }
 
 impl Scheduler {
+    /// The rule of route `pattern` for `method` (or for every method).
+    pub(super) fn rule(&self, method: &axum::http::Method, pattern: &str) -> Option<Access> {
+        let key = |m: &str| (m.to_string(), pattern);
+        self.access
+            .get(&key(method.as_str()))
+            .or_else(|| self.access.get(&key("*")))
+            .copied()
+    }
+
     /// Whether a caller with (`peer`) or without a host certificate holds
     /// a host's credential: over TLS the certificate, in plaintext a join
     /// token.

@@ -362,9 +362,7 @@ pub(super) async fn leader_only(
     };
     let method = request.method().clone();
     let token_route = matches!(
-        s.access
-            .get(&(method.as_str().to_string(), pattern))
-            .or_else(|| s.access.get(&("*".to_string(), pattern))),
+        s.rule(&method, pattern),
         Some(Access::Viewer | Access::Operator | Access::Admin)
     );
     if !token_route {
