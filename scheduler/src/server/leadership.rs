@@ -117,6 +117,13 @@ impl Leadership {
         if let Some(s) = slot.as_ref().filter(|s| s.alive()) {
             return Some(s.clone());
         }
+        // Past its end by this replica's clock, but still being renewed
+        // (etcd electing a new raft leader, a member gone): if etcd kept
+        // it, the leader key on it is still this replica's, and nobody
+        // else can lead meanwhile; wait for it rather than take another.
+        if slot.as_ref().is_some_and(|s| !s.given_up()) {
+            return None;
+        }
         let started = election.start_session(self.ttl).and_then(|s| {
             let me = serde_json::to_vec(&self.me).unwrap_or_default();
             election.register(&s, &self.me.id, me)?;

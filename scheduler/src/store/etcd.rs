@@ -29,6 +29,12 @@ use super::{Backend, Expect, StoreError, Table, Write, err};
 /// is one transaction).
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long one attempt on one member may take before an idempotent call
+/// tries the next one: a member that lost its peers (or is being killed)
+/// can hold a request far longer, and the whole call has only
+/// [`CALL_TIMEOUT`].
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
+
 /// Keys read per range request when listing a table.
 const PAGE: i64 = 1000;
 
@@ -74,9 +80,26 @@ impl Members {
             let Some(client) = self.clients.get(i) else {
                 return Err(etcd_client::Error::InvalidArgs("no etcd member".into()));
             };
-            match op(client.clone()).await {
+            // A call that cannot be repeated has the whole budget on its
+            // member: cutting it short would leave its outcome unknown.
+            let budget = if idempotent {
+                ATTEMPT_TIMEOUT
+            } else {
+                CALL_TIMEOUT
+            };
+            let answer = match tokio::time::timeout(budget, op(client.clone())).await {
+                Ok(answer) => answer,
+                Err(_) => Err(etcd_client::Error::IoError(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "etcd member {i} did not answer within {} ms",
+                        budget.as_millis()
+                    ),
+                ))),
+            };
+            match answer {
                 Err(e) if (idempotent || never_sent(&e)) && attempt < 3 * n => {
-                    tracing::debug!(error = %e, member = i, "etcd call failed; trying the next member");
+                    tracing::info!(error = %e, member = i, "etcd call failed; trying the next member");
                     self.failed(i);
                     attempt += 1;
                     if attempt % n == 0 {
@@ -116,6 +139,12 @@ impl Session {
             && Instant::now() < *self.valid_until.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether this replica gave it up (or etcd said it ended): never
+    /// renewed again, and the replica takes a new one.
+    pub fn given_up(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
+
     /// Until when it surely lives.
     pub fn valid_until(&self) -> Instant {
         *self.valid_until.lock().unwrap_or_else(|e| e.into_inner())
@@ -124,6 +153,9 @@ impl Session {
     fn renewed(&self, sent: Instant, ttl: i64) {
         let ttl = Duration::from_secs(u64::try_from(ttl).unwrap_or(0));
         let mut until = self.valid_until.lock().unwrap_or_else(|e| e.into_inner());
+        // Also after it may have ended by this replica's clock: an answer
+        // with a TTL proves the lease never ended in etcd (no other replica
+        // could take the leader key meanwhile), so the same term may go on.
         *until = (*until).max(sent + ttl);
     }
 
@@ -328,7 +360,29 @@ impl Etcd {
             session.clone(),
             Duration::from_secs(u64::try_from(granted.1.max(1)).unwrap_or(1)),
         ));
-        *self.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(session.clone());
+        let previous = self
+            .session
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(session.clone());
+        // The session this one replaces is given up for good: never renewed
+        // again (a late renewal would keep its keys, the leader key among
+        // them, alive on a lease no replica campaigns with), and revoked so
+        // that its keys go now.
+        if let Some(old) = previous.filter(|old| old.id != session.id) {
+            old.lose();
+            let (members, id) = (self.members.clone(), old.id);
+            runtime.spawn(async move {
+                let revoked = tokio::time::timeout(
+                    CALL_TIMEOUT,
+                    members.call(true, move |c| async move {
+                        c.lease_client().revoke(id).await.map(drop)
+                    }),
+                )
+                .await;
+                tracing::debug!(lease = id, ?revoked, "gave up an earlier etcd lease");
+            });
+        }
         Ok(session)
     }
 
@@ -380,7 +434,9 @@ impl Etcd {
     ) -> Result<Result<i64, Option<Holder>>, StoreError> {
         let key = self.leader_key();
         let lease = session.id;
-        let r = self.call(false, move |c| {
+        // Repeatable: a retry of a put that landed finds the key on this
+        // replica's own lease, which is a win.
+        let r = self.call(true, move |c| {
             let txn = Txn::new()
                 .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(
@@ -583,7 +639,10 @@ async fn keep_alive(members: Arc<Members>, session: Arc<Session>, ttl: Duration)
     let every = ttl / 3;
     let n = members.clients.len().max(1);
     'stream: loop {
-        if !session.alive() {
+        // Members fail, and etcd elects a new raft leader meanwhile (it
+        // extends every lease when it does): renewals go on for a TTL past
+        // this replica's own reckoning of the end, then it gives up.
+        if session.given_up() || Instant::now() > session.valid_until() + ttl {
             session.lose();
             return;
         }
@@ -601,6 +660,9 @@ async fn keep_alive(members: Arc<Members>, session: Arc<Session>, ttl: Duration)
             }
         };
         loop {
+            if session.given_up() {
+                return;
+            }
             let sent = Instant::now();
             if keeper.keep_alive().await.is_err() {
                 members.failed(i);
