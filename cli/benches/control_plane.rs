@@ -373,15 +373,16 @@ fn fleet_row(store: &str, f: &Figures, base: Option<&Figures>) {
             String::new()
         }
     };
-    let (pr, rr) = match base {
+    let (pr, rr, ar) = match base {
         Some(b) => (
             ratio(b.placements.unwrap_or(0.0), placed),
             ratio(spread, b.replaced.map_or(0.0, |r| r.1)),
+            ratio(after, b.replaced.map_or(0.0, |r| r.2)),
         ),
-        None => (String::new(), String::new()),
+        None => (String::new(), String::new(), String::new()),
     };
     println!(
-        "| {store} | {placed:.0}/s{pr} | {lost} workloads, first to last restart {spread:.2} s{rr}, last {after:.2} s after the timeout |"
+        "| {store} | {placed:.0}/s{pr} | {lost} workloads, first to last restart {spread:.2} s{rr}, last {after:.2} s after detection{ar} |"
     );
 }
 
@@ -389,14 +390,61 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    // `control_plane-... --bench [PART]`: only the parts whose name
+    // contains PART (failover, first-response, fleet, ingest).
+    let only: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let wanted = |part: &str| only.as_deref().is_none_or(|o| part.contains(o));
     let rounds = if quick() { 3 } else { 10 };
     let (hosts, workloads) = if quick() {
         (1_000, 2_000)
     } else {
         (10_000, 20_000)
     };
+    let etcd = EtcdCluster::start(3);
+    let store = format!("etcd={}", etcd.urls());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    if wanted("failover") {
+        failover_table(rounds);
+    }
+    if wanted("first-response") {
+        first_response_table(&store);
+    }
+    let mut redb_cpu = None;
+    if wanted("fleet") {
+        let fleet_redb = rt.block_on(measure(hosts, workloads, &[], 0));
+        let fleet_etcd = rt.block_on(measure(
+            hosts,
+            workloads,
+            &["--store", &store, "--etcd-prefix", "/fleet"],
+            0,
+        ));
+        println!(
+            "{hosts} simulated hosts, {workloads} workloads on 200 of them, then 100 of those dead at once (heartbeat timeout 10 s):"
+        );
+        println!();
+        println!("| store | placements | re-placing what 100 dead hosts held |");
+        println!("|---|---|---|");
+        fleet_row("redb (embedded)", &fleet_redb, None);
+        fleet_row("etcd (three members)", &fleet_etcd, Some(&fleet_redb));
+        println!();
+        redb_cpu = Some((fleet_redb.beats, fleet_redb.cpu));
+    }
+    if wanted("ingest") {
+        let (redb_beats, redb_cpu) = match redb_cpu {
+            Some(b) => b,
+            None => {
+                let f = rt.block_on(measure(hosts, 0, &[], 0));
+                (f.beats, f.cpu)
+            }
+        };
+        ingest_table(&rt, hosts, &store, redb_beats, redb_cpu);
+    }
+}
 
-    // 1. Leader failover.
+fn failover_table(rounds: usize) {
     let (to_leader, to_serving, sent, failed) = failover(rounds);
     println!(
         "Leader failover, lease TTL {TTL_SECS} s, {rounds} kills of the leader (three replicas, an etcd of three members, one host):"
@@ -423,13 +471,12 @@ fn main() {
     println!();
     println!("Ingress through a follower meanwhile: {sent} requests, {failed} failed.");
     println!();
+}
 
-    // 2. etcd beside redb.
-    let etcd = EtcdCluster::start(3);
-    let store = format!("etcd={}", etcd.urls());
+fn first_response_table(store: &str) {
     let n = if quick() { 5 } else { 20 };
     let redb = deploy_to_first_response(&[], n);
-    let on_etcd = deploy_to_first_response(&["--store", &store, "--etcd-prefix", "/first"], n);
+    let on_etcd = deploy_to_first_response(&["--store", store, "--etcd-prefix", "/first"], n);
     println!("Deploy to first response, {n} deploys one after another (one scheduler, one host):");
     println!();
     println!("| store | p50 | p99 |");
@@ -446,32 +493,20 @@ fn main() {
         p(&on_etcd, 0.99) * 1e3
     );
     println!();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let fleet_redb = rt.block_on(measure(hosts, workloads, &[], 0));
-    let fleet_etcd = rt.block_on(measure(
-        hosts,
-        workloads,
-        &["--store", &store, "--etcd-prefix", "/fleet"],
-        0,
-    ));
-    println!(
-        "{hosts} simulated hosts, {workloads} workloads on 200 of them, then 100 of those dead at once (heartbeat timeout 10 s):"
-    );
-    println!();
-    println!("| store | placements | re-placing what 100 dead hosts held |");
-    println!("|---|---|---|");
-    fleet_row("redb (embedded)", &fleet_redb, None);
-    fleet_row("etcd (three members)", &fleet_etcd, Some(&fleet_redb));
-    println!();
+}
 
+fn ingest_table(
+    rt: &tokio::runtime::Runtime,
+    hosts: usize,
+    store: &str,
+    redb_beats: f64,
+    redb_cpu: f64,
+) {
     // 3. Heartbeat ingest with three replicas.
     let three = rt.block_on(measure(
         hosts,
         0,
-        &["--store", &store, "--etcd-prefix", "/beats"],
+        &["--store", store, "--etcd-prefix", "/beats"],
         2,
     ));
     println!("Heartbeat ingest, {hosts} hosts beating once a second:");
@@ -482,14 +517,14 @@ fn main() {
     println!("|---|---|---|---|");
     println!(
         "| one scheduler, redb | {:.0} | {:.1}% | - |",
-        fleet_redb.beats,
-        fleet_redb.cpu * 100.0
+        redb_beats,
+        redb_cpu * 100.0
     );
     println!(
         "| three replicas, etcd | {:.0} | {:.1}% ({:.2}×) | {} |",
         three.beats,
         three.cpu * 100.0,
-        three.cpu / fleet_redb.cpu,
+        three.cpu / redb_cpu,
         three
             .follower_cpu
             .iter()

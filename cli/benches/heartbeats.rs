@@ -94,7 +94,7 @@ fn main() {
         };
         let replaced = match f.replaced {
             Some((lost, spread, after)) => format!(
-                "{lost} workloads, first to last restart {spread:.2} s, last {after:.2} s after the timeout"
+                "{lost} workloads, first to last restart {spread:.2} s, last {after:.2} s after detection"
             ),
             None => "-".into(),
         };

@@ -61,7 +61,8 @@ pub struct Figures {
     /// start call.
     pub placements: Option<f64>,
     /// (workloads lost with 100 hosts, seconds from the first restart to the
-    /// last, seconds from the heartbeat timeout to the last restart).
+    /// last, seconds from the scheduler's first `host_down` event to the
+    /// last restart).
     pub replaced: Option<(usize, f64, f64)>,
 }
 
@@ -245,6 +246,30 @@ pub async fn measure(n: usize, workloads: usize, extra: &[&str], followers: usiz
             .filter(|(h, _, _)| *h < 100)
             .map(|(_, w, _)| w.clone())
             .collect();
+        // The scheduler's own detection: the first `host_down` it
+        // announces on its event stream.
+        let detected_at = Arc::new(std::sync::Mutex::new(None::<Instant>));
+        let mut events = http
+            .get(format!("{url}/v1/events"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert!(events.status().is_success(), "events: {}", events.status());
+        let watcher = {
+            let detected_at = detected_at.clone();
+            tokio::spawn(async move {
+                let mut tail = Vec::new();
+                while let Ok(Some(chunk)) = events.chunk().await {
+                    tail.extend_from_slice(&chunk);
+                    if tail.windows(9).any(|w| w == b"host_down") {
+                        *detected_at.lock().unwrap() = Some(Instant::now());
+                        return;
+                    }
+                    tail.drain(..tail.len().saturating_sub(8));
+                }
+            })
+        };
         let killed_at = Instant::now();
         for b in beats.iter().take(100) {
             b.abort();
@@ -261,10 +286,11 @@ pub async fn measure(n: usize, workloads: usize, extra: &[&str], followers: usiz
             if times.len() >= lost.len() {
                 let first = times.iter().min().copied().unwrap_or(killed_at);
                 let last = times.iter().max().copied().unwrap_or(killed_at);
-                // The scheduler declares a host down 10 s (the timeout)
-                // after its last heartbeat, which came at most 1 s before
-                // the kill: detection is at kill + 9..10 s.
-                let detected = killed_at + Duration::from_secs(10);
+                watcher.abort();
+                let detected = detected_at
+                    .lock()
+                    .unwrap()
+                    .expect("the scheduler announced no host_down");
                 replaced = Some((
                     lost.len(),
                     last.duration_since(first).as_secs_f64(),

@@ -856,39 +856,88 @@ impl Scheduler {
         (!placement.is_empty()).then_some(placement)
     }
 
-    /// [`Scheduler::assign`] for many placements at once, in as few store
-    /// commits as it allows: the reconciler places thousands of replicas
-    /// in one round when many hosts die. The ones recorded, which are then
-    /// counted as placed (and may be started).
-    fn assign_many(&self, adds: &[(String, String)]) -> BTreeSet<(String, String)> {
+    /// One reconcile round's placement changes, recorded in as few store
+    /// commits as it allows (the reconciler places thousands of replicas in
+    /// one round when many hosts die): every replica on a host not in
+    /// `alive` is lost (recorded so: a host that comes back does not get it
+    /// back by reporting it), and each of `adds` is placed. A workload's
+    /// loss and its new placement are one write. `recorded` hears of the
+    /// adds of each commit as it lands, before the other commits do, so
+    /// their starts can be sent meanwhile; an add whose commit failed is
+    /// never passed on (nor started).
+    pub(super) fn record_round(
+        &self,
+        alive: &BTreeSet<String>,
+        adds: &[(String, String)],
+        mut recorded: impl FnMut(Vec<(String, String)>),
+    ) {
+        let began = Instant::now();
+        // Held throughout: no other writer interleaves with these records,
+        // so memory and store stay in step.
         let mut assignments = self.assignments.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for (workload, host) in adds {
-            next.entry(workload.clone())
-                .or_insert_with(|| assignments.get(workload).cloned().unwrap_or_default())
-                .insert(host.clone());
-        }
-        let records: Vec<(String, Option<Placement>)> = next
-            .iter()
-            .map(|(w, hosts)| (w.clone(), self.placement_of(w, hosts)))
-            .collect();
-        let results = self.store.put_assignments(&records);
-        let mut recorded = BTreeSet::new();
-        for ((workload, hosts), result) in next.into_iter().zip(results) {
-            match result {
-                Ok(()) => {
-                    recorded.extend(hosts.iter().map(|h| (workload.clone(), h.clone())));
-                    assignments.insert(workload, hosts);
-                }
-                Err(e) => {
-                    tracing::error!(%workload, error = %e, "cannot record the placement; not starting")
-                }
+        let mut next: BTreeMap<String, (BTreeSet<String>, usize)> = BTreeMap::new();
+        for (workload, hosts) in assignments.iter() {
+            let kept: BTreeSet<String> = hosts
+                .iter()
+                .filter(|h| alive.contains(h.as_str()))
+                .cloned()
+                .collect();
+            if kept.len() < hosts.len() {
+                let lost = hosts.len() - kept.len();
+                next.insert(workload.clone(), (kept, lost));
             }
         }
-        adds.iter()
-            .filter(|a| recorded.contains(*a))
-            .cloned()
-            .collect()
+        for (workload, host) in adds {
+            next.entry(workload.clone())
+                .or_insert_with(|| (assignments.get(workload).cloned().unwrap_or_default(), 0))
+                .0
+                .insert(host.clone());
+        }
+        if next.is_empty() {
+            return;
+        }
+        let changes: Vec<(String, BTreeSet<String>, usize)> = next
+            .into_iter()
+            .map(|(w, (hosts, lost))| (w, hosts, lost))
+            .collect();
+        let records: Vec<(String, Option<Placement>)> = changes
+            .iter()
+            .map(|(w, hosts, _)| (w.clone(), self.placement_of(w, hosts)))
+            .collect();
+        let mut adds_of: HashMap<&str, Vec<&String>> = HashMap::new();
+        for (workload, host) in adds {
+            adds_of.entry(workload.as_str()).or_default().push(host);
+        }
+        let mut commits = 0usize;
+        self.store.put_assignments_each(&records, |range, result| {
+            commits += 1;
+            let mut started = Vec::new();
+            for (workload, hosts, lost) in changes.get(range).into_iter().flatten() {
+                if let Err(e) = &result {
+                    tracing::error!(%workload, error = %e, "cannot record the placement; not starting");
+                    continue;
+                }
+                self.host_losses.fetch_add(*lost as u64, Ordering::Relaxed);
+                if hosts.is_empty() {
+                    assignments.remove(workload);
+                } else {
+                    assignments.insert(workload.clone(), hosts.clone());
+                }
+                for host in adds_of.get(workload.as_str()).into_iter().flatten() {
+                    started.push((workload.clone(), (*host).clone()));
+                }
+            }
+            if !started.is_empty() {
+                recorded(started);
+            }
+        });
+        tracing::debug!(
+            records = records.len(),
+            adds = adds.len(),
+            commits,
+            took_ms = began.elapsed().as_secs_f64() * 1e3,
+            "reconcile round recorded"
+        );
     }
 
     /// Where `workload` is placed now, as the store keeps it.

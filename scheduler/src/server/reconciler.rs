@@ -159,44 +159,25 @@ impl Scheduler {
             }
         }
         let running: Vec<Replica> = {
-            let mut assignments = self.assignments.lock().unwrap_or_else(|e| e.into_inner());
-            // Replicas on hosts that are down are lost (recorded so: a host
-            // that comes back does not get them back by reporting them), in
-            // as few store commits as it allows.
-            let lost: Vec<(String, BTreeSet<String>, usize)> = assignments
-                .iter()
-                .filter_map(|(workload, hosts)| {
-                    let mut kept = hosts.clone();
-                    kept.retain(|h| alive.contains(h.as_str()));
-                    (kept.len() < hosts.len()).then(|| (workload.clone(), kept, hosts.len()))
-                })
-                .collect();
-            let records: Vec<(String, Option<super::Placement>)> = lost
-                .iter()
-                .map(|(w, kept, _)| (w.clone(), self.placement_of(w, kept)))
-                .collect();
-            let results = self.store.put_assignments(&records);
-            for ((workload, kept, before), result) in lost.into_iter().zip(results) {
-                if let Err(e) = result {
-                    tracing::error!(%workload, error = %e, "cannot record the placement");
-                    continue;
-                }
-                self.host_losses
-                    .fetch_add((before - kept.len()) as u64, Ordering::Relaxed);
-                assignments.insert(workload, kept);
-            }
-            assignments.retain(|_, hosts| !hosts.is_empty());
+            // Replicas on hosts that are down are lost: planned as gone
+            // now, and recorded so together with their new placements
+            // (`record_round`).
+            let assignments = self.assignments.lock().unwrap_or_else(|e| e.into_inner());
             assignments
                 .iter()
                 .filter(|(w, _)| !frozen.contains(*w))
                 .flat_map(|(w, hosts)| {
-                    hosts.iter().map(|h| Replica {
-                        workload: w.clone(),
-                        host: h.clone(),
-                    })
+                    hosts
+                        .iter()
+                        .filter(|h| alive.contains(h.as_str()))
+                        .map(|h| Replica {
+                            workload: w.clone(),
+                            host: h.clone(),
+                        })
                 })
                 .collect()
         };
+        let alive: BTreeSet<String> = alive.iter().map(|h| h.to_string()).collect();
         // A host's report lags the starts in flight and those it confirmed
         // since its last heartbeat: count what is assigned to it, if more.
         let mut views = views;
@@ -233,9 +214,10 @@ impl Scheduler {
             .commands
             .into_iter()
             .partition(|c| matches!(c, Command::Stop { .. }));
-        // Every start's placement is recorded before any start is sent
-        // (and counted as placed while it is in flight, so the next round
-        // does not place it twice); in as few commits as the store allows.
+        // Every start's placement is recorded before it is sent (and
+        // counted as placed while it is in flight, so the next round does
+        // not place it twice), with the losses, in as few commits as the
+        // store allows; the starts of each commit go out as it lands.
         let placing: Vec<(String, String)> = starts
             .iter()
             .filter_map(|c| match c {
@@ -243,25 +225,42 @@ impl Scheduler {
                 _ => None,
             })
             .collect();
-        let recorded = self.assign_many(&placing);
-        let starts: Vec<Command> = starts
+        let moves: Vec<Command> = starts
             .into_iter()
-            .filter(|c| match c {
-                Command::Start { workload, host } => {
-                    recorded.contains(&(workload.clone(), host.clone()))
-                }
-                _ => true,
-            })
+            .filter(|c| !matches!(c, Command::Start { .. }))
             .collect();
         // By name: a start looks its spec up among tens of thousands.
         let by_name: HashMap<&str, &WorkloadSpec> =
             specs.iter().map(|s| (s.name.as_str(), s)).collect();
-        for group in [stops, starts] {
-            futures_util::stream::iter(group)
-                .for_each_concurrent(COMMANDS_IN_FLIGHT, |command| {
-                    self.perform(command, &by_name)
+        // Stops first (a stop takes its replica off under the lock the
+        // recording holds), then the recording, and the moves meanwhile.
+        futures_util::stream::iter(stops)
+            .for_each_concurrent(COMMANDS_IN_FLIGHT, |command| {
+                self.perform(command, &by_name)
+            })
+            .await;
+        let (recorded, mut landed) = tokio::sync::mpsc::unbounded_channel();
+        let writer = {
+            let s = self.clone();
+            tokio::task::spawn_blocking(move || {
+                s.record_round(&alive, &placing, |batch| {
+                    let _ = recorded.send(batch);
                 })
-                .await;
+            })
+        };
+        futures_util::stream::iter(moves)
+            .for_each_concurrent(COMMANDS_IN_FLIGHT, |command| {
+                self.perform(command, &by_name)
+            })
+            .await;
+        futures_util::stream::poll_fn(|cx| landed.poll_recv(cx))
+            .flat_map(futures_util::stream::iter)
+            .for_each_concurrent(COMMANDS_IN_FLIGHT, |(workload, host)| {
+                self.perform(Command::Start { workload, host }, &by_name)
+            })
+            .await;
+        if let Err(e) = writer.await {
+            tracing::error!(error = %e, "recording the round's placements failed");
         }
         self.maintain_standbys(&specs, &frozen).await;
         if self.settled() {
@@ -272,7 +271,7 @@ impl Scheduler {
     async fn perform(self: &Arc<Self>, command: Command, specs: &HashMap<&str, &WorkloadSpec>) {
         match command {
             Command::Start { workload, host } => {
-                // Its placement is recorded already (`assign_many`).
+                // Its placement is recorded already (`record_round`).
                 let Some(spec) = specs.get(workload.as_str()).copied() else {
                     return;
                 };

@@ -616,12 +616,37 @@ impl Store {
         &self,
         placements: &[(String, Option<T>)],
     ) -> Vec<Result<(), StoreError>> {
+        let mut out: Vec<Result<(), StoreError>> = placements
+            .iter()
+            .map(|_| Err(err("a commit did not run")))
+            .collect();
+        self.put_assignments_each(placements, |range, result| {
+            for slot in out.get_mut(range).into_iter().flatten() {
+                *slot = result.clone();
+            }
+        });
+        out
+    }
+
+    /// [`Store::put_assignments`], telling `done` on the calling thread as
+    /// each commit lands (which placements, by index range, and whether it
+    /// was recorded), so that the caller can act on the first ones while
+    /// the others are still being written.
+    pub fn put_assignments_each<T: Serialize + Sync>(
+        &self,
+        placements: &[(String, Option<T>)],
+        mut done: impl FnMut(std::ops::Range<usize>, Result<(), StoreError>),
+    ) {
         let size = if self.shared() {
             etcd::MAX_TXN_OPS
         } else {
             placements.len().max(1)
         };
         let chunks: Vec<&[(String, Option<T>)]> = placements.chunks(size).collect();
+        let range = |i: usize| {
+            let first = i * size;
+            first..(first + chunks.get(i).map_or(0, |c| c.len()))
+        };
         let commit = |chunk: &[(String, Option<T>)]| -> Result<(), StoreError> {
             let writes = chunk
                 .iter()
@@ -634,42 +659,45 @@ impl Store {
                 .collect::<Result<Vec<Write>, StoreError>>()?;
             self.write(&writes)
         };
-        let done: Vec<Result<(), StoreError>> = if chunks.len() > 1 {
-            // etcd commits transactions in flight together (one fsync for
-            // several): a few threads, each taking the next chunk.
-            let next = std::sync::atomic::AtomicUsize::new(0);
-            let slots: Vec<std::sync::Mutex<Option<Result<(), StoreError>>>> =
-                chunks.iter().map(|_| std::sync::Mutex::new(None)).collect();
-            std::thread::scope(|scope| {
-                for _ in 0..COMMITS_IN_FLIGHT.min(chunks.len()) {
-                    scope.spawn(|| {
-                        loop {
-                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some(chunk) = chunks.get(i) else { break };
-                            let result = commit(chunk);
-                            if let Some(slot) = slots.get(i) {
-                                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
-                            }
-                        }
-                    });
-                }
-            });
-            slots
-                .into_iter()
-                .map(|s| {
-                    s.into_inner()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .unwrap_or_else(|| Err(err("a commit did not run")))
-                })
-                .collect()
-        } else {
-            chunks.iter().map(|c| commit(c)).collect()
-        };
-        let mut out = Vec::with_capacity(placements.len());
-        for (chunk, result) in chunks.iter().zip(done) {
-            out.extend(chunk.iter().map(|_| result.clone()));
+        if chunks.len() <= 1 {
+            for (i, chunk) in chunks.iter().enumerate() {
+                done(range(i), commit(chunk));
+            }
+            return;
         }
-        out
+        // etcd commits transactions in flight together (one fsync for
+        // several): a few threads, each taking the next chunk, and the
+        // calling thread hearing of each as it lands.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let (landed, arrivals) = std::sync::mpsc::channel();
+        let mut heard = vec![false; chunks.len()];
+        std::thread::scope(|scope| {
+            for _ in 0..COMMITS_IN_FLIGHT.min(chunks.len()) {
+                let landed = landed.clone();
+                let (next, chunks, commit) = (&next, &chunks, &commit);
+                scope.spawn(move || {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(chunk) = chunks.get(i) else { break };
+                        if landed.send((i, commit(chunk))).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(landed);
+            for (i, result) in arrivals {
+                if let Some(h) = heard.get_mut(i) {
+                    *h = true;
+                }
+                done(range(i), result);
+            }
+        });
+        for (i, h) in heard.into_iter().enumerate() {
+            if !h {
+                done(range(i), Err(err("a commit did not run")));
+            }
+        }
     }
 
     /// Every workload's placement.
@@ -1193,6 +1221,15 @@ mod tests {
             .map(|i| (format!("w{i:03}"), Some(json!({ "h": i }))))
             .collect();
         assert!(store.put_assignments(&many).iter().all(Result::is_ok));
+        // Each commit is heard of as it lands: every placement once.
+        let mut heard = vec![0; many.len()];
+        store.put_assignments_each(&many, |range, result| {
+            assert!(result.is_ok(), "{result:?}");
+            for i in range {
+                heard[i] += 1;
+            }
+        });
+        assert!(heard.iter().all(|n| *n == 1), "{heard:?}");
         let placed: Vec<(String, Value)> = store.assignments().unwrap();
         assert_eq!(placed.len(), 300);
         assert_eq!(placed[299], ("w299".to_string(), json!({ "h": 299 })));
