@@ -99,7 +99,15 @@ impl Members {
             };
             match answer {
                 Err(e) if (idempotent || never_sent(&e)) && attempt < 3 * n => {
-                    tracing::info!(error = %e, member = i, "etcd call failed; trying the next member");
+                    if matches!(&e, etcd_client::Error::IoError(io) if io.kind() == std::io::ErrorKind::TimedOut)
+                    {
+                        // Rare and telling: a member that hangs rather
+                        // than fails (cut off from its peers, or etcd
+                        // electing a raft leader).
+                        tracing::info!(error = %e, member = i, "etcd call timed out; trying the next member");
+                    } else {
+                        tracing::debug!(error = %e, member = i, "etcd call failed; trying the next member");
+                    }
                     self.failed(i);
                     attempt += 1;
                     if attempt % n == 0 {

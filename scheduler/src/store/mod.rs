@@ -1051,6 +1051,40 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_replaced_by_another_is_given_up_and_frees_the_leader_key() {
+        let etcd = testing::Etcd::start();
+        let old = Store::etcd(&[etcd.url()], "/roam").unwrap();
+        let other = Store::etcd(&[etcd.url()], "/roam").unwrap();
+        let ttl = std::time::Duration::from_secs(5);
+        let election = old.election().unwrap();
+        let first = election.start_session(ttl).unwrap();
+        assert!(election.campaign(&first, b"old".to_vec()).unwrap().is_ok());
+        // The replica takes another lease (what it does once it gave the
+        // first up): the first is never renewed again and is revoked, so
+        // the leader key on it goes now — not when etcd would expire it,
+        // and never kept alive by a late renewal (nobody could lead then).
+        let _second = election.start_session(ttl).unwrap();
+        assert!(first.given_up() && !first.alive());
+        let theirs = other.election().unwrap();
+        let session = theirs.start_session(ttl).unwrap();
+        let began = std::time::Instant::now();
+        loop {
+            if theirs
+                .campaign(&session, b"other".to_vec())
+                .unwrap()
+                .is_ok()
+            {
+                break;
+            }
+            assert!(
+                began.elapsed() < std::time::Duration::from_secs(3),
+                "the given-up lease still holds the leader key"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    #[test]
     fn a_deposed_leader_cannot_write_once_another_leads() {
         let etcd = testing::Etcd::start();
         let old = Store::etcd(&[etcd.url()], "/roam").unwrap();
