@@ -250,7 +250,7 @@ pub async fn measure(n: usize, workloads: usize, extra: &[&str], followers: usiz
         // announces on its event stream.
         let detected_at = Arc::new(std::sync::Mutex::new(None::<Instant>));
         let mut events = http
-            .get(format!("{url}/v1/events"))
+            .get(roam_proto::paths::events().on(&url))
             .bearer_auth(&admin)
             .send()
             .await
