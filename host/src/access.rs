@@ -152,14 +152,54 @@ async fn require_scheduler(
         );
     }
     if !host.authorized(request.headers()) {
+        // Over TLS only a scheduler replica gets here: its secret is from
+        // before this host's last join, so it led before the one this
+        // host joined last (every new leader has hosts rejoin it).
+        if host.tls.is_some() {
+            tracing::warn!(
+                method = %request.method(),
+                path = request.uri().path(),
+                "refused a control call from a deposed scheduler leader: its host secret is from before this host's last join"
+            );
+        }
         return error(StatusCode::UNAUTHORIZED, "missing or wrong host secret");
     }
     // A leader deposed while paused may still call: its term is older than
     // one this host has seen, and it is not obeyed.
-    if let Err((status, message)) = check_term(&host.term, request.headers().get(headers::TERM)) {
-        return error(status, message);
+    match check_term(&host.term, request.headers().get(headers::TERM)) {
+        Ok(()) => next.run(request).await,
+        Err(TermRefused::Unreadable) => {
+            error(StatusCode::BAD_REQUEST, "a term is a decimal number")
+        }
+        Err(TermRefused::Older { term, newest }) => {
+            let message = format!(
+                "refused: this call comes from scheduler term {term}, and a leader of term {newest} exists"
+            );
+            tracing::warn!(
+                method = %request.method(),
+                path = request.uri().path(),
+                term,
+                newest,
+                "refused a control call from a deposed scheduler leader: its term is older than one seen"
+            );
+            let mut response = error(StatusCode::CONFLICT, message);
+            // Tells the caller this is a stale term, not a conflict of the
+            // call itself (an abort refused once committed is also 409).
+            response
+                .headers_mut()
+                .insert(headers::TERM, axum::http::HeaderValue::from(newest));
+            response
+        }
     }
-    next.run(request).await
+}
+
+/// Why [`check_term`] refused a call.
+#[derive(Debug, PartialEq, Eq)]
+enum TermRefused {
+    /// The header is not a decimal number.
+    Unreadable,
+    /// A leader of a newer term exists.
+    Older { term: u64, newest: u64 },
 }
 
 /// Admit a control call of scheduler term `header` (none: 0) only if no
@@ -167,22 +207,18 @@ async fn require_scheduler(
 fn check_term(
     newest: &AtomicU64,
     header: Option<&axum::http::HeaderValue>,
-) -> Result<(), (StatusCode, String)> {
+) -> Result<(), TermRefused> {
     let term = match header {
         None => 0,
-        Some(v) => v.to_str().ok().and_then(|v| v.parse::<u64>().ok()).ok_or((
-            StatusCode::BAD_REQUEST,
-            "a term is a decimal number".to_string(),
-        ))?,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or(TermRefused::Unreadable)?,
     };
     let seen = newest.fetch_max(term, Ordering::AcqRel).max(term);
     if term < seen {
-        return Err((
-            StatusCode::CONFLICT,
-            format!(
-                "refused: this call comes from scheduler term {term}, and a leader of term {seen} exists"
-            ),
-        ));
+        return Err(TermRefused::Older { term, newest: seen });
     }
     Ok(())
 }
@@ -198,17 +234,16 @@ mod tests {
         assert!(check_term(&newest, None).is_ok());
         assert!(check_term(&newest, Some(&term("7"))).is_ok());
         assert!(check_term(&newest, Some(&term("7"))).is_ok());
-        let (status, message) = check_term(&newest, Some(&term("5"))).unwrap_err();
-        assert_eq!(status, StatusCode::CONFLICT);
-        assert!(
-            message.contains("term 5") && message.contains("term 7"),
-            "{message}"
+        assert_eq!(
+            check_term(&newest, Some(&term("5"))),
+            Err(TermRefused::Older { term: 5, newest: 7 })
         );
         assert!(check_term(&newest, None).is_err(), "no term is term 0");
         assert_eq!(
-            check_term(&newest, Some(&term("x"))).unwrap_err().0,
-            StatusCode::BAD_REQUEST
+            check_term(&newest, Some(&term("x"))),
+            Err(TermRefused::Unreadable)
         );
+        assert_eq!(newest.load(Ordering::Acquire), 7, "refusals change nothing");
         assert!(check_term(&newest, Some(&term("9"))).is_ok());
         assert_eq!(newest.load(Ordering::Acquire), 9);
     }

@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use roam_tests::artifacts;
@@ -13,6 +13,23 @@ pub(crate) const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A child process whose stderr is echoed into the test output; killed on drop.
 pub(crate) struct Proc {
     pub(crate) child: Child,
+    /// Its stderr's lines so far (when [`spawn_with`] started it).
+    pub(crate) log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    pub(crate) fn new(child: Child) -> Proc {
+        Proc {
+            child,
+            log: Arc::default(),
+        }
+    }
+
+    /// The lines it logged so far that contain `needle`.
+    pub(crate) fn logged(&self, needle: &str) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|l| l.contains(needle)).cloned().collect()
+    }
 }
 
 impl Drop for Proc {
@@ -43,9 +60,12 @@ pub(crate) fn spawn_with(program: &[&str], args: &[&str], envs: &[(&str, &str)])
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     let tag = args.first().copied().unwrap_or("").to_string();
+    let log: Arc<Mutex<Vec<String>>> = Arc::default();
+    let kept = log.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             eprintln!("{tag}> {line}");
+            kept.lock().unwrap().push(line.clone());
             for scheme in ["http", "https"] {
                 if let Some(rest) = line.split(&format!("on {scheme}://")).nth(1) {
                     let addr = rest.split_whitespace().next().unwrap_or("");
@@ -57,7 +77,7 @@ pub(crate) fn spawn_with(program: &[&str], args: &[&str], envs: &[(&str, &str)])
     let url = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("process did not report its address");
-    (Proc { child }, url)
+    (Proc { child, log }, url)
 }
 
 pub(crate) struct Cluster {

@@ -69,6 +69,11 @@ impl Replicas {
 
     /// [`Replicas::start`] on the etcd cluster `etcd`.
     fn start_on(n: usize, etcd: EtcdCluster) -> Replicas {
+        Replicas::start_with(n, etcd, &[])
+    }
+
+    /// [`Replicas::start_on`], the first replica with environment `first`.
+    fn start_with(n: usize, etcd: EtcdCluster, first: &[(&str, &str)]) -> Replicas {
         let dir = tempfile::tempdir().unwrap();
         let store = format!("etcd={}", etcd.urls());
         let mut schedulers = Vec::new();
@@ -91,7 +96,7 @@ impl Replicas {
                     "--leader-ttl",
                     "2s",
                 ],
-                &[],
+                if i == 0 { first } else { &[] },
             );
             schedulers.push((url, Some(p)));
         }
@@ -400,6 +405,77 @@ fn a_leader_paused_past_its_lease_is_deposed_and_follows_when_it_resumes() {
         written.is_empty(),
         "written after the old leader resumed: {written:?}\n{history}"
     );
+}
+
+/// A call the leader had decided on just before it was paused reaches a
+/// host after another leader took over: the host refuses it (and logs
+/// it), and nothing the call asked for happens. The host rejoined the new
+/// leader, so the old leader's host secret is refused first; its older
+/// term would be next (`host/src/access.rs`).
+#[test]
+fn a_call_a_deposed_leader_sends_when_it_resumes_is_refused_by_the_host() {
+    // The first replica (it leads) waits 3 s between reading its term and
+    // each call to a host: a window to pause it in.
+    let mut r = Replicas::start_with(
+        2,
+        EtcdCluster::start(1),
+        &[("ROAM_FAULT_HOST_CALL_DELAY_MS", "3000")],
+    );
+    let old = r.c.url.clone();
+    assert_eq!(r.index_of(&old), 0, "the first replica started leads");
+    r.c.add_host("eu-1", "eu-west-1", "EU");
+    r.c.add_host("eu-2", "eu-central-1", "EU");
+    r.c.wait_ready(2);
+    crate::migrate::deploy_eu_counter(&r.c);
+    assert_eq!(r.c.invoke("counter", "/apples").0, 200);
+    let source = crate::migrate::host_of(&r.c, "counter");
+    let target = crate::migrate::other_eu(&source);
+    let id = crate::migrate::start_migration(&r.c, "counter", target);
+    // The target is prepared; the call that starts the transfer on the
+    // source has its term and waits: pause the leader there.
+    crate::migrate::wait_phase(&r.c, &id, &[Phase::Precopy.as_str()]);
+    let pid = r.schedulers[0].1.as_ref().unwrap().child.id() as i32;
+    // SAFETY: signals to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    poll(
+        Duration::from_secs(30),
+        "the other scheduler to lead",
+        || r.leader().is_some_and(|l| l != old),
+    );
+    r.point_at_leader();
+    // The new leader finds the migration in flight and ends it, calling
+    // both hosts in its own term.
+    let m = crate::migrate::wait_phase(
+        &r.c,
+        &id,
+        &[Phase::Done, Phase::Failed, Phase::Aborted].map(Phase::as_str),
+    );
+    assert_ne!(m["phase"], Phase::Done.as_str(), "{m}");
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    // Resumed, the old leader sends the call it had started: the source
+    // refuses it.
+    let refusal = "refused a control call from a deposed scheduler leader";
+    let source_log = |needle: &str| {
+        let (_, p) = r.c.hosts.iter().find(|(n, _)| *n == source).unwrap();
+        p.logged(needle)
+    };
+    poll(
+        Duration::from_secs(30),
+        "the source to refuse the old leader's call",
+        || !source_log(refusal).is_empty(),
+    );
+    let refused = source_log(refusal);
+    let send = paths::migration_step(&id, paths::MigrationStep::Send).unwrap();
+    assert!(
+        refused.len() == 1 && refused[0].contains(send.as_str()),
+        "{refused:?}"
+    );
+    // Nothing moved: one copy, still on the source, serving.
+    poll(Duration::from_secs(30), "one copy", || {
+        crate::migrate::copies(&r.c, "counter").len() == 1
+    });
+    assert_eq!(crate::migrate::host_of(&r.c, "counter"), source);
+    assert_eq!(r.c.invoke("counter", "/apples").0, 200);
 }
 
 #[test]

@@ -125,7 +125,7 @@ fn roam_up_ha_runs_three_schedulers_on_a_secured_etcd_and_survives_losing_the_le
         .spawn()
         .unwrap();
     let stdout = up.stdout.take().unwrap();
-    let up = Proc { child: up };
+    let up = Proc::new(up);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout)
@@ -231,8 +231,8 @@ fn roam_up_ha_runs_three_schedulers_on_a_secured_etcd_and_survives_losing_the_le
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let pki = etcd.join("pki");
-    let restored_etcd = Proc {
-        child: Command::new("etcd")
+    let restored_etcd = Proc::new(
+        Command::new("etcd")
             .args(["--name", "r", "--data-dir"])
             .arg(&restored)
             .args([
@@ -263,7 +263,7 @@ fn roam_up_ha_runs_three_schedulers_on_a_secured_etcd_and_survives_losing_the_le
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
-    };
+    );
     poll(
         Duration::from_secs(30),
         "the restored etcd to hold Roam's keys",

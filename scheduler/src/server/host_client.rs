@@ -62,6 +62,16 @@ pub(super) enum HostError {
     /// This replica does not lead (any more): it calls no host.
     #[error("not calling host `{0}`: this scheduler replica does not lead")]
     NotLeader(String),
+    /// The host refused the call's term: it has seen a newer leader's
+    /// (this replica was deposed between its leadership check and the
+    /// call). Not a status of the call itself: an abort refused with 409
+    /// means committed, this does not.
+    #[error("host `{host}` refused term {term}: it has seen term {newest}")]
+    StaleTerm {
+        host: String,
+        term: u64,
+        newest: u64,
+    },
     /// The host's answer could not be read.
     #[error("host `{host}` gave a bad answer: {error}")]
     BadAnswer { host: String, error: reqwest::Error },
@@ -108,6 +118,10 @@ pub(super) struct HostClient {
     /// The term control calls carry; none is made while this replica does
     /// not lead.
     leadership: Arc<super::leadership::Leadership>,
+    /// Test-only fault hook (`ROAM_FAULT_HOST_CALL_DELAY_MS`): a wait
+    /// between reading the term and sending each call, so that a fault
+    /// test can pause a leader there and show hosts refusing its term.
+    delay: Option<Duration>,
 }
 
 impl HostClient {
@@ -115,8 +129,13 @@ impl HostClient {
         transport: &Transport,
         leadership: Arc<super::leadership::Leadership>,
     ) -> Result<HostClient, roam_tls::TlsError> {
+        let delay = std::env::var("ROAM_FAULT_HOST_CALL_DELAY_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map(Duration::from_millis);
         Ok(HostClient {
             leadership,
+            delay,
             http: transport.client(reqwest::Client::builder().timeout(Duration::from_secs(30)))?,
             stream: transport
                 .client(reqwest::Client::builder().connect_timeout(Duration::from_secs(10)))?,
@@ -133,6 +152,9 @@ impl HostClient {
         let Some(term) = self.leadership.term() else {
             return Err(HostError::NotLeader(to.name.clone()));
         };
+        if let Some(delay) = self.delay {
+            tokio::time::sleep(delay).await;
+        }
         let r = request
             .bearer_auth(&to.secret)
             .header(headers::TERM, term.to_string())
@@ -147,6 +169,18 @@ impl HostClient {
             return Ok(r);
         }
         let status = r.status();
+        let newest = r
+            .headers()
+            .get(headers::TERM)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if let Some(newest) = newest.filter(|n| status == StatusCode::CONFLICT && *n > term) {
+            tracing::warn!(host = %to.name, term, newest, "a host refused this replica's term: another leads");
+            return Err(HostError::StaleTerm {
+                host: to.name.clone(),
+                term,
+                newest,
+            });
+        }
         Err(HostError::Answered {
             host: to.name.clone(),
             status,
