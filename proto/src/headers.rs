@@ -25,6 +25,12 @@ pub const NOT_DISPATCHED: &str = "x-roam-not-dispatched";
 /// it again. Its value is always `1`.
 pub const UNKNOWN_WORKLOAD: &str = "x-roam-unknown-workload";
 
+/// On a call the operator console makes with its session cookie (rather
+/// than a bearer token) that changes something: the session's cross-site
+/// request token, which only the console's own page can read
+/// (`GET /ui/session`). Without it the call is refused (403).
+pub const CSRF: &str = "x-roam-csrf";
+
 /// The leadership term of the scheduler making a control call to a host
 /// (decimal). A host refuses (409) a call whose term is older than the
 /// newest it has seen, so a deposed leader's calls are not obeyed.

@@ -95,6 +95,15 @@ pub mod scheduler {
     pub const TOKENS: &str = "/v1/tokens";
     /// `DELETE` (admin): revoke a token by its id.
     pub const TOKEN: &str = "/v1/tokens/{id}";
+    /// `GET` (public): the operator console's page.
+    pub const UI: &str = "/ui";
+    /// `GET` (public): the console's scripts and styles, embedded in the
+    /// binary (nothing is fetched from elsewhere).
+    pub const UI_ASSET: &str = "/ui/assets/{file}";
+    /// `POST` (viewer): sign in to the console, the token as the bearer,
+    /// for a session cookie; `GET` (viewer): who is signed in, and the
+    /// session's cross-site request token; `DELETE` (public): sign out.
+    pub const UI_SESSION: &str = "/ui/session";
     /// `GET` (admin): the hosts.
     pub const NODES: &str = "/v1/nodes";
     /// `GET` (viewer): the scheduler replicas, which one leads, and the

@@ -407,6 +407,88 @@ fn a_leader_paused_past_its_lease_is_deposed_and_follows_when_it_resumes() {
     );
 }
 
+/// The console on a follower: its page, a sign-in there, and with the
+/// session cookie alone the fleet and the event stream, both the leader's,
+/// passed on by the follower; a change needs the session's CSRF token.
+#[test]
+fn a_follower_serves_the_console_and_passes_its_calls_and_events_on() {
+    use std::io::BufRead;
+    let mut r = Replicas::start(2);
+    r.c.add_host("eu-1", "eu-west-1", "EU");
+    r.c.wait_ready(1);
+    let follower = r.follower();
+    let page =
+        r.c.agent
+            .get(format!("{follower}{}", paths::scheduler::UI))
+            .call()
+            .unwrap();
+    assert_eq!(page.status(), 200);
+    let mut signed =
+        r.c.agent
+            .post(format!("{follower}{}", paths::scheduler::UI_SESSION))
+            .header("authorization", format!("Bearer {}", r.c.admin))
+            .send_empty()
+            .unwrap();
+    assert_eq!(signed.status(), 200);
+    let set = signed.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Secure"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_string();
+    let session: serde_json::Value =
+        serde_json::from_str(&signed.body_mut().read_to_string().unwrap()).unwrap();
+    let csrf = session["csrf"].as_str().unwrap().to_string();
+    for base in [&follower, &r.c.url] {
+        let mut nodes =
+            r.c.agent
+                .get(paths::nodes().on(base))
+                .header("cookie", &cookie)
+                .call()
+                .unwrap();
+        assert_eq!(nodes.status(), 200, "{base}");
+        assert!(nodes.body_mut().read_to_string().unwrap().contains("eu-1"));
+    }
+    // The leader's event stream, through the follower, with the cookie.
+    let events =
+        r.c.agent
+            .get(paths::events().on(&follower))
+            .header("cookie", &cookie)
+            .config()
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .call()
+            .unwrap();
+    assert_eq!(events.status(), 200);
+    // A change through the follower: refused without the CSRF token,
+    // done with it; the stream shows it.
+    let cordon = paths::node_action("eu-1", paths::NodeAction::Cordon)
+        .unwrap()
+        .on(&follower);
+    let without =
+        r.c.agent
+            .post(&cordon)
+            .header("cookie", &cookie)
+            .send_empty()
+            .unwrap();
+    assert_eq!(without.status(), 403);
+    let with =
+        r.c.agent
+            .post(&cordon)
+            .header("cookie", &cookie)
+            .header(roam_proto::headers::CSRF, &csrf)
+            .send_empty()
+            .unwrap();
+    assert!(with.status().is_success(), "{}", with.status());
+    crate::migrate::deploy(&r.c, &[artifacts::COUNTER, "--name", "seen"]);
+    let mut lines = std::io::BufReader::new(events.into_body().into_reader()).lines();
+    let deployed = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("data:") && l.contains("workload_deployed"));
+    assert!(deployed.is_some_and(|l| l.contains("seen")));
+}
+
 /// A call the leader had decided on just before it was paused reaches a
 /// host after another leader took over: the host refuses it (and logs
 /// it), and nothing the call asked for happens. The host rejoined the new

@@ -9,6 +9,7 @@
 mod access;
 mod arch;
 mod cluster;
+mod console;
 mod control_plane;
 mod failover;
 mod layout;

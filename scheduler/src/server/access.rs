@@ -19,7 +19,9 @@ use axum::routing::{MethodRouter, any, delete, get, post, put};
 use roam_proto::paths::scheduler as r;
 use roam_proto::reply::error;
 
-use super::{Scheduler, api, identity, ingress, leadership, metrics, migrations, registry};
+use super::{
+    Scheduler, api, console, identity, ingress, leadership, metrics, migrations, registry,
+};
 use crate::auth::Role;
 
 /// What a route asks of its caller.
@@ -201,6 +203,17 @@ fn routes() -> Vec<(RouteRule, Handler)> {
         ),
         on("GET", r::METRICS, Public, SMALL, get(metrics::metrics)),
         on("GET", r::CA, Public, SMALL, get(identity::ca)),
+        on("GET", r::UI, Public, SMALL, get(console::page)),
+        on("GET", r::UI_ASSET, Public, SMALL, get(console::asset)),
+        on("POST", r::UI_SESSION, Viewer, SMALL, post(console::sign_in)),
+        on("GET", r::UI_SESSION, Viewer, SMALL, get(console::who)),
+        on(
+            "DELETE",
+            r::UI_SESSION,
+            Public,
+            SMALL,
+            delete(console::sign_out),
+        ),
         on("*", w::ROOT, Public, INGRESS, any(ingress::ingress)),
         on("*", w::ROOT_SLASH, Public, INGRESS, any(ingress::ingress)),
         on("*", w::ANY, Public, INGRESS, any(ingress::ingress)),
@@ -267,8 +280,16 @@ async fn authorize(
             let headers = request.headers();
             let let_in = match host_route {
                 Access::Join => peer || s.join_token(headers).is_some(),
+                Access::HostOrOperator if s.host_credential(peer, headers) => true,
                 Access::HostOrOperator => {
-                    s.host_credential(peer, headers) || s.token_covers(headers, &Role::Operator)
+                    let operator = s.token_covers(headers, &Role::Operator);
+                    if let Some(refused) = operator
+                        .then(|| s.csrf_refusal(request.method(), headers))
+                        .flatten()
+                    {
+                        return refused;
+                    }
+                    operator
                 }
                 _ => s.host_credential(peer, headers),
             };
@@ -289,7 +310,12 @@ async fn authorize(
         }
     };
     match s.role(request.headers()) {
-        Some((_, role)) if role.covers(&needed) => next.run(request).await,
+        Some((_, role)) if role.covers(&needed) => {
+            match s.csrf_refusal(request.method(), request.headers()) {
+                Some(refused) => refused,
+                None => next.run(request).await,
+            }
+        }
         Some((_, role)) if !matches!(role, Role::Join { .. }) => error(
             StatusCode::FORBIDDEN,
             format!(

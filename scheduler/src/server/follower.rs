@@ -72,15 +72,21 @@ impl Scheduler {
         let Some(mut changes) = self.store.watch() else {
             return;
         };
+        // A copy at once: a follower started into a quiet cluster would
+        // otherwise know no token until the first change.
+        let mut first = true;
         loop {
-            tokio::select! {
-                changed = changes.changed() => if changed.is_err() {
-                    // The store is gone: the scheduler is stopping.
-                    return;
-                },
-                () = tokio::time::sleep(ANYWAY) => {}
+            if !first {
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() {
+                        // The store is gone: the scheduler is stopping.
+                        return;
+                    },
+                    () = tokio::time::sleep(ANYWAY) => {}
+                }
+                tokio::time::sleep(SETTLE).await;
             }
-            tokio::time::sleep(SETTLE).await;
+            first = false;
             changes.borrow_and_update();
             if self.leadership.leading_flag() {
                 continue;

@@ -271,7 +271,12 @@ pub(super) async fn ingress(
                 .ingress(to, method.clone(), workload, &rest, generation)?
                 .body(body.clone());
             for (k, v) in &headers {
-                if k != axum::http::header::HOST
+                if k == axum::http::header::COOKIE {
+                    // The console's session is for Roam, never a workload.
+                    if let Some(rest) = super::console::strip_session(v) {
+                        request = request.header(k.as_str(), rest);
+                    }
+                } else if k != axum::http::header::HOST
                     && k != axum::http::header::AUTHORIZATION
                     && k != axum::http::header::CONTENT_LENGTH
                     && !headers::is_roam_header(k.as_str())

@@ -336,6 +336,10 @@ fn local_route(path: &str) -> bool {
         || path == paths::scheduler::SCHEDULERS
         || path == paths::scheduler::CA
         || path == paths::scheduler::METRICS
+        // The console's page and sessions (its API calls are forwarded).
+        || path
+            .strip_prefix(paths::scheduler::UI)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// In front of every route (after routing): the leader answers; a

@@ -240,19 +240,32 @@ impl Scheduler {
 
     /// Change a migration in memory; with `persist`, also in the store.
     pub(super) fn update(&self, id: &str, persist: bool, change: impl FnOnce(&mut MigrationInfo)) {
-        let info = {
+        let (info, moved) = {
             let mut all = self.migrations.lock().unwrap_or_else(|e| e.into_inner());
             let Some(m) = all.get_mut(id) else { return };
-            let before = m.phase;
+            let (before, rounds) = (m.phase, m.rounds);
             change(m);
             m.total_ms = now_ms().saturating_sub(m.started_ms);
             if m.phase != before {
                 m.history.push((m.phase, m.total_ms));
             }
-            m.clone()
+            (m.clone(), m.phase != before || m.rounds != rounds)
         };
         if persist && let Err(e) = self.store.put_migration(id, &info) {
             tracing::error!(migration = %id, error = %e, "cannot record migration");
+        }
+        // Each new phase and round, for the console (the end has its own
+        // event, with the downtime).
+        if moved && !info.finished() {
+            self.event(
+                "migration_progress",
+                serde_json::json!({
+                    "migration": id, "workload": info.workload, "source": info.source,
+                    "target": info.target, "phase": info.phase, "round": info.rounds,
+                    "bytes": info.bytes_sent, "dirty_rate": info.dirty_rate,
+                    "total_ms": info.total_ms,
+                }),
+            );
         }
     }
 

@@ -45,6 +45,7 @@ use crate::store::Store;
 
 pub mod access;
 mod api;
+mod console;
 mod drain;
 mod follower;
 mod host_client;
@@ -234,6 +235,8 @@ struct Scheduler {
     leader_http: reqwest::Client,
     /// See [`Scheduler::spec_lock`].
     spec_locks: [Mutex<()>; SPEC_LOCKS],
+    /// Signs the operator console's sessions (`console.rs`).
+    console: console::Console,
 }
 
 /// Locks spec changes take, by workload name.
@@ -355,6 +358,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         Some(identity::ClusterTls::load(&config, &store)?)
     };
     bootstrap_admin(&config, &store)?;
+    let console = console::Console::load(&store)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on `{}`", config.listen))?;
@@ -431,6 +435,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         view_lock: Mutex::new(()),
         leader_http,
         spec_locks: std::array::from_fn(|_| Mutex::new(())),
+        console,
         config,
     });
     if scheduler.leadership.leads() {
@@ -640,8 +645,12 @@ impl Scheduler {
     }
 
     fn role(&self, headers: &HeaderMap) -> Option<(String, Role)> {
+        // Without a bearer token, the console's session cookie.
+        let Some(bearer) = roam_proto::reply::bearer(headers) else {
+            return self.session_role(headers);
+        };
         // A join token may be presented whole, with the CA hash it carries.
-        let token = roam_proto::auth::JoinToken::parse(roam_proto::reply::bearer(headers)?).secret;
+        let token = roam_proto::auth::JoinToken::parse(bearer).secret;
         let hash = auth::hash_token(token);
         let tokens = self.tokens.read().unwrap_or_else(|e| e.into_inner());
         tokens
