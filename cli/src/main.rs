@@ -12,8 +12,24 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "roam", version, about, long_about = None)]
 struct Cli {
+    /// How daemons (and the CLI) log to stderr: `text` for people, `json`
+    /// (one object a line) for log collectors.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "ROAM_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -57,6 +73,15 @@ enum Command {
         /// Host name.
         host: String,
         /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: commands::ops::Output,
+    },
+    /// Print the cluster's events (those the scheduler keeps); with -f, then follow them.
+    Events {
+        /// Keep printing new events as they happen.
+        #[arg(short, long)]
+        follow: bool,
+        /// Output format (`json`: one event object a line).
         #[arg(short, long, value_enum, default_value = "table")]
         output: commands::ops::Output,
     },
@@ -108,14 +133,19 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ROAM_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        // Each line one JSON object: time, level, target, the fields
+        // (a migration's `migration` id among them) and the spans.
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
     let result = match cli.command {
         Command::Run(args) => commands::run::main(args),
         Command::Up(args) => commands::up::main(args),
@@ -131,6 +161,7 @@ fn main() -> std::process::ExitCode {
         Command::Migrate(args) => commands::migrate::migrate(args),
         Command::Drain { host, output } => commands::migrate::drain(&host, output),
         Command::Logs { name, follow } => commands::ops::logs(&name, follow),
+        Command::Events { follow, output } => commands::events::events(follow, output),
         Command::Invoke {
             name,
             path,

@@ -25,6 +25,10 @@ pub const NOT_DISPATCHED: &str = "x-roam-not-dispatched";
 /// it again. Its value is always `1`.
 pub const UNKNOWN_WORKLOAD: &str = "x-roam-unknown-workload";
 
+/// Server-sent events' standard header: the id of the last event a
+/// reconnecting follower of `GET /v1/events` saw.
+pub const LAST_EVENT_ID: &str = "last-event-id";
+
 /// On a call the operator console makes with its session cookie (rather
 /// than a bearer token) that changes something: the session's cross-site
 /// request token, which only the console's own page can read

@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod daemons;
+pub mod events;
 pub mod local_etcd;
 pub mod migrate;
 pub mod ops;

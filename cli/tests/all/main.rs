@@ -14,6 +14,7 @@ mod control_plane;
 mod failover;
 mod layout;
 mod migrate;
+mod observe;
 mod relay;
 mod run;
 mod serve;

@@ -20,7 +20,7 @@ use roam_proto::paths::scheduler as r;
 use roam_proto::reply::error;
 
 use super::{
-    Scheduler, api, console, identity, ingress, leadership, metrics, migrations, registry,
+    Scheduler, api, console, events, identity, ingress, leadership, metrics, migrations, registry,
 };
 use crate::auth::Role;
 
@@ -171,7 +171,7 @@ fn routes() -> Vec<(RouteRule, Handler)> {
             post(migrations::create),
         ),
         on("GET", r::MIGRATION, Viewer, SMALL, get(migrations::show)),
-        on("GET", r::EVENTS, Viewer, SMALL, get(api::events)),
+        on("GET", r::EVENTS, Viewer, SMALL, get(events::events)),
         on("POST", r::JOIN, Join, REPORT, post(registry::join)),
         on(
             "POST",

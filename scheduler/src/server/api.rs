@@ -571,26 +571,3 @@ pub(super) async fn instances(State(s): State<Arc<Scheduler>>) -> Response {
         .collect();
     Json(out).into_response()
 }
-
-/// `GET /v1/events`: cluster events as server-sent events, one JSON object each.
-pub(super) async fn events(State(s): State<Arc<Scheduler>>) -> Response {
-    use axum::response::sse::{Event, KeepAlive, Sse};
-    let rx = s.events.subscribe();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(data) => {
-                    return Some((
-                        Ok::<_, std::convert::Infallible>(Event::default().data(data)),
-                        rx,
-                    ));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    });
-    Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response()
-}

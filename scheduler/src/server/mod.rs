@@ -47,6 +47,7 @@ pub mod access;
 mod api;
 mod console;
 mod drain;
+mod events;
 mod follower;
 mod host_client;
 mod identity;
@@ -184,7 +185,8 @@ struct Scheduler {
     started: Mutex<Instant>,
     placements: AtomicU64,
     host_losses: AtomicU64,
-    events: tokio::sync::broadcast::Sender<String>,
+    /// Cluster events, live and the last kept (`events.rs`).
+    events: events::Events,
     down: Mutex<BTreeSet<String>>,
     /// (workload, host) pairs whose start the host confirmed.
     confirmed: Mutex<BTreeSet<(String, String)>>,
@@ -380,6 +382,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         started_unix_ms: migrations::now_ms(),
         leading_since_unix_ms: None,
     };
+    let epoch = me.started_unix_ms;
     let leadership = Arc::new(leadership::Leadership::new(
         store.election(),
         me,
@@ -416,7 +419,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         host_losses: AtomicU64::new(0),
         revocations: AtomicU64::new(0),
         revocations_changed: tokio::sync::Notify::new(),
-        events: tokio::sync::broadcast::channel(1024).0,
+        events: events::Events::new(epoch),
         down: Mutex::new(BTreeSet::new()),
         confirmed: Mutex::new(BTreeSet::new()),
         migrations: Mutex::new(BTreeMap::new()),
@@ -637,13 +640,6 @@ impl Scheduler {
     }
 
     /// Publish an event to `/v1/events` subscribers (and the log).
-    fn event(&self, kind: &str, fields: serde_json::Value) {
-        let mut value = fields;
-        value["type"] = serde_json::Value::String(kind.to_string());
-        tracing::info!(event = %value, "cluster event");
-        let _ = self.events.send(value.to_string());
-    }
-
     fn role(&self, headers: &HeaderMap) -> Option<(String, Role)> {
         // Without a bearer token, the console's session cookie.
         let Some(bearer) = roam_proto::reply::bearer(headers) else {

@@ -9,7 +9,8 @@ const PATHS = {
   nodes: '/v1/nodes',
   workloads: '/v1/workloads',
   migrations: '/v1/migrations',
-  events: '/v1/events',
+  // The events kept first (the page shows the recent past), then live.
+  events: '/v1/events?recent=true',
 };
 const PHASES = ['preparing', 'precopy', 'stopping', 'prepared', 'committed', 'done'];
 const ENDS = new Set(['migration_done', 'migration_failed', 'migration_aborted', 'host_down', 'host_drained']);
@@ -207,7 +208,7 @@ function follow() {
 }
 
 function summary(e) {
-  const skip = new Set(['type']);
+  const skip = new Set(['type', 'time_ms']);
   return Object.entries(e)
     .filter(([k, v]) => !skip.has(k) && v !== null && v !== undefined && v !== '')
     .map(([k, v]) => k + '=' + (typeof v === 'object' ? JSON.stringify(v) : v))
@@ -216,7 +217,7 @@ function summary(e) {
 
 function addEvent(e) {
   const list = $('events-list');
-  const time = new Date().toLocaleTimeString();
+  const time = new Date(typeof e.time_ms === 'number' ? e.time_ms : Date.now()).toLocaleTimeString();
   const item = el(
     'li',
     { class: 'event', 'data-type': e.type || '' },
