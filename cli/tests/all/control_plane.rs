@@ -181,6 +181,23 @@ impl Replicas {
             .unwrap()
     }
 
+    /// SIGSTOP the leader the test points at, wait for another to lead,
+    /// and point at that one; the paused one's pid (for SIGCONT).
+    fn pause_leader(&mut self) -> i32 {
+        let old = self.c.url.clone();
+        let i = self.index_of(&old);
+        let pid = self.schedulers[i].1.as_ref().unwrap().child.id() as i32;
+        // SAFETY: a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        poll(
+            Duration::from_secs(30),
+            "the other scheduler to lead",
+            || self.leader().is_some_and(|l| l != old),
+        );
+        self.point_at_leader();
+        pid
+    }
+
     fn index_of(&self, url: &str) -> usize {
         self.schedulers.iter().position(|(u, _)| u == url).unwrap()
     }
@@ -343,15 +360,7 @@ fn a_leader_paused_past_its_lease_is_deposed_and_follows_when_it_resumes() {
     r.c.wait_ready(1);
     let old = r.c.url.clone();
     let i = r.index_of(&old);
-    let pid = r.schedulers[i].1.as_ref().unwrap().child.id() as i32;
-    // SAFETY: signals to our own child process.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-    poll(
-        Duration::from_secs(30),
-        "the other scheduler to lead",
-        || r.leader().is_some_and(|l| l != old),
-    );
-    r.point_at_leader();
+    let pid = r.pause_leader();
     r.c.wait_ready(1);
     deploy(&r.c, &[artifacts::COUNTER, "--name", "counter"]);
     poll(Duration::from_secs(30), "counter to serve", || {
@@ -516,15 +525,7 @@ fn a_call_a_deposed_leader_sends_when_it_resumes_is_refused_by_the_host() {
     // The target is prepared; the call that starts the transfer on the
     // source has its term and waits: pause the leader there.
     crate::migrate::wait_phase(&r.c, &id, &[Phase::Precopy.as_str()]);
-    let pid = r.schedulers[0].1.as_ref().unwrap().child.id() as i32;
-    // SAFETY: signals to our own child process.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-    poll(
-        Duration::from_secs(30),
-        "the other scheduler to lead",
-        || r.leader().is_some_and(|l| l != old),
-    );
-    r.point_at_leader();
+    let pid = r.pause_leader();
     // The new leader finds the migration in flight and ends it, calling
     // both hosts in its own term.
     let m = crate::migrate::wait_phase(

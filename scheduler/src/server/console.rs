@@ -77,23 +77,19 @@ impl Console {
         })
     }
 
+    /// What is signed: the purpose, a zero byte, the value (a MAC for one
+    /// purpose is never one for another).
+    fn message(purpose: &str, value: &str) -> Vec<u8> {
+        [purpose.as_bytes(), &[0], value.as_bytes()].concat()
+    }
+
     fn mac(&self, purpose: &str, value: &str) -> String {
-        let mut message = Vec::with_capacity(purpose.len() + 1 + value.len());
-        message.extend_from_slice(purpose.as_bytes());
-        message.push(0);
-        message.extend_from_slice(value.as_bytes());
-        hex::encode(hmac::sign(&self.key, &message))
+        hex::encode(hmac::sign(&self.key, &Self::message(purpose, value)))
     }
 
     fn verify(&self, purpose: &str, value: &str, mac: &str) -> bool {
-        let Ok(tag) = hex::decode(mac) else {
-            return false;
-        };
-        let mut message = Vec::with_capacity(purpose.len() + 1 + value.len());
-        message.extend_from_slice(purpose.as_bytes());
-        message.push(0);
-        message.extend_from_slice(value.as_bytes());
-        hmac::verify(&self.key, &message, &tag).is_ok()
+        hex::decode(mac)
+            .is_ok_and(|tag| hmac::verify(&self.key, &Self::message(purpose, value), &tag).is_ok())
     }
 
     /// A session cookie's value for the token of `hash`, ending at
