@@ -599,6 +599,10 @@ pub struct WorkloadInfo {
     /// Durable workloads: each replica's standby, by the replica's host.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub protection: BTreeMap<String, Protection>,
+    /// Its generation (fencing token): 0 until its first migration or
+    /// failover, raised by each.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// How well a replica of a durable workload is protected.

@@ -289,6 +289,14 @@ fn the_console_shows_the_fleet_live_and_migrates_and_drains_from_the_browser() {
             |_| true,
         )
         .await;
+        // The migration raised its generation.
+        wait_for(
+            &b,
+            "tr.workload[data-workload='counter'] td.generation",
+            "the raised generation",
+            |t| t[0] != "0",
+        )
+        .await;
         shot(&b, "4-migrated").await;
         load.check(&c, "counter");
         assert_eq!(crate::migrate::host_of(&c, "counter"), target);

@@ -369,6 +369,7 @@ fn info(s: &Scheduler, spec: WorkloadSpec) -> WorkloadInfo {
             .collect()
     };
     WorkloadInfo {
+        generation: s.generation(&spec.name),
         spec,
         hosts,
         rejected,

@@ -408,6 +408,7 @@ function drawWorkloads() {
         el('td', {}, s.name),
         el('td', {}, rules),
         el('td', {}, String((w.hosts || []).length) + ' / ' + s.replicas),
+        el('td', { class: 'generation' }, String(w.generation ?? 0)),
         el('td', {}, runsOn),
         el('td', { class: 'digest', title: s.digest }, (s.digest || '').slice(0, 19)),
         el('td', {}, s.durability || 'none'),
