@@ -18,7 +18,7 @@ use roam_proto::{headers, paths};
 use roam_tls::Peer;
 
 use crate::daemon::Host;
-use crate::{control, ingress, migration, standby};
+use crate::{control, ingress, metrics, migration, standby};
 
 /// What a host's route asks of its caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +32,9 @@ pub enum HostAccess {
     /// The primary host a standby here was placed for: its certificate
     /// (the host the scheduler named), and the standby's key.
     Primary,
+    /// The cluster's scrape credential (`roam scheduler
+    /// --metrics-token-file`), over TLS when the cluster uses it.
+    Scrape,
     /// Anyone (the ingress).
     Public,
 }
@@ -43,6 +46,7 @@ impl HostAccess {
             HostAccess::Scheduler => "scheduler",
             HostAccess::Source => "source host",
             HostAccess::Primary => "primary host",
+            HostAccess::Scrape => "scrape",
             HostAccess::Public => "public",
         }
     }
@@ -92,13 +96,20 @@ pub(crate) fn rule(
 
 /// Every route of a host.
 fn routes() -> Vec<Route> {
-    use HostAccess::Public;
+    use HostAccess::{Public, Scrape};
     use paths::ingress as w;
     let mut all = control::routes();
     all.extend(migration::control_routes());
     all.extend(migration::stream_routes());
     all.extend(standby::routes());
     all.extend([
+        rule(
+            "GET",
+            paths::host::METRICS,
+            Scrape,
+            SMALL,
+            axum::routing::get(metrics::metrics),
+        ),
         rule("*", w::ROOT, Public, INGRESS, any(ingress::ingress)),
         rule("*", w::ROOT_SLASH, Public, INGRESS, any(ingress::ingress)),
         rule("*", w::ANY, Public, INGRESS, any(ingress::ingress)),
@@ -129,6 +140,10 @@ pub(crate) fn router(host: &Arc<Host>) -> Router<Arc<Host>> {
             HostAccess::Primary => handler.route_layer(axum::middleware::from_fn_with_state(
                 host.clone(),
                 standby::require_primary,
+            )),
+            HostAccess::Scrape => handler.route_layer(axum::middleware::from_fn_with_state(
+                host.clone(),
+                require_scrape,
             )),
             HostAccess::Public => handler,
         };
@@ -191,6 +206,32 @@ async fn require_scheduler(
             response
         }
     }
+}
+
+/// Refuse `/metrics` to anyone without the cluster's scrape credential.
+async fn require_scrape(
+    State(host): State<Arc<Host>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let hash = host
+        .scrape
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if hash.is_empty() {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "this cluster has no scrape credential (roam scheduler --metrics-token-file): metrics are served to nobody",
+        );
+    }
+    if !roam_proto::reply::presents_hashed(request.headers(), &hash) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "the cluster's scrape credential is required",
+        );
+    }
+    next.run(request).await
 }
 
 /// Why [`check_term`] refused a call.

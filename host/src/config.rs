@@ -50,6 +50,11 @@ pub struct HostConfig {
     /// On SIGTERM or Ctrl-C, how long the host gives the scheduler to move
     /// its workloads away before it exits.
     pub shutdown_timeout: Duration,
+    /// Whether `/metrics` is served and requests are counted.
+    pub metrics: bool,
+    /// Workloads with series of their own in `/metrics`; the rest are
+    /// summed as `workload="_other"`.
+    pub metrics_workloads: usize,
 }
 
 impl HostConfig {

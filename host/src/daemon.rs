@@ -43,6 +43,8 @@ pub(crate) struct Running {
     pub(crate) status: InstanceStatus,
     /// Its durability (`sync`: answers wait for the standby).
     pub(crate) durability: Durability,
+    /// Its place in `/metrics`.
+    pub(crate) tracking: crate::metrics::Tracking,
 }
 
 /// The daemon's shared state.
@@ -66,6 +68,11 @@ pub(crate) struct Host {
     /// Labels the scheduler gave this host at join.
     pub(crate) labels: Mutex<Labels>,
     pub(crate) workloads: tokio::sync::Mutex<HashMap<String, Running>>,
+    /// What `/metrics` shows.
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// sha256 (hex) of the cluster's scrape credential, from the last
+    /// join; empty: none is set, and `/metrics` is refused to everyone.
+    pub(crate) scrape: Mutex<String>,
     /// The URL this host's API is reached at.
     pub(crate) url: String,
     pub(crate) migrations: Migrations,
@@ -159,6 +166,8 @@ pub async fn run(config: HostConfig) -> anyhow::Result<()> {
         term: std::sync::atomic::AtomicU64::new(0),
         labels: Mutex::new(Labels::new()),
         workloads: tokio::sync::Mutex::new(HashMap::new()),
+        metrics: crate::metrics::Metrics::new(config.metrics, config.metrics_workloads),
+        scrape: Mutex::new(String::new()),
         migrations: Migrations::default(),
         standbys: tokio::sync::Mutex::default(),
         links: Arc::default(),
@@ -302,6 +311,7 @@ impl Host {
             workload.clone(),
             Running {
                 handle,
+                tracking: self.metrics.track(),
                 durability: spec.durability,
                 status: InstanceStatus {
                     workload,

@@ -33,10 +33,12 @@ pub(crate) async fn ingress(
         .get(headers::GENERATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let handle = {
+    let (handle, series) = {
         let workloads = host.workloads.lock().await;
         match workloads.get(workload) {
-            Some(r) if wanted.is_none_or(|g| g == r.status.generation) => r.handle.clone(),
+            Some(r) if wanted.is_none_or(|g| g == r.status.generation) => {
+                (r.handle.clone(), r.tracking.series().cloned())
+            }
             Some(r) => {
                 return not_dispatched(
                     StatusCode::CONFLICT,
@@ -65,8 +67,9 @@ pub(crate) async fn ingress(
             format!("`{workload}` here holds no lease from its standby; it may have failed over"),
         );
     }
+    let started = std::time::Instant::now();
     let request = from_http(&method, path.to_string(), &uri, &headers, &body);
-    match handle.http(request).await {
+    let response = match handle.http(request).await {
         // The standby may be taking over now: withhold the answer.
         Ok(_) if !host.still_leased(workload) => error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -76,7 +79,11 @@ pub(crate) async fn ingress(
         ),
         Ok(r) => into_http(r),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    if let Some(series) = series {
+        series.request(response.status().as_u16(), started.elapsed());
     }
+    response
 }
 
 /// Turn an HTTP request into a workload request for `path`. The

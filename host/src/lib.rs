@@ -26,6 +26,7 @@ mod daemon;
 mod fault;
 mod identity;
 pub mod ingress;
+mod metrics;
 mod migration;
 mod modules;
 mod scheduler_client;

@@ -325,6 +325,8 @@ impl Host {
                         tls.set_revoked(&joined.revoked)?;
                     }
                     *self.secret.lock().unwrap_or_else(|e| e.into_inner()) = joined.host_secret;
+                    *self.scrape.lock().unwrap_or_else(|e| e.into_inner()) =
+                        joined.scrape.unwrap_or_default();
                     self.term
                         .fetch_max(joined.term, std::sync::atomic::Ordering::AcqRel);
                     *self.labels.lock().unwrap_or_else(|e| e.into_inner()) = joined.labels;

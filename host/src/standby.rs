@@ -597,12 +597,17 @@ async fn send_checkpoint(
         .body(bytes)
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| {
+            host.metrics.checkpoint(None);
+            e.to_string()
+        })?;
     if r.status().is_success() {
         link.bytes
             .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+        host.metrics.checkpoint(Some(len));
         return Ok(());
     }
+    host.metrics.checkpoint(None);
     let status = r.status();
     Err(format!("{status}: {}", r.text().await.unwrap_or_default()))
 }

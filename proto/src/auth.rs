@@ -27,6 +27,28 @@ pub fn presents(authorization: Option<&str>, secret: &str) -> bool {
         && constant_time_eq::constant_time_eq(presented.as_bytes(), secret.as_bytes())
 }
 
+/// Whether `authorization` is `Bearer TOKEN` for a token whose sha256
+/// (hex) is `hash`, compared in constant time: the check of a credential
+/// the checker only knows the hash of (a host and the cluster's scrape
+/// credential). An empty token or hash matches nothing.
+///
+/// ```
+/// use roam_proto::auth::presents_hashed;
+/// let hash = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"; // ""
+/// assert!(!presents_hashed(Some("Bearer "), hash));
+/// let hash = "4e07408562bedb8b60ce05c1decfe3ad16b72230967de01f640b7e4729b49fce"; // "3"
+/// assert!(presents_hashed(Some("Bearer 3"), hash));
+/// assert!(!presents_hashed(Some("Bearer 4"), hash));
+/// ```
+pub fn presents_hashed(authorization: Option<&str>, hash: &str) -> bool {
+    use sha2::Digest as _;
+    let presented = bearer(authorization).unwrap_or("");
+    let digest = hex::encode(sha2::Sha256::digest(presented.as_bytes()));
+    !presented.is_empty()
+        && !hash.is_empty()
+        && constant_time_eq::constant_time_eq(digest.as_bytes(), hash.as_bytes())
+}
+
 /// A join token as handed to an operator: the secret the scheduler checks,
 /// then `.` and the sha256 (hex) of the cluster CA certificate, which the
 /// host checks before it sends the secret anywhere (as `kubeadm join

@@ -113,6 +113,12 @@ pub struct JoinResponse {
     /// refuses control calls of older terms from then on.
     #[serde(default)]
     pub term: u64,
+    /// sha256 (hex) of the cluster's scrape credential, which the host's
+    /// `/metrics` asks of its callers; `None`: none is set, and the host
+    /// serves its metrics to nobody. Never the credential itself, so a
+    /// host's memory holds nothing that scrapes its peers.
+    #[serde(default)]
+    pub scrape: Option<String>,
 }
 
 /// `PUT /v1/revoked` on a host: the revoked certificates, replacing the

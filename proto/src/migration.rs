@@ -415,6 +415,16 @@ pub enum FailoverOutcome {
     Restarted,
 }
 
+impl FailoverOutcome {
+    /// The lowercase name, as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailoverOutcome::Promoted => "promoted",
+            FailoverOutcome::Restarted => "restarted",
+        }
+    }
+}
+
 /// `POST /v1/nodes/{host}/drain` (admin): what happened to each workload.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DrainOutcome {

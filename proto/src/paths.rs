@@ -141,7 +141,7 @@ pub mod scheduler {
     pub const HEARTBEAT: &str = "/v1/hosts/{name}/heartbeat";
     /// `POST ?from=W` (join token): a message to a workload on another host.
     pub const MESSAGE: &str = "/v1/messages/{workload}";
-    /// `GET`: Prometheus metrics.
+    /// `GET` (the scrape credential, or a viewer token): Prometheus metrics.
     pub const METRICS: &str = "/metrics";
     /// `GET` (no credentials): the cluster CA certificate, PEM. A host
     /// fetches it over a connection pinned to the hash its join token
@@ -196,6 +196,8 @@ pub mod host {
     pub const INSTANCE_STANDBY: &str = "/v1/instances/{workload}/standby";
     /// `PUT` keep a standby, `DELETE` drop it (host secret).
     pub const STANDBY: &str = "/v1/standbys/{workload}";
+    /// `GET` (the cluster's scrape credential): Prometheus metrics.
+    pub const METRICS: &str = "/metrics";
     /// `POST` (the recorded primary's certificate and the standby key): a
     /// checkpoint.
     pub const STANDBY_CHECKPOINT: &str = "/v1/standbys/{workload}/checkpoint";
@@ -340,7 +342,7 @@ pub fn revoked() -> ApiPath {
 pub fn message(workload: &str) -> Result<ApiPath, BadSegment> {
     build(&[Fixed("v1"), Fixed("messages"), Segment(workload)])
 }
-/// `/metrics`.
+/// `/metrics` (on the scheduler, or on a host).
 pub fn metrics() -> ApiPath {
     ApiPath(scheduler::METRICS.into())
 }

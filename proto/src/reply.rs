@@ -37,6 +37,17 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     )
 }
 
+/// Whether a request's bearer token is one whose sha256 (hex) is `hash`
+/// (constant time; see [`crate::auth::presents_hashed`]).
+pub fn presents_hashed(headers: &HeaderMap, hash: &str) -> bool {
+    crate::auth::presents_hashed(
+        headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+        hash,
+    )
+}
+
 /// Whether a request presents `secret` as its bearer token (constant time;
 /// an empty secret matches nothing).
 pub fn presents(headers: &HeaderMap, secret: &str) -> bool {

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::abi::codec::{Request, Response};
 use crate::abi::{MessageId, OutboundMessage};
 use crate::checkpoint::Checkpoint;
+use crate::error::CallError;
 use crate::instance::{Chain, InstanceConfig};
 use crate::module::Module;
 use crate::runtime::Runtime;
@@ -327,7 +328,7 @@ enum Command {
 pub struct WorkloadHandle {
     name: String,
     tx: mpsc::Sender<Command>,
-    failures: Arc<FailureCount>,
+    failures: Arc<WorkloadStats>,
     /// Set by [`WorkloadHandle::stop`]: answers still held for a commit
     /// are dropped, never released, from then on.
     stopping: Arc<std::sync::atomic::AtomicBool>,
@@ -336,11 +337,56 @@ pub struct WorkloadHandle {
     waiting: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// Figures a driver keeps as it runs, read without asking it (metrics,
+/// heartbeats): failures by kind and what became of them, the memory
+/// after the last event.
 #[derive(Debug, Default)]
-struct FailureCount {
+pub struct WorkloadStats {
     rolled_back: AtomicU64,
     restarted: AtomicU64,
+    cpu_budget: AtomicU64,
+    memory_limit: AtomicU64,
+    traps: AtomicU64,
+    abi: AtomicU64,
+    memory: AtomicU64,
     last: std::sync::Mutex<Option<String>>,
+}
+
+impl WorkloadStats {
+    /// Calls stopped for using up their CPU budget.
+    pub fn cpu_budget_stops(&self) -> u64 {
+        self.cpu_budget.load(Ordering::Relaxed)
+    }
+
+    /// Calls that failed after the guest was refused memory over its cap.
+    pub fn memory_limit_hits(&self) -> u64 {
+        self.memory_limit.load(Ordering::Relaxed)
+    }
+
+    /// Calls that trapped (or exited) for any other reason.
+    pub fn traps(&self) -> u64 {
+        self.traps.load(Ordering::Relaxed)
+    }
+
+    /// Calls whose guest broke the ABI (bad pointer, malformed answer).
+    pub fn abi_violations(&self) -> u64 {
+        self.abi.load(Ordering::Relaxed)
+    }
+
+    /// Linear memory after the last event, bytes.
+    pub fn memory(&self) -> u64 {
+        self.memory.load(Ordering::Relaxed)
+    }
+
+    fn count(&self, e: &HandleError) {
+        let counter = match e {
+            HandleError::Call(CallError::CpuBudgetExceeded { .. }) => &self.cpu_budget,
+            HandleError::Call(CallError::MemoryLimitExceeded { .. }) => &self.memory_limit,
+            HandleError::Abi(_) => &self.abi,
+            HandleError::Call(_) | HandleError::NoHandler(_) => &self.traps,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// How often a workload's guest failed, and what became of it.
@@ -413,6 +459,12 @@ impl WorkloadHandle {
         rx.await
             .map_err(|_| DriverError::Unavailable(self.name.clone(), "stopped".into()))?
             .map_err(|e| DriverError::Unavailable(self.name.clone(), e))
+    }
+
+    /// The driver's running figures, shared: reading them asks nothing of
+    /// the driver.
+    pub fn stats(&self) -> Arc<WorkloadStats> {
+        self.failures.clone()
     }
 
     /// How often the guest failed and was rolled back or restarted.
@@ -548,7 +600,7 @@ struct Driver {
     /// local checkpoint is taken meanwhile (see
     /// [`Driver::checkpoints_paused`]).
     migrating: bool,
-    failures: Arc<FailureCount>,
+    failures: Arc<WorkloadStats>,
     /// When this driver began (the age of "no checkpoint yet").
     started: Instant,
     /// When a full checkpoint last failed: the next try waits
@@ -621,13 +673,16 @@ pub fn spawn(
     rt: Runtime,
     module: Module,
     config: InstanceConfig,
-    workload: Workload,
+    mut workload: Workload,
     options: DriverOptions,
 ) -> WorkloadHandle {
     let (tx, rx) = mpsc::channel(options.queue.max(1));
     let (outcomes, outcomes_rx) = mpsc::unbounded_channel();
     let name = config.name.clone();
-    let failures = Arc::new(FailureCount::default());
+    let failures = Arc::new(WorkloadStats::default());
+    failures
+        .memory
+        .store(workload.instance_mut().memory_size(), Ordering::Relaxed);
     let hold = options.hold;
     let driver = Driver {
         rt,
@@ -912,7 +967,7 @@ impl Driver {
                         Ok(_) => false,
                         Err(e) => {
                             tracing::warn!(workload = %self.config.name, error = %e, "timer handler failed");
-                            self.note_failure(&e.to_string());
+                            self.note_failure(&e);
                             true
                         }
                     };
@@ -960,11 +1015,12 @@ impl Driver {
     }
 
     async fn http(&mut self, req: Request, reply: HttpReply) {
-        let result = self.workload.http(&req).await.map_err(DriverError::from);
-        let failed = result.is_err();
+        let result = self.workload.http(&req).await;
         if let Err(e) = &result {
-            self.note_failure(&e.to_string());
+            self.note_failure(e);
         }
+        let result = result.map_err(DriverError::from);
+        let failed = result.is_err();
         // A failure's answer tells nothing of the state (it is rolled
         // back): only answers of events that ran wait for the commit.
         if failed {
@@ -1286,7 +1342,7 @@ impl Driver {
                     Ok(false) => break,
                     Err(e) => {
                         tracing::warn!(workload = %self.config.name, error = %e, "message handler failed");
-                        self.note_failure(&e.to_string());
+                        self.note_failure(&e);
                         failed = true;
                         break;
                     }
@@ -1303,13 +1359,16 @@ impl Driver {
         } else {
             self.keep(false);
         }
+        let memory = self.workload.instance_mut().memory_size();
+        self.failures.memory.store(memory, Ordering::Relaxed);
         self.dispatch();
     }
 
     /// Record why the guest failed, for [`WorkloadHandle::failures`].
-    fn note_failure(&self, what: &str) {
+    fn note_failure(&self, e: &HandleError) {
+        self.failures.count(e);
         *self.failures.last.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(what.chars().take(1024).collect());
+            Some(e.to_string().chars().take(1024).collect());
     }
 
     /// Bring the last good state up to date, as `options.checkpoints` says.
@@ -1392,11 +1451,12 @@ impl Driver {
         for ran in group {
             match ran {
                 Ran::Http(req, at) => {
-                    let result = self.workload.http(&req).await.map_err(DriverError::from);
-                    let failed = result.is_err();
+                    let result = self.workload.http(&req).await;
                     if let Err(e) = &result {
-                        self.note_failure(&e.to_string());
+                        self.note_failure(e);
                     }
+                    let result = result.map_err(DriverError::from);
+                    let failed = result.is_err();
                     if let Some(Output::Http(_, held)) = self.outputs.get_mut(at) {
                         *held = result;
                     }

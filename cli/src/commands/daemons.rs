@@ -82,6 +82,13 @@ pub struct SchedulerArgs {
     /// from one address (behind a NAT or a TCP load balancer).
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections_per_address: u32,
+    /// A file holding the cluster's scrape credential (one line, 16
+    /// printable characters at least): the bearer token Prometheus shows
+    /// every `/metrics`, this scheduler's and each host's (hosts learn its
+    /// sha256 when they join). Without it hosts serve their metrics to
+    /// nobody, and the scheduler's needs a viewer token.
+    #[arg(long, env = "ROAM_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<std::path::PathBuf>,
 }
 
 /// TLS flags both daemons take.
@@ -162,6 +169,15 @@ pub struct HostArgs {
     /// workloads away (live) before exiting; a second signal exits at once.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     pub shutdown_timeout: std::time::Duration,
+    /// Record nothing for `/metrics` and refuse it (the request path then
+    /// counts nothing).
+    #[arg(long, env = "ROAM_NO_METRICS")]
+    pub no_metrics: bool,
+    /// How many workloads get series of their own in `/metrics`, in the
+    /// order they start here; the figures of any more are summed under
+    /// `workload="_other"` (`docs/metrics.md`).
+    #[arg(long, default_value_t = 1000)]
+    pub metrics_workloads: usize,
 }
 
 fn tokio(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
@@ -236,6 +252,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
             replica: args.replica,
             leader_ttl: args.leader_ttl,
             max_connections_per_address: args.max_connections_per_address as usize,
+            metrics_token_file: args.metrics_token_file,
         },
     ))?;
     Ok(ExitCode::SUCCESS)
@@ -266,6 +283,8 @@ pub fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
         tls_cert: args.tls.tls_cert,
         tls_key: args.tls.tls_key,
         shutdown_timeout: args.shutdown_timeout,
+        metrics: !args.no_metrics,
+        metrics_workloads: args.metrics_workloads,
     }))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -102,9 +102,17 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
         None
     };
     let token_file = first.join("admin.token");
+    // The cluster's scrape credential, kept across runs (`docs/metrics.md`).
+    let scrape_file = std::path::absolute(data.join("metrics.token"))?;
+    if !scrape_file.exists() {
+        roam_scheduler::server::write_private(&scrape_file, &roam_scheduler::auth::new_token()?)?;
+    }
     for (i, listen) in listens.iter().enumerate() {
         let mut scheduler = Command::new(&exe);
-        scheduler.args(["scheduler", "--listen", &listen.to_string(), "--data-dir"]);
+        scheduler
+            .args(["scheduler", "--metrics-token-file"])
+            .arg(&scrape_file);
+        scheduler.args(["--listen", &listen.to_string(), "--data-dir"]);
         match &etcd {
             Some(etcd) => {
                 scheduler
@@ -245,6 +253,10 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
     println!(
         "Client config (admin token) written to {} (readable only by you).",
         written.display()
+    );
+    println!(
+        "Prometheus scrape credential (every /metrics, docs/metrics.md): {}",
+        scrape_file.display()
     );
     println!();
     if built.is_empty() {

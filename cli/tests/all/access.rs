@@ -17,7 +17,7 @@ use crate::cluster::{Cluster, eu_cluster, poll};
 use crate::migrate::deploy_counter;
 
 /// Every kind of caller, as the doc's columns name them.
-const CALLERS: [&str; 9] = [
+const CALLERS: [&str; 10] = [
     "none",
     "revoked",
     "expired",
@@ -27,6 +27,7 @@ const CALLERS: [&str; 9] = [
     "join",
     "this host",
     "other host",
+    "scrape",
 ];
 
 /// What a caller of a route with `access` gets: `ok` (anything but 401 and
@@ -67,6 +68,8 @@ fn expected(access: Access, caller: &str) -> &'static str {
             "this host" | "other host" | "operator" | "admin" => "ok",
             _ => "401",
         },
+        Access::Scrape if caller == "scrape" => "ok",
+        Access::Scrape => needs(1),
     }
 }
 
@@ -275,6 +278,9 @@ fn every_route_answers_every_caller_as_the_matrix_says() {
     }
     callers.tokens.insert("admin", c.admin.clone());
     callers.tokens.insert("join", eu.clone());
+    callers
+        .tokens
+        .insert("scrape", crate::cluster::SCRAPE.to_string());
     let (revoked, id) = c.create_token(serde_json::json!({ "role": "admin" }));
     let (status, body) = c.api("DELETE", &format!("/v1/tokens/{id}"), Some(&c.admin));
     assert_eq!(status, 204, "{body}");
@@ -342,12 +348,20 @@ fn every_route_answers_every_caller_as_the_matrix_says() {
 }
 
 /// Every kind of caller of a host's routes, as the doc's columns name them.
-const HOST_CALLERS: [&str; 4] = ["none", "admin", "other host", "scheduler without secret"];
+const HOST_CALLERS: [&str; 5] = [
+    "none",
+    "admin",
+    "other host",
+    "scheduler without secret",
+    "scrape",
+];
 
 /// What a caller of a host's route with `access` gets.
 fn host_expected(access: HostAccess, caller: &str) -> &'static str {
     match (access, caller) {
         (HostAccess::Public, _) => "ok",
+        (HostAccess::Scrape, "scrape") => "ok",
+        (HostAccess::Scrape, _) => "401",
         (HostAccess::Scheduler, "scheduler without secret") => "401",
         (HostAccess::Scheduler, _) => "403",
         // No migration with that id: nobody is its source, and nobody has
@@ -445,6 +459,12 @@ fn every_host_route_answers_every_caller_as_the_matrix_says() {
             };
             if caller == "admin" {
                 rb = rb.header("authorization", format!("Bearer {}", c.admin));
+            }
+            if caller == "scrape" {
+                rb = rb.header(
+                    "authorization",
+                    format!("Bearer {}", crate::cluster::SCRAPE),
+                );
             }
             let status = rb
                 .header("content-type", "application/json")

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use roam_tests::artifacts;
 
 pub(crate) const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The scrape credential every test scheduler is given
+/// (`--metrics-token-file`).
+pub(crate) const SCRAPE: &str = "roam-test-scrape-credential";
 
 /// A child process whose stderr is echoed into the test output; killed on drop.
 pub(crate) struct Proc {
@@ -183,6 +186,8 @@ impl Cluster {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let data = dir.join("scheduler");
+        let scrape = dir.join("scrape-token");
+        std::fs::write(&scrape, SCRAPE).unwrap();
         let mut args = vec![
             "scheduler",
             "--listen",
@@ -193,6 +198,8 @@ impl Cluster {
             &timeout,
             "--heartbeat",
             "200ms",
+            "--metrics-token-file",
+            scrape.to_str().unwrap(),
         ];
         if plaintext {
             args.push("--insecure-plaintext");

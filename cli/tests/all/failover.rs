@@ -26,7 +26,7 @@ fn event_of(events: &std::sync::mpsc::Receiver<String>, kind: &str, workload: &s
 
 /// Deploy the `faulty` test workload as `name` with `durability`; return
 /// once it serves.
-fn deploy_faulty(c: &Cluster, name: &str, durability: &str) {
+pub(crate) fn deploy_faulty(c: &Cluster, name: &str, durability: &str) {
     deploy(
         c,
         &[

@@ -176,10 +176,14 @@ fn a_counter_moves_live_with_its_state_and_rule_breaking_targets_are_refused() {
         ok && out.contains("Downtime:") && out.contains("done"),
         "{out}"
     );
-    let (_, metrics) = c.api("GET", "/metrics", None);
+    let (_, metrics) = c.api("GET", "/metrics", Some(crate::cluster::SCRAPE));
     assert!(
         metrics.contains("roam_migration_downtime_seconds_count 1")
-            && metrics.contains("roam_migrations_total{outcome=\"done\"} 1"),
+            && metrics.contains("roam_migration_rounds_count 1")
+            && metrics.contains("roam_migration_bytes_count 1")
+            && metrics.contains("roam_migrations_total{outcome=\"done\"} 1")
+            && metrics.contains("roam_migration_phases_total{phase=\"precopy\"} 1")
+            && metrics.contains("roam_migrations_in_flight{phase=\"precopy\"} 0"),
         "{metrics}"
     );
 }

@@ -44,6 +44,8 @@ pub enum Access {
     SendingHost,
     /// The certificate of a joined host, or an operator token.
     HostOrOperator,
+    /// The cluster's scrape credential, or a viewer token.
+    Scrape,
 }
 
 impl Access {
@@ -58,6 +60,7 @@ impl Access {
             Access::ThisHost => "this host",
             Access::SendingHost => "sending host",
             Access::HostOrOperator => "host or operator",
+            Access::Scrape => "scrape or viewer",
         }
     }
 }
@@ -201,7 +204,7 @@ fn routes() -> Vec<(RouteRule, Handler)> {
             MESSAGE,
             post(ingress::relay_message),
         ),
-        on("GET", r::METRICS, Public, SMALL, get(metrics::metrics)),
+        on("GET", r::METRICS, Scrape, SMALL, get(metrics::metrics)),
         on("GET", r::CA, Public, SMALL, get(identity::ca)),
         on("GET", r::UI, Public, SMALL, get(console::page)),
         on("GET", r::UI_ASSET, Public, SMALL, get(console::asset)),
@@ -266,6 +269,14 @@ async fn authorize(
             );
         }
         Some(Access::Viewer) => Role::Viewer,
+        Some(Access::Scrape)
+            if s.scrape.as_deref().is_some_and(|hash| {
+                roam_proto::reply::presents_hashed(request.headers(), hash)
+            }) =>
+        {
+            return next.run(request).await;
+        }
+        Some(Access::Scrape) => Role::Viewer,
         Some(Access::Operator) => Role::Operator,
         Some(Access::Admin) => Role::Admin,
         Some(Access::Public) => return next.run(request).await,

@@ -1,13 +1,28 @@
-//! `/metrics` in the Prometheus text format: hosts, workloads, replicas,
-//! placements, lost replicas, and live migrations (downtime and duration
-//! histograms, outcomes).
+//! `/metrics` in the Prometheus text format (prometheus-client): hosts,
+//! workloads, replicas, placements, lost replicas, failovers, and live
+//! migrations (phases, downtime, total time, bytes, rounds, outcomes).
+//! Every label takes a fixed set of values (outcomes, phases, host
+//! states), so the series do not grow with hosts or workloads; each
+//! host's own figures are on that host's `/metrics`. `docs/metrics.md`
+//! says what each one means.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use roam_proto::MigrationPhase;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use roam_proto::migration::FailoverOutcome;
+use roam_proto::reply::error;
+use roam_proto::{MigrationPhase, NodeStatus};
 
 use super::Scheduler;
 
@@ -17,92 +32,215 @@ const DOWNTIME_BUCKETS: [f64; 12] = [
 ];
 /// Upper bounds (seconds) of the total-time histogram's buckets.
 const TOTAL_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0];
+/// Upper bounds of the pre-copy rounds histogram's buckets.
+const ROUND_BUCKETS: [f64; 8] = [1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0];
 
-/// A Prometheus histogram.
-#[derive(Clone, Debug, Default)]
-struct Histogram {
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
+/// Every phase, the `phase` label's values.
+const PHASES: [MigrationPhase; 9] = [
+    MigrationPhase::Preparing,
+    MigrationPhase::Precopy,
+    MigrationPhase::Stopping,
+    MigrationPhase::Prepared,
+    MigrationPhase::Committed,
+    MigrationPhase::Done,
+    MigrationPhase::Failed,
+    MigrationPhase::Aborted,
+    MigrationPhase::Resolving,
+];
 
-impl Histogram {
-    fn observe(&mut self, bounds: &[f64], value: f64) {
-        if self.counts.len() != bounds.len() {
-            self.counts = vec![0; bounds.len()];
-        }
-        for (i, b) in bounds.iter().enumerate() {
-            if value <= *b {
-                self.counts[i] += 1;
-            }
-        }
-        self.sum += value;
-        self.count += 1;
-    }
+type Labels = [(&'static str, &'static str); 1];
 
-    fn render(&self, name: &str, help: &str, bounds: &[f64]) -> String {
-        let mut out = format!("# HELP {name} {help}\n# TYPE {name} histogram\n");
-        for (i, b) in bounds.iter().enumerate() {
-            let n = self.counts.get(i).copied().unwrap_or(0);
-            out.push_str(&format!("{name}_bucket{{le=\"{b}\"}} {n}\n"));
-        }
-        out.push_str(&format!(
-            "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}\n",
-            self.count, self.sum, self.count
-        ));
-        out
-    }
-}
-
-/// Migration figures for `/metrics`.
-#[derive(Clone, Debug, Default)]
-pub(super) struct MigrationMetrics {
+/// The scheduler's counters and histograms; gauges are read when scraped.
+#[derive(Debug)]
+pub(super) struct Metrics {
     downtime: Histogram,
     total: Histogram,
-    done: u64,
-    failed: u64,
-    aborted: u64,
+    bytes: Histogram,
+    rounds: Histogram,
+    outcomes: Family<Labels, Counter>,
+    phases: Family<Labels, Counter>,
+    failovers: Family<Labels, Counter>,
 }
 
-impl MigrationMetrics {
-    /// An ended migration, by its final phase.
-    pub(super) fn ended(&mut self, phase: MigrationPhase, total_ms: u64, downtime_us: Option<u64>) {
-        match phase {
-            MigrationPhase::Done => {
-                self.done += 1;
-                self.total.observe(&TOTAL_BUCKETS, total_ms as f64 / 1000.0);
-                if let Some(d) = downtime_us {
-                    self.downtime.observe(&DOWNTIME_BUCKETS, d as f64 / 1e6);
-                }
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let m = Metrics {
+            downtime: Histogram::new(DOWNTIME_BUCKETS),
+            total: Histogram::new(TOTAL_BUCKETS),
+            // 1 MiB to 16 GiB.
+            bytes: Histogram::new(exponential_buckets(1048576.0, 4.0, 8)),
+            rounds: Histogram::new(ROUND_BUCKETS),
+            outcomes: Family::default(),
+            phases: Family::default(),
+            failovers: Family::default(),
+        };
+        // Every value of each label from the start, so a rate over a
+        // series that is still zero reads 0, not nothing.
+        for phase in PHASES {
+            if phase.finished() {
+                let _ = m.outcomes.get_or_create(&[("outcome", phase.as_str())]);
             }
-            MigrationPhase::Aborted => self.aborted += 1,
-            _ => self.failed += 1,
+            let _ = m.phases.get_or_create(&[("phase", phase.as_str())]);
+        }
+        for outcome in [FailoverOutcome::Promoted, FailoverOutcome::Restarted] {
+            let _ = m.failovers.get_or_create(&[("outcome", outcome.as_str())]);
+        }
+        m
+    }
+}
+
+impl Metrics {
+    /// An ended migration, by its final phase.
+    pub(super) fn ended(
+        &self,
+        phase: MigrationPhase,
+        total_ms: u64,
+        downtime_us: Option<u64>,
+        bytes: u64,
+        rounds: u32,
+    ) {
+        self.outcomes
+            .get_or_create(&[("outcome", phase.as_str())])
+            .inc();
+        if phase == MigrationPhase::Done {
+            self.total.observe(total_ms as f64 / 1000.0);
+            self.bytes.observe(bytes as f64);
+            self.rounds.observe(f64::from(rounds));
+            if let Some(d) = downtime_us {
+                self.downtime.observe(d as f64 / 1e6);
+            }
         }
     }
 
-    fn render(&self) -> String {
-        let mut out = self.downtime.render(
-            "roam_migration_downtime_seconds",
-            "Time a migrating workload did not dispatch (source frozen until handed off).",
-            &DOWNTIME_BUCKETS,
-        );
-        out.push_str(&self.total.render(
-            "roam_migration_duration_seconds",
-            "Time from a migration's start to its end.",
-            &TOTAL_BUCKETS,
-        ));
-        out.push_str(&format!(
-            "# HELP roam_migrations_total Migrations ended, by outcome.\n# TYPE roam_migrations_total counter\n\
-             roam_migrations_total{{outcome=\"done\"}} {}\nroam_migrations_total{{outcome=\"failed\"}} {}\nroam_migrations_total{{outcome=\"aborted\"}} {}\n",
-            self.done, self.failed, self.aborted
-        ));
-        out
+    /// A migration entered `phase`.
+    pub(super) fn entered(&self, phase: MigrationPhase) {
+        self.phases
+            .get_or_create(&[("phase", phase.as_str())])
+            .inc();
+    }
+
+    /// A failover ended.
+    pub(super) fn failover(&self, outcome: FailoverOutcome) {
+        self.failovers
+            .get_or_create(&[("outcome", outcome.as_str())])
+            .inc();
     }
 }
 
+/// What is counted by looking, when scraped.
+#[derive(Debug)]
+struct Gauges {
+    ready: u64,
+    down: u64,
+    cordoned: u64,
+    workloads: u64,
+    instances: u64,
+    placements: u64,
+    lost: u64,
+    in_flight: [u64; PHASES.len()],
+    leader: bool,
+}
+
+impl Collector for Gauges {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut m = enc.encode_descriptor(
+            "roam_hosts",
+            "Hosts known to the scheduler, by status.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (status, n) in [
+            (NodeStatus::Ready, self.ready),
+            (NodeStatus::Down, self.down),
+        ] {
+            let labels = [("status", status.to_string())];
+            ConstGauge::new(n as i64).encode(m.encode_family(&labels)?)?;
+        }
+        let plain = [
+            (
+                "roam_hosts_cordoned",
+                "Hosts cordoned (no new placements).",
+                self.cordoned,
+            ),
+            (
+                "roam_workloads",
+                "Workloads in the desired state.",
+                self.workloads,
+            ),
+            ("roam_instances", "Replicas placed.", self.instances),
+            (
+                "roam_scheduler_leader",
+                "1 on the replica that leads, 0 on a follower.",
+                u64::from(self.leader),
+            ),
+        ];
+        for (name, help, n) in plain {
+            let m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(n as i64).encode(m)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "roam_migrations_in_flight",
+            "Migrations not yet ended, by phase.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (phase, n) in PHASES.iter().zip(self.in_flight) {
+            if !phase.finished() {
+                ConstGauge::new(n as i64).encode(m.encode_family(&[("phase", phase.as_str())])?)?;
+            }
+        }
+        for (name, help, n) in [
+            (
+                "roam_placements",
+                "Replicas started by the reconciler.",
+                self.placements,
+            ),
+            (
+                "roam_replicas_lost",
+                "Replicas lost with their host.",
+                self.lost,
+            ),
+        ] {
+            let m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(n).encode(m)?;
+        }
+        Ok(())
+    }
+}
+
+/// The shortest scrape credential taken.
+const MIN_SCRAPE_CREDENTIAL: usize = 16;
+/// The longest.
+const MAX_SCRAPE_CREDENTIAL: usize = 4096;
+
+/// Read the scrape credential from `path` (surrounding whitespace
+/// ignored); its sha256, hex.
+pub(super) fn load_scrape_credential(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    use sha2::Digest as _;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read the scrape credential `{}`", path.display()))?;
+    anyhow::ensure!(
+        meta.len() <= MAX_SCRAPE_CREDENTIAL as u64,
+        "the scrape credential `{}` is over {MAX_SCRAPE_CREDENTIAL} bytes",
+        path.display()
+    );
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the scrape credential `{}`", path.display()))?;
+    let token = text.trim();
+    anyhow::ensure!(
+        token.len() >= MIN_SCRAPE_CREDENTIAL && token.bytes().all(|b| b.is_ascii_graphic()),
+        "the scrape credential `{}` must be one line of at least {MIN_SCRAPE_CREDENTIAL} printable characters, without spaces",
+        path.display()
+    );
+    Ok(hex::encode(sha2::Sha256::digest(token.as_bytes())))
+}
+
+/// `GET /metrics`.
 pub(super) async fn metrics(State(s): State<Arc<Scheduler>>) -> Response {
     let views = s.host_views();
-    let ready = views.iter().filter(|v| v.alive).count();
+    let ready = views.iter().filter(|v| v.alive).count() as u64;
+    let cordoned = views.iter().filter(|v| v.cordoned).count() as u64;
     let instances: usize = s
         .assignments
         .lock()
@@ -110,20 +248,76 @@ pub(super) async fn metrics(State(s): State<Arc<Scheduler>>) -> Response {
         .values()
         .map(|h| h.len())
         .sum();
-    let body = format!(
-        "# HELP roam_hosts Hosts known to the scheduler.\n# TYPE roam_hosts gauge\nroam_hosts{{status=\"ready\"}} {ready}\nroam_hosts{{status=\"down\"}} {}\n\
-         # HELP roam_workloads Workloads in the desired state.\n# TYPE roam_workloads gauge\nroam_workloads {}\n\
-         # HELP roam_instances Replicas placed.\n# TYPE roam_instances gauge\nroam_instances {instances}\n\
-         # HELP roam_placements_total Replicas started by the reconciler.\n# TYPE roam_placements_total counter\nroam_placements_total {}\n\
-         # HELP roam_replicas_lost_total Replicas lost with their host.\n# TYPE roam_replicas_lost_total counter\nroam_replicas_lost_total {}\n",
-        views.len() - ready,
-        s.specs().len(),
-        s.placements.load(Ordering::Relaxed),
-        s.host_losses.load(Ordering::Relaxed),
-    ) + &s
-        .migration_metrics
+    let mut in_flight = [0u64; PHASES.len()];
+    for m in s
+        .migrations
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .render();
-    ([("content-type", "text/plain; version=0.0.4")], body).into_response()
+        .values()
+    {
+        if let Some(i) = PHASES.iter().position(|p| *p == m.phase) {
+            in_flight[i] += 1;
+        }
+    }
+    let gauges = Gauges {
+        ready,
+        down: views.len() as u64 - ready,
+        cordoned,
+        workloads: s.specs().len() as u64,
+        instances: instances as u64,
+        placements: s.placements.load(Ordering::Relaxed),
+        lost: s.host_losses.load(Ordering::Relaxed),
+        in_flight,
+        leader: s.leadership.leads(),
+    };
+    let m = &s.metrics;
+    let mut registry = Registry::default();
+    registry.register(
+        "roam_migration_downtime_seconds",
+        "Time a migrating workload did not dispatch (source frozen until handed off), of migrations done.",
+        m.downtime.clone(),
+    );
+    registry.register(
+        "roam_migration_duration_seconds",
+        "Time from a migration's start to its end, of migrations done.",
+        m.total.clone(),
+    );
+    registry.register(
+        "roam_migration_bytes",
+        "Bytes a migration sent, of migrations done.",
+        m.bytes.clone(),
+    );
+    registry.register(
+        "roam_migration_rounds",
+        "Pre-copy rounds of a migration, of migrations done.",
+        m.rounds.clone(),
+    );
+    registry.register(
+        "roam_migrations",
+        "Migrations ended, by outcome (done, failed, aborted).",
+        m.outcomes.clone(),
+    );
+    registry.register(
+        "roam_migration_phases",
+        "Phases migrations entered, by phase.",
+        m.phases.clone(),
+    );
+    registry.register(
+        "roam_failovers",
+        "Failovers, by outcome: promoted (the standby took over with the state) or restarted (without it).",
+        m.failovers.clone(),
+    );
+    registry.register_collector(Box::new(gauges));
+    let mut body = String::new();
+    if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut body, &registry) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        )],
+        body,
+    )
+        .into_response()
 }

@@ -248,6 +248,7 @@ impl Scheduler {
             m.total_ms = now_ms().saturating_sub(m.started_ms);
             if m.phase != before {
                 m.history.push((m.phase, m.total_ms));
+                self.metrics.entered(m.phase);
             }
             (m.clone(), m.phase != before || m.rounds != rounds)
         };
@@ -775,10 +776,8 @@ impl Scheduler {
         self.forget_old_migrations();
         self.touch();
         let Some(m) = self.migration(id) else { return };
-        self.migration_metrics
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .ended(phase, m.total_ms, downtime_us);
+        self.metrics
+            .ended(phase, m.total_ms, downtime_us, m.bytes_sent, m.rounds);
         self.event(
             &format!("migration_{phase}"),
             serde_json::json!({

@@ -103,6 +103,11 @@ pub struct ServerConfig {
     pub leader_ttl: Duration,
     /// Connections one client address may hold open at once.
     pub max_connections_per_address: usize,
+    /// A file holding the cluster's scrape credential: the bearer token
+    /// Prometheus presents to every `/metrics` (the scheduler's and each
+    /// host's; hosts learn only its sha256, at join). `None`: hosts serve
+    /// their metrics to nobody, and the scheduler's takes a viewer token.
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -124,6 +129,7 @@ impl ServerConfig {
             replica: None,
             leader_ttl: Duration::from_secs(3),
             max_connections_per_address: 512,
+            metrics_token_file: None,
         }
     }
 }
@@ -208,7 +214,7 @@ struct Scheduler {
     pending: Mutex<BTreeSet<String>>,
     /// Workload generations (fencing tokens), mirrored from the store.
     generations: Mutex<HashMap<String, u64>>,
-    migration_metrics: Mutex<metrics::MigrationMetrics>,
+    metrics: metrics::Metrics,
     /// Host revocations since start: a host whose `revocations_seen` is
     /// lower is sent the revocation list again.
     revocations: AtomicU64,
@@ -239,6 +245,8 @@ struct Scheduler {
     spec_locks: [Mutex<()>; SPEC_LOCKS],
     /// Signs the operator console's sessions (`console.rs`).
     console: console::Console,
+    /// sha256 (hex) of the scrape credential, if one is set.
+    scrape: Option<String>,
 }
 
 /// Locks spec changes take, by workload name.
@@ -361,6 +369,10 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     };
     bootstrap_admin(&config, &store)?;
     let console = console::Console::load(&store)?;
+    let scrape = match &config.metrics_token_file {
+        Some(path) => Some(metrics::load_scrape_credential(path)?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on `{}`", config.listen))?;
@@ -428,7 +440,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         moving: Mutex::new(BTreeSet::new()),
         drains: Mutex::new(HashMap::new()),
         generations: Mutex::new(HashMap::new()),
-        migration_metrics: Mutex::new(metrics::MigrationMetrics::default()),
+        metrics: metrics::Metrics::default(),
         changed: std::sync::atomic::AtomicBool::new(true),
         wake: tokio::sync::Notify::new(),
         desired: RwLock::new(Desired::default()),
@@ -439,6 +451,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         leader_http,
         spec_locks: std::array::from_fn(|_| Mutex::new(())),
         console,
+        scrape,
         config,
     });
     if scheduler.leadership.leads() {

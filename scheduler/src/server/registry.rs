@@ -317,6 +317,7 @@ pub(super) async fn join(
         certificate,
         revoked: s.revocation_list(),
         term: s.leadership.term().unwrap_or(0),
+        scrape: s.scrape.clone(),
     })
     .into_response()
 }

@@ -194,6 +194,7 @@ impl Scheduler {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .insert((workload.clone(), pair.host.clone()));
+                    self.metrics.failover(FailoverOutcome::Promoted);
                     self.event(
                         "failover",
                         serde_json::json!({
@@ -208,6 +209,7 @@ impl Scheduler {
                     if let Err(e) = self.assign(&workload, &pair.host, false) {
                         tracing::error!(%workload, error = %e, "cannot record the placement");
                     }
+                    self.metrics.failover(FailoverOutcome::Restarted);
                     self.event(
                         "failover",
                         serde_json::json!({
