@@ -51,9 +51,13 @@ enum Command {
     Get {
         /// What to list.
         kind: commands::ops::Kind,
-        /// Output format.
+        /// Output format (with -w, `json` is one `{"type", "object"}` a line).
         #[arg(short, long, value_enum, default_value = "table")]
         output: commands::ops::Output,
+        /// Then watch: print each row that is added, changes or goes, as
+        /// it happens, until interrupted.
+        #[arg(short, long)]
+        watch: bool,
     },
     /// Show a workload (where it runs, why other hosts were rejected) or a migration.
     Describe {
@@ -153,7 +157,11 @@ fn main() -> std::process::ExitCode {
         Command::Host(args) => commands::daemons::host(args),
         Command::Token(cmd) => commands::ops::token(cmd),
         Command::Deploy(args) => commands::ops::deploy(args),
-        Command::Get { kind, output } => commands::ops::get(kind, output),
+        Command::Get {
+            kind,
+            output,
+            watch,
+        } => commands::get::get(kind, output, watch),
         Command::Describe { kind, name, output } if kind == "migration" => {
             commands::migrate::describe(&name, output)
         }

@@ -156,6 +156,30 @@ pub fn events(follow: bool, output: Output) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Wake `changed` at each event of the scheduler's stream, for ever:
+/// what `roam get -w` looks again on. A broken stream is joined again.
+pub(super) async fn on_each_event(
+    c: super::client::Client,
+    changed: std::sync::Arc<tokio::sync::Notify>,
+) {
+    loop {
+        let rb = c
+            .request(Method::GET, &paths::events())
+            .query(&[("follow", "true")]);
+        if let Ok(mut r) = c.send(rb).await {
+            let mut reader = SseReader::default();
+            while let Ok(Some(chunk)) = r.chunk().await {
+                match reader.feed(&chunk) {
+                    Ok(events) if events.is_empty() => {}
+                    Ok(_) => changed.notify_one(),
+                    Err(_) => break,
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

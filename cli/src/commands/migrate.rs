@@ -1,7 +1,6 @@
-//! `roam migrate`, `roam drain`, `roam get migrations`, `roam describe
-//! migration`: live migration for operators.
+//! `roam migrate`, `roam drain`, `roam describe migration`: live migration
+//! for operators, each followed live (`progress.rs`).
 
-use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,9 +11,11 @@ use reqwest::Method;
 use roam_proto::paths::{self, NodeAction};
 use roam_proto::{
     DrainOutcome, DrainResult, MigrateRequest, MigrationInfo, MigrationOptions, MigrationPhase,
+    NodeInfo,
 };
 
 use super::ops::{Output, block_on, client};
+use super::progress::Progress;
 use crate::size::parse_size;
 
 /// `roam migrate`
@@ -56,7 +57,7 @@ pub struct MigrateArgs {
     pub output: Output,
 }
 
-fn mib(bytes: u64) -> String {
+pub(super) fn mib(bytes: u64) -> String {
     if bytes < 1 << 20 {
         format!("{:.1} KiB", bytes as f64 / 1024.0)
     } else {
@@ -64,7 +65,7 @@ fn mib(bytes: u64) -> String {
     }
 }
 
-fn downtime(m: &MigrationInfo) -> String {
+pub(super) fn downtime(m: &MigrationInfo) -> String {
     match m.downtime_us {
         Some(us) => format!("{:.2} ms", us as f64 / 1000.0),
         None => "-".into(),
@@ -125,36 +126,23 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
             }
             return Ok(ExitCode::SUCCESS);
         }
-        let tty = std::io::stderr().is_terminal();
-        let mut last = String::new();
+        let mut progress = Progress::spinner(&format!("{} → {}:", started.source, started.target));
         let done = loop {
             let m: MigrationInfo = c
                 .json(c.request(Method::GET, &paths::migration(&started.id)?))
                 .await?;
             let line = format!(
-                "{} → {}: {} round {} sent {} dirty {}/s",
-                m.source,
-                m.target,
+                "{} round {} sent {} dirty {}/s",
                 m.phase,
                 m.rounds,
                 mib(m.bytes_sent),
                 mib(m.dirty_rate as u64)
             );
-            if line != last {
-                if tty {
-                    eprint!("\r\x1b[2K{line}");
-                } else {
-                    eprintln!("{line}");
-                }
-                let _ = std::io::stderr().flush();
-                last = line;
-            }
             if m.finished() {
-                if tty {
-                    eprintln!();
-                }
+                progress.finish(0, line);
                 break m;
             }
+            progress.show(0, line);
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         match args.output {
@@ -166,37 +154,6 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         } else {
             ExitCode::FAILURE
         })
-    })
-}
-
-/// `roam get migrations`
-pub fn list(output: Output) -> anyhow::Result<ExitCode> {
-    block_on(async move {
-        let c = client()?;
-        let all: Vec<MigrationInfo> = c.json(c.request(Method::GET, &paths::migrations())).await?;
-        if let Output::Json = output {
-            println!("{}", serde_json::to_string_pretty(&all)?);
-            return Ok(ExitCode::SUCCESS);
-        }
-        let mut t = Table::new();
-        t.set_header([
-            "ID", "WORKLOAD", "FROM", "TO", "PHASE", "ROUNDS", "BYTES", "TOTAL", "DOWNTIME",
-        ]);
-        for m in all {
-            t.add_row([
-                m.id.clone(),
-                m.workload.clone(),
-                m.source.clone(),
-                m.target.clone(),
-                m.phase.to_string(),
-                m.rounds.to_string(),
-                mib(m.bytes_sent),
-                format!("{} ms", m.total_ms),
-                downtime(&m),
-            ]);
-        }
-        println!("{t}");
-        Ok(ExitCode::SUCCESS)
     })
 }
 
@@ -220,11 +177,58 @@ pub fn drain(host: &str, output: Output) -> anyhow::Result<ExitCode> {
     block_on(async move {
         let c = client()?;
         eprintln!("draining `{host}`: cordoned; moving its workloads off it");
+        let on_host = |nodes: &[NodeInfo]| {
+            nodes
+                .iter()
+                .find(|n| n.name == host)
+                .map_or(0, |n| n.instances.len() as u64)
+        };
+        let nodes: Vec<NodeInfo> = c.json(c.request(Method::GET, &paths::nodes())).await?;
+        let total = on_host(&nodes);
+        let mut progress = Progress::bar(&format!("draining {host}"), total);
         // Asking again joins the drain under way (or the one a new leader
         // goes on with): safe to send again if the leader dies meanwhile.
-        let outcomes: Vec<DrainOutcome> = c
-            .json_idempotent(c.request(Method::POST, &paths::node_action(host, NodeAction::Drain)?))
-            .await?;
+        let drain = c.json_idempotent(
+            c.request(Method::POST, &paths::node_action(host, NodeAction::Drain)?),
+        );
+        tokio::pin!(drain);
+        let outcomes: Vec<DrainOutcome> = loop {
+            tokio::select! {
+                outcomes = &mut drain => break outcomes?,
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            // What is left on the host, and its migrations in flight.
+            let (Ok(nodes), Ok(moving)) = tokio::join!(
+                c.json::<Vec<NodeInfo>>(c.request(Method::GET, &paths::nodes())),
+                c.json::<Vec<MigrationInfo>>(c.request(Method::GET, &paths::migrations())),
+            ) else {
+                continue;
+            };
+            let moving: Vec<String> = moving
+                .iter()
+                .filter(|m| m.source == host && !m.finished())
+                .map(|m| {
+                    format!(
+                        "{} → {} {} round {} {}",
+                        m.workload,
+                        m.target,
+                        m.phase,
+                        m.rounds,
+                        mib(m.bytes_sent)
+                    )
+                })
+                .collect();
+            let left = on_host(&nodes);
+            progress.show(total.saturating_sub(left), moving.join("; "));
+        };
+        let moved = outcomes
+            .iter()
+            .filter(|o| o.outcome != DrainResult::Failed)
+            .count() as u64;
+        progress.finish(
+            moved.min(total),
+            format!("{moved} moved, {} failed", outcomes.len() as u64 - moved),
+        );
         if let Output::Json = output {
             println!("{}", serde_json::to_string_pretty(&outcomes)?);
         } else {

@@ -3,9 +3,11 @@
 pub mod client;
 pub mod daemons;
 pub mod events;
+pub mod get;
 pub mod local_etcd;
 pub mod migrate;
 pub mod ops;
+pub mod progress;
 pub mod run;
 pub mod serve;
 pub mod up;

@@ -12,8 +12,8 @@ use comfy_table::Table;
 use reqwest::Method;
 use roam_proto::paths::{self, NodeAction};
 use roam_proto::{
-    Durability, Grants, InstanceInfo, ModuleRef, NodeInfo, TokenRequest, TokenResponse,
-    WorkloadInfo, WorkloadSpec,
+    Durability, Grants, InstanceInfo, ModuleRef, TokenRequest, TokenResponse, WorkloadInfo,
+    WorkloadSpec,
 };
 
 use super::client::{Client, ClientConfig};
@@ -150,6 +150,14 @@ pub struct DeployArgs {
     /// (default 100ms).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub checkpoint_interval: Option<std::time::Duration>,
+    /// Then wait until every replica is placed and serving, showing how
+    /// many are; fail with the hosts' reasons if they are not within
+    /// --timeout.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m", requires = "wait")]
+    pub timeout: std::time::Duration,
 }
 
 /// `roam get`
@@ -444,168 +452,77 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
             "workload `{}` deployed ({}, {} replica(s))",
             spec.name, spec.digest, spec.replicas
         );
+        if args.wait {
+            wait_ready(&c, &spec, args.timeout).await?;
+        }
         println!("try: roam invoke {} /", spec.name);
         Ok(ExitCode::SUCCESS)
     })
 }
 
-/// `roam get`
-pub fn get(kind: Kind, output: Output) -> anyhow::Result<ExitCode> {
-    if let Kind::Migrations = kind {
-        return super::migrate::list(output);
-    }
-    block_on(async move {
-        let c = client()?;
-        match kind {
-            Kind::Nodes => {
-                let nodes: Vec<NodeInfo> = c.json(c.request(Method::GET, &paths::nodes())).await?;
-                if let Output::Json = output {
-                    println!("{}", serde_json::to_string_pretty(&nodes)?);
-                    return Ok(ExitCode::SUCCESS);
-                }
-                let mut t = Table::new();
-                t.set_header([
-                    "NAME",
-                    "STATUS",
-                    "ARCH",
-                    "ENGINE",
-                    "SITE",
-                    "JURISDICTION",
-                    "MEMORY",
-                    "WORKLOADS",
-                    "URL",
-                ]);
-                for n in nodes {
-                    t.add_row([
-                        n.name,
-                        n.status.to_string(),
-                        n.arch,
-                        n.labels.get("engine").cloned().unwrap_or_default(),
-                        n.labels.get("site").cloned().unwrap_or_default(),
-                        n.labels.get("jurisdiction").cloned().unwrap_or_default(),
-                        format!("{}/{} MiB", n.memory_used >> 20, n.capacity.memory >> 20),
-                        n.instances.join(","),
-                        n.url,
-                    ]);
-                }
-                println!("{t}");
+/// `roam deploy --wait`: until each of `spec`'s replicas is placed and
+/// serving, as a bar of replicas ready; an error with the hosts' reasons
+/// after `timeout`.
+async fn wait_ready(
+    c: &Client,
+    spec: &WorkloadSpec,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    let name = &spec.name;
+    let wanted = u64::from(spec.replicas);
+    let mut progress = super::progress::Progress::bar(&format!("{name}: replicas ready"), wanted);
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let (info, instances) = tokio::join!(
+            c.json::<WorkloadInfo>(c.request(Method::GET, &paths::workload(name)?)),
+            c.json::<Vec<InstanceInfo>>(c.request(Method::GET, &paths::instances())),
+        );
+        if let (Ok(info), Ok(instances)) = (info, instances) {
+            let ready: Vec<&str> = instances
+                .iter()
+                .filter(|i| i.workload == *name && i.ready)
+                .map(|i| i.host.as_str())
+                .collect();
+            let count = ready.len() as u64;
+            if count >= wanted && info.hosts.len() as u64 >= wanted {
+                progress.finish(count, format!("on {}", ready.join(", ")));
+                return Ok(());
             }
-            Kind::Workloads => {
-                let ws: Vec<WorkloadInfo> =
-                    c.json(c.request(Method::GET, &paths::workloads())).await?;
-                if let Output::Json = output {
-                    println!("{}", serde_json::to_string_pretty(&ws)?);
-                    return Ok(ExitCode::SUCCESS);
-                }
-                let mut t = Table::new();
-                t.set_header([
-                    "NAME",
-                    "REPLICAS",
-                    "HOSTS",
-                    "SELECTOR",
-                    "DURABILITY",
-                    "PROTECTED",
-                    "DIGEST",
-                ]);
-                for w in ws {
-                    let protected = if w.protection.is_empty() {
-                        "-".to_string()
+            let message = if (info.hosts.len() as u64) < wanted && !info.rejected.is_empty() {
+                format!(
+                    "placed on {}/{wanted}; {} host(s) rejected it (roam describe workload {name})",
+                    info.hosts.len(),
+                    info.rejected.len()
+                )
+            } else {
+                format!("placed on {}", info.hosts.join(", "))
+            };
+            if std::time::Instant::now() > deadline {
+                let reasons: Vec<String> = info
+                    .rejected
+                    .iter()
+                    .map(|(host, why)| format!("{host}: {why}"))
+                    .collect();
+                progress.finish(count, message);
+                bail!(
+                    "`{name}`: {count} of {wanted} replica(s) ready after {}; {}",
+                    humantime::format_duration(timeout),
+                    if reasons.is_empty() {
+                        "no host rejected it (still starting?)".to_string()
                     } else {
-                        format!(
-                            "{}/{}",
-                            w.protection.values().filter(|p| p.protected).count(),
-                            w.hosts.len()
-                        )
-                    };
-                    t.add_row([
-                        w.spec.name,
-                        format!("{}/{}", w.hosts.len(), w.spec.replicas),
-                        w.hosts.join(","),
-                        w.spec.selector,
-                        w.spec.durability.to_string(),
-                        protected,
-                        w.spec.digest.chars().take(19).collect(),
-                    ]);
-                }
-                println!("{t}");
-            }
-            Kind::Instances => {
-                let is: Vec<InstanceInfo> =
-                    c.json(c.request(Method::GET, &paths::instances())).await?;
-                if let Output::Json = output {
-                    println!("{}", serde_json::to_string_pretty(&is)?);
-                    return Ok(ExitCode::SUCCESS);
-                }
-                let mut t = Table::new();
-                t.set_header([
-                    "WORKLOAD",
-                    "HOST",
-                    "READY",
-                    "ROLLED BACK",
-                    "RESTARTED",
-                    "LAST FAILURE",
-                    "STANDBY",
-                    "CHECKPOINT AGE",
-                ]);
-                for i in is {
-                    t.add_row([
-                        i.workload,
-                        i.host,
-                        i.ready.to_string(),
-                        i.rolled_back.to_string(),
-                        i.restarted.to_string(),
-                        i.last_failure.unwrap_or_default(),
-                        i.standby.unwrap_or_else(|| "-".into()),
-                        i.checkpoint_age_ms
-                            .map_or_else(|| "-".into(), |ms| format!("{ms} ms")),
-                    ]);
-                }
-                println!("{t}");
-            }
-            Kind::Migrations => {}
-            Kind::Schedulers => {
-                let info: roam_proto::SchedulersInfo =
-                    c.json(c.request(Method::GET, &paths::schedulers())).await?;
-                if let Output::Json = output {
-                    println!("{}", serde_json::to_string_pretty(&info)?);
-                    return Ok(ExitCode::SUCCESS);
-                }
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                let ago = |ms: u64| {
-                    humantime::format_duration(std::time::Duration::from_secs(
-                        now.saturating_sub(ms) / 1000,
-                    ))
-                    .to_string()
-                };
-                let mut t = Table::new();
-                t.set_header(["REPLICA", "ROLE", "TERM", "LEADING FOR", "UP FOR", "URL"]);
-                for r in info.replicas {
-                    t.add_row([
-                        r.member.id,
-                        if r.leader { "leader" } else { "follower" }.to_string(),
-                        r.term.map(|t| t.to_string()).unwrap_or_default(),
-                        r.leader_since_unix_ms.map(ago).unwrap_or_default(),
-                        ago(r.member.started_unix_ms),
-                        r.member.url,
-                    ]);
-                }
-                println!("{t}");
-                println!(
-                    "store: {} — {}{}",
-                    info.store,
-                    if info.store_healthy {
-                        ""
-                    } else {
-                        "UNHEALTHY: "
-                    },
-                    info.store_health
+                        format!("rejected by {}", reasons.join("; "))
+                    }
                 );
             }
+            progress.show(count, message);
+        } else if std::time::Instant::now() > deadline {
+            bail!(
+                "`{name}`: the scheduler did not answer within {}",
+                humantime::format_duration(timeout)
+            );
         }
-        Ok(ExitCode::SUCCESS)
-    })
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// `roam describe workload NAME`

@@ -11,6 +11,129 @@ use roam_tests::artifacts;
 use crate::cluster::{Cluster, PATIENT, Proc, eu_cluster, poll};
 use crate::migrate::{deploy, deploy_eu_counter, host_of, other_eu};
 
+/// `roam ARGS` left running against `c`: the process, and its standard
+/// output's lines as they come.
+fn follow(c: &Cluster, args: &[&str]) -> (Proc, mpsc::Receiver<String>) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_roam"));
+    command
+        .args(args)
+        .env("ROAM_ADDR", &c.url)
+        .env("ROAM_TOKEN", &c.admin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(ca) = &c.ca {
+        command.env("ROAM_CA", ca);
+    }
+    let mut child = command.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (Proc::new(child), rx)
+}
+
+/// The next line from `rx` that `wanted` accepts (lines before it are
+/// skipped).
+fn next_line(rx: &mpsc::Receiver<String>, what: &str, wanted: impl Fn(&str) -> bool) -> String {
+    let mut seen = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no line with {what} in {seen:?}"));
+        if wanted(&line) {
+            return line;
+        }
+        seen.push(line);
+    }
+}
+
+#[test]
+fn watches_and_waits_show_what_changes_as_it_changes() {
+    let c = eu_cluster();
+    // `deploy --wait` returns once the replicas serve, saying how many.
+    let (ok, out, err) = c.roam(&[
+        "deploy",
+        artifacts::COUNTER,
+        "--name",
+        "counter",
+        "--selector",
+        "jurisdiction=EU",
+        "--wait",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("deployed"), "{out}");
+    let at = host_of(&c, "counter");
+    assert!(
+        err.contains(&format!("counter: replicas ready 1/1 on {at}")),
+        "{err}"
+    );
+    assert_eq!(c.get("counter", "/").0, 200);
+    // A workload no host takes: --wait fails with the hosts' reasons.
+    let (ok, _, err) = c.roam(&[
+        "deploy",
+        artifacts::COUNTER,
+        "--name",
+        "nowhere",
+        "--selector",
+        "jurisdiction=MARS",
+        "--wait",
+        "--timeout",
+        "2s",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("`nowhere`: 0 of 1 replica(s) ready after 2s; rejected by ")
+            && err.contains("eu-1: "),
+        "{err}"
+    );
+    let (ok, _, err) = c.roam(&["delete", "nowhere"]);
+    assert!(ok, "{err}");
+
+    // `get -w`: the list, then each change.
+    let (_watch, rx) = follow(&c, &["get", "workloads", "-w", "-o", "json"]);
+    let first = next_line(&rx, "counter added", |l| l.contains("\"ADDED\""));
+    let v: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(v["object"]["spec"]["name"], "counter", "{first}");
+    deploy(&c, &[artifacts::COUNTER, "--name", "later"]);
+    next_line(&rx, "later added", |l| {
+        l.contains("\"ADDED\"") && l.contains("\"name\":\"later\"")
+    });
+    let (ok, _, err) = c.roam(&["delete", "later"]);
+    assert!(ok, "{err}");
+    next_line(&rx, "later deleted", |l| {
+        l.contains("\"DELETED\"") && l.contains("\"name\":\"later\"")
+    });
+    // The table form: a header, then rows in its columns.
+    let (_table, rows) = follow(&c, &["get", "nodes", "-w"]);
+    let header = next_line(&rows, "the header", |l| l.starts_with("NAME"));
+    assert!(
+        header.contains("STATUS") && header.contains("URL"),
+        "{header}"
+    );
+    let ready = roam_proto::NodeStatus::Ready.to_string();
+    next_line(&rows, "eu-1's row", |l| {
+        l.starts_with("eu-1 ") && l.contains(&ready)
+    });
+
+    // `drain` says how far it got while it works, then the outcome.
+    let (ok, out, err) = c.roam(&["drain", &at]);
+    assert!(ok, "{err}");
+    assert!(out.contains("counter"), "{out}");
+    assert!(
+        err.contains(&format!("draining {at} 1/1 1 moved, 0 failed")),
+        "{err}"
+    );
+    // The watch sees the host cordoned and emptied.
+    next_line(&rows, "the drained host's row", |l| {
+        l.starts_with(&format!("{at} ")) && l.contains("cordoned") && !l.contains("counter")
+    });
+}
+
 #[test]
 fn events_are_kept_printed_and_followed() {
     let c = eu_cluster();
@@ -32,27 +155,7 @@ fn events_are_kept_printed_and_followed() {
     }
 
     // Following: what is kept, then what happens.
-    let mut follow = Command::new(env!("CARGO_BIN_EXE_roam"));
-    follow
-        .args(["events", "-f", "-o", "json"])
-        .env("ROAM_ADDR", &c.url)
-        .env("ROAM_TOKEN", &c.admin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    if let Some(ca) = &c.ca {
-        follow.env("ROAM_CA", ca);
-    }
-    let mut child = follow.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let _follow = Proc::new(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let (_follow, rx) = follow(&c, &["events", "-f", "-o", "json"]);
     let kept = rx.recv_timeout(Duration::from_secs(30)).unwrap();
     assert!(kept.contains("\"type\""), "{kept}");
     deploy(&c, &[artifacts::COUNTER, "--name", "later"]);
@@ -202,4 +305,125 @@ fn a_host_exports_each_workloads_requests_failures_and_memory_to_the_scrape_cred
         let (_, text) = scrape(&url, Some(SCRAPE));
         !text.contains("workload=\"first\"") && sample(&text, "roam_host_instances") == Some(1.0)
     });
+}
+
+/// Where Debian's `prometheus` package (installed by `scripts/setup`) puts
+/// its binaries.
+const PROMETHEUS: &str = "/usr/bin/prometheus";
+const PROMTOOL: &str = "/usr/bin/promtool";
+/// Prometheus' own query route (its HTTP API, not Roam's), in segments.
+const PROMETHEUS_QUERY: [&str; 3] = ["api", "v1", "query"];
+
+#[test]
+fn prometheus_scrapes_the_schedulers_and_every_hosts_metrics_with_the_documented_config() {
+    let c = eu_cluster();
+    deploy_eu_counter(&c);
+    for _ in 0..3 {
+        assert_eq!(c.get("counter", "/").0, 200);
+    }
+    // `docs/monitoring/prometheus.yml`, pointed at this cluster: its files,
+    // its scheduler, and its host job repeated for each host, as
+    // `docs/metrics.md` says to.
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/monitoring/prometheus.yml"),
+    )
+    .unwrap();
+    let dir = c.dir.path().join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("metrics.token");
+    std::fs::write(&token, crate::cluster::SCRAPE).unwrap();
+    let ca = c.ca.as_ref().unwrap().to_str().unwrap();
+    let doc = doc
+        .replace("/etc/prometheus/roam/ca.crt", ca)
+        .replace(
+            "/etc/prometheus/roam/metrics.token",
+            token.to_str().unwrap(),
+        )
+        .replace("scrape_interval: 15s", "scrape_interval: 1s");
+    let (head, host_job) = doc.split_at(doc.find("  - job_name: roam-host-eu-1").unwrap());
+    let scheduler = c.url.trim_start_matches("https://");
+    let mut config = head.replace(
+        r#"["10.0.0.10:7700", "10.0.0.11:7700", "10.0.0.12:7700"]"#,
+        &format!(r#"["{scheduler}"]"#),
+    );
+    let nodes = c.nodes();
+    let nodes = nodes.as_array().unwrap();
+    for node in nodes {
+        let name = node["name"].as_str().unwrap();
+        let addr = node["url"].as_str().unwrap().trim_start_matches("https://");
+        let labels = &node["labels"];
+        config.push_str(
+            &host_job
+                .replace("eu-1", name)
+                .replace("10.0.1.21:7800", addr)
+                .replace("eu-west-1", labels["site"].as_str().unwrap())
+                .replace(
+                    "jurisdiction: EU",
+                    &format!("jurisdiction: {}", labels["jurisdiction"].as_str().unwrap()),
+                ),
+        );
+    }
+    let file = dir.join("prometheus.yml");
+    std::fs::write(&file, &config).unwrap();
+    let check = Command::new(PROMTOOL)
+        .args(["check", "config"])
+        .arg(&file)
+        .output()
+        .expect("promtool (Debian `prometheus`, scripts/setup)");
+    assert!(
+        check.status.success(),
+        "{}{}\n{config}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let listen = crate::relay::free_port();
+    let _prometheus = Proc::new(
+        Command::new(PROMETHEUS)
+            .arg(format!("--config.file={}", file.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={listen}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            // Its log, for a failure's reader.
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("prometheus (Debian `prometheus`, scripts/setup)"),
+    );
+    let query = |q: &str| -> Vec<serde_json::Value> {
+        let http = crate::cluster::agent_trusting(None);
+        let Ok(mut r) = http
+            .get(format!("http://{listen}/{}", PROMETHEUS_QUERY.join("/")))
+            .query("query", q)
+            .call()
+        else {
+            return Vec::new();
+        };
+        let body: serde_json::Value =
+            serde_json::from_str(&r.body_mut().read_to_string().unwrap_or_default())
+                .unwrap_or_default();
+        body["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let value = |s: &serde_json::Value| -> f64 { s["value"][1].as_str().unwrap().parse().unwrap() };
+    // Every target up: the scheduler and each host, over TLS with the
+    // credential, their certificates checked by name.
+    poll(Duration::from_secs(60), "every target to be up", || {
+        let up = query("up");
+        up.len() == nodes.len() + 1 && up.iter().all(|s| value(s) == 1.0)
+    });
+    poll(Duration::from_secs(30), "the counter's requests", || {
+        query(r#"roam_workload_requests_total{workload="counter",code="2xx"}"#)
+            .iter()
+            .any(|s| value(s) >= 3.0)
+    });
+    let ready = query(r#"roam_hosts{job="roam-scheduler",status="ready"}"#);
+    assert_eq!(ready.len(), 1);
+    assert_eq!(value(&ready[0]), 3.0);
+    let slots = query(r#"roam_host_slots{host="eu-1",site="eu-west-1"}"#);
+    assert_eq!(slots.len(), 1, "the host job's labels are on its series");
 }

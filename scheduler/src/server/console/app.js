@@ -361,7 +361,7 @@ function hostRow(n) {
     el('td', {}, n.name),
     el('td', {}, el('span', { class: 'status ' + n.status }, n.status)),
     el('td', {}, n.arch || ''),
-    el('td', {}, n.engine || ''),
+    el('td', { title: n.engine || '' }, (n.labels && n.labels.engine) || ''),
     el('td', {}, bytes(n.memory_used) + ' / ' + bytes(cap.memory)),
     el('td', {}, instances.length + ' / ' + (cap.slots ?? '')),
     el('td', { class: 'instances' }, instances.join(', ')),
