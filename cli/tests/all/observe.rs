@@ -321,6 +321,11 @@ fn prometheus_scrapes_the_schedulers_and_every_hosts_metrics_with_the_documented
     for _ in 0..3 {
         assert_eq!(c.get("counter", "/").0, 200);
     }
+    // A workload with a standby: its checkpoints are counted too.
+    crate::failover::deploy_faulty(&c, "durable", "sync");
+    for _ in 0..3 {
+        assert_eq!(c.get("durable", "/count/a").0, 200);
+    }
     // `docs/monitoring/prometheus.yml`, pointed at this cluster: its files,
     // its scheduler, and its host job repeated for each host, as
     // `docs/metrics.md` says to.
@@ -392,19 +397,20 @@ fn prometheus_scrapes_the_schedulers_and_every_hosts_metrics_with_the_documented
             .spawn()
             .expect("prometheus (Debian `prometheus`, scripts/setup)"),
     );
-    let query = |q: &str| -> Vec<serde_json::Value> {
+    // Prometheus' answer to `route` (with `query`), or null.
+    let api = |route: &[&str], query: Option<&str>| -> serde_json::Value {
         let http = crate::cluster::agent_trusting(None);
-        let Ok(mut r) = http
-            .get(format!("http://{listen}/{}", PROMETHEUS_QUERY.join("/")))
-            .query("query", q)
-            .call()
-        else {
-            return Vec::new();
+        let mut rb = http.get(format!("http://{listen}/{}", route.join("/")));
+        if let Some(q) = query {
+            rb = rb.query("query", q);
+        }
+        let Ok(mut r) = rb.call() else {
+            return serde_json::Value::Null;
         };
-        let body: serde_json::Value =
-            serde_json::from_str(&r.body_mut().read_to_string().unwrap_or_default())
-                .unwrap_or_default();
-        body["data"]["result"]
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap_or_default()).unwrap_or_default()
+    };
+    let query = |q: &str| -> Vec<serde_json::Value> {
+        api(&PROMETHEUS_QUERY, Some(q))["data"]["result"]
             .as_array()
             .cloned()
             .unwrap_or_default()
@@ -426,4 +432,58 @@ fn prometheus_scrapes_the_schedulers_and_every_hosts_metrics_with_the_documented
     assert_eq!(value(&ready[0]), 3.0);
     let slots = query(r#"roam_host_slots{host="eu-1",site="eu-west-1"}"#);
     assert_eq!(slots.len(), 1, "the host job's labels are on its series");
+    poll(Duration::from_secs(30), "the standby's checkpoints", || {
+        query("sum(roam_host_checkpoints_total)")
+            .iter()
+            .any(|s| value(s) > 0.0)
+            && !query(r#"roam_workload_checkpoint_age_seconds{workload="durable"}"#).is_empty()
+    });
+
+    // Every query of the Grafana dashboard runs, and every metric it
+    // names is one Prometheus has.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../docs/monitoring/grafana-dashboard.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let names = api(
+        &[
+            PROMETHEUS_QUERY[0],
+            PROMETHEUS_QUERY[1],
+            "label",
+            "__name__",
+            "values",
+        ],
+        None,
+    );
+    let names: Vec<&str> = names["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    let mut exprs = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            let q = expr
+                .replace("$workload", ".*")
+                .replace("$__rate_interval", "1m");
+            let answer = api(&PROMETHEUS_QUERY, Some(&q));
+            assert_eq!(answer["status"], "success", "{expr}: {answer}");
+            for name in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if name.starts_with("roam_") {
+                    assert!(
+                        names.contains(&name),
+                        "the dashboard's {name} is not exported"
+                    );
+                }
+            }
+            exprs += 1;
+        }
+    }
+    assert!(exprs > 20, "{exprs} queries");
 }
