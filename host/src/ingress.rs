@@ -86,8 +86,9 @@ pub(crate) async fn ingress(
     response
 }
 
-/// Turn an HTTP request into a workload request for `path`. The
-/// `authorization` header is dropped: it is meant for Roam, not the guest.
+/// Turn an HTTP request into a workload request for `path`, every header
+/// included (`Authorization` too: the ingress takes no credential, so a
+/// bearer token is the workload's to check).
 pub fn from_http(
     method: &Method,
     path: String,
@@ -101,7 +102,6 @@ pub fn from_http(
         query: uri.query().unwrap_or("").to_string(),
         headers: headers
             .iter()
-            .filter(|(k, _)| *k != axum::http::header::AUTHORIZATION)
             .map(|(k, v)| {
                 (
                     k.to_string(),

@@ -5,7 +5,7 @@
 /// ```
 /// let req = roam_sdk::Request::new("GET", "/items?limit=5");
 /// assert_eq!(req.path, "/items");
-/// assert_eq!(req.query_param("limit"), Some("5"));
+/// assert_eq!(req.query_param("limit").as_deref(), Some("5"));
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Request {
@@ -49,19 +49,35 @@ impl Request {
         self
     }
 
-    /// The first value of query parameter `name` (not percent-decoded).
+    /// The first value of query parameter `name`, percent-decoded (and
+    /// `+` read as a space, as browsers encode forms); bytes that are not
+    /// UTF-8 become U+FFFD. [`Request::query`] is the string as sent.
     ///
     /// ```
-    /// let req = roam_sdk::Request::new("GET", "/?ttl=30&x");
-    /// assert_eq!(req.query_param("ttl"), Some("30"));
-    /// assert_eq!(req.query_param("x"), Some(""));
+    /// let req = roam_sdk::Request::new("GET", "/?ttl=30&x&q=caf%C3%A9+au+lait&a%26b=1%3D1");
+    /// assert_eq!(req.query_param("ttl").as_deref(), Some("30"));
+    /// assert_eq!(req.query_param("x").as_deref(), Some(""));
+    /// assert_eq!(req.query_param("q").as_deref(), Some("café au lait"));
+    /// assert_eq!(req.query_param("a&b").as_deref(), Some("1=1"));
     /// assert_eq!(req.query_param("y"), None);
     /// ```
-    pub fn query_param(&self, name: &str) -> Option<&str> {
-        self.query.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (k == name).then_some(v)
-        })
+    pub fn query_param(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        self.query_params()
+            .find_map(|(k, v)| (k == name).then_some(v))
+    }
+
+    /// Every query parameter in order, names and values percent-decoded
+    /// as [`Request::query_param`] does.
+    ///
+    /// ```
+    /// let req = roam_sdk::Request::new("GET", "/?a=1&b=%2F&a=2");
+    /// let all: Vec<_> = req.query_params().collect();
+    /// assert_eq!(all, [("a".into(), "1".into()), ("b".into(), "/".into()), ("a".into(), "2".into())]);
+    /// ```
+    pub fn query_params(
+        &self,
+    ) -> impl Iterator<Item = (std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)> {
+        form_urlencoded::parse(self.query.as_bytes())
     }
 
     /// The first header called `name` (case-insensitive).

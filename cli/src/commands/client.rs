@@ -119,6 +119,16 @@ impl Client {
             .bearer_auth(&self.config.token)
     }
 
+    /// A request to `path` without this client's token: for the ingress,
+    /// where the operator's token would reach the workload.
+    pub fn request_anonymous(
+        &self,
+        method: reqwest::Method,
+        path: &ApiPath,
+    ) -> reqwest::RequestBuilder {
+        self.http.request(method, path.on(self.addr()))
+    }
+
     /// Send `rb` to the replica that leads (found by [`Client::leader`]).
     /// While none does (one just died, and the others wait for its lease
     /// to end), or the one found stopped answering before the request

@@ -120,7 +120,8 @@ pub struct HostArgs {
     /// the scheduler's CA against the hash before it sends the secret).
     #[arg(long, env = "ROAM_JOIN_TOKEN")]
     pub token: String,
-    /// Host name (default: the machine's hostname).
+    /// Host name (default: the machine's, from `gethostname`: its first
+    /// label, lowercase).
     #[arg(long)]
     pub name: Option<String>,
     /// API address (port 0 picks a free one).
@@ -258,13 +259,29 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A host name from the machine's (`gethostname`): its first label,
+/// lowercase; an error asking for `--name` if that is no DNS label.
+fn machine_name(hostname: &str) -> anyhow::Result<String> {
+    let first = hostname
+        .trim()
+        .split('.')
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    roam_proto::names::host(&first).map_err(|e| {
+        anyhow::anyhow!(
+            "this machine's host name `{}` gives no valid Roam host name ({e}); give one with --name",
+            hostname.escape_debug()
+        )
+    })?;
+    Ok(first)
+}
+
 /// Run `roam host`.
 pub fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
     let name = match args.name {
         Some(n) => n,
-        None => std::fs::read_to_string("/etc/hostname")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "host".into()),
+        None => machine_name(&gethostname::gethostname().to_string_lossy())?,
     };
     tokio(None)?.block_on(roam_host::run(roam_host::HostConfig {
         name,
@@ -287,4 +304,18 @@ pub fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
         metrics_workloads: args.metrics_workloads,
     }))?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_is_named_after_the_machine_or_asks_for_a_name() {
+        assert_eq!(machine_name("edge-7").unwrap(), "edge-7");
+        assert_eq!(machine_name("Edge-7.site.example.net\n").unwrap(), "edge-7");
+        let err = machine_name("").unwrap_err().to_string();
+        assert!(err.contains("--name"), "{err}");
+        assert!(machine_name("under_score").is_err());
+    }
 }

@@ -109,6 +109,9 @@ fn parse_role(s: &str) -> Result<roam_proto::TokenRole, String> {
         .ok_or_else(|| format!("`{s}` is not a role: join, viewer, operator or admin"))
 }
 
+/// A replica's memory cap unless the deploy says otherwise.
+const DEFAULT_MEMORY: u64 = 64 << 20;
+
 /// `roam deploy`
 #[derive(Args, Debug)]
 pub struct DeployArgs {
@@ -118,21 +121,23 @@ pub struct DeployArgs {
     /// sensor-probe, mandelbrot), with the grants it needs.
     #[arg(long, conflicts_with_all = ["file", "manifest"])]
     pub example: Option<String>,
-    /// A workload.toml manifest.
+    /// A workload.toml manifest. Flags given with it win over its values
+    /// (`--env` per variable; `--grant` adds to its grants).
     #[arg(short = 'f', long = "file", conflicts_with = "file")]
     pub manifest: Option<PathBuf>,
     /// Workload name.
     #[arg(long)]
     pub name: Option<String>,
-    /// Placement rules, for example `jurisdiction=EU,site in (eu-west-1,eu-central-1)`.
-    #[arg(long, default_value = "")]
-    pub selector: String,
-    /// Replicas.
-    #[arg(long, default_value_t = 1)]
-    pub replicas: u32,
-    /// Memory cap per replica.
-    #[arg(long, value_parser = parse_size, default_value = "64MiB")]
-    pub memory: u64,
+    /// Placement rules, for example `jurisdiction=EU,site in (eu-west-1,eu-central-1)`
+    /// [default: none, or the manifest's].
+    #[arg(long)]
+    pub selector: Option<String>,
+    /// Replicas [default: 1, or the manifest's].
+    #[arg(long)]
+    pub replicas: Option<u32>,
+    /// Memory cap per replica [default: 64MiB, or the manifest's].
+    #[arg(long, value_parser = parse_size)]
+    pub memory: Option<u64>,
     /// Spread replicas across this label.
     #[arg(long)]
     pub spread_by: Option<String>,
@@ -384,18 +389,29 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
                     manifest.display()
                 ),
             };
+            let mut env = m.env;
+            env.extend(args.env.iter().cloned());
+            let flags = grants(&args.grants)?;
+            let mut send = m.grants.send;
+            send.extend(flags.send);
+            send.dedup();
             WorkloadSpec {
-                name: m.name,
+                name: args.name.clone().unwrap_or(m.name),
                 digest,
-                replicas: m.replicas,
-                selector: m.selector,
-                memory: match &m.memory {
-                    Some(s) => parse_size(s).map_err(anyhow::Error::msg)?,
-                    None => 64 << 20,
+                replicas: args.replicas.unwrap_or(m.replicas),
+                selector: args.selector.clone().unwrap_or(m.selector),
+                memory: match (args.memory, &m.memory) {
+                    (Some(bytes), _) => bytes,
+                    (None, Some(s)) => parse_size(s).map_err(anyhow::Error::msg)?,
+                    (None, None) => DEFAULT_MEMORY,
                 },
-                spread_by: m.spread_by,
-                env: m.env,
-                grants: m.grants,
+                spread_by: args.spread_by.clone().or(m.spread_by),
+                env,
+                grants: Grants {
+                    kv: m.grants.kv || flags.kv,
+                    timers: m.grants.timers || flags.timers,
+                    send,
+                },
                 durability: args.durability.or(m.durability).unwrap_or_default(),
                 checkpoint_interval_ms: match (args.checkpoint_interval, &m.checkpoint_interval) {
                     (Some(d), _) => Some(millis(d)),
@@ -413,9 +429,9 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
             WorkloadSpec {
                 name: args.name.clone().unwrap_or_else(|| example.clone()),
                 digest: upload(&c, &path).await?,
-                replicas: args.replicas,
-                selector: args.selector.clone(),
-                memory: args.memory,
+                replicas: args.replicas.unwrap_or(1),
+                selector: args.selector.clone().unwrap_or_default(),
+                memory: args.memory.unwrap_or(DEFAULT_MEMORY),
                 spread_by: args.spread_by.clone(),
                 env: args.env.iter().cloned().collect(),
                 grants: grants(&grant_list)?,
@@ -435,9 +451,9 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
             WorkloadSpec {
                 name,
                 digest: upload(&c, file).await?,
-                replicas: args.replicas,
-                selector: args.selector.clone(),
-                memory: args.memory,
+                replicas: args.replicas.unwrap_or(1),
+                selector: args.selector.clone().unwrap_or_default(),
+                memory: args.memory.unwrap_or(DEFAULT_MEMORY),
                 spread_by: args.spread_by.clone(),
                 env: args.env.iter().cloned().collect(),
                 grants: grants(&args.grants)?,
@@ -631,7 +647,9 @@ pub fn invoke(
             (None, None) => Method::GET,
         };
         let path = path.trim_start_matches('/');
-        let mut rb = c.request(method, &paths::ingress(name, path)?);
+        // The ingress takes no credential and passes `Authorization` on
+        // to the workload: the operator's token stays here.
+        let mut rb = c.request_anonymous(method, &paths::ingress(name, path)?);
         if let Some(d) = data {
             rb = rb.body(d);
         }

@@ -815,6 +815,36 @@ fn a_manifest_deploys_with_its_rules() {
         },
     );
     assert_eq!(c.get("agg", "/sensors").0, 200);
+    // Flags given with the manifest win over its values: another name, one
+    // replica, on one site, with an extra variable and grant.
+    let (ok, _, err) = c.roam(&[
+        "deploy",
+        "-f",
+        manifest.to_str().unwrap(),
+        "--name",
+        "agg-west",
+        "--replicas",
+        "1",
+        "--selector",
+        "site=eu-west-1",
+        "--env",
+        "MODE=flag",
+        "--grant",
+        "kv",
+    ]);
+    assert!(ok, "{err}");
+    let (_, out, _) = c.roam(&["describe", "workload", "agg-west", "-o", "json"]);
+    let w: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(w["spec"]["replicas"], 1, "{out}");
+    assert_eq!(w["spec"]["selector"], "site=eu-west-1", "{out}");
+    assert_eq!(
+        w["spec"]["memory"],
+        32 << 20,
+        "the manifest's, no flag given"
+    );
+    assert_eq!(w["spec"]["spread_by"], "site", "{out}");
+    assert_eq!(w["spec"]["env"]["MODE"], "flag", "{out}");
+    assert_eq!(w["spec"]["grants"]["kv"], true, "{out}");
     // A manifest with an unknown field is refused before anything is deployed.
     std::fs::write(
         &manifest,
@@ -1022,4 +1052,32 @@ fn a_host_speaking_another_protocol_version_is_refused_naming_both() {
     let ours = format!("speaks {}", roam_proto::PROTOCOL_VERSION);
     assert!(body.contains(&theirs) && body.contains(&ours), "{body}");
     assert_eq!(c.nodes(), serde_json::json!([]), "nothing was registered");
+}
+
+#[test]
+fn a_workload_gets_its_callers_authorization_and_decoded_query_through_both_ingresses() {
+    let mut c = Cluster::start_with(&[]);
+    let host = c.add_host_with("eu-1", "eu-west-1", "EU", &[], &[]);
+    c.wait_ready(1);
+    crate::failover::deploy_faulty(&c, "app", "none");
+    let expected = "authorization=Bearer app-token\nq=café & more";
+    let query = "/echo?q=caf%C3%A9+%26+more";
+    // Through the scheduler's ingress, and straight to the host's.
+    for (agent, base) in [
+        (c.agent.clone(), c.url.clone()),
+        (unverified_agent(None), host),
+    ] {
+        let mut r = agent
+            .get(format!("{base}/w/app{query}"))
+            .header("authorization", "Bearer app-token")
+            .call()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.body_mut().read_to_string().unwrap(), expected, "{base}");
+    }
+    // `roam invoke` sends the operator's token nowhere near the workload.
+    let (ok, out, err) = c.roam(&["invoke", "app", "/echo", "--method", "GET"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("authorization=\n"), "{out}");
+    assert!(!out.contains(&c.admin), "{out}");
 }

@@ -29,7 +29,8 @@ impl Workload for Probe {
                 else {
                     return Response::text(400, "need ?sensor=ID&value=NUMBER");
                 };
-                let to = req.query_param("to").unwrap_or("sensor-aggregator");
+                let to = req.query_param("to");
+                let to = to.as_deref().unwrap_or("sensor-aggregator");
                 match messages::send(to, format!("{sensor} {value}")) {
                     Ok(()) => {
                         self.sent += 1;

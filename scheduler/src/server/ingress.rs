@@ -277,7 +277,6 @@ pub(super) async fn ingress(
                         request = request.header(k.as_str(), rest);
                     }
                 } else if k != axum::http::header::HOST
-                    && k != axum::http::header::AUTHORIZATION
                     && k != axum::http::header::CONTENT_LENGTH
                     && !headers::is_roam_header(k.as_str())
                 {

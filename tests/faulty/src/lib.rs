@@ -14,6 +14,8 @@
 //! - `GET /handled`: every message handled, as `FROM:BODY` lines, every
 //!   message of ours that came back, as `undeliverable:TO:BODY:WHY`, and
 //!   every move, as `moved:HOW:FROM_HOST:HOST`.
+//! - `GET /echo?q=TEXT`: what reached it, as `authorization=HEADER` and
+//!   `q=TEXT` (decoded) lines.
 
 #![allow(
     clippy::panic,
@@ -99,6 +101,16 @@ impl Workload for Faulty {
                 }
             }
             ("GET", "handled") => Response::text(200, self.handled.join("\n")),
+            // What reached it: the `Authorization` header and the decoded
+            // `q` query parameter.
+            ("GET", "echo") => Response::text(
+                200,
+                format!(
+                    "authorization={}\nq={}",
+                    req.header("authorization").unwrap_or(""),
+                    req.query_param("q").unwrap_or_default()
+                ),
+            ),
             _ => Response::text(404, "see the crate's documentation"),
         }
     }
