@@ -22,6 +22,10 @@ struct Cli {
         env = "ROAM_LOG_FORMAT"
     )]
     log_format: LogFormat,
+    /// The client context to use (`roam config get-contexts`) instead of
+    /// the current one.
+    #[arg(long, global = true, env = "ROAM_CONTEXT")]
+    context: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,6 +49,9 @@ enum Command {
     /// Manage join tokens.
     #[command(subcommand)]
     Token(commands::ops::TokenCommand),
+    /// The client's contexts: which scheduler, with which token and CA.
+    #[command(subcommand)]
+    Config(commands::config::ConfigCommand),
     /// Deploy a workload: a module with --name, or a workload.toml with -f.
     Deploy(commands::ops::DeployArgs),
     /// List nodes, workloads or instances.
@@ -138,6 +145,9 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Some(context) = cli.context.clone() {
+        let _ = commands::config::CHOSEN.set(context);
+    }
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ROAM_LOG")
@@ -156,6 +166,7 @@ fn main() -> std::process::ExitCode {
         Command::Scheduler(args) => commands::daemons::scheduler(args),
         Command::Host(args) => commands::daemons::host(args),
         Command::Token(cmd) => commands::ops::token(cmd),
+        Command::Config(cmd) => commands::config::main(cmd),
         Command::Deploy(args) => commands::ops::deploy(args),
         Command::Get {
             kind,

@@ -1,5 +1,6 @@
 //! The operator's API client: address, token and CA from `ROAM_ADDR` /
-//! `ROAM_TOKEN` / `ROAM_CA`, else from the config `roam up` writes.
+//! `ROAM_TOKEN` / `ROAM_CA`, else from the chosen context of the client
+//! config (`config.rs`).
 //!
 //! With a CA (the cluster's `ca.crt`, or the one that issued the
 //! operator's `--tls-cert`) the client trusts that CA alone; without one,
@@ -26,20 +27,11 @@ pub struct ClientConfig {
     pub ca: Option<PathBuf>,
 }
 
-/// `$XDG_CONFIG_HOME/roam/config.json` or `~/.config/roam/config.json`.
-pub fn config_path() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
-    Some(base.join("roam").join("config.json"))
-}
-
 impl ClientConfig {
-    /// From the environment, else the config file.
+    /// From the environment, else the chosen context of the config file.
     pub fn load() -> anyhow::Result<ClientConfig> {
-        let file: Option<ClientConfig> = config_path()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .and_then(|s| serde_json::from_str(&s).ok());
+        let contexts = super::config::ConfigFile::load()?;
+        let file = contexts.chosen()?.map(|(_, c)| c);
         let addr = std::env::var("ROAM_ADDR")
             .ok()
             .or_else(|| file.as_ref().map(|f| f.addr.clone()));
@@ -56,7 +48,7 @@ impl ClientConfig {
                 ca,
             }),
             _ => bail!(
-                "no scheduler configured: set ROAM_ADDR and ROAM_TOKEN, or start a local cluster with `roam up`"
+                "no scheduler configured: set ROAM_ADDR and ROAM_TOKEN, add a context (roam config set-context), or start a local cluster with `roam up`"
             ),
         }
     }

@@ -1,6 +1,7 @@
 //! One module per subcommand (or family of subcommands).
 
 pub mod client;
+pub mod config;
 pub mod daemons;
 pub mod events;
 pub mod get;

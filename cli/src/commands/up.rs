@@ -20,7 +20,8 @@ use reqwest::Method;
 use roam_proto::paths;
 use roam_proto::{NodeInfo, NodeStatus, TokenRequest, TokenResponse};
 
-use super::client::{Client, ClientConfig, config_path};
+use super::client::{Client, ClientConfig};
+use super::config::ConfigFile;
 
 /// Arguments of `roam up`.
 #[derive(Args, Debug)]
@@ -228,7 +229,8 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let written = write_config(&config)?;
+    let context = if args.ha { "up-ha" } else { "up" };
+    let written = write_config(context, &config)?;
     let built: Vec<&str> = super::ops::EXAMPLES
         .iter()
         .map(|(n, _)| *n)
@@ -251,7 +253,7 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
         ),
     }
     println!(
-        "Client config (admin token) written to {} (readable only by you).",
+        "Client context `{context}` (admin token) written to {} and made current (readable only by you; roam config get-contexts).",
         written.display()
     );
     println!(
@@ -308,11 +310,11 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn write_config(config: &ClientConfig) -> anyhow::Result<PathBuf> {
-    let path = config_path().context("no HOME or XDG_CONFIG_HOME to write the client config to")?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    roam_scheduler::server::write_private(&path, &serde_json::to_string_pretty(config)?)?;
-    Ok(path)
+/// Add (or replace) the context `name` for this cluster and make it
+/// current; the other contexts stay.
+fn write_config(name: &str, config: &ClientConfig) -> anyhow::Result<PathBuf> {
+    let mut file = ConfigFile::load()?;
+    file.contexts.insert(name.to_string(), config.clone());
+    file.current = Some(name.to_string());
+    file.save()
 }

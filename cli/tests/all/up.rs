@@ -113,6 +113,22 @@ fn processes_under(dir: &Path) -> Vec<String> {
 fn roam_up_ha_runs_three_schedulers_on_a_secured_etcd_and_survives_losing_the_leader() {
     let home = tempfile::tempdir().unwrap();
     let data = home.path().join("up");
+    // A context the user had before: `roam up` adds its own beside it.
+    let token = home.path().join("other.token");
+    std::fs::write(&token, "roam_other\n").unwrap();
+    let (ok, _, err) = roam(
+        home.path(),
+        &[
+            "config",
+            "set-context",
+            "other",
+            "--addr",
+            "https://127.0.0.1:1",
+            "--token-file",
+            token.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
     let port = three_free_ports();
     let listen = format!("127.0.0.1:{port}");
     let mut up = Command::new(env!("CARGO_BIN_EXE_roam"))
@@ -163,6 +179,27 @@ fn roam_up_ha_runs_three_schedulers_on_a_secured_etcd_and_survives_losing_the_le
     assert!(ok, "{out}{err}");
     let nodes: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(nodes.as_array().unwrap().len(), 3, "{nodes}");
+    // Both contexts are kept, `roam up`'s current; tokens are not shown.
+    let (ok, out, err) = roam(home.path(), &["config", "get-contexts"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("other") && out.contains("https://127.0.0.1:1"),
+        "{out}"
+    );
+    let current: Vec<&str> = out.lines().filter(|l| l.contains('*')).collect();
+    assert!(current.len() == 1 && current[0].contains("up-ha"), "{out}");
+    assert!(!out.contains("roam_other"), "{out}");
+    // Switching goes to the other cluster; --context picks one per command.
+    let (ok, _, _) = roam(home.path(), &["config", "use-context", "other"]);
+    assert!(ok);
+    let (ok, _, err) = roam(home.path(), &["get", "nodes"]);
+    assert!(!ok && err.contains("127.0.0.1:1"), "{err}");
+    let (ok, _, err) = roam(home.path(), &["--context", "up-ha", "get", "nodes"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = roam(home.path(), &["--context", "nope", "get", "nodes"]);
+    assert!(!ok && err.contains("no context `nope`"), "{err}");
+    let (ok, _, _) = roam(home.path(), &["config", "use-context", "up-ha"]);
+    assert!(ok);
     let (ok, out, err) = roam(
         home.path(),
         &[
