@@ -208,6 +208,25 @@ pub async fn run(config: HostConfig) -> anyhow::Result<()> {
     .context("host API server failed")
 }
 
+/// How a host runs an instance of `workload`: its memory cap, environment
+/// and grants, on `place`, every other limit (CPU budget per call, ABI
+/// quotas) at the runtime's defaults. `roam run --listen -f` runs a
+/// workload with the same.
+pub fn workload_config(
+    workload: &str,
+    memory: u64,
+    env: &std::collections::BTreeMap<String, String>,
+    grants: &roam_proto::Grants,
+    place: Place,
+) -> InstanceConfig {
+    let mut config = InstanceConfig::new(workload);
+    config.memory_limit = memory;
+    config.env = env.clone().into_iter().collect();
+    config.grants = grants.clone();
+    config.info = place;
+    config
+}
+
 impl Host {
     /// Memory in use and what runs here, as reported to the scheduler.
     pub(crate) async fn statuses(&self) -> (u64, Vec<InstanceStatus>) {
@@ -263,15 +282,16 @@ impl Host {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let mut config = InstanceConfig::new(workload);
-        config.memory_limit = spec.memory;
-        config.env = spec.env.clone().into_iter().collect();
-        config.grants = spec.grants.clone();
-        config.info = Place {
-            host: self.config.name.clone(),
-            site: labels.get("site").cloned().unwrap_or_default(),
-        };
-        config
+        workload_config(
+            workload,
+            spec.memory,
+            &spec.env,
+            &spec.grants,
+            Place {
+                host: self.config.name.clone(),
+                site: labels.get("site").cloned().unwrap_or_default(),
+            },
+        )
     }
 
     /// Drive `instance` as `workload` (run as `spec` says) and route

@@ -33,7 +33,7 @@ mod scheduler_client;
 mod standby;
 
 pub use config::HostConfig;
-pub use daemon::run;
+pub use daemon::{run, workload_config};
 
 /// Entry points for the fuzz targets (`fuzz/`): the parts of the host that
 /// read bytes from the network, driven over a buffer. Not an API.

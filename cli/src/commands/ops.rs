@@ -110,7 +110,34 @@ fn parse_role(s: &str) -> Result<roam_proto::TokenRole, String> {
 }
 
 /// A replica's memory cap unless the deploy says otherwise.
-const DEFAULT_MEMORY: u64 = 64 << 20;
+pub(super) const DEFAULT_MEMORY: u64 = 64 << 20;
+
+impl Manifest {
+    /// The manifest at `path`; unknown fields are refused.
+    pub(super) fn load(path: &std::path::Path) -> anyhow::Result<Manifest> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read `{}`", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid manifest `{}`", path.display()))
+    }
+
+    /// Its memory cap, bytes.
+    pub(super) fn memory(&self) -> anyhow::Result<u64> {
+        match &self.memory {
+            Some(s) => parse_size(s).map_err(anyhow::Error::msg),
+            None => Ok(DEFAULT_MEMORY),
+        }
+    }
+
+    /// Its module's path: `module`, from the manifest's directory.
+    pub(super) fn module_path(&self, manifest: &std::path::Path) -> Option<PathBuf> {
+        self.module.as_ref().map(|m| {
+            manifest
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join(m)
+        })
+    }
+}
 
 /// `roam deploy`
 #[derive(Args, Debug)]
@@ -184,9 +211,9 @@ pub enum Kind {
 /// The manifest: `workload.toml`.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Manifest {
-    name: String,
-    module: Option<PathBuf>,
+pub(super) struct Manifest {
+    pub(super) name: String,
+    pub(super) module: Option<PathBuf>,
     digest: Option<String>,
     #[serde(default = "one")]
     replicas: u32,
@@ -195,9 +222,9 @@ struct Manifest {
     memory: Option<String>,
     spread_by: Option<String>,
     #[serde(default)]
-    env: BTreeMap<String, String>,
+    pub(super) env: BTreeMap<String, String>,
     #[serde(default)]
-    grants: Grants,
+    pub(super) grants: Grants,
     durability: Option<Durability>,
     /// For example `250ms`.
     checkpoint_interval: Option<String>,
@@ -225,7 +252,7 @@ pub fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
         .block_on(f)
 }
 
-fn grants(list: &[String]) -> anyhow::Result<Grants> {
+pub(super) fn grants(list: &[String]) -> anyhow::Result<Grants> {
     let mut g = Grants::default();
     for item in list {
         match item.as_str() {
@@ -368,26 +395,18 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     block_on(async {
         let c = client()?;
         let spec = if let Some(manifest) = &args.manifest {
-            let text = std::fs::read_to_string(manifest)
-                .with_context(|| format!("cannot read `{}`", manifest.display()))?;
-            let m: Manifest = toml::from_str(&text)
-                .with_context(|| format!("invalid manifest `{}`", manifest.display()))?;
-            let digest = match (&m.module, &m.digest) {
-                (Some(path), _) => {
-                    upload(
-                        &c,
-                        &manifest
-                            .parent()
-                            .unwrap_or(std::path::Path::new("."))
-                            .join(path),
-                    )
-                    .await?
-                }
+            let m = Manifest::load(manifest)?;
+            let digest = match (m.module_path(manifest), &m.digest) {
+                (Some(path), _) => upload(&c, &path).await?,
                 (None, Some(d)) => d.clone(),
                 (None, None) => bail!(
                     "manifest `{}` needs `module` (a path) or `digest`",
                     manifest.display()
                 ),
+            };
+            let memory = match args.memory {
+                Some(bytes) => bytes,
+                None => m.memory()?,
             };
             let mut env = m.env;
             env.extend(args.env.iter().cloned());
@@ -400,11 +419,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
                 digest,
                 replicas: args.replicas.unwrap_or(m.replicas),
                 selector: args.selector.clone().unwrap_or(m.selector),
-                memory: match (args.memory, &m.memory) {
-                    (Some(bytes), _) => bytes,
-                    (None, Some(s)) => parse_size(s).map_err(anyhow::Error::msg)?,
-                    (None, None) => DEFAULT_MEMORY,
-                },
+                memory,
                 spread_by: args.spread_by.clone().or(m.spread_by),
                 env,
                 grants: Grants {

@@ -25,8 +25,24 @@ const EXIT_TIMEOUT: u8 = 124;
 /// Arguments of `roam run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// The WebAssembly module (wasm32-wasip1 command) to run.
-    pub file: PathBuf,
+    /// The WebAssembly module (wasm32-wasip1 command) to run; with
+    /// `--listen -f workload.toml`, the manifest's `module` by default.
+    #[arg(required_unless_present = "manifest")]
+    pub file: Option<PathBuf>,
+    /// With --listen: run the workload as a host runs it from this
+    /// manifest: its name, grants, memory cap and environment, and a
+    /// host's CPU budget per call (flags given with it win).
+    #[arg(short = 'f', long = "file", requires = "listen")]
+    pub manifest: Option<PathBuf>,
+    /// With --listen: grant kv, timers, send (repeatable or
+    /// comma-separated; added to the manifest's). Without a grant a
+    /// workload's capability is denied, as in the cluster.
+    #[arg(long = "grant", value_delimiter = ',', requires = "listen")]
+    pub grants: Vec<String>,
+    /// With --listen: grant every capability (the escape hatch for trying
+    /// a module without its manifest).
+    #[arg(long, requires = "listen")]
+    pub grant_all: bool,
     /// Cap on the guest's linear memory, for example `64MiB`.
     #[arg(long, value_parser = parse_size, default_value = "4GiB")]
     pub max_memory: u64,
@@ -95,9 +111,24 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     tokio.block_on(run(args))
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let bytes = std::fs::read(&args.file)
-        .with_context(|| format!("cannot read `{}`", args.file.display()))?;
+async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
+    let manifest = match &args.manifest {
+        Some(path) => Some((super::ops::Manifest::load(path)?, path.clone())),
+        None => None,
+    };
+    let file = match (&args.file, &manifest) {
+        (Some(f), _) => f.clone(),
+        (None, Some((m, path))) => m.module_path(path).with_context(|| {
+            format!(
+                "`{}` names no `module`; give the module file",
+                path.display()
+            )
+        })?,
+        (None, None) => bail!("give the module file to run"),
+    };
+    args.file = Some(file.clone());
+    let bytes =
+        std::fs::read(&file).with_context(|| format!("cannot read `{}`", file.display()))?;
     let runtime = Runtime::new(RuntimeConfig {
         slots: 2,
         max_instance_memory: args.max_memory,
@@ -105,9 +136,9 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ..RuntimeConfig::default()
     })?;
     if args.listen.is_some() {
-        return super::serve::serve(args, runtime, bytes).await;
+        return super::serve::serve(args, manifest.map(|(m, _)| m), runtime, bytes).await;
     }
-    let name = args.file.display().to_string();
+    let name = file.display().to_string();
     let module = runtime
         .load(bytes)
         .await

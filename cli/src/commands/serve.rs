@@ -3,9 +3,11 @@
 //! The developer's local loop (like `spin up`): requests to any path go to
 //! the workload's `handle`; `POST /_roam/messages?from=NAME` queues the body
 //! as a message from workload NAME. Guest logs are printed with the
-//! workload's name and level. The local loop grants the workload every ABI
-//! capability (key-value store, timers, sending); a cluster grants only
-//! what the manifest asks for.
+//! workload's name and level. Capabilities are granted as in the cluster:
+//! what `-f workload.toml` and `--grant` say, nothing else; `--grant-all`
+//! grants every one. With `-f`, the instance is configured by the same
+//! function a host uses (`roam_host::workload_config`): memory cap,
+//! environment, grants, the CPU budget per call.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -20,39 +22,74 @@ use roam_runtime::abi::{Grants, Place, Quotas};
 use roam_runtime::driver::{self, DriverOptions, WorkloadHandle};
 use roam_runtime::{InstanceConfig, Passthrough, Runtime, Workload};
 
+use super::ops::Manifest;
 use super::run::RunArgs;
 
-/// Serve `bytes` as a workload until Ctrl-C.
-pub async fn serve(args: RunArgs, runtime: Runtime, bytes: Vec<u8>) -> anyhow::Result<ExitCode> {
-    let file = args.file.display().to_string();
-    let name = args.name.clone().unwrap_or_else(|| {
-        args.file
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "workload".into())
-    });
+/// Serve `bytes` as a workload until Ctrl-C, as `manifest` says if given.
+pub(super) async fn serve(
+    args: RunArgs,
+    manifest: Option<Manifest>,
+    runtime: Runtime,
+    bytes: Vec<u8>,
+) -> anyhow::Result<ExitCode> {
+    let path = args.file.clone().unwrap_or_default();
+    let file = path.display().to_string();
+    let name = args
+        .name
+        .clone()
+        .or_else(|| manifest.as_ref().map(|m| m.name.clone()))
+        .unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "workload".into())
+        });
     let module = runtime
         .load(bytes)
         .await
         .with_context(|| format!("cannot load `{file}`"))?;
 
+    let flags = super::ops::grants(&args.grants)?;
+    let place = Place {
+        host: "local".into(),
+        site: "local".into(),
+    };
+    let mut config = match &manifest {
+        // As a host runs it.
+        Some(m) => {
+            let mut env = m.env.clone();
+            env.extend(args.env.iter().cloned());
+            let mut grants = m.grants.clone();
+            grants.kv |= flags.kv;
+            grants.timers |= flags.timers;
+            grants.send.extend(flags.send);
+            grants.send.dedup();
+            let mut config = roam_host::workload_config(&name, m.memory()?, &env, &grants, place);
+            if let Some(t) = args.timeout {
+                config.cpu_budget = Some(t);
+            }
+            config
+        }
+        None => {
+            let mut config = InstanceConfig::new(&name);
+            config.memory_limit = args.max_memory;
+            config.cpu_budget = Some(args.timeout.unwrap_or(std::time::Duration::from_secs(10)));
+            config.env = args.env.clone();
+            config.grants = flags;
+            config.info = place;
+            config
+        }
+    };
+    if args.grant_all {
+        config.grants = Grants::all();
+    }
     let quotas = Quotas::default();
     let max_body = quotas.max_body;
-    let mut config = InstanceConfig::new(&name);
-    config.memory_limit = args.max_memory;
-    config.cpu_budget = Some(args.timeout.unwrap_or(std::time::Duration::from_secs(10)));
-    config.env = args.env.clone();
     config.dirs = args.dirs.clone();
     config.args = args.args.clone();
     config.stdout = Passthrough::Stderr;
     config.stderr = Passthrough::Stderr;
     config.track_dirty = false;
-    config.grants = Grants::all();
     config.quotas = quotas;
-    config.info = Place {
-        host: "local".into(),
-        site: "local".into(),
-    };
     config.log_sink = Some(Arc::new(
         |workload: &str, record: &roam_runtime::abi::LogRecord| {
             let level =

@@ -17,10 +17,18 @@ pub struct Server {
 }
 
 impl Server {
+    /// `roam run FILE --listen … --grant-all EXTRA…`.
     pub fn start(file: &str, extra: &[&str]) -> Server {
+        let mut args = vec![file, "--grant-all"];
+        args.extend_from_slice(extra);
+        Server::start_with(&args)
+    }
+
+    /// `roam run --listen 127.0.0.1:0 ARGS…`.
+    pub fn start_with(args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_roam"))
-            .args(["run", file, "--listen", "127.0.0.1:0"])
-            .args(extra)
+            .args(["run", "--listen", "127.0.0.1:0"])
+            .args(args)
             .env(
                 "XDG_CACHE_HOME",
                 std::env::temp_dir().join("roam-test-cache"),
@@ -247,4 +255,57 @@ fn a_command_module_is_refused_as_a_workload_with_the_reason() {
         err.contains("exports no `roam_abi_version` function"),
         "{err}"
     );
+}
+
+#[test]
+fn a_manifest_runs_locally_as_a_host_runs_it_and_a_missing_grant_fails_as_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("workload.toml");
+    let module = format!(
+        "name = \"cache\"\nmodule = {:?}\nmemory = \"32MiB\"\n",
+        artifacts::KV_CACHE
+    );
+    // No grants: refused at start, with the runtime's message, as a host
+    // refuses it.
+    std::fs::write(&manifest, &module).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_roam"))
+        .args(["run", "--listen", "127.0.0.1:0", "-f"])
+        .arg(&manifest)
+        .env(
+            "XDG_CACHE_HOME",
+            std::env::temp_dir().join("roam-test-cache"),
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("workload `cache` imports `roam::kv_")
+            && err.contains("but is not granted `kv`"),
+        "{err}"
+    );
+    // `--grant` on top of the manifest, or its own [grants]: it serves,
+    // under the manifest's name.
+    let s = Server::start_with(&["-f", manifest.to_str().unwrap(), "--grant", "kv,timers"]);
+    assert_eq!(s.req("PUT", "/greeting", "hello").0 / 100, 2);
+    assert_eq!(s.req("GET", "/greeting", ""), (200, "hello".to_string()));
+    drop(s);
+    std::fs::write(
+        &manifest,
+        format!("{module}[grants]\nkv = true\ntimers = true\n"),
+    )
+    .unwrap();
+    let s = Server::start_with(&["-f", manifest.to_str().unwrap()]);
+    assert_eq!(s.req("PUT", "/greeting", "again").0 / 100, 2);
+    // A module without its manifest gets nothing unless --grant-all.
+    let out = Command::new(env!("CARGO_BIN_EXE_roam"))
+        .args(["run", artifacts::KV_CACHE, "--listen", "127.0.0.1:0"])
+        .env(
+            "XDG_CACHE_HOME",
+            std::env::temp_dir().join("roam-test-cache"),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not granted"));
 }
