@@ -15,36 +15,11 @@
     reason = "a benchmark reports failure by panicking"
 )]
 
-use std::time::{Duration, Instant};
-
 mod common;
-use common::{Run, Scheduler, wrk};
+use common::{Scheduler, median, ready, wrk};
 
 /// Rounds of each measurement; the median is reported.
 const ROUNDS: usize = 7;
-
-/// Wait until `url` answers 200.
-fn ready(url: &str) {
-    let http: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .tls_config(
-            ureq::tls::TlsConfig::builder()
-                .disable_verification(true)
-                .build(),
-        )
-        .build()
-        .into();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http.get(url).call().map(|r| r.status().as_u16()).ok() != Some(200) {
-        assert!(Instant::now() < deadline, "{url} never answered 200");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn median(runs: &[Run], f: impl Fn(&Run) -> f64) -> f64 {
-    let mut v: Vec<f64> = runs.iter().map(f).collect();
-    common::percentile(&mut v, 0.5)
-}
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {

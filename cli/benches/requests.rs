@@ -15,34 +15,9 @@
 )]
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 mod common;
-use common::{Proc, Run, Scheduler, wrk};
-
-/// Wait until `url` answers 200 (whoever's certificate it shows: `wrk`
-/// does not check them either).
-fn ready(url: &str) {
-    let http: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .tls_config(
-            ureq::tls::TlsConfig::builder()
-                .disable_verification(true)
-                .build(),
-        )
-        .build()
-        .into();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http.get(url).call().map(|r| r.status().as_u16()).ok() != Some(200) {
-        assert!(Instant::now() < deadline, "{url} never answered 200");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn median(runs: &[Run], f: impl Fn(&Run) -> f64) -> f64 {
-    let mut v: Vec<f64> = runs.iter().map(f).collect();
-    common::percentile(&mut v, 0.5)
-}
+use common::{Proc, Scheduler, median, ready, wrk};
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {

@@ -7,7 +7,7 @@ pub mod fleet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A child process, killed when dropped.
 pub struct Proc(pub Child);
@@ -250,6 +250,31 @@ pub fn millis(text: &str) -> f64 {
         "m" => v * 60_000.0,
         other => panic!("unknown unit {other}"),
     }
+}
+
+/// Wait until `url` answers 200 (whoever's certificate it shows: `wrk`
+/// does not check them either).
+pub fn ready(url: &str) {
+    let http: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .disable_verification(true)
+                .build(),
+        )
+        .build()
+        .into();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.get(url).call().map(|r| r.status().as_u16()).ok() != Some(200) {
+        assert!(Instant::now() < deadline, "{url} never answered 200");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The median of `f` over `runs`.
+pub fn median(runs: &[Run], f: impl Fn(&Run) -> f64) -> f64 {
+    let mut v: Vec<f64> = runs.iter().map(f).collect();
+    percentile(&mut v, 0.5)
 }
 
 /// `wrk` against `url` (with a Lua `script`, e.g. one that sets the
