@@ -16,7 +16,7 @@
 )]
 
 mod common;
-use common::{Scheduler, median, ready, wrk};
+use common::{hello_cluster, median, ready, wrk};
 
 /// Rounds of each measurement; the median is reported.
 const ROUNDS: usize = 7;
@@ -28,16 +28,7 @@ fn main() {
     let quick = std::env::var("ROAM_BENCH_QUICK").is_ok();
     let seconds = if quick { 3 } else { 10 };
     let start = |host_args: &[&str]| {
-        let s = Scheduler::start(&[]);
-        let (host, url) = s.host("h", host_args);
-        s.roam(&[
-            "deploy",
-            roam_tests::artifacts::HELLO_HTTP,
-            "--name",
-            "hello",
-            "--memory",
-            "16MiB",
-        ]);
+        let (s, host, url) = hello_cluster(&[], host_args);
         let url = format!("{url}/w/hello");
         ready(&url);
         (s, host, url)

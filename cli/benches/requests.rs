@@ -17,7 +17,7 @@
 use std::process::{Command, Stdio};
 
 mod common;
-use common::{Proc, Scheduler, median, ready, wrk};
+use common::{Proc, hello_cluster, median, ready, wrk};
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -32,21 +32,8 @@ fn main() {
     );
 
     // The same cluster twice: over TLS, and with --insecure-plaintext.
-    let start = |extra: &[&str]| {
-        let s = Scheduler::start(extra);
-        let (host, host_url) = s.host("h", &[]);
-        s.roam(&[
-            "deploy",
-            roam_tests::artifacts::HELLO_HTTP,
-            "--name",
-            "hello",
-            "--memory",
-            "16MiB",
-        ]);
-        (s, host, host_url)
-    };
-    let (s, _host, host_url) = start(&[]);
-    let (plain, _plain_host, plain_host_url) = start(&["--insecure-plaintext"]);
+    let (s, _host, host_url) = hello_cluster(&[], &[]);
+    let (plain, _plain_host, plain_host_url) = hello_cluster(&["--insecure-plaintext"], &[]);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -252,6 +252,23 @@ pub fn millis(text: &str) -> f64 {
     }
 }
 
+/// The request-path benches' cluster: a scheduler started with
+/// `scheduler_args`, one host `h` with `host_args`, and
+/// `examples/hello-http` deployed on it as `hello`; the host's URL.
+pub fn hello_cluster(scheduler_args: &[&str], host_args: &[&str]) -> (Scheduler, Proc, String) {
+    let s = Scheduler::start(scheduler_args);
+    let (host, url) = s.host("h", host_args);
+    s.roam(&[
+        "deploy",
+        roam_tests::artifacts::HELLO_HTTP,
+        "--name",
+        "hello",
+        "--memory",
+        "16MiB",
+    ]);
+    (s, host, url)
+}
+
 /// Wait until `url` answers 200 (whoever's certificate it shows: `wrk`
 /// does not check them either).
 pub fn ready(url: &str) {

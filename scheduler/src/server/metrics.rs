@@ -50,7 +50,8 @@ const PHASES: [MigrationPhase; 9] = [
 
 type Labels = [(&'static str, &'static str); 1];
 
-/// The scheduler's counters and histograms; gauges are read when scraped.
+/// The scheduler's counters and histograms, registered once (each handle
+/// shares its figures with the registry); gauges are read when scraped.
 #[derive(Debug)]
 pub(super) struct Metrics {
     downtime: Histogram,
@@ -60,11 +61,12 @@ pub(super) struct Metrics {
     outcomes: Family<Labels, Counter>,
     phases: Family<Labels, Counter>,
     failovers: Family<Labels, Counter>,
+    registry: Registry,
 }
 
 impl Default for Metrics {
     fn default() -> Metrics {
-        let m = Metrics {
+        let mut m = Metrics {
             downtime: Histogram::new(DOWNTIME_BUCKETS),
             total: Histogram::new(TOTAL_BUCKETS),
             // 1 MiB to 16 GiB.
@@ -73,7 +75,44 @@ impl Default for Metrics {
             outcomes: Family::default(),
             phases: Family::default(),
             failovers: Family::default(),
+            registry: Registry::default(),
         };
+        let r = &mut m.registry;
+        r.register(
+            "roam_migration_downtime_seconds",
+            "Time a migrating workload did not dispatch (source frozen until handed off), of migrations done.",
+            m.downtime.clone(),
+        );
+        r.register(
+            "roam_migration_duration_seconds",
+            "Time from a migration's start to its end, of migrations done.",
+            m.total.clone(),
+        );
+        r.register(
+            "roam_migration_bytes",
+            "Bytes a migration sent, of migrations done.",
+            m.bytes.clone(),
+        );
+        r.register(
+            "roam_migration_rounds",
+            "Pre-copy rounds of a migration, of migrations done.",
+            m.rounds.clone(),
+        );
+        r.register(
+            "roam_migrations",
+            "Migrations ended, by outcome (done, failed, aborted).",
+            m.outcomes.clone(),
+        );
+        r.register(
+            "roam_migration_phases",
+            "Phases migrations entered, by phase.",
+            m.phases.clone(),
+        );
+        r.register(
+            "roam_failovers",
+            "Failovers, by outcome: promoted (the standby took over with the state) or restarted (without it).",
+            m.failovers.clone(),
+        );
         // Every value of each label from the start, so a rate over a
         // series that is still zero reads 0, not nothing.
         for phase in PHASES {
@@ -270,47 +309,14 @@ pub(super) async fn metrics(State(s): State<Arc<Scheduler>>) -> Response {
         in_flight,
         leader: s.leadership.leads(),
     };
-    let m = &s.metrics;
-    let mut registry = Registry::default();
-    registry.register(
-        "roam_migration_downtime_seconds",
-        "Time a migrating workload did not dispatch (source frozen until handed off), of migrations done.",
-        m.downtime.clone(),
-    );
-    registry.register(
-        "roam_migration_duration_seconds",
-        "Time from a migration's start to its end, of migrations done.",
-        m.total.clone(),
-    );
-    registry.register(
-        "roam_migration_bytes",
-        "Bytes a migration sent, of migrations done.",
-        m.bytes.clone(),
-    );
-    registry.register(
-        "roam_migration_rounds",
-        "Pre-copy rounds of a migration, of migrations done.",
-        m.rounds.clone(),
-    );
-    registry.register(
-        "roam_migrations",
-        "Migrations ended, by outcome (done, failed, aborted).",
-        m.outcomes.clone(),
-    );
-    registry.register(
-        "roam_migration_phases",
-        "Phases migrations entered, by phase.",
-        m.phases.clone(),
-    );
-    registry.register(
-        "roam_failovers",
-        "Failovers, by outcome: promoted (the standby took over with the state) or restarted (without it).",
-        m.failovers.clone(),
-    );
-    registry.register_collector(Box::new(gauges));
+    // What is counted, then what is looked at now.
+    let mut gauges_registry = Registry::default();
+    gauges_registry.register_collector(Box::new(gauges));
     let mut body = String::new();
-    if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut body, &registry) {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    for registry in [&s.metrics.registry, &gauges_registry] {
+        if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut body, registry) {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        }
     }
     (
         [(
