@@ -54,6 +54,10 @@ enum Command {
     Config(commands::config::ConfigCommand),
     /// Deploy a workload: a module with --name, or a workload.toml with -f.
     Deploy(commands::ops::DeployArgs),
+    /// A workload's rollout: `status` (wait until every replica runs the
+    /// new revision), `undo` (back to the one before).
+    #[command(subcommand)]
+    Rollout(commands::rollout::RolloutCommand),
     /// List nodes, workloads or instances.
     Get {
         /// What to list.
@@ -168,6 +172,7 @@ fn main() -> std::process::ExitCode {
         Command::Token(cmd) => commands::ops::token(cmd),
         Command::Config(cmd) => commands::config::main(cmd),
         Command::Deploy(args) => commands::ops::deploy(args),
+        Command::Rollout(cmd) => commands::rollout::main(cmd),
         Command::Get {
             kind,
             output,

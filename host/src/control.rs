@@ -51,6 +51,13 @@ pub(crate) fn routes() -> Vec<Route> {
             SMALL,
             post(raise_generation),
         ),
+        rule(
+            "POST",
+            h::INSTANCE_UPGRADE,
+            Scheduler,
+            SPEC,
+            post(crate::upgrade::upgrade),
+        ),
         rule("POST", h::MESSAGE, Scheduler, MESSAGE, post(message)),
         rule("PUT", h::REVOKED, Scheduler, MAX_REVOCATIONS, put(revoked)),
     ]

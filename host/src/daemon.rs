@@ -308,6 +308,26 @@ impl Host {
         spec: StartInstance,
         fresh: bool,
     ) {
+        if let Some(old) = self
+            .drive(module, config, instance, spec, fresh, None)
+            .await
+        {
+            old.handle.stop().await;
+        }
+    }
+
+    /// [`Host::run_workload`]'s work: drive `instance`, route to it, and
+    /// give back the copy it replaces (its place in `/metrics` passed on
+    /// with `tracking`, as an upgrade does).
+    pub(crate) async fn drive(
+        &self,
+        module: Module,
+        config: InstanceConfig,
+        instance: Workload,
+        spec: StartInstance,
+        fresh: bool,
+        tracking: Option<crate::metrics::Tracking>,
+    ) -> Option<Running> {
         let workload = config.name.clone();
         let checkpoints = match spec.durability {
             Durability::None => Checkpoints::Every(LAST_GOOD_STATE_EVERY),
@@ -327,24 +347,22 @@ impl Host {
         );
         self.bus.register(handle.clone());
         self.migrations.arrived(&workload);
-        let old = self.workloads.lock().await.insert(
+        self.workloads.lock().await.insert(
             workload.clone(),
             Running {
                 handle,
-                tracking: self.metrics.track(),
+                tracking: tracking.unwrap_or_else(|| self.metrics.track()),
                 durability: spec.durability,
                 status: InstanceStatus {
                     workload,
                     digest: spec.digest,
                     memory: spec.memory,
                     generation: spec.generation,
+                    revision: spec.revision,
                     ..InstanceStatus::default()
                 },
             },
-        );
-        if let Some(old) = old {
-            old.handle.stop().await;
-        }
+        )
     }
 }
 

@@ -31,6 +31,7 @@ mod migration;
 mod modules;
 mod scheduler_client;
 mod standby;
+mod upgrade;
 
 pub use config::HostConfig;
 pub use daemon::{run, workload_config};

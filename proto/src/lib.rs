@@ -201,6 +201,9 @@ pub struct InstanceStatus {
     /// Generation (fencing token) the instance runs at.
     #[serde(default)]
     pub generation: u64,
+    /// The workload's revision it runs.
+    #[serde(default)]
+    pub revision: u64,
     /// Guest failures (traps, CPU budget, memory cap) after which the
     /// instance was rolled back to its last good state, since it started
     /// on this host.
@@ -339,6 +342,9 @@ pub struct StartInstance {
     /// state for rollbacks.
     #[serde(default)]
     pub durability: Durability,
+    /// The workload's revision this is (`WorkloadSpec::revision`).
+    #[serde(default)]
+    pub revision: u64,
 }
 
 /// Capabilities of the guest ABI granted to a workload (`workload.toml`,
@@ -415,7 +421,45 @@ pub struct WorkloadSpec {
     /// milliseconds (default [`DEFAULT_CHECKPOINT_INTERVAL_MS`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_interval_ms: Option<u64>,
+    /// How a change of what each replica runs reaches the running ones.
+    #[serde(default, skip_serializing_if = "RolloutPolicy::is_default")]
+    pub rollout: RolloutPolicy,
+    /// What each replica runs, numbered: set by the scheduler, one more
+    /// each time a deploy changes the module or an instance setting
+    /// (memory, environment, grants, durability). A caller's value is
+    /// ignored.
+    #[serde(default)]
+    pub revision: u64,
 }
+
+/// How a new revision replaces a workload's running replicas (`roam deploy
+/// --max-unavailable`, `--discard-state`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutPolicy {
+    /// Replicas being replaced at once (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<u32>,
+    /// Let a version without the upgrade hooks replace one that runs: its
+    /// linear memory starts anew (host-side state — key-value data,
+    /// timers, messages — still carries over). Without it such a rollout
+    /// is refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub discard_state: bool,
+}
+
+impl RolloutPolicy {
+    /// Replicas replaced at once.
+    pub fn max_unavailable(&self) -> u32 {
+        self.max_unavailable.unwrap_or(1).max(1)
+    }
+
+    fn is_default(&self) -> bool {
+        *self == RolloutPolicy::default()
+    }
+}
+
+/// The most replicas a rollout replaces at once.
+pub const MAX_UNAVAILABLE: u32 = 1000;
 
 impl WorkloadSpec {
     /// What a host is told to run for one copy of this workload at
@@ -428,8 +472,97 @@ impl WorkloadSpec {
             grants: self.grants.clone(),
             generation,
             durability: self.durability,
+            revision: self.revision,
         }
     }
+
+    /// Whether `other` runs as this one does: the same module and
+    /// instance settings (a change of replicas, placement rules or
+    /// rollout policy is not a new revision).
+    pub fn same_instance(&self, other: &WorkloadSpec) -> bool {
+        let other = WorkloadSpec {
+            revision: self.revision,
+            ..other.clone()
+        };
+        self.instance(0) == other.instance(0)
+    }
+}
+
+/// `POST /v1/instances/{workload}/upgrade` on a host: run `instance` (a
+/// newer or older revision) in place of the copy here, with its state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeInstance {
+    /// What to run instead (its generation is the copy's).
+    pub instance: StartInstance,
+    /// Start the new version's memory anew when the two versions cannot
+    /// hand it over through the upgrade hooks.
+    #[serde(default)]
+    pub discard_state: bool,
+}
+
+/// How a copy's linear memory reached its new revision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateCarried {
+    /// The same module: its whole state, exactly (a snapshot restored).
+    Snapshot,
+    /// Through the upgrade hooks (`roam_upgrade_export`, then
+    /// `roam_upgrade_import`).
+    Hooks,
+    /// Started anew (`--discard-state`); host-side state carried over.
+    Discarded,
+    /// Nothing to do: the copy runs this revision already.
+    Unchanged,
+}
+
+/// A host's answer to an upgrade.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpgradeDone {
+    /// The revision now running.
+    pub revision: u64,
+    /// How the state came across.
+    pub state: StateCarried,
+    /// Bytes the old version exported (hooks) or the snapshot's memory.
+    pub state_bytes: u64,
+    /// How long requests were held, milliseconds.
+    pub paused_ms: f64,
+}
+
+/// Where a workload's rollout stands (`GET /v1/workloads/{name}/rollout`,
+/// `roam rollout status`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutStatus {
+    /// Workload name.
+    pub workload: String,
+    /// The revision wanted.
+    pub revision: u64,
+    /// Its module digest.
+    pub digest: String,
+    /// The revision before it, which `roam rollout undo` goes back to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<u64>,
+    /// Replicas wanted.
+    pub replicas: u32,
+    /// Replicas that run the wanted revision.
+    pub updated: u32,
+    /// `progressing`, `complete` or `failed`.
+    pub state: String,
+    /// Why it stopped, when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Each replica: host → revision it runs.
+    pub hosts: BTreeMap<String, u64>,
+}
+
+/// [`RolloutStatus::state`] values.
+pub mod rollout_state {
+    /// Replicas are being replaced.
+    pub const PROGRESSING: &str = "progressing";
+    /// Every replica runs the wanted revision.
+    pub const COMPLETE: &str = "complete";
+    /// A replica refused the new revision; the others were left as they
+    /// were. A new deploy or `roam rollout undo` goes on.
+    pub const FAILED: &str = "failed";
 }
 
 /// `async` durability's checkpoint interval when none is given.

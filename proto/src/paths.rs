@@ -127,6 +127,10 @@ pub mod scheduler {
     pub const WORKLOAD_SNAPSHOT: &str = "/v1/workloads/{name}/snapshot";
     /// `POST ?host=H` (admin): restore a snapshot on host H.
     pub const WORKLOAD_RESTORE: &str = "/v1/workloads/{name}/restore";
+    /// `GET` (viewer): the workload's rollout: revision, replicas updated.
+    pub const WORKLOAD_ROLLOUT: &str = "/v1/workloads/{name}/rollout";
+    /// `POST` (admin): roll back to the previous revision.
+    pub const WORKLOAD_UNDO: &str = "/v1/workloads/{name}/rollout/undo";
     /// `GET` (admin): every replica.
     pub const INSTANCES: &str = "/v1/instances";
     /// `GET`, `POST` (admin): list or start live migrations.
@@ -167,6 +171,9 @@ pub mod host {
     /// `POST` (host secret): the copy here runs at a newer generation now
     /// (another replica of its workload failed over or moved).
     pub const INSTANCE_GENERATION: &str = "/v1/instances/{workload}/generation";
+    /// `POST` (host secret): replace the copy here with another revision
+    /// of its workload, in place, its state carried over.
+    pub const INSTANCE_UPGRADE: &str = "/v1/instances/{workload}/upgrade";
     /// `POST ?from=W` (host secret): a message for a workload here.
     pub const MESSAGE: &str = "/v1/messages/{workload}";
     /// `POST` (host secret), scheduler → target: get ready to receive.
@@ -284,6 +291,25 @@ pub fn workload_restore(name: &str) -> Result<ApiPath, BadSegment> {
         Fixed("restore"),
     ])
 }
+/// `/v1/workloads/{name}/rollout`.
+pub fn workload_rollout(name: &str) -> Result<ApiPath, BadSegment> {
+    build(&[
+        Fixed("v1"),
+        Fixed("workloads"),
+        Segment(name),
+        Fixed("rollout"),
+    ])
+}
+/// `/v1/workloads/{name}/rollout/undo`.
+pub fn workload_undo(name: &str) -> Result<ApiPath, BadSegment> {
+    build(&[
+        Fixed("v1"),
+        Fixed("workloads"),
+        Segment(name),
+        Fixed("rollout"),
+        Fixed("undo"),
+    ])
+}
 /// `/v1/instances` (the scheduler's list of replicas).
 pub fn instances() -> ApiPath {
     ApiPath(scheduler::INSTANCES.into())
@@ -384,6 +410,15 @@ pub fn instance_generation(workload: &str) -> Result<ApiPath, BadSegment> {
         Fixed("instances"),
         Segment(workload),
         Fixed("generation"),
+    ])
+}
+/// `/v1/instances/{workload}/upgrade` on a host.
+pub fn instance_upgrade(workload: &str) -> Result<ApiPath, BadSegment> {
+    build(&[
+        Fixed("v1"),
+        Fixed("instances"),
+        Segment(workload),
+        Fixed("upgrade"),
     ])
 }
 /// `/v1/instances/{workload}/standby` on a host.

@@ -55,6 +55,12 @@ pub const EXPORT_MESSAGE: &str = "roam_message";
 pub const EXPORT_TIMER: &str = "roam_timer";
 /// Export: the workload was restored after a move.
 pub const EXPORT_RESTORED: &str = "roam_restored";
+/// Export (upgrade hooks): the running version hands its state over as
+/// bytes, `() -> i64` packed `(ptr << 32) | len`.
+pub const EXPORT_UPGRADE_EXPORT: &str = "roam_upgrade_export";
+/// Export (upgrade hooks): the new version takes the old one's bytes,
+/// `(ptr, len) -> i64`: 0, or a packed `(ptr, len)` reason it refuses.
+pub const EXPORT_UPGRADE_IMPORT: &str = "roam_upgrade_import";
 
 /// Error codes host functions return to the guest (negative; 0 is success).
 pub mod codes {

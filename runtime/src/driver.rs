@@ -316,11 +316,36 @@ enum Command {
     /// Output commit through this link from now on (`None`: the workload
     /// is unprotected; release outputs at once).
     CommitTo(Option<Committer>, CommitScope),
+    /// Upgrade: hand the state over as asked and stop dispatching; hold
+    /// what arrives until `Resume` or `Handoff`.
+    HandOver(HandoverKind, oneshot::Sender<Result<Handover, String>>),
     /// Migration aborted: serve again, held events first.
     Resume,
     /// Migration committed: forward held and later events, drop the instance.
     Handoff(Forwarder),
     Stop,
+}
+
+/// What an upgrade asks of the running version ([`WorkloadHandle::hand_over`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandoverKind {
+    /// Its whole state (the new revision runs the same module).
+    Snapshot,
+    /// Its upgrade hook's bytes, and its host-side state.
+    Hooks,
+    /// Its host-side state only (the new version starts its memory anew).
+    HostOnly,
+}
+
+/// The running version's state, handed over for an upgrade.
+#[derive(Debug)]
+pub enum Handover {
+    /// All of it.
+    Snapshot(Snapshot),
+    /// What `roam_upgrade_export` gave, and the host-side state.
+    Hooks(Vec<u8>, Vec<crate::snapshot::HostSection>),
+    /// The host-side state.
+    HostOnly(Vec<crate::snapshot::HostSection>),
 }
 
 /// A cheap, cloneable handle to a driven workload.
@@ -575,6 +600,41 @@ impl WorkloadHandle {
     /// Migration aborted: serve again, the held events first, in order.
     pub async fn resume(&self) {
         let _ = self.tx.send(Command::Resume).await;
+    }
+
+    /// Upgrade: at the next safe point, with every output committed, hand
+    /// the state over as `kind` says and hold later events (the same hold
+    /// as a migration's freeze): [`WorkloadHandle::handoff`] to the new
+    /// version, or [`WorkloadHandle::resume`] when it did not start. A
+    /// failing export hook fails the call and rolls the workload back to
+    /// its last good state; it serves on.
+    pub async fn hand_over(&self, kind: HandoverKind) -> Result<Handover, String> {
+        self.ask(|tx| Command::HandOver(kind, tx)).await
+    }
+
+    /// A [`Forwarder`] into this workload that keeps the order events are
+    /// given in (an upgrade hands the old version's held and later events
+    /// to the new one with it).
+    pub fn forwarder(&self) -> Forwarder {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Forwarded>();
+        let next = self.tx.clone();
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                let command = match event {
+                    Forwarded::Http(req, reply) => Command::Http(req, reply),
+                    Forwarded::Message(from, id, body, reply) => {
+                        Command::Message(from, id, body, reply)
+                    }
+                };
+                // Gone: the callers' replies drop, and they hear so.
+                if next.send(command).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Arc::new(move |event| {
+            let _ = tx.send(event);
+        })
     }
 
     /// Migration committed: give held and later events to `forwarder` and
@@ -925,6 +985,16 @@ impl Driver {
                         }
                         let _ = reply.send(result);
                     }
+                    Some(Command::HandOver(kind, reply)) => {
+                        let result = match mode {
+                            Mode::Held(_) => Err("the workload is frozen".to_string()),
+                            Mode::Serving => self.hand_over(kind).await,
+                        };
+                        if result.is_ok() {
+                            mode = Mode::Held(Vec::new());
+                        }
+                        let _ = reply.send(result);
+                    }
                     Some(Command::Resume) => {
                         let paused = self.checkpoints_paused();
                         self.migrating = false;
@@ -1005,6 +1075,9 @@ impl Driver {
                     let _ = reply.send(Err(format!("workload `{name}` moved to another host")));
                 }
                 Command::Export(_, reply) => {
+                    let _ = reply.send(Err(format!("workload `{name}` moved to another host")));
+                }
+                Command::HandOver(_, reply) => {
                     let _ = reply.send(Err(format!("workload `{name}` moved to another host")));
                 }
                 Command::CommitTo(..) => {}
@@ -1362,6 +1435,49 @@ impl Driver {
         let memory = self.workload.instance_mut().memory_size();
         self.failures.memory.store(memory, Ordering::Relaxed);
         self.dispatch();
+    }
+
+    /// The state an upgrade takes ([`WorkloadHandle::hand_over`]).
+    async fn hand_over(&mut self, kind: HandoverKind) -> Result<Handover, String> {
+        if self.migrating {
+            return Err("the workload is migrating; try again when it is done".into());
+        }
+        match kind {
+            HandoverKind::Snapshot => {
+                let snapshot = match &self.local {
+                    // Current after every event.
+                    Local::Flat(c) => c.to_snapshot(),
+                    _ => self
+                        .workload
+                        .instance_mut()
+                        .capture()
+                        .map_err(|e| e.to_string())?,
+                };
+                Ok(Handover::Snapshot(snapshot))
+            }
+            HandoverKind::HostOnly => {
+                Ok(Handover::HostOnly(self.workload.instance().host_sections()))
+            }
+            HandoverKind::Hooks => match self.workload.export_state().await {
+                Ok(bytes) => Ok(Handover::Hooks(
+                    bytes,
+                    self.workload.instance().host_sections(),
+                )),
+                Err(e) => {
+                    let message = format!("the running version's upgrade export failed: {e}");
+                    if matches!(e, HandleError::NoHandler(_)) {
+                        return Err(format!(
+                            "the running version exports no `{}`: it cannot hand its state over (add the upgrade hooks, docs/abi.md, or deploy with --discard-state)",
+                            crate::abi::EXPORT_UPGRADE_EXPORT
+                        ));
+                    }
+                    tracing::warn!(workload = %self.config.name, error = %e, "upgrade export failed");
+                    self.note_failure(&e);
+                    self.recover().await;
+                    Err(message)
+                }
+            },
+        }
     }
 
     /// Record why the guest failed, for [`WorkloadHandle::failures`].

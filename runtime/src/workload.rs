@@ -132,6 +132,114 @@ impl Workload {
         Ok(workload)
     }
 
+    /// Whether this version can hand its state to another through the
+    /// upgrade hooks (it exports `roam_upgrade_export`).
+    pub fn exports_state(&self) -> bool {
+        self.instance
+            .module()
+            .exports_function(abi::EXPORT_UPGRADE_EXPORT)
+    }
+
+    /// The state this version hands to the next through its upgrade hook
+    /// (`roam_upgrade_export`), copied out of guest memory.
+    pub async fn export_state(&mut self) -> Result<Vec<u8>, HandleError> {
+        if !self.exports_state() {
+            return Err(HandleError::NoHandler(abi::EXPORT_UPGRADE_EXPORT));
+        }
+        let packed = match self
+            .instance
+            .call(abi::EXPORT_UPGRADE_EXPORT, &[])
+            .await?
+            .as_slice()
+        {
+            [Val::I64(v)] => *v as u64,
+            _ => {
+                return Err(HandleError::Abi(
+                    "`roam_upgrade_export` must return an i64".into(),
+                ));
+            }
+        };
+        let (ptr, len) = ((packed >> 32) as i32, packed as u32 as i32);
+        let memory = self.instance.memory_data_mut();
+        let range = abi_range(ptr, len, memory.len()).ok_or_else(|| {
+            HandleError::Abi(format!(
+                "`roam_upgrade_export` returned buffer {ptr:#x}+{len}, outside guest memory"
+            ))
+        })?;
+        Ok(memory[range].to_vec())
+    }
+
+    /// Start `module` as the next version of a running workload, in place
+    /// of an instance whose host-side state is `host` (key-value data,
+    /// timers, messages, clock, log cursor: always carried over). Its
+    /// linear memory: with `Some(state)`, what the old version's
+    /// `roam_upgrade_export` gave, handed to this version's
+    /// `roam_upgrade_import` (which must exist); with `None` it starts
+    /// anew, `roam_init` included. Nothing of the old instance is touched:
+    /// on error the old version can serve on.
+    pub async fn upgrade(
+        rt: &Runtime,
+        module: &Module,
+        config: InstanceConfig,
+        host: &[crate::snapshot::HostSection],
+        state: Option<&[u8]>,
+    ) -> Result<Workload, InstantiateError> {
+        check_exports(module, &config.name)?;
+        let name = config.name.clone();
+        if state.is_some() && !module.exports_function(abi::EXPORT_UPGRADE_IMPORT) {
+            return Err(abi_err(format!(
+                "the new version of `{name}` exports no `{}`: it cannot take the running version's state (add the upgrade hooks, docs/abi.md, or deploy with --discard-state)",
+                abi::EXPORT_UPGRADE_IMPORT
+            )));
+        }
+        let instance = rt.instantiate(module, config).await?;
+        let mut workload = Workload {
+            instance,
+            current: None,
+        };
+        workload.check_version().await?;
+        workload
+            .instance
+            .adopt_host_sections(host)
+            .map_err(|e| abi_err(format!("`{name}`: the old version's host state: {e}")))?;
+        let Some(state) = state else {
+            if module.exports_function(abi::EXPORT_INIT) {
+                workload
+                    .instance
+                    .call(abi::EXPORT_INIT, &[])
+                    .await
+                    .map_err(InstantiateError::Init)?;
+            }
+            return Ok(workload);
+        };
+        let answer = workload
+            .call_with_bytes(abi::EXPORT_UPGRADE_IMPORT, state, &[])
+            .await
+            .map_err(|e| match e {
+                HandleError::Call(c) => InstantiateError::Init(c),
+                other => abi_err(other.to_string()),
+            })?;
+        let packed = match answer.as_slice() {
+            [Val::I64(v)] => *v as u64,
+            _ => {
+                return Err(abi_err(format!(
+                    "`{name}`: `roam_upgrade_import` must return an i64"
+                )));
+            }
+        };
+        if packed != 0 {
+            let (ptr, len) = ((packed >> 32) as i32, packed as u32 as i32);
+            let memory = workload.instance.memory_data_mut();
+            let reason = abi_range(ptr, len.min(1024), memory.len())
+                .map(|r| String::from_utf8_lossy(&memory[r]).into_owned())
+                .unwrap_or_else(|| "no reason given".into());
+            return Err(abi_err(format!(
+                "the new version of `{name}` refused the running version's state: {reason}"
+            )));
+        }
+        Ok(workload)
+    }
+
     async fn check_version(&mut self) -> Result<(), InstantiateError> {
         let name = self.instance.config().name.clone();
         let version = match self.instance.call(abi::EXPORT_ABI_VERSION, &[]).await {

@@ -86,3 +86,30 @@ pub fn restored(ptr: i32, len: i32, handle: impl FnOnce(Moved)) {
     };
     handle(moved);
 }
+
+/// `roam_upgrade_export`: the state, kept alive like a response.
+pub fn upgrade_export(export: impl FnOnce() -> Vec<u8>) -> i64 {
+    let state = export();
+    RESPONSE.with(|r| {
+        let mut r = r.borrow_mut();
+        *r = state;
+        ((r.as_ptr() as usize as u64) << 32 | r.len() as u64) as i64
+    })
+}
+
+/// `roam_upgrade_import`: 0, or the reason it refused, packed.
+pub fn upgrade_import(ptr: i32, len: i32, import: impl FnOnce(&[u8]) -> Result<(), String>) -> i64 {
+    let bytes = take(ptr, len);
+    match import(&bytes) {
+        Ok(()) => 0,
+        Err(reason) => RESPONSE.with(|r| {
+            let mut r = r.borrow_mut();
+            *r = reason.into_bytes();
+            // A reason is never empty: 0 means accepted.
+            if r.is_empty() {
+                r.push(b'?');
+            }
+            ((r.as_ptr() as usize as u64) << 32 | r.len() as u64) as i64
+        }),
+    }
+}

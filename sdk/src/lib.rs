@@ -216,11 +216,61 @@ pub trait Workload: Default + 'static {
     }
 }
 
+/// A workload whose state survives a rolling upgrade to another version
+/// of itself (`roam deploy` with a new module): the running version hands
+/// its state over as bytes, the new version takes them. Export it with
+/// `export!(Type, upgrade)`, in both versions.
+///
+/// Key-value data, timers and queued messages carry over whatever the
+/// versions do; these two cover what lives in the workload's own fields.
+/// Give the bytes a format the next version can read — and the previous
+/// one, for `roam rollout undo` — for example serde with a version field.
+///
+/// ```
+/// use roam_sdk::{Request, Response, Upgrade, Workload};
+///
+/// #[derive(Default)]
+/// struct Visits {
+///     count: u64,
+/// }
+///
+/// impl Workload for Visits {
+///     fn handle(&mut self, _req: Request) -> Response {
+///         self.count += 1;
+///         Response::text(200, self.count.to_string())
+///     }
+/// }
+///
+/// impl Upgrade for Visits {
+///     fn export_state(&mut self) -> Vec<u8> {
+///         self.count.to_le_bytes().to_vec()
+///     }
+///     fn import_state(&mut self, state: &[u8]) -> Result<(), String> {
+///         let bytes: [u8; 8] = state.try_into().map_err(|_| "expected 8 bytes".to_string())?;
+///         self.count = u64::from_le_bytes(bytes);
+///         Ok(())
+///     }
+/// }
+/// roam_sdk::export!(Visits, upgrade);
+/// ```
+pub trait Upgrade: Workload {
+    /// Called on the running version when a new one replaces it, at a
+    /// safe point, with requests held meanwhile: its state as bytes.
+    fn export_state(&mut self) -> Vec<u8>;
+
+    /// Called on the new version instead of [`Workload::init`]: build its
+    /// state from what the old version's [`Upgrade::export_state`] gave.
+    /// An `Err` refuses the upgrade; the old version serves on, and the
+    /// rollout stops with this reason.
+    fn import_state(&mut self, state: &[u8]) -> Result<(), String>;
+}
+
 /// Export a [`Workload`] type as the module's Roam entry points.
 ///
 /// Generates `roam_abi_version`, `roam_alloc`, `roam_init`, `roam_http`,
-/// `roam_message`, `roam_timer` and `roam_restored`. Use it once per crate
-/// (a `cdylib`).
+/// `roam_message`, `roam_timer` and `roam_restored`; with `upgrade`, also
+/// the upgrade hooks `roam_upgrade_export` and `roam_upgrade_import` of an
+/// [`Upgrade`] type. Use it once per crate (a `cdylib`).
 ///
 /// ```
 /// #[derive(Default)]
@@ -234,7 +284,26 @@ pub trait Workload: Default + 'static {
 /// ```
 #[macro_export]
 macro_rules! export {
+    ($ty:ty, upgrade) => {
+        $crate::export!(@entries $ty;
+            #[unsafe(no_mangle)]
+            extern "C" fn roam_upgrade_export() -> i64 {
+                $crate::__private::upgrade_export(|| with(|w| $crate::Upgrade::export_state(w)))
+            }
+
+            #[unsafe(no_mangle)]
+            extern "C" fn roam_upgrade_import(ptr: i32, len: i32) -> i64 {
+                $crate::logging::init();
+                $crate::__private::upgrade_import(ptr, len, |state| {
+                    with(|w| $crate::Upgrade::import_state(w, state))
+                })
+            }
+        );
+    };
     ($ty:ty) => {
+        $crate::export!(@entries $ty;);
+    };
+    (@entries $ty:ty; $($extra:item)*) => {
         const _: () = {
             ::std::thread_local! {
                 static WORKLOAD: ::std::cell::RefCell<::std::option::Option<$ty>> =
@@ -292,6 +361,8 @@ macro_rules! export {
                     with(|w| $crate::Workload::on_restore(w, moved))
                 })
             }
+
+            $($extra)*
         };
     };
 }

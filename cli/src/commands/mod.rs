@@ -9,6 +9,7 @@ pub mod local_etcd;
 pub mod migrate;
 pub mod ops;
 pub mod progress;
+pub mod rollout;
 pub mod run;
 pub mod serve;
 pub mod up;

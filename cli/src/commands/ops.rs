@@ -190,6 +190,16 @@ pub struct DeployArgs {
     /// How long --wait waits.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m", requires = "wait")]
     pub timeout: std::time::Duration,
+    /// When this deploy changes what running replicas run (a new module,
+    /// memory, environment, grants): how many are replaced at once
+    /// (default 1).
+    #[arg(long)]
+    pub max_unavailable: Option<u32>,
+    /// Let a version without the upgrade hooks replace the running one:
+    /// its memory starts anew (key-value data, timers and messages still
+    /// carry over). Without it such a rollout stops with the reason.
+    #[arg(long)]
+    pub discard_state: bool,
 }
 
 /// `roam get`
@@ -394,6 +404,10 @@ pub fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
 pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     block_on(async {
         let c = client()?;
+        let rollout = roam_proto::RolloutPolicy {
+            max_unavailable: args.max_unavailable,
+            discard_state: args.discard_state,
+        };
         let spec = if let Some(manifest) = &args.manifest {
             let m = Manifest::load(manifest)?;
             let digest = match (m.module_path(manifest), &m.digest) {
@@ -436,6 +450,8 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
                     )),
                     (None, None) => None,
                 },
+                rollout: rollout.clone(),
+                revision: 0,
             }
         } else if let Some(example) = &args.example {
             let (path, needs) = example_module(example)?;
@@ -452,6 +468,8 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
                 grants: grants(&grant_list)?,
                 durability: args.durability.unwrap_or_default(),
                 checkpoint_interval_ms: args.checkpoint_interval.map(millis),
+                rollout: rollout.clone(),
+                revision: 0,
             }
         } else {
             let Some(file) = &args.file else {
@@ -474,17 +492,22 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
                 grants: grants(&args.grants)?,
                 durability: args.durability.unwrap_or_default(),
                 checkpoint_interval_ms: args.checkpoint_interval.map(millis),
+                rollout: rollout.clone(),
+                revision: 0,
             }
         };
         let spec: WorkloadSpec = c
             .json(c.request(Method::POST, &paths::workloads()).json(&spec))
             .await?;
         println!(
-            "workload `{}` deployed ({}, {} replica(s))",
-            spec.name, spec.digest, spec.replicas
+            "workload `{}` deployed ({}, {} replica(s), revision {})",
+            spec.name, spec.digest, spec.replicas, spec.revision
         );
         if args.wait {
             wait_ready(&c, &spec, args.timeout).await?;
+            if spec.revision > 1 {
+                super::rollout::wait(&c, &spec.name, args.timeout).await?;
+            }
         }
         println!("try: roam invoke {} /", spec.name);
         Ok(ExitCode::SUCCESS)

@@ -15,7 +15,11 @@ use crate::migrate::{deploy, host_of, migrate};
 use crate::relay::{BLACKHOLE, PASS, Relay, free_port};
 
 /// The next event of type `kind` about `workload`.
-fn event_of(events: &std::sync::mpsc::Receiver<String>, kind: &str, workload: &str) -> String {
+pub(crate) fn event_of(
+    events: &std::sync::mpsc::Receiver<String>,
+    kind: &str,
+    workload: &str,
+) -> String {
     loop {
         let event = wait_event(events, &format!("\"type\":\"{kind}\""));
         if event.contains(&format!("\"workload\":\"{workload}\"")) {
@@ -185,7 +189,7 @@ struct Acked {
 }
 
 /// The ingress path of `workload`'s `rest`.
-fn ingress(workload: &str, rest: &str) -> roam_proto::paths::ApiPath {
+pub(crate) fn ingress(workload: &str, rest: &str) -> roam_proto::paths::ApiPath {
     roam_proto::paths::ingress(workload, rest).unwrap()
 }
 

@@ -16,6 +16,7 @@ mod layout;
 mod migrate;
 mod observe;
 mod relay;
+mod rollout;
 mod run;
 mod serve;
 mod trust;

@@ -12,10 +12,14 @@
 //! The counts are plain fields of `Counter`; Roam moves them with the
 //! workload. Try `--roundtrip-snapshots` to see them survive a capture and
 //! restore between every two requests.
+//!
+//! It has the upgrade hooks (`Upgrade`), so a new version rolled out with
+//! `roam deploy` takes the counts over: the state is one `COUNT PATH` line
+//! per path after a `counter/1` header line.
 
 use std::collections::BTreeMap;
 
-use roam_sdk::{Moved, Request, Response, Workload};
+use roam_sdk::{Moved, Request, Response, Upgrade, Workload};
 
 /// The workload's whole state.
 #[derive(Default)]
@@ -59,11 +63,57 @@ impl Workload for Counter {
     }
 }
 
-roam_sdk::export!(Counter);
+/// The first line of the state the upgrade hooks hand over.
+const STATE_HEADER: &str = "counter/1";
+
+impl Upgrade for Counter {
+    fn export_state(&mut self) -> Vec<u8> {
+        let mut out = format!("{STATE_HEADER}\n");
+        for (path, count) in &self.counts {
+            out.push_str(&format!("{count} {path}\n"));
+        }
+        out.into_bytes()
+    }
+
+    fn import_state(&mut self, state: &[u8]) -> Result<(), String> {
+        let text = std::str::from_utf8(state).map_err(|e| e.to_string())?;
+        let mut lines = text.lines();
+        if lines.next() != Some(STATE_HEADER) {
+            return Err(format!("not a `{STATE_HEADER}` state"));
+        }
+        for line in lines {
+            let (count, path) = line
+                .split_once(' ')
+                .ok_or_else(|| format!("bad line `{line}`"))?;
+            let count = count
+                .parse()
+                .map_err(|_| format!("bad count in `{line}`"))?;
+            self.counts.insert(path.to_string(), count);
+        }
+        log::info!(
+            "took over {} count(s) from the previous version",
+            self.counts.len()
+        );
+        Ok(())
+    }
+}
+
+roam_sdk::export!(Counter, upgrade);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_counts_survive_an_upgrade() {
+        let mut old = Counter::default();
+        old.handle(Request::new("POST", "/a b"));
+        old.handle(Request::new("POST", "/c"));
+        let mut new = Counter::default();
+        new.import_state(&old.export_state()).unwrap();
+        assert_eq!(new.counts, old.counts);
+        assert!(Counter::default().import_state(b"other").is_err());
+    }
 
     #[test]
     fn counts_per_path() {

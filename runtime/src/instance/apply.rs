@@ -13,8 +13,8 @@ impl Instance {
         self.item(&export).and_then(|e| e.into_func())
     }
 
-    fn restore_host_state(&mut self, snapshot: &Snapshot) -> Result<(), RestoreError> {
-        for section in &snapshot.host {
+    fn restore_host_state(&mut self, sections: &[HostSection]) -> Result<(), RestoreError> {
+        for section in sections {
             if section.name == crate::abi::state::SECTION {
                 self.store
                     .data_mut()
@@ -42,6 +42,19 @@ impl Instance {
             self.stderr.set_cursor(wasi.stderr_cursor);
         }
         Ok(())
+    }
+
+    /// Take over another instance's host-side state
+    /// ([`Instance::host_sections`]: key-value data, timers, inbox and
+    /// outbox, the clock and the log cursors), as an upgrade to another
+    /// module does; linear memory is the new module's own. On error the
+    /// instance is poisoned and must be discarded.
+    pub fn adopt_host_sections(&mut self, sections: &[HostSection]) -> Result<(), RestoreError> {
+        let result = self.restore_host_state(sections);
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
     }
 
     /// Apply a snapshot onto this instance: a full one onto a freshly
@@ -240,7 +253,7 @@ impl Instance {
             }
         }
 
-        self.restore_host_state(snapshot)?;
+        self.restore_host_state(&snapshot.host)?;
 
         // Bring the dirty tracker in line with the restored state (hashes;
         // kernel tracking restarts at the next full capture).

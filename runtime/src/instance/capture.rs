@@ -237,13 +237,7 @@ impl Instance {
             });
         }
 
-        let host = vec![
-            self.capture_host_state(),
-            HostSection {
-                name: crate::abi::state::SECTION.to_string(),
-                data: self.store.data().abi.encode(),
-            },
-        ];
+        let host = self.host_sections();
         let base = if delta { self.chain_base[mine] } else { None };
         self.sequence += 1;
         self.chain_base[mine] = Some(self.sequence);
@@ -312,6 +306,19 @@ impl Instance {
         let map = std::sync::Arc::new(map);
         self.func_map = Some(map.clone());
         map
+    }
+
+    /// The host-side state alone (the `roam.wasi` and `roam.abi`
+    /// sections): what carries over to an instance of another module when
+    /// a workload is upgraded ([`Instance::adopt_host_sections`]).
+    pub fn host_sections(&self) -> Vec<HostSection> {
+        vec![
+            self.capture_host_state(),
+            HostSection {
+                name: crate::abi::state::SECTION.to_string(),
+                data: self.store.data().abi.encode(),
+            },
+        ]
     }
 
     fn capture_host_state(&self) -> HostSection {

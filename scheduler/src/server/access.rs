@@ -164,6 +164,20 @@ fn routes() -> Vec<(RouteRule, Handler)> {
             LARGE,
             post(api::restore_workload),
         ),
+        on(
+            "GET",
+            r::WORKLOAD_ROLLOUT,
+            Viewer,
+            SMALL,
+            get(api::rollout_status),
+        ),
+        on(
+            "POST",
+            r::WORKLOAD_UNDO,
+            Operator,
+            SMALL,
+            post(api::rollout_undo),
+        ),
         on("GET", r::INSTANCES, Viewer, SMALL, get(api::instances)),
         on("GET", r::MIGRATIONS, Viewer, SMALL, get(migrations::list)),
         on(

@@ -303,6 +303,19 @@ pub(super) async fn deploy(State(s): State<Arc<Scheduler>>, body: Bytes) -> Resp
     if spec.replicas > 1000 {
         return error(StatusCode::BAD_REQUEST, "at most 1000 replicas");
     }
+    if spec
+        .rollout
+        .max_unavailable
+        .is_some_and(|n| n == 0 || n > roam_proto::MAX_UNAVAILABLE)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "max_unavailable must be 1 to {}",
+                roam_proto::MAX_UNAVAILABLE
+            ),
+        );
+    }
     if let Some(ms) = spec.checkpoint_interval_ms {
         if spec.durability != roam_proto::Durability::Async {
             return error(
@@ -324,23 +337,75 @@ pub(super) async fn deploy(State(s): State<Arc<Scheduler>>, body: Bytes) -> Resp
             );
         }
     }
+    put_and_answer(&s, spec, false).await
+}
+
+/// Store `spec` (a deploy, or with `undo` the previous revision again)
+/// and answer with it as stored.
+async fn put_and_answer(s: &Arc<Scheduler>, spec: WorkloadSpec, undo: bool) -> Response {
     // The store's commit off the async workers (an etcd transaction
     // waits for a quorum's fsync): deploys commit side by side.
     let put = {
         let (s, spec) = (s.clone(), spec.clone());
-        tokio::task::spawn_blocking(move || s.put_spec(&spec)).await
+        tokio::task::spawn_blocking(move || s.put_spec(&spec, undo)).await
     };
     let put = put.unwrap_or_else(|e| Err(crate::store::StoreError::from_join(e)));
     match put {
-        Ok(()) => {
+        Ok(stored) => {
+            s.rollout_changed(&stored.name);
             s.event(
-                "workload_deployed",
-                serde_json::json!({ "workload": spec.name, "digest": spec.digest }),
+                if undo {
+                    "rollout_undone"
+                } else {
+                    "workload_deployed"
+                },
+                serde_json::json!({
+                    "workload": stored.name,
+                    "digest": stored.digest,
+                    "revision": stored.revision,
+                }),
             );
-            (StatusCode::CREATED, Json(spec)).into_response()
+            (StatusCode::CREATED, Json(stored)).into_response()
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// `GET /v1/workloads/{name}/rollout`.
+pub(super) async fn rollout_status(
+    State(s): State<Arc<Scheduler>>,
+    Path(name): Path<String>,
+) -> Response {
+    match s.spec(&name) {
+        Some(spec) => Json(s.rollout_status(&spec)).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no workload `{name}`")),
+    }
+}
+
+/// `POST /v1/workloads/{name}/rollout/undo`: the previous revision's
+/// module and settings become a new revision (placement rules and replica
+/// count stay as they are now).
+pub(super) async fn rollout_undo(
+    State(s): State<Arc<Scheduler>>,
+    Path(name): Path<String>,
+) -> Response {
+    let Some(current) = s.spec(&name) else {
+        return error(StatusCode::NOT_FOUND, format!("no workload `{name}`"));
+    };
+    let Some(previous) = s.previous_spec(&name) else {
+        return error(
+            StatusCode::CONFLICT,
+            format!("`{name}` has no previous revision to go back to"),
+        );
+    };
+    let back = WorkloadSpec {
+        replicas: current.replicas,
+        selector: current.selector.clone(),
+        spread_by: current.spread_by.clone(),
+        rollout: current.rollout.clone(),
+        ..previous
+    };
+    put_and_answer(&s, back, true).await
 }
 
 /// A workload with where it runs and why every other host is not used,
@@ -540,23 +605,31 @@ pub(super) async fn instances(State(s): State<Arc<Scheduler>>) -> Response {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
+    let confirmed = s
+        .confirmed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let out: Vec<InstanceInfo> = assignments
         .into_iter()
         .flat_map(|(w, hosts)| {
-            let s = &s;
+            let (s, confirmed) = (&s, &confirmed);
             hosts.into_iter().map(move |h| {
                 let entry = s.hosts.get(&h);
-                let reported = entry
+                let found = entry
                     .as_ref()
-                    .and_then(|e| e.instances.iter().find(|i| i.workload == w).cloned())
-                    .unwrap_or_default();
+                    .and_then(|e| e.instances.iter().find(|i| i.workload == w).cloned());
+                // Serving: its host is alive and confirmed the start, or
+                // reports it running.
+                let started = found.is_some() || confirmed.contains(&(w.clone(), h.clone()));
+                let reported = found.unwrap_or_default();
                 let standby = s.standby_of(&w, &h);
                 // The age only of checkpoints the recorded standby took.
                 let checkpoint_age_ms = reported
                     .checkpoint_age_ms
                     .filter(|_| standby.is_some() && reported.standby == standby);
                 InstanceInfo {
-                    ready: entry.is_some_and(|e| s.alive(&e)),
+                    ready: started && entry.is_some_and(|e| s.alive(&e)),
                     workload: w.clone(),
                     host: h,
                     rolled_back: reported.rolled_back,

@@ -214,6 +214,24 @@ impl HostClient {
         self.send(to, self.http.put(url).json(spec)).await.map(drop)
     }
 
+    /// `POST /v1/instances/{workload}/upgrade`: run another revision in
+    /// place of the copy there, with its state; answered once the new
+    /// version started (its import or init hook returned), or refused
+    /// with the old version serving on.
+    pub(super) async fn upgrade(
+        &self,
+        to: &Endpoint,
+        workload: &str,
+        upgrade: &roam_proto::UpgradeInstance,
+    ) -> Result<roam_proto::UpgradeDone, HostError> {
+        let url = paths::instance_upgrade(workload)?.on(&to.base);
+        let r = self.send(to, self.http.post(url).json(upgrade)).await?;
+        r.json().await.map_err(|error| HostError::BadAnswer {
+            host: to.name.clone(),
+            error,
+        })
+    }
+
     /// `DELETE /v1/instances/{workload}`: stop it; a host that does not run
     /// it counts as stopped.
     pub(super) async fn stop(

@@ -479,7 +479,7 @@ impl Scheduler {
         let prepare = PrepareMigration {
             protocol: roam_proto::PROTOCOL_VERSION,
             workload: m.workload.clone(),
-            instance: spec.instance(m.generation),
+            instance: self.instance_for(spec, &m.source, m.generation),
             key: key.to_string(),
             source: Place {
                 host: m.source.clone(),

@@ -58,6 +58,7 @@ mod migrations;
 mod reconciler;
 mod recovery;
 mod registry;
+mod rollout;
 mod standby;
 
 use host_client::{Endpoint, HostClient};
@@ -196,6 +197,8 @@ struct Scheduler {
     down: Mutex<BTreeSet<String>>,
     /// (workload, host) pairs whose start the host confirmed.
     confirmed: Mutex<BTreeSet<(String, String)>>,
+    /// Replicas being upgraded, and rollouts a host refused.
+    rollouts: Mutex<rollout::Rollouts>,
     /// Live migrations by id.
     migrations: Mutex<BTreeMap<String, roam_proto::MigrationInfo>>,
     /// Workloads an operator's restore is moving: the reconciler leaves them
@@ -302,6 +305,16 @@ fn placement_record(
     placement
 }
 
+/// A workload as the store keeps it: its spec, and the revision before
+/// (older records have none).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredWorkload {
+    #[serde(flatten)]
+    spec: WorkloadSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous: Option<WorkloadSpec>,
+}
+
 /// The stored state every replica keeps in memory.
 struct View {
     tokens: HashMap<String, TokenRecord>,
@@ -314,6 +327,10 @@ struct View {
 #[derive(Default)]
 struct Desired {
     workloads: BTreeMap<String, WorkloadSpec>,
+    /// Each workload's revision before its current one (what `roam
+    /// rollout undo` goes back to, and what replicas not yet replaced
+    /// run).
+    previous: BTreeMap<String, WorkloadSpec>,
     cordoned: BTreeSet<String>,
     /// Cordoned hosts whose drain has not ended.
     draining: BTreeSet<String>,
@@ -434,6 +451,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         events: events::Events::new(epoch),
         down: Mutex::new(BTreeSet::new()),
         confirmed: Mutex::new(BTreeSet::new()),
+        rollouts: Mutex::default(),
         migrations: Mutex::new(BTreeMap::new()),
         pending: Mutex::new(BTreeSet::new()),
         busy: Mutex::new(BTreeSet::new()),
@@ -595,12 +613,17 @@ impl Scheduler {
                 }
             }
         }
+        let mut workloads = BTreeMap::new();
+        let mut previous = BTreeMap::new();
+        for (name, stored) in self.store.workloads::<StoredWorkload>()? {
+            if let Some(p) = stored.previous {
+                previous.insert(name.clone(), p);
+            }
+            workloads.insert(name, stored.spec);
+        }
         let desired = Desired {
-            workloads: self
-                .store
-                .workloads::<WorkloadSpec>()?
-                .into_iter()
-                .collect(),
+            workloads,
+            previous,
             cordoned: self.store.cordoned()?.into_iter().collect(),
             draining: self.store.draining()?.into_iter().collect(),
         };
@@ -779,30 +802,114 @@ impl Scheduler {
             .clone()
     }
 
-    /// Create or replace a workload: in the store, then in memory.
-    fn put_spec(&self, spec: &WorkloadSpec) -> Result<(), crate::store::StoreError> {
+    /// Create or replace a workload: in the store, then in memory. A
+    /// change of what its replicas run (module, instance settings) is a
+    /// new revision, and the one it replaces is kept as the previous;
+    /// `undo` swaps the two instead. Returns the spec as stored.
+    fn put_spec(
+        &self,
+        spec: &WorkloadSpec,
+        undo: bool,
+    ) -> Result<WorkloadSpec, crate::store::StoreError> {
         // Two changes of one workload one after the other, so memory ends
         // as the store does; changes of different workloads side by side.
         let _one = self.spec_lock(&spec.name);
-        self.store.put_workload(&spec.name, spec)?;
-        self.desired
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .workloads
-            .insert(spec.name.clone(), spec.clone());
+        let (current, previous) = {
+            let desired = self.desired.read().unwrap_or_else(|e| e.into_inner());
+            (
+                desired.workloads.get(&spec.name).cloned(),
+                desired.previous.get(&spec.name).cloned(),
+            )
+        };
+        let mut spec = spec.clone();
+        let previous = match current {
+            None => {
+                spec.revision = 1;
+                None
+            }
+            Some(current) if !undo && current.same_instance(&spec) => {
+                spec.revision = current.revision;
+                previous
+            }
+            Some(current) => {
+                // Revisions only grow: an undo runs the old settings as a
+                // new revision, so every host sees a change.
+                spec.revision = current.revision.max(previous.map_or(0, |p| p.revision)) + 1;
+                Some(current)
+            }
+        };
+        let stored = StoredWorkload {
+            spec: spec.clone(),
+            previous: previous.clone(),
+        };
+        self.store.put_workload(&spec.name, &stored)?;
+        let mut desired = self.desired.write().unwrap_or_else(|e| e.into_inner());
+        desired.workloads.insert(spec.name.clone(), spec.clone());
+        match previous {
+            Some(p) => desired.previous.insert(spec.name.clone(), p),
+            None => desired.previous.remove(&spec.name),
+        };
+        drop(desired);
         self.touch();
-        Ok(())
+        Ok(spec)
+    }
+
+    /// The revision of `workload` the copy on `host` runs and its module,
+    /// as the host last reported.
+    fn running_revision(&self, workload: &str, host: &str) -> Option<(u64, String)> {
+        self.hosts.get(host).and_then(|e| {
+            e.instances
+                .iter()
+                .find(|i| i.workload == workload)
+                .map(|i| (i.revision, i.digest.clone()))
+        })
+    }
+
+    /// What a host is told to run for the copy of `spec`'s workload on
+    /// `host` (a migration's target, its standby): the revision that copy
+    /// runs — the current one, the one before, or, after deploys in quick
+    /// succession, an older one, run with the current settings and the
+    /// module it reports.
+    fn instance_for(
+        &self,
+        spec: &WorkloadSpec,
+        host: &str,
+        generation: u64,
+    ) -> roam_proto::StartInstance {
+        let Some((revision, digest)) = self.running_revision(&spec.name, host) else {
+            return spec.instance(generation);
+        };
+        if revision == spec.revision {
+            return spec.instance(generation);
+        }
+        match self.previous_spec(&spec.name) {
+            Some(p) if p.revision == revision => p.instance(generation),
+            _ => roam_proto::StartInstance {
+                digest,
+                revision,
+                ..spec.instance(generation)
+            },
+        }
+    }
+
+    /// The revision before `name`'s current one.
+    fn previous_spec(&self, name: &str) -> Option<WorkloadSpec> {
+        self.desired
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .previous
+            .get(name)
+            .cloned()
     }
 
     /// Delete a workload; `true` if it existed.
     fn delete_spec(&self, name: &str) -> Result<bool, crate::store::StoreError> {
         let _one = self.spec_lock(name);
         let existed = self.store.delete_workload(name)?;
-        self.desired
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .workloads
-            .remove(name);
+        let mut desired = self.desired.write().unwrap_or_else(|e| e.into_inner());
+        desired.workloads.remove(name);
+        desired.previous.remove(name);
+        drop(desired);
         self.touch();
         Ok(existed)
     }

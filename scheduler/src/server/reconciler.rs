@@ -263,6 +263,7 @@ impl Scheduler {
             tracing::error!(error = %e, "recording the round's placements failed");
         }
         self.maintain_standbys(&specs, &frozen).await;
+        self.roll_out(&specs, &frozen);
         if self.settled() {
             self.resume_drains();
         }

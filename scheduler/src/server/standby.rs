@@ -501,7 +501,7 @@ impl Scheduler {
             .and_then(|e| e.labels.get("site").cloned())
             .unwrap_or_default();
         let keep = StartStandby {
-            instance: spec.instance(self.generation(&spec.name)),
+            instance: self.instance_for(spec, primary, self.generation(&spec.name)),
             primary: primary.to_string(),
             primary_site: site,
             key: pair.key.clone(),
@@ -548,6 +548,22 @@ impl Scheduler {
             && let Err(e) = self.client.stream_to(&to, workload, None).await
         {
             tracing::debug!(%workload, %primary, error = %e, "stream not stopped");
+        }
+    }
+
+    /// The standby of `workload`'s replica on `primary` holds an older
+    /// revision's state (the replica was upgraded): the pair goes, and
+    /// the next round seeds a new one from the revision it runs now.
+    pub(super) async fn reseed_standby(&self, workload: &str, primary: &str) {
+        let mut pairs = self.standbys_of(workload);
+        let Some(pair) = pairs.remove(primary) else {
+            return;
+        };
+        match self.set_standbys(workload, pairs) {
+            Ok(()) => self.release_standby(workload, primary, &pair.host).await,
+            Err(e) => {
+                tracing::error!(%workload, error = %e, "cannot record the standbys")
+            }
         }
     }
 }
