@@ -38,6 +38,11 @@ enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Make a workload project (Rust with roam-sdk, or C): builds, tests and
+    /// runs as it is.
+    New(commands::scaffold::NewArgs),
+    /// Build the workload project here for wasm32-wasip1.
+    Build(commands::scaffold::BuildArgs),
     /// Run a WASI command module locally, like `wasmtime run` (or serve a workload with --listen).
     Run(commands::run::RunArgs),
     /// Start a local cluster: a scheduler and three hosts on loopback.
@@ -104,9 +109,15 @@ enum Command {
     Logs {
         /// Workload name.
         name: String,
-        /// Keep printing new lines.
+        /// Keep printing new records as they come, each once.
         #[arg(short, long)]
         follow: bool,
+        /// Only each replica's newest N records to begin with.
+        #[arg(long)]
+        tail: Option<u32>,
+        /// Output format (`json`: one record object a line).
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: commands::ops::Output,
     },
     /// Send a request to a workload through the scheduler's ingress.
     Invoke {
@@ -165,6 +176,8 @@ fn main() -> std::process::ExitCode {
         LogFormat::Json => logs.json().with_current_span(false).init(),
     }
     let result = match cli.command {
+        Command::New(args) => commands::scaffold::new(args),
+        Command::Build(args) => commands::scaffold::build(args),
         Command::Run(args) => commands::run::main(args),
         Command::Up(args) => commands::up::main(args),
         Command::Scheduler(args) => commands::daemons::scheduler(args),
@@ -184,7 +197,12 @@ fn main() -> std::process::ExitCode {
         Command::Describe { name, output, .. } => commands::ops::describe(&name, output),
         Command::Migrate(args) => commands::migrate::migrate(args),
         Command::Drain { host, output } => commands::migrate::drain(&host, output),
-        Command::Logs { name, follow } => commands::ops::logs(&name, follow),
+        Command::Logs {
+            name,
+            follow,
+            tail,
+            output,
+        } => commands::ops::logs(&name, follow, tail, output),
         Command::Events { follow, output } => commands::events::events(follow, output),
         Command::Invoke {
             name,

@@ -256,13 +256,41 @@ async fn raise_generation(
     }
 }
 
-async fn logs(State(host): State<Arc<Host>>, Path(workload): Path<String>) -> Response {
+/// `GET /v1/instances/{workload}/logs?cursor=…&tail=N`: the copy's
+/// records after the cursor's number for its timeline, else its newest.
+async fn logs(
+    State(host): State<Arc<Host>>,
+    Path(workload): Path<String>,
+    Query(q): Query<roam_proto::logs::LogsQuery>,
+) -> Response {
+    let cursor = match roam_proto::logs::Cursor::parse(q.cursor.as_deref().unwrap_or("")) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
     let Some(handle) = host.bus.get(&workload) else {
         return not_here(&workload);
     };
-    match handle.logs().await {
-        Ok(text) => text.into_response(),
+    match handle.logs(cursor.0, q.tail.map(|t| t as usize)).await {
+        Ok(page) => Json(roam_proto::logs::InstanceLogs {
+            timeline: format!("{:016x}", page.timeline),
+            first: page.first,
+            next: page.next,
+            records: page.records.into_iter().map(line).collect(),
+        })
+        .into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// A record as the wire carries it.
+fn line(r: roam_runtime::abi::LogRecord) -> roam_proto::logs::LogLine {
+    const LEVELS: [&str; 5] = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"];
+    roam_proto::logs::LogLine {
+        seq: r.seq,
+        time_ms: r.time_ms,
+        level: LEVELS[usize::from(r.level.min(4))].to_string(),
+        source: r.source.as_str().to_string(),
+        message: r.message,
     }
 }
 

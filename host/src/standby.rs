@@ -477,8 +477,11 @@ async fn promote(
     let sequence = state.sequence();
     let mut state = state;
     // The checkpoint may be older than messages the primary sent (async):
-    // new messages take a new stream, never an id those had.
+    // new messages take a new stream, never an id those had; and older
+    // than log records it wrote: new records take a new timeline, so a
+    // reader's cursor never skips them as numbers it saw.
     state.abi_mut().new_stream();
+    state.abi_mut().new_log_timeline();
     let mut instance = match Workload::resume(state, Some((&from, MoveKind::FailedOver))).await {
         Ok(w) => w,
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),

@@ -19,6 +19,7 @@
 pub mod auth;
 mod digest;
 pub mod headers;
+pub mod logs;
 pub mod migration;
 pub mod names;
 pub mod pages;

@@ -32,11 +32,19 @@ use crate::instance::InstanceState;
 
 pub use messages::{UNDELIVERABLE, undeliverable};
 pub use state::{
-    AbiState, Grants, InboundMessage, LogRecord, MessageId, OutboundMessage, Place, Quotas,
+    AbiState, Grants, InboundMessage, LOGS_SECTION, LogRecord, LogSource, MessageId,
+    OutboundMessage, Place, Quotas,
 };
 
 /// The ABI version this host implements.
 pub const ABI_VERSION: i32 = 1;
+
+/// Wall-clock time, ms since the Unix epoch (0 before it).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// The import module name of every host function.
 pub const IMPORT_MODULE: &str = "roam";

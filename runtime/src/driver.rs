@@ -290,7 +290,11 @@ impl LiveMemory {
 enum Command {
     Http(Request, HttpReply),
     Message(String, MessageId, Vec<u8>, MessageReply),
-    Logs(oneshot::Sender<String>),
+    Logs(
+        std::collections::BTreeMap<u64, u64>,
+        Option<usize>,
+        oneshot::Sender<LogPage>,
+    ),
     Snapshot(oneshot::Sender<Result<Vec<u8>, String>>),
     /// Migration: a delta since the last migration capture.
     Capture(oneshot::Sender<Result<Capture, String>>),
@@ -346,6 +350,19 @@ pub enum Handover {
     Hooks(Vec<u8>, Vec<crate::snapshot::HostSection>),
     /// The host-side state.
     HostOnly(Vec<crate::snapshot::HostSection>),
+}
+
+/// A workload's log records ([`WorkloadHandle::logs`]).
+#[derive(Clone, Debug, Default)]
+pub struct LogPage {
+    /// Its log timeline.
+    pub timeline: u64,
+    /// The oldest record still kept.
+    pub first: u64,
+    /// The number the next record gets.
+    pub next: u64,
+    /// The records asked for, oldest first.
+    pub records: Vec<crate::abi::LogRecord>,
 }
 
 /// A cheap, cloneable handle to a driven workload.
@@ -464,10 +481,14 @@ impl WorkloadHandle {
     }
 
     /// Recent log records (`LEVEL message` lines) and captured stdout/stderr.
-    pub async fn logs(&self) -> Result<String, DriverError> {
+    pub async fn logs(
+        &self,
+        after: std::collections::BTreeMap<u64, u64>,
+        tail: Option<usize>,
+    ) -> Result<LogPage, DriverError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Command::Logs(tx))
+            .send(Command::Logs(after, tail, tx))
             .await
             .map_err(|_| DriverError::Unavailable(self.name.clone(), "stopped".into()))?;
         rx.await
@@ -713,6 +734,9 @@ struct Driver {
     replaying: bool,
     /// Shared with the handles: the workload is being stopped.
     stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// Per output stream (stdout, stderr): the byte cursor read up to,
+    /// and the line not yet ended.
+    output: [(u64, Vec<u8>); 2],
 }
 
 /// A [`Checkpoints::Every`] checkpoint waits for a moment with no events
@@ -744,6 +768,10 @@ pub fn spawn(
         .memory
         .store(workload.instance_mut().memory_size(), Ordering::Relaxed);
     let hold = options.hold;
+    let output = (
+        workload.instance().stdout().cursor(),
+        workload.instance().stderr().cursor(),
+    );
     let driver = Driver {
         rt,
         module,
@@ -775,6 +803,7 @@ pub fn spawn(
         unsettled: false,
         replaying: false,
         stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        output: [(output.0, Vec::new()), (output.1, Vec::new())],
     };
     let stopping = driver.stopping.clone();
     let waiting = driver.waiting.clone();
@@ -927,8 +956,9 @@ impl Driver {
                         };
                         let _ = reply.send(result);
                     }
-                    Some(Command::Logs(reply)) => {
-                        let _ = reply.send(self.logs());
+                    Some(Command::Logs(after, tail, reply)) => {
+                        self.collect_output();
+                        let _ = reply.send(self.logs(&after, tail));
                     }
                     Some(Command::Capture(reply)) => {
                         let result = match mode {
@@ -1056,8 +1086,8 @@ impl Driver {
                 Command::Message(from, id, body, reply) => {
                     forwarder(Forwarded::Message(from, id, body, reply))
                 }
-                Command::Logs(reply) => {
-                    let _ = reply.send(String::new());
+                Command::Logs(_, _, reply) => {
+                    let _ = reply.send(LogPage::default());
                 }
                 Command::Snapshot(reply) => {
                     let _ = reply.send(Err(format!("workload `{name}` moved to another host")));
@@ -1434,7 +1464,16 @@ impl Driver {
         }
         let memory = self.workload.instance_mut().memory_size();
         self.failures.memory.store(memory, Ordering::Relaxed);
+        self.collect_output();
         self.dispatch();
+    }
+
+    /// The host-side state and log records an upgrade carries over.
+    fn moving_sections(&self) -> Vec<crate::snapshot::HostSection> {
+        let instance = self.workload.instance();
+        let mut sections = instance.host_sections();
+        sections.push(instance.logs_section());
+        sections
     }
 
     /// The state an upgrade takes ([`WorkloadHandle::hand_over`]).
@@ -1444,7 +1483,7 @@ impl Driver {
         }
         match kind {
             HandoverKind::Snapshot => {
-                let snapshot = match &self.local {
+                let mut snapshot = match &self.local {
                     // Current after every event.
                     Local::Flat(c) => c.to_snapshot(),
                     _ => self
@@ -1453,16 +1492,12 @@ impl Driver {
                         .capture()
                         .map_err(|e| e.to_string())?,
                 };
+                snapshot.host.push(self.workload.instance().logs_section());
                 Ok(Handover::Snapshot(snapshot))
             }
-            HandoverKind::HostOnly => {
-                Ok(Handover::HostOnly(self.workload.instance().host_sections()))
-            }
+            HandoverKind::HostOnly => Ok(Handover::HostOnly(self.moving_sections())),
             HandoverKind::Hooks => match self.workload.export_state().await {
-                Ok(bytes) => Ok(Handover::Hooks(
-                    bytes,
-                    self.workload.instance().host_sections(),
-                )),
+                Ok(bytes) => Ok(Handover::Hooks(bytes, self.moving_sections())),
                 Err(e) => {
                     let message = format!("the running version's upgrade export failed: {e}");
                     if matches!(e, HandleError::NoHandler(_)) {
@@ -1659,19 +1694,76 @@ impl Driver {
         }
     }
 
-    fn logs(&self) -> String {
-        const LEVELS: [&str; 5] = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"];
-        let instance = self.workload.instance();
-        let mut out = String::new();
-        for r in &instance.abi().logs {
-            out.push_str(LEVELS[usize::from(r.level.min(4))]);
-            out.push(' ');
-            out.push_str(&r.message);
-            out.push('\n');
+    /// Records from the number `after` names for this workload's timeline
+    /// (the next a reader wants); without one, the newest `tail` (all with
+    /// `None`).
+    fn logs(&self, after: &std::collections::BTreeMap<u64, u64>, tail: Option<usize>) -> LogPage {
+        let abi = self.workload.instance().abi();
+        let first = abi.logs.front().map_or(abi.log_cursor, |r| r.seq);
+        let records = match after.get(&abi.log_stream) {
+            Some(&next) => abi.logs.iter().filter(|r| r.seq >= next).cloned().collect(),
+            _ => {
+                let skip = abi.logs.len().saturating_sub(tail.unwrap_or(usize::MAX));
+                abi.logs.iter().skip(skip).cloned().collect()
+            }
+        };
+        LogPage {
+            timeline: abi.log_stream,
+            first,
+            next: abi.log_cursor,
+            records,
         }
-        out.push_str(&String::from_utf8_lossy(&instance.stdout().contents()));
-        out.push_str(&String::from_utf8_lossy(&instance.stderr().contents()));
-        out
+    }
+
+    /// Turn what the guest wrote to stdout and stderr since the last call
+    /// into log records, a line each (a line over the quota is cut into
+    /// several; bytes the stream no longer kept are counted in a record).
+    fn collect_output(&mut self) {
+        use crate::abi::{LogRecord, LogSource};
+        let max = self.workload.instance().abi().quotas.max_log_line.max(1);
+        for (i, source) in [LogSource::Stdout, LogSource::Stderr]
+            .into_iter()
+            .enumerate()
+        {
+            let buffer = match source {
+                LogSource::Stderr => self.workload.instance().stderr().clone(),
+                _ => self.workload.instance().stdout().clone(),
+            };
+            let (start, bytes) = buffer.read_from(self.output[i].0);
+            let mut lines = Vec::new();
+            if start > self.output[i].0 {
+                lines.push(format!(
+                    "[{} bytes of {} not kept]",
+                    start - self.output[i].0,
+                    source.as_str()
+                ));
+                self.output[i].1.clear();
+            }
+            self.output[i].0 = start + bytes.len() as u64;
+            let partial = &mut self.output[i].1;
+            partial.extend_from_slice(&bytes);
+            while let Some(end) = partial.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = partial.drain(..=end).collect();
+                let line = &line[..line.len() - 1];
+                for chunk in line.chunks(max) {
+                    lines.push(String::from_utf8_lossy(chunk).into_owned());
+                }
+            }
+            while partial.len() >= max {
+                let chunk: Vec<u8> = partial.drain(..max).collect();
+                lines.push(String::from_utf8_lossy(&chunk).into_owned());
+            }
+            let level = if source == LogSource::Stderr { 3 } else { 2 };
+            for message in lines {
+                self.workload.instance_mut().abi_mut().push_log(LogRecord {
+                    seq: 0,
+                    time_ms: crate::abi::now_ms(),
+                    level,
+                    source,
+                    message,
+                });
+            }
+        }
     }
 
     /// After an event: messages the workload sent to itself go straight

@@ -228,6 +228,9 @@ pub struct Instance {
     /// can sit in a table or a global: fixed for the instance's life, so
     /// built once, at its first capture.
     pub(crate) func_map: Option<std::sync::Arc<std::collections::HashMap<usize, u32>>>,
+    /// The log cursor when the migration chain's last capture carried the
+    /// log records: its next delta carries only those written since.
+    pub(crate) logs_carried: Option<u64>,
 }
 
 impl std::fmt::Debug for Instance {

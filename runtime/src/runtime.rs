@@ -463,6 +463,7 @@ impl Runtime {
             sequence: 0,
             generation: 0,
             func_map: None,
+            logs_carried: None,
             page_hashes: None,
             chain_base: [None; 2],
             chain_pages: Default::default(),

@@ -11,5 +11,6 @@ pub mod ops;
 pub mod progress;
 pub mod rollout;
 pub mod run;
+pub mod scaffold;
 pub mod serve;
 pub mod up;

@@ -644,28 +644,69 @@ pub fn describe(name: &str, output: Output) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// `roam logs NAME [-f]`
-pub fn logs(name: &str, follow: bool) -> anyhow::Result<ExitCode> {
+/// `roam logs NAME [-f] [--tail N] [-o json]`: each record once, labelled
+/// with its host and replica timeline, with its time; with `-f`, then the
+/// records after the last one, as they come, whatever their number (the
+/// scheduler's cursor says where to go on from).
+pub fn logs(
+    name: &str,
+    follow: bool,
+    tail: Option<u32>,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    use roam_proto::logs::{LogsQuery, WorkloadLogs};
     block_on(async move {
         let c = client()?;
-        let mut seen = 0usize;
+        let mut query = LogsQuery { cursor: None, tail };
         loop {
-            let text = c
-                .send(c.request(Method::GET, &paths::workload_logs(name)?))
-                .await?
-                .text()
+            let page: WorkloadLogs = c
+                .json(
+                    c.request(Method::GET, &paths::workload_logs(name)?)
+                        .query(&query),
+                )
                 .await?;
-            let lines: Vec<&str> = text.lines().collect();
-            for line in lines.iter().skip(seen.min(lines.len())) {
-                println!("{line}");
+            for m in &page.missed {
+                eprintln!(
+                    "roam logs: {} record(s) of replica {} on {} were no longer kept",
+                    m.records,
+                    short(&m.timeline),
+                    m.host
+                );
             }
-            seen = lines.len();
+            for r in &page.records {
+                match output {
+                    Output::Json => println!("{}", serde_json::to_string(r)?),
+                    Output::Table => println!(
+                        "{} {} {} {:<5} {}",
+                        time_ms(r.line.time_ms),
+                        r.host,
+                        short(&r.timeline),
+                        r.line.level,
+                        r.line.message
+                    ),
+                }
+            }
             if !follow {
                 return Ok(ExitCode::SUCCESS);
             }
+            query = LogsQuery {
+                cursor: Some(page.cursor),
+                tail: None,
+            };
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }
     })
+}
+
+/// A replica's timeline as shown: its first 6 hex digits.
+fn short(timeline: &str) -> &str {
+    timeline.get(..6).unwrap_or(timeline)
+}
+
+/// RFC 3339 UTC with milliseconds.
+fn time_ms(ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
 }
 
 /// `roam invoke NAME [PATH] [--data BODY] [--method M]`

@@ -932,7 +932,7 @@ fn examples_deploy_by_name_with_the_grants_they_need() {
     assert_eq!(r.status().as_u16(), 201);
     poll(Duration::from_secs(10), "the expiry to be logged", || {
         let (ok, out, _) = c.roam(&["logs", "kv-cache"]);
-        ok && out.contains("] DEBUG expired soon")
+        ok && out.contains(" DEBUG expired soon")
     });
     let (ok, _, err) = c.roam(&["deploy", "--example", "nope"]);
     assert!(

@@ -487,3 +487,88 @@ fn prometheus_scrapes_the_schedulers_and_every_hosts_metrics_with_the_documented
     }
     assert!(exprs > 20, "{exprs} queries");
 }
+
+/// The numbers of the `line K` records in `roam logs -o json` lines, and
+/// the hosts they came from.
+fn numbered(lines: &[String]) -> Vec<(u64, String)> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            let k = v["message"].as_str()?.strip_prefix("line ")?.parse().ok()?;
+            Some((k, v["host"].as_str()?.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn logs_follow_each_record_once_past_the_ring_and_across_a_migration() {
+    let c = eu_cluster();
+    crate::failover::deploy_faulty(&c, "chatty", "none");
+    let first = host_of(&c, "chatty");
+    let (_follower, rx) = follow(&c, &["logs", "chatty", "-f", "-o", "json"]);
+    let mut lines = Vec::new();
+    // Until the follower has every line up to `k` (each read once).
+    let read_up_to = |lines: &mut Vec<String>, k: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while numbered(lines).len() < k as usize {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(_) => panic!("the follower stopped at {} of {k}", numbered(lines).len()),
+            }
+        }
+    };
+    // 2,500 lines, past the host's 1,000, half through `roam::log`, half
+    // on stdout, a hundred per request, read as they come.
+    for round in 1..=25u64 {
+        assert_eq!(c.invoke("chatty", "/log?n=100").0, 200);
+        read_up_to(&mut lines, round * 100);
+    }
+    // The workload moves; its records and their numbering go with it.
+    let second = other_eu(&first);
+    crate::migrate::migrate(&c, "chatty", second);
+    for round in 26..=30u64 {
+        assert_eq!(c.invoke("chatty", "/log?n=100").0, 200);
+        read_up_to(&mut lines, round * 100);
+    }
+    let seen = numbered(&lines);
+    let mut numbers: Vec<u64> = seen.iter().map(|(k, _)| *k).collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=3000).collect::<Vec<_>>(), "each line once");
+    assert!(seen.iter().any(|(k, h)| *k <= 2500 && *h == first));
+    assert!(
+        seen.iter().all(|(k, h)| *k <= 2500 || *h == second),
+        "{seen:?}"
+    );
+    // Nothing more came (no record repeated after the move).
+    std::thread::sleep(Duration::from_millis(1200));
+    while let Ok(line) = rx.try_recv() {
+        lines.push(line);
+    }
+    assert_eq!(numbered(&lines).len(), 3000);
+
+    // Without -f, the newest records, each labelled, with a timestamp.
+    let (ok, out, _) = c.roam(&["logs", "chatty", "--tail", "3"]);
+    assert!(ok);
+    let shown: Vec<&str> = out.lines().collect();
+    assert_eq!(shown.len(), 3, "{out}");
+    for line in shown {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        assert!(
+            parts[0].starts_with("20") && parts[0].ends_with('Z'),
+            "{line}"
+        );
+        assert_eq!(parts[1], second, "{line}");
+        assert_eq!(parts[2].len(), 6, "{line}");
+    }
+    // The history from before the move is on the new host.
+    let (_, all, _) = c.roam(&["logs", "chatty", "-o", "json"]);
+    let history = numbered(&all.lines().map(str::to_string).collect::<Vec<_>>());
+    assert_eq!(history.len(), 1000, "the host keeps its 1,000 newest");
+    assert!(history.iter().all(|(_, h)| h == second));
+    assert!(
+        history.iter().any(|(k, _)| *k <= 2500),
+        "records from before the move moved"
+    );
+}

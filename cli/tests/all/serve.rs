@@ -309,3 +309,89 @@ fn a_manifest_runs_locally_as_a_host_runs_it_and_a_missing_grant_fails_as_there(
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not granted"));
 }
+
+/// `roam ARGS` in `dir`, without this build's cargo target directory (a
+/// project of its own builds into its own `target/`); panics with the
+/// output unless it succeeds.
+fn roam_in(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_roam"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "roam {args:?}: {text}");
+    text
+}
+
+/// `program ARGS` in `dir`, as [`roam_in`].
+fn run_in(dir: &std::path::Path, program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{program} {args:?}: {text}");
+    text
+}
+
+#[test]
+fn a_new_project_tests_builds_and_runs_from_any_directory() {
+    // Outside the repository: the project gets its SDK from `roam` itself.
+    let home = tempfile::tempdir().unwrap();
+    roam_in(home.path(), &["new", "visits"]);
+    let project = home.path().join("visits");
+    assert!(project.join("vendor/roam-sdk/src/lib.rs").exists());
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let tested = run_in(&project, &cargo, &["test"]);
+    assert!(
+        tested.contains("the_next_version_takes_the_visits_over ... ok"),
+        "{tested}"
+    );
+    let built = roam_in(&project, &["build"]);
+    assert!(built.contains("visits.wasm"), "{built}");
+    let manifest = project.join("workload.toml");
+    let server = Server::start_with(&["-f", manifest.to_str().unwrap()]);
+    assert_eq!(server.req("POST", "/hi", ""), (200, "/hi 1\n".into()));
+    assert_eq!(server.req("GET", "/hi", ""), (200, "/hi 1\n".into()));
+    drop(server);
+    // A name that is not a workload's, or a directory in use: refused,
+    // nothing written.
+    let out = Command::new(env!("CARGO_BIN_EXE_roam"))
+        .args(["new", "Visits"])
+        .current_dir(home.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!home.path().join("Visits").exists());
+    let out = Command::new(env!("CARGO_BIN_EXE_roam"))
+        .args(["new", "visits"])
+        .current_dir(home.path())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not empty"));
+
+    // C, with clang and wasi-libc (scripts/setup installs them).
+    if artifacts::C_COUNTER.is_none() {
+        panic!("clang for wasm32-wasi is not installed; run scripts/setup");
+    }
+    roam_in(home.path(), &["new", "tally", "--lang", "c"]);
+    let project = home.path().join("tally");
+    let tested = run_in(&project, "make", &["test"]);
+    assert!(tested.contains("ok: 3 checks"), "{tested}");
+    roam_in(&project, &["build"]);
+    let manifest = project.join("workload.toml");
+    let server = Server::start_with(&["-f", manifest.to_str().unwrap()]);
+    assert_eq!(server.req("POST", "/x", ""), (200, "/x 1\n".into()));
+}

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, VecDeque};
 /// Name of the snapshot host section.
 pub const SECTION: &str = "roam.abi";
 /// Version 2 added message ids and the record of messages received.
-const SECTION_VERSION: u32 = 2;
+const SECTION_VERSION: u32 = 3;
 
 /// Sender streams whose last message id a receiver remembers; the least
 /// recently used is forgotten first (a resend on a forgotten stream would
@@ -121,14 +121,69 @@ pub struct Timer {
     pub payload: Vec<u8>,
 }
 
-/// One structured log record from the guest.
+/// One log record of the guest: a `roam::log` call, or a line it wrote to
+/// stdout or stderr.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogRecord {
+    /// Its place in the workload's log timeline ([`AbiState::log_stream`]):
+    /// the log cursor when it was written, one more for each record.
+    pub seq: u64,
+    /// Wall-clock time it was written, ms since the Unix epoch.
+    pub time_ms: u64,
     /// 0 trace, 1 debug, 2 info, 3 warn, 4 error.
     pub level: u8,
+    /// Where it came from.
+    pub source: LogSource,
     /// The message (UTF-8, lossy).
     pub message: String,
 }
+
+/// Where a [`LogRecord`] came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogSource {
+    /// `roam::log`.
+    #[default]
+    Log,
+    /// A line on WASI stdout.
+    Stdout,
+    /// A line on WASI stderr.
+    Stderr,
+}
+
+impl LogSource {
+    /// The name shown to operators.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogSource::Log => "log",
+            LogSource::Stdout => "stdout",
+            LogSource::Stderr => "stderr",
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            LogSource::Log => 0,
+            LogSource::Stdout => 1,
+            LogSource::Stderr => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<LogSource> {
+        match code {
+            0 => Some(LogSource::Log),
+            1 => Some(LogSource::Stdout),
+            2 => Some(LogSource::Stderr),
+            _ => None,
+        }
+    }
+}
+
+/// Name of the host section that carries a workload's recent log records
+/// when it moves (a migration, an upgrade); never in checkpoints.
+pub const LOGS_SECTION: &str = "roam.logs";
+
+/// At most this many bytes of log messages travel with a move.
+pub const MAX_LOGS_CARRIED: usize = 1 << 20;
 
 /// The ABI state of one workload.
 #[derive(Clone, Debug, Default)]
@@ -161,10 +216,17 @@ pub struct AbiState {
     pub received: BTreeMap<(String, u64), (u64, u64)>,
     /// Ticks once per message taken.
     pub received_clock: u64,
-    /// Recent log records (not part of snapshots: logs leave the host as they are written).
+    /// Recent log records, at most the quota: not in checkpoints; a move
+    /// carries them in the [`LOGS_SECTION`].
     pub logs: VecDeque<LogRecord>,
-    /// Log records ever written (the log cursor; moves with the workload).
+    /// Log records ever written in this timeline (the log cursor; moves
+    /// with the workload, and never goes back on one host).
     pub log_cursor: u64,
+    /// The workload replica's log timeline: records are named by
+    /// `(log_stream, seq)`. A standby's promotion starts a new one (its
+    /// state may be older than records its primary wrote); 0 means a new
+    /// one is drawn at the next record.
+    pub log_stream: u64,
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
@@ -215,6 +277,20 @@ impl<'a> Reader<'a> {
 
 const MAX_NAME: usize = 256;
 
+/// A random stream id. Without randomness, a clock-derived one still
+/// differs from the previous timeline's in practice.
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        b = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1))
+        .to_le_bytes();
+    }
+    u64::from_le_bytes(b)
+}
+
 impl AbiState {
     /// Encode the state that moves with the workload.
     pub fn encode(&self) -> Vec<u8> {
@@ -258,7 +334,92 @@ impl AbiState {
             out.extend_from_slice(&seq.to_le_bytes());
             out.extend_from_slice(&used.to_le_bytes());
         }
+        // Version 3.
+        out.extend_from_slice(&self.log_stream.to_le_bytes());
         out
+    }
+
+    /// The [`LOGS_SECTION`]: the retained records from `since` on (all
+    /// with `None`), the newest first kept when over [`MAX_LOGS_CARRIED`].
+    pub fn encode_logs(&self, since: Option<u64>) -> Vec<u8> {
+        let mut picked = Vec::new();
+        let mut bytes = 0;
+        for r in self.logs.iter().rev() {
+            if since.is_some_and(|s| r.seq < s) {
+                break;
+            }
+            bytes += r.message.len();
+            if bytes > MAX_LOGS_CARRIED {
+                break;
+            }
+            picked.push(r);
+        }
+        let mut out = Vec::with_capacity(bytes + picked.len() * 32 + 16);
+        out.extend_from_slice(&self.log_stream.to_le_bytes());
+        out.extend_from_slice(&(picked.len() as u64).to_le_bytes());
+        for r in picked.into_iter().rev() {
+            out.extend_from_slice(&r.seq.to_le_bytes());
+            out.extend_from_slice(&r.time_ms.to_le_bytes());
+            out.push(r.level);
+            out.push(r.source.code());
+            put_bytes(&mut out, r.message.as_bytes());
+        }
+        out
+    }
+
+    /// Take in a [`LOGS_SECTION`] from the same timeline: its records join
+    /// the retained ones (those already here are not repeated), at most
+    /// the quota kept. Checked as untrusted input; on error nothing
+    /// changes.
+    pub fn decode_logs(&mut self, data: &[u8]) -> Result<(), String> {
+        let mut r = Reader(data);
+        let stream = r.u64()?;
+        let n = r.count(26)?;
+        let mut records = Vec::with_capacity(n.min(self.quotas.max_log_records));
+        let mut last = None;
+        for _ in 0..n {
+            let seq = r.u64()?;
+            let time_ms = r.u64()?;
+            let level = r.take(1)?[0].min(4);
+            let source = LogSource::from_code(r.take(1)?[0])
+                .ok_or_else(|| "unknown log record source".to_string())?;
+            let message = String::from_utf8_lossy(&r.bytes(self.quotas.max_log_line)?).into_owned();
+            if last.is_some_and(|l| seq <= l) {
+                return Err("log records out of order".into());
+            }
+            last = Some(seq);
+            records.push(LogRecord {
+                seq,
+                time_ms,
+                level,
+                source,
+                message,
+            });
+        }
+        if !r.0.is_empty() {
+            return Err("trailing bytes".into());
+        }
+        if stream != self.log_stream {
+            return Err("log records of another timeline".into());
+        }
+        let newest = self.logs.back().map(|l| l.seq);
+        for record in records {
+            if newest.is_some_and(|n| record.seq <= n) {
+                continue;
+            }
+            if self.logs.len() >= self.quotas.max_log_records {
+                self.logs.pop_front();
+            }
+            self.logs.push_back(record);
+        }
+        Ok(())
+    }
+
+    /// Start a new log timeline (a standby's promotion: its state may be
+    /// older than records its primary wrote, so its sequence numbers could
+    /// repeat theirs).
+    pub fn new_log_timeline(&mut self) {
+        self.log_stream = 0;
     }
 
     /// Replace the moving parts of this state with those in `data`, checking
@@ -267,7 +428,7 @@ impl AbiState {
         let q = &self.quotas;
         let mut r = Reader(data);
         let version = r.u32()?;
-        if version != SECTION_VERSION && version != 1 {
+        if !(1..=SECTION_VERSION).contains(&version) {
             return Err(format!("unsupported version {version}"));
         }
         let mut kv = BTreeMap::new();
@@ -318,6 +479,7 @@ impl AbiState {
             })
             .collect();
         let log_cursor = r.u64()?;
+        let mut log_stream = 0;
         let (mut stream, mut last_seq, mut received_clock) = (0, 0, 0);
         let mut received = BTreeMap::new();
         if version >= 2 {
@@ -342,6 +504,9 @@ impl AbiState {
                 received.insert(key, (r.u64()?, r.u64()?));
             }
         }
+        if version >= 3 {
+            log_stream = r.u64()?;
+        }
         if !r.0.is_empty() {
             return Err("trailing bytes".into());
         }
@@ -351,7 +516,15 @@ impl AbiState {
         self.timers = timers;
         self.inbox = inbox;
         self.outbox = outbox;
-        self.log_cursor = log_cursor;
+        // A rollback on this host keeps the cursor where it is (its records
+        // are out already); a move takes the workload's.
+        if log_stream != self.log_stream || self.log_stream == 0 {
+            self.log_cursor = log_cursor;
+            self.logs.clear();
+        } else {
+            self.log_cursor = self.log_cursor.max(log_cursor);
+        }
+        self.log_stream = log_stream;
         self.stream = stream;
         self.last_seq = last_seq;
         self.received = received;
@@ -362,17 +535,7 @@ impl AbiState {
     /// The id of a message sent now: the next in this timeline's stream.
     pub fn next_message_id(&mut self) -> MessageId {
         while self.stream == 0 {
-            let mut b = [0u8; 8];
-            // Without randomness, a clock-derived stream still differs from
-            // the previous timeline's in practice.
-            if getrandom::fill(&mut b).is_err() {
-                b = (std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1))
-                .to_le_bytes();
-            }
-            self.stream = u64::from_le_bytes(b);
+            self.stream = random_u64();
             self.last_seq = 0;
         }
         self.last_seq += 1;
@@ -426,8 +589,13 @@ impl AbiState {
             .min_by_key(|&(id, due)| (due, id))
     }
 
-    /// Record a log line, keeping at most the quota of recent records.
-    pub fn push_log(&mut self, record: LogRecord) {
+    /// Record a log line, keeping at most the quota of recent records; it
+    /// gets the next sequence number of the timeline.
+    pub fn push_log(&mut self, mut record: LogRecord) {
+        while self.log_stream == 0 {
+            self.log_stream = random_u64();
+        }
+        record.seq = self.log_cursor;
         self.log_cursor += 1;
         if self.logs.len() >= self.quotas.max_log_records {
             self.logs.pop_front();
@@ -506,5 +674,63 @@ mod tests {
         let second = s.next_message_id();
         assert_ne!(first.stream, second.stream);
         assert_eq!(second.seq, 1);
+    }
+
+    fn record(message: &str) -> LogRecord {
+        LogRecord {
+            seq: 0,
+            time_ms: 1,
+            level: 2,
+            source: LogSource::Stdout,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn log_records_move_in_their_timeline_and_a_rollback_never_renumbers_them() {
+        let mut s = AbiState::default();
+        s.quotas.max_log_records = 3;
+        for i in 0..5 {
+            s.push_log(record(&format!("r{i}")));
+        }
+        assert_ne!(s.log_stream, 0);
+        let seqs: Vec<u64> = s.logs.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [2, 3, 4], "the newest kept, numbered on");
+        // A move: the state, then every record kept.
+        let (state, logs) = (s.encode(), s.encode_logs(None));
+        let mut t = AbiState::default();
+        t.quotas.max_log_records = 3;
+        t.decode_into(&state).unwrap();
+        t.decode_logs(&logs).unwrap();
+        assert_eq!(t.logs, s.logs);
+        assert_eq!((t.log_stream, t.log_cursor), (s.log_stream, 5));
+        // A later delta carries only the new ones; a repeat is not added twice.
+        let since = s.log_cursor;
+        s.push_log(record("r5"));
+        t.decode_logs(&s.encode_logs(Some(since))).unwrap();
+        t.decode_logs(&s.encode_logs(Some(since))).unwrap();
+        assert_eq!(t.logs, s.logs);
+        // A rollback to an older state on the same host keeps the cursor.
+        let older = {
+            let mut o = s.clone();
+            o.log_cursor = 2;
+            o.encode()
+        };
+        s.decode_into(&older).unwrap();
+        assert_eq!(s.log_cursor, 6);
+        // A promotion starts a new timeline.
+        let before = s.log_stream;
+        s.new_log_timeline();
+        s.push_log(record("r6"));
+        assert_ne!(s.log_stream, before);
+        // Another timeline's records, truncated or disordered bytes are
+        // refused, and change nothing.
+        let logs = s.encode_logs(None);
+        for len in 0..logs.len() {
+            let mut u = t.clone();
+            assert!(u.decode_logs(&logs[..len]).is_err());
+            assert_eq!(u.logs, t.logs);
+        }
+        assert!(t.clone().decode_logs(&logs).is_err(), "another timeline");
     }
 }

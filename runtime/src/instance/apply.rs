@@ -26,6 +26,17 @@ impl Instance {
                     })?;
                 continue;
             }
+            if section.name == crate::abi::LOGS_SECTION {
+                self.store
+                    .data_mut()
+                    .abi
+                    .decode_logs(&section.data)
+                    .map_err(|reason| RestoreError::HostState {
+                        name: section.name.clone(),
+                        reason,
+                    })?;
+                continue;
+            }
             if section.name != WASI_SECTION {
                 return Err(RestoreError::HostState {
                     name: section.name.clone(),

@@ -237,7 +237,17 @@ impl Instance {
             });
         }
 
-        let host = self.host_sections();
+        let mut host = self.host_sections();
+        if chain == Chain::Migration {
+            // The log records move with the workload: all of them with the
+            // chain's first capture, then those written since.
+            let since = if delta { self.logs_carried } else { None };
+            host.push(HostSection {
+                name: crate::abi::LOGS_SECTION.to_string(),
+                data: self.store.data().abi.encode_logs(since),
+            });
+            self.logs_carried = Some(self.store.data().abi.log_cursor);
+        }
         let base = if delta { self.chain_base[mine] } else { None };
         self.sequence += 1;
         self.chain_base[mine] = Some(self.sequence);
@@ -319,6 +329,15 @@ impl Instance {
                 data: self.store.data().abi.encode(),
             },
         ]
+    }
+
+    /// Every retained log record, as the section a move carries (an
+    /// upgrade hands it to the new version).
+    pub fn logs_section(&self) -> HostSection {
+        HostSection {
+            name: crate::abi::LOGS_SECTION.to_string(),
+            data: self.store.data().abi.encode_logs(None),
+        }
     }
 
     fn capture_host_state(&self) -> HostSection {

@@ -491,23 +491,78 @@ pub(super) async fn delete_workload(
     }
 }
 
+/// `GET /v1/workloads/{name}/logs?cursor=…&tail=N`: the records of every
+/// replica after the cursor (each replica's newest `tail` without one),
+/// by time, with the cursor for the next call and what its hosts no
+/// longer kept.
 pub(super) async fn workload_logs(
     State(s): State<Arc<Scheduler>>,
     Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<roam_proto::logs::LogsQuery>,
 ) -> Response {
+    use roam_proto::logs::{Cursor, Missed, WorkloadLogLine, WorkloadLogs};
+    let before = match Cursor::parse(q.cursor.as_deref().unwrap_or("")) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    if !s.has_workload(&name) {
+        return error(StatusCode::NOT_FOUND, format!("no workload `{name}`"));
+    }
     let hosts: Vec<String> = s.placed_on(&name);
-    let mut out = String::new();
-    for host in hosts {
-        let Some(to) = s.endpoint(&host) else {
+    let asked = futures_util::future::join_all(hosts.iter().map(|host| {
+        let (s, name, q) = (&s, &name, &q);
+        async move {
+            let to = s.endpoint(host)?;
+            s.client.logs(&to, name, q).await.ok()
+        }
+    }))
+    .await;
+    let mut out = WorkloadLogs::default();
+    let mut after = Cursor::default();
+    let mut unanswered = false;
+    for (host, answer) in hosts.iter().zip(asked) {
+        let Some(page) = answer else {
+            unanswered = true;
             continue;
         };
-        if let Ok(text) = s.client.logs(&to, &name).await {
-            for line in text.lines() {
-                out.push_str(&format!("[{host}] {line}\n"));
+        let Ok(timeline) = u64::from_str_radix(&page.timeline, 16) else {
+            continue;
+        };
+        if timeline == 0 {
+            continue;
+        }
+        if let Some(&wanted) = before.0.get(&timeline)
+            && page.first > wanted
+        {
+            out.missed.push(Missed {
+                host: host.clone(),
+                timeline: page.timeline.clone(),
+                records: page.first - wanted,
+            });
+        }
+        after.0.insert(timeline, page.next);
+        out.records
+            .extend(page.records.into_iter().map(|line| WorkloadLogLine {
+                host: host.clone(),
+                timeline: page.timeline.clone(),
+                line,
+            }));
+    }
+    // A replica whose host did not answer keeps its place (its timeline
+    // is not known here: every earlier one stays, bounded).
+    if unanswered {
+        for (timeline, next) in before.0 {
+            if after.0.len() >= roam_proto::logs::MAX_CURSOR_ENTRIES {
+                break;
             }
+            after.0.entry(timeline).or_insert(next);
         }
     }
-    out.into_response()
+    out.records.sort_by(|a, b| {
+        (a.line.time_ms, &a.timeline, a.line.seq).cmp(&(b.line.time_ms, &b.timeline, b.line.seq))
+    });
+    out.cursor = after.to_string();
+    Json(out).into_response()
 }
 
 /// `POST /v1/workloads/{name}/snapshot?host=H`: the encoded snapshot of the

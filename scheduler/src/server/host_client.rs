@@ -345,10 +345,19 @@ impl HostClient {
     }
 
     /// `GET /v1/instances/{workload}/logs`.
-    pub(super) async fn logs(&self, to: &Endpoint, workload: &str) -> Result<String, HostError> {
+    pub(super) async fn logs(
+        &self,
+        to: &Endpoint,
+        workload: &str,
+        query: &roam_proto::logs::LogsQuery,
+    ) -> Result<roam_proto::logs::InstanceLogs, HostError> {
         let url = paths::instance_logs(workload)?.on(&to.base);
-        let r = self.send(to, self.http.get(url)).await?;
-        Ok(r.text().await.unwrap_or_default())
+        let request = self.http.get(url).query(query).timeout(STATUS_TIMEOUT);
+        let r = self.send(to, request).await?;
+        r.json().await.map_err(|error| HostError::BadAnswer {
+            host: to.name.clone(),
+            error,
+        })
     }
 
     /// `POST /v1/instances/{workload}/snapshot`: the encoded snapshot.

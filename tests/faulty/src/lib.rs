@@ -16,6 +16,8 @@
 //!   every move, as `moved:HOW:FROM_HOST:HOST`.
 //! - `GET /echo?q=TEXT`: what reached it, as `authorization=HEADER` and
 //!   `q=TEXT` (decoded) lines.
+//! - `POST /log?n=N`: write N numbered lines (`line K`, K counting on
+//!   across calls), odd ones with `roam::log`, even ones on stdout.
 
 #![allow(
     clippy::panic,
@@ -33,6 +35,7 @@ use roam_sdk::{Request, Response, Workload, kv, messages};
 pub struct Faulty {
     counts: BTreeMap<String, u64>,
     handled: Vec<String>,
+    lines: u64,
 }
 
 impl Faulty {
@@ -101,6 +104,25 @@ impl Workload for Faulty {
                 }
             }
             ("GET", "handled") => Response::text(200, self.handled.join("\n")),
+            ("POST", "log") => {
+                let n = req
+                    .query_param("n")
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(1)
+                    .min(100_000);
+                for _ in 0..n {
+                    self.lines += 1;
+                    if self.lines % 2 == 1 {
+                        roam_sdk::logging::write(
+                            roam_sdk::logging::Level::Info,
+                            &format!("line {}", self.lines),
+                        );
+                    } else {
+                        println!("line {}", self.lines);
+                    }
+                }
+                Response::text(200, format!("logged up to {}", self.lines))
+            }
             // What reached it: the `Authorization` header and the decoded
             // `q` query parameter.
             ("GET", "echo") => Response::text(
