@@ -237,6 +237,8 @@ fn failover(rounds: usize) -> (Vec<f64>, Vec<f64>, u64, u64) {
             &r.urls.join(","),
             "--name",
             "h1",
+            "--listen",
+            "127.0.0.1:0",
             "--data-dir",
             join.to_str().unwrap(),
         ],

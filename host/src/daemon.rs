@@ -142,6 +142,7 @@ pub async fn run(config: HostConfig) -> anyhow::Result<()> {
         transport.client(reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)))?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let urls = config.schedulers();
+    let reachable = roam_tls::reachable(local, urls.first().map(String::as_str));
     let bases = urls
         .iter()
         .map(|u| transport.base(&Identity::Scheduler, u))
@@ -155,7 +156,7 @@ pub async fn run(config: HostConfig) -> anyhow::Result<()> {
         url: config
             .advertise
             .clone()
-            .unwrap_or_else(|| format!("{scheme}://{local}")),
+            .unwrap_or_else(|| format!("{scheme}://{reachable}")),
         runtime,
         bus: LocalBus::new(),
         scheduler,

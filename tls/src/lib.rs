@@ -28,6 +28,7 @@ pub mod transport;
 
 pub use ca::{Ca, CaHash, Issued};
 pub use identity::Identity;
+pub use resolve::reachable;
 pub use revoked::Revoked;
 pub use serve::{CLIENT_POOL_IDLE, Peer, ServeOptions, serve};
 pub use transport::{CertSlot, ServerCerts, Transport, Trust};

@@ -154,6 +154,9 @@ impl Scheduler {
             "--data-dir",
             data.to_str().unwrap(),
         ];
+        if !extra.contains(&"--listen") {
+            args.extend(["--listen", "127.0.0.1:0"]);
+        }
         if self.ca.is_none() {
             args.push("--insecure-plaintext");
         }

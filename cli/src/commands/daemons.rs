@@ -15,12 +15,14 @@ use crate::size::parse_size;
 /// Arguments of `roam scheduler`.
 #[derive(Args, Debug)]
 pub struct SchedulerArgs {
-    /// API address.
-    #[arg(long, default_value = "127.0.0.1:7700")]
+    /// API address: every interface, port 7700 (hosts and operators reach
+    /// it; every call is TLS and authenticated).
+    #[arg(long, default_value = "0.0.0.0:7700")]
     pub listen: SocketAddr,
     /// Data directory: state store (unless `--store` says otherwise),
-    /// modules, CA, admin token.
-    #[arg(long, default_value = "roam-data/scheduler")]
+    /// modules, CA, admin token. Default: /var/lib/roam/scheduler as root,
+    /// else $XDG_DATA_HOME/roam/scheduler (~/.local/share/roam/scheduler).
+    #[arg(long, env = "ROAM_DATA_DIR", default_value_os_t = default_data_dir("scheduler"))]
     pub data_dir: PathBuf,
     /// Where desired and recorded state lives: `redb=PATH` (an embedded
     /// file; the default is `state.redb` in the data directory) or
@@ -124,15 +126,20 @@ pub struct HostArgs {
     /// label, lowercase).
     #[arg(long)]
     pub name: Option<String>,
-    /// API address (port 0 picks a free one).
-    #[arg(long, default_value = "127.0.0.1:0")]
+    /// API and ingress address: every interface, port 7701 (port 0 picks
+    /// a free one).
+    #[arg(long, default_value = "0.0.0.0:7701")]
     pub listen: SocketAddr,
     /// URL the scheduler and other hosts use to reach this host, when it is
-    /// not the listen address (NAT, a proxy); default: `https://LISTEN`.
+    /// not the listen address (NAT, a proxy); default: `https://LISTEN`, or
+    /// when listening on every interface, the address of the one that
+    /// routes to the scheduler.
     #[arg(long)]
     pub advertise: Option<String>,
-    /// Data directory (compiled-code cache).
-    #[arg(long, default_value = "roam-data/host")]
+    /// Data directory (certificate, compiled-code cache). Default:
+    /// /var/lib/roam/host as root, else $XDG_DATA_HOME/roam/host
+    /// (~/.local/share/roam/host).
+    #[arg(long, env = "ROAM_DATA_DIR", default_value_os_t = default_data_dir("host"))]
     pub data_dir: PathBuf,
     /// Memory for workloads.
     #[arg(long, value_parser = parse_size, default_value = "1GiB")]
@@ -259,6 +266,43 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where a daemon keeps its data when `--data-dir` does not say: under
+/// /var/lib/roam as root (the systemd units' `StateDirectory`), else under
+/// the user's data directory.
+fn default_data_dir(role: &str) -> PathBuf {
+    data_dir_for(role, is_root(), |k| std::env::var_os(k))
+}
+
+fn data_dir_for(
+    role: &str,
+    root: bool,
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> PathBuf {
+    if root {
+        return PathBuf::from("/var/lib/roam").join(role);
+    }
+    let base = env("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("roam").join(role)
+}
+
+/// Whether this process runs as root (Linux: `/proc/self` belongs to the
+/// effective user).
+fn is_root() -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+    }
+    #[cfg(not(unix))]
+    {
+        false
+    }
+}
+
 /// A host name from the machine's (`gethostname`): its first label,
 /// lowercase; an error asking for `--name` if that is no DNS label.
 fn machine_name(hostname: &str) -> anyhow::Result<String> {
@@ -309,6 +353,33 @@ pub fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn daemons_keep_their_data_under_var_lib_as_root_else_in_the_users_data_dir() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            }
+        };
+        assert_eq!(
+            data_dir_for("host", true, env(&[("HOME", "/home/a")])),
+            PathBuf::from("/var/lib/roam/host")
+        );
+        assert_eq!(
+            data_dir_for("scheduler", false, env(&[("HOME", "/home/a")])),
+            PathBuf::from("/home/a/.local/share/roam/scheduler")
+        );
+        assert_eq!(
+            data_dir_for(
+                "host",
+                false,
+                env(&[("HOME", "/home/a"), ("XDG_DATA_HOME", "/d")])
+            ),
+            PathBuf::from("/d/roam/host")
+        );
+    }
 
     #[test]
     fn a_host_is_named_after_the_machine_or_asks_for_a_name() {

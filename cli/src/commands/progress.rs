@@ -65,6 +65,7 @@ impl Progress {
             Some(length) => format!("{} {position}/{length} {message}", self.prefix),
             None => format!("{} {message}", self.prefix),
         };
+        let line = line.trim_end().to_string();
         if line != self.last {
             eprintln!("{line}");
             self.last = line;

@@ -238,5 +238,10 @@ fn module_of(dir: &Path) -> Option<PathBuf> {
     let text = std::fs::read_to_string(dir.join("workload.toml")).ok()?;
     let value: toml::Value = toml::from_str(&text).ok()?;
     let module = value.get("module")?.as_str()?;
-    Some(dir.join(module))
+    // `roam build` in the project prints `target/…`, not `./target/…`.
+    Some(if dir == Path::new(".") {
+        PathBuf::from(module)
+    } else {
+        dir.join(module)
+    })
 }

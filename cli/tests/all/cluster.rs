@@ -333,6 +333,9 @@ impl Cluster {
         };
         let mut all = vec!["host"];
         all.extend(join);
+        if !args.contains(&"--listen") {
+            all.extend(["--listen", "127.0.0.1:0"]);
+        }
         all.extend(["--name", name, "--data-dir", data.to_str().unwrap()]);
         if self.plaintext {
             all.push("--insecure-plaintext");
@@ -765,6 +768,8 @@ fn unauthenticated_calls_and_label_claims_are_refused() {
             &c.url,
             "--name",
             "liar",
+            "--listen",
+            "127.0.0.1:0",
             "--data-dir",
             c.dir.path().join("liar").to_str().unwrap(),
             "--label",
@@ -1080,4 +1085,25 @@ fn a_workload_gets_its_callers_authorization_and_decoded_query_through_both_ingr
     assert!(ok, "{err}");
     assert!(out.starts_with("authorization=\n"), "{out}");
     assert!(!out.contains(&c.admin), "{out}");
+}
+
+#[test]
+fn a_host_listening_on_every_interface_advertises_the_address_it_is_reached_at() {
+    let mut c = Cluster::start_with(&[("HEARTBEAT_TIMEOUT", PATIENT)]);
+    c.add_host_with("edge-1", "eu-west-1", "EU", &["--listen", "0.0.0.0:0"], &[]);
+    c.wait_ready(1);
+    let url = c.url_of("edge-1");
+    assert!(!url.contains("0.0.0.0"), "{url}");
+    let (ok, _, err) = c.roam(&[
+        "deploy",
+        artifacts::COUNTER,
+        "--name",
+        "counter",
+        "--wait",
+        "--timeout",
+        "60s",
+    ]);
+    assert!(ok, "{err}");
+    // The scheduler's ingress reaches the workload at that address.
+    assert_eq!(c.invoke("counter", "/a").0, 200);
 }

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -309,4 +310,67 @@ fn the_literal_scanner_sees_what_it_must() {
         .map(|(_, l)| l)
         .collect();
     assert_eq!(words, ["/v1/nodes", "x-roam-part", "done", "{}/v1/x"]);
+}
+
+/// Every `--flag` of `text` (a unit's `ExecStart`, the image's example
+/// commands) after `roam ROLE` is one `roam ROLE --help` lists.
+fn flags_exist(role: &str, line: &str, help: &str) {
+    let Some(rest) = line.split(&format!("roam {role}")).nth(1) else {
+        return;
+    };
+    for word in rest.split_whitespace().filter(|w| w.starts_with("--")) {
+        let flag = word.split('=').next().unwrap();
+        assert!(help.contains(flag), "`{line}`: `roam {role}` has no {flag}");
+    }
+}
+
+#[test]
+fn the_deployment_files_run_the_daemons_with_flags_they_have() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    for (role, unit) in [
+        ("scheduler", "deploy/systemd/roam-scheduler.service"),
+        ("host", "deploy/systemd/roam-host.service"),
+    ] {
+        let help = Command::new(env!("CARGO_BIN_EXE_roam"))
+            .args([role, "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&help.stdout).into_owned();
+        let text = std::fs::read_to_string(root.join(unit)).unwrap();
+        let exec: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("ExecStart="))
+            .collect();
+        assert_eq!(exec.len(), 1, "{unit}");
+        flags_exist(role, exec[0], &help);
+        let image = std::fs::read_to_string(root.join("deploy/Containerfile")).unwrap();
+        for line in image.lines().filter(|l| l.contains("roam ")) {
+            flags_exist(role, line, &help);
+        }
+        // systemd's own check, where systemd is installed (the binary the
+        // unit names is this build's).
+        if Command::new("systemd-analyze")
+            .arg("--version")
+            .output()
+            .is_ok()
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join(Path::new(unit).file_name().unwrap());
+            std::fs::write(
+                &file,
+                text.replace("/usr/local/bin/roam", env!("CARGO_BIN_EXE_roam")),
+            )
+            .unwrap();
+            let out = Command::new("systemd-analyze")
+                .arg("verify")
+                .arg(&file)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success() && out.stderr.is_empty(),
+                "{unit}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
 }

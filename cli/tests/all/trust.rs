@@ -176,7 +176,8 @@ fn a_host_joins_only_the_scheduler_its_token_pins() {
     ] {
         let dir = c.dir.path().join(format!("h-{}", bad.len()));
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_roam"))
-            .args(["host", "--join", &c.url, "--name", "pinned", "--data-dir"])
+            .args(["host", "--join", &c.url, "--name", "pinned"])
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&dir)
             .env("ROAM_JOIN_TOKEN", &bad)
             .output()

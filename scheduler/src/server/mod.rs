@@ -398,7 +398,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let url = config
         .advertise
         .clone()
-        .unwrap_or_else(|| format!("{scheme}://{local}"));
+        .unwrap_or_else(|| format!("{scheme}://{}", roam_tls::reachable(local, None)));
     let me = roam_proto::SchedulerMember {
         id: config.replica.clone().unwrap_or_else(|| {
             url.split("://")
