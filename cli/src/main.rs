@@ -57,6 +57,11 @@ enum Command {
     /// The client's contexts: which scheduler, with which token and CA.
     #[command(subcommand)]
     Config(commands::config::ConfigCommand),
+    /// Push a module to an OCI registry as a Wasm artifact (signed with --sign).
+    Push(commands::oci::PushArgs),
+    /// Signing keys for modules.
+    #[command(subcommand)]
+    Key(commands::oci::KeyCommand),
     /// Deploy a workload: a module with --name, or a workload.toml with -f.
     Deploy(commands::ops::DeployArgs),
     /// A workload's rollout: `status` (wait until every replica runs the
@@ -185,6 +190,8 @@ fn main() -> std::process::ExitCode {
         Command::Token(cmd) => commands::ops::token(cmd),
         Command::Config(cmd) => commands::config::main(cmd),
         Command::Deploy(args) => commands::ops::deploy(args),
+        Command::Push(args) => commands::oci::push(args),
+        Command::Key(cmd) => commands::oci::key(cmd),
         Command::Rollout(cmd) => commands::rollout::main(cmd),
         Command::Get {
             kind,

@@ -425,6 +425,12 @@ pub struct WorkloadSpec {
     /// How a change of what each replica runs reaches the running ones.
     #[serde(default, skip_serializing_if = "RolloutPolicy::is_default")]
     pub rollout: RolloutPolicy,
+    /// Where the module came from: `oci://REGISTRY/REPOSITORY:TAG` as
+    /// deployed (the scheduler pulls it, checks it, and pins it here as
+    /// `…@sha256:MANIFEST`, with `digest` the module's); `None` for a
+    /// module uploaded to the scheduler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// What each replica runs, numbered: set by the scheduler, one more
     /// each time a deploy changes the module or an instance setting
     /// (memory, environment, grants, durability). A caller's value is

@@ -9,6 +9,8 @@
 //! - [`auth`]: tokens (CSPRNG, stored hashed, constant-time checks) and the
 //!   trusted labels a join token binds;
 //! - [`store`]: desired state in redb, committed before a change is acknowledged;
+//! - [`oci`]: OCI registries: Wasm artifacts pushed and pulled by
+//!   digest, cosign-compatible signatures made and checked;
 //! - [`verdict`]: what the scheduler concludes about a migration from what
 //!   its hosts answer (commit, abort, ask again), keeping the rule that the
 //!   source never resumes while the target may serve.
@@ -20,6 +22,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod oci;
 pub mod placement;
 pub mod reconcile;
 pub mod selector;

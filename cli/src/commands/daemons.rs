@@ -91,6 +91,20 @@ pub struct SchedulerArgs {
     /// nobody, and the scheduler's needs a viewer token.
     #[arg(long, env = "ROAM_METRICS_TOKEN_FILE")]
     pub metrics_token_file: Option<std::path::PathBuf>,
+    /// Extra root certificates (PEM) for OCI registries, besides the
+    /// system's.
+    #[arg(long)]
+    pub registry_ca: Option<PathBuf>,
+    /// An OCI registry (`host:port`) to reach over plain HTTP (only those
+    /// listed; every other is TLS).
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+    /// Require every module to come from an OCI registry signed by one of
+    /// these public keys (PEM, `roam key generate`'s `.pub`, or cosign's);
+    /// a deploy of an unsigned or wrongly signed module fails with the
+    /// reason.
+    #[arg(long = "require-signed", num_args = 1..)]
+    pub require_signed: Vec<PathBuf>,
 }
 
 /// TLS flags both daemons take.
@@ -261,6 +275,9 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
             leader_ttl: args.leader_ttl,
             max_connections_per_address: args.max_connections_per_address as usize,
             metrics_token_file: args.metrics_token_file,
+            registry_ca: args.registry_ca,
+            insecure_registries: args.insecure_registries,
+            require_signed: args.require_signed,
         },
     ))?;
     Ok(ExitCode::SUCCESS)

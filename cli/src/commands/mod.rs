@@ -7,6 +7,7 @@ pub mod events;
 pub mod get;
 pub mod local_etcd;
 pub mod migrate;
+pub mod oci;
 pub mod ops;
 pub mod progress;
 pub mod rollout;

@@ -130,19 +130,29 @@ impl Manifest {
 
     /// Its module's path: `module`, from the manifest's directory.
     pub(super) fn module_path(&self, manifest: &std::path::Path) -> Option<PathBuf> {
-        self.module.as_ref().map(|m| {
-            manifest
-                .parent()
-                .unwrap_or(std::path::Path::new("."))
-                .join(m)
-        })
+        self.module
+            .as_ref()
+            .filter(|m| !is_oci(&m.to_string_lossy()))
+            .map(|m| {
+                manifest
+                    .parent()
+                    .unwrap_or(std::path::Path::new("."))
+                    .join(m)
+            })
     }
+}
+
+/// Whether a module is named by an OCI reference rather than a path.
+fn is_oci(module: &str) -> bool {
+    module.starts_with("oci://")
 }
 
 /// `roam deploy`
 #[derive(Args, Debug)]
 pub struct DeployArgs {
-    /// A module to deploy (with --name), instead of -f.
+    /// A module to deploy (with --name), instead of -f: a file (uploaded
+    /// to the scheduler), or `oci://REGISTRY/REPOSITORY:TAG` (the
+    /// scheduler pulls it, resolving the tag to a digest once).
     pub file: Option<PathBuf>,
     /// Deploy a built example by name (counter, kv-cache, sensor-aggregator,
     /// sensor-probe, mandelbrot), with the grants it needs.
@@ -408,13 +418,25 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
             max_unavailable: args.max_unavailable,
             discard_state: args.discard_state,
         };
+        let flag_source = args
+            .file
+            .as_ref()
+            .map(|f| f.to_string_lossy().into_owned())
+            .filter(|f| is_oci(f));
         let spec = if let Some(manifest) = &args.manifest {
             let m = Manifest::load(manifest)?;
-            let digest = match (m.module_path(manifest), &m.digest) {
-                (Some(path), _) => upload(&c, &path).await?,
-                (None, Some(d)) => d.clone(),
-                (None, None) => bail!(
-                    "manifest `{}` needs `module` (a path) or `digest`",
+            let source = flag_source.clone().or_else(|| {
+                m.module
+                    .as_ref()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .filter(|s| is_oci(s))
+            });
+            let digest = match (&source, m.module_path(manifest), &m.digest) {
+                (Some(_), _, _) => String::new(),
+                (None, Some(path), _) => upload(&c, &path).await?,
+                (None, None, Some(d)) => d.clone(),
+                (None, None, None) => bail!(
+                    "manifest `{}` needs `module` (a path or an oci:// reference) or `digest`",
                     manifest.display()
                 ),
             };
@@ -452,6 +474,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
                 },
                 rollout: rollout.clone(),
                 revision: 0,
+                source: source.clone(),
             }
         } else if let Some(example) = &args.example {
             let (path, needs) = example_module(example)?;
@@ -470,6 +493,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
                 checkpoint_interval_ms: args.checkpoint_interval.map(millis),
                 rollout: rollout.clone(),
                 revision: 0,
+                source: None,
             }
         } else {
             let Some(file) = &args.file else {
@@ -481,9 +505,13 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
                 .name
                 .clone()
                 .context("--name is required when deploying a module file")?;
+            let source = flag_source.clone();
             WorkloadSpec {
                 name,
-                digest: upload(&c, file).await?,
+                digest: match &source {
+                    Some(_) => String::new(),
+                    None => upload(&c, file).await?,
+                },
                 replicas: args.replicas.unwrap_or(1),
                 selector: args.selector.clone().unwrap_or_default(),
                 memory: args.memory.unwrap_or(DEFAULT_MEMORY),
@@ -494,6 +522,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
                 checkpoint_interval_ms: args.checkpoint_interval.map(millis),
                 rollout: rollout.clone(),
                 revision: 0,
+                source: source.clone(),
             }
         };
         let spec: WorkloadSpec = c

@@ -37,6 +37,10 @@ pub struct UpArgs {
     /// after it.
     #[arg(long)]
     pub ha: bool,
+    /// An OCI registry (`host:port`) the schedulers reach over plain HTTP
+    /// (a local one for `roam deploy oci://…`).
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
 }
 
 /// Scheduler replicas with `--ha`.
@@ -113,6 +117,9 @@ pub fn main(args: UpArgs) -> anyhow::Result<ExitCode> {
         scheduler
             .args(["scheduler", "--metrics-token-file"])
             .arg(&scrape_file);
+        for registry in &args.insecure_registries {
+            scheduler.args(["--insecure-registry", registry]);
+        }
         scheduler.args(["--listen", &listen.to_string(), "--data-dir"]);
         match &etcd {
             Some(etcd) => {

@@ -180,9 +180,15 @@ impl Cluster {
             .iter()
             .find(|(k, _)| k == "STORE")
             .map(|(_, v)| v.clone());
+        // More flags, space-separated.
+        let extra: Vec<String> = envs
+            .iter()
+            .find(|(k, _)| k == "SCHEDULER_ARGS")
+            .map(|(_, v)| v.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default();
         let envs: Vec<(&str, &str)> = envs
             .iter()
-            .filter(|(k, _)| k != "HEARTBEAT_TIMEOUT" && k != "STORE")
+            .filter(|(k, _)| k != "HEARTBEAT_TIMEOUT" && k != "STORE" && k != "SCHEDULER_ARGS")
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let data = dir.join("scheduler");
@@ -207,6 +213,7 @@ impl Cluster {
         if let Some(store) = &store {
             args.extend(["--store", store]);
         }
+        args.extend(extra.iter().map(String::as_str));
         spawn(&args, &envs)
     }
 

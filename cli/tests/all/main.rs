@@ -15,6 +15,7 @@ mod failover;
 mod layout;
 mod migrate;
 mod observe;
+mod registry;
 mod relay;
 mod rollout;
 mod run;

@@ -17,7 +17,7 @@ use roam_proto::{
     WorkloadSpec,
 };
 
-use super::{Scheduler, parse};
+use super::{Refusal, Scheduler, parse};
 use crate::auth::{self, Role, TokenRecord};
 use crate::placement::{self, PlacementRequest};
 use crate::selector::Selector;
@@ -219,39 +219,75 @@ pub(super) async fn revoke_token(
 }
 
 pub(super) async fn upload_module(State(s): State<Arc<Scheduler>>, body: Bytes) -> Response {
-    if !body.starts_with(b"\0asm") {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "not a WebAssembly module (no `\\0asm` header)",
-        );
+    match s.keep_module(body.clone()).await {
+        Ok(digest) => (
+            StatusCode::CREATED,
+            Json(ModuleRef {
+                digest,
+                size: body.len() as u64,
+            }),
+        )
+            .into_response(),
+        Err(refusal) => refusal.into_response(),
     }
-    let digest = roam_proto::Digest::of(&body).to_string();
-    let Some(path) = s.module_path(&digest) else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "bad digest");
-    };
-    let tmp = path.with_extension("tmp");
-    if let Err(e) = std::fs::write(&tmp, &body).and_then(|()| std::fs::rename(&tmp, &path)) {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-    }
-    if s.store.shared() {
-        // Every replica must be able to serve it once it is acknowledged.
-        let (store_of, key, bytes) = (s.clone(), digest.clone(), body.clone());
-        let stored =
-            tokio::task::spawn_blocking(move || store_of.store.put_module(&key, &bytes)).await;
-        match stored {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+}
+
+impl Scheduler {
+    /// Keep a module's bytes (on disk, and in a shared store for every
+    /// replica); its digest.
+    async fn keep_module(self: &Arc<Self>, body: Bytes) -> Result<String, Refusal> {
+        if !body.starts_with(b"\0asm") {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "not a WebAssembly module (no `\\0asm` header)",
+            ));
         }
+        let digest = roam_proto::Digest::of(&body).to_string();
+        let internal = |e: String| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e);
+        let path = self
+            .module_path(&digest)
+            .ok_or_else(|| internal("bad digest".into()))?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &body)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| internal(e.to_string()))?;
+        if self.store.shared() {
+            // Every replica must be able to serve it once it is acknowledged.
+            let (store_of, key, bytes) = (self.clone(), digest.clone(), body.clone());
+            tokio::task::spawn_blocking(move || store_of.store.put_module(&key, &bytes))
+                .await
+                .map_err(|e| internal(e.to_string()))?
+                .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        }
+        Ok(digest)
     }
-    (
-        StatusCode::CREATED,
-        Json(ModuleRef {
-            digest,
-            size: body.len() as u64,
-        }),
-    )
-        .into_response()
+
+    /// A deploy by reference: resolve `source`'s tag once, fetch its
+    /// module, check its digest (and its signature, when the cluster
+    /// requires one), keep it; the module's digest and `source` pinned to
+    /// the manifest digest.
+    async fn pull(self: &Arc<Self>, source: &str) -> Result<(String, String), Refusal> {
+        use crate::oci::{OciError, Reference};
+        let reference = Reference::parse(source)
+            .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+        let pulled = self
+            .registries
+            .pull_module(&reference, MAX_MODULE as usize, &self.trusted_keys)
+            .await;
+        let (manifest, bytes) = pulled.map_err(|e| {
+            let status = match e {
+                OciError::Registry { .. } => StatusCode::BAD_GATEWAY,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            Refusal::new(status, e.to_string())
+        })?;
+        let digest = self.keep_module(Bytes::from(bytes)).await?;
+        self.event(
+            "module_pulled",
+            serde_json::json!({ "source": source, "manifest": manifest, "digest": digest }),
+        );
+        Ok((digest, reference.pinned(&manifest)))
+    }
 }
 
 pub(super) async fn download_module(
@@ -279,10 +315,32 @@ pub(super) async fn download_module(
 }
 
 pub(super) async fn deploy(State(s): State<Arc<Scheduler>>, body: Bytes) -> Response {
-    let spec: WorkloadSpec = match parse(&body) {
+    let mut spec: WorkloadSpec = match parse(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
+    match &spec.source {
+        Some(source) => match s.pull(source).await {
+            Ok((digest, pinned)) => {
+                if !spec.digest.is_empty() && spec.digest != digest {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("{source} is module {digest}, not {}", spec.digest),
+                    );
+                }
+                spec.digest = digest;
+                spec.source = Some(pinned);
+            }
+            Err(refusal) => return refusal.into_response(),
+        },
+        None if !s.trusted_keys.is_empty() => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "this cluster requires signed modules (--require-signed): push the module with `roam push --sign KEY` and deploy it by its oci:// reference",
+            );
+        }
+        None => {}
+    }
     if let Err(e) = roam_proto::names::workload(&spec.name) {
         return error(StatusCode::BAD_REQUEST, e.to_string());
     }

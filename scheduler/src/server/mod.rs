@@ -109,6 +109,14 @@ pub struct ServerConfig {
     /// host's; hosts learn only its sha256, at join). `None`: hosts serve
     /// their metrics to nobody, and the scheduler's takes a viewer token.
     pub metrics_token_file: Option<PathBuf>,
+    /// Extra roots (PEM) for OCI registries, besides the system's.
+    pub registry_ca: Option<PathBuf>,
+    /// OCI registries (`host:port`) reached over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// Public keys (SPKI PEM) one of which must have signed a module
+    /// deployed from a registry; with any, modules uploaded directly are
+    /// refused.
+    pub require_signed: Vec<PathBuf>,
 }
 
 impl ServerConfig {
@@ -131,6 +139,9 @@ impl ServerConfig {
             leader_ttl: Duration::from_secs(3),
             max_connections_per_address: 512,
             metrics_token_file: None,
+            registry_ca: None,
+            insecure_registries: Vec::new(),
+            require_signed: Vec::new(),
         }
     }
 }
@@ -250,6 +261,10 @@ struct Scheduler {
     console: console::Console,
     /// sha256 (hex) of the scrape credential, if one is set.
     scrape: Option<String>,
+    /// OCI registries, for deploys by reference.
+    registries: crate::oci::Registries,
+    /// Keys one of which must have signed a module (`--require-signed`).
+    trusted_keys: Vec<crate::oci::PublicKey>,
 }
 
 /// Locks spec changes take, by workload name.
@@ -386,6 +401,16 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     };
     bootstrap_admin(&config, &store)?;
     let console = console::Console::load(&store)?;
+    let registries = crate::oci::Registries::new(
+        config.registry_ca.as_deref(),
+        config.insecure_registries.clone(),
+        crate::oci::Credentials::from_docker_config()?,
+    )?;
+    let trusted_keys = config
+        .require_signed
+        .iter()
+        .map(|p| crate::oci::PublicKey::load(p))
+        .collect::<Result<Vec<_>, _>>()?;
     let scrape = match &config.metrics_token_file {
         Some(path) => Some(metrics::load_scrape_credential(path)?),
         None => None,
@@ -470,6 +495,8 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         spec_locks: std::array::from_fn(|_| Mutex::new(())),
         console,
         scrape,
+        registries,
+        trusted_keys,
         config,
     });
     if scheduler.leadership.leads() {
