@@ -85,37 +85,37 @@ form_urlencoded = "1"
 const RUST: &[(&str, &str)] = &[
     (
         "Cargo.toml",
-        include_str!("../../templates/rust/Cargo.toml.tmpl"),
+        include_str!("../../templates/rust/Cargo.toml.in"),
     ),
     (
         "src/lib.rs",
-        include_str!("../../templates/rust/src/lib.rs.tmpl"),
+        include_str!("../../templates/rust/src/lib.rs.in"),
     ),
     (
         "workload.toml",
-        include_str!("../../templates/rust/workload.toml.tmpl"),
+        include_str!("../../templates/rust/workload.toml.in"),
     ),
     (
         ".gitignore",
-        include_str!("../../templates/rust/gitignore.tmpl"),
+        include_str!("../../templates/rust/gitignore.in"),
     ),
     (
         "README.md",
-        include_str!("../../templates/rust/README.md.tmpl"),
+        include_str!("../../templates/rust/README.md.in"),
     ),
 ];
 
 /// A C project: path, template.
 const C: &[(&str, &str)] = &[
-    ("Makefile", include_str!("../../templates/c/Makefile.tmpl")),
-    ("app.c", include_str!("../../templates/c/app.c.tmpl")),
+    ("Makefile", include_str!("../../templates/c/Makefile.in")),
+    ("app.c", include_str!("../../templates/c/app.c.in")),
     (
         "workload.toml",
-        include_str!("../../templates/c/workload.toml.tmpl"),
+        include_str!("../../templates/c/workload.toml.in"),
     ),
     (
         ".gitignore",
-        include_str!("../../templates/c/gitignore.tmpl"),
+        include_str!("../../templates/c/gitignore.in"),
     ),
 ];
 

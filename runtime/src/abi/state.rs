@@ -419,7 +419,9 @@ impl AbiState {
     /// older than records its primary wrote, so its sequence numbers could
     /// repeat theirs).
     pub fn new_log_timeline(&mut self) {
+        // Every record kept belongs to the current timeline.
         self.log_stream = 0;
+        self.logs.clear();
     }
 
     /// Replace the moving parts of this state with those in `data`, checking
@@ -516,15 +518,16 @@ impl AbiState {
         self.timers = timers;
         self.inbox = inbox;
         self.outbox = outbox;
-        // A rollback on this host keeps the cursor where it is (its records
-        // are out already); a move takes the workload's.
-        if log_stream != self.log_stream || self.log_stream == 0 {
+        // A rollback on this host (the same timeline, or a state from
+        // before its first record) keeps the cursor where it is and the
+        // records kept (they are out already); a move takes the workload's.
+        if self.log_stream != 0 && (log_stream == self.log_stream || log_stream == 0) {
+            self.log_cursor = self.log_cursor.max(log_cursor);
+        } else {
             self.log_cursor = log_cursor;
             self.logs.clear();
-        } else {
-            self.log_cursor = self.log_cursor.max(log_cursor);
+            self.log_stream = log_stream;
         }
-        self.log_stream = log_stream;
         self.stream = stream;
         self.last_seq = last_seq;
         self.received = received;
@@ -718,6 +721,11 @@ mod tests {
         };
         s.decode_into(&older).unwrap();
         assert_eq!(s.log_cursor, 6);
+        // …and so does one to a state from before the first record.
+        let before_any = AbiState::default().encode();
+        let stream = s.log_stream;
+        s.decode_into(&before_any).unwrap();
+        assert_eq!((s.log_stream, s.log_cursor, s.logs.len()), (stream, 6, 3));
         // A promotion starts a new timeline.
         let before = s.log_stream;
         s.new_log_timeline();
