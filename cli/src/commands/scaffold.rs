@@ -113,10 +113,7 @@ const C: &[(&str, &str)] = &[
         "workload.toml",
         include_str!("../../templates/c/workload.toml.in"),
     ),
-    (
-        ".gitignore",
-        include_str!("../../templates/c/gitignore.in"),
-    ),
+    (".gitignore", include_str!("../../templates/c/gitignore.in")),
 ];
 
 fn fill(template: &str, name: &str) -> String {
