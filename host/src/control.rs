@@ -272,9 +272,15 @@ async fn logs(
     };
     match handle.logs(cursor.0, q.tail.map(|t| t as usize)).await {
         Ok(page) => Json(roam_proto::logs::InstanceLogs {
-            timeline: format!("{:016x}", page.timeline),
-            first: page.first,
-            next: page.next,
+            timelines: page
+                .timelines
+                .into_iter()
+                .map(|(t, first, next)| roam_proto::logs::TimelineState {
+                    timeline: format!("{t:016x}"),
+                    first,
+                    next,
+                })
+                .collect(),
             records: page.records.into_iter().map(line).collect(),
         })
         .into_response(),
@@ -286,6 +292,7 @@ async fn logs(
 fn line(r: roam_runtime::abi::LogRecord) -> roam_proto::logs::LogLine {
     const LEVELS: [&str; 5] = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"];
     roam_proto::logs::LogLine {
+        timeline: format!("{:016x}", r.timeline),
         seq: r.seq,
         time_ms: r.time_ms,
         level: LEVELS[usize::from(r.level.min(4))].to_string(),

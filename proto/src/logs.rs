@@ -16,6 +16,8 @@ pub const MAX_CURSOR_ENTRIES: usize = 256;
 /// One record as a host keeps it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogLine {
+    /// The replica timeline it was written in (hex).
+    pub timeline: String,
     /// Its number in its timeline.
     pub seq: u64,
     /// When it was written, ms since the Unix epoch.
@@ -28,15 +30,24 @@ pub struct LogLine {
     pub message: String,
 }
 
+/// Where a timeline stands on a host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineState {
+    /// The timeline (hex).
+    pub timeline: String,
+    /// The oldest record of it the host still keeps.
+    pub first: u64,
+    /// The number after its newest.
+    pub next: u64,
+}
+
 /// `GET /v1/instances/{workload}/logs` on a host: the copy's records.
+/// A copy keeps records of its own timeline, and of those before it (a
+/// standby that took over keeps what its primary wrote).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceLogs {
-    /// The copy's timeline (hex).
-    pub timeline: String,
-    /// The oldest record it still keeps.
-    pub first: u64,
-    /// The number its next record gets.
-    pub next: u64,
+    /// Each timeline it keeps records of.
+    pub timelines: Vec<TimelineState>,
     /// Records asked for, oldest first.
     pub records: Vec<LogLine>,
 }
@@ -46,8 +57,6 @@ pub struct InstanceLogs {
 pub struct WorkloadLogLine {
     /// Host it was read from.
     pub host: String,
-    /// Its replica's timeline (hex).
-    pub timeline: String,
     /// The record.
     #[serde(flatten)]
     pub line: LogLine,

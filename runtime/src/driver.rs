@@ -355,12 +355,10 @@ pub enum Handover {
 /// A workload's log records ([`WorkloadHandle::logs`]).
 #[derive(Clone, Debug, Default)]
 pub struct LogPage {
-    /// Its log timeline.
-    pub timeline: u64,
-    /// The oldest record still kept.
-    pub first: u64,
-    /// The number the next record gets.
-    pub next: u64,
+    /// Per log timeline it keeps records of (and its current one): the
+    /// timeline, the number of the oldest record kept, the number of the
+    /// next.
+    pub timelines: Vec<(u64, u64, u64)>,
     /// The records asked for, oldest first.
     pub records: Vec<crate::abi::LogRecord>,
 }
@@ -737,6 +735,8 @@ struct Driver {
     /// Per output stream (stdout, stderr): the byte cursor read up to,
     /// and the line not yet ended.
     output: [(u64, Vec<u8>); 2],
+    /// The log cursor when the last export to the standby was taken.
+    logs_exported: Option<u64>,
 }
 
 /// A [`Checkpoints::Every`] checkpoint waits for a moment with no events
@@ -804,6 +804,7 @@ pub fn spawn(
         replaying: false,
         stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         output: [(output.0, Vec::new()), (output.1, Vec::new())],
+        logs_exported: None,
     };
     let stopping = driver.stopping.clone();
     let waiting = driver.waiting.clone();
@@ -1688,31 +1689,57 @@ impl Driver {
                 if full {
                     c.resend_full();
                 }
-                Ok(c.export())
+                let mut out = c.export();
+                // The standby keeps the log records too: all of them with a
+                // full checkpoint, those written since with a delta.
+                if let Some(snapshot) = &mut out {
+                    let abi = self.workload.instance().abi();
+                    let since = if snapshot.is_full() {
+                        None
+                    } else {
+                        self.logs_exported
+                    };
+                    snapshot.host.push(crate::snapshot::HostSection {
+                        name: crate::abi::LOGS_SECTION.to_string(),
+                        data: abi.encode_logs(since),
+                    });
+                    self.logs_exported = Some(abi.log_cursor);
+                }
+                Ok(out)
             }
             _ => Err("the workload cannot be checkpointed".to_string()),
         }
     }
 
-    /// Records from the number `after` names for this workload's timeline
-    /// (the next a reader wants); without one, the newest `tail` (all with
-    /// `None`).
+    /// The records after `after` (per timeline, the next number a reader
+    /// wants; all of a timeline it does not name); with no cursor at all,
+    /// the newest `tail` (all with `None`).
     fn logs(&self, after: &std::collections::BTreeMap<u64, u64>, tail: Option<usize>) -> LogPage {
         let abi = self.workload.instance().abi();
-        let first = abi.logs.front().map_or(abi.log_cursor, |r| r.seq);
-        let records = match after.get(&abi.log_stream) {
-            Some(&next) => abi.logs.iter().filter(|r| r.seq >= next).cloned().collect(),
-            _ => {
-                let skip = abi.logs.len().saturating_sub(tail.unwrap_or(usize::MAX));
-                abi.logs.iter().skip(skip).cloned().collect()
-            }
+        let records = if after.is_empty() {
+            let skip = abi.logs.len().saturating_sub(tail.unwrap_or(usize::MAX));
+            abi.logs.iter().skip(skip).cloned().collect()
+        } else {
+            abi.logs
+                .iter()
+                .filter(|r| after.get(&r.timeline).is_none_or(|next| r.seq >= *next))
+                .cloned()
+                .collect()
         };
-        LogPage {
-            timeline: abi.log_stream,
-            first,
-            next: abi.log_cursor,
-            records,
+        let mut timelines: Vec<(u64, u64, u64)> = Vec::new();
+        for r in &abi.logs {
+            match timelines.iter_mut().find(|t| t.0 == r.timeline) {
+                Some(t) => t.2 = r.seq + 1,
+                None => timelines.push((r.timeline, r.seq, r.seq + 1)),
+            }
         }
+        if abi.log_stream != 0 {
+            match timelines.iter_mut().find(|t| t.0 == abi.log_stream) {
+                Some(t) => t.2 = abi.log_cursor,
+                None => timelines.push((abi.log_stream, abi.log_cursor, abi.log_cursor)),
+            }
+        }
+        LogPage { timelines, records }
     }
 
     /// Turn what the guest wrote to stdout and stderr since the last call
@@ -1756,6 +1783,7 @@ impl Driver {
             let level = if source == LogSource::Stderr { 3 } else { 2 };
             for message in lines {
                 self.workload.instance_mut().abi_mut().push_log(LogRecord {
+                    timeline: 0,
                     seq: 0,
                     time_ms: crate::abi::now_ms(),
                     level,

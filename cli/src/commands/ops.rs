@@ -709,7 +709,7 @@ pub fn logs(
                         "{} {} {} {:<5} {}",
                         time_ms(r.line.time_ms),
                         r.host,
-                        short(&r.timeline),
+                        short(&r.line.timeline),
                         r.line.level,
                         r.line.message
                     ),

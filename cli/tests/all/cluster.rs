@@ -492,6 +492,9 @@ impl Cluster {
         command
             .args(args)
             .env("ROAM_EXAMPLES_DIR", examples)
+            // Never the user's own client config and contexts.
+            .env("XDG_CONFIG_HOME", self.dir.path().join("client-config"))
+            .env_remove("ROAM_CONTEXT")
             .env("ROAM_ADDR", addr)
             .env("ROAM_TOKEN", &self.admin);
         if let Some(ca) = &self.ca {

@@ -17,6 +17,8 @@ fn follow(c: &Cluster, args: &[&str]) -> (Proc, mpsc::Receiver<String>) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_roam"));
     command
         .args(args)
+        .env("XDG_CONFIG_HOME", c.dir.path().join("client-config"))
+        .env_remove("ROAM_CONTEXT")
         .env("ROAM_ADDR", &c.url)
         .env("ROAM_TOKEN", &c.admin)
         .stdout(Stdio::piped())
@@ -570,5 +572,69 @@ fn logs_follow_each_record_once_past_the_ring_and_across_a_migration() {
     assert!(
         history.iter().any(|(k, _)| *k <= 2500),
         "records from before the move moved"
+    );
+}
+
+#[test]
+fn logs_keep_their_history_and_each_record_once_when_a_standby_takes_over() {
+    let mut c = Cluster::start_with(&[("HEARTBEAT_TIMEOUT", "2s")]);
+    c.add_host("eu-1", "eu-west-1", "EU");
+    c.add_host("eu-2", "eu-central-1", "EU");
+    c.wait_ready(2);
+    // `sync`: an answer leaves only once the standby has the state, and
+    // the log records, that produced it.
+    crate::failover::deploy_faulty(&c, "chatty", "sync");
+    let primary = host_of(&c, "chatty");
+    let standby = other_eu(&primary);
+    poll(Duration::from_secs(30), "the standby", || {
+        let (ok, out, _) = c.roam(&["describe", "workload", "chatty"]);
+        ok && out.contains(&format!("{primary}: standby on {standby}"))
+    });
+    let (_follower, rx) = follow(&c, &["logs", "chatty", "-f", "-o", "json"]);
+    let mut lines: Vec<String> = Vec::new();
+    let read_up_to = |lines: &mut Vec<String>, k: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while numbered(lines).len() < k {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(_) => panic!("the follower stopped at {} of {k}", numbered(lines).len()),
+            }
+        }
+    };
+    for round in 1..=3 {
+        assert_eq!(c.invoke("chatty", "/log?n=100").0, 200);
+        read_up_to(&mut lines, round * 100);
+    }
+    // Its host dies; the standby takes over with every acknowledged line.
+    c.kill_host(&primary);
+    poll(Duration::from_secs(60), "the standby to take over", || {
+        host_of(&c, "chatty") == standby && c.invoke("chatty", "/log?n=0").0 == 200
+    });
+    for round in 4..=5 {
+        assert_eq!(c.invoke("chatty", "/log?n=100").0, 200);
+        read_up_to(&mut lines, round * 100);
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    while let Ok(line) = rx.try_recv() {
+        lines.push(line);
+    }
+    let seen = numbered(&lines);
+    let mut numbers: Vec<u64> = seen.iter().map(|(k, _)| *k).collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=500).collect::<Vec<_>>(), "each line once");
+    assert!(
+        seen.iter().all(|(k, h)| *k <= 300 || *h == standby),
+        "{seen:?}"
+    );
+    // The new primary keeps what the old one wrote.
+    let (_, all, _) = c.roam(&["logs", "chatty", "-o", "json"]);
+    let history = numbered(&all.lines().map(str::to_string).collect::<Vec<_>>());
+    let mut kept: Vec<u64> = history.iter().map(|(k, _)| *k).collect();
+    kept.sort_unstable();
+    assert_eq!(
+        kept,
+        (1..=500).collect::<Vec<_>>(),
+        "the history survived the failover"
     );
 }

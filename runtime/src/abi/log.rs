@@ -22,6 +22,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
             let len = memory::len(len).unwrap_or(0).min(max) as i32;
             let bytes = memory::read(&mut caller, "log", ptr, len)?;
             let record = LogRecord {
+                timeline: 0,
                 seq: 0,
                 time_ms: super::now_ms(),
                 level: level.clamp(0, 4) as u8,

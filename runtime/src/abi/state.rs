@@ -125,8 +125,10 @@ pub struct Timer {
 /// stdout or stderr.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogRecord {
-    /// Its place in the workload's log timeline ([`AbiState::log_stream`]):
-    /// the log cursor when it was written, one more for each record.
+    /// The log timeline it was written in ([`AbiState::log_stream`]).
+    pub timeline: u64,
+    /// Its place in that timeline: the log cursor when it was written,
+    /// one more for each record.
     pub seq: u64,
     /// Wall-clock time it was written, ms since the Unix epoch.
     pub time_ms: u64,
@@ -339,13 +341,14 @@ impl AbiState {
         out
     }
 
-    /// The [`LOGS_SECTION`]: the retained records from `since` on (all
-    /// with `None`), the newest first kept when over [`MAX_LOGS_CARRIED`].
+    /// The [`LOGS_SECTION`]: every retained record (`None`), or those of
+    /// the current timeline numbered `since` and after; the newest kept
+    /// when over [`MAX_LOGS_CARRIED`].
     pub fn encode_logs(&self, since: Option<u64>) -> Vec<u8> {
         let mut picked = Vec::new();
         let mut bytes = 0;
         for r in self.logs.iter().rev() {
-            if since.is_some_and(|s| r.seq < s) {
+            if since.is_some_and(|s| r.timeline != self.log_stream || r.seq < s) {
                 break;
             }
             bytes += r.message.len();
@@ -354,10 +357,10 @@ impl AbiState {
             }
             picked.push(r);
         }
-        let mut out = Vec::with_capacity(bytes + picked.len() * 32 + 16);
-        out.extend_from_slice(&self.log_stream.to_le_bytes());
+        let mut out = Vec::with_capacity(bytes + picked.len() * 40 + 8);
         out.extend_from_slice(&(picked.len() as u64).to_le_bytes());
         for r in picked.into_iter().rev() {
+            out.extend_from_slice(&r.timeline.to_le_bytes());
             out.extend_from_slice(&r.seq.to_le_bytes());
             out.extend_from_slice(&r.time_ms.to_le_bytes());
             out.push(r.level);
@@ -367,28 +370,28 @@ impl AbiState {
         out
     }
 
-    /// Take in a [`LOGS_SECTION`] from the same timeline: its records join
-    /// the retained ones (those already here are not repeated), at most
-    /// the quota kept. Checked as untrusted input; on error nothing
+    /// Take in a [`LOGS_SECTION`]: its records join the retained ones
+    /// (one already here is not added twice), at most the quota kept, the
+    /// oldest going first. Checked as untrusted input; on error nothing
     /// changes.
     pub fn decode_logs(&mut self, data: &[u8]) -> Result<(), String> {
         let mut r = Reader(data);
-        let stream = r.u64()?;
-        let n = r.count(26)?;
+        let n = r.count(34)?;
         let mut records = Vec::with_capacity(n.min(self.quotas.max_log_records));
-        let mut last = None;
+        let mut last: BTreeMap<u64, u64> = BTreeMap::new();
         for _ in 0..n {
+            let timeline = r.u64()?;
             let seq = r.u64()?;
             let time_ms = r.u64()?;
             let level = r.take(1)?[0].min(4);
             let source = LogSource::from_code(r.take(1)?[0])
                 .ok_or_else(|| "unknown log record source".to_string())?;
             let message = String::from_utf8_lossy(&r.bytes(self.quotas.max_log_line)?).into_owned();
-            if last.is_some_and(|l| seq <= l) {
+            if last.insert(timeline, seq).is_some_and(|l| seq <= l) {
                 return Err("log records out of order".into());
             }
-            last = Some(seq);
             records.push(LogRecord {
+                timeline,
                 seq,
                 time_ms,
                 level,
@@ -399,12 +402,10 @@ impl AbiState {
         if !r.0.is_empty() {
             return Err("trailing bytes".into());
         }
-        if stream != self.log_stream {
-            return Err("log records of another timeline".into());
-        }
-        let newest = self.logs.back().map(|l| l.seq);
+        let kept: std::collections::HashSet<(u64, u64)> =
+            self.logs.iter().map(|l| (l.timeline, l.seq)).collect();
         for record in records {
-            if newest.is_some_and(|n| record.seq <= n) {
+            if kept.contains(&(record.timeline, record.seq)) {
                 continue;
             }
             if self.logs.len() >= self.quotas.max_log_records {
@@ -416,12 +417,10 @@ impl AbiState {
     }
 
     /// Start a new log timeline (a standby's promotion: its state may be
-    /// older than records its primary wrote, so its sequence numbers could
-    /// repeat theirs).
+    /// older than records its primary wrote, so its numbers could repeat
+    /// theirs). The records kept stay, in their own timeline.
     pub fn new_log_timeline(&mut self) {
-        // Every record kept belongs to the current timeline.
         self.log_stream = 0;
-        self.logs.clear();
     }
 
     /// Replace the moving parts of this state with those in `data`, checking
@@ -598,6 +597,7 @@ impl AbiState {
         while self.log_stream == 0 {
             self.log_stream = random_u64();
         }
+        record.timeline = self.log_stream;
         record.seq = self.log_cursor;
         self.log_cursor += 1;
         if self.logs.len() >= self.quotas.max_log_records {
@@ -681,6 +681,7 @@ mod tests {
 
     fn record(message: &str) -> LogRecord {
         LogRecord {
+            timeline: 0,
             seq: 0,
             time_ms: 1,
             level: 2,
@@ -726,19 +727,40 @@ mod tests {
         let stream = s.log_stream;
         s.decode_into(&before_any).unwrap();
         assert_eq!((s.log_stream, s.log_cursor, s.logs.len()), (stream, 6, 3));
-        // A promotion starts a new timeline.
+        // A promotion starts a new timeline; the records kept stay, each
+        // in its own.
         let before = s.log_stream;
         s.new_log_timeline();
         s.push_log(record("r6"));
         assert_ne!(s.log_stream, before);
-        // Another timeline's records, truncated or disordered bytes are
-        // refused, and change nothing.
+        let timelines: Vec<u64> = s.logs.iter().map(|r| r.timeline).collect();
+        assert_eq!(timelines, [before, before, s.log_stream]);
+        // A move carries both timelines.
+        let mut m = AbiState::default();
+        m.quotas.max_log_records = 3;
+        m.decode_into(&s.encode()).unwrap();
+        m.decode_logs(&s.encode_logs(None)).unwrap();
+        assert_eq!(m.logs, s.logs);
+        // Truncated or disordered bytes are refused, and change nothing.
         let logs = s.encode_logs(None);
         for len in 0..logs.len() {
             let mut u = t.clone();
             assert!(u.decode_logs(&logs[..len]).is_err());
             assert_eq!(u.logs, t.logs);
         }
-        assert!(t.clone().decode_logs(&logs).is_err(), "another timeline");
+        let mut disordered = t.clone();
+        let twice = {
+            let mut one = AbiState::default();
+            one.push_log(record("x"));
+            one.push_log(record("y"));
+            let mut bytes = one.encode_logs(None);
+            // The second record's seq, made the first's.
+            let second = 8 + 34 + 1;
+            let first_seq = bytes[16..24].to_vec();
+            bytes[second + 8..second + 16].copy_from_slice(&first_seq);
+            bytes
+        };
+        assert!(disordered.decode_logs(&twice).is_err());
+        assert_eq!(disordered.logs, t.logs);
     }
 }

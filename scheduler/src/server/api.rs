@@ -583,26 +583,28 @@ pub(super) async fn workload_logs(
             unanswered = true;
             continue;
         };
-        let Ok(timeline) = u64::from_str_radix(&page.timeline, 16) else {
-            continue;
-        };
-        if timeline == 0 {
-            continue;
+        for state in &page.timelines {
+            let Ok(timeline) = u64::from_str_radix(&state.timeline, 16) else {
+                continue;
+            };
+            if timeline == 0 {
+                continue;
+            }
+            if let Some(&wanted) = before.0.get(&timeline)
+                && state.first > wanted
+            {
+                out.missed.push(Missed {
+                    host: host.clone(),
+                    timeline: state.timeline.clone(),
+                    records: state.first - wanted,
+                });
+            }
+            let next = after.0.entry(timeline).or_insert(state.next);
+            *next = (*next).max(state.next);
         }
-        if let Some(&wanted) = before.0.get(&timeline)
-            && page.first > wanted
-        {
-            out.missed.push(Missed {
-                host: host.clone(),
-                timeline: page.timeline.clone(),
-                records: page.first - wanted,
-            });
-        }
-        after.0.insert(timeline, page.next);
         out.records
             .extend(page.records.into_iter().map(|line| WorkloadLogLine {
                 host: host.clone(),
-                timeline: page.timeline.clone(),
                 line,
             }));
     }
@@ -617,7 +619,11 @@ pub(super) async fn workload_logs(
         }
     }
     out.records.sort_by(|a, b| {
-        (a.line.time_ms, &a.timeline, a.line.seq).cmp(&(b.line.time_ms, &b.timeline, b.line.seq))
+        (a.line.time_ms, &a.line.timeline, a.line.seq).cmp(&(
+            b.line.time_ms,
+            &b.line.timeline,
+            b.line.seq,
+        ))
     });
     out.cursor = after.to_string();
     Json(out).into_response()
