@@ -394,7 +394,7 @@ fn checkpointed_since_now(c: &Cluster, workload: &str) {
 
 /// The replica of `workload` on `primary`: its standby once it is
 /// protected.
-fn protected_standby(c: &Cluster, workload: &str, primary: &str) -> String {
+pub(crate) fn protected_standby(c: &Cluster, workload: &str, primary: &str) -> String {
     let mut standby = String::new();
     poll(
         Duration::from_secs(30),
