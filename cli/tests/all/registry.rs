@@ -13,6 +13,7 @@ use roam_tests::artifacts;
 
 use crate::cluster::{Cluster, PATIENT, poll};
 use crate::relay::free_port;
+use crate::rollout::version_of;
 
 /// A `docker-registry` process on loopback with TLS; killed on drop.
 struct Registry {
@@ -90,21 +91,6 @@ impl Registry {
             .join(hex)
             .join("data")
     }
-}
-
-/// `module` with a custom section naming `version` (another digest).
-fn version_of(module: &str, version: &str, dir: &Path) -> std::path::PathBuf {
-    let mut bytes = std::fs::read(module).unwrap();
-    let name = b"roam-test-version";
-    let mut section = vec![name.len() as u8];
-    section.extend_from_slice(name);
-    section.extend_from_slice(version.as_bytes());
-    bytes.push(0);
-    bytes.push(section.len() as u8);
-    bytes.extend_from_slice(&section);
-    let path = dir.join(format!("module-{version}.wasm"));
-    std::fs::write(&path, bytes).unwrap();
-    path
 }
 
 fn digest_of(path: &Path) -> String {

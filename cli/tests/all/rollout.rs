@@ -14,7 +14,7 @@ use crate::failover::{event_of, ingress};
 
 /// `module` as a new version: the same code with a custom section that
 /// names `version` (another digest, as any rebuild gives).
-fn version_of(module: &str, version: &str, dir: &Path) -> PathBuf {
+pub(crate) fn version_of(module: &str, version: &str, dir: &Path) -> PathBuf {
     let mut bytes = std::fs::read(module).unwrap();
     let name = b"roam-test-version";
     let mut section = vec![name.len() as u8];

@@ -310,26 +310,14 @@ fn a_manifest_runs_locally_as_a_host_runs_it_and_a_missing_grant_fails_as_there(
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not granted"));
 }
 
-/// `roam ARGS` in `dir`, without this build's cargo target directory (a
-/// project of its own builds into its own `target/`); panics with the
-/// output unless it succeeds.
+/// `roam ARGS` in `dir`, as [`run_in`].
 fn roam_in(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_roam"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("CARGO_TARGET_DIR")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "roam {args:?}: {text}");
-    text
+    run_in(dir, env!("CARGO_BIN_EXE_roam"), args)
 }
 
-/// `program ARGS` in `dir`, as [`roam_in`].
+/// `program ARGS` in `dir`, without this build's cargo target directory
+/// (a project of its own builds into its own `target/`); panics with the
+/// output unless it succeeds.
 fn run_in(dir: &std::path::Path, program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
         .args(args)
