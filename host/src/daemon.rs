@@ -319,14 +319,17 @@ impl Host {
 
     /// [`Host::run_workload`]'s work: drive `instance`, route to it, and
     /// give back the copy it replaces (its place in `/metrics` passed on
-    /// with `tracking`, as an upgrade does).
+    /// with `tracking`, as an upgrade does). `hold`: a `sync` copy holds
+    /// its answers until a standby has its state or the scheduler grants
+    /// "unprotected" (a fresh start, or an upgrade, whose old standby
+    /// holds another revision).
     pub(crate) async fn drive(
         &self,
         module: Module,
         config: InstanceConfig,
         instance: Workload,
         spec: StartInstance,
-        fresh: bool,
+        hold: bool,
         tracking: Option<crate::metrics::Tracking>,
     ) -> Option<Running> {
         let workload = config.name.clone();
@@ -342,7 +345,7 @@ impl Host {
             DriverOptions {
                 router: Some(self.router()),
                 checkpoints,
-                hold: (fresh && spec.durability == Durability::Sync).then_some(CommitScope::All),
+                hold: (hold && spec.durability == Durability::Sync).then_some(CommitScope::All),
                 ..DriverOptions::default()
             },
         );

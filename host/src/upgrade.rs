@@ -131,7 +131,9 @@ pub(crate) async fn upgrade(
     drop(handover);
     next.instance_mut().set_generation(spec.generation);
     // The standby holds the old version's state: its stream ends, and the
-    // scheduler seeds a new one from this version.
+    // scheduler seeds a new one from this version. Until that one has the
+    // new version's state, a `sync` copy holds its answers (`hold` below):
+    // a failover meanwhile would promote the old state.
     if let Some(link) = host
         .links
         .lock()
@@ -147,9 +149,7 @@ pub(crate) async fn upgrade(
         .remove(&workload)
         .map(|r| r.tracking);
     let revision = spec.revision;
-    let _ = host
-        .drive(module, config, next, spec, false, tracking)
-        .await;
+    let _ = host.drive(module, config, next, spec, true, tracking).await;
     let forwarder = host.bus.get(&workload).map(|new| new.forwarder());
     match forwarder {
         Some(f) => handle.handoff(f).await,

@@ -263,13 +263,11 @@ fn a_version_that_cannot_take_the_state_is_refused_with_the_reason_unless_it_may
     );
 }
 
-/// Known bug, reproduced here (issue 21): after an in-place upgrade a
-/// `sync` replica answers before its new standby has its state (the
-/// re-seed grants "unprotected", and the upgraded driver does not hold),
-/// so a failover in that window loses the state (`a=0/0`). Run with
-/// `--ignored` once fixed.
+/// After an in-place upgrade the old standby holds the old revision's
+/// state: a new one is seeded from the new revision, and a `sync` replica
+/// holds its answers until it has that state, so a failover right after
+/// loses no acknowledged request.
 #[test]
-#[ignore = "known bug: a sync replica serves unprotected between its upgrade and its new standby's first checkpoint"]
 fn a_durable_replica_upgraded_in_place_gets_a_standby_of_its_new_revision_and_fails_over_with_it() {
     let mut c = crate::cluster::Cluster::start_with(&[("HEARTBEAT_TIMEOUT", "2s")]);
     c.add_host("eu-1", "eu-west-1", "EU");
@@ -303,19 +301,57 @@ fn a_durable_replica_upgraded_in_place_gets_a_standby_of_its_new_revision_and_fa
     ]);
     assert!(ok, "{err}");
     event_of(&events, "replica_upgraded", "durable");
-    event_of(&events, "standby_placed", "durable");
+    // Answered only once the new standby has the new revision's state:
+    // the primary's host dies right after, and nothing answered is lost.
     assert_eq!(c.invoke("durable", "/count/a"), (200, "a=4/4".into()));
-    let standby = crate::failover::protected_standby(&c, "durable", &primary);
-    assert_eq!(standby, first, "the only other host");
-    assert_eq!(c.invoke("durable", "/count/a"), (200, "a=5/5".into()));
-    // The primary's host dies: the standby (of the new revision) takes
-    // over with every acknowledged count.
     c.kill_host(&primary);
     poll(Duration::from_secs(60), "the standby to take over", || {
-        crate::migrate::host_of(&c, "durable") == standby && c.get("durable", "/count/a").0 == 200
+        crate::migrate::host_of(&c, "durable") == first && c.get("durable", "/count/a").0 == 200
     });
     let (_, body) = c.get("durable", "/count/a");
-    assert_eq!(body, "a=5/5", "the state of every acknowledged request");
-    let status = rollout(&c, "durable");
-    assert_eq!(status["revision"], 2, "{status}");
+    assert_eq!(body, "a=4/4", "the state of every acknowledged request");
+    // The copy that took over runs the new revision.
+    poll(Duration::from_secs(30), "the new copy to report", || {
+        rollout(&c, "durable")["hosts"][first.as_str()] == 2
+    });
+    assert_eq!(c.invoke("durable", "/count/a"), (200, "a=5/5".into()));
+}
+
+/// Upgraded in place, a `sync` replica waits again for protection before
+/// it answers: with no host for a standby, the scheduler has to grant it
+/// "unprotected" anew (a second grant, after the upgrade), and it serves
+/// on with its state.
+#[test]
+fn an_upgraded_sync_replica_answers_only_once_protected_again_or_granted_unprotected() {
+    let c = eu_cluster();
+    let events = subscribe(&c);
+    let lone = |extra: &[&str]| {
+        let mut args = vec![
+            "deploy",
+            artifacts::FAULTY,
+            "--name",
+            "lone",
+            "--grant",
+            "kv,timers,send",
+            "--selector",
+            "jurisdiction=US",
+            "--durability",
+            "sync",
+            "--wait",
+            "--timeout",
+            "60s",
+        ];
+        args.extend(extra);
+        let (ok, _, err) = c.roam(&args);
+        assert!(ok, "{err}");
+    };
+    lone(&[]);
+    event_of(&events, "unprotected", "lone");
+    assert_eq!(c.invoke("lone", "/count/a"), (200, "a=1/1".into()));
+    lone(&["--memory", "80MiB"]);
+    let upgraded = event_of(&events, "replica_upgraded", "lone");
+    assert!(upgraded.contains("\"revision\":2,"), "{upgraded}");
+    let granted = event_of(&events, "unprotected", "lone");
+    assert!(granted.contains("\"primary\":\"us-1\""), "{granted}");
+    assert_eq!(c.invoke("lone", "/count/a"), (200, "a=2/2".into()));
 }

@@ -23,6 +23,9 @@ pub(super) struct Rollouts {
     upgrading: BTreeSet<(String, String)>,
     /// Workload → (revision, why a replica refused it).
     failed: std::collections::HashMap<String, (u64, String)>,
+    /// Workload → the last revision announced complete (replicas finishing
+    /// together announce it once).
+    completed: std::collections::HashMap<String, u64>,
 }
 
 impl Scheduler {
@@ -119,7 +122,15 @@ impl Scheduler {
                     self.reseed_standby(&spec.name, host).await;
                 }
                 let status = self.rollout_status(spec);
-                if status.state == rollout_state::COMPLETE {
+                if status.state == rollout_state::COMPLETE
+                    && self
+                        .rollouts
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .completed
+                        .insert(spec.name.clone(), spec.revision)
+                        != Some(spec.revision)
+                {
                     self.event(
                         "rollout_complete",
                         serde_json::json!({ "workload": spec.name, "revision": spec.revision }),

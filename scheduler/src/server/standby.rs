@@ -532,8 +532,21 @@ impl Scheduler {
 
     /// A pair no longer recorded: its standby dropped, its stream stopped
     /// (best effort: a host that is down is told when it rejoins, by its
-    /// report no longer matching).
+    /// report no longer matching). Stopping the stream is the grant to
+    /// serve unprotected until another standby is seeded.
     async fn release_standby(&self, workload: &str, primary: &str, host: &str) {
+        self.drop_standby_copy(workload, primary, host).await;
+        if let Some(to) = self.endpoint(primary)
+            && let Err(e) = self.client.stream_to(&to, workload, None).await
+        {
+            tracing::debug!(%workload, %primary, error = %e, "stream not stopped");
+        }
+    }
+
+    /// The standby copy of `workload`'s replica on `primary`, kept by
+    /// `host`, dropped; the primary is not told (it keeps whatever output
+    /// commit holds).
+    async fn drop_standby_copy(&self, workload: &str, primary: &str, host: &str) {
         tracing::info!(%workload, %primary, standby = %host, "dropping a standby");
         self.standby_sent
             .lock()
@@ -544,26 +557,35 @@ impl Scheduler {
         {
             tracing::debug!(%workload, %host, error = %e, "standby not dropped");
         }
-        if let Some(to) = self.endpoint(primary)
-            && let Err(e) = self.client.stream_to(&to, workload, None).await
-        {
-            tracing::debug!(%workload, %primary, error = %e, "stream not stopped");
-        }
     }
 
     /// The standby of `workload`'s replica on `primary` holds an older
-    /// revision's state (the replica was upgraded): the pair goes, and
-    /// the next round seeds a new one from the revision it runs now.
+    /// revision's state (the replica was upgraded, and its host ended the
+    /// stream): the pair goes, and the next round seeds a new one from the
+    /// revision it runs now. The primary is not granted "unprotected": a
+    /// `sync` one holds its answers until the new standby has its state
+    /// (or until no host can keep one).
     pub(super) async fn reseed_standby(&self, workload: &str, primary: &str) {
         let mut pairs = self.standbys_of(workload);
         let Some(pair) = pairs.remove(primary) else {
             return;
         };
-        match self.set_standbys(workload, pairs) {
-            Ok(()) => self.release_standby(workload, primary, &pair.host).await,
-            Err(e) => {
-                tracing::error!(%workload, error = %e, "cannot record the standbys")
-            }
+        if let Err(e) = self.set_standbys(workload, pairs) {
+            tracing::error!(%workload, error = %e, "cannot record the standbys");
+            return;
+        }
+        self.drop_standby_copy(workload, primary, &pair.host).await;
+        // Until the hosts report again, their last reports still show the
+        // old pair; forget it here so the next round sends the new one at
+        // once (the reports that follow are the truth again).
+        if let Some(mut e) = self.hosts.get_mut(&pair.host) {
+            e.standbys
+                .retain(|s| !(s.workload == workload && s.primary == primary));
+        }
+        if let Some(mut e) = self.hosts.get_mut(primary)
+            && let Some(i) = e.instances.iter_mut().find(|i| i.workload == workload)
+        {
+            i.standby = None;
         }
     }
 }
