@@ -19,8 +19,7 @@ use crate::access::HostAccess::Scheduler;
 use crate::access::{MESSAGE, Route, SMALL, SPEC, rule};
 use crate::daemon::Host;
 
-/// Largest snapshot accepted by `PUT .../restore`.
-const MAX_SNAPSHOT: usize = 1 << 30;
+use roam_proto::MAX_SNAPSHOT;
 
 /// The control routes, the scheduler's (`access.rs` adds the check of its
 /// certificate and the host secret).
@@ -271,20 +270,47 @@ async fn logs(
         return not_here(&workload);
     };
     match handle.logs(cursor.0, q.tail.map(|t| t as usize)).await {
-        Ok(page) => Json(roam_proto::logs::InstanceLogs {
-            timelines: page
-                .timelines
-                .into_iter()
-                .map(|(t, first, next)| roam_proto::logs::TimelineState {
-                    timeline: format!("{t:016x}"),
-                    first,
-                    next,
-                })
-                .collect(),
-            records: page.records.into_iter().map(line).collect(),
-        })
-        .into_response(),
+        Ok(page) => {
+            let mut answer = roam_proto::logs::InstanceLogs {
+                timelines: page
+                    .timelines
+                    .into_iter()
+                    .map(|(t, first, next)| roam_proto::logs::TimelineState {
+                        timeline: format!("{t:016x}"),
+                        first,
+                        next,
+                    })
+                    .collect(),
+                records: page.records.into_iter().map(line).collect(),
+            };
+            page_within(&mut answer, roam_proto::logs::MAX_PAGE_RECORDS_BYTES);
+            Json(answer).into_response()
+        }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// Cut `page` to the records that encode within `budget` bytes, oldest
+/// first; each timeline that lost records says it stops before the
+/// first of them, so the reader's next call starts there.
+fn page_within(page: &mut roam_proto::logs::InstanceLogs, budget: usize) {
+    let mut used = 0;
+    let keep = page
+        .records
+        .iter()
+        .take_while(|r| {
+            used += serde_json::to_vec(r).map_or(usize::MAX / 2, |b| b.len() + 1);
+            used <= budget
+        })
+        .count();
+    for cut in page.records.drain(keep..) {
+        if let Some(t) = page
+            .timelines
+            .iter_mut()
+            .find(|t| t.timeline == cut.timeline)
+        {
+            t.next = t.next.min(cut.seq);
+        }
     }
 }
 
@@ -328,5 +354,52 @@ pub(crate) async fn deliver(
     match handle.message(&from.from, id, body.to_vec()).await {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use roam_proto::logs::{InstanceLogs, LogLine, TimelineState};
+
+    fn record(timeline: &str, seq: u64, message: &str) -> LogLine {
+        LogLine {
+            timeline: timeline.into(),
+            seq,
+            message: message.into(),
+            ..LogLine::default()
+        }
+    }
+
+    #[test]
+    fn a_page_over_its_budget_stops_each_timeline_before_its_first_record_left_out() {
+        let big = "x".repeat(1000);
+        let mut page = InstanceLogs {
+            timelines: vec![
+                TimelineState {
+                    timeline: "a".into(),
+                    first: 0,
+                    next: 3,
+                },
+                TimelineState {
+                    timeline: "b".into(),
+                    first: 0,
+                    next: 2,
+                },
+            ],
+            records: vec![
+                record("a", 0, &big),
+                record("b", 0, &big),
+                record("a", 1, &big),
+                record("b", 1, &big),
+                record("a", 2, &big),
+            ],
+        };
+        super::page_within(&mut page, 2500);
+        assert_eq!(page.records.len(), 2);
+        assert_eq!((page.timelines[0].next, page.timelines[1].next), (1, 1));
+        // Within the budget: unchanged.
+        let before = page.clone();
+        super::page_within(&mut page, 1 << 20);
+        assert_eq!(page, before);
     }
 }

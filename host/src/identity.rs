@@ -28,6 +28,9 @@ use roam_proto::{RenewCertificate, RenewedCertificate, paths};
 use roam_tls::ca::{self, CaHash};
 use roam_tls::{CertSlot, Identity, Transport, Trust};
 
+/// The most read of the scheduler's CA certificate (PEM).
+const MAX_CA_ANSWER: usize = 64 << 10;
+
 use crate::config::HostConfig;
 use crate::daemon::Host;
 
@@ -228,7 +231,10 @@ async fn fetch_ca(join: &[String], pin: CaHash) -> anyhow::Result<Trust> {
             reqwest::Client::builder().timeout(Duration::from_secs(30)),
         )?;
         match client.get(paths::ca().on(&base)).send().await {
-            Ok(r) if r.status().is_success() => break r.text().await?,
+            Ok(r) if r.status().is_success() => {
+                let pem = roam_tls::answer::bytes(r, MAX_CA_ANSWER).await?;
+                break String::from_utf8(pem).context("the scheduler's CA is not text")?;
+            }
             Ok(r) => anyhow::bail!("the scheduler answered {} for its CA", r.status()),
             Err(e) if unreachable(&e) => {
                 tracing::warn!(error = %e, %url, "scheduler unreachable; retrying");

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use anyhow::Context;
+use roam_proto::MAX_JSON_ANSWER;
 use roam_proto::{
     Capacity, Heartbeat, JoinRequest, JoinResponse, PROTOCOL_VERSION, RenewCertificate,
     RenewedCertificate, headers, paths,
@@ -16,6 +18,7 @@ use roam_proto::{
 use roam_runtime::Digest;
 use roam_runtime::abi::OutboundMessage;
 use roam_runtime::driver::Delivery;
+use roam_tls::answer;
 
 use crate::daemon::Host;
 
@@ -153,13 +156,13 @@ impl SchedulerClient {
             })
             .await;
         match sent {
-            Ok(r) if r.status().is_success() => match r.json().await {
+            Ok(r) if r.status().is_success() => match answer::json(r, MAX_JSON_ANSWER).await {
                 Ok(joined) => Answer::Ok(joined),
                 Err(e) => Answer::Retry(format!("bad join response: {e}")),
             },
             Ok(r) if r.status().is_client_error() => {
                 let status = r.status();
-                Answer::Refused(status, r.text().await.unwrap_or_default())
+                Answer::Refused(status, answer::error_text(r).await)
             }
             Ok(r) => Answer::Retry(format!("the scheduler answered {}", r.status())),
             Err(e) => Answer::Retry(format!("scheduler unreachable: {e}")),
@@ -235,16 +238,9 @@ impl SchedulerClient {
             "scheduler answered {} for module {digest}",
             r.status()
         );
-        if r.content_length()
-            .is_some_and(|n| n > MAX_MODULE_DOWNLOAD as u64)
-        {
-            anyhow::bail!("module {digest} is over {MAX_MODULE_DOWNLOAD} bytes");
-        }
-        let bytes = r.bytes().await?;
-        anyhow::ensure!(
-            bytes.len() <= MAX_MODULE_DOWNLOAD,
-            "module {digest} is too large"
-        );
+        let bytes = answer::bytes(r, MAX_MODULE_DOWNLOAD)
+            .await
+            .with_context(|| format!("module {digest}"))?;
         let actual = Digest::of(&bytes);
         anyhow::ensure!(
             actual == *digest,
@@ -281,7 +277,7 @@ impl SchedulerClient {
         {
             Ok(r) if r.status().is_success() => Delivery::Delivered,
             Ok(r) if r.headers().contains_key(headers::UNKNOWN_WORKLOAD) => {
-                Delivery::Unknown(r.text().await.unwrap_or_default())
+                Delivery::Unknown(answer::error_text(r).await)
             }
             Ok(r) => Delivery::Retry(format!("refused by the scheduler: {}", r.status())),
             Err(e) => Delivery::Retry(format!("not delivered: {e}")),
@@ -417,8 +413,8 @@ async fn json_answer<T: serde::de::DeserializeOwned>(r: reqwest::Response) -> an
     if !status.is_success() {
         anyhow::bail!(
             "the scheduler answered {status}: {}",
-            r.text().await.unwrap_or_default()
+            answer::error_text(r).await
         );
     }
-    Ok(r.json().await?)
+    Ok(answer::json(r, MAX_JSON_ANSWER).await?)
 }

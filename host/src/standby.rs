@@ -612,7 +612,10 @@ async fn send_checkpoint(
     }
     host.metrics.checkpoint(None);
     let status = r.status();
-    Err(format!("{status}: {}", r.text().await.unwrap_or_default()))
+    Err(format!(
+        "{status}: {}",
+        roam_tls::answer::error_text(r).await
+    ))
 }
 
 /// What output commit holds: `sync` its answers, acknowledgements and

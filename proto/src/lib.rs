@@ -321,6 +321,18 @@ pub struct CheckpointAck {
     pub sequence: u64,
 }
 
+/// The largest HTTP body a workload takes or answers (its quota), and so
+/// the most a proxy reads of one.
+pub const MAX_HTTP_BODY: usize = 8 << 20;
+
+/// The largest encoded snapshot a host restores from, and so the most the
+/// scheduler reads of one.
+pub const MAX_SNAPSHOT: usize = 1 << 30;
+
+/// The most of a control-plane JSON answer read (a host's or the
+/// scheduler's), logs pages aside.
+pub const MAX_JSON_ANSWER: usize = 16 << 20;
+
 /// The longest failure text a host reports per instance.
 pub const MAX_FAILURE_TEXT: usize = 512;
 

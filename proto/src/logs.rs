@@ -13,6 +13,15 @@ use serde::{Deserialize, Serialize};
 /// timelines their standbys' promotions started).
 pub const MAX_CURSOR_ENTRIES: usize = 256;
 
+/// The most a host's answer of records takes, encoded: past it the
+/// newest records wait for the next call (the timelines' `next` says
+/// where the answer stopped, so none is skipped).
+pub const MAX_PAGE_RECORDS_BYTES: usize = 4 << 20;
+
+/// The most of a host's logs answer read: the records and the states of
+/// up to [`MAX_CURSOR_ENTRIES`] timelines.
+pub const MAX_PAGE_BYTES: usize = MAX_PAGE_RECORDS_BYTES + (64 << 10);
+
 /// One record as a host keeps it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogLine {

@@ -30,8 +30,12 @@ pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
 /// The annotation that carries a cosign signature (base64).
 pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+/// The config of an image (cosign's signature manifests use it).
+const IMAGE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 /// The largest manifest read.
 const MAX_MANIFEST: usize = 4 << 20;
+/// The largest token answer read (a JWT and a few fields).
+const MAX_TOKEN_ANSWER: usize = 64 << 10;
 
 /// What can go wrong with a registry.
 #[derive(Debug, thiserror::Error)]
@@ -412,7 +416,8 @@ impl Registries {
             #[serde(default)]
             access_token: Option<String>,
         }
-        let t: Token = answer.json().await.map_err(|e| Self::failed(r, e))?;
+        let t: Token = serde_json::from_slice(&Self::bounded(r, answer, MAX_TOKEN_ANSWER).await?)
+            .map_err(|e| Self::failed(r, format!("token: {e}")))?;
         t.token
             .or(t.access_token)
             .ok_or_else(|| Self::failed(r, "the token answer has no token"))
@@ -421,26 +426,17 @@ impl Registries {
     /// Read a body of at most `max` bytes.
     async fn bounded(
         r: &Reference,
-        mut answer: reqwest::Response,
+        answer: reqwest::Response,
         max: usize,
     ) -> Result<Vec<u8>, OciError> {
-        if answer.content_length().is_some_and(|n| n > max as u64) {
-            return Err(invalid(format!(
-                "{} sends more than {max} bytes",
-                r.registry
-            )));
-        }
-        let mut out = Vec::new();
-        while let Some(chunk) = answer.chunk().await.map_err(|e| Self::failed(r, e))? {
-            if out.len() + chunk.len() > max {
-                return Err(invalid(format!(
-                    "{} sends more than {max} bytes",
-                    r.registry
-                )));
-            }
-            out.extend_from_slice(&chunk);
-        }
-        Ok(out)
+        roam_tls::answer::bytes(answer, max)
+            .await
+            .map_err(|e| match e {
+                roam_tls::answer::AnswerError::TooLarge { max } => {
+                    invalid(format!("{} sends more than {max} bytes", r.registry))
+                }
+                other => Self::failed(r, other),
+            })
     }
 
     /// The manifest `r` names (its tag resolved now, once), and its
@@ -572,7 +568,7 @@ impl Registries {
             .await?;
         if answer.status() != reqwest::StatusCode::CREATED {
             let status = answer.status();
-            let text = answer.text().await.unwrap_or_default();
+            let text = roam_tls::answer::error_text(answer).await;
             return Err(Self::failed(
                 r,
                 format!(
@@ -592,29 +588,44 @@ impl Registries {
         module: &[u8],
     ) -> Result<String, OciError> {
         let layer = self.push_blob(r, module).await?;
-        let config = serde_json::to_vec(&serde_json::json!({
+        let config = serde_json::json!({
             "architecture": "wasm",
             "os": "wasip1",
             "layerDigests": [layer],
-        }))
-        .map_err(|e| invalid(e.to_string()))?;
+        });
+        let layer = Descriptor {
+            media_type: WASM_LAYER.into(),
+            digest: layer,
+            size: module.len() as u64,
+            annotations: Default::default(),
+        };
+        self.push_one_layer(r, tag, Some(WASM_LAYER), (WASM_CONFIG, config), layer)
+            .await
+    }
+
+    /// Push a manifest of one layer (already pushed) and the config blob
+    /// it names, tagged `tag`; the manifest digest.
+    async fn push_one_layer(
+        &self,
+        r: &Reference,
+        tag: &str,
+        artifact_type: Option<&str>,
+        (config_type, config): (&str, serde_json::Value),
+        layer: Descriptor,
+    ) -> Result<String, OciError> {
+        let config = serde_json::to_vec(&config).map_err(|e| invalid(e.to_string()))?;
         let config_digest = self.push_blob(r, &config).await?;
         let manifest = Manifest {
             schema_version: 2,
             media_type: OCI_MANIFEST.into(),
-            artifact_type: Some(WASM_LAYER.into()),
+            artifact_type: artifact_type.map(str::to_string),
             config: Descriptor {
-                media_type: WASM_CONFIG.into(),
+                media_type: config_type.into(),
                 digest: config_digest,
                 size: config.len() as u64,
                 annotations: Default::default(),
             },
-            layers: vec![Descriptor {
-                media_type: WASM_LAYER.into(),
-                digest: layer,
-                size: module.len() as u64,
-                annotations: Default::default(),
-            }],
+            layers: vec![layer],
         };
         self.push_manifest(r, tag, &manifest).await
     }
@@ -673,36 +684,24 @@ impl Registries {
         let payload = simple_signing(&r.docker_reference(), digest);
         let signature = key.sign(&payload)?;
         let payload_digest = self.push_blob(r, &payload).await?;
-        let config = serde_json::to_vec(&serde_json::json!({
+        let config = serde_json::json!({
             "architecture": "",
             "created": "0001-01-01T00:00:00Z",
             "history": [{"created": "0001-01-01T00:00:00Z"}],
             "os": "",
             "rootfs": {"type": "layers", "diff_ids": [payload_digest]},
             "config": {},
-        }))
-        .map_err(|e| invalid(e.to_string()))?;
-        let config_digest = self.push_blob(r, &config).await?;
-        let manifest = Manifest {
-            schema_version: 2,
-            media_type: OCI_MANIFEST.into(),
-            artifact_type: None,
-            config: Descriptor {
-                media_type: "application/vnd.oci.image.config.v1+json".into(),
-                digest: config_digest,
-                size: config.len() as u64,
-                annotations: Default::default(),
-            },
-            layers: vec![Descriptor {
-                media_type: SIMPLE_SIGNING.into(),
-                digest: payload_digest,
-                size: payload.len() as u64,
-                annotations: [(SIGNATURE_ANNOTATION.to_string(), B64.encode(signature))]
-                    .into_iter()
-                    .collect(),
-            }],
+        });
+        let layer = Descriptor {
+            media_type: SIMPLE_SIGNING.into(),
+            digest: payload_digest,
+            size: payload.len() as u64,
+            annotations: [(SIGNATURE_ANNOTATION.to_string(), B64.encode(signature))]
+                .into_iter()
+                .collect(),
         };
-        self.push_manifest(r, &signature_tag(digest), &manifest)
+        let tag = signature_tag(digest);
+        self.push_one_layer(r, &tag, None, (IMAGE_CONFIG, config), layer)
             .await?;
         Ok(())
     }

@@ -16,9 +16,12 @@
 //! - [`serve`]: the server loop both daemons use, TLS or plain, which tells
 //!   every request the verified identity of its client ([`Peer`]).
 //!
+//! - [`answer`]: bounded reads of what peers answer.
+//!
 //! The crypto provider is `ring` (aws-lc-rs would complicate the aarch64
 //! and riscv64 cross builds); no OpenSSL.
 
+pub mod answer;
 pub mod ca;
 pub mod identity;
 mod resolve;

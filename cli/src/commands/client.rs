@@ -54,6 +54,10 @@ impl ClientConfig {
     }
 }
 
+/// The most of a scheduler's JSON answer read: a logs page merges up to a
+/// page from each replica's host, every other answer is far smaller.
+const MAX_ANSWER: usize = 256 << 20;
+
 /// How long the CLI waits for a replica to lead when none does.
 const LEADERLESS_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -232,7 +236,9 @@ impl Client {
         rb: reqwest::RequestBuilder,
     ) -> anyhow::Result<T> {
         let r = self.send(rb).await?;
-        r.json().await.context("bad response from the scheduler")
+        roam_tls::answer::json(r, MAX_ANSWER)
+            .await
+            .context("bad response from the scheduler")
     }
 
     /// [`Client::json`] for a request that may be sent twice
@@ -242,7 +248,9 @@ impl Client {
         rb: reqwest::RequestBuilder,
     ) -> anyhow::Result<T> {
         let r = self.send_as(rb, true).await?;
-        r.json().await.context("bad response from the scheduler")
+        roam_tls::answer::json(r, MAX_ANSWER)
+            .await
+            .context("bad response from the scheduler")
     }
 
     /// Send, turning an error status into its message.
@@ -260,7 +268,7 @@ impl Client {
             return Ok(r);
         }
         let status = r.status();
-        let text = r.text().await.unwrap_or_default();
+        let text = roam_tls::answer::error_text(r).await;
         let message = serde_json::from_str::<roam_proto::ErrorBody>(&text)
             .map(|e| e.error)
             .unwrap_or(text);

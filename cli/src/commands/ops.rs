@@ -763,7 +763,8 @@ pub fn invoke(
         }
         let r = c.dispatch(rb).await?;
         let status = r.status();
-        let body = r.text().await.unwrap_or_default();
+        let body = roam_tls::answer::bytes(r, roam_proto::MAX_HTTP_BODY).await?;
+        let body = String::from_utf8_lossy(&body);
         print!("{body}");
         if !body.ends_with('\n') {
             println!();

@@ -555,7 +555,7 @@ async fn send_stream(
         return Err(SendError::Refused {
             round: 0,
             status,
-            body: r.text().await.unwrap_or_default(),
+            body: roam_tls::answer::error_text(r).await,
         });
     }
     let mut io = r
@@ -663,7 +663,7 @@ async fn send_part(
         return Err(SendError::Refused {
             round,
             status,
-            body: r.text().await.unwrap_or_default(),
+            body: roam_tls::answer::error_text(r).await,
         });
     }
     Ok(())
@@ -762,14 +762,13 @@ async fn forward_http(
         .filter(|(k, _)| *k != "content-length" && *k != "transfer-encoding" && *k != "date")
         .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
         .collect();
-    let body = r
-        .bytes()
+    let body = roam_tls::answer::bytes(r, roam_proto::MAX_HTTP_BODY)
         .await
-        .map_err(|e| format!("the new host's answer broke off: {e}"))?;
+        .map_err(|e| format!("the new host's answer: {e}"))?;
     Ok(WorkloadResponse {
         status,
         headers,
-        body: body.to_vec(),
+        body,
     })
 }
 
@@ -807,7 +806,10 @@ async fn activate_target(
             Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) => {
                 let status = r.status();
-                Err(format!("{status}: {}", r.text().await.unwrap_or_default()))
+                Err(format!(
+                    "{status}: {}",
+                    roam_tls::answer::error_text(r).await
+                ))
             }
             Err(e) => Err(format!("unreachable: {e}")),
         },

@@ -65,7 +65,7 @@ impl Default for Quotas {
             max_queued_messages: 1024,
             max_log_line: 16 << 10,
             max_log_records: 1000,
-            max_body: 8 << 20,
+            max_body: roam_proto::MAX_HTTP_BODY,
             max_random: 64 << 10,
         }
     }

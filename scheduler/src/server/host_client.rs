@@ -13,7 +13,7 @@ use roam_proto::{
     Promote, SendMigration, StandbyTarget, StartInstance, StartStandby, StopQuery, headers,
 };
 
-use roam_tls::Transport;
+use roam_tls::{Transport, answer};
 
 use crate::verdict::Answer;
 
@@ -74,7 +74,24 @@ pub(super) enum HostError {
     },
     /// The host's answer could not be read.
     #[error("host `{host}` gave a bad answer: {error}")]
-    BadAnswer { host: String, error: reqwest::Error },
+    BadAnswer {
+        host: String,
+        error: roam_tls::answer::AnswerError,
+    },
+}
+
+/// The most read of a host's short answers (an upgrade's, a commit's).
+const SMALL_ANSWER: usize = 64 << 10;
+
+/// A host's answer read by `reading`, its failure named after the host.
+async fn read<T>(
+    to: &Endpoint,
+    reading: impl std::future::Future<Output = Result<T, answer::AnswerError>>,
+) -> Result<T, HostError> {
+    reading.await.map_err(|error| HostError::BadAnswer {
+        host: to.name.clone(),
+        error,
+    })
 }
 
 impl HostError {
@@ -184,7 +201,7 @@ impl HostClient {
         Err(HostError::Answered {
             host: to.name.clone(),
             status,
-            body: r.text().await.unwrap_or_default(),
+            body: answer::error_text(r).await,
         })
     }
 
@@ -193,14 +210,8 @@ impl HostClient {
         to: &Endpoint,
         request: reqwest::RequestBuilder,
     ) -> Result<T, HostError> {
-        self.send(to, request)
-            .await?
-            .json()
-            .await
-            .map_err(|error| HostError::BadAnswer {
-                host: to.name.clone(),
-                error,
-            })
+        let r = self.send(to, request).await?;
+        read(to, answer::json(r, roam_proto::MAX_JSON_ANSWER)).await
     }
 
     /// `PUT /v1/instances/{workload}`: run a workload.
@@ -226,10 +237,7 @@ impl HostClient {
     ) -> Result<roam_proto::UpgradeDone, HostError> {
         let url = paths::instance_upgrade(workload)?.on(&to.base);
         let r = self.send(to, self.http.post(url).json(upgrade)).await?;
-        r.json().await.map_err(|error| HostError::BadAnswer {
-            host: to.name.clone(),
-            error,
-        })
+        read(to, answer::json(r, SMALL_ANSWER)).await
     }
 
     /// `DELETE /v1/instances/{workload}`: stop it; a host that does not run
@@ -354,10 +362,7 @@ impl HostClient {
         let url = paths::instance_logs(workload)?.on(&to.base);
         let request = self.http.get(url).query(query).timeout(STATUS_TIMEOUT);
         let r = self.send(to, request).await?;
-        r.json().await.map_err(|error| HostError::BadAnswer {
-            host: to.name.clone(),
-            error,
-        })
+        read(to, answer::json(r, roam_proto::logs::MAX_PAGE_BYTES)).await
     }
 
     /// `POST /v1/instances/{workload}/snapshot`: the encoded snapshot.
@@ -368,13 +373,7 @@ impl HostClient {
     ) -> Result<Vec<u8>, HostError> {
         let url = paths::instance_snapshot(workload)?.on(&to.base);
         let r = self.send(to, self.http.post(url)).await?;
-        r.bytes()
-            .await
-            .map(|b| b.to_vec())
-            .map_err(|error| HostError::BadAnswer {
-                host: to.name.clone(),
-                error,
-            })
+        read(to, answer::bytes(r, roam_proto::MAX_SNAPSHOT)).await
     }
 
     /// `PUT /v1/instances/{workload}/restore`: start from a snapshot.
@@ -467,7 +466,7 @@ impl HostClient {
         };
         let url = paths::migration_step(id, step)?.on(&to.base);
         let r = self.send(to, self.http.post(url).json(body)).await?;
-        Ok(r.json().await.unwrap_or_default())
+        Ok(answer::json(r, SMALL_ANSWER).await.unwrap_or_default())
     }
 
     /// `GET /v1/migrations/{id}/status`, as an [`Answer`].

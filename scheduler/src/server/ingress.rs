@@ -51,7 +51,7 @@ impl Scheduler {
                     match request.send().await {
                         Ok(r) if r.headers().contains_key(headers::NOT_DISPATCHED) => {
                             let status = r.status();
-                            let text = r.text().await.unwrap_or_default();
+                            let text = roam_tls::answer::error_text(r).await;
                             error(
                                 StatusCode::from_u16(status.as_u16())
                                     .unwrap_or(StatusCode::BAD_GATEWAY),
@@ -297,8 +297,16 @@ pub(super) async fn ingress(
                     out_headers.push((k.to_string(), v.to_string()));
                 }
             }
-            let bytes = r.bytes().await.unwrap_or_default();
-            let mut out = (status, bytes.to_vec()).into_response();
+            let bytes = match roam_tls::answer::bytes(r, roam_proto::MAX_HTTP_BODY).await {
+                Ok(b) => b,
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_GATEWAY,
+                        format!("the workload's answer could not be read: {e}"),
+                    );
+                }
+            };
+            let mut out = (status, bytes).into_response();
             for (k, v) in out_headers {
                 if let (Ok(k), Ok(v)) = (
                     axum::http::HeaderName::try_from(k),
