@@ -31,7 +31,9 @@ impl Drop for Registry {
 }
 
 impl Registry {
-    fn start(dir: &Path) -> Registry {
+    /// With `user`, the registry takes only that user, with `password`
+    /// (htpasswd: basic authentication over TLS).
+    fn start(dir: &Path, user: Option<(&str, &str)>) -> Registry {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -49,16 +51,22 @@ impl Registry {
         let addr = free_port().to_string();
         let storage = dir.join("registry-data");
         let config = dir.join("registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n  tls:\n    certificate: {}\n    key: {}\n",
-                storage.display(),
-                dir.join("registry.crt").display(),
-                dir.join("registry.key").display()
-            ),
-        )
-        .unwrap();
+        let mut yml = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n  tls:\n    certificate: {}\n    key: {}\n",
+            storage.display(),
+            dir.join("registry.crt").display(),
+            dir.join("registry.key").display()
+        );
+        if let Some((user, password)) = user {
+            let htpasswd = dir.join("htpasswd");
+            let hash = bcrypt::hash(password, 4).unwrap();
+            std::fs::write(&htpasswd, format!("{user}:{hash}\n")).unwrap();
+            yml.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: roam-test\n    path: {}\n",
+                htpasswd.display()
+            ));
+        }
+        std::fs::write(&config, yml).unwrap();
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config)
@@ -100,7 +108,7 @@ fn digest_of(path: &Path) -> String {
 #[test]
 fn modules_deploy_from_a_registry_pinned_checked_and_signed_by_a_trusted_key() {
     let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::start(dir.path());
+    let registry = Registry::start(dir.path(), None);
     let ca = registry.ca.to_str().unwrap().to_string();
     // Keys: the cluster trusts `good` only.
     for name in ["good", "bad"] {
@@ -174,7 +182,6 @@ fn modules_deploy_from_a_registry_pinned_checked_and_signed_by_a_trusted_key() {
     // The tag moves to another module: the workload keeps its pinned one.
     let v2 = version_of(artifacts::COUNTER, "2", dir.path());
     push(&v2, &registry.reference("apps/counter:stable"), Some(&good));
-    std::thread::sleep(Duration::from_millis(500));
     let spec = workload();
     assert_eq!(spec["digest"], digest_of(v1), "{spec}");
     assert_eq!(spec["revision"], 1, "{spec}");
@@ -247,4 +254,71 @@ fn modules_deploy_from_a_registry_pinned_checked_and_signed_by_a_trusted_key() {
     ]);
     assert!(!ok, "pushed to a registry it cannot authenticate");
     assert!(err.contains("registry"), "{err}");
+}
+
+/// A registry that takes only a known user: `roam push` and the scheduler
+/// authenticate with the Docker config's credentials (`auths`, as `docker
+/// login` writes them); without them, or with wrong ones, both are
+/// refused with the registry's answer. Hosts never need them.
+#[test]
+fn a_registry_that_requires_credentials_gets_them_from_the_docker_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(dir.path(), Some(("ci", "s3cret-pass")));
+    let ca = registry.ca.to_str().unwrap().to_string();
+    let docker_config = |name: &str, auth: Option<&str>| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        if let Some(auth) = auth {
+            let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, auth);
+            let config =
+                serde_json::json!({ "auths": { registry.addr.clone(): { "auth": encoded } } });
+            std::fs::write(d.join("config.json"), config.to_string()).unwrap();
+        }
+        d
+    };
+    let push = |config: &Path, tag: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_roam"))
+            .args(["push", artifacts::COUNTER])
+            .arg(registry.reference(tag))
+            .args(["--registry-ca", &ca])
+            .env("DOCKER_CONFIG", config)
+            .output()
+            .unwrap();
+        let (o, e) = (
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        eprintln!("roam push {tag} -> {:?}\n{o}\n{e}", out.status);
+        (out.status.success(), o, e)
+    };
+    let none = docker_config("none", None);
+    let (ok, _, err) = push(&none, "apps/counter:v1");
+    assert!(!ok && err.contains("wants credentials"), "{err}");
+    let wrong = docker_config("wrong", Some("ci:not-the-password"));
+    let (ok, _, err) = push(&wrong, "apps/counter:v1");
+    assert!(!ok && err.contains("401"), "{err}");
+    let right = docker_config("right", Some("ci:s3cret-pass"));
+    let (ok, pinned, err) = push(&right, "apps/counter:v1");
+    assert!(ok && pinned.contains("@sha256:"), "{err}");
+
+    // The scheduler pulls with its own Docker config; the host only
+    // fetches from the scheduler.
+    let mut c = Cluster::start_with(&[
+        ("HEARTBEAT_TIMEOUT", PATIENT),
+        ("SCHEDULER_ARGS", &format!("--registry-ca {ca}")),
+        ("DOCKER_CONFIG", right.to_str().unwrap()),
+    ]);
+    c.add_host("eu-1", "eu-west-1", "EU");
+    c.wait_ready(1);
+    let (ok, _, err) = c.roam(&[
+        "deploy",
+        &registry.reference("apps/counter:v1"),
+        "--name",
+        "counter",
+        "--wait",
+        "--timeout",
+        "60s",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(c.invoke("counter", "/a").0, 200);
 }
