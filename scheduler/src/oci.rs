@@ -975,4 +975,30 @@ mod tests {
             format!("sha256-{}.sig", "b".repeat(64))
         );
     }
+
+    /// A signature `cosign sign --key` made (the key, payload and
+    /// signature sigstore-rs 0.13 tests its verifier with,
+    /// `src/crypto/verification_key.rs`): it verifies here, for its
+    /// manifest only.
+    #[test]
+    fn a_signature_cosign_made_verifies_with_its_key() {
+        const KEY: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAENptdY/l3nB0yqkXLBWkZWQwo6+cu
+OSWS1X9vPavpiQOoTTGC0xX57OojUadxF1cdQmrsiReWg2Wn4FneJfa8xw==
+-----END PUBLIC KEY-----";
+        const SIGNATURE: &str = "MEUCIQD6q/COgzOyW0YH1Dk+CCYSt4uAhm3FDHUwvPI55zwnlwIgE0ZK58ZOWpZw8YVmBapJhBqCfdPekIknimuO0xH8Jh8=";
+        const MANIFEST: &str =
+            "sha256:f3cfc9d0dbf931d3db4685ec659b7ac68e2a578219da4aae65427886e649b06b";
+        let payload = format!(
+            r#"{{"critical":{{"identity":{{"docker-reference":"registry-testing.svc.lan/busybox"}},"image":{{"docker-manifest-digest":"{MANIFEST}"}},"type":"cosign container image signature"}},"optional":null}}"#
+        );
+        let key = PublicKey::from_pem(KEY.as_bytes()).unwrap();
+        let signature = B64.decode(SIGNATURE).unwrap();
+        assert!(key.verifies(payload.as_bytes(), &signature));
+        assert!(signs(payload.as_bytes(), MANIFEST));
+        assert!(!key.verifies(payload.replace("busybox", "other").as_bytes(), &signature));
+        let (_, stranger) = generate_key().unwrap();
+        let stranger = PublicKey::from_pem(stranger.as_bytes()).unwrap();
+        assert!(!stranger.verifies(payload.as_bytes(), &signature));
+    }
 }
