@@ -5,8 +5,8 @@
 //! `scripts/bench` runs it with what it needs; by hand:
 //! `ROAM_BENCH_WASMTIME=path/to/wasmtime ROAM_BENCH_WASI_HELLO=path/to/wasi_hello.wasm
 //! cargo bench -p roam --bench requests` (`ROAM_BENCH_QUICK=1`: 3 s runs).
-//! The three servers are measured in turn, three rounds, and each figure is
-//! the median of its rounds.
+//! The servers are measured in turn, three rounds, and each figure is the
+//! median of its rounds; without `ROAM_BENCH_WASMTIME` the Roam rows alone.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -17,7 +17,7 @@
 use std::process::{Command, Stdio};
 
 mod common;
-use common::{Proc, hello_cluster, median, ready, wrk};
+use common::{Proc, cpu_seconds, hello_cluster, ready, wrk};
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -25,82 +25,133 @@ fn main() {
     }
     let quick = std::env::var("ROAM_BENCH_QUICK").is_ok();
     let seconds = if quick { 3 } else { 10 };
-    let wasmtime = std::env::var("ROAM_BENCH_WASMTIME")
-        .expect("set ROAM_BENCH_WASMTIME to wasmtime-cli 48 (scripts/bench installs it)");
-    let component = std::env::var("ROAM_BENCH_WASI_HELLO").expect(
-        "set ROAM_BENCH_WASI_HELLO to the bench/wasi-hello component (scripts/bench builds it)",
-    );
+    // Without wasmtime (a by-hand run) the Roam rows are measured alone.
+    let wasmtime = std::env::var("ROAM_BENCH_WASMTIME").ok();
+    let component = std::env::var("ROAM_BENCH_WASI_HELLO").ok();
 
     // The same cluster twice: over TLS, and with --insecure-plaintext.
-    let (s, _host, host_url) = hello_cluster(&[], &[]);
-    let (plain, _plain_host, plain_host_url) = hello_cluster(&["--insecure-plaintext"], &[]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _serve = Proc(
-        Command::new(&wasmtime)
-            .args(["serve", "-S", "cli", "--addr"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg(&component)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let version = Command::new(&wasmtime).arg("--version").output().unwrap();
-    let targets = [
-        (
-            "`wasmtime serve` (baseline)",
-            format!("http://127.0.0.1:{port}/"),
-        ),
-        ("`roam host` ingress, TLS", format!("{host_url}/w/hello")),
-        (
-            "`roam host` ingress, plaintext",
-            format!("{plain_host_url}/w/hello"),
-        ),
-        ("scheduler ingress, TLS", format!("{}/w/hello", s.url)),
-        (
-            "scheduler ingress, plaintext",
-            format!("{}/w/hello", plain.url),
-        ),
-    ];
-    for (_, url) in &targets {
-        ready(url);
+    let (s, host, host_url) = hello_cluster(&[], &[]);
+    let (plain, plain_host, plain_host_url) = hello_cluster(&["--insecure-plaintext"], &[]);
+    let mut targets: Vec<Target> = Vec::new();
+    let mut _serve = None;
+    let mut version = String::from("no `wasmtime serve` baseline (ROAM_BENCH_WASMTIME unset)");
+    if let (Some(wasmtime), Some(component)) = (&wasmtime, &component) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let serve = Proc(
+            Command::new(wasmtime)
+                .args(["serve", "-S", "cli", "--addr"])
+                .arg(format!("127.0.0.1:{port}"))
+                .arg(component)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        targets.push(Target {
+            name: "`wasmtime serve` (baseline)",
+            url: format!("http://127.0.0.1:{port}/"),
+            scheduler: None,
+            host: serve.pid(),
+        });
+        _serve = Some(serve);
+        let out = Command::new(wasmtime).arg("--version").output().unwrap();
+        version = String::from_utf8_lossy(&out.stdout).trim().to_string();
     }
+    targets.extend([
+        Target {
+            name: "`roam host` ingress, TLS",
+            url: format!("{host_url}/w/hello"),
+            scheduler: None,
+            host: host.pid(),
+        },
+        Target {
+            name: "`roam host` ingress, plaintext",
+            url: format!("{plain_host_url}/w/hello"),
+            scheduler: None,
+            host: plain_host.pid(),
+        },
+        Target {
+            name: "scheduler ingress, TLS",
+            url: format!("{}/w/hello", s.url),
+            scheduler: Some(s.proc.pid()),
+            host: host.pid(),
+        },
+        Target {
+            name: "scheduler ingress, plaintext",
+            url: format!("{}/w/hello", plain.url),
+            scheduler: Some(plain.proc.pid()),
+            host: plain_host.pid(),
+        },
+    ]);
+    for t in &targets {
+        ready(&t.url);
+    }
+    let baseline = wasmtime.is_some() && component.is_some();
 
     println!(
-        "Request path: hello handler, `wrk -d{seconds}s` (2 threads, 1 with 1 connection), median of 3 rounds; {}; {} cores shared by server and load generator.\n",
-        String::from_utf8_lossy(&version.stdout).trim(),
+        "Request path: hello handler, `wrk -d{seconds}s` (2 threads, 1 with 1 connection), median of 3 rounds; {version}; {} cores shared by server and load generator. CPU columns: CPU time of the serving processes per request (the host's, and the scheduler's when it proxies).\n",
         common::cores()
     );
     println!(
-        "| server | connections | requests/s | × wasmtime serve | TLS ÷ plaintext | p50 ms | p99 ms |"
+        "| server | connections | requests/s | × wasmtime serve | TLS ÷ plaintext | ÷ host ingress | p50 ms | p99 ms | host CPU µs/req | scheduler CPU µs/req |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for connections in [1, 32] {
         let mut runs = vec![Vec::new(); targets.len()];
         for _ in 0..3 {
-            for (i, (_, url)) in targets.iter().enumerate() {
-                runs[i].push(wrk(url, None, connections, seconds));
+            for (i, t) in targets.iter().enumerate() {
+                let (host_cpu, scheduler_cpu) = (cpu_seconds(t.host), t.scheduler.map(cpu_seconds));
+                let run = wrk(&t.url, None, connections, seconds);
+                let requests = run.rps * seconds as f64;
+                let per = |before: f64, pid: u32| (cpu_seconds(pid) - before) / requests * 1e6;
+                let host_us = per(host_cpu, t.host);
+                let scheduler_us = t.scheduler.zip(scheduler_cpu).map(|(pid, b)| per(b, pid));
+                runs[i].push((run, host_us, scheduler_us.unwrap_or(0.0)));
             }
         }
-        let base = median(&runs[0], |r| r.rps);
-        for (i, (name, _)) in targets.iter().enumerate() {
-            let rps = median(&runs[i], |r| r.rps);
-            // TLS rows (1, 3) against the plaintext row after each.
-            let vs_plain = match i {
-                1 | 3 => format!("{:.2}×", rps / median(&runs[i + 1], |r| r.rps)),
-                _ => String::new(),
+        let rps = |i: usize| median_of(&runs[i], |r| r.0.rps);
+        for (i, t) in targets.iter().enumerate() {
+            let relative = |j: usize| format!("{:.2}×", rps(i) / rps(j));
+            let tls = t.name.ends_with("TLS");
+            let vs_plain = if tls { relative(i + 1) } else { String::new() };
+            // The scheduler rows against the host row of the same transport.
+            let vs_host = match t.scheduler {
+                Some(_) => relative(i - 2),
+                None => String::new(),
             };
+            let vs_baseline = if baseline { relative(0) } else { String::new() };
             println!(
-                "| {name} | {connections} | {rps:.0} | {:.2}× | {vs_plain} | {:.3} | {:.3} |",
-                rps / base,
-                median(&runs[i], |r| r.p50_ms),
-                median(&runs[i], |r| r.p99_ms),
+                "| {} | {connections} | {:.0} | {vs_baseline} | {vs_plain} | {vs_host} | {:.3} | {:.3} | {:.1} | {} |",
+                t.name,
+                rps(i),
+                median_of(&runs[i], |r| r.0.p50_ms),
+                median_of(&runs[i], |r| r.0.p99_ms),
+                median_of(&runs[i], |r| r.1),
+                if t.scheduler.is_some() {
+                    format!("{:.1}", median_of(&runs[i], |r| r.2))
+                } else {
+                    String::new()
+                },
             );
         }
     }
+}
+
+/// A server measured: its URL, and the processes whose CPU it costs.
+struct Target {
+    name: &'static str,
+    url: String,
+    scheduler: Option<u32>,
+    host: u32,
+}
+
+/// The median of `f` over `runs`.
+fn median_of<T>(runs: &[T], f: impl Fn(&T) -> f64) -> f64 {
+    let mut v: Vec<f64> = runs.iter().map(f).collect();
+    common::percentile(&mut v, 0.5)
 }
