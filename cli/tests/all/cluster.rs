@@ -1088,6 +1088,14 @@ fn a_workload_gets_its_callers_authorization_and_decoded_query_through_both_ingr
             .call()
             .unwrap();
         assert_eq!(r.status().as_u16(), 200);
+        // Headers that repeat arrive each time, through the proxy too.
+        let cookies: Vec<&str> = r
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(cookies, ["a=1", "b=2"], "{base}");
         assert_eq!(r.body_mut().read_to_string().unwrap(), expected, "{base}");
     }
     // `roam invoke` sends the operator's token nowhere near the workload.

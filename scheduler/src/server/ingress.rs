@@ -289,13 +289,16 @@ pub(super) async fn ingress(
     match sent {
         Err(response) => response,
         Ok(r) => {
-            let status =
-                StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-            let mut out_headers = Vec::new();
-            for (k, v) in r.headers() {
-                if let Ok(v) = v.to_str() {
-                    out_headers.push((k.to_string(), v.to_string()));
-                }
+            let status = r.status();
+            // As the host sent them (a header that repeats, each time; any
+            // bytes a header may hold), less what framed its connection.
+            let mut out_headers = r.headers().clone();
+            for hop in [
+                axum::http::header::CONTENT_LENGTH,
+                axum::http::header::TRANSFER_ENCODING,
+                axum::http::header::CONNECTION,
+            ] {
+                out_headers.remove(hop);
             }
             let bytes = match roam_tls::answer::bytes(r, roam_proto::MAX_HTTP_BODY).await {
                 Ok(b) => b,
@@ -307,16 +310,7 @@ pub(super) async fn ingress(
                 }
             };
             let mut out = (status, bytes).into_response();
-            for (k, v) in out_headers {
-                if let (Ok(k), Ok(v)) = (
-                    axum::http::HeaderName::try_from(k),
-                    axum::http::HeaderValue::try_from(v),
-                ) && k != axum::http::header::CONTENT_LENGTH
-                    && k != axum::http::header::TRANSFER_ENCODING
-                {
-                    out.headers_mut().insert(k, v);
-                }
-            }
+            out.headers_mut().extend(out_headers);
             out
         }
     }

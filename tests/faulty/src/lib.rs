@@ -124,7 +124,8 @@ impl Workload for Faulty {
                 Response::text(200, format!("logged up to {}", self.lines))
             }
             // What reached it: the `Authorization` header and the decoded
-            // `q` query parameter.
+            // `q` query parameter; answered with two cookies (a header
+            // that repeats).
             ("GET", "echo") => Response::text(
                 200,
                 format!(
@@ -132,7 +133,9 @@ impl Workload for Faulty {
                     req.header("authorization").unwrap_or(""),
                     req.query_param("q").unwrap_or_default()
                 ),
-            ),
+            )
+            .header("set-cookie", "a=1")
+            .header("set-cookie", "b=2"),
             _ => Response::text(404, "see the crate's documentation"),
         }
     }
