@@ -1,6 +1,8 @@
 //! Request path: an HTTP hello handler through `roam host`'s ingress and
 //! through the scheduler's ingress, beside `wasmtime serve` running the
-//! equivalent `wasi:http` component, all driven by `wrk` on this machine.
+//! equivalent `wasi:http` component (its instance reused across requests,
+//! the baseline, and an instance per request), all driven by `wrk` on this
+//! machine.
 //!
 //! `scripts/bench` runs it with what it needs; by hand:
 //! `ROAM_BENCH_WASMTIME=path/to/wasmtime ROAM_BENCH_WASI_HELLO=path/to/wasi_hello.wasm
@@ -33,32 +35,46 @@ fn main() {
     let (s, host, host_url) = hello_cluster(&[], &[]);
     let (plain, plain_host, plain_host_url) = hello_cluster(&["--insecure-plaintext"], &[]);
     let mut targets: Vec<Target> = Vec::new();
-    let mut _serve = None;
     let mut version = String::from("no `wasmtime serve` baseline (ROAM_BENCH_WASMTIME unset)");
+    let mut serves = Vec::new();
     if let (Some(wasmtime), Some(component)) = (&wasmtime, &component) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let serve = Proc(
-            Command::new(wasmtime)
+        // The main baseline keeps its instance across requests, as a Roam
+        // workload does (`--max-instance-reuse-count`; a WASIp2 component
+        // takes one request at a time); the other instantiates per request
+        // (wasmtime's default for WASIp2).
+        for (name, reuse) in [
+            ("`wasmtime serve`, instance reused (baseline)", true),
+            ("`wasmtime serve`, an instance per request", false),
+        ] {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut command = Command::new(wasmtime);
+            command
                 .args(["serve", "-S", "cli", "--addr"])
-                .arg(format!("127.0.0.1:{port}"))
-                .arg(component)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        targets.push(Target {
-            name: "`wasmtime serve` (baseline)",
-            url: format!("http://127.0.0.1:{port}/"),
-            scheduler: None,
-            host: serve.pid(),
-        });
-        _serve = Some(serve);
+                .arg(format!("127.0.0.1:{port}"));
+            if reuse {
+                command.args(["--max-instance-reuse-count", "1000000000"]);
+            }
+            let serve = Proc(
+                command
+                    .arg(component)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            );
+            targets.push(Target {
+                name,
+                url: format!("http://127.0.0.1:{port}/"),
+                scheduler: None,
+                host: serve.pid(),
+            });
+            serves.push(serve);
+        }
         let out = Command::new(wasmtime).arg("--version").output().unwrap();
         version = String::from_utf8_lossy(&out.stdout).trim().to_string();
     }
@@ -98,7 +114,7 @@ fn main() {
         common::cores()
     );
     println!(
-        "| server | connections | requests/s | × wasmtime serve | TLS ÷ plaintext | ÷ host ingress | p50 ms | p99 ms | host CPU µs/req | scheduler CPU µs/req |"
+        "| server | connections | requests/s | × wasmtime serve (reused) | TLS ÷ plaintext | ÷ host ingress | p50 ms | p99 ms | host CPU µs/req | scheduler CPU µs/req |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for connections in [1, 32] {
