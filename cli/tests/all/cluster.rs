@@ -509,6 +509,21 @@ impl Cluster {
         (out.status.success(), o, e)
     }
 
+    /// `roam deploy MODULE --name NAME --wait`: deployed and every replica
+    /// ready, or the test fails with the CLI's error.
+    pub(crate) fn deploy_ready(&self, module: &str, name: &str) {
+        let (ok, _, err) = self.roam(&[
+            "deploy",
+            module,
+            "--name",
+            name,
+            "--wait",
+            "--timeout",
+            "60s",
+        ]);
+        assert!(ok, "{err}");
+    }
+
     pub(crate) fn invoke(&self, workload: &str, path: &str) -> (u16, String) {
         let mut r = self
             .agent
@@ -1112,16 +1127,7 @@ fn a_host_listening_on_every_interface_advertises_the_address_it_is_reached_at()
     c.wait_ready(1);
     let url = c.url_of("edge-1");
     assert!(!url.contains("0.0.0.0"), "{url}");
-    let (ok, _, err) = c.roam(&[
-        "deploy",
-        artifacts::COUNTER,
-        "--name",
-        "counter",
-        "--wait",
-        "--timeout",
-        "60s",
-    ]);
-    assert!(ok, "{err}");
+    c.deploy_ready(artifacts::COUNTER, "counter");
     // The scheduler's ingress reaches the workload at that address.
     assert_eq!(c.invoke("counter", "/a").0, 200);
 }

@@ -159,16 +159,7 @@ fn modules_deploy_from_a_registry_pinned_checked_and_signed_by_a_trusted_key() {
     let v1 = Path::new(artifacts::COUNTER);
     let pinned = push(v1, &registry.reference("apps/counter:stable"), Some(&good));
     assert!(pinned.contains("@sha256:"), "{pinned}");
-    let (ok, _, err) = c.roam(&[
-        "deploy",
-        &registry.reference("apps/counter:stable"),
-        "--name",
-        "counter",
-        "--wait",
-        "--timeout",
-        "60s",
-    ]);
-    assert!(ok, "{err}");
+    c.deploy_ready(&registry.reference("apps/counter:stable"), "counter");
     let workload = || {
         let (_, out, _) = c.roam(&["get", "workloads", "-o", "json"]);
         let all: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -310,15 +301,6 @@ fn a_registry_that_requires_credentials_gets_them_from_the_docker_config() {
     ]);
     c.add_host("eu-1", "eu-west-1", "EU");
     c.wait_ready(1);
-    let (ok, _, err) = c.roam(&[
-        "deploy",
-        &registry.reference("apps/counter:v1"),
-        "--name",
-        "counter",
-        "--wait",
-        "--timeout",
-        "60s",
-    ]);
-    assert!(ok, "{err}");
+    c.deploy_ready(&registry.reference("apps/counter:v1"), "counter");
     assert_eq!(c.invoke("counter", "/a").0, 200);
 }
