@@ -73,6 +73,8 @@ pub(crate) struct Host {
     /// sha256 (hex) of the cluster's scrape credential, from the last
     /// join; empty: none is set, and `/metrics` is refused to everyone.
     pub(crate) scrape: Mutex<String>,
+    /// The liveness channel the last join granted (`liveness.rs`).
+    pub(crate) liveness: Mutex<Option<Arc<crate::liveness::Channel>>>,
     /// The URL this host's API is reached at.
     pub(crate) url: String,
     pub(crate) migrations: Migrations,
@@ -169,6 +171,7 @@ pub async fn run(config: HostConfig) -> anyhow::Result<()> {
         workloads: tokio::sync::Mutex::new(HashMap::new()),
         metrics: crate::metrics::Metrics::new(config.metrics, config.metrics_workloads),
         scrape: Mutex::new(String::new()),
+        liveness: Mutex::new(None),
         migrations: Migrations::default(),
         standbys: tokio::sync::Mutex::default(),
         links: Arc::default(),

@@ -8,6 +8,7 @@
 //! | [`config`] | [`HostConfig`]: how the daemon runs |
 //! | `daemon.rs` | the shared state, the listener and its routes, running workloads |
 //! | `scheduler_client.rs` | every call to the scheduler: join, heartbeat, module fetch, message relay |
+//! | `liveness.rs` | heartbeats with nothing new to report: one signed UDP datagram, while the scheduler answers them |
 //! | `identity.rs` | TLS: the pinned CA, the host certificate (join, renewal, kept in the data dir) |
 //! | `modules.rs` | module fetch (sha256-checked) and the compile gate |
 //! | `control.rs` | the scheduler's control API: start, stop, logs, snapshot, restore, messages |
@@ -26,6 +27,7 @@ mod daemon;
 mod fault;
 mod identity;
 pub mod ingress;
+mod liveness;
 mod metrics;
 mod migration;
 mod modules;

@@ -90,6 +90,12 @@ impl Targets {
     fn len(&self) -> usize {
         self.bases.len()
     }
+
+    /// The configured URL of the replica calls go to now.
+    fn current_url(&self) -> &str {
+        let (i, _) = self.pick();
+        self.urls.get(i).map_or("", String::as_str)
+    }
 }
 
 /// How a call to the scheduler went.
@@ -139,6 +145,12 @@ impl SchedulerClient {
                 other => return other,
             }
         }
+    }
+
+    /// The configured URL of the replica this host talks to now (the one
+    /// that answered its last call).
+    pub(crate) fn current_url(&self) -> String {
+        self.targets.current_url().to_string()
     }
 
     async fn join(&self, request: &JoinRequest) -> Answer<JoinResponse> {
@@ -326,6 +338,20 @@ impl Host {
                     self.term
                         .fetch_max(joined.term, std::sync::atomic::Ordering::AcqRel);
                     *self.labels.lock().unwrap_or_else(|e| e.into_inner()) = joined.labels;
+                    let channel = match &joined.liveness {
+                        Some(grant) => {
+                            let url = self.scheduler.current_url();
+                            match crate::liveness::Channel::open(&url, grant).await {
+                                Ok(c) => Some(Arc::new(c)),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "no liveness channel: heartbeats go over HTTP");
+                                    None
+                                }
+                            }
+                        }
+                        None => None,
+                    };
+                    *self.liveness.lock().unwrap_or_else(|e| e.into_inner()) = channel;
                     return Ok(Duration::from_millis(joined.heartbeat_ms.max(50)));
                 }
                 Answer::Refused(status, body) => anyhow::bail!(
@@ -340,8 +366,10 @@ impl Host {
     }
 
     /// Heartbeat every `period`; rejoin when the scheduler forgot this host
-    /// (it restarted).
+    /// (it restarted). A report that did not change goes as a liveness
+    /// datagram (`liveness.rs`) while the scheduler answers those.
     pub(crate) async fn heartbeats(self: Arc<Self>, mut period: Duration) {
+        let mut last_report: Option<(Heartbeat, std::time::Instant)> = None;
         loop {
             tokio::time::sleep(period).await;
             if self.tls.as_ref().is_some_and(|t| t.revoked()) {
@@ -357,13 +385,39 @@ impl Host {
                 instances,
                 standbys: self.standby_statuses().await,
             };
+            let intervals: std::collections::HashMap<String, u64> = self
+                .links
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(w, l)| (w.clone(), l.interval_ms))
+                .collect();
+            let material = crate::liveness::material(&beat, |w| intervals.get(w).copied());
+            let channel = self
+                .liveness
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(channel) = &channel
+                && channel.usable()
+                && crate::liveness::unchanged(last_report.as_ref(), &material)
+            {
+                channel.beat().await;
+                continue;
+            }
             match self
                 .scheduler
                 .heartbeat(&self.config.name, &beat, period)
                 .await
             {
-                Answer::Ok(()) => {}
+                Answer::Ok(()) => {
+                    last_report = Some((material, std::time::Instant::now()));
+                    if let Some(channel) = &channel {
+                        channel.reported();
+                    }
+                }
                 Answer::Refused(reqwest::StatusCode::NOT_FOUND, _) => {
+                    last_report = None;
                     tracing::info!("scheduler does not know this host; rejoining");
                     match self.join().await {
                         Ok(p) => period = p,

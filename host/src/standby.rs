@@ -95,6 +95,8 @@ pub(crate) struct Link {
     lease_until: Mutex<Option<Instant>>,
     /// Bytes of checkpoints the standby acknowledged on this link.
     bytes: std::sync::atomic::AtomicU64,
+    /// A checkpoint at least this often, milliseconds.
+    pub(crate) interval_ms: u64,
 }
 
 impl Link {
@@ -552,6 +554,7 @@ async fn stream_to(
             host: target.host.clone(),
             lease,
             lease_until: Mutex::new(Some(Instant::now() + lease)),
+            interval_ms: target.interval_ms,
             ..Link::default()
         });
         links.insert(workload.clone(), link.clone());

@@ -19,6 +19,7 @@
 pub mod auth;
 mod digest;
 pub mod headers;
+pub mod liveness;
 pub mod logs;
 pub mod migration;
 pub mod names;
@@ -120,6 +121,23 @@ pub struct JoinResponse {
     /// host's memory holds nothing that scrapes its peers.
     #[serde(default)]
     pub scrape: Option<String>,
+    /// Where and with what key this host sends its liveness datagrams
+    /// ([`liveness`]); `None`: it sends full reports over HTTP only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<LivenessGrant>,
+}
+
+/// A host's liveness channel to the scheduler that let it in
+/// ([`liveness`]): UDP, to the address and port the host reaches the
+/// scheduler's API at (what cuts the host off from the API cuts this off
+/// too).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LivenessGrant {
+    /// Names this host in its datagrams (random, new at every join).
+    pub id: u64,
+    /// The HMAC key of this host's datagrams, hex ([`liveness::KEY_LEN`]
+    /// bytes); only this host and the scheduler know it.
+    pub key: String,
 }
 
 /// `PUT /v1/revoked` on a host: the revoked certificates, replacing the
@@ -908,11 +926,15 @@ pub struct InstanceInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub standby: Option<String>,
     /// Milliseconds since the standby acknowledged the last checkpoint, as
-    /// the host last reported.
+    /// the host last reported: a host reports an age of a second or more
+    /// every heartbeat, and one under a second (recent) only when it sends
+    /// its full report ([`liveness`]: a change, or every 5 minutes), so a value
+    /// under a second means "recent" rather than exactly that old. The
+    /// host's own `/metrics` has it live.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_age_ms: Option<u64>,
     /// Bytes of checkpoints its standby acknowledged, as the host last
-    /// reported.
+    /// reported (at most 5 minutes ago).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub checkpoint_bytes: u64,
     /// The generation the copy runs at, as the host last reported.

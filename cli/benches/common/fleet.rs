@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use roam_proto::{Capacity, Heartbeat, JoinRequest, TokenRequest, TokenResponse};
+use roam_proto::liveness::{Datagram, FULL_REPORT_EVERY, KEY_LEN, Kind};
+use roam_proto::{Capacity, Heartbeat, JoinRequest, JoinResponse, TokenRequest, TokenResponse};
 
 use super::{Scheduler, cpu_seconds};
 
@@ -64,26 +65,72 @@ pub struct Figures {
     /// last, seconds from the scheduler's first `host_down` event to the
     /// last restart).
     pub replaced: Option<(usize, f64, f64)>,
+    /// Seconds from stopping the 100 hosts' heartbeats to the scheduler's
+    /// first `host_down` event (the heartbeat timeout, 10 s, plus up to a
+    /// period: their last beats came up to 1 s before).
+    pub detection: Option<f64>,
+}
+
+/// How the simulated hosts talk to the scheduler.
+#[derive(Clone, Copy, Debug)]
+pub struct Fleet {
+    /// Over TLS: each host joins with a signing request and presents the
+    /// certificate it got (else `--insecure-plaintext` and join tokens).
+    pub tls: bool,
+    /// Heartbeats with nothing new go as liveness datagrams, as `roam
+    /// host` sends them (else every heartbeat is a full report over HTTP,
+    /// as hosts did before them).
+    pub datagrams: bool,
+}
+
+/// A simulated host: how it calls the scheduler and its liveness key.
+pub struct SimHost {
+    pub name: String,
+    pub token: String,
+    pub http: reqwest::Client,
+    pub liveness: Option<(u64, [u8; KEY_LEN])>,
+}
+
+/// [`measure_with`] in plaintext, every heartbeat a full report over HTTP.
+pub async fn measure(n: usize, workloads: usize, extra: &[&str], followers: usize) -> Figures {
+    measure_with(
+        n,
+        workloads,
+        extra,
+        followers,
+        Fleet {
+            tls: false,
+            datagrams: false,
+        },
+    )
+    .await
 }
 
 /// Measure `n` hosts (and `workloads` deployed and re-placed) against a
 /// scheduler started with `extra` arguments; with `followers`, that many
 /// more replicas on the same (etcd) store, started after it (so it leads).
-pub async fn measure(n: usize, workloads: usize, extra: &[&str], followers: usize) -> Figures {
+pub async fn measure_with(
+    n: usize,
+    workloads: usize,
+    extra: &[&str],
+    followers: usize,
+    fleet: Fleet,
+) -> Figures {
     let (hosts_url, calls) = fake_hosts().await;
-    // Plaintext: the fake hosts heartbeat with join tokens, not with ten
-    // thousand host certificates. They all connect from 127.0.0.1, where
-    // real hosts each have their own address: the per-address connection
-    // limit goes up to what ten thousand hosts hold.
+    // The simulated hosts all connect from 127.0.0.1, where real hosts
+    // each have their own address: the per-address connection limit goes
+    // up to what ten thousand hosts hold.
     let mut args = vec![
         "--heartbeat",
         "1s",
         "--heartbeat-timeout",
         "10s",
-        "--insecure-plaintext",
         "--max-connections-per-address",
         "16384",
     ];
+    if !fleet.tls {
+        args.push("--insecure-plaintext");
+    }
     args.extend_from_slice(extra);
     let scheduler = Scheduler::start(&args);
     let followers: Vec<Scheduler> = (0..followers).map(|_| Scheduler::follower(&args)).collect();
@@ -92,10 +139,12 @@ pub async fn measure(n: usize, workloads: usize, extra: &[&str], followers: usiz
         scheduler.admin.clone(),
         scheduler.proc.pid(),
     );
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(512)
-        .build()
-        .unwrap();
+    let trust = scheduler
+        .ca
+        .as_ref()
+        .map(|ca| roam_tls::Trust::from_pem(&std::fs::read_to_string(ca).unwrap()).unwrap());
+    // The operator's client, and a host's before it has a certificate.
+    let http = client(trust.as_ref(), None, 512);
     let mut tokens = Vec::new();
     for site in 0..300 {
         let labels = [
@@ -128,21 +177,30 @@ pub async fn measure(n: usize, workloads: usize, extra: &[&str], followers: usiz
     let sem = Arc::new(tokio::sync::Semaphore::new(64));
     let mut tasks = Vec::new();
     for i in 0..n {
-        let (http, url, tokens, sem, hosts_url) = (
+        let (http, url, tokens, sem, hosts_url, trust) = (
             http.clone(),
             url.clone(),
             tokens.clone(),
             sem.clone(),
             hosts_url.clone(),
+            trust.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire().await.unwrap();
+            let name = format!("host-{i:05}");
+            let request = trust.as_ref().map(|_| {
+                roam_tls::ca::new_request(&roam_tls::Identity::host(&name).unwrap()).unwrap()
+            });
             let r = http
                 .post(format!("{url}/v1/hosts/join"))
                 .bearer_auth(&tokens[i % 300])
                 .json(&JoinRequest {
                     engine_kind: String::new(),
-                    name: format!("host-{i:05}"),
+                    csr: request
+                        .as_ref()
+                        .map(|(_, csr)| csr.clone())
+                        .unwrap_or_default(),
+                    name: name.clone(),
                     url: format!("{hosts_url}/h/{i}"),
                     labels: [("pool".to_string(), pool(i).to_string())].into(),
                     capacity: Capacity {
@@ -158,18 +216,31 @@ pub async fn measure(n: usize, workloads: usize, extra: &[&str], followers: usiz
                 .await
                 .unwrap();
             let status = r.status();
-            assert!(
-                status.is_success(),
-                "join: {status}: {}",
-                r.text().await.unwrap_or_default()
-            );
+            assert!(status.is_success(), "join: {status}");
+            let joined: JoinResponse = r.json().await.unwrap();
+            // Each host its own client, presenting its own certificate.
+            let http = match (&trust, &request) {
+                (Some(trust), Some((key, _))) => {
+                    client(Some(trust), Some((&joined.certificate, key)), 1)
+                }
+                _ => http,
+            };
+            SimHost {
+                name,
+                token: tokens[i % 300].clone(),
+                http,
+                liveness: joined
+                    .liveness
+                    .map(|g| (g.id, roam_proto::liveness::key_from_hex(&g.key).unwrap())),
+            }
         }));
     }
+    let mut hosts = Vec::new();
     for t in tasks {
-        t.await.unwrap();
+        hosts.push(t.await.unwrap());
     }
     let join_rate = n as f64 / joined.elapsed().as_secs_f64();
-    let (beats, stop) = spawn_beats(&http, &url, &tokens, n);
+    let (beats, stop) = spawn_beats_as(hosts, &url, fleet.datagrams).await;
     eprintln!("heartbeats: measuring {n} hosts for 10 s (scheduler pid {pid})");
     let follower_pids: Vec<u32> = followers.iter().map(|f| f.proc.pid()).collect();
     let before: Vec<f64> = follower_pids.iter().map(|p| cpu_seconds(*p)).collect();
@@ -183,6 +254,7 @@ pub async fn measure(n: usize, workloads: usize, extra: &[&str], followers: usiz
     let mut placements = None;
     let beats = beats.tasks;
     let mut replaced = None;
+    let mut detection = None;
     if workloads > 0 {
         // Deploy workloads that may run on the 200 pool hosts, wait until all
         // run, stop the heartbeats of the 100 `p0` hosts at once, and time the
@@ -274,6 +346,7 @@ pub async fn measure(n: usize, workloads: usize, extra: &[&str], followers: usiz
         for b in beats.iter().take(100) {
             b.abort();
         }
+        let detection_of = detected_at.clone();
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let times: Vec<Instant> = calls
@@ -296,6 +369,10 @@ pub async fn measure(n: usize, workloads: usize, extra: &[&str], followers: usiz
                     last.duration_since(first).as_secs_f64(),
                     last.saturating_duration_since(detected).as_secs_f64(),
                 ));
+                detection = detection_of
+                    .lock()
+                    .unwrap()
+                    .map(|d| d.duration_since(killed_at).as_secs_f64());
                 break;
             }
             assert!(
@@ -318,6 +395,31 @@ pub async fn measure(n: usize, workloads: usize, extra: &[&str], followers: usiz
         follower_cpu,
         placements,
         replaced,
+        detection,
+    }
+}
+
+/// An HTTP client trusting `trust` (TLS) and presenting `identity` (chain
+/// and key PEM), or a plaintext one.
+fn client(
+    trust: Option<&roam_tls::Trust>,
+    identity: Option<(&str, &str)>,
+    idle: usize,
+) -> reqwest::Client {
+    let builder = reqwest::Client::builder().pool_max_idle_per_host(idle);
+    match trust {
+        None => builder.build().unwrap(),
+        Some(trust) => {
+            let slot = match identity {
+                Some((chain, key)) => {
+                    roam_tls::CertSlot::with(roam_tls::ca::certified_key(chain, key).unwrap())
+                }
+                None => Arc::default(),
+            };
+            roam_tls::Transport::tls(trust.clone(), slot)
+                .client(builder)
+                .unwrap()
+        }
     }
 }
 
@@ -326,34 +428,117 @@ pub async fn measure(n: usize, workloads: usize, extra: &[&str], followers: usiz
 pub struct Beats {
     pub tasks: Vec<tokio::task::JoinHandle<()>>,
     pub sent: Arc<AtomicU64>,
+    /// Hosts whose first full report was taken (over TLS, each one's first
+    /// is also its TLS handshake).
+    pub reported: Arc<AtomicU64>,
+    pub hosts: usize,
 }
 
-/// Every host heartbeats once a second, spread evenly over the second, with
-/// the real request (path, join token, JSON body). Setting the flag returned
-/// stops them.
-pub fn spawn_beats(
+/// [`spawn_beats_as`] for `n` hosts sharing `http`, with `tokens` in
+/// turn, every heartbeat a full report over HTTP.
+pub async fn spawn_beats(
     http: &reqwest::Client,
     url: &str,
     tokens: &Arc<Vec<String>>,
     n: usize,
 ) -> (Beats, Arc<std::sync::atomic::AtomicBool>) {
+    let hosts = (0..n)
+        .map(|i| SimHost {
+            name: format!("host-{i:05}"),
+            token: tokens[i % tokens.len()].clone(),
+            http: http.clone(),
+            liveness: None,
+        })
+        .collect();
+    spawn_beats_as(hosts, url, false).await
+}
+
+/// Sockets the simulated hosts' datagrams go out on (and their answers
+/// come back to), shared round-robin.
+const SOCKETS: usize = 32;
+
+/// Every host heartbeats once a second, spread evenly over the second, with
+/// the real request (path, join token or certificate, JSON body). With
+/// `datagrams`, as `roam host` does: a full report first and every
+/// [`FULL_REPORT_EVERY`], else a liveness datagram while the last one was
+/// answered. A beat counts once the scheduler took it (a 2xx, or an
+/// answer that verifies). Setting the flag returned stops them.
+pub async fn spawn_beats_as(
+    hosts: Vec<SimHost>,
+    url: &str,
+    datagrams: bool,
+) -> (Beats, Arc<std::sync::atomic::AtomicBool>) {
+    let n = hosts.len();
     let sent = Arc::new(AtomicU64::new(0));
+    let first_reports = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // What each host's answers are checked with, and the highest counter
+    // answered, by liveness id.
+    let answered: Arc<std::collections::HashMap<u64, ([u8; KEY_LEN], Arc<AtomicU64>)>> = Arc::new(
+        hosts
+            .iter()
+            .filter_map(|h| h.liveness)
+            .map(|(id, key)| (id, (key, Arc::new(AtomicU64::new(0)))))
+            .collect(),
+    );
+    let target: std::net::SocketAddr = url
+        .split("://")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let mut sockets = Vec::new();
+    for _ in 0..SOCKETS {
+        let socket = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let (answered, sent, socket2) = (answered.clone(), sent.clone(), socket.clone());
+        tokio::spawn(async move {
+            let mut buf = [0u8; 128];
+            while let Ok((len, _)) = socket2.recv_from(&mut buf).await {
+                let Ok(d) = Datagram::parse(&buf[..len]) else {
+                    continue;
+                };
+                if let Some((key, high)) = answered.get(&d.id)
+                    && d.kind != Kind::Beat
+                    && Datagram::verify(&buf[..len], key).is_ok()
+                {
+                    high.fetch_max(d.counter, Ordering::Relaxed);
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        sockets.push(socket);
+    }
     let mut tasks = Vec::new();
-    for i in 0..n {
-        let (http, url, tokens, sent, stop) = (
-            http.clone(),
+    for (i, host) in hosts.into_iter().enumerate() {
+        let (url, sent, stop, answered, first_reports) = (
             url.to_string(),
-            tokens.clone(),
             sent.clone(),
             stop.clone(),
+            answered.clone(),
+            first_reports.clone(),
         );
+        let socket = sockets[i % SOCKETS].clone();
         tasks.push(tokio::spawn(async move {
+            let SimHost {
+                name,
+                token,
+                http,
+                liveness,
+            } = host;
+            let liveness = liveness
+                .filter(|_| datagrams)
+                .and_then(|(id, key)| answered.get(&id).map(|(_, high)| (id, key, high.clone())));
+            let mut counter = 0u64;
+            let mut reported: Option<Instant> = None;
             let offset = Duration::from_micros((i as u64 * 1_000_000) / n as u64);
             let mut tick = tokio::time::interval_at(
                 tokio::time::Instant::now() + offset,
                 Duration::from_secs(1),
             );
+            // As a host sleeps a period between beats: a late one is not
+            // made up for with a burst.
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let beat = Heartbeat {
                 capacity: Capacity {
                     memory: 64 << 30,
@@ -367,25 +552,60 @@ pub fn spawn_beats(
             };
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
+                if let Some((id, key, high)) = &liveness
+                    && reported.is_some_and(|at| at.elapsed() < FULL_REPORT_EVERY)
+                    && high.load(Ordering::Relaxed) >= counter
+                {
+                    counter += 1;
+                    let datagram = Datagram {
+                        kind: Kind::Beat,
+                        id: *id,
+                        counter,
+                    }
+                    .seal(key);
+                    let _ = socket.send_to(&datagram, target).await;
+                    continue;
+                }
                 if let Ok(r) = http
-                    .post(format!("{url}/v1/hosts/host-{i:05}/heartbeat"))
-                    .bearer_auth(&tokens[i % tokens.len()])
+                    .post(format!("{url}/v1/hosts/{name}/heartbeat"))
+                    .bearer_auth(&token)
                     .json(&beat)
                     .send()
                     .await
                     && r.status().is_success()
                 {
                     sent.fetch_add(1, Ordering::Relaxed);
+                    if reported.is_none() {
+                        first_reports.fetch_add(1, Ordering::Relaxed);
+                    }
+                    reported = Some(Instant::now());
+                    if let Some((_, _, high)) = &liveness {
+                        high.fetch_max(counter, Ordering::Relaxed);
+                    }
                 }
             }
         }));
     }
-    (Beats { tasks, sent }, stop)
+    (
+        Beats {
+            tasks,
+            sent,
+            reported: first_reports,
+            hosts: n,
+        },
+        stop,
+    )
 }
 
-/// Let the rate settle for 3 s, then measure 10 s: (share of one core that
-/// `cpu` grew by, heartbeats answered per second).
+/// Wait until every host's first report was taken (over TLS, its
+/// handshake), let the rate settle for 3 s, then measure 10 s: (share of
+/// one core that `cpu` grew by, heartbeats answered per second).
 pub async fn window(beats: &Beats, cpu: impl Fn() -> f64) -> (f64, f64) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while beats.reported.load(Ordering::Relaxed) < beats.hosts as u64 {
+        assert!(Instant::now() < deadline, "hosts did not all report");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (cpu0, beats0, t0) = (cpu(), beats.sent.load(Ordering::Relaxed), Instant::now());
     tokio::time::sleep(Duration::from_secs(10)).await;

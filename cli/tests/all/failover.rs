@@ -366,28 +366,24 @@ fn instances(c: &Cluster) -> Vec<serde_json::Value> {
     serde_json::from_str(&body).unwrap()
 }
 
-/// Wait until the standby of `workload` (one replica) acknowledged a
-/// checkpoint taken after now: the age the primary's host reports must
-/// change twice (the second report was made at least one 200 ms heartbeat
-/// after one that arrived after now) and be under 150 ms.
-fn checkpointed_since_now(c: &Cluster, workload: &str) {
-    let mut seen: Option<u64> = None;
-    let mut changes = 0;
+/// Wait until the standby of `workload` on `primary` acknowledged a
+/// checkpoint taken after now: the age the primary's host shows on its
+/// `/metrics` (live, unlike the scheduler's copy, which is as of the
+/// host's last full report) must be under the time since now.
+fn checkpointed_since_now(c: &Cluster, workload: &str, primary: &str) {
+    let since = Instant::now();
+    let series = format!("roam_workload_checkpoint_age_seconds{{workload=\"{workload}\"}}");
+    let url = c.url_of(primary);
     poll(
         Duration::from_secs(10),
         "a checkpoint after the last request",
         || {
-            let age = instances(c)
-                .into_iter()
-                .find(|i| i["workload"] == workload)
-                .and_then(|i| i["checkpoint_age_ms"].as_u64());
-            if let Some(age) = age
-                && seen != Some(age)
-            {
-                seen = Some(age);
-                changes += 1;
-            }
-            changes >= 3 && seen.is_some_and(|a| a < 150)
+            // Taken before the host measures the age: an age under it is
+            // a checkpoint after `since`.
+            let elapsed = since.elapsed().as_secs_f64();
+            let (status, body) = crate::observe::scrape(&url, Some(crate::cluster::SCRAPE));
+            assert_eq!(status, 200, "{body}");
+            crate::observe::sample(&body, &series).is_some_and(|age| age < elapsed)
         },
     );
 }
@@ -520,7 +516,7 @@ fn lose_the_standby(durability: &[&str]) {
     // now keeps every request (the client waits for a checkpoint after
     // its last one).
     let acked = c.get("kept", "/count/k").1;
-    checkpointed_since_now(&c, "kept");
+    checkpointed_since_now(&c, "kept", &primary);
     c.kill_host(&primary);
     poll(
         Duration::from_secs(30),

@@ -221,7 +221,7 @@ fn a_migration_id_runs_through_the_json_logs_of_the_scheduler_and_both_hosts() {
 
 /// The value of the sample `series` (name and labels, exactly as
 /// exported) in a scrape.
-fn sample(scrape: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(scrape: &str, series: &str) -> Option<f64> {
     scrape.lines().find_map(|line| {
         line.strip_prefix(series)
             .and_then(|rest| rest.strip_prefix(' '))
@@ -230,7 +230,7 @@ fn sample(scrape: &str, series: &str) -> Option<f64> {
 }
 
 /// `GET /metrics` on `url` with `token` as the bearer: status and body.
-fn scrape(url: &str, token: Option<&str>) -> (u16, String) {
+pub(crate) fn scrape(url: &str, token: Option<&str>) -> (u16, String) {
     let agent = crate::cluster::unverified_agent(Some(Duration::from_secs(10)));
     let mut rb = agent.get(format!("{url}{}", roam_proto::paths::metrics().as_str()));
     if let Some(t) = token {

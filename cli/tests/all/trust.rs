@@ -460,3 +460,121 @@ fn a_replica_that_breaks_its_rules_moves_live_with_its_state() {
     assert_eq!(crate::migrate::host_of(&c, "counter"), "eu-2");
     assert_eq!(c.invoke("counter", "/a").1, r#"{"path":"/a","count":3}"#);
 }
+
+/// Heartbeats with nothing new go as liveness datagrams, and a datagram
+/// speaks for the one host whose key signed it, once: real hosts stay
+/// ready on datagrams alone (full reports are rare), while a rogue host's
+/// replayed or re-signed datagrams are refused, its own keep only itself
+/// alive, and once it is counted down a datagram does not bring it back —
+/// it is asked for its full report instead.
+#[test]
+fn a_liveness_datagram_speaks_for_its_own_host_once_and_only_under_its_key() {
+    use roam_proto::liveness::{Datagram, KEY_LEN, Kind, key_from_hex};
+
+    let c = eu_cluster();
+    let metrics = || {
+        let (status, body) = c.api("GET", "/metrics", Some(crate::cluster::SCRAPE));
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let count = |series: &str| crate::observe::sample(&metrics(), series).unwrap_or(0.0);
+    let datagrams = r#"roam_heartbeats_total{via="datagram"}"#;
+    let reports = r#"roam_heartbeats_total{via="report"}"#;
+    let refused = "roam_liveness_datagrams_refused_total";
+    // Three real hosts beating every 200 ms with nothing to report: well
+    // over a heartbeat timeout (1 s) of datagrams, the hosts ready, and
+    // fewer full reports than datagrams over the same span.
+    let (d0, r0) = (count(datagrams), count(reports));
+    poll(Duration::from_secs(30), "60 datagrams", || {
+        count(datagrams) >= d0 + 60.0
+    });
+    let (d1, r1) = (count(datagrams), count(reports));
+    assert!(
+        r1 - r0 < (d1 - d0) / 2.0,
+        "reports {r0}→{r1}, datagrams {d0}→{d1}"
+    );
+    for n in c.nodes().as_array().unwrap() {
+        assert_eq!(n["status"], "ready", "{n}");
+    }
+
+    // Mallory joins with a real token and gets its own id and key.
+    let eu = c.join_token(&[("site", "eu-west-1"), ("jurisdiction", "EU")]);
+    let mallory = join(&c, "mallory", &eu, serde_json::json!([]));
+    assert_eq!(mallory.status, 200, "{}", mallory.body);
+    let grant: roam_proto::JoinResponse = serde_json::from_str(&mallory.body).unwrap();
+    let grant = grant.liveness.expect("a liveness grant in the join answer");
+    let key = key_from_hex(&grant.key).unwrap();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let api: std::net::SocketAddr = c.url.trim_start_matches("https://").parse().unwrap();
+    socket.connect(api).unwrap();
+    let beat = |counter: u64, key: &[u8; KEY_LEN]| {
+        Datagram {
+            kind: Kind::Beat,
+            id: grant.id,
+            counter,
+        }
+        .seal(key)
+    };
+    let answer = |counter: u64| {
+        let mut buf = [0u8; 128];
+        loop {
+            let n = socket.recv(&mut buf).expect("an answer to the beat");
+            let a = Datagram::open(&buf[..n], &key).expect("an answer under mallory's key");
+            if a.counter == counter {
+                return a.kind;
+            }
+        }
+    };
+    socket.send(&beat(1, &key)).unwrap();
+    assert_eq!(answer(1), Kind::Ack);
+    // The same datagram again (a replay), and a newer one signed with
+    // another key: both refused, neither answered.
+    let before = count(refused);
+    socket.send(&beat(1, &key)).unwrap();
+    socket.send(&beat(2, &[0x55; KEY_LEN])).unwrap();
+    poll(Duration::from_secs(10), "two datagrams refused", || {
+        count(refused) >= before + 2.0
+    });
+    // Mallory on datagrams alone (no full report since its join) stays
+    // ready past several timeouts.
+    let status = |name: &str| {
+        c.nodes()
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .map(|n| n["status"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    let mut counter = 2;
+    let beating = std::time::Instant::now();
+    while beating.elapsed() < Duration::from_secs(4) {
+        counter += 1;
+        socket.send(&beat(counter, &key)).unwrap();
+        assert_eq!(answer(counter), Kind::Ack);
+        assert_eq!(status("mallory"), "ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Silent, it goes down on time; a datagram then does not bring it
+    // back: it is asked for its full report.
+    let silent = std::time::Instant::now();
+    poll(Duration::from_secs(10), "mallory down", || {
+        status("mallory") == "down"
+    });
+    assert!(
+        silent.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        silent.elapsed()
+    );
+    counter += 1;
+    socket.send(&beat(counter, &key)).unwrap();
+    assert_eq!(answer(counter), Kind::AckReport);
+    assert_eq!(status("mallory"), "down");
+    // The real hosts were never down meanwhile.
+    for name in ["eu-1", "eu-2", "us-1"] {
+        assert_eq!(status(name), "ready", "{name}");
+    }
+}

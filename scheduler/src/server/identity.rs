@@ -362,6 +362,8 @@ pub(super) async fn revoke(State(s): State<Arc<Scheduler>>, Path(name): Path<Str
     s.revocations
         .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     let entry = s.hosts.remove(&name).map(|(_, e)| e);
+    s.liveness
+        .forget(entry.as_ref().and_then(|e| e.liveness.as_ref()));
     let workloads: Vec<String> = s
         .assignments
         .lock()

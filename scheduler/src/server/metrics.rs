@@ -1,5 +1,6 @@
 //! `/metrics` in the Prometheus text format (prometheus-client): hosts,
-//! workloads, replicas, placements, lost replicas, failovers, and live
+//! workloads, replicas, placements, lost replicas, failovers, heartbeats
+//! (full reports and liveness datagrams), and live
 //! migrations (phases, downtime, total time, bytes, rounds, outcomes).
 //! Every label takes a fixed set of values (outcomes, phases, host
 //! states), so the series do not grow with hosts or workloads; each
@@ -61,6 +62,13 @@ pub(super) struct Metrics {
     outcomes: Family<Labels, Counter>,
     phases: Family<Labels, Counter>,
     failovers: Family<Labels, Counter>,
+    /// Heartbeats taken as full reports (HTTP).
+    pub(super) reports: Counter,
+    /// Heartbeats taken as liveness datagrams.
+    pub(super) datagrams: Counter,
+    /// Datagrams dropped unanswered (not a beat, unknown id, a MAC that
+    /// does not verify, a replay, or this replica does not lead).
+    pub(super) datagrams_refused: Counter,
     registry: Registry,
 }
 
@@ -75,6 +83,9 @@ impl Default for Metrics {
             outcomes: Family::default(),
             phases: Family::default(),
             failovers: Family::default(),
+            reports: Counter::default(),
+            datagrams: Counter::default(),
+            datagrams_refused: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut m.registry;
@@ -112,6 +123,19 @@ impl Default for Metrics {
             "roam_failovers",
             "Failovers, by outcome: promoted (the standby took over with the state) or restarted (without it).",
             m.failovers.clone(),
+        );
+        let heartbeats: Family<Labels, Counter> = Family::default();
+        m.reports = heartbeats.get_or_create(&[("via", "report")]).clone();
+        m.datagrams = heartbeats.get_or_create(&[("via", "datagram")]).clone();
+        r.register(
+            "roam_heartbeats",
+            "Host heartbeats taken, by how they came: a full report (HTTP) or a liveness datagram.",
+            heartbeats,
+        );
+        r.register(
+            "roam_liveness_datagrams_refused",
+            "Liveness datagrams dropped unanswered: malformed, unknown id, a MAC that does not verify, a replay, or this replica does not lead.",
+            m.datagrams_refused.clone(),
         );
         // Every value of each label from the start, so a rate over a
         // series that is still zero reads 0, not nothing.

@@ -4,6 +4,7 @@
 //! | --- | --- |
 //! | `mod.rs` | the shared state, the routes, desired state (store first, then memory), events |
 //! | `registry.rs` | hosts: join, heartbeat, liveness, `GET /v1/nodes`, cordon |
+//! | `liveness.rs` | liveness datagrams: the UDP beats of hosts with nothing new to report, and their answers |
 //! | `reconciler.rs` | the reconcile loop: desired vs running → start/stop calls, stale copies |
 //! | `ingress.rs` | `/w/{workload}/...` and the message relay: routing with the generation, resend on not-dispatched |
 //! | `api.rs` | the operator API: tokens, modules, workloads, logs, snapshot/restore, instances, events |
@@ -53,6 +54,7 @@ mod host_client;
 mod identity;
 mod ingress;
 mod leadership;
+mod liveness;
 mod metrics;
 mod migrations;
 mod reconciler;
@@ -166,6 +168,8 @@ struct HostEntry {
     standbys: Vec<roam_proto::StandbyStatus>,
     /// The [`Scheduler::revocations`] count this host has the list of.
     revocations_seen: u64,
+    /// Its liveness key (`liveness.rs`), if it was given one.
+    liveness: Option<liveness::HostLiveness>,
 }
 
 impl HostEntry {
@@ -193,6 +197,8 @@ struct Scheduler {
     /// Who may call which route (`access.rs`).
     access: HashMap<(String, &'static str), access::Access>,
     hosts: DashMap<String, HostEntry>,
+    /// The liveness datagram socket, and the host each id names.
+    liveness: liveness::Liveness,
     assignments: Mutex<BTreeMap<String, BTreeSet<String>>>,
     /// Every call to a host.
     client: HostClient,
@@ -464,6 +470,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         tokens: RwLock::new(HashMap::new()),
         access: access::rules(),
         hosts: DashMap::new(),
+        liveness: liveness::Liveness::bind(local),
         assignments: Mutex::new(BTreeMap::new()),
         client: HostClient::new(&transport, leadership.clone())?,
         leadership,
@@ -513,6 +520,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     tokio::spawn(scheduler.clone().reconcile_loop());
     tokio::spawn(scheduler.clone().renew_own_loop());
     tokio::spawn(scheduler.clone().revocations_loop());
+    tokio::spawn(scheduler.clone().liveness_loop());
     // Every route from the access table, its rule checked before any body
     // is read; a follower sends callers to the leader first.
     let app = access::router(&scheduler)
@@ -585,6 +593,7 @@ impl Scheduler {
         let view = self.read_view()?;
         self.apply_view(view);
         self.hosts.clear();
+        self.liveness.clear();
         for set in [&self.down, &self.busy] {
             set.lock().unwrap_or_else(|e| e.into_inner()).clear();
         }

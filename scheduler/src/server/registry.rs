@@ -287,6 +287,16 @@ pub(super) async fn join(
     if let Err(e) = recorded {
         return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
     }
+    let (liveness, liveness_grant) = s
+        .liveness
+        .grant(
+            &req.name,
+            s.hosts
+                .get(&req.name)
+                .and_then(|e| e.liveness.clone())
+                .as_ref(),
+        )
+        .unzip();
     // What the host reports is not taken as it says: the reconciler keeps
     // what the records place here at the workload's generation and stops
     // the rest (`stop_unplaced`, `stop_stale`).
@@ -306,6 +316,7 @@ pub(super) async fn join(
             instances: req.instances,
             standbys: Vec::new(),
             revocations_seen: s.revocations.load(std::sync::atomic::Ordering::Acquire),
+            liveness,
         },
     );
     s.event("host_joined", serde_json::json!({ "host": req.name }));
@@ -318,6 +329,7 @@ pub(super) async fn join(
         revoked: s.revocation_list(),
         term: s.leadership.term().unwrap_or(0),
         scrape: s.scrape.clone(),
+        liveness: liveness_grant,
     })
     .into_response()
 }
@@ -361,6 +373,7 @@ pub(super) async fn heartbeat(
         return error(StatusCode::FORBIDDEN, "heartbeat with another host's token");
     }
     entry.last_seen = Instant::now();
+    s.metrics.reports.inc();
     if beat.capacity.slots > 0 && entry.capacity != beat.capacity {
         entry.capacity = beat.capacity;
         s.touch();
