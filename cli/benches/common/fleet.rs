@@ -453,6 +453,9 @@ pub async fn spawn_beats(
     spawn_beats_as(hosts, url, false).await
 }
 
+/// Each liveness id's key and the highest counter answered under it.
+type Answered = std::collections::HashMap<u64, ([u8; KEY_LEN], Arc<AtomicU64>)>;
+
 /// Sockets the simulated hosts' datagrams go out on (and their answers
 /// come back to), shared round-robin.
 const SOCKETS: usize = 32;
@@ -474,7 +477,7 @@ pub async fn spawn_beats_as(
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // What each host's answers are checked with, and the highest counter
     // answered, by liveness id.
-    let answered: Arc<std::collections::HashMap<u64, ([u8; KEY_LEN], Arc<AtomicU64>)>> = Arc::new(
+    let answered: Arc<Answered> = Arc::new(
         hosts
             .iter()
             .filter_map(|h| h.liveness)
