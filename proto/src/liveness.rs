@@ -168,6 +168,10 @@ impl Datagram {
 
 /// A key as the join answer carries it (hex).
 pub fn key_from_hex(text: &str) -> Result<[u8; KEY_LEN], LivenessError> {
+    // The length first: the text comes from the network.
+    if text.len() != 2 * KEY_LEN {
+        return Err(LivenessError::Key);
+    }
     let bytes = hex::decode(text).map_err(|_| LivenessError::Key)?;
     bytes.try_into().map_err(|_| LivenessError::Key)
 }
