@@ -68,6 +68,17 @@ async fn bare_server(n: usize) -> (f64, f64) {
     figures
 }
 
+/// Whether the row labelled `label` runs: every row, or those whose label
+/// contains an argument that is not an option (`cargo bench --bench
+/// heartbeats -- 'TLS, liveness'`).
+fn selected(label: &str) -> bool {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    filters.is_empty() || filters.iter().any(|f| label.contains(f.as_str()))
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -116,6 +127,9 @@ fn main() {
             plaintext,
         ),
     ] {
+        if !selected(label) {
+            continue;
+        }
         let f = rt.block_on(measure_with(n, workloads, &[], 0, fleet));
         let replaced = match f.replaced {
             Some((lost, spread, after)) => format!(
@@ -133,9 +147,10 @@ fn main() {
             f.cpu * 100.0
         );
     }
+    let label = "10000, baseline: bare axum server on one thread, plaintext (parse, answer 204)";
+    if !selected(label) {
+        return;
+    }
     let (cpu, rate) = rt.block_on(bare_server(10_000));
-    println!(
-        "| 10000, baseline: bare axum server on one thread, plaintext (parse, answer 204) | - | {rate:.0} | {:.1}% | - | - |",
-        cpu * 100.0
-    );
+    println!("| {label} | - | {rate:.0} | {:.1}% | - | - |", cpu * 100.0);
 }

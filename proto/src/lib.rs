@@ -928,13 +928,13 @@ pub struct InstanceInfo {
     /// Milliseconds since the standby acknowledged the last checkpoint, as
     /// the host last reported: a host reports an age of a second or more
     /// every heartbeat, and one under a second (recent) only when it sends
-    /// its full report ([`liveness`]: a change, or every 5 minutes), so a value
+    /// its full report ([`liveness`]: a change, or every 30 minutes), so a value
     /// under a second means "recent" rather than exactly that old. The
     /// host's own `/metrics` has it live.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_age_ms: Option<u64>,
     /// Bytes of checkpoints its standby acknowledged, as the host last
-    /// reported (at most 5 minutes ago).
+    /// reported (at most 30 minutes ago).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub checkpoint_bytes: u64,
     /// The generation the copy runs at, as the host last reported.

@@ -57,6 +57,7 @@ mod leadership;
 mod liveness;
 mod metrics;
 mod migrations;
+mod mmsg;
 mod reconciler;
 mod recovery;
 mod registry;
