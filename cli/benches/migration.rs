@@ -25,7 +25,7 @@ use common::{Scheduler, percentile};
 
 /// What the bench's hosts keep resident of each freed slot: more than the
 /// largest workload, so a workload moving back lands in faulted-in memory.
-const KEEP_RESIDENT: &str = "512MiB";
+const KEEP_RESIDENT: &str = "1152MiB";
 
 struct Cluster {
     sched: Scheduler,
@@ -51,7 +51,7 @@ impl Cluster {
         });
         let mut hosts = Vec::new();
         for name in ["a", "b"] {
-            let mut args = vec!["--capacity-memory".to_string(), "2GiB".into()];
+            let mut args = vec!["--capacity-memory".to_string(), "4GiB".into()];
             if keep_resident {
                 args.extend(["--keep-resident".into(), KEEP_RESIDENT.into()]);
             }
@@ -350,10 +350,18 @@ fn measure(
         "--memory",
         &format!("{}MiB", mib + 64),
     ]);
+    // In steps of 64 MiB: filling takes CPU time, and a call has a budget.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while c.post(name, &format!("/fill?mib={mib}")) != 200 {
+    while c.post(name, &format!("/fill?mib={}&of={mib}", mib.min(64))) != 200 {
         assert!(Instant::now() < deadline, "membench did not start");
         std::thread::sleep(Duration::from_millis(50));
+    }
+    for at in (64..mib).step_by(64) {
+        assert_eq!(
+            c.post(name, &format!("/fill?mib=64&at={at}")),
+            200,
+            "membench did not fill {at} MiB on"
+        );
     }
     // The load: 100 requests a second, each dirtying rate/100.
     let stop = Arc::new(AtomicBool::new(false));
@@ -504,7 +512,7 @@ fn main() {
         tls_against_plaintext(module, throughput, quick);
         return;
     }
-    let mibs = list("ROAM_BENCH_MIB", &[1, 64, 256]);
+    let mibs = list("ROAM_BENCH_MIB", &[1, 64, 256, 1024]);
     let rates = list("ROAM_BENCH_RATES", &[0, 1, 10, 50]);
     println!(
         "Memory to memory: the workload's size in MiB over one loopback TCP stream, and over two at once (a half each; migrations use two page streams by default), into a buffer faulted in beforehand, one of each before every pre-copy move (median per row). Hosts run with `--keep-resident {KEEP_RESIDENT}` except where the row says otherwise.\n"
@@ -513,6 +521,7 @@ fn main() {
     let row = |c: &Cluster, mib: u64, rate: u64, label: &str| {
         let n = match (quick, mib) {
             (true, _) => 3,
+            (false, 1024) => 3,
             (false, 256) => 5,
             _ => 10,
         };

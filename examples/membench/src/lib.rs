@@ -1,12 +1,18 @@
 //! `membench`: a workload with a chosen amount of live memory that dirties
 //! a chosen amount per request — what the migration benchmark moves.
 //!
-//! - `POST /fill?mib=N`: hold N MiB (every page non-zero);
+//! - `POST /fill?mib=N`: hold N MiB (every page non-zero); `&at=M` fills
+//!   N MiB from MiB M on instead (keeping what is before it), and a fill at
+//!   0 with `&of=T` makes room for T MiB: a buffer too large to fill within
+//!   one call's CPU budget is filled over several;
 //! - `POST /dirty?kib=K`: write K KiB, one byte per 4 KiB page, moving on
 //!   through the buffer;
 //! - `GET /`: `{"len":..,"sum":..}`, a checksum of the buffer.
 
 use roam_sdk::{Request, Response, Workload};
+
+/// The largest buffer, in MiB.
+const MAX_MIB: usize = 1024;
 
 /// The state: a buffer and where the next write goes.
 #[derive(Default)]
@@ -25,10 +31,20 @@ impl Workload for MemBench {
         };
         match (req.method.as_str(), req.path.as_str()) {
             ("POST", "/fill") => {
-                let len = num("mib").min(1024) << 20;
-                self.buf = (0..len).map(|i| (i % 251) as u8 | 1).collect();
+                // `at` MiB on, `mib` MiB; a call at 0 starts a new buffer
+                // with room for `of` MiB, so that one larger than a call's
+                // CPU budget allows is filled over several calls.
+                let at = num("at").min(MAX_MIB) << 20;
+                let end = (at + (num("mib").min(MAX_MIB) << 20)).min(MAX_MIB << 20);
+                if at == 0 {
+                    let of = (num("of").min(MAX_MIB) << 20).max(end);
+                    self.buf = Vec::with_capacity(of);
+                }
+                self.buf.truncate(at);
+                let start = self.buf.len();
+                self.buf.extend((start..end).map(|i| (i % 251) as u8 | 1));
                 self.cursor = 0;
-                Response::json(200, format!("{{\"len\":{len}}}"))
+                Response::json(200, format!("{{\"len\":{}}}", self.buf.len()))
             }
             ("POST", "/dirty") => {
                 let pages = num("kib") / 4;
