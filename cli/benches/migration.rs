@@ -274,13 +274,17 @@ fn run(
     name: &str,
     n: usize,
     stop_and_copy: bool,
-    mut baseline: Option<&mut MemoryStream>,
+    mut baseline: Option<(&mut MemoryStream, &std::sync::atomic::AtomicU8)>,
 ) -> Runs {
     let mut runs = Runs::default();
     for _ in 0..n {
-        if let Some(b) = baseline.as_deref_mut() {
+        if let Some((b, phase)) = baseline.as_mut() {
+            // The baseline takes both cores: the client's requests meanwhile
+            // are no migration's.
+            let measuring = phase.swap(0, Ordering::Relaxed);
             runs.baseline_s.push(b.once(1));
             runs.baseline2_s.push(b.once(2));
+            phase.store(measuring, Ordering::Relaxed);
         }
         let to = if c.host(name) == "a" { "b" } else { "a" };
         let mut args = vec!["migrate", name, "--to", to, "-o", "json"];
@@ -376,11 +380,15 @@ fn measure(
             let mut next = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 let sent = Instant::now();
+                let during = phase.load(Ordering::Relaxed);
                 let _ = http.post(format!("{url}/dirty?kib={kib}")).send("");
                 let ms = sent.elapsed().as_secs_f64() * 1e3;
-                match phase.load(Ordering::Relaxed) {
-                    1 => lat.precopy.push(ms),
-                    2 => lat.stop_and_copy.push(ms),
+                // A request counts for a phase only if it began and ended
+                // in it (not during a baseline transfer between moves).
+                let whole = phase.load(Ordering::Relaxed) == during;
+                match during {
+                    1 if whole => lat.precopy.push(ms),
+                    2 if whole => lat.stop_and_copy.push(ms),
                     _ => {}
                 }
                 next += Duration::from_millis(10);
@@ -396,7 +404,7 @@ fn measure(
     // the first touch of huge pages is slow).
     run(c, name, 2, false, None);
     phase.store(1, Ordering::Relaxed);
-    let pre = run(c, name, n, false, baseline);
+    let pre = run(c, name, n, false, baseline.map(|b| (b, &*phase)));
     phase.store(2, Ordering::Relaxed);
     let snc = run(c, name, n, true, None);
     stop.store(true, Ordering::Relaxed);
