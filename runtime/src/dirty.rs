@@ -34,10 +34,6 @@ mod imp {
     const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
     const PAGE_IS_WRITTEN: u64 = 1 << 1;
     const PAGE: u64 = 4096;
-    const HUGE: u64 = 2 << 20;
-    /// Memories from this size on are walked by two threads at once (a
-    /// thread costs ~50 µs to start; the walk of 256 MiB ~0.12 ms).
-    pub(super) const PARALLEL_FROM: u64 = 256 << 20;
 
     #[repr(C)]
     #[derive(Default)]
@@ -203,38 +199,10 @@ mod imp {
 
         /// Append the indices of pages written since the last call (or since
         /// registration) to `pages`, ascending, and protect them again.
-        ///
-        /// The kernel walks every page-table entry of the memory (~2 ns a
-        /// page), so a large memory is walked in two halves at once: the
-        /// last round of a migration does this while the workload is
-        /// paused, and its pause should not grow with the memory.
         pub fn take_written(&mut self, pages: &mut Vec<u64>) -> io::Result<()> {
-            let (start, end) = (self.base, self.base + self.registered);
-            if self.registered < PARALLEL_FROM {
-                return self.scan(start, end, pages);
-            }
-            let middle = start
-                + (self.registered / 2)
-                    .next_multiple_of(HUGE)
-                    .min(self.registered);
-            let this = &*self;
-            let mut upper = Vec::new();
-            let lower = std::thread::scope(|s| {
-                let helper = s.spawn(|| this.scan(middle, end, &mut upper));
-                let lower = this.scan(start, middle, pages);
-                let upper = helper
-                    .join()
-                    .unwrap_or_else(|_| Err(io::Error::other("a page-table walk panicked")));
-                lower.and(upper)
-            });
-            lower?;
-            pages.append(&mut upper);
-            Ok(())
-        }
-
-        /// [`WriteTracker::take_written`] for the addresses `[start, end)`.
-        fn scan(&self, mut start: u64, end: u64, pages: &mut Vec<u64>) -> io::Result<()> {
             let mut regions = [PageRegion::default(); 256];
+            let end = self.base + self.registered;
+            let mut start = self.base;
             while start < end {
                 let mut arg = PmScanArg {
                     size: size_of::<PmScanArg>() as u64,
@@ -482,35 +450,6 @@ mod tests {
         drop(tracker);
         // SAFETY: unmaps the mapping made above; `memory` is not used again.
         unsafe { libc::munmap(base as *mut libc::c_void, 2 * len) };
-    }
-
-    /// A memory large enough to be walked in two halves at once: writes on
-    /// both sides of the split and at its edges are all found, ascending.
-    #[test]
-    fn a_large_memory_walked_in_halves_misses_no_write() {
-        let len = 2 * imp::PARALLEL_FROM as usize;
-        let base = map(len) as *mut u8;
-        // SAFETY: `base` maps `len` writable bytes for the whole test.
-        let memory = unsafe { std::slice::from_raw_parts_mut(base, len) };
-        let Some(mut tracker) = tracker(base, len) else {
-            return;
-        };
-        let mut pages = Vec::new();
-        tracker.take_written(&mut pages).unwrap();
-        assert!(pages.is_empty(), "{pages:?}");
-        let last = len / 4096 - 1;
-        let written = [0, 1, last / 2 - 1, last / 2, last / 2 + 1, last];
-        for p in written {
-            memory[p * 4096] = 1;
-        }
-        tracker.take_written(&mut pages).unwrap();
-        assert_eq!(pages, written.map(|p| p as u64).to_vec());
-        pages.clear();
-        tracker.take_written(&mut pages).unwrap();
-        assert!(pages.is_empty(), "protected again: {pages:?}");
-        drop(tracker);
-        // SAFETY: unmaps the mapping made above; `memory` is not used again.
-        unsafe { libc::munmap(base as *mut libc::c_void, len) };
     }
 
     /// Memory faulted in as huge pages (a migration target's) is tracked
