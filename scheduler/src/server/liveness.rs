@@ -138,13 +138,11 @@ impl Scheduler {
             // receive, one to answer).
             loop {
                 let received = socket.try_io(Interest::READABLE, || batch.recv(socket.as_fd()));
-                let n = match received {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    // An error a datagram socket reports concerns one peer
-                    // (an ICMP error for an earlier answer): look again
-                    // after the rest.
-                    Err(_) => break,
+                // Nothing queued, or an error a datagram socket reports
+                // for one peer (an ICMP error for an earlier answer): look
+                // again after the rest.
+                let Ok(n) = received else {
+                    break;
                 };
                 for i in 0..n {
                     match self.take_beat(batch.datagram(i)) {

@@ -123,11 +123,16 @@ impl Batch {
     }
 
     /// Send the queued answers on `fd` without waiting: how many went
-    /// (`WouldBlock` when the socket took none). The rest are dropped: a
-    /// host whose beat goes unanswered reports over HTTP instead.
+    /// (`WouldBlock` when the socket took none). An answer the kernel
+    /// refuses for its own peer (an address it cannot send to) is dropped
+    /// alone and the rest still go; once the socket is full the rest are
+    /// dropped. A host whose beat goes unanswered reports over HTTP instead.
     pub(super) fn send(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
-        let mut sent = 0;
-        while sent < self.answered {
+        let (mut next, mut sent) = (0, 0);
+        let result = loop {
+            if next >= self.answered {
+                break Ok(sent);
+            }
             let answers = self.answers.as_mut_ptr();
             let from = self.from.as_mut_ptr();
             let mut iovs: [libc::iovec; SLOTS] = std::array::from_fn(|k| libc::iovec {
@@ -136,17 +141,17 @@ impl Batch {
             });
             // SAFETY: as in `recv`, all zero bytes are a valid `mmsghdr`.
             let mut hdrs: [libc::mmsghdr; SLOTS] = unsafe { std::mem::zeroed() };
-            let count = self.answered - sent;
+            let count = self.answered - next;
             for k in 0..count {
-                let slot = self.to[sent + k];
+                let slot = self.to[next + k];
                 let h = &mut hdrs[k].msg_hdr;
                 h.msg_name = from.wrapping_add(slot).cast();
                 h.msg_namelen = self.from_lens[slot];
-                h.msg_iov = &mut iovs[sent + k];
+                h.msg_iov = &mut iovs[next + k];
                 h.msg_iovlen = 1;
             }
             // SAFETY: the first `count` headers point at answers and
-            // addresses of this batch (`sent + k < answered <= SLOTS` and
+            // addresses of this batch (`next + k < answered <= SLOTS` and
             // `slot < received <= SLOTS`) with their true lengths, alive and
             // not otherwise borrowed for the call; the kernel only reads
             // them (and writes each header's `msg_len`).
@@ -158,20 +163,22 @@ impl Batch {
                     libc::MSG_DONTWAIT,
                 )
             };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if sent > 0 {
-                    break;
-                }
-                return Err(e);
+            if n > 0 {
+                next += n as usize;
+                sent += n as usize;
+                continue;
             }
-            if n == 0 {
-                break;
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => {}
+                io::ErrorKind::WouldBlock if sent == 0 => break Err(e),
+                io::ErrorKind::WouldBlock => break Ok(sent),
+                // The first answer left is refused for its peer: skip it.
+                _ => next += 1,
             }
-            sent += n as usize;
-        }
+        };
         self.answered = 0;
-        Ok(sent)
+        result
     }
 }
 
@@ -232,5 +239,33 @@ mod tests {
             batch.recv(server.as_fd()),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock
         ));
+    }
+
+    #[test]
+    fn an_answer_the_kernel_refuses_for_its_peer_costs_no_other_answer() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        let clients: Vec<std::net::UdpSocket> = (0..3)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        for c in &clients {
+            c.send_to(&[1u8; liveness::LEN], addr).unwrap();
+        }
+        // Loopback queues each datagram as it is sent: one batch takes all.
+        let mut batch = Batch::new();
+        assert_eq!(batch.recv(server.as_fd()).unwrap(), 3);
+        // The first peer's address cannot be sent to (no address at all).
+        batch.from_lens[0] = 0;
+        for i in 0..3 {
+            batch.answer(i, [i as u8 + 1; liveness::LEN]);
+        }
+        assert_eq!(batch.send(server.as_fd()).unwrap(), 2);
+        for (i, c) in clients.iter().enumerate().skip(1) {
+            c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let mut buf = [0u8; 128];
+            let (n, _) = c.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], &[i as u8 + 1; liveness::LEN][..]);
+        }
     }
 }
