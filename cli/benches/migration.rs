@@ -155,17 +155,38 @@ impl Link {
     }
 }
 
-/// Copy `from` → `to` over `link`.
+/// Bytes one direction of a connection may have in the link at once: what
+/// a TCP sender may have unacknowledged (Linux's default largest send
+/// buffer). A sender with this much in flight waits, as it would on a
+/// real link, so it sees the link's rate and not loopback's.
+const IN_FLIGHT: usize = 4 << 20;
+
+/// Copy `from` → `to` over `link`, at most [`IN_FLIGHT`] bytes in it.
 fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream, link: &Link) {
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    let queued = Arc::new((std::sync::Mutex::new(0usize), std::sync::Condvar::new()));
+    let reader_queued = queued.clone();
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 << 10];
-        while let Ok(n) = from.read(&mut buf) {
-            if n == 0 || tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
+        let (bytes, drained) = &*reader_queued;
+        loop {
+            {
+                let mut q = bytes.lock().unwrap();
+                while *q >= IN_FLIGHT {
+                    q = drained.wait(q).unwrap();
+                }
+            }
+            let n = match from.read(&mut buf) {
+                Ok(n) if n > 0 => n,
+                _ => break,
+            };
+            *bytes.lock().unwrap() += n;
+            if tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
                 break;
             }
         }
     });
+    let (bytes, drained) = &*queued;
     for (read, chunk) in rx {
         let start = link.slot(read, chunk.len());
         if let Some(wait) = start.checked_duration_since(Instant::now()) {
@@ -174,6 +195,8 @@ fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream, link: &Link)
         if to.write_all(&chunk).is_err() {
             break;
         }
+        *bytes.lock().unwrap() -= chunk.len();
+        drained.notify_one();
     }
     let _ = to.shutdown(std::net::Shutdown::Write);
 }
@@ -263,6 +286,12 @@ struct Runs {
     downtime_ms: Vec<f64>,
     total_ms: Vec<f64>,
     bytes: Vec<f64>,
+    /// Bytes on the wire (fewer than `bytes` where pages were compressed).
+    wire: Vec<f64>,
+    /// Pre-copy rounds after the full copy, and each move's phases (phase,
+    /// milliseconds from the start).
+    rounds: Vec<f64>,
+    history: Vec<String>,
     /// Seconds of the memory-to-memory baseline over one stream and over
     /// two, one of each before each move.
     baseline_s: Vec<f64>,
@@ -271,7 +300,7 @@ struct Runs {
 
 fn run(
     c: &Cluster,
-    name: &str,
+    (name, extra): (&str, &[&str]),
     n: usize,
     stop_and_copy: bool,
     mut baseline: Option<(&mut MemoryStream, &std::sync::atomic::AtomicU8)>,
@@ -288,6 +317,7 @@ fn run(
         }
         let to = if c.host(name) == "a" { "b" } else { "a" };
         let mut args = vec!["migrate", name, "--to", to, "-o", "json"];
+        args.extend_from_slice(extra);
         if stop_and_copy {
             args.push("--stop-and-copy");
         }
@@ -296,6 +326,9 @@ fn run(
             .push(m["downtime_us"].as_f64().unwrap_or(f64::NAN) / 1000.0);
         runs.total_ms.push(m["total_ms"].as_f64().unwrap());
         runs.bytes.push(m["bytes_sent"].as_f64().unwrap());
+        runs.wire.push(m["wire_bytes"].as_f64().unwrap());
+        runs.rounds.push(m["rounds"].as_f64().unwrap_or(f64::NAN));
+        runs.history.push(m["history"].to_string());
     }
     runs
 }
@@ -319,6 +352,9 @@ impl Runs {
         self.downtime_ms.extend(other.downtime_ms);
         self.total_ms.extend(other.total_ms);
         self.bytes.extend(other.bytes);
+        self.wire.extend(other.wire);
+        self.rounds.extend(other.rounds);
+        self.history.extend(other.history);
         self.baseline_s.extend(other.baseline_s);
         self.baseline2_s.extend(other.baseline2_s);
     }
@@ -333,18 +369,23 @@ impl Row {
     }
 }
 
-/// Deploy `membench` with `mib` MiB, dirty it at `rate` MB/s under load,
-/// and move it `n` times each way with pre-copy (each after one transfer
-/// of the `baseline`), then stop-and-copy.
+/// Deploy `membench` with `mib` MiB of `content` (`random`: does not
+/// compress; `json`: JSON-like records), dirty it at `rate` MB/s under
+/// load, and move it `n` times each way with pre-copy (each after one
+/// transfer of the `baseline`), then stop-and-copy; `extra` goes to every
+/// `roam migrate`.
 fn measure(
     c: &Cluster,
-    module: &str,
-    mib: u64,
+    (module, extra): (&str, &[&str]),
+    (mib, content): (u64, &str),
     rate: u64,
     n: usize,
     baseline: Option<&mut MemoryStream>,
 ) -> Row {
-    let name = format!("mb-{mib}-{rate}");
+    let name = format!(
+        "mb-{mib}-{rate}-{content}{}",
+        if extra.is_empty() { "" } else { "-x" }
+    );
     let name = name.as_str();
     c.roam(&[
         "deploy",
@@ -356,13 +397,17 @@ fn measure(
     ]);
     // In steps of 64 MiB: filling takes CPU time, and a call has a budget.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while c.post(name, &format!("/fill?mib={}&of={mib}", mib.min(64))) != 200 {
+    while c.post(
+        name,
+        &format!("/fill?mib={}&of={mib}&content={content}", mib.min(64)),
+    ) != 200
+    {
         assert!(Instant::now() < deadline, "membench did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
     for at in (64..mib).step_by(64) {
         assert_eq!(
-            c.post(name, &format!("/fill?mib=64&at={at}")),
+            c.post(name, &format!("/fill?mib=64&at={at}&content={content}")),
             200,
             "membench did not fill {at} MiB on"
         );
@@ -402,11 +447,11 @@ fn measure(
     // One unmeasured move there and back: the hosts' first migration pays
     // one-time costs (the target compiles or loads the module; on these VMs
     // the first touch of huge pages is slow).
-    run(c, name, 2, false, None);
+    run(c, (name, extra), 2, false, None);
     phase.store(1, Ordering::Relaxed);
-    let pre = run(c, name, n, false, baseline.map(|b| (b, &*phase)));
+    let pre = run(c, (name, extra), n, false, baseline.map(|b| (b, &*phase)));
     phase.store(2, Ordering::Relaxed);
-    let snc = run(c, name, n, true, None);
+    let snc = run(c, (name, extra), n, true, None);
     stop.store(true, Ordering::Relaxed);
     let client = load.join().unwrap();
     c.roam(&["delete", name]);
@@ -419,13 +464,21 @@ fn print_row(label: &str, mut row: Row, throughput: f64, memory: f64, memory2: f
     let pre99 = percentile(&mut row.pre.downtime_ms, 0.99);
     let snc99 = percentile(&mut row.snc.downtime_ms, 0.99);
     let total50 = percentile(&mut row.pre.total_ms, 0.5);
+    if std::env::var_os("ROAM_BENCH_VERBOSE").is_some() {
+        eprintln!(
+            "{label}: downtime ms {:?}, bytes {:?}, on the wire {:?}",
+            row.pre.downtime_ms, row.pre.bytes, row.pre.wire
+        );
+    }
     let bytes50 = percentile(&mut row.pre.bytes, 0.5);
+    let wire50 = percentile(&mut row.pre.wire, 0.5);
     println!(
-        "| {label} | {:.2} / {:.2} ms | {:.0} ms | {:.1} MiB | {:.0} / {:.0} MB/s | {:.2}× / {:.2}× / {:.2}× | {:.2} / {:.2} ms | {:.0}× | {:.1} / {:.1} ms |",
+        "| {label} | {:.2} / {:.2} ms | {:.0} ms | {:.1} / {:.1} MiB | {:.0} / {:.0} MB/s | {:.2}× / {:.2}× / {:.2}× | {:.2} / {:.2} ms | {:.0}× | {:.1} / {:.1} ms |",
         percentile(&mut row.pre.downtime_ms, 0.5),
         pre99,
         total50,
         bytes50 / (1 << 20) as f64,
+        wire50 / (1 << 20) as f64,
         memory / 1e6,
         memory2 / 1e6,
         (total50 / 1000.0) / (bytes50 / throughput),
@@ -459,7 +512,14 @@ fn tls_against_plaintext(module: &str, throughput: f64, quick: bool) {
     let mut baseline = MemoryStream::new(64);
     for _ in 0..rounds {
         for (i, (_, c)) in clusters.iter().enumerate() {
-            rows[i].extend(measure(c, module, 64, 10, 5, Some(&mut baseline)));
+            rows[i].extend(measure(
+                c,
+                (module, &[]),
+                (64, "random"),
+                10,
+                5,
+                Some(&mut baseline),
+            ));
         }
     }
     let mut figures = Vec::new();
@@ -490,7 +550,7 @@ fn max(v: &[f64]) -> f64 {
     v.iter().copied().fold(0.0, f64::max)
 }
 
-const HEADER: &str = "| memory, dirty rate | pre-copy downtime p50 / p99 | pre-copy total p50 | bytes sent | memory to memory: one stream / two (median, interleaved) | total ÷ (bytes ÷ throughput): cache-hot stream / memory to memory, one stream / two | stop-and-copy downtime p50 / p99 | stop-and-copy p99 ÷ pre-copy p99 | slowest client request, pre-copy / stop-and-copy |\n|---|---|---|---|---|---|---|---|---|";
+const HEADER: &str = "| memory, dirty rate | pre-copy downtime p50 / p99 | pre-copy total p50 | bytes sent / on the wire | memory to memory: one stream / two (median, interleaved) | total ÷ (bytes ÷ throughput): cache-hot stream / memory to memory, one stream / two | stop-and-copy downtime p50 / p99 | stop-and-copy p99 ÷ pre-copy p99 | slowest client request, pre-copy / stop-and-copy |\n|---|---|---|---|---|---|---|---|---|";
 
 /// A comma-separated list of numbers from `var`, or `default`.
 fn list(var: &str, default: &[u64]) -> Vec<u64> {
@@ -526,7 +586,10 @@ fn main() {
         "Memory to memory: the workload's size in MiB over one loopback TCP stream, and over two at once (a half each; migrations use two page streams by default), into a buffer faulted in beforehand, one of each before every pre-copy move (median per row). Hosts run with `--keep-resident {KEEP_RESIDENT}` except where the row says otherwise.\n"
     );
     println!("{HEADER}");
-    let row = |c: &Cluster, mib: u64, rate: u64, label: &str| {
+    // What the loopback rows' memory holds (`ROAM_BENCH_CONTENT=json`: on
+    // loopback, whether `auto` compresses shows in the bytes on the wire).
+    let content = std::env::var("ROAM_BENCH_CONTENT").unwrap_or_else(|_| "random".into());
+    let row = |c: &Cluster, mib: u64, rate: u64, label: &str, extra: &[&str]| {
         let n = match (quick, mib) {
             (true, _) => 3,
             (false, 1024) => 3,
@@ -534,7 +597,14 @@ fn main() {
             _ => 10,
         };
         let mut baseline = MemoryStream::new(mib as usize);
-        let mut row = measure(c, module, mib, rate, n, Some(&mut baseline));
+        let mut row = measure(
+            c,
+            (module, extra),
+            (mib, content.as_str()),
+            rate,
+            n,
+            Some(&mut baseline),
+        );
         let memory = baseline.len() / percentile(&mut row.pre.baseline_s, 0.5);
         let memory2 = baseline.len() / percentile(&mut row.pre.baseline2_s, 0.5);
         print_row(label, row, throughput, memory, memory2);
@@ -542,7 +612,18 @@ fn main() {
     for &mib in &mibs {
         let c = Cluster::start(true, None);
         for &rate in &rates {
-            row(&c, mib, rate, &format!("{mib} MiB, {rate} MB/s"));
+            row(&c, mib, rate, &format!("{mib} MiB, {rate} MB/s"), &[]);
+            // Compression is the sender's choice: on loopback `auto` must
+            // cost no more than sending every page as it is.
+            if mib == 64 && rate == 10 {
+                row(
+                    &c,
+                    mib,
+                    rate,
+                    "64 MiB, 10 MB/s, `--compression never`",
+                    &["--compression", "never"],
+                );
+            }
         }
     }
     // Hosts on their defaults: a freed slot's memory goes back to the
@@ -554,6 +635,7 @@ fn main() {
             64,
             10,
             "64 MiB, 10 MB/s, hosts without `--keep-resident`",
+            &[],
         );
     }
     if std::env::var_os("ROAM_BENCH_MIB").is_some() && std::env::var_os("ROAM_BENCH_WAN").is_none()
@@ -567,9 +649,56 @@ fn main() {
         "\nCross-site: hosts behind a link emulator with 50 ms RTT and 1 Gbit/s; one TCP stream through it moves {:.0} MB/s (same run).\n",
         wan / 1e6
     );
-    println!("{HEADER}");
+    println!("{WAN_HEADER}");
     let c = Cluster::start(true, Some((delay, rate)));
-    let row = measure(&c, module, 64, 10, if quick { 3 } else { 5 }, None);
-    // Through the link both baselines are the link's own throughput.
-    print_row("64 MiB, 10 MB/s", row, wan, wan, wan);
+    for (content, label, extra) in [
+        ("json", "64 MiB of JSON-like records, 10 MB/s", &[][..]),
+        (
+            "json",
+            "64 MiB of JSON-like records, 10 MB/s, `--compression never`",
+            &["--compression", "never"][..],
+        ),
+        ("random", "64 MiB pseudo-random, 10 MB/s", &[][..]),
+    ] {
+        let n = if quick { 3 } else { 5 };
+        let row = measure(&c, (module, extra), (64, content), 10, n, None);
+        print_wan_row(label, row, 64, wan, delay * 2);
+    }
+}
+
+const WAN_HEADER: &str = "| memory, dirty rate | pre-copy downtime p50 / p99 | pre-copy total p50 | bytes of memory and state / on the wire (÷ the workload's MiB) | total ÷ (wire ÷ link) | target: 1.3 × (wire ÷ link) + 4 RTT | stop-and-copy downtime p50 / p99 | slowest client request, pre-copy / stop-and-copy |\n|---|---|---|---|---|---|---|---|";
+
+/// One cross-site row of a workload holding `mib` MiB: against the link's
+/// throughput `link` (bytes per second) and its round trip `rtt`.
+fn print_wan_row(label: &str, mut row: Row, mib: u64, link: f64, rtt: Duration) {
+    let total50 = percentile(&mut row.pre.total_ms, 0.5);
+    let bytes50 = percentile(&mut row.pre.bytes, 0.5);
+    let wire50 = percentile(&mut row.pre.wire, 0.5);
+    let on_link_ms = wire50 / link * 1e3;
+    if std::env::var_os("ROAM_BENCH_VERBOSE").is_some() {
+        eprintln!(
+            "{label}: rounds {:?}, phases of the last move {}",
+            row.pre.rounds,
+            row.pre.history.last().map_or("", String::as_str)
+        );
+    }
+    let bound_ms = 1.3 * on_link_ms + 4.0 * rtt.as_secs_f64() * 1e3;
+    println!(
+        "| {label} | {:.2} / {:.2} ms | {total50:.0} ms | {:.1} / {:.1} MiB ({:.2}×) | {:.2}× | {bound_ms:.0} ms ({}) | {:.2} / {:.2} ms | {:.1} / {:.1} ms |",
+        percentile(&mut row.pre.downtime_ms, 0.5),
+        percentile(&mut row.pre.downtime_ms, 0.99),
+        bytes50 / (1 << 20) as f64,
+        wire50 / (1 << 20) as f64,
+        wire50 / (mib << 20) as f64,
+        total50 / on_link_ms,
+        if total50 <= bound_ms {
+            "met"
+        } else {
+            "not met"
+        },
+        percentile(&mut row.snc.downtime_ms, 0.5),
+        percentile(&mut row.snc.downtime_ms, 0.99),
+        max(&row.client.precopy),
+        max(&row.client.stop_and_copy),
+    );
 }

@@ -124,6 +124,20 @@ fn main() {
     stream.extend_from_slice(&pages::checksum(&end, &[]).to_le_bytes());
     write("pages", "three", &stream);
 
+    // A page stream with one compressed frame of four pages.
+    let text: Vec<u8> = (0..4 * PAGE_SIZE)
+        .map(|i| b"{\"id\":1,\"city\":\"Lisbon\"}\n"[i % 25])
+        .collect();
+    let body = zstd::bulk::compress(&text, 1).unwrap();
+    let head = pages::compressed_head(3, 4, body.len() as u32);
+    let mut stream = head.to_vec();
+    stream.extend_from_slice(&body);
+    stream.extend_from_slice(&pages::checksum(&head, &body).to_le_bytes());
+    let end = pages::end_head(4);
+    stream.extend_from_slice(&end);
+    stream.extend_from_slice(&pages::checksum(&end, &[]).to_le_bytes());
+    write("pages", "compressed", &stream);
+
     // A guest's response: status, headers, body.
     let mut response = Vec::new();
     response.extend_from_slice(&200u32.to_le_bytes());

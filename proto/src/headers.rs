@@ -79,6 +79,10 @@ pub const STREAM: &str = "x-roam-stream";
 /// The protocol a page stream's `POST` upgrades to (`upgrade: roam-pages`).
 pub const PAGES_UPGRADE: &str = "roam-pages";
 
+/// `content-encoding` of a migration part sent compressed: one zstd frame
+/// that decompresses to the part (its checksum is of the part itself).
+pub const ZSTD_ENCODING: &str = "zstd";
+
 /// Whether a header is one of Roam's own (`x-roam-*`, any case): hosts
 /// strip them from workload responses, ingresses from client requests.
 ///

@@ -28,6 +28,46 @@ pub struct MigrationOptions {
     /// for its socket, as QEMU's multifd channels are there for.
     #[serde(default = "default_page_streams")]
     pub page_streams: u32,
+    /// Whether pages and deltas go compressed.
+    #[serde(default)]
+    pub compression: Compression,
+}
+
+/// Whether a migration compresses what it sends (zstd).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// While the link, not the CPU, holds the page streams back (on
+    /// loopback and fast links: never), and deltas once round 0 ended
+    /// compressed.
+    #[default]
+    Auto,
+    /// Never: every page as it is.
+    Never,
+    /// Every frame and delta that shrinks.
+    Always,
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Compression::Auto => "auto",
+            Compression::Never => "never",
+            Compression::Always => "always",
+        })
+    }
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Compression::Auto),
+            "never" => Ok(Compression::Never),
+            "always" => Ok(Compression::Always),
+            other => Err(format!("{other:?} is not auto, never or always")),
+        }
+    }
 }
 
 /// Most page streams one migration may use.
@@ -52,6 +92,7 @@ impl Default for MigrationOptions {
             max_final_bytes: default_final_bytes(),
             stop_and_copy: false,
             page_streams: default_page_streams(),
+            compression: Compression::Auto,
         }
     }
 }
@@ -150,8 +191,12 @@ pub struct MigrationProgress {
     pub phase: ProgressPhase,
     /// Pre-copy round (0 is the full copy).
     pub round: u32,
-    /// Bytes sent to the target so far.
+    /// Bytes of state and memory sent to the target so far.
     pub bytes_sent: u64,
+    /// Bytes on the wire for them so far: fewer where pages were
+    /// compressed (0 from a source that does not count them).
+    #[serde(default)]
+    pub wire_bytes: u64,
     /// Bytes of the last round.
     pub last_round_bytes: u64,
     /// Measured dirty rate, bytes per second.
@@ -348,8 +393,11 @@ pub struct MigrationInfo {
     pub phase: MigrationPhase,
     /// Pre-copy rounds so far (the full copy is round 0).
     pub rounds: u32,
-    /// Bytes streamed from source to target.
+    /// Bytes of state and memory streamed from source to target.
     pub bytes_sent: u64,
+    /// Bytes on the wire for them: fewer where pages were compressed.
+    #[serde(default)]
+    pub wire_bytes: u64,
     /// Last measured dirty rate, bytes per second.
     pub dirty_rate: f64,
     /// Start, milliseconds since the Unix epoch.

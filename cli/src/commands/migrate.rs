@@ -46,6 +46,10 @@ pub struct MigrateArgs {
     #[arg(long, default_value_t = MigrationOptions::default().page_streams,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(roam_proto::MAX_PAGE_STREAMS)))]
     pub page_streams: u32,
+    /// Compress pages and deltas: `auto` while the link, not the CPU, is
+    /// the bottleneck; `never`; `always` (every frame that shrinks).
+    #[arg(long, default_value = "auto")]
+    pub compression: roam_proto::Compression,
     /// Return once the migration has started; follow it with `roam describe migration ID`.
     #[arg(long, conflicts_with = "wait")]
     pub detach: bool,
@@ -81,6 +85,9 @@ fn summary(m: &MigrationInfo) {
     println!("Generation: {}", m.generation);
     println!("Rounds:     {}", m.rounds);
     println!("Bytes:      {}", mib(m.bytes_sent));
+    if m.wire_bytes > 0 && m.wire_bytes != m.bytes_sent {
+        println!("On wire:    {}", mib(m.wire_bytes));
+    }
     println!("Dirty rate: {}/s", mib(m.dirty_rate as u64));
     println!("Total time: {} ms", m.total_ms);
     println!("Downtime:   {}", downtime(m));
@@ -111,6 +118,7 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
                 max_final_bytes: args.max_final,
                 stop_and_copy: args.stop_and_copy,
                 page_streams: args.page_streams,
+                compression: args.compression,
             },
         };
         let started: MigrationInfo = c

@@ -212,6 +212,75 @@ fn a_workload_moved_back_and_forth_fifty_times_keeps_its_state() {
     assert_eq!(host_of(&c, "counter"), at);
 }
 
+/// Memory that compresses crosses compressed when asked (`--compression
+/// always`: on loopback `auto` sends pages as they are) and lands exactly;
+/// `never` sends every byte.
+#[test]
+fn a_workload_moved_compressed_lands_exactly_in_fewer_bytes() {
+    let c = eu_cluster();
+    deploy(
+        &c,
+        &[
+            artifacts::MEMBENCH,
+            "--name",
+            "mb",
+            "--memory",
+            "64MiB",
+            "--selector",
+            "jurisdiction=EU",
+        ],
+    );
+    poll(Duration::from_secs(60), "membench to fill", || {
+        c.invoke("mb", "/fill?mib=16&content=json").0 == 200
+    });
+    let (status, before) = c.get("mb", "/?full=1");
+    assert_eq!(status, 200, "{before}");
+    let mut at = host_of(&c, "mb");
+    for (mode, most) in [("always", 0.5), ("never", 1.1), ("always", 0.5)] {
+        let to = other_eu(&at);
+        let (ok, out, err) = c.roam(&[
+            "migrate",
+            "mb",
+            "--to",
+            to,
+            "--compression",
+            mode,
+            "-o",
+            "json",
+        ]);
+        assert!(ok, "{out}{err}");
+        let m: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(m["phase"], "done", "{m}");
+        let (bytes, wire) = (
+            m["bytes_sent"].as_f64().unwrap(),
+            m["wire_bytes"].as_f64().unwrap(),
+        );
+        assert!(bytes >= 16.0 * 1048576.0, "{m}");
+        assert!(
+            wire < most * bytes && (mode == "always" || wire >= bytes),
+            "--compression {mode}: {wire} bytes on the wire for {bytes}"
+        );
+        at = to.to_string();
+        assert_eq!(host_of(&c, "mb"), at);
+        assert_eq!(
+            c.get("mb", "/?full=1"),
+            (200, before.clone()),
+            "after {mode}"
+        );
+    }
+    // A mode that does not exist is refused before anything moves.
+    let (ok, _, err) = c.roam(&[
+        "migrate",
+        "mb",
+        "--to",
+        other_eu(&at),
+        "--compression",
+        "lz4",
+    ]);
+    assert!(!ok && err.contains("lz4"), "{err}");
+    assert_eq!(host_of(&c, "mb"), at);
+}
+
 /// A Cranelift host (native code) and a Pulley host (the portable
 /// interpreter) take a running workload from each other, both ways, with
 /// its state; hosts report their engine as a label that placement selects

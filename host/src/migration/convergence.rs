@@ -9,13 +9,33 @@
 //! - `max_rounds` rounds were sent (a bound whatever the workload does);
 //! - [`STALLED_ROUNDS`] rounds in a row did not shrink the delta below
 //!   [`CONVERGE`] of the one before (it writes as fast as we send: more
-//!   rounds only cost bytes).
+//!   rounds only cost bytes);
+//! - the delta crossed the link in at most [`LATENCY_SHARE`] of a round
+//!   trip (`Stop::Latency`). Every round costs at least a round trip, in
+//!   which the workload writes about as much again: a delta whose transfer
+//!   is a sliver of the round trip is as small as more rounds can make it
+//!   (the next is at most 1 + `LATENCY_SHARE` times as large), so across
+//!   sites pre-copy stops there instead of spending three more round trips
+//!   finding out that it stalled. On loopback that is a delta of a few
+//!   hundred KiB, about what the first rule allows anyway.
 
 /// A delta must shrink below this share of the previous one to count as
 /// converging.
 pub(crate) const CONVERGE: f64 = 0.9;
 /// Rounds in a row without converging before pre-copy stops.
 pub(crate) const STALLED_ROUNDS: u32 = 3;
+/// A delta that crossed the link in at most this share of a round trip
+/// is as small as pre-copy can make it.
+pub(crate) const LATENCY_SHARE: f64 = 0.1;
+
+/// What a round's delta cost on the link, as the source measured it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Link {
+    /// The delta's bytes on the wire over the link's measured rate.
+    pub(crate) transfer: std::time::Duration,
+    /// The shortest request to the target so far: at least a round trip.
+    pub(crate) round_trip: std::time::Duration,
+}
 
 /// Why pre-copy stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +46,8 @@ pub(crate) enum Stop {
     Rounds,
     /// Deltas stopped shrinking.
     Stalled,
+    /// The delta crossed the link in a sliver of a round trip.
+    Latency,
 }
 
 /// The state of the stop rule between rounds.
@@ -50,8 +72,9 @@ impl Convergence {
         }
     }
 
-    /// A pre-copy round sent a delta of `bytes`: stop now, or go on.
-    pub(crate) fn after_round(&mut self, bytes: u64) -> Option<Stop> {
+    /// A pre-copy round sent a delta of `bytes`, which cost `link` on the
+    /// link: stop now, or go on.
+    pub(crate) fn after_round(&mut self, bytes: u64, link: Link) -> Option<Stop> {
         self.round += 1;
         if (bytes as f64) < self.previous as f64 * CONVERGE {
             self.stalled = 0;
@@ -65,6 +88,10 @@ impl Convergence {
             Some(Stop::Rounds)
         } else if self.stalled >= STALLED_ROUNDS {
             Some(Stop::Stalled)
+        } else if !link.round_trip.is_zero()
+            && link.transfer.as_secs_f64() <= LATENCY_SHARE * link.round_trip.as_secs_f64()
+        {
+            Some(Stop::Latency)
         } else {
             None
         }
@@ -79,7 +106,7 @@ fn stops(full: u64, deltas: &[u64], max_rounds: u32, max_final: u64) -> Option<(
     deltas
         .iter()
         .enumerate()
-        .find_map(|(i, &d)| c.after_round(d).map(|s| (i + 1, s)))
+        .find_map(|(i, &d)| c.after_round(d, Link::default()).map(|s| (i + 1, s)))
 }
 
 #[cfg(test)]
@@ -119,6 +146,7 @@ mod tests {
                 match why {
                     Stop::Small => prop_assert!(last <= max_final),
                     Stop::Rounds => prop_assert!(last > max_final && round == max_rounds as usize),
+                    Stop::Latency => prop_assert!(false, "no round trip was given"),
                     Stop::Stalled => {
                         prop_assert!(round >= STALLED_ROUNDS as usize);
                         let mut prev = if round > STALLED_ROUNDS as usize {
@@ -154,6 +182,25 @@ mod tests {
                 Some((max_rounds as usize, Stop::Rounds))
             );
         }
+    }
+
+    /// Across sites (50 ms round trips), a delta that crosses in 3 ms ends
+    /// pre-copy; the same delta over a round trip of 1 ms, or one that
+    /// takes 20 ms to cross, does not.
+    #[test]
+    fn a_delta_that_crosses_in_a_sliver_of_a_round_trip_ends_pre_copy() {
+        let ms = std::time::Duration::from_millis;
+        let link = |transfer, round_trip| Link {
+            transfer: ms(transfer),
+            round_trip: ms(round_trip),
+        };
+        let mut c = Convergence::new(64 << 20, 30, 256 << 10);
+        assert_eq!(c.after_round(6 << 20, link(20, 50)), None);
+        assert_eq!(c.after_round(600 << 10, link(3, 50)), Some(Stop::Latency));
+        let mut c = Convergence::new(64 << 20, 30, 256 << 10);
+        assert_eq!(c.after_round(600 << 10, link(3, 1)), None);
+        // The other rules come first.
+        assert_eq!(c.after_round(100 << 10, link(1, 50)), Some(Stop::Small));
     }
 
     #[test]

@@ -20,7 +20,7 @@
 //! scheduler activates it.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -31,8 +31,8 @@ use roam_proto::headers::{self, Index};
 use roam_proto::pages::{MAX_VERDICT, PAGE_SIZE, Verdict};
 use roam_proto::reply::error;
 use roam_proto::{
-    CommitOutcome, MigrationDecision, MigrationOptions, MigrationProgress, ProgressPhase,
-    SendMigration, SourcePhase, paths,
+    CommitOutcome, Compression, MigrationDecision, MigrationOptions, MigrationProgress,
+    ProgressPhase, SendMigration, SourcePhase, paths,
 };
 use roam_runtime::abi::codec::{Request, Response as WorkloadResponse};
 use roam_runtime::driver::{DriverError, Forwarded, Forwarder, LiveMemory, WorkloadHandle};
@@ -41,9 +41,9 @@ use roam_runtime::snapshot::{MemoryImage, Snapshot};
 use tokio::sync::mpsc;
 
 use super::PART;
-use super::convergence::Convergence;
+use super::convergence::{Convergence, Link};
 use super::error::SendError;
-use super::pages::{Share, timed, write_captured, write_end, write_live};
+use super::pages::{FrameWriter, Sent, Share, timed, write_captured, write_live};
 use crate::control::not_here;
 use crate::daemon::Host;
 use crate::fault::Fault;
@@ -330,9 +330,10 @@ async fn precopy(
                     .freeze_full(buffers)
                     .await
                     .map_err(SendError::Workload)?;
-                report.last_round_bytes =
-                    send_full(host, id, out, all, None, true, options.page_streams).await?;
-                report.bytes_sent = report.last_round_bytes;
+                let sent = send_full(host, id, out, all, None, true, options).await?;
+                report.last_round_bytes = sent.bytes;
+                report.bytes_sent = sent.bytes;
+                report.wire_bytes = sent.wire;
                 return out.check(progress);
             }
             last_capture = Instant::now();
@@ -345,9 +346,23 @@ async fn precopy(
         }
     };
     let captured = last_capture.elapsed();
-    report.last_round_bytes =
-        send_full(host, id, out, full, live, false, options.page_streams).await?;
-    tracing::info!(migration = %id, bytes = report.last_round_bytes, capture_ms = captured.as_secs_f64() * 1e3, send_ms = (last_capture.elapsed() - captured).as_secs_f64() * 1e3, "round 0 (full) sent");
+    let sent = send_full(host, id, out, full, live, false, options).await?;
+    report.last_round_bytes = sent.bytes;
+    report.wire_bytes += sent.wire;
+    // Deltas are compressed where round 0's pages ended compressed.
+    let compress = match options.compression {
+        Compression::Auto => sent.compressing,
+        Compression::Never => false,
+        Compression::Always => true,
+    };
+    let round0 = last_capture.elapsed().saturating_sub(captured);
+    tracing::info!(migration = %id, bytes = report.last_round_bytes, wire = sent.wire, capture_ms = captured.as_secs_f64() * 1e3, send_ms = round0.as_secs_f64() * 1e3, "round 0 (full) sent");
+    // What the link moves, as round 0 measured it (its round trips
+    // included: a rate on the low side), and the shortest request so far:
+    // the convergence rule weighs each delta's transfer against a round
+    // trip.
+    let rate = sent.wire as f64 / round0.as_secs_f64().max(1e-6);
+    let mut round_trip = sent.round_trip;
     report.bytes_sent += report.last_round_bytes;
     let _ = progress.send(report.clone()).await;
     let mut convergence = Convergence::new(
@@ -368,8 +383,15 @@ async fn precopy(
         report.dirty_rate = (delta.pages * PAGE_SIZE as u64) as f64 / elapsed;
         report.round += 1;
         report.last_round_bytes = delta.bytes.len() as u64;
-        let stop = convergence.after_round(report.last_round_bytes);
-        send_round(host, id, out, report.round, delta.bytes, false).await?;
+        let (wire, shortest) =
+            send_round(host, id, out, report.round, delta.bytes, false, compress).await?;
+        round_trip = round_trip.min(shortest);
+        let link = Link {
+            transfer: Duration::from_secs_f64(wire as f64 / rate.max(1.0)),
+            round_trip,
+        };
+        let stop = convergence.after_round(report.last_round_bytes, link);
+        report.wire_bytes += wire;
         report.bytes_sent += report.last_round_bytes;
         let _ = progress.send(report.clone()).await;
         if let Some(why) = stop {
@@ -384,7 +406,9 @@ async fn precopy(
     let last = out.handle.freeze().await.map_err(SendError::Workload)?;
     report.round += 1;
     report.last_round_bytes = last.bytes.len() as u64;
-    send_round(host, id, out, report.round, last.bytes, true).await?;
+    report.wire_bytes += send_round(host, id, out, report.round, last.bytes, true, compress)
+        .await?
+        .0;
     report.bytes_sent += report.last_round_bytes;
     out.check(progress)
 }
@@ -435,8 +459,8 @@ async fn send_full(
     mut full: Snapshot,
     live: Option<LiveMemory>,
     last: bool,
-    streams: u32,
-) -> Result<u64, SendError> {
+    options: &MigrationOptions,
+) -> Result<RoundBytes, SendError> {
     let (pages, data) = match full.memories.first_mut() {
         Some(m) => (std::mem::take(&mut m.pages), std::mem::take(&mut m.data)),
         None => (Vec::new(), Vec::new()),
@@ -451,12 +475,18 @@ async fn send_full(
         parts,
         last,
     };
+    let mut sent = RoundBytes {
+        bytes: state.len() as u64,
+        wire: state.len() as u64,
+        compressing: false,
+        round_trip: Duration::MAX,
+    };
     for i in 0..state_parts {
         let piece = state.slice(i * PART..((i + 1) * PART).min(state.len()));
         let part = Part { part: i, ..head };
-        send_part(host, id, out, &part, piece, state.len()).await?;
+        let (_, took) = send_part(host, id, out, &part, piece, state.len(), false).await?;
+        sent.round_trip = sent.round_trip.min(took);
     }
-    let mut sent = state.len() as u64;
     if streamed {
         let part = Part {
             part: state_parts,
@@ -467,11 +497,33 @@ async fn send_full(
             Some(memory) => PageSource::Live(memory),
             None => PageSource::Captured(pages, data),
         };
-        let pages = send_pages(host, id, out, &part, source, streams).await?;
-        sent += pages * PAGE_SIZE as u64;
-        tracing::debug!(migration = %id, bytes = pages * PAGE_SIZE as u64, stream_ms = began.elapsed().as_secs_f64() * 1e3, "pages sent");
+        let pages = send_pages(
+            host,
+            id,
+            out,
+            &part,
+            source,
+            (options.page_streams, options.compression),
+        )
+        .await?;
+        sent.bytes += pages.pages * PAGE_SIZE as u64;
+        sent.wire += pages.wire;
+        sent.compressing = pages.compressing;
+        tracing::debug!(migration = %id, bytes = pages.pages * PAGE_SIZE as u64, wire = pages.wire, stream_ms = began.elapsed().as_secs_f64() * 1e3, "pages sent");
     }
     Ok(sent)
+}
+
+/// What a round moved: bytes of state and pages, and bytes on the wire for
+/// them (fewer where pages were compressed).
+#[derive(Clone, Copy, Debug)]
+struct RoundBytes {
+    bytes: u64,
+    wire: u64,
+    /// The page streams ended compressing (the link is the bottleneck).
+    compressing: bool,
+    /// The shortest request of the round (at least a round trip).
+    round_trip: Duration,
 }
 
 /// Where round 0's pages come from.
@@ -484,15 +536,15 @@ enum PageSource {
 }
 
 /// Stream round 0's pages to the target as its last part, over `streams`
-/// connections at once, and wait for every verdict. Returns the pages sent.
+/// connections at once, and wait for every verdict. Returns what they sent.
 async fn send_pages(
     host: &Host,
     id: &str,
     out: &Outgoing,
     at: &Part,
     source: PageSource,
-    streams: u32,
-) -> Result<u64, SendError> {
+    (streams, mode): (u32, Compression),
+) -> Result<Sent, SendError> {
     let streams = streams.clamp(1, roam_proto::MAX_PAGE_STREAMS);
     // At most this many bytes of pages (zero pages are not sent).
     let most = match &source {
@@ -524,9 +576,9 @@ async fn send_pages(
         if at.last {
             request = request.header(headers::FINAL, "1");
         }
-        sending.spawn(send_stream(request, source.clone(), index, streams));
+        sending.spawn(send_stream(request, source.clone(), index, streams, mode));
     }
-    let mut pages = 0;
+    let mut pages = Sent::default();
     while let Some(sent) = sending.join_next().await {
         match sent {
             Ok(Ok(n)) => pages += n,
@@ -538,14 +590,16 @@ async fn send_pages(
 }
 
 /// One page stream: its share of the pages, the end frame, the target's
-/// verdict. Returns the pages sent.
+/// verdict. Returns what it sent.
 async fn send_stream(
     request: reqwest::RequestBuilder,
     source: Arc<PageSource>,
     index: u32,
     streams: u32,
-) -> Result<u64, SendError> {
+    mode: Compression,
+) -> Result<Sent, SendError> {
     use tokio::io::AsyncReadExt;
+    let setup = Instant::now();
     let r = request.send().await.map_err(|e| SendError::Unreachable {
         round: 0,
         error: crate::identity::chain(&e),
@@ -566,13 +620,14 @@ async fn send_stream(
         index: u64::from(index),
         streams: u64::from(streams),
     };
+    let mut frames = FrameWriter::new(&mut io, setup.elapsed(), mode);
     let written = match &*source {
-        PageSource::Captured(pages, data) => write_captured(&mut io, pages, data, share).await,
-        PageSource::Live(memory) => write_live(&mut io, memory, share).await,
+        PageSource::Captured(pages, data) => write_captured(&mut frames, pages, data, share).await,
+        PageSource::Live(memory) => write_live(&mut frames, memory, share).await,
     };
     drop(source);
     let written = match written {
-        Ok(n) => write_end(&mut io, n).await.map(|()| n),
+        Ok(_) => frames.end().await,
         Err(e) => Err(e),
     };
     // The verdict says why, also when writing failed because the target
@@ -595,7 +650,9 @@ async fn send_stream(
 }
 
 /// Send one round's encoded snapshot in checked parts; the target applies
-/// it when the last arrives.
+/// it when the last arrives. With `compress`, each part that shrinks by a
+/// tenth goes compressed. Returns the bytes on the wire, and the shortest
+/// part's request.
 async fn send_round(
     host: &Host,
     id: &str,
@@ -603,10 +660,13 @@ async fn send_round(
     round: u32,
     bytes: Vec<u8>,
     last: bool,
-) -> Result<(), SendError> {
+    compress: bool,
+) -> Result<(u64, Duration), SendError> {
     let bytes = Bytes::from(bytes);
     let total = bytes.len();
     let parts = total.div_ceil(PART).max(1);
+    let mut wire = 0;
+    let mut shortest = Duration::MAX;
     for part in 0..parts {
         let chunk = bytes.slice(part * PART..((part + 1) * PART).min(total));
         let at = Part {
@@ -615,12 +675,20 @@ async fn send_round(
             parts,
             last,
         };
-        send_part(host, id, out, &at, chunk, total).await?;
+        let (sent, took) = send_part(host, id, out, &at, chunk, total, compress).await?;
+        wire += sent;
+        shortest = shortest.min(took);
     }
-    Ok(())
+    Ok((wire, shortest))
 }
 
-/// One authenticated, checksummed part of a round of `total` bytes.
+/// Parts shorter than this go as they are.
+const COMPRESS_PARTS_FROM: usize = 16 << 10;
+
+/// Send one part (`body`, a piece of a round of `total` bytes), compressed
+/// with `compress` when that shrinks it by a tenth; the checksum is of the
+/// part itself. Returns the bytes of the body sent, and how long the
+/// request took (at least a round trip).
 async fn send_part(
     host: &Host,
     id: &str,
@@ -628,7 +696,8 @@ async fn send_part(
     at: &Part,
     body: Bytes,
     total: usize,
-) -> Result<(), SendError> {
+    compress: bool,
+) -> Result<(u64, Duration), SendError> {
     if at.part == 0 {
         Fault::Round.pause().await;
     }
@@ -650,6 +719,21 @@ async fn send_part(
     if at.last {
         request = request.header(headers::FINAL, "1");
     }
+    let mut body = body;
+    if compress && body.len() >= COMPRESS_PARTS_FROM {
+        let plain = body.clone();
+        let packed = tokio::task::spawn_blocking(move || zstd::bulk::compress(&plain, 1))
+            .await
+            .map_err(|e| SendError::Task(e.to_string()))?;
+        if let Ok(packed) = packed
+            && packed.len() < body.len() / 10 * 9
+        {
+            body = Bytes::from(packed);
+            request = request.header(axum::http::header::CONTENT_ENCODING, headers::ZSTD_ENCODING);
+        }
+    }
+    let sent = body.len() as u64;
+    let began = Instant::now();
     let r = request
         .body(body)
         .send()
@@ -666,7 +750,7 @@ async fn send_part(
             body: roam_tls::answer::error_text(r).await,
         });
     }
-    Ok(())
+    Ok((sent, began.elapsed()))
 }
 
 /// After the hand-off: what reaches the old copy goes to the new host.

@@ -359,6 +359,17 @@ pub(super) async fn receive_round(
             return refuse_round(&host, &id, why).await;
         }
     };
+    let body = match decoded(&headers, body).await {
+        Ok(body) => body,
+        Err(reason) => {
+            let why = ReceiveError::Body {
+                round,
+                part: 0,
+                reason,
+            };
+            return refuse_round(&host, &id, why).await;
+        }
+    };
     let mut incoming = host.migrations.incoming.lock().await;
     let entry = match presented(&mut incoming, &id, &headers) {
         Ok(e) => e,
@@ -380,6 +391,31 @@ pub(super) async fn receive_round(
             incoming.remove(&id);
             error(StatusCode::BAD_REQUEST, e.to_string())
         }
+    }
+}
+
+/// A part's body as sent, or decompressed (`content-encoding: zstd`) into
+/// at most [`PART`] bytes: a body that would decompress to more is refused
+/// before more is written.
+async fn decoded(headers: &HeaderMap, body: Bytes) -> Result<Bytes, String> {
+    match headers
+        .get(axum::http::header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or_default())
+    {
+        None => Ok(body),
+        Some(headers::ZSTD_ENCODING) => tokio::task::spawn_blocking(move || {
+            zstd::bulk::decompress(&body, PART)
+                .map(Bytes::from)
+                .map_err(|e| {
+                    format!("a compressed part that does not decompress within {PART} bytes: {e}")
+                })
+        })
+        .await
+        .map_err(|e| e.to_string())?,
+        Some(other) => Err(format!(
+            "content-encoding {other:?} is not {:?}",
+            headers::ZSTD_ENCODING
+        )),
     }
 }
 
@@ -773,5 +809,40 @@ pub(super) async fn source_abort(
         }
         Err(KeyError::Wrong) => error(StatusCode::UNAUTHORIZED, "wrong migration key"),
         Err(KeyError::Unknown(_)) => StatusCode::OK.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+
+    fn with(encoding: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(e) = encoding {
+            headers.insert(axum::http::header::CONTENT_ENCODING, e.parse().unwrap());
+        }
+        headers
+    }
+
+    /// A compressed part arrives as the part; one that would decompress
+    /// past a part's bound, does not decompress, or names another encoding
+    /// is refused.
+    #[tokio::test]
+    async fn compressed_parts_are_bounded_and_checked() {
+        let part: Vec<u8> = (0..100_000u32).map(|i| (i % 97) as u8).collect();
+        let packed = Bytes::from(zstd::bulk::compress(&part, 1).unwrap());
+        let zstd = with(Some(headers::ZSTD_ENCODING));
+        assert_eq!(decoded(&zstd, packed.clone()).await.unwrap(), part);
+        assert_eq!(decoded(&with(None), packed.clone()).await.unwrap(), packed);
+        let bomb = Bytes::from(zstd::bulk::compress(&vec![0u8; PART + 1], 1).unwrap());
+        assert!(decoded(&zstd, bomb).await.is_err());
+        assert!(
+            decoded(&zstd, packed.slice(..packed.len() / 2))
+                .await
+                .is_err()
+        );
+        assert!(decoded(&with(Some("gzip")), packed).await.is_err());
     }
 }

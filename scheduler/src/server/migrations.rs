@@ -537,6 +537,7 @@ impl Scheduler {
                     }
                     m.rounds = p.round;
                     m.bytes_sent = p.bytes_sent;
+                    m.wire_bytes = p.wire_bytes;
                     m.dirty_rate = p.dirty_rate;
                 });
                 match p.phase {
