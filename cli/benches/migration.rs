@@ -30,6 +30,9 @@ const KEEP_RESIDENT: &str = "1152MiB";
 struct Cluster {
     sched: Scheduler,
     _hosts: Vec<common::Proc>,
+    /// A pause after each move (cross-site), so that what a move does to
+    /// clients falls in its own window.
+    settle: Duration,
 }
 
 impl Cluster {
@@ -74,6 +77,11 @@ impl Cluster {
         Cluster {
             sched,
             _hosts: hosts,
+            settle: if wan.is_some() {
+                Duration::from_millis(500)
+            } else {
+                Duration::ZERO
+            },
         }
     }
 
@@ -296,6 +304,8 @@ struct Runs {
     /// two, one of each before each move.
     baseline_s: Vec<f64>,
     baseline2_s: Vec<f64>,
+    /// When each move began and ended (`roam migrate` called, returned).
+    windows: Vec<(Instant, Instant)>,
 }
 
 fn run(
@@ -321,7 +331,10 @@ fn run(
         if stop_and_copy {
             args.push("--stop-and-copy");
         }
+        let began = Instant::now();
         let m: serde_json::Value = serde_json::from_str(&c.roam(&args)).unwrap();
+        std::thread::sleep(c.settle);
+        runs.windows.push((began, Instant::now()));
         runs.downtime_ms
             .push(m["downtime_us"].as_f64().unwrap_or(f64::NAN) / 1000.0);
         runs.total_ms.push(m["total_ms"].as_f64().unwrap());
@@ -345,6 +358,8 @@ struct Row {
     pre: Runs,
     snc: Runs,
     client: Latencies,
+    /// When the probes' answers arrived, in order (empty without probes).
+    answers: Vec<Instant>,
 }
 
 impl Runs {
@@ -357,6 +372,7 @@ impl Runs {
         self.history.extend(other.history);
         self.baseline_s.extend(other.baseline_s);
         self.baseline2_s.extend(other.baseline2_s);
+        self.windows.extend(other.windows);
     }
 }
 
@@ -366,7 +382,103 @@ impl Row {
         self.snc.extend(other.snc);
         self.client.precopy.extend(other.client.precopy);
         self.client.stop_and_copy.extend(other.client.stop_and_copy);
+        self.answers.extend(other.answers);
+        self.answers.sort();
     }
+}
+
+/// Clients that send requests back to back through the scheduler's
+/// ingress (`n` at once, each waiting for its answer), as users of the
+/// workload would: the longest gap between answers during a move is the
+/// downtime clients see, whatever the hosts' clocks say.
+fn probes(
+    c: &Cluster,
+    name: &str,
+    n: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Vec<Instant>>> {
+    (0..n)
+        .map(|_| {
+            let stop = stop.clone();
+            // Writes nothing: its answer only shows the workload served.
+            let url = format!("{}/w/{name}/dirty?kib=0", c.sched.url);
+            let http = c.sched.http.clone();
+            std::thread::spawn(move || {
+                let mut answers = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    if http.post(&url).send("").is_ok_and(|r| r.status() == 200) {
+                        answers.push(Instant::now());
+                    }
+                }
+                answers
+            })
+        })
+        .collect()
+}
+
+/// For each window, the longest time (ms) without an answer: between the
+/// last answer before a moment in the window and the first after it.
+fn gaps(answers: &[Instant], windows: &[(Instant, Instant)]) -> Vec<f64> {
+    gaps_at(answers, windows)
+        .into_iter()
+        .map(|(gap, _)| gap)
+        .collect()
+}
+
+/// For each move, the longest gap that began between its freeze and its
+/// end (the scheduler's `stopping` and `done`, ±30 ms for the clocks
+/// and the link): what the commit itself costs clients, apart from what
+/// follows the move (the new copy's first checkpoint, a copy of its
+/// memory).
+fn commit_gaps(answers: &[Instant], runs: &Runs) -> Vec<f64> {
+    let at = |history: &serde_json::Value, phase: &str| {
+        history
+            .as_array()?
+            .iter()
+            .find(|p| p[0] == phase)?
+            .get(1)?
+            .as_f64()
+    };
+    runs.windows
+        .iter()
+        .zip(&runs.history)
+        .filter_map(|(&(from, _), history)| {
+            let history: serde_json::Value = serde_json::from_str(history).ok()?;
+            let ms = |v: f64| Duration::from_secs_f64(v.max(0.0) / 1e3);
+            let begin = from + ms(at(&history, "stopping")? - 30.0);
+            let end = from + ms(at(&history, "done")? + 30.0);
+            let first = answers.partition_point(|&t| t < begin).saturating_sub(1);
+            let last = answers.partition_point(|&t| t <= end);
+            Some(
+                answers
+                    .get(first..=last.min(answers.len().saturating_sub(1)))?
+                    .windows(2)
+                    .filter(|w| w[0] >= begin && w[0] <= end)
+                    .map(|w| (w[1] - w[0]).as_secs_f64() * 1e3)
+                    .fold(0.0, f64::max),
+            )
+        })
+        .collect()
+}
+
+/// [`gaps`], each with when it began (ms from its window's start).
+fn gaps_at(answers: &[Instant], windows: &[(Instant, Instant)]) -> Vec<(f64, f64)> {
+    windows
+        .iter()
+        .map(|&(from, to)| {
+            let first = answers.partition_point(|&t| t < from).saturating_sub(1);
+            let last = answers
+                .partition_point(|&t| t <= to)
+                .min(answers.len().saturating_sub(1));
+            answers[first..=last.max(first)]
+                .windows(2)
+                .map(|w| {
+                    let began = w[0].saturating_duration_since(from).as_secs_f64() * 1e3;
+                    ((w[1] - w[0]).as_secs_f64() * 1e3, began)
+                })
+                .fold((0.0, 0.0), |a, b| if b.0 > a.0 { b } else { a })
+        })
+        .collect()
 }
 
 /// Deploy `membench` with `mib` MiB of `content` (`random`: does not
@@ -381,6 +493,7 @@ fn measure(
     rate: u64,
     n: usize,
     baseline: Option<&mut MemoryStream>,
+    probing: usize,
 ) -> Row {
     let name = format!(
         "mb-{mib}-{rate}-{content}{}",
@@ -444,6 +557,7 @@ fn measure(
             lat
         })
     };
+    let probing = probes(c, name, probing, &stop);
     // One unmeasured move there and back: the hosts' first migration pays
     // one-time costs (the target compiles or loads the module; on these VMs
     // the first touch of huge pages is slow).
@@ -454,8 +568,18 @@ fn measure(
     let snc = run(c, (name, extra), n, true, None);
     stop.store(true, Ordering::Relaxed);
     let client = load.join().unwrap();
+    let mut answers: Vec<Instant> = probing
+        .into_iter()
+        .flat_map(|p| p.join().unwrap())
+        .collect();
+    answers.sort();
     c.roam(&["delete", name]);
-    Row { pre, snc, client }
+    Row {
+        pre,
+        snc,
+        client,
+        answers,
+    }
 }
 
 /// One table row. `throughput` and `memory` are the cache-hot and the
@@ -519,6 +643,7 @@ fn tls_against_plaintext(module: &str, throughput: f64, quick: bool) {
                 10,
                 5,
                 Some(&mut baseline),
+                0,
             ));
         }
     }
@@ -604,6 +729,7 @@ fn main() {
             rate,
             n,
             Some(&mut baseline),
+            0,
         );
         let memory = baseline.len() / percentile(&mut row.pre.baseline_s, 0.5);
         let memory2 = baseline.len() / percentile(&mut row.pre.baseline2_s, 0.5);
@@ -661,12 +787,15 @@ fn main() {
         ("random", "64 MiB pseudo-random, 10 MB/s", &[][..]),
     ] {
         let n = if quick { 3 } else { 5 };
-        let row = measure(&c, (module, extra), (64, content), 10, n, None);
+        let row = measure(&c, (module, extra), (64, content), 10, n, None, PROBES);
         print_wan_row(label, row, 64, wan, delay * 2);
     }
 }
 
-const WAN_HEADER: &str = "| memory, dirty rate | pre-copy downtime p50 / p99 | pre-copy total p50 | bytes of memory and state / on the wire (÷ the workload's MiB) | total ÷ (wire ÷ link) | target: 1.3 × (wire ÷ link) + 4 RTT | stop-and-copy downtime p50 / p99 | slowest client request, pre-copy / stop-and-copy |\n|---|---|---|---|---|---|---|---|";
+/// Clients sending back to back through the ingress in the cross-site rows.
+const PROBES: usize = 8;
+
+const WAN_HEADER: &str = "| memory, dirty rate | longest gap clients saw, pre-copy p50 / p99 (target ≤ 1 RTT + 5 ms): in the whole move and the 0.5 s after; from the freeze to the end | the same, stop-and-copy p50 / p99 | pre-copy downtime p50 / p99 (hosts' clocks) | pre-copy total p50 | bytes of memory and state / on the wire (÷ the workload's MiB) | total ÷ (wire ÷ link) | target: 1.3 × (wire ÷ link) + 4 RTT | stop-and-copy downtime p50 / p99 | slowest client request, pre-copy / stop-and-copy |\n|---|---|---|---|---|---|---|---|---|---|";
 
 /// One cross-site row of a workload holding `mib` MiB: against the link's
 /// throughput `link` (bytes per second) and its round trip `rtt`.
@@ -683,8 +812,32 @@ fn print_wan_row(label: &str, mut row: Row, mib: u64, link: f64, rtt: Duration) 
         );
     }
     let bound_ms = 1.3 * on_link_ms + 4.0 * rtt.as_secs_f64() * 1e3;
+    let mut gap = gaps(&row.answers, &row.pre.windows);
+    let mut snc_gap = gaps(&row.answers, &row.snc.windows);
+    if std::env::var_os("ROAM_BENCH_VERBOSE").is_some() {
+        eprintln!(
+            "{label}: longest gaps clients saw (ms, and when from the move's start), pre-copy {:.1?}, stop-and-copy {:.1?}; phases {}",
+            gaps_at(&row.answers, &row.pre.windows),
+            gaps_at(&row.answers, &row.snc.windows),
+            row.pre.history.join(" ")
+        );
+    }
+    let gap_target = rtt.as_secs_f64() * 1e3 + 5.0;
+    let gap99 = percentile(&mut gap, 0.99);
+    let mut commit = commit_gaps(&row.answers, &row.pre);
+    if std::env::var_os("ROAM_BENCH_VERBOSE").is_some() {
+        eprintln!("{label}: longest gaps from the freeze to the end (ms) {commit:.1?}");
+    }
+    let commit99 = percentile(&mut commit, 0.99);
+    let met = |v: f64| if v <= gap_target { "met" } else { "not met" };
     println!(
-        "| {label} | {:.2} / {:.2} ms | {total50:.0} ms | {:.1} / {:.1} MiB ({:.2}×) | {:.2}× | {bound_ms:.0} ms ({}) | {:.2} / {:.2} ms | {:.1} / {:.1} ms |",
+        "| {label} | {:.1} / {gap99:.1} ms ({}); from the freeze to the end {:.1} / {commit99:.1} ms ({}) | {:.1} / {:.1} ms | {:.2} / {:.2} ms | {total50:.0} ms | {:.1} / {:.1} MiB ({:.2}×) | {:.2}× | {bound_ms:.0} ms ({}) | {:.2} / {:.2} ms | {:.1} / {:.1} ms |",
+        percentile(&mut gap, 0.5),
+        met(gap99),
+        percentile(&mut commit, 0.5),
+        met(commit99),
+        percentile(&mut snc_gap, 0.5),
+        percentile(&mut snc_gap, 0.99),
         percentile(&mut row.pre.downtime_ms, 0.5),
         percentile(&mut row.pre.downtime_ms, 0.99),
         bytes50 / (1 << 20) as f64,

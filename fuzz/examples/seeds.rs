@@ -195,7 +195,7 @@ fn main() {
         (
             0u8,
             "join",
-            r#"{"protocol":2,"name":"eu-1","url":"https://10.0.0.1:7801","labels":{"site":"eu-west-1"},"capacity":{"memory":1073741824,"slots":8},"arch":"x86_64","engine":"k","engine_kind":"cranelift","instances":[{"workload":"counter","digest":"sha256:00","memory":65536,"generation":2}],"csr":"-----BEGIN CERTIFICATE REQUEST-----"}"#,
+            r#"{"protocol":3,"name":"eu-1","url":"https://10.0.0.1:7801","labels":{"site":"eu-west-1"},"capacity":{"memory":1073741824,"slots":8},"arch":"x86_64","engine":"k","engine_kind":"cranelift","instances":[{"workload":"counter","digest":"sha256:00","memory":65536,"generation":2}],"csr":"-----BEGIN CERTIFICATE REQUEST-----"}"#,
         ),
         (
             1,

@@ -23,7 +23,7 @@ pub(crate) enum Fault {
     Round,
     /// Before each window of round 0's live pages (source).
     Window,
-    /// Between the commit point and activating the target (source).
+    /// Between the final state's arrival and its activation (target).
     Commit,
     /// While the target activates a received workload.
     Activate,

@@ -33,11 +33,12 @@ pub(crate) async fn ingress(
         .get(headers::GENERATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let (handle, series) = {
+    let mut waited = false;
+    let (handle, series) = loop {
         let workloads = host.workloads.lock().await;
         match workloads.get(workload) {
             Some(r) if wanted.is_none_or(|g| g == r.status.generation) => {
-                (r.handle.clone(), r.tracking.series().cloned())
+                break (r.handle.clone(), r.tracking.series().cloned());
             }
             Some(r) => {
                 return not_dispatched(
@@ -50,6 +51,19 @@ pub(crate) async fn ingress(
                 );
             }
             None => {
+                drop(workloads);
+                // A request the source of an arriving migration forwarded
+                // ahead of its commit message: it waits for the activation.
+                if let (Some(generation), false) = (wanted, waited) {
+                    waited = true;
+                    let began = std::time::Instant::now();
+                    let arrived =
+                        crate::migration::wait_for_arrival(&host, workload, generation).await;
+                    tracing::debug!(%workload, generation, arrived, waited_ms = began.elapsed().as_secs_f64() * 1e3, "a request waited for its workload's arrival");
+                    if arrived {
+                        continue;
+                    }
+                }
                 return match host.migrations.moved_to(workload) {
                     Some(url) => {
                         not_dispatched(StatusCode::CONFLICT, format!("`{workload}` moved to {url}"))

@@ -70,6 +70,13 @@ pub const TOTAL: &str = "x-roam-total";
 /// `1` on a migration's final round (the source is frozen).
 pub const FINAL: &str = "x-roam-final";
 
+/// `1` on the last part of a live migration's final round: the commit
+/// message. The target applies the final state and serves at once, and
+/// answers the part only once it serves (or could not start it); from
+/// sending it on, the source never resumes by itself
+/// (`docs/migration-protocol.md`, "The commit point").
+pub const ACTIVATE: &str = "x-roam-activate";
+
 /// xxh3-64 of a migration part's body, 16 lowercase hex digits.
 pub const CHECKSUM: &str = "x-roam-checksum";
 

@@ -42,7 +42,7 @@ pub type Labels = BTreeMap<String, String>;
 /// hosts on their own schedule: a scheduler refuses a join, and a host a
 /// migration prepare, that carries another version, naming both. Raise it
 /// whenever a message, route or frame changes incompatibly.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// A refusal for a peer speaking another protocol version.
 ///

@@ -195,6 +195,8 @@ pub mod host {
     /// `POST` (migration key), source → target: serve now.
     pub const MIGRATION_ACTIVATE: &str = "/v1/migrations/{id}/activate";
     /// `DELETE` (migration key), source → target: the source gave up.
+    /// `GET` (migration key): `204` while the target receives it (the
+    /// source opens connections with it ahead of its commit message).
     pub const MIGRATION: &str = "/v1/migrations/{id}";
     /// `PUT` (host secret): the revoked certificates, replacing the list
     /// the host had.

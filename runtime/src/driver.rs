@@ -176,6 +176,11 @@ const GROUP_MAX: usize = 64;
 /// had one event.
 const GROUP_LINGER: Duration = Duration::from_micros(500);
 
+/// A `Checkpoints::Every` workload's first full checkpoint waits this long
+/// after its start: a workload that arrives by migration gets, at once,
+/// every request held while it was frozen.
+const FIRST_CHECKPOINT_AFTER: Duration = Duration::from_millis(200);
+
 /// An answer or a sent message held until the standby acknowledged the
 /// state that produced it.
 enum Output {
@@ -327,6 +332,14 @@ enum Command {
     Resume,
     /// Migration committed: forward held and later events, drop the instance.
     Handoff(Forwarder),
+    /// Migration's commit message sent, outcome unknown: while frozen, give
+    /// held and later requests (not messages) to the forwarder, keeping
+    /// the instance (the migration may still end in `Resume`).
+    ForwardAhead(Forwarder),
+    /// An event given to [`Command::ForwardAhead`]'s forwarder that the new
+    /// host refused before dispatch: held again (never forwarded ahead
+    /// twice), served on `Resume`, forwarded on `Handoff`.
+    Returned(Forwarded),
     Stop,
 }
 
@@ -661,6 +674,24 @@ impl WorkloadHandle {
     pub async fn handoff(&self, forwarder: Forwarder) {
         let _ = self.tx.send(Command::Handoff(forwarder)).await;
     }
+
+    /// Migration's commit message on its way, its outcome not known yet:
+    /// while frozen, give the held and later requests to `forwarder` (the
+    /// new host holds them until it serves), so they do not wait for the
+    /// outcome's round trip. Messages stay held. The instance stays:
+    /// [`WorkloadHandle::resume`] still serves again, and the forwarder
+    /// gives back what the new host refused before dispatch with
+    /// [`WorkloadHandle::give_back`]. Ignored unless frozen.
+    pub async fn forward_ahead(&self, forwarder: Forwarder) {
+        let _ = self.tx.send(Command::ForwardAhead(forwarder)).await;
+    }
+
+    /// An event [`WorkloadHandle::forward_ahead`]'s forwarder could not
+    /// place (the new host refused it before dispatch): held again while
+    /// frozen, served once resumed, forwarded after the hand-off.
+    pub async fn give_back(&self, event: Forwarded) {
+        let _ = self.tx.send(Command::Returned(event)).await;
+    }
 }
 
 struct Driver {
@@ -808,8 +839,9 @@ pub fn spawn(
     };
     let stopping = driver.stopping.clone();
     let waiting = driver.waiting.clone();
-    // The first checkpoint is taken after the first event, never before the
-    // first request (a workload that just arrived serves at once).
+    // The first checkpoint is taken after an event, never before the first
+    // request (a workload that just arrived serves at once), and not in its
+    // first [`FIRST_CHECKPOINT_AFTER`].
     tokio::spawn(driver.run(rx, outcomes_rx));
     WorkloadHandle {
         name,
@@ -825,7 +857,9 @@ pub fn spawn(
 /// every event to the workload's new host instead.
 enum Mode {
     Serving,
-    Held(Vec<Forwarded>),
+    /// Frozen: events held in order, and where requests go meanwhile
+    /// ([`WorkloadHandle::forward_ahead`]), if anywhere.
+    Held(Vec<Forwarded>, Option<Forwarder>),
 }
 
 impl Driver {
@@ -842,7 +876,7 @@ impl Driver {
             let next = match mode {
                 Mode::Serving => self.workload.next_timer_in(),
                 // A frozen workload's timers fire where it resumes.
-                Mode::Held(_) => None,
+                Mode::Held(..) => None,
             };
             let timer = async {
                 match next {
@@ -907,7 +941,8 @@ impl Driver {
                 }
                 Woke::Outcome(outcome) => {
                     self.inflight = inflight;
-                    self.delivered(outcome, matches!(mode, Mode::Held(_))).await;
+                    self.delivered(outcome, matches!(mode, Mode::Held(..)))
+                        .await;
                     continue;
                 }
                 Woke::Acked(ack) => {
@@ -918,7 +953,10 @@ impl Driver {
                 }
             };
             if let Some(Some(cmd)) = &cmd
-                && !matches!(cmd, Command::Http(..) | Command::Message(..))
+                && !matches!(
+                    cmd,
+                    Command::Http(..) | Command::Message(..) | Command::Returned(_)
+                )
             {
                 // Anything else sees (or moves) only committed state.
                 self.settle();
@@ -931,11 +969,37 @@ impl Driver {
                         return;
                     }
                     Some(Command::Http(req, reply)) => match &mut mode {
-                        Mode::Held(held) => held.push(Forwarded::Http(req, reply)),
+                        Mode::Held(_, Some(ahead)) => ahead(Forwarded::Http(req, reply)),
+                        Mode::Held(held, None) => held.push(Forwarded::Http(req, reply)),
                         Mode::Serving => self.http(req, reply).await,
                     },
+                    Some(Command::Returned(event)) => match &mut mode {
+                        Mode::Held(held, _) => held.push(event),
+                        Mode::Serving => match event {
+                            Forwarded::Http(req, reply) => self.http(req, reply).await,
+                            Forwarded::Message(from, id, body, reply) => {
+                                self.message(from, id, body, reply).await
+                            }
+                        },
+                    },
+                    Some(Command::ForwardAhead(ahead)) => match &mut mode {
+                        Mode::Held(held, slot @ None) => {
+                            // Requests go ahead; messages keep their order.
+                            let (requests, rest): (Vec<_>, Vec<_>) = std::mem::take(held)
+                                .into_iter()
+                                .partition(|e| matches!(e, Forwarded::Http(..)));
+                            *held = rest;
+                            for request in requests {
+                                ahead(request);
+                            }
+                            *slot = Some(ahead);
+                        }
+                        _ => {
+                            tracing::warn!(workload = %self.config.name, "forwarding ahead from a workload that is not frozen (or already forwards); ignored")
+                        }
+                    },
                     Some(Command::Message(from, id, body, reply)) => match &mut mode {
-                        Mode::Held(held) => held.push(Forwarded::Message(from, id, body, reply)),
+                        Mode::Held(held, _) => held.push(Forwarded::Message(from, id, body, reply)),
                         Mode::Serving => self.message(from, id, body, reply).await,
                     },
                     Some(Command::Snapshot(reply)) => {
@@ -963,14 +1027,14 @@ impl Driver {
                     }
                     Some(Command::Capture(reply)) => {
                         let result = match mode {
-                            Mode::Held(_) => Err("the workload is frozen".to_string()),
+                            Mode::Held(..) => Err("the workload is frozen".to_string()),
                             Mode::Serving => self.migration_delta(),
                         };
                         let _ = reply.send(result);
                     }
                     Some(Command::CaptureFull(buffers, freeze, reply)) => {
                         let result = match mode {
-                            Mode::Held(_) => Err("the workload is frozen".to_string()),
+                            Mode::Held(..) => Err("the workload is frozen".to_string()),
                             Mode::Serving => {
                                 self.migrating = true;
                                 let instance = self.workload.instance_mut();
@@ -981,13 +1045,13 @@ impl Driver {
                             }
                         };
                         if freeze && result.is_ok() {
-                            mode = Mode::Held(Vec::new());
+                            mode = Mode::Held(Vec::new(), None);
                         }
                         let _ = reply.send(result);
                     }
                     Some(Command::CaptureLive(reply)) => {
                         let result = match mode {
-                            Mode::Held(_) => Err("the workload is frozen".to_string()),
+                            Mode::Held(..) => Err("the workload is frozen".to_string()),
                             Mode::Serving => {
                                 self.migrating = true;
                                 self.capture_live()
@@ -1000,7 +1064,7 @@ impl Driver {
                     }
                     Some(Command::Export(full, reply)) => {
                         let result = match mode {
-                            Mode::Held(_) => Err("the workload is frozen".to_string()),
+                            Mode::Held(..) => Err("the workload is frozen".to_string()),
                             Mode::Serving => self.export(full),
                         };
                         let _ = reply.send(result);
@@ -1008,21 +1072,21 @@ impl Driver {
                     Some(Command::CommitTo(committer, scope)) => self.link(committer, scope),
                     Some(Command::Freeze(reply)) => {
                         let result = match mode {
-                            Mode::Held(_) => Err("the workload is already frozen".to_string()),
+                            Mode::Held(..) => Err("the workload is already frozen".to_string()),
                             Mode::Serving => self.migration_delta(),
                         };
                         if result.is_ok() {
-                            mode = Mode::Held(Vec::new());
+                            mode = Mode::Held(Vec::new(), None);
                         }
                         let _ = reply.send(result);
                     }
                     Some(Command::HandOver(kind, reply)) => {
                         let result = match mode {
-                            Mode::Held(_) => Err("the workload is frozen".to_string()),
+                            Mode::Held(..) => Err("the workload is frozen".to_string()),
                             Mode::Serving => self.hand_over(kind).await,
                         };
                         if result.is_ok() {
-                            mode = Mode::Held(Vec::new());
+                            mode = Mode::Held(Vec::new(), None);
                         }
                         let _ = reply.send(result);
                     }
@@ -1035,7 +1099,7 @@ impl Driver {
                             // The migration moved the page hashes.
                             self.rebase();
                         }
-                        if let Mode::Held(held) = std::mem::replace(&mut mode, Mode::Serving) {
+                        if let Mode::Held(held, _) = std::mem::replace(&mut mode, Mode::Serving) {
                             for event in held {
                                 match event {
                                     Forwarded::Http(req, reply) => self.http(req, reply).await,
@@ -1049,7 +1113,7 @@ impl Driver {
                         self.dispatch();
                     }
                     Some(Command::Handoff(forwarder)) => {
-                        if let Mode::Held(held) = std::mem::replace(&mut mode, Mode::Serving) {
+                        if let Mode::Held(held, _) = std::mem::replace(&mut mode, Mode::Serving) {
                             // The new host acknowledged the state behind
                             // what is still held (no standby took it).
                             for output in std::mem::take(&mut self.outputs) {
@@ -1084,6 +1148,7 @@ impl Driver {
         while let Some(cmd) = rx.recv().await {
             match cmd {
                 Command::Http(req, reply) => forwarder(Forwarded::Http(req, reply)),
+                Command::Returned(event) => forwarder(event),
                 Command::Message(from, id, body, reply) => {
                     forwarder(Forwarded::Message(from, id, body, reply))
                 }
@@ -1112,7 +1177,7 @@ impl Driver {
                     let _ = reply.send(Err(format!("workload `{name}` moved to another host")));
                 }
                 Command::CommitTo(..) => {}
-                Command::Resume | Command::Handoff(_) => {}
+                Command::Resume | Command::Handoff(_) | Command::ForwardAhead(_) => {}
                 Command::Stop => break,
             }
         }
@@ -1543,8 +1608,13 @@ impl Driver {
                 // memory: take it when nothing waits, unless it is overdue.
                 let age = match local {
                     Local::Full(_, at) => at.elapsed(),
-                    // None yet: the first is due at once.
-                    _ => every.saturating_add(self.started.elapsed()),
+                    // None yet: the first is due once the workload ran
+                    // [`FIRST_CHECKPOINT_AFTER`], so that the burst a
+                    // migration's arrival brings (the requests held while
+                    // it was frozen) does not wait behind a copy of the
+                    // whole memory.
+                    _ if self.started.elapsed() >= FIRST_CHECKPOINT_AFTER => every,
+                    _ => Duration::ZERO,
                 };
                 let idle = self.idle();
                 if age >= every.saturating_mul(OVERDUE) || (idle && age >= every) {

@@ -659,13 +659,37 @@ fn slow_cluster(host_env: &[(&str, &str)]) -> Cluster {
 /// `host_env`), caught once its source froze: the cluster, source, target,
 /// load and migration id.
 fn frozen_under_load(host_env: &[(&str, &str)]) -> (Cluster, String, &'static str, Load, String) {
-    let c = slow_cluster(host_env);
+    let mut env = vec![MIGRATION_LOG];
+    env.extend_from_slice(host_env);
+    let c = slow_cluster(&env);
     let source = host_of(&c, "counter");
     let target = other_eu(&source);
     let load = Load::start(&c, "counter", 2);
     let id = start_migration(&c, "counter", target);
     wait_phase(&c, &id, &["prepared"]);
+    holds_final_state(&c, target, &id);
     (c, source, target, load, id)
+}
+
+/// Hosts log their migrations' steps ([`holds_final_state`] reads them).
+const MIGRATION_LOG: (&str, &str) = ("ROAM_LOG", "warn,roam_host::migration=info");
+
+/// Wait until `target` (started with [`MIGRATION_LOG`]) holds migration
+/// `id`'s final state: the source's commit message arrived (the source
+/// reports `prepared` as it sends it).
+fn holds_final_state(c: &Cluster, target: &str, id: &str) {
+    poll(
+        Duration::from_secs(30),
+        "the target to hold the final state",
+        || {
+            c.hosts.iter().any(|(name, p)| {
+                name == target
+                    && p.logged("final state received")
+                        .iter()
+                        .any(|l| l.contains(id))
+            })
+        },
+    );
 }
 
 /// The migration ends done: `counter` runs on `target` only and no
@@ -843,7 +867,10 @@ fn an_abort_that_cannot_reach_the_source_is_resolved_once_it_can() {
 /// request lost or applied twice.
 #[test]
 fn a_target_cut_off_from_the_scheduler_after_the_commit_point_is_never_doubled() {
-    let (c, relay) = relayed_cluster(true, &[("ROAM_FAULT_ACTIVATE_DELAY_MS", "3000")]);
+    let (c, relay) = relayed_cluster(
+        true,
+        &[("ROAM_FAULT_ACTIVATE_DELAY_MS", "3000"), MIGRATION_LOG],
+    );
     deploy(
         &c,
         &["--example", "counter", "--selector", "site=eu-west-1"],
@@ -858,7 +885,8 @@ fn a_target_cut_off_from_the_scheduler_after_the_commit_point_is_never_doubled()
     let load = Load::start(&c, "counter", 2);
     let id = start_migration(&c, "counter", "eu-2");
     wait_phase(&c, &id, &["prepared"]);
-    // The source's activation is on its way to eu-2 (which takes 3 s);
+    holds_final_state(&c, "eu-2", &id);
+    // The source's commit message reached eu-2, which serves after 3 s;
     // from now on nothing reaches eu-2, and its answer is cut off.
     relay.mode.store(BLACKHOLE, Ordering::Relaxed);
     let m = wait_phase(&c, &id, &["resolving", "failed", "done", "aborted"]);
@@ -1102,4 +1130,78 @@ pub(crate) fn kv_cache_holding(c: &Cluster, value: &str, extra: &[&str]) {
         c,
         &[&kv_cache[..], &["--selector", "jurisdiction=EU"]].concat(),
     );
+}
+
+/// The commit message's companions. A request routed to the target for the
+/// migration's new generation before the target serves — as the source
+/// forwards the requests it held once its commit message is on its way —
+/// waits there and is served once the target serves, continuing the
+/// source's state. One routed there for a migration the target then drops
+/// is refused before dispatch (so the source can take it back and serve
+/// it), after the drop, not at once as "not here".
+#[test]
+fn requests_routed_ahead_of_the_commit_wait_for_it_or_come_back_undispatched() {
+    let mut c = slow_cluster(&[MIGRATION_LOG, ("ROAM_FAULT_COMMIT_DELAY_MS", "2000")]);
+    let source = host_of(&c, "counter");
+    let target = other_eu(&source);
+    let (status, before) = c.invoke("counter", "/a");
+    assert_eq!(status, 200, "{before}");
+    let id = start_migration(&c, "counter", target);
+    let m = wait_phase(&c, &id, &["prepared"]);
+    holds_final_state(&c, target, &id);
+    // The target holds the final state and serves 2 s from now.
+    let ahead = |host: &str, generation: u64| {
+        let url = crate::failover::ingress("counter", "/a").on(&c.url_of(host));
+        let agent = crate::cluster::unverified_agent(Some(Duration::from_secs(30)));
+        move || {
+            let sent = std::time::Instant::now();
+            let mut r = agent
+                .post(&url)
+                .header(roam_proto::headers::GENERATION, generation.to_string())
+                .send("")
+                .unwrap();
+            let undispatched = r
+                .headers()
+                .contains_key(roam_proto::headers::NOT_DISPATCHED);
+            let body = r.body_mut().read_to_string().unwrap();
+            (r.status().as_u16(), undispatched, body, sent.elapsed())
+        }
+    };
+    let (status, undispatched, body, _) = ahead(target, m["generation"].as_u64().unwrap())();
+    assert_eq!((status, undispatched), (200, false), "{body}");
+    assert_eq!(
+        counter_value(&body),
+        counter_value(&before) + 1,
+        "{before} then {body}"
+    );
+    let m = wait_phase(&c, &id, &["done", "failed", "aborted"]);
+    assert_eq!(m["phase"], "done", "{m}");
+    assert_eq!(host_of(&c, "counter"), target);
+
+    // Back the other way, dropped mid-transfer: a scheduler restart aborts
+    // it (target first).
+    let back = start_migration(&c, "counter", &source);
+    let m = wait_phase(&c, &back, &["precopy"]);
+    let waiting = std::thread::spawn(ahead(&source, m["generation"].as_u64().unwrap()));
+    c.restart_scheduler();
+    let (status, undispatched, body, waited) = waiting.join().unwrap();
+    assert!(undispatched, "{status}: {body}");
+    assert!(waited < Duration::from_secs(15), "{waited:?}");
+    let m = wait_phase(&c, &back, &["done", "failed", "aborted"]);
+    assert_ne!(m["phase"], "done", "{m}");
+    // The workload serves on where it was, its state intact.
+    let (status, after) = c.invoke("counter", "/a");
+    assert_eq!(status, 200, "{after}");
+    assert_eq!(
+        counter_value(&after),
+        counter_value(&before) + 2,
+        "{before} then {after}"
+    );
+    assert_eq!(host_of(&c, "counter"), target);
+}
+
+/// The count in counter's answer (`{"path":…,"count":N}`).
+fn counter_value(body: &str) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    v["count"].as_u64().unwrap()
 }

@@ -56,6 +56,11 @@ impl KeyError {
 pub(crate) enum ReceiveError {
     #[error("the final round was already applied")]
     AfterFinal,
+    #[error(
+        "round {round}'s part asks to serve (`{h}`) but does not end the final round",
+        h = roam_proto::headers::ACTIVATE
+    )]
+    Commit { round: u32 },
     #[error("round {arrived} arrived, round {expected} expected")]
     WrongRound { arrived: u32, expected: u32 },
     #[error("header `{0}` missing or malformed")]

@@ -68,6 +68,11 @@ struct Activated {
     at: Instant,
 }
 
+/// Longest a request routed for a migration's new generation waits here
+/// for the migration to be activated (the source forwards requests it held
+/// while frozen as soon as its commit message is on its way).
+const ARRIVAL_WAIT: Duration = Duration::from_secs(15);
+
 /// What a host knows of the migrations it takes part in.
 #[derive(Default)]
 pub(crate) struct Migrations {
@@ -83,6 +88,12 @@ pub(crate) struct Migrations {
     committed: Mutex<HashMap<String, (Option<u64>, Instant)>>,
     /// As target: held while a received workload is activated.
     activating: tokio::sync::Mutex<()>,
+    /// As target: the workload (and generation) being activated now, from
+    /// the moment its migration leaves `incoming` until it runs or failed.
+    starting: Mutex<Option<(String, u64)>>,
+    /// As target: woken when an incoming migration was activated (or
+    /// failed to be), or was dropped.
+    arrival: tokio::sync::Notify,
 }
 
 impl Migrations {
@@ -108,6 +119,29 @@ impl Migrations {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(workload.to_string(), target.to_string());
+    }
+
+    /// As target: whether a migration of `workload` that will serve at
+    /// `generation` is received here, or being activated.
+    async fn arriving(&self, workload: &str, generation: u64) -> bool {
+        // Under the lock an activation takes the migration out of
+        // `incoming` and marks it `starting` with: one or the other shows.
+        let incoming = self.incoming.lock().await;
+        let starting = self
+            .starting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|(w, g)| w == workload && *g == generation);
+        starting
+            || incoming
+                .values()
+                .any(|e| e.workload == workload && e.generation() == generation)
+    }
+
+    /// Wake requests waiting for an arrival ([`wait_for_arrival`]).
+    fn arrival_changed(&self) {
+        self.arrival.notify_waiters();
     }
 
     /// The downtime a handed-off migration recorded, if it was handed off
@@ -291,6 +325,7 @@ pub(crate) fn stream_routes() -> Vec<Route> {
             SMALL,
             delete(target::source_abort),
         ),
+        rule("GET", h::MIGRATION, Source, SMALL, get(target::probe)),
     ]
 }
 
@@ -373,6 +408,7 @@ async fn abort(
         }
         if incoming.remove(&id).is_some() {
             tracing::info!(migration = %id, "migration aborted: dropped what was received");
+            host.migrations.arrival_changed();
         }
     }
     if let Some(out) = host.migrations.outgoing(&id)
@@ -382,4 +418,31 @@ async fn abort(
         return committed();
     }
     StatusCode::OK.into_response()
+}
+
+/// A request for `workload` routed for `generation`, which does not run
+/// here: if a migration of it to that generation is arriving, wait (at most
+/// [`ARRIVAL_WAIT`]) until it is activated or dropped. Returns whether the
+/// workload runs here now.
+pub(crate) async fn wait_for_arrival(host: &Host, workload: &str, generation: u64) -> bool {
+    let deadline = tokio::time::Instant::now() + ARRIVAL_WAIT;
+    loop {
+        // Registered before the checks: a wake-up in between is kept.
+        let changed = host.migrations.arrival.notified();
+        if host.workloads.lock().await.contains_key(workload) {
+            return true;
+        }
+        if !host.migrations.arriving(workload, generation).await
+            || tokio::time::Instant::now() >= deadline
+        {
+            return false;
+        }
+        // Also looked at again now and then: not every way a received
+        // migration is dropped wakes this.
+        let recheck = (tokio::time::Instant::now() + Duration::from_millis(50)).min(deadline);
+        tokio::select! {
+            () = changed => {}
+            () = tokio::time::sleep_until(recheck) => {}
+        }
+    }
 }

@@ -4,20 +4,26 @@
 //! State machine (see `docs/migration-protocol.md`):
 //!
 //! ```text
-//!  send ──▶ Sending ──target acked the final delta──▶ Prepared ──▶ Committing ──target took it──▶ Committed
-//!              │  ▲                                    │  ▲            │
-//!   abort ─────┘  └─ (gives up by itself)              │  └──failed───┘
-//!              ▼                                       ▼ scheduler's abort (target can no longer serve)
-//!          Cancelled ──loop stops──▶ Aborted ◀─────────┘
+//!  send ──▶ Sending ──frozen, commit message sent──▶ Committing ──target serves──▶ Committed
+//!              │  ▲                                    │  ▲  │
+//!   abort ─────┘  └─ (gives up by itself)     no answer▼  │  │ (scheduler's commit)
+//!              ▼                                    Prepared ─┘
+//!          Cancelled ──loop stops──▶ Aborted ◀── scheduler's abort (target can no longer serve)
 //! ```
 //!
-//! `Prepared` is the commit point: the source gets there only once the
-//! target acknowledged the final state, and from then on it never resumes
-//! by itself — only the scheduler's abort resumes it, and the scheduler
-//! sends that only when the target can no longer serve. A crash of the
-//! source before `Prepared` loses nothing the target serves (it was never
-//! activated); after it, the target holds the final state and the
-//! scheduler activates it.
+//! Sending the commit message is the commit point: the last part of the
+//! final delta, marked [`headers::ACTIVATE`], on which the target applies
+//! the final state and serves at once, answering only once it serves.
+//! From then on the source never resumes by itself — only the scheduler's
+//! abort resumes it, and the scheduler sends that only when the target can
+//! no longer serve. Requests held while frozen go to the target as soon as
+//! the commit message is on its way (the target holds them until it
+//! serves, or refuses them before dispatch, and then they are held here
+//! again), so the downtime clients see is one round trip. A crash of the
+//! source before the commit point loses nothing the target serves (it was
+//! never activated); after it, the target serves or the scheduler finds
+//! out whether it does. Stop-and-copy keeps a separate activation: its
+//! final state is round 0.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,6 +54,41 @@ use crate::control::not_here;
 use crate::daemon::Host;
 use crate::fault::Fault;
 
+/// Connections the source keeps open to the target from the start, for
+/// round 0's page streams and the requests it forwards from its commit
+/// message on: one opened only then would cost a round trip on the link
+/// (two over TLS).
+const WARM_CONNECTIONS: usize = 16;
+
+/// How often they are used again: under the pool's idle timeout
+/// (`roam_tls::CLIENT_POOL_IDLE`).
+const WARM_EVERY: Duration = Duration::from_secs(2);
+
+/// Open (or keep open) [`WARM_CONNECTIONS`] connections to the target:
+/// as many `GET /v1/migrations/{id}` at once, in the background.
+fn warm(host: &Host, id: &str, out: &Outgoing) {
+    let Ok(path) = paths::migration(id) else {
+        return;
+    };
+    let url = path.on(&out.target_url);
+    let probes: Vec<_> = (0..WARM_CONNECTIONS)
+        .map(|_| {
+            host.http
+                .get(url.clone())
+                .bearer_auth(&out.key)
+                .timeout(ACTIVATE_TIMEOUT)
+        })
+        .collect();
+    tokio::spawn(futures_util::future::join_all(probes.into_iter().map(
+        |probe| async move {
+            // Read to the end: the connection goes back to the pool.
+            if let Ok(r) = probe.send().await {
+                let _ = r.bytes().await;
+            }
+        },
+    )));
+}
+
 /// Longest the source waits for the target to take the commit.
 const ACTIVATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -59,9 +100,11 @@ enum SourceState {
     /// The scheduler's abort arrived while sending: the pre-copy loop
     /// stops at its next check, then the source serves on.
     Cancelled,
-    /// The commit point: frozen, the target holds the final state.
+    /// Past the commit point, the target's answer not known: frozen, never
+    /// resumes by itself; the scheduler decides.
     Prepared { frozen_at: Instant },
-    /// Activating the target; settles on `Prepared` or `Committed`.
+    /// The commit message (or, after a stop-and-copy, the activation) is
+    /// on its way to the target; settles on `Prepared` or `Committed`.
     Committing,
     /// Handed off: microseconds from the freeze to the hand-off.
     Committed { downtime_us: Option<u64> },
@@ -237,25 +280,32 @@ async fn run_source(
 ) {
     let mut report = MigrationProgress::default();
     let mut result = precopy(&host, &id, &out, &req.options, &progress, &mut report).await;
-    if result.is_ok() {
-        // Under the lock an abort also takes: prepared, or aborted, not both.
+    let mut frozen = Instant::now();
+    if let Ok(end) = &result {
+        // Under the lock an abort also takes: past the commit point, or
+        // aborted, not both.
         let mut state = out.state.lock().unwrap_or_else(|e| e.into_inner());
         match *state {
             SourceState::Sending { frozen_at } => {
-                *state = SourceState::Prepared {
-                    frozen_at: frozen_at.unwrap_or_else(Instant::now),
+                let frozen_at = frozen_at.unwrap_or(frozen);
+                frozen = frozen_at;
+                *state = match end {
+                    Some(_) => SourceState::Committing,
+                    None => SourceState::Prepared { frozen_at },
                 };
             }
             _ => result = Err(SendError::Aborted),
         }
     }
     match result {
-        Ok(()) => {
+        Ok(end) => {
             report.phase = ProgressPhase::Prepared;
-            tracing::info!(migration = %id, workload = %out.workload, rounds = report.round, bytes = report.bytes_sent, "migration prepared; holding requests");
+            tracing::info!(migration = %id, workload = %out.workload, rounds = report.round, bytes = report.bytes_sent, "migration past its commit point; holding requests");
             let _ = progress.send(report.clone()).await;
-            Fault::Commit.pause().await;
-            activate_target(&host, &id, &out, report, &progress).await;
+            match end {
+                Some(last) => commit(&host, &id, &out, (last, frozen), report, &progress).await,
+                None => activate_target(&host, &id, &out, report, &progress).await,
+            }
         }
         Err(e) => {
             tracing::warn!(migration = %id, workload = %out.workload, error = %e, "migration failed; serving on");
@@ -281,8 +331,16 @@ async fn run_source(
     }
 }
 
-/// The pre-copy loop; on success the source is frozen and the target holds
-/// the final state.
+/// The final delta of a live migration, captured frozen and not sent yet:
+/// it goes as the commit message.
+struct FinalDelta {
+    bytes: Vec<u8>,
+    compress: bool,
+}
+
+/// The pre-copy loop; on success the source is frozen, and either holds
+/// the final delta (`Some`) or, after a stop-and-copy, the target holds
+/// the final state (`None`).
 async fn precopy(
     host: &Host,
     id: &str,
@@ -290,12 +348,16 @@ async fn precopy(
     options: &MigrationOptions,
     progress: &mpsc::Sender<MigrationProgress>,
     report: &mut MigrationProgress,
-) -> Result<(), SendError> {
+) -> Result<Option<FinalDelta>, SendError> {
     if !options.stop_and_copy && crate::fault::fail_precopy() {
         return Err(SendError::Workload(
             "live migration failed on purpose (ROAM_FAULT_FAIL_PRECOPY)".into(),
         ));
     }
+    // Connections to the target, open by the time the page streams (which
+    // take one each) and the commit's forwarded requests need them.
+    warm(host, id, out);
+    let mut warmed = Instant::now();
     let mut last_capture = Instant::now();
     // Round 0 reads the pages from the live memory while the workload runs
     // (the kernel tracks what it writes meanwhile). Where it cannot, and for
@@ -334,7 +396,7 @@ async fn precopy(
                 report.last_round_bytes = sent.bytes;
                 report.bytes_sent = sent.bytes;
                 report.wire_bytes = sent.wire;
-                return out.check(progress);
+                return out.check(progress).map(|()| None);
             }
             last_capture = Instant::now();
             let full = out
@@ -372,6 +434,10 @@ async fn precopy(
     );
     loop {
         out.check(progress)?;
+        if warmed.elapsed() >= WARM_EVERY {
+            warmed = Instant::now();
+            warm(host, id, out);
+        }
         let now = Instant::now();
         let delta = out
             .handle
@@ -406,11 +472,11 @@ async fn precopy(
     let last = out.handle.freeze().await.map_err(SendError::Workload)?;
     report.round += 1;
     report.last_round_bytes = last.bytes.len() as u64;
-    report.wire_bytes += send_round(host, id, out, report.round, last.bytes, true, compress)
-        .await?
-        .0;
-    report.bytes_sent += report.last_round_bytes;
-    out.check(progress)
+    out.check(progress)?;
+    Ok(Some(FinalDelta {
+        bytes: last.bytes,
+        compress,
+    }))
 }
 
 /// Memory images with room for `size` bytes of memory, every page of it
@@ -434,7 +500,11 @@ struct Part {
     round: u32,
     part: usize,
     parts: usize,
+    /// Of the final round.
     last: bool,
+    /// The commit message: the final round's last part, on which the
+    /// target serves.
+    commit: bool,
 }
 
 impl Part {
@@ -474,6 +544,7 @@ async fn send_full(
         part: 0,
         parts,
         last,
+        commit: false,
     };
     let mut sent = RoundBytes {
         bytes: state.len() as u64,
@@ -650,16 +721,17 @@ async fn send_stream(
 }
 
 /// Send one round's encoded snapshot in checked parts; the target applies
-/// it when the last arrives. With `compress`, each part that shrinks by a
-/// tenth goes compressed. Returns the bytes on the wire, and the shortest
-/// part's request.
+/// it when the last arrives. With `commit` it is the final round, and its
+/// last part the commit message: the target serves on it. With `compress`,
+/// each part that shrinks by a tenth goes compressed. Returns the bytes on
+/// the wire, and the shortest part's request.
 async fn send_round(
     host: &Host,
     id: &str,
     out: &Outgoing,
     round: u32,
     bytes: Vec<u8>,
-    last: bool,
+    commit: bool,
     compress: bool,
 ) -> Result<(u64, Duration), SendError> {
     let bytes = Bytes::from(bytes);
@@ -673,7 +745,8 @@ async fn send_round(
             round,
             part,
             parts,
-            last,
+            last: commit,
+            commit: commit && part + 1 == parts,
         };
         let (sent, took) = send_part(host, id, out, &at, chunk, total, compress).await?;
         wire += sent;
@@ -698,7 +771,10 @@ async fn send_part(
     total: usize,
     compress: bool,
 ) -> Result<(u64, Duration), SendError> {
-    if at.part == 0 {
+    // Not before the final delta: the source is frozen, past its commit
+    // point, and a test acting "after the commit point" means after the
+    // commit message left.
+    if at.part == 0 && !(at.last && at.round > 0) {
         Fault::Round.pause().await;
     }
     let round = at.round;
@@ -718,6 +794,14 @@ async fn send_part(
         .header(headers::TOTAL, total.to_string());
     if at.last {
         request = request.header(headers::FINAL, "1");
+    }
+    if at.commit {
+        // The target answers once it serves: its activation's time, and
+        // the body's at no less than 1 MiB/s.
+        let body_time = Duration::from_secs(body.len() as u64 >> 20);
+        request = request
+            .header(headers::ACTIVATE, "1")
+            .timeout(ACTIVATE_TIMEOUT + body_time);
     }
     let mut body = body;
     if compress && body.len() >= COMPRESS_PARTS_FROM {
@@ -779,9 +863,13 @@ fn forwarder(
         tokio::spawn(async move {
             match event {
                 Forwarded::Http(request, reply) => {
-                    let result = forward_http(&http, &target, &workload, generation, request)
-                        .await
-                        .map_err(|e| DriverError::Unavailable(workload.clone(), e));
+                    let result =
+                        match forward_http(&http, &target, &workload, generation, request).await {
+                            Ok(Delivery::Answered(r) | Delivery::NotDispatched(r)) => Ok(r),
+                            Ok(Delivery::NotSent(e)) | Err(e) => {
+                                Err(DriverError::Unavailable(workload.clone(), e))
+                            }
+                        };
                     let _ = reply.send(result);
                 }
                 Forwarded::Message(from, id, body, reply) => {
@@ -811,13 +899,26 @@ fn forwarder(
     })
 }
 
+/// What the new host did with a forwarded request.
+enum Delivery {
+    /// The workload's answer, or an error after dispatch.
+    Answered(WorkloadResponse),
+    /// A refusal before the workload saw it
+    /// ([`headers::NOT_DISPATCHED`]): it was not applied.
+    NotDispatched(WorkloadResponse),
+    /// The connection was refused: it was not sent.
+    NotSent(String),
+}
+
+/// Send `request` to `workload` on `target` at `generation`. An error is a
+/// request whose fate is not known (sent, no answer).
 async fn forward_http(
     http: &reqwest::Client,
     target: &str,
     workload: &str,
     generation: u64,
     request: Request,
-) -> Result<WorkloadResponse, String> {
+) -> Result<Delivery, String> {
     let method = reqwest::Method::from_bytes(request.method.as_bytes())
         .map_err(|_| format!("method `{}` cannot be forwarded", request.method))?;
     let mut rest = request.path.clone();
@@ -834,11 +935,20 @@ async fn forward_http(
             builder = builder.header(k.as_str(), v.as_str());
         }
     }
-    let r = builder
+    let r = match builder
         .header(headers::GENERATION, generation.to_string())
         .send()
         .await
-        .map_err(|e| format!("the new host is unreachable: {e}"))?;
+    {
+        Ok(r) => r,
+        Err(e) if e.is_connect() => {
+            return Ok(Delivery::NotSent(format!(
+                "the new host is unreachable: {e}"
+            )));
+        }
+        Err(e) => return Err(format!("the new host is unreachable: {e}")),
+    };
+    let dispatched = !r.headers().contains_key(headers::NOT_DISPATCHED);
     let status = r.status().as_u16();
     let headers = r
         .headers()
@@ -849,11 +959,94 @@ async fn forward_http(
     let body = roam_tls::answer::bytes(r, roam_proto::MAX_HTTP_BODY)
         .await
         .map_err(|e| format!("the new host's answer: {e}"))?;
-    Ok(WorkloadResponse {
+    let response = WorkloadResponse {
         status,
         headers,
         body,
+    };
+    Ok(if dispatched {
+        Delivery::Answered(response)
+    } else {
+        Delivery::NotDispatched(response)
     })
+}
+
+/// While the commit message is on its way: requests go to the target
+/// ahead of its answer (it holds them until it serves). One it refuses
+/// before dispatch, or that cannot reach it, comes back to the source's
+/// driver, held again: served if the migration is aborted, forwarded after
+/// the hand-off.
+fn forwarder_ahead(host: &Host, out: &Outgoing) -> Forwarder {
+    let http = host.http.clone();
+    let target = out.target_url.clone();
+    let workload = out.workload.clone();
+    let generation = out.generation;
+    let handle = out.handle.clone();
+    Arc::new(move |event: Forwarded| {
+        let (http, target, workload, handle) = (
+            http.clone(),
+            target.clone(),
+            workload.clone(),
+            handle.clone(),
+        );
+        tokio::spawn(async move {
+            let Forwarded::Http(request, reply) = event else {
+                // Messages wait for the hand-off.
+                handle.give_back(event).await;
+                return;
+            };
+            let copy = request.clone();
+            let began = Instant::now();
+            let delivered = forward_http(&http, &target, &workload, generation, request).await;
+            tracing::debug!(%workload, ms = began.elapsed().as_secs_f64() * 1e3, answered = matches!(delivered, Ok(Delivery::Answered(_))), "request forwarded ahead of the commit");
+            match delivered {
+                Ok(Delivery::Answered(r)) => {
+                    let _ = reply.send(Ok(r));
+                }
+                Ok(Delivery::NotDispatched(_) | Delivery::NotSent(_)) => {
+                    handle.give_back(Forwarded::Http(copy, reply)).await;
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(DriverError::Unavailable(workload, e)));
+                }
+            }
+        });
+    })
+}
+
+/// Past the commit point of a live migration: send the final delta as the
+/// commit message, the held requests on their way to the target
+/// meanwhile; once the target answers that it serves, hand off. Without
+/// that answer the source stays frozen (`Prepared`) and the scheduler
+/// decides.
+async fn commit(
+    host: &Arc<Host>,
+    id: &str,
+    out: &Arc<Outgoing>,
+    (last, frozen_at): (FinalDelta, Instant),
+    mut report: MigrationProgress,
+    progress: &mpsc::Sender<MigrationProgress>,
+) {
+    out.handle.forward_ahead(forwarder_ahead(host, out)).await;
+    let round = report.round;
+    let sent = send_round(host, id, out, round, last.bytes, true, last.compress).await;
+    match sent {
+        Ok((wire, _)) => {
+            report.wire_bytes += wire;
+            report.bytes_sent += report.last_round_bytes;
+            let downtime_us = Some(frozen_at.elapsed().as_micros() as u64);
+            out.set(SourceState::Committed { downtime_us });
+            hand_off(host, id, out, out.generation, &out.target_url, downtime_us).await;
+            report.phase = ProgressPhase::Committed;
+            report.downtime_us = downtime_us;
+        }
+        Err(e) => {
+            out.set(SourceState::Prepared { frozen_at });
+            tracing::warn!(migration = %id, error = %e, "no answer to the commit message; the scheduler decides");
+            report.error = Some(format!("the target did not take the commit: {e}"));
+        }
+    }
+    let _ = progress.send(report).await;
 }
 
 /// The source is prepared — the commit point: the target holds the final

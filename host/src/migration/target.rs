@@ -108,6 +108,11 @@ impl Incoming {
         matches!(self.state, Receive::Ready)
     }
 
+    /// The generation it will serve at.
+    pub(super) fn generation(&self) -> u64 {
+        self.spec.generation
+    }
+
     /// The part `x-roam-part: I/N` names, if it is the one expected next in
     /// `round` (`parts` for a page stream, which must be the last part).
     fn expect_part(&self, round: u32, headers: &HeaderMap) -> Result<Index, ReceiveError> {
@@ -376,19 +381,44 @@ pub(super) async fn receive_round(
         Err(e) => return error(e.status(), e.to_string()),
     };
     let started = Instant::now();
-    match apply_part(entry, round, &headers, &body) {
+    let commit = header(&headers, headers::ACTIVATE) == Some("1");
+    let applied = apply_part(entry, round, &headers, &body).and_then(|ended| {
+        if commit && !entry.is_ready() {
+            return Err(ReceiveError::Commit { round });
+        }
+        Ok(ended)
+    });
+    match applied {
         Ok(ended) => {
             if ended {
                 tracing::debug!(migration = %id, round, apply_ms = started.elapsed().as_secs_f64() * 1e3, "round applied");
             }
-            if entry.is_ready() {
-                tracing::info!(migration = %id, rounds = round + 1, "final state received");
+            if !entry.is_ready() {
+                return StatusCode::OK.into_response();
             }
-            StatusCode::OK.into_response()
+            tracing::info!(migration = %id, rounds = round + 1, "final state received");
+            if !commit {
+                return StatusCode::OK.into_response();
+            }
+            // The commit message: serve now, answer once serving. In a task
+            // of its own, so that a source that hangs up cannot stop an
+            // activation half-way.
+            let generation = entry.generation();
+            drop(incoming);
+            let activation = tokio::spawn({
+                let (host, id) = (host.clone(), id.clone());
+                async move { activate_incoming(&host, &id, generation).await }
+            });
+            match activation.await {
+                Ok(Ok(outcome)) => Json(outcome).into_response(),
+                Ok(Err(e)) => error(e.status(), e.to_string()),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
         }
         Err(e) => {
             tracing::warn!(migration = %id, error = %e, "migration stream refused; dropping it");
             incoming.remove(&id);
+            host.migrations.arrival_changed();
             error(StatusCode::BAD_REQUEST, e.to_string())
         }
     }
@@ -423,6 +453,7 @@ async fn decoded(headers: &HeaderMap, body: Bytes) -> Result<Bytes, String> {
 async fn refuse_round(host: &Host, id: &str, why: ReceiveError) -> Response {
     tracing::warn!(migration = %id, error = %why, "migration stream refused; dropping it");
     host.migrations.incoming.lock().await.remove(id);
+    host.migrations.arrival_changed();
     error(StatusCode::BAD_REQUEST, why.to_string())
 }
 
@@ -701,6 +732,24 @@ pub(super) async fn activate_incoming(
     id: &str,
     generation: u64,
 ) -> Result<CommitOutcome, ActivateError> {
+    Fault::Commit.pause().await;
+    let activated = activate_locked(host, id, generation).await;
+    host.migrations
+        .starting
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    // Requests waiting for the workload look again.
+    host.migrations.arrival_changed();
+    activated
+}
+
+/// [`activate_incoming`], one at a time.
+async fn activate_locked(
+    host: &Arc<Host>,
+    id: &str,
+    generation: u64,
+) -> Result<CommitOutcome, ActivateError> {
     let _activating = host.migrations.activating.lock().await;
     let entry = {
         let mut incoming = host.migrations.incoming.lock().await;
@@ -719,6 +768,12 @@ pub(super) async fn activate_incoming(
                             at: Instant::now(),
                         },
                     );
+                    *host
+                        .migrations
+                        .starting
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) =
+                        Some((e.workload.clone(), generation));
                 }
                 entry
             }
@@ -793,6 +848,21 @@ pub(super) async fn activate(
     }
 }
 
+/// `GET /v1/migrations/{id}` from the source (with the key): `204` while
+/// the migration is received here. The source calls it to open
+/// connections ahead of its commit message, so the requests it forwards
+/// meanwhile pay no connection set-up on the link.
+pub(super) async fn probe(
+    State(host): State<Arc<Host>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    match presented(&mut *host.migrations.incoming.lock().await, &id, &headers) {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => error(e.status(), e.to_string()),
+    }
+}
+
 /// `DELETE /v1/migrations/{id}` from the source (with the key): it gave up;
 /// drop what was received.
 pub(super) async fn source_abort(
@@ -804,6 +874,7 @@ pub(super) async fn source_abort(
     match presented(&mut incoming, &id, &headers) {
         Ok(_) => {
             incoming.remove(&id);
+            host.migrations.arrival_changed();
             tracing::info!(migration = %id, "the source gave up; dropped what was received");
             StatusCode::OK.into_response()
         }

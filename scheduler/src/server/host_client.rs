@@ -469,6 +469,39 @@ impl HostClient {
         Ok(answer::json(r, SMALL_ANSWER).await.unwrap_or_default())
     }
 
+    /// Open (or keep open) `n` connections to `to`, in the background: `n`
+    /// status calls about migration `id` at once, their answers dropped.
+    /// The ingress sends a migrating workload's requests to its target
+    /// from the commit on, and a connection opened only then would cost
+    /// each of them a round trip on the link (two over TLS).
+    pub(super) fn warm(&self, to: &Endpoint, id: &str, query: &MigrationStatusQuery, n: usize) {
+        let Some(term) = self.leadership.term() else {
+            return;
+        };
+        let Ok(path) = paths::migration_step(id, MigrationStep::Status) else {
+            return;
+        };
+        let url = path.on(&to.base);
+        let calls: Vec<_> = (0..n)
+            .map(|_| {
+                self.http
+                    .get(url.clone())
+                    .query(query)
+                    .bearer_auth(&to.secret)
+                    .header(headers::TERM, term.to_string())
+                    .timeout(STATUS_TIMEOUT)
+            })
+            .collect();
+        tokio::spawn(futures_util::future::join_all(calls.into_iter().map(
+            |call| async move {
+                // Read to the end: the connection goes back to the pool.
+                if let Ok(r) = call.send().await {
+                    let _ = r.bytes().await;
+                }
+            },
+        )));
+    }
+
     /// `GET /v1/migrations/{id}/status`, as an [`Answer`].
     pub(super) async fn status(
         &self,

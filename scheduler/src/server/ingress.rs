@@ -38,11 +38,16 @@ impl Scheduler {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut pause = Duration::from_millis(1);
         let mut attempt = 0usize;
+        let mut refused_by: Option<String> = None;
         loop {
             attempt += 1;
-            let target = match self.serving(workload) {
-                Some(to) => Some((to, self.generation(workload))),
-                None => self.stored_route(workload, attempt),
+            let moving = refused_by
+                .as_deref()
+                .and_then(|host| self.moving_to(workload, host));
+            let target = match (moving, self.serving(workload)) {
+                (Some(to), _) => Some(to),
+                (None, Some(to)) => Some((to, self.generation(workload))),
+                (None, None) => self.stored_route(workload, attempt),
             };
             let retry = match target {
                 Some((to, generation)) => {
@@ -50,6 +55,7 @@ impl Scheduler {
                         .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
                     match request.send().await {
                         Ok(r) if r.headers().contains_key(headers::NOT_DISPATCHED) => {
+                            refused_by = Some(to.name.clone());
                             let status = r.status();
                             let text = roam_tls::answer::error_text(r).await;
                             error(
@@ -175,6 +181,32 @@ impl Scheduler {
 
     /// A live host where `workload` is known to run: its start was
     /// confirmed, or the host reported it.
+    /// Where `workload` is moving from `source`, once its migration passed
+    /// the commit point: the target, at the migration's generation. A
+    /// request the source refused before dispatch (it handed the workload
+    /// off) goes there at once, without waiting for the routing to flip
+    /// (the source's `committed` line may still be on its way); the target
+    /// refuses it before dispatch if it does not serve that generation.
+    fn moving_to(&self, workload: &str, source: &str) -> Option<(Endpoint, u64)> {
+        let (target, generation) = self
+            .migrations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .find(|m| {
+                m.workload == workload
+                    && m.source == source
+                    && matches!(
+                        m.phase,
+                        roam_proto::MigrationPhase::Prepared
+                            | roam_proto::MigrationPhase::Committed
+                    )
+            })
+            .map(|m| (m.target.clone(), m.generation))?;
+        let e = self.hosts.get(&target)?;
+        self.alive(&e).then(|| (e.endpoint(&target), generation))
+    }
+
     fn serving(&self, workload: &str) -> Option<Endpoint> {
         let assignments = self.assignments.lock().unwrap_or_else(|e| e.into_inner());
         let confirmed = self.confirmed.lock().unwrap_or_else(|e| e.into_inner());

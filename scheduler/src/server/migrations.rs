@@ -53,6 +53,13 @@ const KEEP_MIGRATIONS: usize = 1000;
 /// Longest progress stream the scheduler buffers without a line end.
 const MAX_PROGRESS_LINE: usize = 1 << 20;
 
+/// Connections the scheduler keeps open to a migration's target while it
+/// pre-copies (`HostClient::warm`), and how often it uses them again (under
+/// the pool's idle timeout, `roam_tls::CLIENT_POOL_IDLE`): a progress line
+/// comes at least every round.
+const WARM_CONNECTIONS: usize = 16;
+const WARM_EVERY: Duration = Duration::from_secs(2);
+
 /// Why a migration request was refused before anything moved.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum MigrateError {
@@ -515,7 +522,18 @@ impl Scheduler {
             })?;
         let mut buffer = Vec::new();
         let mut prepared = false;
+        // Connections to the target for the ingress, open by the commit.
+        let status = MigrationStatusQuery {
+            workload: m.workload.clone(),
+            generation: m.generation,
+        };
+        self.client.warm(&target, id, &status, WARM_CONNECTIONS);
+        let mut warmed = Instant::now();
         loop {
+            if warmed.elapsed() >= WARM_EVERY {
+                warmed = Instant::now();
+                self.client.warm(&target, id, &status, WARM_CONNECTIONS);
+            }
             let chunk = match r.chunk().await {
                 Ok(Some(c)) => c,
                 // Past the commit point the scheduler finishes the commit.
