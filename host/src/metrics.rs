@@ -93,6 +93,17 @@ pub(crate) struct Tracking {
 }
 
 impl Tracking {
+    /// A stand-in counting into the same series that holds no place: it
+    /// stays with a copy being replaced in place (an upgrade) while the
+    /// place itself moves to the new copy.
+    pub(crate) fn stand_in(&self) -> Tracking {
+        Tracking {
+            metrics: self.metrics.clone(),
+            series: self.series.clone(),
+            labelled: false,
+        }
+    }
+
     /// Where its requests are counted (`None`: metrics are off).
     pub(crate) fn series(&self) -> Option<&Arc<Series>> {
         self.series.as_ref()

@@ -142,12 +142,14 @@ pub(crate) async fn upgrade(
     {
         link.stop();
     }
-    let tracking = host
-        .workloads
-        .lock()
-        .await
-        .remove(&workload)
-        .map(|r| r.tracking);
+    // The old copy stays listed (frozen: what reaches it is held, then
+    // handed to the new one) until the new one replaces it, so no request
+    // meanwhile finds the workload missing; its place in the metrics moves
+    // to the new copy.
+    let tracking = host.workloads.lock().await.get_mut(&workload).map(|r| {
+        let stand_in = r.tracking.stand_in();
+        std::mem::replace(&mut r.tracking, stand_in)
+    });
     let revision = spec.revision;
     let _ = host.drive(module, config, next, spec, true, tracking).await;
     let forwarder = host.bus.get(&workload).map(|new| new.forwarder());

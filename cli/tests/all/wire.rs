@@ -262,7 +262,9 @@ fn a_relay_with_another_certificate_is_refused_on_every_connection() {
         });
 
         // The scheduler starting a workload on eu-2: it tries, through the
-        // impostor, and nothing starts.
+        // impostor, and nothing starts. (Connections it opened to eu-2 for
+        // the migration before the relay turned are cut: it dials afresh.)
+        to_host.cut_open();
         let before = to_host.caught.connections.load(Ordering::Relaxed);
         let (ok, _, err) = c.roam(&[
             "deploy",
