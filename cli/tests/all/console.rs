@@ -94,6 +94,30 @@ async fn wait_for(
     }
 }
 
+/// The pre-copy rounds drawn in the timeline of the row `done`, and the
+/// timeline's text.
+async fn drawn_timeline(
+    b: &Client,
+    done: &str,
+) -> Result<(Vec<String>, String), fantoccini::error::CmdError> {
+    let rounds = b
+        .find_all(Locator::Css(&format!(
+            "{done} .timeline li[data-phase='{}']",
+            MigrationPhase::Precopy.as_str()
+        )))
+        .await?;
+    let mut seen = Vec::new();
+    for r in &rounds {
+        seen.push(r.attr("data-round").await?.unwrap_or_default());
+    }
+    let timeline = b
+        .find(Locator::Css(&format!("{done} .timeline")))
+        .await?
+        .text()
+        .await?;
+    Ok((seen, timeline))
+}
+
 async fn shot(b: &Client, name: &str) -> PathBuf {
     let png = b.screenshot().await.unwrap();
     let path = screenshots().join(format!("{name}.png"));
@@ -250,24 +274,18 @@ fn the_console_shows_the_fleet_live_and_migrates_and_drains_from_the_browser() {
         );
         let done = done.as_str();
         wait_for(&b, done, "the migration done", |_| true).await;
-        let rounds = b
-            .find_all(Locator::Css(&format!(
-                "{done} .timeline li[data-phase='{}']",
-                MigrationPhase::Precopy.as_str()
-            )))
-            .await
-            .unwrap();
-        let mut seen = Vec::new();
-        for r in &rounds {
-            seen.push(r.attr("data-round").await.unwrap().unwrap_or_default());
-        }
-        let timeline = b
-            .find(Locator::Css(&format!("{done} .timeline")))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        // Live updates redraw the row: read it whole, again if it was
+        // replaced while being read.
+        let started = Instant::now();
+        let (seen, timeline) = loop {
+            match drawn_timeline(&b, done).await {
+                Ok(drawn) => break drawn,
+                Err(e) => {
+                    assert!(started.elapsed() < DRAWN, "the timeline: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
         eprintln!("the timeline drawn: {timeline:?}");
         assert!(
             seen.len() >= 2,
