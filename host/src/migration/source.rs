@@ -1030,10 +1030,36 @@ async fn commit(
     out.handle.forward_ahead(forwarder_ahead(host, out)).await;
     let round = report.round;
     let sent = send_round(host, id, out, round, last.bytes, true, last.compress).await;
-    match sent {
-        Ok((wire, _)) => {
-            report.wire_bytes += wire;
-            report.bytes_sent += report.last_round_bytes;
+    let taken = sent.map(|(wire, _)| {
+        report.wire_bytes += wire;
+        report.bytes_sent += report.last_round_bytes;
+    });
+    settle(
+        host,
+        id,
+        out,
+        frozen_at,
+        taken.map_err(|e| e.to_string()),
+        report,
+        progress,
+    )
+    .await;
+}
+
+/// The target's answer to the commit: on success hand off and report
+/// `committed` with the downtime; otherwise stay frozen (`Prepared`) and
+/// report the error, for the scheduler to decide.
+async fn settle(
+    host: &Arc<Host>,
+    id: &str,
+    out: &Arc<Outgoing>,
+    frozen_at: Instant,
+    taken: Result<(), String>,
+    mut report: MigrationProgress,
+    progress: &mpsc::Sender<MigrationProgress>,
+) {
+    match taken {
+        Ok(()) => {
             let downtime_us = Some(frozen_at.elapsed().as_micros() as u64);
             out.set(SourceState::Committed { downtime_us });
             hand_off(host, id, out, out.generation, &out.target_url, downtime_us).await;
@@ -1042,23 +1068,24 @@ async fn commit(
         }
         Err(e) => {
             out.set(SourceState::Prepared { frozen_at });
-            tracing::warn!(migration = %id, error = %e, "no answer to the commit message; the scheduler decides");
+            tracing::warn!(migration = %id, error = %e, "the target did not take the commit; the scheduler decides");
             report.error = Some(format!("the target did not take the commit: {e}"));
         }
     }
     let _ = progress.send(report).await;
 }
 
-/// The source is prepared — the commit point: the target holds the final
-/// state and this host never resumes by itself. It activates the target
-/// itself and hands off, without a round trip through the scheduler (which
-/// learns it from the `committed` progress line). If the target does not
-/// take it, the source stays prepared and the scheduler decides.
+/// After a stop-and-copy the source is prepared (the target acknowledged
+/// round 0, the final state) and never resumes by itself. It activates the
+/// target itself and hands off, without a round trip through the
+/// scheduler (which learns it from the `committed` progress line). If the
+/// target does not take it, the source stays prepared and the scheduler
+/// decides.
 async fn activate_target(
     host: &Arc<Host>,
     id: &str,
     out: &Arc<Outgoing>,
-    mut report: MigrationProgress,
+    report: MigrationProgress,
     progress: &mpsc::Sender<MigrationProgress>,
 ) {
     let frozen_at = {
@@ -1091,21 +1118,7 @@ async fn activate_target(
             Err(e) => Err(format!("unreachable: {e}")),
         },
     };
-    match activated {
-        Ok(()) => {
-            let downtime_us = Some(frozen_at.elapsed().as_micros() as u64);
-            out.set(SourceState::Committed { downtime_us });
-            hand_off(host, id, out, out.generation, &out.target_url, downtime_us).await;
-            report.phase = ProgressPhase::Committed;
-            report.downtime_us = downtime_us;
-        }
-        Err(e) => {
-            out.set(SourceState::Prepared { frozen_at });
-            tracing::warn!(migration = %id, error = %e, "the target did not take the commit; the scheduler decides");
-            report.error = Some(format!("the target did not take the commit: {e}"));
-        }
-    }
-    let _ = progress.send(report).await;
+    settle(host, id, out, frozen_at, activated, report, progress).await;
 }
 
 /// From the commit on this host never serves the workload: requests routed
