@@ -3,7 +3,8 @@
 //!
 //! `cargo bench -p roam --bench migration` (set `ROAM_BENCH_QUICK=1` for
 //! fewer runs; `ROAM_BENCH_MIB=64 ROAM_BENCH_RATES=10` for some rows only,
-//! then the cross-site row only with `ROAM_BENCH_WAN=1`). For every memory size and dirty rate it moves the `membench`
+//! then the cross-site row only with `ROAM_BENCH_WAN=1`; `ROAM_BENCH_WAN=only` for
+//! the cross-site rows alone). For every memory size and dirty rate it moves the `membench`
 //! workload back and forth with pre-copy and then with stop-and-copy (the
 //! baseline, same run), while a client dirties memory at the chosen rate,
 //! and prints downtime p50/p99 and total time as a Markdown table, with the
@@ -332,6 +333,19 @@ fn run(
             args.push("--stop-and-copy");
         }
         let began = Instant::now();
+        if std::env::var_os("ROAM_BENCH_VERBOSE").is_some() {
+            // To read beside the hosts' logs (`ROAM_LOG`), which are in UTC.
+            let ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() % 86_400_000);
+            eprintln!(
+                "move of {name} began at {:02}:{:02}:{:02}.{:03} UTC",
+                ms / 3_600_000,
+                ms / 60_000 % 60,
+                ms / 1000 % 60,
+                ms % 1000
+            );
+        }
         let m: serde_json::Value = serde_json::from_str(&c.roam(&args)).unwrap();
         std::thread::sleep(c.settle);
         runs.windows.push((began, Instant::now()));
@@ -360,6 +374,9 @@ struct Row {
     client: Latencies,
     /// When the probes' answers arrived, in order (empty without probes).
     answers: Vec<Instant>,
+    /// Times with no move (with probes): the longest gap in them is the
+    /// probes' own resolution.
+    quiet: Vec<(Instant, Instant)>,
 }
 
 impl Runs {
@@ -384,30 +401,47 @@ impl Row {
         self.client.stop_and_copy.extend(other.client.stop_and_copy);
         self.answers.extend(other.answers);
         self.answers.sort();
+        self.quiet.extend(other.quiet);
     }
 }
 
-/// Clients that send requests back to back through the scheduler's
-/// ingress (`n` at once, each waiting for its answer), as users of the
-/// workload would: the longest gap between answers during a move is the
-/// downtime clients see, whatever the hosts' clocks say.
+/// Clients of the workload through the scheduler's ingress: `n` of them,
+/// each sending one request every [`PROBE_EVERY`] on a fixed schedule (the
+/// next at its next slot once the last is answered), their slots spread
+/// evenly, so that between them a request leaves every `PROBE_EVERY / n`.
+/// The longest gap between answers during a move is the downtime clients
+/// see, whatever the hosts' clocks say. The schedule is the clock's, not
+/// the answers': clients sending back to back would fall into step after
+/// the first move (a freeze releases their held requests together), and
+/// the gaps would then measure their bursts.
 fn probes(
     c: &Cluster,
     name: &str,
     n: usize,
     stop: &Arc<AtomicBool>,
 ) -> Vec<std::thread::JoinHandle<Vec<Instant>>> {
+    let start = Instant::now();
     (0..n)
-        .map(|_| {
+        .map(|i| {
             let stop = stop.clone();
             // Writes nothing: its answer only shows the workload served.
             let url = format!("{}/w/{name}/dirty?kib=0", c.sched.url);
             let http = c.sched.http.clone();
+            let offset = PROBE_EVERY * i as u32 / n.max(1) as u32;
             std::thread::spawn(move || {
                 let mut answers = Vec::new();
+                let mut slot = start + offset;
                 while !stop.load(Ordering::Relaxed) {
+                    if let Some(wait) = slot.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
                     if http.post(&url).send("").is_ok_and(|r| r.status() == 200) {
                         answers.push(Instant::now());
+                    }
+                    // The next slot not yet begun (missed ones are skipped).
+                    let now = Instant::now();
+                    while slot <= now {
+                        slot += PROBE_EVERY;
                     }
                 }
                 answers
@@ -562,6 +596,14 @@ fn measure(
     // one-time costs (the target compiles or loads the module; on these VMs
     // the first touch of huge pages is slow).
     run(c, (name, extra), 2, false, None);
+    // A second with no move: the probes' resolution.
+    let quiet = if !probing.is_empty() {
+        let from = Instant::now();
+        std::thread::sleep(Duration::from_secs(1));
+        vec![(from, Instant::now())]
+    } else {
+        Vec::new()
+    };
     phase.store(1, Ordering::Relaxed);
     let pre = run(c, (name, extra), n, false, baseline.map(|b| (b, &*phase)));
     phase.store(2, Ordering::Relaxed);
@@ -579,6 +621,7 @@ fn measure(
         snc,
         client,
         answers,
+        quiet,
     }
 }
 
@@ -705,7 +748,13 @@ fn main() {
         tls_against_plaintext(module, throughput, quick);
         return;
     }
-    let mibs = list("ROAM_BENCH_MIB", &[1, 64, 256, 1024]);
+    // `ROAM_BENCH_WAN=only`: the cross-site rows alone.
+    let wan_only = std::env::var("ROAM_BENCH_WAN").is_ok_and(|v| v == "only");
+    let mibs = if wan_only {
+        Vec::new()
+    } else {
+        list("ROAM_BENCH_MIB", &[1, 64, 256, 1024])
+    };
     let rates = list("ROAM_BENCH_RATES", &[0, 1, 10, 50]);
     println!(
         "Memory to memory: the workload's size in MiB over one loopback TCP stream, and over two at once (a half each; migrations use two page streams by default), into a buffer faulted in beforehand, one of each before every pre-copy move (median per row). Hosts run with `--keep-resident {KEEP_RESIDENT}` except where the row says otherwise.\n"
@@ -792,10 +841,16 @@ fn main() {
     }
 }
 
-/// Clients sending back to back through the ingress in the cross-site rows.
-const PROBES: usize = 8;
+/// Clients of the workload through the ingress in the cross-site rows
+/// ([`probes`]): one request every 4 ms between them.
+const PROBES: usize = 32;
 
-const WAN_HEADER: &str = "| memory, dirty rate | longest gap clients saw, pre-copy p50 / p99 (target ≤ 1 RTT + 5 ms): in the whole move and the 0.5 s after; from the freeze to the end | the same, stop-and-copy p50 / p99 | pre-copy downtime p50 / p99 (hosts' clocks) | pre-copy total p50 | bytes of memory and state / on the wire (÷ the workload's MiB) | total ÷ (wire ÷ link) | target: 1.3 × (wire ÷ link) + 4 RTT | stop-and-copy downtime p50 / p99 | slowest client request, pre-copy / stop-and-copy |\n|---|---|---|---|---|---|---|---|---|---|";
+/// How often each probe sends: longer than a request takes while a move
+/// holds it (one round trip more than usual), so a pre-copy move does not
+/// make a probe miss its slot.
+const PROBE_EVERY: Duration = Duration::from_millis(128);
+
+const WAN_HEADER: &str = "| memory, dirty rate | longest gap clients saw (32 clients, a request every 4 ms between them), pre-copy p50 / p99 (target ≤ 1 RTT + 5 ms): in the whole move and the 0.5 s after; from the freeze to the end; in a second with no move | the same, stop-and-copy p50 / p99 | pre-copy downtime p50 / p99 (hosts' clocks) | pre-copy total p50 | bytes of memory and state / on the wire (÷ the workload's MiB) | total ÷ (wire ÷ link) | target: 1.3 × (wire ÷ link) + 4 RTT | stop-and-copy downtime p50 / p99 | slowest client request, pre-copy / stop-and-copy |\n|---|---|---|---|---|---|---|---|---|---|";
 
 /// One cross-site row of a workload holding `mib` MiB: against the link's
 /// throughput `link` (bytes per second) and its round trip `rtt`.
@@ -830,8 +885,11 @@ fn print_wan_row(label: &str, mut row: Row, mib: u64, link: f64, rtt: Duration) 
     }
     let commit99 = percentile(&mut commit, 0.99);
     let met = |v: f64| if v <= gap_target { "met" } else { "not met" };
+    let quiet = gaps(&row.answers, &row.quiet)
+        .into_iter()
+        .fold(0.0, f64::max);
     println!(
-        "| {label} | {:.1} / {gap99:.1} ms ({}); from the freeze to the end {:.1} / {commit99:.1} ms ({}) | {:.1} / {:.1} ms | {:.2} / {:.2} ms | {total50:.0} ms | {:.1} / {:.1} MiB ({:.2}×) | {:.2}× | {bound_ms:.0} ms ({}) | {:.2} / {:.2} ms | {:.1} / {:.1} ms |",
+        "| {label} | {:.1} / {gap99:.1} ms ({}); from the freeze to the end {:.1} / {commit99:.1} ms ({}); with no move {quiet:.1} ms | {:.1} / {:.1} ms | {:.2} / {:.2} ms | {total50:.0} ms | {:.1} / {:.1} MiB ({:.2}×) | {:.2}× | {bound_ms:.0} ms ({}) | {:.2} / {:.2} ms | {:.1} / {:.1} ms |",
         percentile(&mut gap, 0.5),
         met(gap99),
         percentile(&mut commit, 0.5),

@@ -704,6 +704,12 @@ struct Driver {
     checkpoint: Option<Snapshot>,
     /// The last good state, per `options.checkpoints`.
     local: Local,
+    /// Room for the first full checkpoint of a [`Checkpoints::Every`]
+    /// workload, being faulted in off the driver (see
+    /// [`MemoryImage::prefaulted`]): a workload that just arrived by
+    /// migration would otherwise pause for the faults of a fresh 64 MiB
+    /// on top of the copy, while serving the requests held for it.
+    spare: Option<oneshot::Receiver<Vec<MemoryImage>>>,
     /// A migration is under way. Its rounds and the local checkpoints are
     /// two delta chains over the kernel's write tracking; where the kernel
     /// cannot track writes the migration owns the page hashes, and no
@@ -799,6 +805,14 @@ pub fn spawn(
         .memory
         .store(workload.instance_mut().memory_size(), Ordering::Relaxed);
     let hold = options.hold;
+    let spare = matches!(options.checkpoints, Checkpoints::Every(_)).then(|| {
+        let size = workload.instance_mut().memory_size();
+        let (tx, rx) = oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let _ = tx.send(MemoryImage::prefaulted(size));
+        });
+        rx
+    });
     let output = (
         workload.instance().stdout().cursor(),
         workload.instance().stderr().cursor(),
@@ -811,6 +825,7 @@ pub fn spawn(
         workload,
         checkpoint: None,
         local: Local::None,
+        spare,
         migrating: false,
         failures: failures.clone(),
         started: Instant::now(),
@@ -1704,6 +1719,10 @@ impl Driver {
         {
             return;
         }
+        // A first full checkpoint goes into the room faulted in meanwhile
+        // if it is ready (it is, unless the checkpoint comes at once); a
+        // checkpoint is never put off for it.
+        let spare = self.spare.take().and_then(|mut rx| rx.try_recv().ok());
         let instance = self.workload.instance_mut();
         let local = match self.options.checkpoints {
             Checkpoints::Off => return,
@@ -1711,7 +1730,10 @@ impl Driver {
                 let captured = match std::mem::replace(&mut self.local, Local::None) {
                     // Its buffers are faulted in already.
                     Local::Full(mut reuse, _) => instance.capture_into(&mut reuse).map(|()| reuse),
-                    _ => instance.capture(),
+                    _ => match spare {
+                        Some(buffers) => instance.capture_with(buffers, Chain::Checkpoint),
+                        None => instance.capture(),
+                    },
                 };
                 captured
                     .map(|s| Local::Full(s, Instant::now()))

@@ -53,6 +53,23 @@ impl MemoryImage {
     pub fn page(&self, i: usize) -> &[u8] {
         &self.data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]
     }
+
+    /// Empty images with room for `size` bytes of memory 0, every page of
+    /// it already touched: a capture into them
+    /// ([`crate::instance::Instance::capture_with`]) costs a copy and no
+    /// page faults. Faulting the room in takes a while (milliseconds per
+    /// 64 MiB): do it off the thread that runs the guest.
+    pub fn prefaulted(size: u64) -> Vec<MemoryImage> {
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        let data: Vec<u8> = Vec::with_capacity(size);
+        crate::dirty::populate_huge(data.as_ptr() as usize, data.capacity());
+        vec![MemoryImage {
+            index: 0,
+            byte_len: 0,
+            pages: Vec::with_capacity(size / PAGE_SIZE + 1),
+            data,
+        }]
+    }
 }
 
 /// The captured entries of one table.

@@ -380,7 +380,7 @@ async fn precopy(
                 .memory_size()
                 .await
                 .map_err(SendError::Workload)?;
-            let buffers = tokio::task::spawn_blocking(move || prefaulted(size))
+            let buffers = tokio::task::spawn_blocking(move || MemoryImage::prefaulted(size))
                 .await
                 .map_err(|e| SendError::Workload(e.to_string()))?;
             tracing::debug!(migration = %id, bytes = size, populate_ms = last_capture.elapsed().as_secs_f64() * 1e3, "capture buffer ready");
@@ -477,21 +477,6 @@ async fn precopy(
         bytes: last.bytes,
         compress,
     }))
-}
-
-/// Memory images with room for `size` bytes of memory, every page of it
-/// already touched: capturing into them costs no page faults.
-fn prefaulted(size: u64) -> Vec<MemoryImage> {
-    let size = size as usize;
-    let data: Vec<u8> = Vec::with_capacity(size);
-    roam_runtime::dirty::populate_huge(data.as_ptr() as usize, data.capacity());
-    let pages = Vec::with_capacity(size / PAGE_SIZE + 1);
-    vec![MemoryImage {
-        index: 0,
-        byte_len: 0,
-        pages,
-        data,
-    }]
 }
 
 /// Where a part goes.
@@ -817,6 +802,9 @@ async fn send_part(
         }
     }
     let sent = body.len() as u64;
+    if at.commit {
+        tracing::debug!(bytes = total, wire = sent, "sending the commit message");
+    }
     let began = Instant::now();
     let r = request
         .body(body)

@@ -346,6 +346,7 @@ pub(super) async fn receive_round(
     // The key first, then the body read with no lock held: the registry of
     // incoming migrations is host-wide, and a slow sender must not hold up
     // every other migration (or an abort) while its bytes trickle in.
+    let arrived = Instant::now();
     if let Err(e) = presented(&mut *host.migrations.incoming.lock().await, &id, &headers) {
         return error(e.status(), e.to_string());
     }
@@ -382,6 +383,9 @@ pub(super) async fn receive_round(
     };
     let started = Instant::now();
     let commit = header(&headers, headers::ACTIVATE) == Some("1");
+    if commit {
+        tracing::debug!(migration = %id, round, bytes = body.len(), since_headers_ms = arrived.elapsed().as_secs_f64() * 1e3, "commit message read");
+    }
     let applied = apply_part(entry, round, &headers, &body).and_then(|ended| {
         if commit && !entry.is_ready() {
             return Err(ReceiveError::Commit { round });
