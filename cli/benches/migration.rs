@@ -154,13 +154,18 @@ impl Link {
         }
     }
 
-    /// When `len` bytes read at `read` may go out: after the delay, once
-    /// the link is free; the link is then busy for their transmission.
-    fn slot(&self, read: Instant, len: usize) -> Instant {
+    /// When `len` bytes that entered the link now come out of it: they are
+    /// sent once the link is free (it is then busy for their
+    /// transmission) and arrive the delay after. Called as the bytes are
+    /// read, so the link serves its connections in the order their bytes
+    /// came; reserving it when they go out instead let a connection's
+    /// bytes that waited behind its own earlier ones queue behind other
+    /// connections' later ones, up to a whole delay more.
+    fn slot(&self, len: usize) -> Instant {
         let mut free_at = self.free_at.lock().unwrap();
-        let start = (read + self.delay).max(*free_at);
+        let start = Instant::now().max(*free_at);
         *free_at = start + Duration::from_secs_f64(len as f64 / self.rate);
-        start
+        start + self.delay
     }
 }
 
@@ -175,6 +180,7 @@ fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream, link: &Link)
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
     let queued = Arc::new((std::sync::Mutex::new(0usize), std::sync::Condvar::new()));
     let reader_queued = queued.clone();
+    let reader_link = link.clone();
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 << 10];
         let (bytes, drained) = &*reader_queued;
@@ -190,15 +196,14 @@ fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream, link: &Link)
                 _ => break,
             };
             *bytes.lock().unwrap() += n;
-            if tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
+            if tx.send((reader_link.slot(n), buf[..n].to_vec())).is_err() {
                 break;
             }
         }
     });
     let (bytes, drained) = &*queued;
-    for (read, chunk) in rx {
-        let start = link.slot(read, chunk.len());
-        if let Some(wait) = start.checked_duration_since(Instant::now()) {
+    for (out_at, chunk) in rx {
+        if let Some(wait) = out_at.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
         if to.write_all(&chunk).is_err() {
