@@ -60,7 +60,9 @@ impl MemoryImage {
     /// page faults. Faulting the room in takes a while (milliseconds per
     /// 64 MiB): do it off the thread that runs the guest.
     pub fn prefaulted(size: u64) -> Vec<MemoryImage> {
-        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        // A size this machine cannot address gets no room: the capture
+        // then grows the buffer (and fails) as it would have anyway.
+        let size = usize::try_from(size).unwrap_or(0);
         let data: Vec<u8> = Vec::with_capacity(size);
         crate::dirty::populate_huge(data.as_ptr() as usize, data.capacity());
         vec![MemoryImage {
