@@ -174,7 +174,9 @@ pub enum ProgressPhase {
     /// Copying while the workload runs.
     #[default]
     Precopy,
-    /// About to freeze for the last delta.
+    /// Pre-copy converged: the source freezes for the last delta once the
+    /// scheduler orders it (its ingress then sends the workload's requests
+    /// to the target, which holds them until it serves), or after a bound.
     Stopping,
     /// The commit point: frozen, the target holds the final state.
     Prepared,
@@ -315,7 +317,9 @@ pub enum MigrationPhase {
     Preparing,
     /// The source copies while the workload runs.
     Precopy,
-    /// The source is about to freeze.
+    /// Pre-copy converged; the ingress sends the workload's requests to
+    /// the target (which holds them until it serves), and the source
+    /// freezes.
     Stopping,
     /// The commit point: the source is frozen, the target holds the state.
     Prepared,

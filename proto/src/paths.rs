@@ -184,6 +184,9 @@ pub mod host {
     pub const MIGRATION_COMMIT: &str = "/v1/migrations/{id}/commit";
     /// `POST` (host secret): the scheduler's abort.
     pub const MIGRATION_ABORT: &str = "/v1/migrations/{id}/abort";
+    /// `POST` (host secret), scheduler → source: the ingress now sends the
+    /// workload's requests to the target; freeze.
+    pub const MIGRATION_FREEZE: &str = "/v1/migrations/{id}/freeze";
     /// `GET` (host secret): what this host knows of a migration.
     pub const MIGRATION_STATUS: &str = "/v1/migrations/{id}/status";
     /// `PUT` (migration key), source → target: a part of a round.
@@ -542,6 +545,8 @@ pub enum MigrationStep {
     Abort,
     /// Scheduler → either.
     Status,
+    /// Scheduler → source, once the ingress sends to the target.
+    Freeze,
     /// Source → target, upgraded.
     Pages,
     /// Source → target, after the commit.
@@ -559,6 +564,7 @@ impl MigrationStep {
             MigrationStep::Commit => "commit",
             MigrationStep::Abort => "abort",
             MigrationStep::Status => "status",
+            MigrationStep::Freeze => "freeze",
             MigrationStep::Pages => "pages",
             MigrationStep::Messages => "messages",
             MigrationStep::Activate => "activate",

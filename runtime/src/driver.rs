@@ -1723,6 +1723,7 @@ impl Driver {
         // if it is ready (it is, unless the checkpoint comes at once); a
         // checkpoint is never put off for it.
         let spare = self.spare.take().and_then(|mut rx| rx.try_recv().ok());
+        let (began, spared) = (Instant::now(), spare.is_some());
         let instance = self.workload.instance_mut();
         let local = match self.options.checkpoints {
             Checkpoints::Off => return,
@@ -1751,6 +1752,7 @@ impl Driver {
         };
         match local {
             Ok(local) => {
+                tracing::debug!(workload = %self.config.name, spared, took_ms = began.elapsed().as_secs_f64() * 1e3, "checkpoint taken");
                 self.local = local;
                 self.failed_at = None;
             }

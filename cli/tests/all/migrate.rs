@@ -1200,6 +1200,64 @@ fn requests_routed_ahead_of_the_commit_wait_for_it_or_come_back_undispatched() {
     assert_eq!(host_of(&c, "counter"), target);
 }
 
+/// Once pre-copy converged the scheduler sends the workload's requests to
+/// the target before it orders the source to freeze: a request sent
+/// meanwhile waits at the target and is served there once the commit
+/// message is applied, never held at the source and sent on through it
+/// (which costs clients a round trip between the hosts).
+#[test]
+fn requests_sent_once_a_migration_converged_wait_at_its_target() {
+    let log = (
+        "ROAM_LOG",
+        "warn,roam_host::migration=debug,roam_host::ingress=debug",
+    );
+    let c = slow_cluster(&[
+        log,
+        ("NO_COLOR", "1"),
+        ("ROAM_FAULT_COMMIT_DELAY_MS", "1500"),
+    ]);
+    let source = host_of(&c, "counter");
+    let target = other_eu(&source);
+    let (status, before) = c.invoke("counter", "/a");
+    assert_eq!(status, 200, "{before}");
+    let id = start_migration(&c, "counter", target);
+    wait_phase(&c, &id, &["prepared"]);
+    holds_final_state(&c, target, &id);
+    let logged = |host: &str, needle: &str| -> Vec<String> {
+        c.hosts
+            .iter()
+            .filter(|(name, _)| name == host)
+            .flat_map(|(_, p)| p.logged(needle))
+            .collect()
+    };
+    // The source froze on the scheduler's order, not after waiting it out.
+    let froze = logged(&source, "freezing");
+    assert!(
+        froze
+            .iter()
+            .any(|l| l.contains(&id) && l.contains("ordered=true")),
+        "{froze:?}"
+    );
+    // The target activates 1.5 s from its arrival: this request waits.
+    let (status, body) = c.invoke("counter", "/a");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        counter_value(&body),
+        counter_value(&before) + 1,
+        "{before} then {body}"
+    );
+    let m = wait_phase(&c, &id, &["done", "failed", "aborted"]);
+    assert_eq!(m["phase"], "done", "{m}");
+    let waited = logged(target, "waited for its workload's arrival");
+    assert!(
+        waited.iter().any(|l| l.contains("arrived=true")),
+        "the target held no request: {waited:?}"
+    );
+    let forwarded = logged(&source, "forwarding a held request");
+    assert!(forwarded.is_empty(), "{forwarded:?}");
+    one_copy_on(&c, target);
+}
+
 /// The count in counter's answer (`{"path":…,"count":N}`).
 fn counter_value(body: &str) -> u64 {
     let v: serde_json::Value = serde_json::from_str(body).unwrap();

@@ -242,6 +242,7 @@ pub(crate) fn control_routes() -> Vec<Route> {
         ),
         rule("POST", h::MIGRATION_COMMIT, Scheduler, SMALL, post(commit)),
         rule("POST", h::MIGRATION_ABORT, Scheduler, SMALL, post(abort)),
+        rule("POST", h::MIGRATION_FREEZE, Scheduler, SMALL, post(freeze)),
         rule("GET", h::MIGRATION_STATUS, Scheduler, SMALL, get(status)),
     ]
 }
@@ -345,6 +346,22 @@ async fn commit(
     match target::activate_incoming(&host, &id, decision.generation).await {
         Ok(outcome) => Json(outcome).into_response(),
         Err(e) => error(e.status(), e.to_string()),
+    }
+}
+
+/// `POST /v1/migrations/{id}/freeze` (scheduler): the source freezes for
+/// its final delta (see [`source::freeze_ordered`]); 404 where this host
+/// sends no migration `id`.
+async fn freeze(State(host): State<Arc<Host>>, Path(id): Path<String>) -> Response {
+    match host.migrations.outgoing(&id) {
+        Some(out) => {
+            source::freeze_ordered(&out);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("this host sends no migration `{id}`"),
+        ),
     }
 }
 

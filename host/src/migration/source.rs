@@ -64,6 +64,12 @@ const WARM_CONNECTIONS: usize = 16;
 /// (`roam_tls::CLIENT_POOL_IDLE`).
 const WARM_EVERY: Duration = Duration::from_secs(2);
 
+/// Longest pre-copy waits, once it converged, for the scheduler's order to
+/// freeze (its ingress sends the workload's requests to the target from
+/// then on). The workload serves meanwhile; without the order (a scheduler
+/// that does not send it, or lost it) it freezes after this all the same.
+const FREEZE_ORDER_WAIT: Duration = Duration::from_secs(1);
+
 /// Open (or keep open) [`WARM_CONNECTIONS`] connections to the target:
 /// as many `GET /v1/migrations/{id}` at once, in the background.
 fn warm(host: &Host, id: &str, out: &Outgoing) {
@@ -141,6 +147,9 @@ pub(super) struct Outgoing {
     state: Mutex<SourceState>,
     /// Woken when the state leaves `Committing`.
     settled: tokio::sync::Notify,
+    /// The scheduler's order to freeze, or its abort (a permit is kept if
+    /// it comes before pre-copy waits for it).
+    freeze_order: tokio::sync::Notify,
 }
 
 impl Outgoing {
@@ -227,6 +236,7 @@ pub(super) async fn send(
         generation: req.generation,
         state: Mutex::new(SourceState::Sending { frozen_at: None }),
         settled: tokio::sync::Notify::new(),
+        freeze_order: tokio::sync::Notify::new(),
     });
     // A migration of it that the scheduler aborted while it was sending
     // stops at its next check: a new one waits for that (a scheduler that
@@ -466,8 +476,19 @@ async fn precopy(
         }
     }
     out.check(progress)?;
+    // The scheduler, told, sends the workload's requests to the target
+    // (which holds them until it serves) and then orders the freeze: the
+    // requests it sent here before arrive first and are served here, and
+    // those held at the target need no round trip through this host after
+    // the commit. The workload serves until the order comes.
     report.phase = ProgressPhase::Stopping;
     let _ = progress.send(report.clone()).await;
+    let asked = Instant::now();
+    let ordered = tokio::time::timeout(FREEZE_ORDER_WAIT, out.freeze_order.notified())
+        .await
+        .is_ok();
+    tracing::debug!(migration = %id, ordered, waited_ms = asked.elapsed().as_secs_f64() * 1e3, "freezing");
+    out.check(progress)?;
     out.frozen_now();
     let last = out.handle.freeze().await.map_err(SendError::Workload)?;
     report.round += 1;
@@ -477,6 +498,13 @@ async fn precopy(
         bytes: last.bytes,
         compress,
     }))
+}
+
+/// `POST /v1/migrations/{id}/freeze` (scheduler): pre-copy converged and
+/// the ingress now sends the workload's requests to the target; freeze
+/// (at once if pre-copy waits for it, or as soon as it does).
+pub(super) fn freeze_ordered(out: &Outgoing) {
+    out.freeze_order.notify_one();
 }
 
 /// Where a part goes.
@@ -917,6 +945,7 @@ async fn forward_http(
     let url = paths::ingress(workload, &rest)
         .map_err(|e| e.to_string())?
         .on(target);
+    tracing::debug!(%workload, generation, "forwarding a held request to the new host");
     let mut builder = http.request(method, url).body(request.body);
     for (k, v) in &request.headers {
         if k != "host" && k != "content-length" && !headers::is_roam_header(k) {
@@ -1218,6 +1247,8 @@ pub(super) async fn abort_outgoing(
             before
         })
         .await;
+    // Pre-copy waiting for the order to freeze stops waiting.
+    out.freeze_order.notify_one();
     match before {
         SourceState::Committing | SourceState::Committed { .. } => SourceAbort::Refused,
         SourceState::Sending { .. } | SourceState::Cancelled | SourceState::Aborted => {

@@ -452,6 +452,12 @@ impl HostClient {
         self.send(to, self.stream.post(url).json(send)).await
     }
 
+    /// `POST /v1/migrations/{id}/freeze` on the source.
+    pub(super) async fn freeze(&self, to: &Endpoint, id: &str) -> Result<(), HostError> {
+        let url = paths::migration_step(id, MigrationStep::Freeze)?.on(&to.base);
+        self.send(to, self.http.post(url)).await.map(drop)
+    }
+
     /// `POST /v1/migrations/{id}/commit` or `/abort`.
     pub(super) async fn decide(
         &self,

@@ -29,10 +29,13 @@ impl Scheduler {
     /// Send a request built by `build(host, generation)` to the host that
     /// serves `workload`. A host's refusal before dispatch (wrong
     /// generation, workload moved) or a refused connection means the request
-    /// was not applied: resolve again and resend, for a while.
+    /// was not applied: resolve again and resend, for a while. With
+    /// `ahead`, a workload whose migration converged goes to its target
+    /// already ([`Scheduler::switched_to`]).
     async fn send_to_serving(
         &self,
         workload: &str,
+        ahead: bool,
         build: impl Fn(&Endpoint, u64) -> Result<reqwest::RequestBuilder, BadSegment>,
     ) -> Result<reqwest::Response, Response> {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -41,9 +44,11 @@ impl Scheduler {
         let mut refused_by: Option<String> = None;
         loop {
             attempt += 1;
-            let moving = refused_by
-                .as_deref()
-                .and_then(|host| self.moving_to(workload, host));
+            let moving = match refused_by.as_deref() {
+                Some(host) => self.moving_to(workload, host),
+                None if ahead => self.switched_to(workload),
+                None => None,
+            };
             let target = match (moving, self.serving(workload)) {
                 (Some(to), _) => Some(to),
                 (None, Some(to)) => Some((to, self.generation(workload))),
@@ -65,7 +70,11 @@ impl Scheduler {
                             )
                         }
                         Ok(r) => return Ok(r),
+                        // Not sent at all: as good as refused before
+                        // dispatch (a request sent ahead to a migration's
+                        // target that is gone goes to the source next).
                         Err(e) if e.is_connect() => {
+                            refused_by = Some(to.name.clone());
                             error(StatusCode::BAD_GATEWAY, format!("host unreachable: {e}"))
                         }
                         Err(e) => {
@@ -179,8 +188,34 @@ impl Scheduler {
             .collect()
     }
 
-    /// A live host where `workload` is known to run: its start was
-    /// confirmed, or the host reported it.
+    /// Where `workload` is moving once its migration's pre-copy converged
+    /// (`stopping` and on): the target, at the migration's generation.
+    /// Requests go there from then on, ahead of the freeze the scheduler
+    /// orders next; the target holds them until it serves, so they need no
+    /// round trip through the source after the commit point. If the
+    /// migration is dropped instead, the target refuses them before
+    /// dispatch and they go to the source (a request refused once is
+    /// never sent ahead again).
+    fn switched_to(&self, workload: &str) -> Option<(Endpoint, u64)> {
+        let (target, generation) = self
+            .migrations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .find(|m| {
+                m.workload == workload
+                    && matches!(
+                        m.phase,
+                        roam_proto::MigrationPhase::Stopping
+                            | roam_proto::MigrationPhase::Prepared
+                            | roam_proto::MigrationPhase::Committed
+                    )
+            })
+            .map(|m| (m.target.clone(), m.generation))?;
+        let e = self.hosts.get(&target)?;
+        self.alive(&e).then(|| (e.endpoint(&target), generation))
+    }
+
     /// Where `workload` is moving from `source`, once its migration passed
     /// the commit point: the target, at the migration's generation. A
     /// request the source refused before dispatch (it handed the workload
@@ -207,6 +242,8 @@ impl Scheduler {
         self.alive(&e).then(|| (e.endpoint(&target), generation))
     }
 
+    /// A live host where `workload` is known to run: its start was
+    /// confirmed, or the host reported it.
     fn serving(&self, workload: &str) -> Option<Endpoint> {
         let assignments = self.assignments.lock().unwrap_or_else(|e| e.into_inner());
         let confirmed = self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
@@ -264,7 +301,7 @@ pub(super) async fn relay_message(
         return refusal;
     }
     let sent = s
-        .send_to_serving(&workload, |to, _| {
+        .send_to_serving(&workload, false, |to, _| {
             s.client.message(to, &workload, &q, body.clone())
         })
         .await;
@@ -297,7 +334,7 @@ pub(super) async fn ingress(
         None => path.to_string(),
     };
     let sent = s
-        .send_to_serving(workload, |to, generation| {
+        .send_to_serving(workload, true, |to, generation| {
             let mut request = s
                 .client
                 .ingress(to, method.clone(), workload, &rest, generation)?

@@ -570,7 +570,23 @@ impl Scheduler {
                             p.error.unwrap_or_else(|| "the source failed".into()),
                         ));
                     }
-                    ProgressPhase::Precopy | ProgressPhase::Stopping => {}
+                    // Pre-copy converged. The ingress sends the workload's
+                    // requests to the target from now on (the phase is set
+                    // above); the source may freeze.
+                    // (The source waits for the order a second at most.)
+                    ProgressPhase::Stopping => {
+                        let order = self.client.freeze(&source, id);
+                        match tokio::time::timeout(Duration::from_secs(1), order).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => {
+                                tracing::debug!(migration = %id, error = %e, "the order to freeze was refused; the source freezes all the same");
+                            }
+                            Err(_) => {
+                                tracing::debug!(migration = %id, "the order to freeze took over a second; the source froze all the same");
+                            }
+                        }
+                    }
+                    ProgressPhase::Precopy => {}
                 }
             }
         }
