@@ -1723,8 +1723,6 @@ impl Driver {
         self.replaying = false;
     }
 
-    /// Take a full checkpoint (and, for [`Checkpoints::EachEvent`], restart
-    /// write tracking from it).
     /// Whether the room for the first full checkpoint is still being
     /// faulted in (once it is, it moves to `spare_ready`).
     fn spare_pending(&mut self) -> bool {
@@ -1745,6 +1743,8 @@ impl Driver {
         }
     }
 
+    /// Take a full checkpoint (and, for [`Checkpoints::EachEvent`], restart
+    /// write tracking from it).
     fn rebase(&mut self) {
         if self.options.roundtrip_snapshots
             || self.checkpoints_paused()
@@ -1755,8 +1755,8 @@ impl Driver {
             return;
         }
         // A first full checkpoint goes into the room faulted in meanwhile
-        // if it is ready (it is, unless the checkpoint comes at once); a
-        // checkpoint is never put off for it.
+        // if it is ready; a periodic one waits for it a while (`keep`),
+        // any other is never put off for it.
         self.spare_pending();
         self.spare = None;
         let spare = self.spare_ready.take();
